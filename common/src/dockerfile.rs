@@ -1,0 +1,716 @@
+//! Dockerfile parser.
+//!
+//! Hand-written because no maintained crate handles the whole syntax users write:
+//! parser directives, a configurable escape character, comment lines inside
+//! continuations, JSON vs shell forms and heredocs (`RUN <<EOF`, `COPY <<EOF`).
+//! Variable substitution is *not* done here: its values depend on ARG/ENV at
+//! each instruction, so the builder expands words with [`crate::shell_lex`].
+
+use crate::shell_lex::{LexError, Lexer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {instruction}: {message}")]
+pub struct DockerfileError {
+    pub file: String,
+    pub line: usize,
+    pub instruction: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error(transparent)]
+    Syntax(#[from] DockerfileError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dockerfile {
+    pub escape: char,
+    pub syntax: Option<String>,
+    /// ARGs declared before the first FROM: usable in FROM lines, and in a stage
+    /// once re-declared there without a value.
+    pub global_args: Vec<Instruction>,
+    pub stages: Vec<Stage>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    pub index: usize,
+    pub name: Option<String>,
+    /// The image reference as written, before ARG substitution.
+    pub base: String,
+    pub platform: Option<String>,
+    pub line: usize,
+    pub instructions: Vec<Instruction>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instruction {
+    pub line: usize,
+    /// The instruction as written (continuations joined), for history and errors.
+    pub original: String,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cmd {
+    Exec(Vec<String>),
+    Shell(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heredoc {
+    pub name: String,
+    pub content: String,
+    /// `<<EOF` (unquoted) bodies get variable expansion; `<<"EOF"` bodies do not.
+    pub expand: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Flags(pub Vec<(String, Option<String>)>);
+
+impl Flags {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .filter_map(|(_, v)| v.as_deref())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopySpec {
+    pub flags: Flags,
+    /// Raw words (JSON form already unquoted), expanded at build time.
+    pub srcs: Vec<String>,
+    pub dest: String,
+    pub heredocs: Vec<Heredoc>,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthcheckSpec {
+    pub flags: Flags,
+    /// `None` means `HEALTHCHECK NONE`.
+    pub cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// `(name, raw default)`.
+    Arg(Vec<(String, Option<String>)>),
+    /// `(raw key, raw value)` pairs.
+    Env(Vec<(String, String)>),
+    Label(Vec<(String, String)>),
+    Run {
+        flags: Flags,
+        cmd: Cmd,
+        heredocs: Vec<Heredoc>,
+    },
+    Copy(CopySpec),
+    Add(CopySpec),
+    Workdir(String),
+    User(String),
+    Expose(Vec<String>),
+    Volume(Vec<String>),
+    Entrypoint(Cmd),
+    Cmd(Cmd),
+    Shell(Vec<String>),
+    StopSignal(String),
+    Healthcheck(HealthcheckSpec),
+    Onbuild(String),
+    Maintainer(String),
+}
+
+impl Kind {
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Kind::Arg(_) => "ARG",
+            Kind::Env(_) => "ENV",
+            Kind::Label(_) => "LABEL",
+            Kind::Run { .. } => "RUN",
+            Kind::Copy(_) => "COPY",
+            Kind::Add(_) => "ADD",
+            Kind::Workdir(_) => "WORKDIR",
+            Kind::User(_) => "USER",
+            Kind::Expose(_) => "EXPOSE",
+            Kind::Volume(_) => "VOLUME",
+            Kind::Entrypoint(_) => "ENTRYPOINT",
+            Kind::Cmd(_) => "CMD",
+            Kind::Shell(_) => "SHELL",
+            Kind::StopSignal(_) => "STOPSIGNAL",
+            Kind::Healthcheck(_) => "HEALTHCHECK",
+            Kind::Onbuild(_) => "ONBUILD",
+            Kind::Maintainer(_) => "MAINTAINER",
+        }
+    }
+}
+
+impl fmt::Display for Instruction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.original)
+    }
+}
+
+impl Dockerfile {
+    pub fn from_path(path: &Path) -> Result<Dockerfile, ParseError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ParseError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(parse(&text, &path.display().to_string())?)
+    }
+
+    /// The stage named `name` (case-insensitive, as Docker) or with that index.
+    pub fn stage_index(&self, name: &str) -> Option<usize> {
+        self.stages
+            .iter()
+            .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < self.stages.len()))
+    }
+}
+
+struct Logical {
+    line: usize,
+    text: String,
+}
+
+/// Parses Dockerfile text; `file` only names the source in errors.
+pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
+    let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let err = |line: usize, instruction: &str, message: String| DockerfileError {
+        file: file.to_string(),
+        line,
+        instruction: instruction.to_string(),
+        message,
+    };
+
+    // Parser directives: only at the very top, before any other comment or line.
+    let mut escape = '\\';
+    let mut syntax = None;
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i].trim();
+        let Some(rest) = l.strip_prefix('#') else { break };
+        let Some((k, v)) = rest.split_once('=') else { break };
+        let key = k.trim().to_ascii_lowercase();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            break;
+        }
+        match key.as_str() {
+            "escape" => {
+                let v = v.trim();
+                escape = match v {
+                    "\\" => '\\',
+                    "`" => '`',
+                    _ => return Err(err(i + 1, "# escape", format!("invalid escape token {v:?}: must be ` or \\"))),
+                }
+            }
+            "syntax" => syntax = Some(v.trim().to_string()),
+            "check" => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    let lexer = Lexer::new(escape);
+
+    let mut df = Dockerfile {
+        escape,
+        syntax,
+        global_args: Vec::new(),
+        stages: Vec::new(),
+    };
+
+    while i < lines.len() {
+        let raw = lines[i];
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            i += 1;
+            continue;
+        }
+        // Join continuation lines; comment lines inside a continuation are dropped.
+        let start = i + 1;
+        let mut text = String::new();
+        let mut cur = raw.to_string();
+        loop {
+            let t = cur.trim_end();
+            if let Some(body) = t.strip_suffix(escape) {
+                text.push_str(body);
+                i += 1;
+                loop {
+                    if i >= lines.len() {
+                        cur = String::new();
+                        break;
+                    }
+                    let nt = lines[i].trim_start();
+                    if nt.starts_with('#') {
+                        i += 1;
+                        continue;
+                    }
+                    cur = lines[i].to_string();
+                    break;
+                }
+                if i >= lines.len() {
+                    break;
+                }
+                if cur.trim().is_empty() {
+                    // An empty line ends nothing inside a continuation (Docker warns).
+                    continue;
+                }
+            } else {
+                text.push_str(&cur);
+                i += 1;
+                break;
+            }
+        }
+        let logical = Logical {
+            line: start,
+            text: text.trim().to_string(),
+        };
+        let (keyword, args) = match logical.text.find(char::is_whitespace) {
+            Some(p) => (&logical.text[..p], logical.text[p..].trim_start()),
+            None => (logical.text.as_str(), ""),
+        };
+        let kw = keyword.to_ascii_uppercase();
+
+        // Heredocs: bodies follow the instruction line.
+        let mut heredocs = Vec::new();
+        if matches!(kw.as_str(), "RUN" | "COPY" | "ADD") {
+            for (name, strip_tabs, expand) in heredoc_markers(args) {
+                let mut content = String::new();
+                let mut closed = false;
+                while i < lines.len() {
+                    let l = lines[i];
+                    i += 1;
+                    let cmp = if strip_tabs { l.trim_start_matches('\t') } else { l };
+                    if cmp == name {
+                        closed = true;
+                        break;
+                    }
+                    content.push_str(if strip_tabs { l.trim_start_matches('\t') } else { l });
+                    content.push('\n');
+                }
+                if !closed {
+                    return Err(err(logical.line, &kw, format!("heredoc <<{name} is not terminated")));
+                }
+                heredocs.push(Heredoc { name, content, expand });
+            }
+        }
+
+        let e = |m: String| err(logical.line, &kw, m);
+        let lex = |r: Result<Vec<String>, LexError>| r.map_err(|x| e(x.to_string()));
+        let kind = match kw.as_str() {
+            "FROM" => {
+                let (flags, rest) = parse_flags(args, &["platform"]).map_err(e)?;
+                let words = lex(lexer.split_raw(rest))?;
+                let (base, name) = match words.as_slice() {
+                    [b] => (b.clone(), None),
+                    [b, as_, n] if as_.eq_ignore_ascii_case("as") => (b.clone(), Some(n.clone())),
+                    _ => return Err(e("expected FROM [--platform=...] <image> [AS <name>]".into())),
+                };
+                if let Some(n) = &name {
+                    if !n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                        || !n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                    {
+                        return Err(e(format!("invalid stage name {n:?}")));
+                    }
+                    if df.stages.iter().any(|s| s.name.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(n))) {
+                        return Err(e(format!("duplicate stage name {n:?}")));
+                    }
+                }
+                df.stages.push(Stage {
+                    index: df.stages.len(),
+                    name: name.map(|n| n.to_ascii_lowercase()),
+                    base,
+                    platform: flags.get("platform").map(str::to_string),
+                    line: logical.line,
+                    instructions: Vec::new(),
+                });
+                continue;
+            }
+            "ARG" => {
+                let words = lex(lexer.split_raw(args))?;
+                if words.is_empty() {
+                    return Err(e("ARG requires at least one argument".into()));
+                }
+                let mut out = Vec::new();
+                for w in words {
+                    match w.split_once('=') {
+                        Some((k, v)) => out.push((k.to_string(), Some(v.to_string()))),
+                        None => out.push((w, None)),
+                    }
+                }
+                for (k, _) in &out {
+                    if !valid_name(k) {
+                        return Err(e(format!("invalid ARG name {k:?}")));
+                    }
+                }
+                Kind::Arg(out)
+            }
+            "ENV" | "LABEL" => {
+                let pairs = parse_pairs(&lexer, args, kw == "ENV").map_err(e)?;
+                if kw == "ENV" {
+                    Kind::Env(pairs)
+                } else {
+                    Kind::Label(pairs)
+                }
+            }
+            "RUN" => {
+                let (flags, rest) = parse_flags(args, &["mount", "network", "security"]).map_err(e)?;
+                if rest.is_empty() && heredocs.is_empty() {
+                    return Err(e("RUN requires a command".into()));
+                }
+                Kind::Run {
+                    flags,
+                    cmd: parse_cmd(rest),
+                    heredocs,
+                }
+            }
+            "COPY" | "ADD" => {
+                let allowed: &[&str] = if kw == "COPY" {
+                    &["from", "chown", "chmod", "link", "parents", "exclude"]
+                } else {
+                    &["chown", "chmod", "link", "checksum", "keep-git-dir", "exclude"]
+                };
+                let (flags, rest) = parse_flags(args, allowed).map_err(e)?;
+                let (mut words, json) = match json_array(rest) {
+                    Some(v) => (v, true),
+                    None => (lex(lexer.split_raw(rest))?, false),
+                };
+                if words.len() < 2 {
+                    return Err(e(format!("{kw} requires at least two arguments: source(s) and destination")));
+                }
+                let dest = words.pop().unwrap_or_default();
+                let spec = CopySpec {
+                    flags,
+                    srcs: words,
+                    dest,
+                    heredocs,
+                    json,
+                };
+                if kw == "COPY" {
+                    Kind::Copy(spec)
+                } else {
+                    Kind::Add(spec)
+                }
+            }
+            "WORKDIR" => Kind::Workdir(one_arg(args).map_err(e)?),
+            "USER" => Kind::User(one_arg(args).map_err(e)?),
+            "STOPSIGNAL" => Kind::StopSignal(one_arg(args).map_err(e)?),
+            "MAINTAINER" => Kind::Maintainer(nonempty(args).map_err(e)?),
+            "EXPOSE" => Kind::Expose(lex(lexer.split_raw(nonempty(args).map_err(e)?.as_str()))?),
+            "VOLUME" => Kind::Volume(match json_array(args) {
+                Some(v) => v,
+                None => lex(lexer.split_raw(nonempty(args).map_err(e)?.as_str()))?,
+            }),
+            "ENTRYPOINT" => Kind::Entrypoint(parse_cmd(args)),
+            "CMD" => Kind::Cmd(parse_cmd(args)),
+            "SHELL" => match json_array(args) {
+                Some(v) if !v.is_empty() => Kind::Shell(v),
+                _ => return Err(e("SHELL requires the arguments to be in JSON form".into())),
+            },
+            "HEALTHCHECK" => {
+                let (flags, rest) = parse_flags(args, &["interval", "timeout", "start-period", "start-interval", "retries"]).map_err(e)?;
+                let (word, tail) = match rest.find(char::is_whitespace) {
+                    Some(p) => (&rest[..p], rest[p..].trim_start()),
+                    None => (rest, ""),
+                };
+                if word.eq_ignore_ascii_case("NONE") {
+                    if !tail.is_empty() || !flags.0.is_empty() {
+                        return Err(e("HEALTHCHECK NONE takes no other arguments".into()));
+                    }
+                    Kind::Healthcheck(HealthcheckSpec { flags, cmd: None })
+                } else if word.eq_ignore_ascii_case("CMD") && !tail.is_empty() {
+                    Kind::Healthcheck(HealthcheckSpec {
+                        flags,
+                        cmd: Some(parse_cmd(tail)),
+                    })
+                } else {
+                    return Err(e("expected HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE".into()));
+                }
+            }
+            "ONBUILD" => {
+                let inner = nonempty(args).map_err(e)?;
+                let ikw = inner.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                if matches!(ikw.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
+                    return Err(e(format!("{ikw} isn't allowed as an ONBUILD trigger")));
+                }
+                Kind::Onbuild(inner)
+            }
+            _ => return Err(e(format!("unknown instruction {keyword:?}"))),
+        };
+        let instr = Instruction {
+            line: logical.line,
+            original: format!("{kw} {args}").trim_end().to_string(),
+            kind,
+        };
+        match df.stages.last_mut() {
+            Some(stage) => stage.instructions.push(instr),
+            None => match instr.kind {
+                Kind::Arg(_) => df.global_args.push(instr),
+                _ => return Err(e("no FROM before this instruction: only ARG may come before the first FROM".into())),
+            },
+        }
+    }
+    if df.stages.is_empty() {
+        return Err(err(lines.len().max(1), "FROM", "the Dockerfile has no FROM instruction".into()));
+    }
+    Ok(df)
+}
+
+fn valid_name(k: &str) -> bool {
+    !k.is_empty() && !k.contains(char::is_whitespace)
+}
+
+fn nonempty(args: &str) -> Result<String, String> {
+    if args.trim().is_empty() {
+        Err("requires an argument".into())
+    } else {
+        Ok(args.trim().to_string())
+    }
+}
+
+fn one_arg(args: &str) -> Result<String, String> {
+    nonempty(args)
+}
+
+/// `--name=value` / `--name` flags at the start of the arguments.
+fn parse_flags<'a>(args: &'a str, allowed: &[&str]) -> Result<(Flags, &'a str), String> {
+    let mut flags = Flags::default();
+    let mut rest = args.trim_start();
+    while let Some(body) = rest.strip_prefix("--") {
+        let end = body.find(char::is_whitespace).unwrap_or(body.len());
+        let word = &body[..end];
+        if word.is_empty() {
+            // A lone "--" ends the flags.
+            rest = body.trim_start();
+            break;
+        }
+        let (k, v) = match word.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (word.to_string(), None),
+        };
+        if !allowed.contains(&k.as_str()) {
+            return Err(format!("unknown flag: --{k}"));
+        }
+        flags.0.push((k, v));
+        rest = body[end..].trim_start();
+    }
+    Ok((flags, rest))
+}
+
+fn json_array(args: &str) -> Option<Vec<String>> {
+    let t = args.trim();
+    if !t.starts_with('[') {
+        return None;
+    }
+    serde_json::from_str::<Vec<String>>(t).ok()
+}
+
+fn parse_cmd(args: &str) -> Cmd {
+    match json_array(args) {
+        Some(v) => Cmd::Exec(v),
+        None => Cmd::Shell(args.to_string()),
+    }
+}
+
+/// ENV/LABEL: `key=value ...` or the legacy `key value` form.
+fn parse_pairs(lexer: &Lexer, args: &str, legacy_ok: bool) -> Result<Vec<(String, String)>, String> {
+    let words = lexer.split_raw(args).map_err(|e| e.to_string())?;
+    if words.is_empty() {
+        return Err("requires at least one argument".into());
+    }
+    if !words[0].contains('=') {
+        if !legacy_ok && words.len() < 2 {
+            return Err("requires key=value".into());
+        }
+        let key = words[0].clone();
+        let value = args.trim_start()[key.len()..].trim().to_string();
+        if value.is_empty() {
+            return Err(format!("{key} must have a value (key=value or key value)"));
+        }
+        return Ok(vec![(key, value)]);
+    }
+    let mut out = Vec::new();
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(format!("{w:?} is not key=value"));
+        };
+        if k.is_empty() {
+            return Err(format!("{w:?} has an empty key"));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Heredoc markers on an instruction line: `(name, strip leading tabs, expand)`.
+fn heredoc_markers(args: &str) -> Vec<(String, bool, bool)> {
+    let mut out = Vec::new();
+    let b = args.as_bytes();
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i + 1 < b.len() {
+        let c = b[i];
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        if (c == b'\'' || c == b'"') && !(i >= 2 && &b[i - 2..i] == b"<<") && !(i >= 3 && &b[i - 3..i] == b"<<-") {
+            quote = Some(c);
+            i += 1;
+            continue;
+        }
+        if c == b'<' && b[i + 1] == b'<' && !(i + 2 < b.len() && b[i + 2] == b'<') {
+            let mut j = i + 2;
+            let strip = j < b.len() && b[j] == b'-';
+            if strip {
+                j += 1;
+            }
+            let q = if j < b.len() && (b[j] == b'"' || b[j] == b'\'') {
+                Some(b[j])
+            } else {
+                None
+            };
+            if q.is_some() {
+                j += 1;
+            }
+            let s = j;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'-' || b[j] == b'.') {
+                j += 1;
+            }
+            if j > s {
+                let name = args[s..j].to_string();
+                if let Some(qc) = q {
+                    if j < b.len() && b[j] == qc {
+                        j += 1;
+                    }
+                }
+                out.push((name, strip, q.is_none()));
+                i = j;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_syntax() {
+        let text = r#"# syntax=docker/dockerfile:1
+# escape=\
+ARG BASE=busybox
+FROM --platform=linux/amd64 ${BASE} AS build
+# a comment
+RUN echo a \
+    # inside continuation
+    && echo b
+RUN <<EOF
+echo heredoc
+EOF
+COPY <<-"CONF" /etc/app.conf
+	key=$VALUE
+	CONF
+ENV A=1 B="two words"
+ENV LEGACY value with spaces
+LABEL "com.example"="x y" other=z
+COPY --from=build --chown=1:2 --chmod=0755 ["a b", "/dst/"]
+HEALTHCHECK --interval=5s CMD ["true"]
+ONBUILD RUN echo later
+FROM build
+CMD echo done
+"#;
+        let df = parse(text, "Dockerfile").unwrap();
+        assert_eq!(df.syntax.as_deref(), Some("docker/dockerfile:1"));
+        assert_eq!(df.global_args.len(), 1);
+        assert_eq!(df.stages.len(), 2);
+        let s = &df.stages[0];
+        assert_eq!(s.name.as_deref(), Some("build"));
+        assert_eq!(s.platform.as_deref(), Some("linux/amd64"));
+        assert_eq!(s.base, "${BASE}");
+        match &s.instructions[0].kind {
+            Kind::Run { cmd: Cmd::Shell(c), .. } => assert_eq!(c, "echo a     && echo b"),
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(s.instructions[0].line, 6);
+        match &s.instructions[1].kind {
+            Kind::Run { heredocs, .. } => assert_eq!(heredocs[0].content, "echo heredoc\n"),
+            k => panic!("{k:?}"),
+        }
+        match &s.instructions[2].kind {
+            Kind::Copy(c) => {
+                assert_eq!(c.heredocs[0].content, "key=$VALUE\n");
+                assert!(!c.heredocs[0].expand);
+                assert_eq!(c.dest, "/etc/app.conf");
+            }
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(
+            s.instructions[3].kind,
+            Kind::Env(vec![("A".into(), "1".into()), ("B".into(), "\"two words\"".into())])
+        );
+        assert_eq!(
+            s.instructions[4].kind,
+            Kind::Env(vec![("LEGACY".into(), "value with spaces".into())])
+        );
+        match &s.instructions[6].kind {
+            Kind::Copy(c) => {
+                assert_eq!(c.flags.get("from"), Some("build"));
+                assert_eq!(c.srcs, vec!["a b"]);
+                assert!(c.json);
+            }
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(df.stage_index("BUILD"), Some(0));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = parse("FROM scratch\n\nFOO bar\n", "Dockerfile").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.to_string().starts_with("Dockerfile:3: FOO:"), "{e}");
+        let e = parse("FROM a\nRUN <<EOF\necho\n", "D").unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = parse("RUN x\n", "D").unwrap_err();
+        assert!(e.message.contains("FROM"));
+        let e = parse("FROM a\nCOPY --bogus=1 a b\n", "D").unwrap_err();
+        assert!(e.message.contains("--bogus"));
+        assert!(parse("# just a comment\n", "D").is_err());
+    }
+
+    #[test]
+    fn backtick_escape_directive() {
+        let df = parse("# escape=`\nFROM scratch\nRUN a `\n  b\n", "D").unwrap();
+        assert_eq!(df.escape, '`');
+        match &df.stages[0].instructions[0].kind {
+            Kind::Run { cmd: Cmd::Shell(c), .. } => assert_eq!(c, "a   b"),
+            k => panic!("{k:?}"),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! What more than one Kiln binary needs: the Dockerfile parser (the warmer reads
+//! FROM lines too), image references and registry access, OCI image types,
+//! digests and registry credentials.
+
+pub mod auth;
+pub mod digest;
+pub mod dockerfile;
+pub mod image;
+pub mod registry;
+pub mod shell_lex;
+
+pub use digest::Digest;

@@ -1,0 +1,460 @@
+//! Registry access over the OCI distribution API, through `oci-client`.
+//!
+//! `Registry` adds what a builder needs on top of the client: credentials from
+//! config.json, per-host insecure (HTTP) access, mirrors and `--registry-map`,
+//! platform selection in indexes, retries with backoff, and blobs streamed to a
+//! temp file, verified, then renamed — never a whole layer in memory.
+
+use crate::auth::{Credential, DockerConfig};
+use crate::digest::{Digest, DigestError, HashingWriter};
+use crate::image::{self, Descriptor, ImageConfig, ImageError, Manifest, ManifestKind, Platform};
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid image reference {reference:?}: {message}")]
+    BadReference { reference: String, message: String },
+    #[error("{reference}: {message}")]
+    Remote { reference: String, message: String },
+    #[error("{reference}: {source}")]
+    Image {
+        reference: String,
+        source: ImageError,
+    },
+    #[error("{reference}: blob {digest}: {source}")]
+    Digest {
+        reference: String,
+        digest: Digest,
+        source: DigestError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+}
+
+impl RegistryError {
+    fn remote(reference: &Reference, e: impl std::fmt::Display) -> Self {
+        RegistryError::Remote {
+            reference: reference.whole(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// How to reach registries; the field names follow kaniko's flags.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Hosts reached over plain HTTP (`--insecure`, `--insecure-registry`, `--insecure-pull`).
+    pub insecure_hosts: Vec<String>,
+    /// Accept any TLS certificate (`--skip-tls-verify`, `--skip-tls-verify-pull`).
+    pub skip_tls_verify: bool,
+    /// `--registry-mirror`: tried first for Docker Hub images.
+    pub mirrors: Vec<String>,
+    /// `--registry-map original=replacement`: tried first for `original` images.
+    pub registry_map: HashMap<String, Vec<String>>,
+    /// Fall back to the original registry when mirrors fail (kaniko's default).
+    pub skip_default_registry_fallback: bool,
+    /// Extra attempts for pulls (`--image-download-retry`).
+    pub pull_retries: u32,
+    /// Extra attempts for pushes (`--push-retry`).
+    pub push_retries: u32,
+}
+
+/// A resolved platform image: its manifest and config, and where they came from.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference that answered (a mirror's, when one did).
+    pub reference: Reference,
+    pub manifest_digest: Digest,
+    pub index_digest: Option<Digest>,
+    pub manifest: Manifest,
+    pub config: ImageConfig,
+    pub config_bytes: Vec<u8>,
+}
+
+pub struct Registry {
+    client: Client,
+    opts: RegistryOptions,
+    creds: DockerConfig,
+    auth_cache: Mutex<HashMap<String, RegistryAuth>>,
+}
+
+/// Installs the TLS crypto provider once per process (reqwest is built without
+/// one so that ring, not aws-lc, is compiled).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
+    s.parse::<Reference>().map_err(|e| RegistryError::BadReference {
+        reference: s.to_string(),
+        message: e.to_string(),
+    })
+}
+
+const ACCEPT: &[&str] = &[
+    image::OCI_MANIFEST,
+    image::DOCKER_MANIFEST,
+    image::OCI_INDEX,
+    image::DOCKER_LIST,
+];
+
+impl Registry {
+    pub fn new(opts: RegistryOptions, creds: DockerConfig) -> Registry {
+        install_crypto_provider();
+        let config = ClientConfig {
+            protocol: if opts.insecure_hosts.is_empty() {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::HttpsExcept(opts.insecure_hosts.clone())
+            },
+            accept_invalid_certificates: opts.skip_tls_verify,
+            connect_timeout: Some(Duration::from_secs(15)),
+            read_timeout: Some(Duration::from_secs(120)),
+            platform_resolver: None,
+            ..Default::default()
+        };
+        Registry {
+            client: Client::new(config),
+            opts,
+            creds,
+            auth_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn options(&self) -> &RegistryOptions {
+        &self.opts
+    }
+
+    fn auth_for(&self, r: &Reference) -> Result<RegistryAuth, RegistryError> {
+        let host = r.resolve_registry().to_string();
+        if let Ok(cache) = self.auth_cache.lock() {
+            if let Some(a) = cache.get(&host) {
+                return Ok(a.clone());
+            }
+        }
+        let a = match self.creds.credential_for(r.registry())? {
+            Credential::Anonymous => RegistryAuth::Anonymous,
+            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
+            Credential::Token(t) => RegistryAuth::Bearer(t),
+        };
+        if let Ok(mut cache) = self.auth_cache.lock() {
+            cache.insert(host, a.clone());
+        }
+        Ok(a)
+    }
+
+    /// References to try for an image: mapped registries and mirrors first.
+    pub fn candidates(&self, r: &Reference) -> Vec<Reference> {
+        let mut out = Vec::new();
+        let mut hosts: Vec<String> = Vec::new();
+        if let Some(m) = self.opts.registry_map.get(r.registry()) {
+            hosts.extend(m.iter().cloned());
+        }
+        if r.registry() == "docker.io" {
+            hosts.extend(self.opts.mirrors.iter().cloned());
+        }
+        for h in hosts {
+            let (host, prefix) = match h.split_once('/') {
+                Some((a, b)) => (a.to_string(), format!("{b}/")),
+                None => (h.clone(), String::new()),
+            };
+            let repo = format!("{prefix}{}", r.repository());
+            let m = match (r.tag(), r.digest()) {
+                (_, Some(d)) => Reference::with_digest(host, repo, d.to_string()),
+                (Some(t), None) => Reference::with_tag(host, repo, t.to_string()),
+                (None, None) => Reference::with_tag(host, repo, "latest".into()),
+            };
+            out.push(m);
+        }
+        if out.is_empty() || !self.opts.skip_default_registry_fallback {
+            out.push(r.clone());
+        }
+        out
+    }
+
+    async fn retry<T, F, Fut>(&self, attempts: u32, mut f: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut delay = Duration::from_millis(250);
+        let mut n = 0;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if n < attempts && is_transient(&e) => {
+                    n += 1;
+                    tracing::warn!("{e}; retrying in {delay:?} ({n}/{attempts})");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Resolves a reference to one platform's manifest and config.
+    pub async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
+        let r = parse_reference(reference)?;
+        let mut last = None;
+        for c in self.candidates(&r) {
+            match self
+                .retry(self.opts.pull_retries, || self.resolve_at(&c, platform))
+                .await
+            {
+                Ok(img) => return Ok(img),
+                Err(e) => {
+                    if c != r {
+                        tracing::warn!("mirror {} failed: {e}", c.whole());
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| RegistryError::remote(&r, "no registry to try")))
+    }
+
+    async fn resolve_at(&self, r: &Reference, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
+        let auth = self.auth_for(r)?;
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(r, &auth, ACCEPT)
+            .await
+            .map_err(|e| RegistryError::remote(r, e))?;
+        let digest = checked_manifest_digest(r, &bytes, &digest)?;
+        let img_err = |source| RegistryError::Image {
+            reference: r.whole(),
+            source,
+        };
+        let (manifest, manifest_digest, index_digest, at) =
+            match image::parse_manifest(&bytes, None, digest.as_str()).map_err(img_err)? {
+                ManifestKind::Image(m) => (m, digest, None, r.clone()),
+                ManifestKind::Index(idx) => {
+                    let d = idx.select(platform).map_err(img_err)?.clone();
+                    let pr = Reference::with_digest(
+                        r.registry().to_string(),
+                        r.repository().to_string(),
+                        d.digest.to_string(),
+                    );
+                    let (mb, md) = self
+                        .client
+                        .pull_manifest_raw(&pr, &auth, ACCEPT)
+                        .await
+                        .map_err(|e| RegistryError::remote(&pr, e))?;
+                    let md = checked_manifest_digest(&pr, &mb, &md)?;
+                    d.digest.verify(&md).map_err(|source| RegistryError::Digest {
+                        reference: pr.whole(),
+                        digest: d.digest.clone(),
+                        source,
+                    })?;
+                    match image::parse_manifest(&mb, None, md.as_str()).map_err(img_err)? {
+                        ManifestKind::Image(m) => (m, md, Some(digest), pr),
+                        ManifestKind::Index(_) => {
+                            return Err(RegistryError::remote(&pr, "nested image index is not supported"))
+                        }
+                    }
+                }
+            };
+        let mut config_bytes = Vec::new();
+        self.client
+            .pull_blob(&at, manifest.config.digest.as_str(), &mut config_bytes)
+            .await
+            .map_err(|e| RegistryError::remote(&at, e))?;
+        manifest
+            .config
+            .digest
+            .verify(&Digest::sha256_of(&config_bytes))
+            .map_err(|source| RegistryError::Digest {
+                reference: at.whole(),
+                digest: manifest.config.digest.clone(),
+                source,
+            })?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|source| RegistryError::Image {
+            reference: at.whole(),
+            source: ImageError::BadConfig {
+                digest: manifest.config.digest.to_string(),
+                source,
+            },
+        })?;
+        Ok(ResolvedImage {
+            reference: at,
+            manifest_digest,
+            index_digest,
+            manifest,
+            config,
+            config_bytes,
+        })
+    }
+
+    /// Streams a blob into `dest`, verifying its digest; `dest` appears only
+    /// complete (temp file in the same directory, fsync, rename).
+    pub async fn fetch_blob(&self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<u64, RegistryError> {
+        self.retry(self.opts.pull_retries, || self.fetch_blob_once(r, desc, dest))
+            .await
+    }
+
+    async fn fetch_blob_once(&self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<u64, RegistryError> {
+        let auth = self.auth_for(r)?;
+        self.client.store_auth_if_needed(r.resolve_registry(), &auth).await;
+        let io = |source| RegistryError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        let (file, tmp_path) = tmp.into_parts();
+        let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        let mut stream = self
+            .client
+            .pull_blob_stream(r, desc.digest.as_str())
+            .await
+            .map_err(|e| RegistryError::remote(r, e))?
+            .stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| RegistryError::remote(r, e))?;
+            w.write_all(&chunk).map_err(io)?;
+        }
+        let (buf, digest, n) = w.finish();
+        desc.digest.verify(&digest).map_err(|source| RegistryError::Digest {
+            reference: r.whole(),
+            digest: desc.digest.clone(),
+            source,
+        })?;
+        let file = buf.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        tmp_path.persist(dest).map_err(|e| io(e.error))?;
+        Ok(n)
+    }
+
+    pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+        let auth = self.auth_for(r)?;
+        self.client
+            .auth(r, &auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| RegistryError::remote(r, e))?;
+        self.client
+            .blob_exists(r, digest.as_str())
+            .await
+            .map_err(|e| RegistryError::remote(r, e))
+    }
+
+    /// Cross-repository mount; `Ok(false)` when the registry declined.
+    pub async fn mount_blob(&self, r: &Reference, from: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+        if r.resolve_registry() != from.resolve_registry() {
+            return Ok(false);
+        }
+        let auth = self.auth_for(r)?;
+        self.client
+            .auth(r, &auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| RegistryError::remote(r, e))?;
+        Ok(self.client.mount_blob(r, from, digest.as_str()).await.is_ok())
+    }
+
+    /// Streams a file as a blob (monolithic PUT with known size).
+    pub async fn push_blob_file(&self, r: &Reference, path: &Path, digest: &Digest, size: u64) -> Result<(), RegistryError> {
+        self.retry(self.opts.push_retries, || async {
+            let auth = self.auth_for(r)?;
+            self.client
+                .auth(r, &auth, RegistryOperation::Push)
+                .await
+                .map_err(|e| RegistryError::remote(r, e))?;
+            let file = tokio::fs::File::open(path).await.map_err(|source| RegistryError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let stream = tokio_util_stream(file);
+            self.client
+                .push_blob_stream(r, stream, digest.as_str(), Some(size))
+                .await
+                .map_err(|e| RegistryError::remote(r, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn push_manifest(&self, r: &Reference, body: Vec<u8>, media_type: &str) -> Result<Digest, RegistryError> {
+        let digest = Digest::sha256_of(&body);
+        let body = bytes::Bytes::from(body);
+        self.retry(self.opts.push_retries, || async {
+            let auth = self.auth_for(r)?;
+            self.client
+                .auth(r, &auth, RegistryOperation::Push)
+                .await
+                .map_err(|e| RegistryError::remote(r, e))?;
+            let ct = media_type
+                .parse()
+                .map_err(|_| RegistryError::remote(r, format!("bad media type {media_type}")))?;
+            self.client
+                .push_manifest_raw(r, body.clone(), ct)
+                .await
+                .map_err(|e| RegistryError::remote(r, e))?;
+            Ok(())
+        })
+        .await?;
+        Ok(digest)
+    }
+}
+
+/// Streams a file in 1 MiB chunks without reading it whole.
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, oci_client::errors::OciDistributionError>> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(oci_client::errors::OciDistributionError::IoError(e)), None)),
+        }
+    })
+}
+
+fn checked_manifest_digest(r: &Reference, bytes: &[u8], claimed: &str) -> Result<Digest, RegistryError> {
+    let actual = Digest::sha256_of(bytes);
+    if let Some(want) = r.digest() {
+        let want: Digest = want.parse().map_err(|source| RegistryError::Digest {
+            reference: r.whole(),
+            digest: actual.clone(),
+            source,
+        })?;
+        want.verify(&actual).map_err(|source| RegistryError::Digest {
+            reference: r.whole(),
+            digest: want.clone(),
+            source,
+        })?;
+    }
+    if !claimed.is_empty() && claimed != actual.as_str() {
+        tracing::debug!("{}: registry reported digest {claimed}, content hashes to {actual}", r.whole());
+    }
+    Ok(actual)
+}
+
+fn is_transient(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::Remote { message, .. } => {
+            let m = message.to_ascii_lowercase();
+            !(m.contains("not found") || m.contains("unauthorized") || m.contains("denied") || m.contains("manifest_unknown") || m.contains("name_unknown"))
+        }
+        RegistryError::Io { .. } => true,
+        _ => false,
+    }
+}
