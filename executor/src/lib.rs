@@ -1,1 +1,23 @@
-pub fn x(){}
+//! Kiln's executor: builds an image from a Dockerfile without a daemon.
+//!
+//! Data flow: [`context`] → [`build`] (per stage: base layers unpacked by
+//! [`extract`] into a private root; RUN through [`isolation`], COPY/ADD through
+//! [`copy`]; each step's [`snapshot::Diff`] written by [`layer`] into the
+//! [`blobs`] store) → [`output`] (registries, OCI layout, docker archive).
+
+pub mod blobs;
+pub mod build;
+pub mod compression;
+pub mod context;
+pub mod copy;
+pub mod dockerignore;
+pub mod extract;
+pub mod isolation;
+pub mod layer;
+pub mod options;
+pub mod output;
+pub mod rootfs;
+pub mod snapshot;
+
+pub use build::{BuildError, BuildResult, Builder};
+pub use options::BuildOptions;

@@ -1,0 +1,1161 @@
+//! The build: stages in dependency order, each instruction applied to the
+//! stage's config and root, one layer per step that changed files.
+
+use crate::blobs::BlobStore;
+use crate::context::BuildContext;
+use crate::copy::{self, CopyOptions, Owner};
+use crate::extract;
+use crate::isolation::{self, Isolation, RunSpec};
+use crate::layer::{self, Layer};
+use crate::options::BuildOptions;
+use crate::output;
+use crate::rootfs;
+use crate::snapshot::{Diff, ScanIndex};
+use kiln_common::dockerfile::{Cmd, CopySpec, Dockerfile, Instruction, Kind, Stage};
+use kiln_common::image::{Descriptor, Healthcheck, History, ImageConfig, Platform};
+use kiln_common::registry::Registry;
+use kiln_common::shell_lex::Lexer;
+use kiln_common::Digest;
+use oci_client::Reference;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Dockerfile(#[from] kiln_common::dockerfile::ParseError),
+    #[error("{file}:{line}: {instruction}: {message}")]
+    Step {
+        file: String,
+        line: usize,
+        instruction: String,
+        message: String,
+    },
+    #[error("{file}:{line}: RUN {command:?} failed with exit code {code}\n--- last output ---\n{tail}")]
+    RunFailed {
+        file: String,
+        line: usize,
+        command: String,
+        code: i32,
+        tail: String,
+    },
+    #[error("base image {image:?} (stage {stage}): {source}")]
+    BaseImage {
+        image: String,
+        stage: String,
+        source: kiln_common::registry::RegistryError,
+    },
+    #[error("target stage {0:?} not found in the Dockerfile")]
+    NoTarget(String),
+    #[error(transparent)]
+    Context(#[from] crate::context::ContextError),
+    #[error("work directory {path}: {source}")]
+    Work { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Isolation(#[from] crate::isolation::IsolationError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::BlobError),
+    #[error("extracting layer {digest} of {image}: {source}")]
+    Extract {
+        image: String,
+        digest: Digest,
+        source: extract::ExtractError,
+    },
+}
+
+/// Where a layer's bytes can be found.
+#[derive(Debug, Clone)]
+pub enum LayerSource {
+    /// In the build's blob store.
+    Local,
+    /// In a registry repository (a base image's), fetched on demand.
+    Remote(Reference),
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageLayer {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+    pub source: LayerSource,
+}
+
+/// Per-step figures for the closing summary and the JSON report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    pub stage: String,
+    pub line: usize,
+    pub instruction: String,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_digest: Option<Digest>,
+    pub layer_size: u64,
+}
+
+/// A finished image: config, layers, and where the blobs are.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    pub config: ImageConfig,
+    pub layers: Vec<ImageLayer>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildResult {
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub media_type: String,
+    pub pushed: Vec<String>,
+    pub steps: Vec<StepReport>,
+    pub seconds: f64,
+}
+
+struct StageOut {
+    image: BuiltImage,
+    /// The stage's root, kept for `COPY --from` (absent when never unpacked).
+    root: Option<PathBuf>,
+    base_name: String,
+}
+
+/// One build: its private work directory, blob store and isolation.
+pub struct Builder {
+    opts: BuildOptions,
+    registry: Arc<Registry>,
+    isolation: Box<dyn Isolation>,
+    work: tempfile::TempDir,
+    store: BlobStore,
+    platform: Platform,
+}
+
+impl Builder {
+    pub fn new(opts: BuildOptions, registry: Arc<Registry>) -> Result<Builder, BuildError> {
+        std::fs::create_dir_all(&opts.work_dir).map_err(|source| BuildError::Work {
+            path: opts.work_dir.clone(),
+            source,
+        })?;
+        // Each build has its own directory: several builds in one process or
+        // container never see each other's files, and nothing needs --cleanup.
+        let work = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&opts.work_dir)
+            .map_err(|source| BuildError::Work {
+                path: opts.work_dir.clone(),
+                source,
+            })?;
+        let store = BlobStore::open(&work.path().join("blobs"))?;
+        let isolation = isolation::select(opts.isolation, work.path())?;
+        let platform = match &opts.platform {
+            Some(p) => Platform::parse(p).map_err(|e| BuildError::Step {
+                file: "--custom-platform".into(),
+                line: 0,
+                instruction: String::new(),
+                message: e.to_string(),
+            })?,
+            None => Platform::host(),
+        };
+        Ok(Builder {
+            opts,
+            registry,
+            isolation,
+            work,
+            store,
+            platform,
+        })
+    }
+
+    pub fn isolation_name(&self) -> &'static str {
+        self.isolation.name()
+    }
+
+    pub async fn build(&self) -> Result<BuildResult, BuildError> {
+        let started = Instant::now();
+        let df_path = self.dockerfile_path();
+        let df = Dockerfile::from_path(&df_path)?;
+        let ctx = BuildContext::prepare(
+            &self.opts.context,
+            self.opts.context_sub_path.as_deref(),
+            self.work.path(),
+            Some(&df_path),
+        )?;
+        let file = df_path.display().to_string();
+        let target = match &self.opts.target {
+            Some(t) => df.stage_index(t).ok_or_else(|| BuildError::NoTarget(t.clone()))?,
+            None => df.stages.len() - 1,
+        };
+        let lexer = Lexer::new(df.escape);
+        let global = self.global_args(&df, &lexer, &file)?;
+        let needed = if self.opts.build_unused_stages {
+            (0..=target).collect()
+        } else {
+            needed_stages(&df, target, &global, &lexer)
+        };
+        let mut outs: BTreeMap<usize, StageOut> = BTreeMap::new();
+        let mut steps = Vec::new();
+        for idx in needed {
+            let stage = &df.stages[idx];
+            let out = self
+                .build_stage(&df, stage, &global, &lexer, &ctx, &file, &outs, &mut steps)
+                .await?;
+            outs.insert(idx, out);
+        }
+        let mut image = outs.remove(&target).map(|o| o.image).ok_or_else(|| BuildError::NoTarget(target.to_string()))?;
+        // --label applies to the final image only.
+        for (k, v) in &self.opts.labels {
+            image.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k.clone(), v.clone());
+        }
+        let written = output::write_image(&self.store, &image, self.opts.docker_format)?;
+        let pushed = output::deliver(&self.opts, &self.registry, &self.store, &image, &written).await?;
+        let result = BuildResult {
+            manifest_digest: written.manifest_digest.clone(),
+            config_digest: written.config_digest.clone(),
+            media_type: written.media_type.clone(),
+            pushed,
+            steps,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if let Some(p) = &self.opts.report_path {
+            let json = serde_json::to_vec_pretty(&result).unwrap_or_default();
+            std::fs::write(p, json).map_err(|source| BuildError::Work { path: p.clone(), source })?;
+        }
+        Ok(result)
+    }
+
+    fn dockerfile_path(&self) -> PathBuf {
+        let p = &self.opts.dockerfile;
+        if p.is_absolute() || p.exists() {
+            return p.clone();
+        }
+        let ctx = Path::new(&self.opts.context);
+        let in_ctx = match &self.opts.context_sub_path {
+            Some(s) => ctx.join(s).join(p),
+            None => ctx.join(p),
+        };
+        if in_ctx.exists() {
+            in_ctx
+        } else {
+            p.clone()
+        }
+    }
+
+    fn build_arg(&self, name: &str) -> Option<String> {
+        self.opts.build_args.iter().rev().find(|(k, _)| k == name).map(|(k, v)| match v {
+            Some(v) => v.clone(),
+            None => std::env::var(k).unwrap_or_default(),
+        })
+    }
+
+    /// Global ARGs plus BuildKit's automatic platform args.
+    fn global_args(&self, df: &Dockerfile, lexer: &Lexer, file: &str) -> Result<Vec<(String, String)>, BuildError> {
+        let host = Platform::host();
+        let mut vars: Vec<(String, String)> = vec![
+            ("TARGETPLATFORM".into(), self.platform.to_string()),
+            ("TARGETOS".into(), self.platform.os.clone()),
+            ("TARGETARCH".into(), self.platform.architecture.clone()),
+            ("TARGETVARIANT".into(), self.platform.variant.clone().unwrap_or_default()),
+            ("BUILDPLATFORM".into(), host.to_string()),
+            ("BUILDOS".into(), host.os.clone()),
+            ("BUILDARCH".into(), host.architecture.clone()),
+            ("BUILDVARIANT".into(), host.variant.clone().unwrap_or_default()),
+        ];
+        for ins in &df.global_args {
+            if let Kind::Arg(list) = &ins.kind {
+                for (name, default) in list {
+                    let v = match self.build_arg(name) {
+                        Some(v) => v,
+                        None => match default {
+                            Some(d) => lexer.process_word(d, &vars).map_err(|e| step_err(file, ins, e))?,
+                            None => String::new(),
+                        },
+                    };
+                    vars.push((name.clone(), v));
+                }
+            }
+        }
+        Ok(vars)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_stage(
+        &self,
+        df: &Dockerfile,
+        stage: &Stage,
+        global: &[(String, String)],
+        lexer: &Lexer,
+        ctx: &BuildContext,
+        file: &str,
+        done: &BTreeMap<usize, StageOut>,
+        steps: &mut Vec<StepReport>,
+    ) -> Result<StageOut, BuildError> {
+        let stage_name = stage.name.clone().unwrap_or_else(|| stage.index.to_string());
+        let from_ins = Instruction {
+            line: stage.line,
+            original: format!("FROM {}", stage.base),
+            kind: Kind::Maintainer(String::new()),
+        };
+        let base_name = lexer.process_word(&stage.base, &global.to_vec()).map_err(|e| step_err(file, &from_ins, e))?;
+        let platform = match &stage.platform {
+            Some(p) => {
+                let p = lexer.process_word(p, &global.to_vec()).map_err(|e| step_err(file, &from_ins, e))?;
+                Platform::parse(&p).map_err(|e| step_err(file, &from_ins, e))?
+            }
+            None => self.platform.clone(),
+        };
+        tracing::info!("stage {stage_name}: FROM {base_name}");
+        let mut image = if base_name.eq_ignore_ascii_case("scratch") {
+            BuiltImage {
+                config: ImageConfig::scratch(&platform),
+                layers: Vec::new(),
+            }
+        } else if let Some(prev) = df.stage_index(&base_name).filter(|i| *i < stage.index).and_then(|i| done.get(&i)) {
+            prev.image.clone()
+        } else {
+            self.pull_base(&base_name, &platform, &stage_name).await?
+        };
+        // History of the base stays; the config's creation time is ours.
+        image.config.created = None;
+
+        let mut st = StageState {
+            b: self,
+            df,
+            file,
+            lexer: *lexer,
+            ctx,
+            done,
+            root: None,
+            args: Vec::new(),
+            global,
+            image,
+            scratch_n: 0,
+            stage_name: stage_name.clone(),
+            base_name: base_name.clone(),
+            set_cmd_here: false,
+            single: None,
+        };
+        let onbuild = st.image.config.config.on_build.take().unwrap_or_default();
+        let mut triggers = Vec::new();
+        for t in &onbuild {
+            let parsed = kiln_common::dockerfile::parse(&format!("FROM scratch\n{t}\n"), &format!("ONBUILD of {base_name}"))
+                .map_err(|e| BuildError::Step {
+                    file: file.into(),
+                    line: stage.line,
+                    instruction: "ONBUILD".into(),
+                    message: e.to_string(),
+                })?;
+            for mut ins in parsed.stages.into_iter().flat_map(|s| s.instructions) {
+                ins.line = stage.line;
+                triggers.push(ins);
+            }
+        }
+        if self.opts.single_snapshot {
+            let root = st.ensure_root().await?;
+            st.single = Some(ScanIndex::capture(&root).map_err(|e| BuildError::Step {
+                file: file.into(),
+                line: stage.line,
+                instruction: "FROM".into(),
+                message: e.to_string(),
+            })?);
+        }
+        for ins in triggers.iter().chain(stage.instructions.iter()) {
+            let t0 = Instant::now();
+            let layer = st.apply(ins).await?;
+            let secs = t0.elapsed().as_secs_f64();
+            tracing::info!(
+                "[{stage_name}] {} ({secs:.2}s{})",
+                ins.original.lines().next().unwrap_or(""),
+                layer.as_ref().map(|l| format!(", layer {} bytes", l.descriptor.size)).unwrap_or_default()
+            );
+            steps.push(StepReport {
+                stage: stage_name.clone(),
+                line: ins.line,
+                instruction: ins.original.lines().next().unwrap_or("").to_string(),
+                seconds: secs,
+                layer_digest: layer.as_ref().map(|l| l.descriptor.digest.clone()),
+                layer_size: layer.as_ref().map(|l| l.descriptor.size).unwrap_or(0),
+            });
+        }
+        if let Some(index) = st.single.take() {
+            if let Some(root) = st.root.clone() {
+                let diff = index.diff(&root).map_err(|e| BuildError::Step {
+                    file: file.into(),
+                    line: stage.line,
+                    instruction: "FROM".into(),
+                    message: e.to_string(),
+                })?;
+                st.commit_layer(&root, diff.with_parents(), "single snapshot of the stage")?;
+            }
+        }
+        let created = if self.opts.layer.reproducible {
+            "1970-01-01T00:00:00Z".to_string()
+        } else {
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        st.image.config.created = Some(created);
+        Ok(StageOut {
+            image: st.image,
+            root: st.root,
+            base_name,
+        })
+    }
+
+    async fn pull_base(&self, name: &str, platform: &Platform, stage: &str) -> Result<BuiltImage, BuildError> {
+        let resolved = self
+            .registry
+            .resolve(name, platform)
+            .await
+            .map_err(|source| BuildError::BaseImage {
+                image: name.to_string(),
+                stage: stage.to_string(),
+                source,
+            })?;
+        tracing::info!("resolved {name} to {}", resolved.manifest_digest);
+        let diff_ids = resolved.config.rootfs.diff_ids.clone();
+        let layers = resolved
+            .manifest
+            .layers
+            .iter()
+            .zip(diff_ids.iter().chain(std::iter::repeat(&Digest::sha256_of(b""))))
+            .map(|(d, id)| ImageLayer {
+                descriptor: d.clone(),
+                diff_id: id.clone(),
+                source: LayerSource::Remote(resolved.reference.clone()),
+            })
+            .collect();
+        Ok(BuiltImage {
+            config: resolved.config,
+            layers,
+        })
+    }
+
+    /// Makes sure a layer's blob is in the local store.
+    pub async fn ensure_local(&self, l: &ImageLayer) -> Result<PathBuf, BuildError> {
+        let p = self.store.path(&l.descriptor.digest);
+        if p.is_file() {
+            return Ok(p);
+        }
+        match &l.source {
+            LayerSource::Local => Err(BuildError::Work {
+                path: p,
+                source: std::io::Error::other("layer missing from the local store"),
+            }),
+            LayerSource::Remote(r) => {
+                self.registry
+                    .fetch_blob(r, &l.descriptor, &p)
+                    .await
+                    .map_err(|source| BuildError::BaseImage {
+                        image: r.whole(),
+                        stage: String::new(),
+                        source,
+                    })?;
+                Ok(p)
+            }
+        }
+    }
+
+    fn work_path(&self) -> &Path {
+        self.work.path()
+    }
+}
+
+fn step_err(file: &str, ins: &Instruction, e: impl std::fmt::Display) -> BuildError {
+    BuildError::Step {
+        file: file.to_string(),
+        line: ins.line,
+        instruction: ins.original.split_whitespace().next().unwrap_or("").to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// The stages the target needs: its FROM chain and COPY --from sources.
+fn needed_stages(df: &Dockerfile, target: usize, global: &[(String, String)], lexer: &Lexer) -> Vec<usize> {
+    let mut need = BTreeSet::new();
+    let mut todo = vec![target];
+    let g = global.to_vec();
+    while let Some(i) = todo.pop() {
+        if !need.insert(i) {
+            continue;
+        }
+        let s = &df.stages[i];
+        let base = lexer.process_word(&s.base, &g).unwrap_or_default();
+        if let Some(j) = df.stage_index(&base).filter(|j| *j < i) {
+            todo.push(j);
+        }
+        for ins in &s.instructions {
+            if let Kind::Copy(c) = &ins.kind {
+                if let Some(from) = c.flags.get("from") {
+                    let from = lexer.process_word(from, &g).unwrap_or_else(|_| from.to_string());
+                    if let Some(j) = df.stage_index(&from).filter(|j| *j < i) {
+                        todo.push(j);
+                    }
+                }
+            }
+        }
+    }
+    need.into_iter().collect()
+}
+
+struct StageState<'a> {
+    b: &'a Builder,
+    df: &'a Dockerfile,
+    file: &'a str,
+    lexer: Lexer,
+    ctx: &'a BuildContext,
+    done: &'a BTreeMap<usize, StageOut>,
+    root: Option<PathBuf>,
+    /// ARGs declared in this stage, with their values.
+    args: Vec<(String, String)>,
+    global: &'a [(String, String)],
+    image: BuiltImage,
+    scratch_n: usize,
+    stage_name: String,
+    base_name: String,
+    set_cmd_here: bool,
+    single: Option<ScanIndex>,
+}
+
+impl StageState<'_> {
+    /// Variables for substitution: stage ARGs, overridden by ENV.
+    fn vars(&self) -> Vec<(String, String)> {
+        let mut v = self.args.clone();
+        v.extend(self.image.config.config.env_pairs());
+        v
+    }
+
+    fn err(&self, ins: &Instruction, e: impl std::fmt::Display) -> BuildError {
+        step_err(self.file, ins, e)
+    }
+
+    fn word(&self, ins: &Instruction, w: &str) -> Result<String, BuildError> {
+        self.lexer.process_word(w, &self.vars()).map_err(|e| self.err(ins, e))
+    }
+
+    /// Unpacks the stage's layers into a fresh root on first use.
+    async fn ensure_root(&mut self) -> Result<PathBuf, BuildError> {
+        if let Some(r) = &self.root {
+            return Ok(r.clone());
+        }
+        let root = tempfile::Builder::new()
+            .prefix("rootfs-")
+            .tempdir_in(self.b.work_path())
+            .map_err(|source| BuildError::Work {
+                path: self.b.work_path().to_path_buf(),
+                source,
+            })?
+            .keep();
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|source| BuildError::Work {
+            path: root.clone(),
+            source,
+        })?;
+        // Fetch all layers concurrently, then apply them in order.
+        let fetches = self.image.layers.iter().map(|l| self.b.ensure_local(l));
+        let paths = futures_util::future::try_join_all(fetches).await?;
+        for (l, p) in self.image.layers.iter().zip(paths) {
+            let mut attempt = 0;
+            loop {
+                let f = std::fs::File::open(&p).map_err(|source| BuildError::Work { path: p.clone(), source })?;
+                let root2 = root.clone();
+                let res = tokio::task::spawn_blocking(move || extract::apply_layer(&root2, f))
+                    .await
+                    .map_err(|e| BuildError::Work {
+                        path: p.clone(),
+                        source: std::io::Error::other(e),
+                    })?;
+                match res {
+                    Ok(_) => break,
+                    Err(e @ (extract::ExtractError::Path { .. } | extract::ExtractError::BadLink { .. })) => {
+                        return Err(BuildError::Extract {
+                            image: self.base_name.clone(),
+                            digest: l.descriptor.digest.clone(),
+                            source: e,
+                        })
+                    }
+                    Err(e) if attempt < self.b.opts.image_fs_extract_retry => {
+                        attempt += 1;
+                        tracing::warn!("extracting {}: {e}; retrying", l.descriptor.digest);
+                    }
+                    Err(e) => {
+                        return Err(BuildError::Extract {
+                            image: self.base_name.clone(),
+                            digest: l.descriptor.digest.clone(),
+                            source: e,
+                        })
+                    }
+                }
+            }
+        }
+        self.root = Some(root.clone());
+        Ok(root)
+    }
+
+    fn scratch(&mut self) -> Result<PathBuf, BuildError> {
+        self.scratch_n += 1;
+        let p = self.b.work_path().join(format!("scratch-{}-{}", self.stage_name, self.scratch_n));
+        std::fs::create_dir_all(&p).map_err(|source| BuildError::Work { path: p.clone(), source })?;
+        Ok(p)
+    }
+
+    fn history(&mut self, created_by: String, empty: bool) {
+        let created = if self.b.opts.layer.reproducible {
+            "1970-01-01T00:00:00Z".to_string()
+        } else {
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        self.image.config.history.push(History {
+            created: Some(created),
+            created_by: Some(created_by),
+            comment: Some("kiln".into()),
+            empty_layer: empty,
+            ..Default::default()
+        });
+    }
+
+    fn commit_layer(&mut self, root: &Path, diff: Diff, created_by: &str) -> Result<Option<Layer>, BuildError> {
+        if diff.is_empty() {
+            self.history(created_by.to_string(), true);
+            return Ok(None);
+        }
+        let l = layer::write_layer(root, &diff, &self.b.store, &self.b.opts.layer).map_err(|e| BuildError::Step {
+            file: self.file.into(),
+            line: 0,
+            instruction: created_by.into(),
+            message: e.to_string(),
+        })?;
+        self.image.config.rootfs.diff_ids.push(l.diff_id.clone());
+        self.image.layers.push(ImageLayer {
+            descriptor: l.descriptor.clone(),
+            diff_id: l.diff_id.clone(),
+            source: LayerSource::Local,
+        });
+        self.history(created_by.to_string(), false);
+        Ok(Some(l))
+    }
+
+    /// Applies one instruction; returns the layer it produced, if any.
+    async fn apply(&mut self, ins: &Instruction) -> Result<Option<Layer>, BuildError> {
+        let cfg_history = ins.original.lines().next().unwrap_or("").to_string();
+        match &ins.kind {
+            Kind::Arg(list) => {
+                for (name, default) in list {
+                    let v = match self.b.build_arg(name) {
+                        Some(v) => v,
+                        None => match default {
+                            Some(d) => self.word(ins, d)?,
+                            None => self
+                                .global
+                                .iter()
+                                .rev()
+                                .find(|(k, _)| k == name)
+                                .map(|(_, v)| v.clone())
+                                .unwrap_or_default(),
+                        },
+                    };
+                    self.args.retain(|(k, _)| k != name);
+                    self.args.push((name.clone(), v));
+                }
+                Ok(None)
+            }
+            Kind::Env(pairs) => {
+                for (k, v) in pairs {
+                    let k = self.word(ins, k)?;
+                    let v = self.word(ins, v)?;
+                    self.image.config.config.set_env(&k, &v);
+                }
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Label(pairs) => {
+                for (k, v) in pairs {
+                    let k = self.word(ins, k)?;
+                    let v = self.word(ins, v)?;
+                    self.image.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k, v);
+                }
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Maintainer(m) => {
+                self.image.config.author = Some(m.clone());
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::User(u) => {
+                let u = self.word(ins, u)?;
+                self.image.config.config.user = Some(u);
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Expose(ports) => {
+                let vars = self.vars();
+                for p in ports {
+                    let p = self.lexer.process_word(p, &vars).map_err(|e| self.err(ins, e))?;
+                    let p = if p.contains('/') { p.to_ascii_lowercase() } else { format!("{p}/tcp") };
+                    self.image
+                        .config
+                        .config
+                        .exposed_ports
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(p, serde_json::json!({}));
+                }
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Volume(vols) => {
+                let vars = self.vars();
+                for v in vols {
+                    let v = self.lexer.process_word(v, &vars).map_err(|e| self.err(ins, e))?;
+                    if v.is_empty() {
+                        return Err(self.err(ins, "VOLUME specified can not be an empty string"));
+                    }
+                    self.image.config.config.volumes.get_or_insert_with(BTreeMap::new).insert(v, serde_json::json!({}));
+                }
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::StopSignal(s) => {
+                let s = self.word(ins, s)?;
+                self.image.config.config.stop_signal = Some(s);
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Shell(v) => {
+                self.image.config.config.shell = Some(v.clone());
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Onbuild(t) => {
+                self.image.config.config.on_build.get_or_insert_with(Vec::new).push(t.clone());
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Cmd(c) => {
+                self.image.config.config.cmd = Some(self.cmd_vec(c));
+                self.set_cmd_here = true;
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Entrypoint(c) => {
+                let v = self.cmd_vec(c);
+                self.image.config.config.entrypoint = if v.is_empty() { None } else { Some(v) };
+                if !self.set_cmd_here {
+                    // Docker: ENTRYPOINT resets a CMD inherited from the base.
+                    self.image.config.config.cmd = None;
+                }
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Healthcheck(h) => {
+                let hc = match &h.cmd {
+                    None => Healthcheck {
+                        test: vec!["NONE".into()],
+                        ..Default::default()
+                    },
+                    Some(c) => {
+                        let test = match c {
+                            Cmd::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+                            Cmd::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+                        };
+                        let dur = |n: &str| -> Result<Option<i64>, BuildError> {
+                            h.flags.get(n).map(|v| parse_duration(v).map_err(|e| self.err(ins, format!("--{n}: {e}")))).transpose()
+                        };
+                        Healthcheck {
+                            test,
+                            interval: dur("interval")?,
+                            timeout: dur("timeout")?,
+                            start_period: dur("start-period")?,
+                            start_interval: dur("start-interval")?,
+                            retries: h
+                                .flags
+                                .get("retries")
+                                .map(|r| r.parse::<i64>().map_err(|e| self.err(ins, format!("--retries: {e}"))))
+                                .transpose()?,
+                        }
+                    }
+                };
+                self.image.config.config.healthcheck = Some(hc);
+                self.history(cfg_history, true);
+                Ok(None)
+            }
+            Kind::Workdir(w) => {
+                let w = self.word(ins, w)?;
+                let cur = self.image.config.config.working_dir.clone().unwrap_or_else(|| "/".into());
+                let new = if w.starts_with('/') { w } else { format!("{}/{}", cur.trim_end_matches('/'), w) };
+                let new = normalize_abs(&new);
+                self.image.config.config.working_dir = Some(new.clone());
+                let root = self.ensure_root().await?;
+                let dir = rootfs::resolve(&root, &new, true).map_err(|e| self.err(ins, e))?;
+                let mut diff = Diff::default();
+                copy::mkdir_all(
+                    &root,
+                    &dir,
+                    &CopyOptions {
+                        owner: Owner::Fixed(0, 0),
+                        chmod: None,
+                    },
+                    &mut diff,
+                )
+                .map_err(|e| self.err(ins, e))?;
+                self.finish_fs_step(&root, diff, cfg_history)
+            }
+            Kind::Run { cmd, heredocs, .. } => self.run(ins, cmd, heredocs).await,
+            Kind::Copy(spec) => self.copy(ins, spec, false).await,
+            Kind::Add(spec) => self.copy(ins, spec, true).await,
+        }
+    }
+
+    fn finish_fs_step(&mut self, root: &Path, diff: Diff, created_by: String) -> Result<Option<Layer>, BuildError> {
+        if self.single.is_some() {
+            self.history(created_by, true);
+            return Ok(None);
+        }
+        self.commit_layer(root, diff.with_parents(), &created_by)
+    }
+
+    fn shell(&self) -> Vec<String> {
+        self.image.config.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    fn cmd_vec(&self, c: &Cmd) -> Vec<String> {
+        match c {
+            Cmd::Exec(v) => v.clone(),
+            Cmd::Shell(s) => {
+                let mut v = self.shell();
+                v.push(s.clone());
+                v
+            }
+        }
+    }
+
+    async fn run(&mut self, ins: &Instruction, cmd: &Cmd, heredocs: &[kiln_common::dockerfile::Heredoc]) -> Result<Option<Layer>, BuildError> {
+        let root = self.ensure_root().await?;
+        let (args, shown) = match cmd {
+            Cmd::Exec(v) => {
+                if v.is_empty() {
+                    return Err(self.err(ins, "RUN with an empty command"));
+                }
+                (v.clone(), v.join(" "))
+            }
+            Cmd::Shell(s) => {
+                let text = if heredocs.len() == 1 && s.trim().trim_start_matches("<<-").trim_start_matches("<<").trim_matches(['"', '\'']) == heredocs[0].name {
+                    // `RUN <<EOF`: the body is the script.
+                    heredocs[0].content.clone()
+                } else if heredocs.is_empty() {
+                    s.clone()
+                } else {
+                    // `RUN cmd <<EOF`: let the shell feed the body, as written.
+                    let mut t = s.clone();
+                    for h in heredocs {
+                        t.push('\n');
+                        t.push_str(&h.content);
+                        t.push_str(&h.name);
+                    }
+                    t
+                };
+                let mut v = self.shell();
+                v.push(text.clone());
+                (v, text)
+            }
+        };
+        // Build args are visible to RUN; ENV wins over an ARG of the same name.
+        let mut env: Vec<(String, String)> = Vec::new();
+        let cfg_env = self.image.config.config.env_pairs();
+        for (k, v) in &self.args {
+            if !cfg_env.iter().any(|(e, _)| e == k) {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        env.extend(cfg_env);
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+        }
+        let user = self.image.config.config.user.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "0".into());
+        let (uid, gid) = rootfs::lookup_user(&root, &user).map_err(|e| self.err(ins, e))?;
+        let cwd = self.image.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+        let spec = RunSpec {
+            args,
+            env,
+            cwd,
+            uid,
+            gid,
+            hostname: "kiln".into(),
+        };
+        let scratch = self.scratch()?;
+        let iso_root = root.clone();
+        let b = self.b;
+        let outcome = tokio::task::block_in_place(|| b.isolation.run(&iso_root, &scratch, &spec))?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        if !outcome.status.success() {
+            return Err(BuildError::RunFailed {
+                file: self.file.into(),
+                line: ins.line,
+                command: shown,
+                code: outcome.status.code().unwrap_or(-1),
+                tail: outcome.tail.join("\n"),
+            });
+        }
+        let created_by = match cmd {
+            Cmd::Exec(v) => format!("RUN {}", serde_json::to_string(v).unwrap_or_default()),
+            Cmd::Shell(_) => format!("RUN {} {}", self.shell().join(" "), shown),
+        };
+        self.finish_fs_step(&root, outcome.diff, created_by)
+    }
+
+    async fn copy(&mut self, ins: &Instruction, spec: &CopySpec, is_add: bool) -> Result<Option<Layer>, BuildError> {
+        let root = self.ensure_root().await?;
+        let vars = self.vars();
+        let w = |s: &str| self.lexer.process_word(s, &vars).map_err(|e| self.err(ins, e));
+        let dest_raw = if spec.json { w(&spec.dest)? } else { w(&spec.dest)? };
+        let workdir = self.image.config.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        let dest = if dest_raw.starts_with('/') {
+            dest_raw.clone()
+        } else {
+            let joined = format!("{}/{}", workdir.trim_end_matches('/'), dest_raw);
+            if dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.") {
+                format!("{}/", normalize_abs(&joined))
+            } else {
+                normalize_abs(&joined)
+            }
+        };
+        let dest = if dest_raw == "." || dest_raw.ends_with("/.") { format!("{}/", dest.trim_end_matches('/')) } else { dest };
+        let owner = match spec.flags.get("chown") {
+            Some(c) => {
+                let c = w(c)?;
+                let (u, g) = rootfs::lookup_user(&root, &c).map_err(|e| self.err(ins, e))?;
+                Owner::Fixed(u, g)
+            }
+            None => Owner::Fixed(0, 0),
+        };
+        let chmod = match spec.flags.get("chmod") {
+            Some(m) => Some(u32::from_str_radix(&w(m)?, 8).map_err(|_| self.err(ins, format!("invalid --chmod {m:?}: expected octal")))?),
+            None => None,
+        };
+        let opts = CopyOptions { owner, chmod };
+        let mut diff = Diff::default();
+        // Sources: heredocs, URLs (ADD), a stage or image (--from), or the context.
+        let from = spec.flags.get("from").map(&w).transpose()?;
+        let mut from_root: Option<PathBuf> = None;
+        let mut from_owner = opts;
+        if let Some(f) = &from {
+            let idx = self.df.stage_index(f);
+            match idx.and_then(|i| self.done.get(&i)) {
+                Some(out) => {
+                    let r = match &out.root {
+                        Some(r) => r.clone(),
+                        None => self.unpack_image(&out.image, &out.base_name).await?,
+                    };
+                    from_root = Some(r);
+                }
+                None => {
+                    let img = self.b.pull_base(f, &self.b.platform, &self.stage_name).await?;
+                    from_root = Some(self.unpack_image(&img, f).await?);
+                }
+            }
+            if spec.flags.get("chown").is_none() {
+                // BuildKit keeps the owner of files copied from another stage.
+                from_owner.owner = Owner::Preserve;
+            }
+        }
+        for src in &spec.srcs {
+            let src_w = if let Some(h) = heredoc_for(src, &spec.heredocs) {
+                let content = if h.expand { w(&h.content).unwrap_or_else(|_| h.content.clone()) } else { h.content.clone() };
+                let target_s = if dest.ends_with('/') { format!("{dest}{}", h.name) } else { dest.clone() };
+                let target = rootfs::resolve(&root, &target_s, false).map_err(|e| self.err(ins, e))?;
+                copy::write_file(&root, &target, content.as_bytes(), 0o644, &opts, &mut diff).map_err(|e| self.err(ins, e))?;
+                continue;
+            } else {
+                w(src)?
+            };
+            if is_add && (src_w.starts_with("http://") || src_w.starts_with("https://")) {
+                self.add_url(ins, &root, &src_w, &dest, &opts, &mut diff).await?;
+                continue;
+            }
+            match &from_root {
+                Some(fr) => {
+                    let m = copy::match_sources(fr, &src_w, None, "the source stage").map_err(|e| self.err(ins, e))?;
+                    copy::copy_sources(&root, fr, &m, &dest, None, &from_owner, &mut diff).map_err(|e| self.err(ins, e))?;
+                }
+                None => {
+                    let m = copy::match_sources(&self.ctx.dir, &src_w, Some(&self.ctx.ignore), "the build context").map_err(|e| self.err(ins, e))?;
+                    if spec.srcs.len() > 1 || m.len() > 1 {
+                        if !dest.ends_with('/') {
+                            return Err(self.err(ins, format!("when copying several sources, the destination {dest_raw:?} must end with /")));
+                        }
+                    }
+                    for s in &m {
+                        if is_add && s.path.is_file() && is_archive(&s.path) {
+                            self.add_archive(ins, &root, &s.path, &dest, &opts, &mut diff)?;
+                        } else {
+                            copy::copy_sources(&root, &self.ctx.dir, std::slice::from_ref(s), &dest, Some(&self.ctx.ignore), &opts, &mut diff)
+                                .map_err(|e| self.err(ins, e))?;
+                        }
+                    }
+                }
+            }
+        }
+        let created_by = format!("{} {}", if is_add { "ADD" } else { "COPY" }, ins.original.splitn(2, ' ').nth(1).unwrap_or("").lines().next().unwrap_or(""));
+        self.finish_fs_step(&root, diff, created_by)
+    }
+
+    async fn unpack_image(&self, img: &BuiltImage, name: &str) -> Result<PathBuf, BuildError> {
+        let root = tempfile::Builder::new()
+            .prefix("from-")
+            .tempdir_in(self.b.work_path())
+            .map_err(|source| BuildError::Work {
+                path: self.b.work_path().to_path_buf(),
+                source,
+            })?
+            .keep();
+        for l in &img.layers {
+            let p = self.b.ensure_local(l).await?;
+            let f = std::fs::File::open(&p).map_err(|source| BuildError::Work { path: p.clone(), source })?;
+            extract::apply_layer(&root, f).map_err(|source| BuildError::Extract {
+                image: name.to_string(),
+                digest: l.descriptor.digest.clone(),
+                source,
+            })?;
+        }
+        Ok(root)
+    }
+
+    fn add_archive(&self, ins: &Instruction, root: &Path, archive: &Path, dest: &str, opts: &CopyOptions, diff: &mut Diff) -> Result<(), BuildError> {
+        let tmp = tempfile::tempdir_in(self.b.work_path()).map_err(|source| BuildError::Work {
+            path: self.b.work_path().to_path_buf(),
+            source,
+        })?;
+        let f = std::fs::File::open(archive).map_err(|e| self.err(ins, e))?;
+        extract::apply_archive(tmp.path(), f).map_err(|e| self.err(ins, e))?;
+        let m = copy::match_sources(tmp.path(), "", None, "the archive").map_err(|e| self.err(ins, e))?;
+        let dest = if dest.ends_with('/') { dest.to_string() } else { format!("{dest}/") };
+        let mut o = *opts;
+        if matches!(opts.owner, Owner::Fixed(0, 0)) {
+            o.owner = Owner::Preserve;
+        }
+        copy::copy_sources(root, tmp.path(), &m, &dest, None, &o, diff).map_err(|e| self.err(ins, e))
+    }
+
+    async fn add_url(&self, ins: &Instruction, root: &Path, url: &str, dest: &str, opts: &CopyOptions, diff: &mut Diff) -> Result<(), BuildError> {
+        kiln_common::registry::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(self.b.opts.registry.skip_tls_verify)
+            .build()
+            .map_err(|e| self.err(ins, e))?;
+        let resp = client.get(url).send().await.map_err(|e| self.err(ins, format!("{url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(self.err(ins, format!("{url}: HTTP {}", resp.status())));
+        }
+        let tmp = tempfile::NamedTempFile::new_in(self.b.work_path()).map_err(|e| self.err(ins, e))?;
+        {
+            use futures_util::StreamExt;
+            use std::io::Write;
+            let mut f = std::io::BufWriter::new(tmp.as_file());
+            let mut s = resp.bytes_stream();
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk.map_err(|e| self.err(ins, format!("{url}: {e}")))?;
+                f.write_all(&chunk).map_err(|e| self.err(ins, e))?;
+            }
+            f.flush().map_err(|e| self.err(ins, e))?;
+        }
+        let name = url.split(['?', '#']).next().unwrap_or(url).rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("index.html");
+        let target_s = if dest.ends_with('/') { format!("{dest}{name}") } else { dest.to_string() };
+        let target = rootfs::resolve(root, &target_s, false).map_err(|e| self.err(ins, e))?;
+        if let Some(p) = target.parent() {
+            copy::mkdir_all(root, p, opts, diff).map_err(|e| self.err(ins, e))?;
+        }
+        extract::remove_any(&target).map_err(|e| self.err(ins, e))?;
+        std::fs::copy(tmp.path(), &target).map_err(|e| self.err(ins, e))?;
+        if let Owner::Fixed(u, g) = opts.owner {
+            let _ = std::os::unix::fs::lchown(&target, Some(u), Some(g));
+        }
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(opts.chmod.unwrap_or(0o600))).map_err(|e| self.err(ins, e))?;
+        diff.add(target.strip_prefix(root).unwrap_or(&target).to_path_buf(), crate::snapshot::Change::Add);
+        Ok(())
+    }
+}
+
+fn heredoc_for<'h>(src: &str, heredocs: &'h [kiln_common::dockerfile::Heredoc]) -> Option<&'h kiln_common::dockerfile::Heredoc> {
+    let name = src.strip_prefix("<<")?.trim_start_matches('-').trim_matches(['"', '\'']);
+    heredocs.iter().find(|h| h.name == name)
+}
+
+fn is_archive(p: &Path) -> bool {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(p) else { return false };
+    let Ok(mut r) = crate::compression::decompress(f) else { return false };
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < 512 {
+        match r.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return false,
+        }
+    }
+    n == 512 && &head[257..262] == b"ustar"
+}
+
+fn normalize_abs(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Go duration strings (`30s`, `1m30s`, `500ms`) in nanoseconds.
+fn parse_duration(s: &str) -> Result<i64, String> {
+    let mut total: f64 = 0.0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        num.clear();
+        let mul = match unit.as_str() {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
+        };
+        total += v * mul;
+    }
+    if !num.is_empty() {
+        return Err(format!("missing unit in duration {s:?}"));
+    }
+    Ok(total as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_paths() {
+        assert_eq!(parse_duration("1m30s").unwrap(), 90_000_000_000);
+        assert_eq!(parse_duration("500ms").unwrap(), 500_000_000);
+        assert!(parse_duration("5").is_err());
+        assert_eq!(normalize_abs("/a/./b/../c/"), "/a/c");
+    }
+}

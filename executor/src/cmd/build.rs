@@ -1,0 +1,124 @@
+//! The build command: flags → [`BuildOptions`] → [`Builder`] → summary.
+
+use super::Cli;
+use anyhow::{bail, Context};
+use kiln_common::auth::DockerConfig;
+use kiln_common::registry::{parse_reference, Registry, RegistryOptions};
+use kiln_executor::layer::LayerOptions;
+use kiln_executor::{BuildOptions, Builder};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn kv(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .with_context(|| format!("{flag} {s:?}: expected KEY=VALUE"))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let no_push = cli.no_push.unwrap_or(false);
+    if cli.destination.is_empty() && !no_push && cli.tar_path.is_none() && cli.oci_layout_path.is_none() {
+        bail!("no --destination given: pass one, or --no-push, --tar-path or --oci-layout-path");
+    }
+    let docker_format = match cli.image_format.as_str() {
+        "oci" => false,
+        "docker" => true,
+        f => bail!("--image-format {f:?}: expected oci or docker"),
+    };
+    let compression = cli.compression.parse().map_err(anyhow::Error::msg)?;
+    if docker_format && compression == kiln_executor::compression::Compression::Zstd {
+        bail!("zstd layers need --image-format oci");
+    }
+    let mut insecure_hosts: Vec<String> = cli.insecure_registry.clone();
+    if cli.insecure.unwrap_or(false) {
+        for d in &cli.destination {
+            insecure_hosts.push(parse_reference(d)?.resolve_registry().to_string());
+        }
+    }
+    let mut registry_map: HashMap<String, Vec<String>> = HashMap::new();
+    for m in &cli.registry_map {
+        let (k, v) = kv(m, "--registry-map")?;
+        registry_map.entry(k).or_default().extend(v.split(';').map(str::to_string));
+    }
+    let registry_opts = RegistryOptions {
+        insecure_hosts,
+        skip_tls_verify: cli.skip_tls_verify.unwrap_or(false) || cli.skip_tls_verify_pull.unwrap_or(false),
+        mirrors: cli.registry_mirror.clone(),
+        registry_map,
+        skip_default_registry_fallback: cli.skip_default_registry_fallback.unwrap_or(false),
+        pull_retries: cli.image_download_retry,
+        push_retries: cli.push_retry,
+    };
+    let insecure_pull = cli.insecure_pull.unwrap_or(false);
+    let opts = BuildOptions {
+        context: cli.context.trim_start_matches("dir://").to_string(),
+        context_sub_path: cli.context_sub_path.clone(),
+        dockerfile: cli.dockerfile.clone(),
+        destinations: cli.destination.clone(),
+        target: cli.target.clone(),
+        build_args: cli
+            .build_arg
+            .iter()
+            .map(|a| match a.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (a.clone(), None),
+            })
+            .collect(),
+        labels: cli.label.iter().map(|l| kv(l, "--label")).collect::<anyhow::Result<_>>()?,
+        platform: cli.custom_platform.clone(),
+        no_push,
+        tar_path: cli.tar_path.clone(),
+        oci_layout_path: cli.oci_layout_path.clone(),
+        digest_file: cli.digest_file.clone(),
+        image_name_with_digest_file: cli.image_name_with_digest_file.clone(),
+        image_name_tag_with_digest_file: cli.image_name_tag_with_digest_file.clone(),
+        layer: LayerOptions {
+            compression,
+            level: cli.compression_level,
+            reproducible: cli.reproducible.unwrap_or(false),
+            docker_media_types: docker_format,
+        },
+        single_snapshot: cli.single_snapshot.unwrap_or(false),
+        isolation: cli.isolation.parse().map_err(anyhow::Error::msg)?,
+        work_dir: cli.kaniko_dir.clone(),
+        registry: registry_opts.clone(),
+        docker_format,
+        image_fs_extract_retry: cli.image_fs_extract_retry,
+        build_unused_stages: !cli.skip_unused_stages,
+        report_path: cli.report.clone(),
+    };
+    if cli.cache.unwrap_or(false) {
+        tracing::warn!("--cache is not implemented yet: building without the layer cache");
+    }
+    let mut reg_opts = registry_opts;
+    if insecure_pull {
+        // Pulls over HTTP from any registry the Dockerfile names.
+        reg_opts.insecure_hosts.push("*".into());
+    }
+    let creds = DockerConfig::load_default()?;
+    let registry = Arc::new(Registry::new(reg_opts, creds));
+    let builder = Builder::new(opts, registry)?;
+    tracing::info!("isolation: {}", builder.isolation_name());
+    let result = builder.build().await?;
+    eprintln!("\nSummary ({:.1}s):", result.seconds);
+    for s in &result.steps {
+        let layer = match &s.layer_digest {
+            Some(d) => format!("{} bytes {}", s.layer_size, &d.as_str()[..19]),
+            None => "no layer".into(),
+        };
+        eprintln!("  [{}] line {:>3}  {:>7.2}s  {:<28}  {}", s.stage, s.line, s.seconds, layer, truncate(&s.instruction, 60));
+    }
+    eprintln!("  image {}", result.manifest_digest);
+    for p in &result.pushed {
+        eprintln!("  pushed {p}");
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}

@@ -1,0 +1,142 @@
+//! Command-line interface. Flag names and meanings follow kaniko's executor so
+//! that an existing pipeline only changes the image it runs.
+
+mod build;
+
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "executor", version, about = "Build container images from Dockerfiles without a daemon")]
+pub struct Cli {
+    /// Build context: a directory, tar://<path|stdin>, git://<repo>#<ref>#<commit>, dir://<path>.
+    #[arg(short = 'c', long, default_value = "/workspace/")]
+    pub context: String,
+    /// Sub-directory of the context to use (git contexts mostly).
+    #[arg(long)]
+    pub context_sub_path: Option<String>,
+    /// Path to the Dockerfile; relative paths are tried as given, then in the context.
+    #[arg(short = 'f', long, default_value = "Dockerfile")]
+    pub dockerfile: PathBuf,
+    /// Registry destination (repeatable).
+    #[arg(short = 'd', long)]
+    pub destination: Vec<String>,
+    /// Build only up to this stage.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Build argument KEY=VALUE, or KEY to take it from the environment (repeatable).
+    #[arg(long)]
+    pub build_arg: Vec<String>,
+    /// Label KEY=VALUE added to the final image (repeatable).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Build for this platform (os/arch[/variant]).
+    #[arg(long)]
+    pub custom_platform: Option<String>,
+    /// Build but do not push.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub no_push: Option<bool>,
+    /// Write a docker-archive tarball here.
+    #[arg(long)]
+    pub tar_path: Option<PathBuf>,
+    /// Write an OCI image layout here.
+    #[arg(long)]
+    pub oci_layout_path: Option<PathBuf>,
+    #[arg(long)]
+    pub digest_file: Option<PathBuf>,
+    #[arg(long)]
+    pub image_name_with_digest_file: Option<PathBuf>,
+    #[arg(long)]
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    /// Layer compression: gzip (default), zstd or none.
+    #[arg(long, default_value = "gzip")]
+    pub compression: String,
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+    /// Strip timestamps so that identical inputs give identical digests.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub reproducible: Option<bool>,
+    /// One layer per stage instead of one per step.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub single_snapshot: Option<bool>,
+    /// RUN isolation: auto, namespaces or chroot.
+    #[arg(long, default_value = "auto")]
+    pub isolation: String,
+    /// Where builds keep their private work directories.
+    #[arg(long, env = "KILN_DIR", default_value = "/tmp/kiln")]
+    pub kaniko_dir: PathBuf,
+    /// Push to registries over plain HTTP.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
+    /// Pull from registries over plain HTTP.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_pull: Option<bool>,
+    /// A registry reached over plain HTTP (repeatable).
+    #[arg(long)]
+    pub insecure_registry: Vec<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub skip_tls_verify: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub skip_tls_verify_pull: Option<bool>,
+    /// Mirror for Docker Hub images (repeatable).
+    #[arg(long)]
+    pub registry_mirror: Vec<String>,
+    /// original=replacement[;replacement] registry mapping (repeatable).
+    #[arg(long)]
+    pub registry_map: Vec<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub skip_default_registry_fallback: Option<bool>,
+    #[arg(long, default_value_t = 0)]
+    pub push_retry: u32,
+    #[arg(long, default_value_t = 0)]
+    pub image_download_retry: u32,
+    #[arg(long, default_value_t = 0)]
+    pub image_fs_extract_retry: u32,
+    /// Manifest format: oci (default) or docker.
+    #[arg(long, default_value = "oci")]
+    pub image_format: String,
+    /// Build stages the target does not need too.
+    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true")]
+    pub skip_unused_stages: bool,
+    /// Write a JSON build report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Log level: trace, debug, info, warn, error, fatal, panic.
+    #[arg(short = 'v', long, default_value = "info")]
+    pub verbosity: String,
+    /// Log format: text, color or json.
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub log_timestamp: Option<bool>,
+    /// Accepted for kaniko compatibility: Kiln builds never touch the builder's own filesystem.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub cleanup: Option<bool>,
+    /// Accepted for kaniko compatibility (registry caching is a separate feature).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub cache: Option<bool>,
+    #[arg(long)]
+    pub cache_repo: Option<String>,
+}
+
+pub fn logging(cli: &Cli) {
+    let level = match cli.verbosity.as_str() {
+        "fatal" | "panic" => "error",
+        l => l,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,reqwest=warn,rustls=warn")));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let ts = cli.log_timestamp.unwrap_or(false);
+    match (cli.log_format.as_str(), ts) {
+        ("json", _) => b.json().init(),
+        ("color", true) => b.with_ansi(true).init(),
+        ("color", false) => b.with_ansi(true).without_time().init(),
+        (_, true) => b.with_ansi(false).init(),
+        (_, false) => b.with_ansi(false).without_time().init(),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    build::run(cli).await
+}

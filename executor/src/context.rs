@@ -1,0 +1,125 @@
+//! Build contexts: a local directory, `tar://` (a file or `stdin`, gzip or
+//! not), `dir://` and `git://` (cloned with the `git` program). Every kind ends
+//! up as a local directory that COPY reads from.
+
+use crate::dockerignore::DockerIgnore;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("build context {context:?}: {message}")]
+    Invalid { context: String, message: String },
+    #[error("build context {context:?}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("build context {context:?}: unpacking: {source}")]
+    Unpack {
+        context: String,
+        source: crate::extract::ExtractError,
+    },
+    #[error("build context {context:?}: git: {message}")]
+    Git { context: String, message: String },
+    #[error("context scheme {scheme}:// is not supported yet")]
+    Unsupported { scheme: String },
+}
+
+pub struct BuildContext {
+    pub dir: PathBuf,
+    pub ignore: DockerIgnore,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl BuildContext {
+    /// Prepares `spec` (kaniko's `--context`), unpacking into `work` when needed;
+    /// `sub_path` is `--context-sub-path`.
+    pub fn prepare(spec: &str, sub_path: Option<&str>, work: &Path, dockerfile: Option<&Path>) -> Result<BuildContext, ContextError> {
+        let io_err = |source| ContextError::Io {
+            context: spec.to_string(),
+            source,
+        };
+        let (dir, temp) = if let Some(rest) = spec.strip_prefix("tar://") {
+            let t = tempfile::Builder::new().prefix("context-").tempdir_in(work).map_err(io_err)?;
+            let stats = if rest == "stdin" {
+                crate::extract::apply_archive(t.path(), io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(rest).map_err(io_err)?;
+                crate::extract::apply_archive(t.path(), f)
+            };
+            stats.map_err(|source| ContextError::Unpack {
+                context: spec.to_string(),
+                source,
+            })?;
+            (t.path().to_path_buf(), Some(t))
+        } else if let Some(rest) = spec.strip_prefix("git://") {
+            let t = tempfile::Builder::new().prefix("context-").tempdir_in(work).map_err(io_err)?;
+            git_clone(spec, rest, t.path())?;
+            (t.path().to_path_buf(), Some(t))
+        } else if let Some(rest) = spec.strip_prefix("dir://") {
+            (PathBuf::from(rest), None)
+        } else if let Some((scheme, _)) = spec.split_once("://") {
+            return Err(ContextError::Unsupported { scheme: scheme.to_string() });
+        } else {
+            (PathBuf::from(spec), None)
+        };
+        let dir = match sub_path {
+            Some(s) => dir.join(s.trim_start_matches('/')),
+            None => dir,
+        };
+        if !dir.is_dir() {
+            return Err(ContextError::Invalid {
+                context: spec.to_string(),
+                message: format!("{} is not a directory", dir.display()),
+            });
+        }
+        let dir = dir.canonicalize().map_err(io_err)?;
+        let ignore = DockerIgnore::load(&dir, dockerfile).map_err(io_err)?;
+        Ok(BuildContext { dir, ignore, _temp: temp })
+    }
+}
+
+/// kaniko's git context: `git://host/org/repo.git#ref#commit`; a token comes
+/// from `GIT_TOKEN`, or `GIT_USERNAME` / `GIT_PASSWORD`.
+fn git_clone(spec: &str, rest: &str, dest: &Path) -> Result<(), ContextError> {
+    let mut parts = rest.split('#');
+    let repo = parts.next().unwrap_or_default();
+    let reference = parts.next().filter(|s| !s.is_empty());
+    let commit = parts.next().filter(|s| !s.is_empty());
+    let user = std::env::var("GIT_USERNAME").ok();
+    let secret = std::env::var("GIT_TOKEN").ok().or_else(|| std::env::var("GIT_PASSWORD").ok());
+    let url = match (&user, &secret) {
+        (Some(u), Some(p)) => format!("https://{u}:{p}@{repo}"),
+        (None, Some(t)) => format!("https://{t}@{repo}"),
+        _ => format!("https://{repo}"),
+    };
+    let err = |message: String| ContextError::Git {
+        context: spec.to_string(),
+        message,
+    };
+    let mut clone = Command::new("git");
+    clone.arg("clone").arg("--quiet");
+    if commit.is_none() {
+        clone.arg("--depth=1");
+    }
+    if let Some(r) = reference {
+        clone.arg("--branch").arg(r.trim_start_matches("refs/heads/").trim_start_matches("refs/tags/"));
+    }
+    clone.arg(&url).arg(dest);
+    let out = clone.output().map_err(|e| err(e.to_string()))?;
+    if !out.status.success() {
+        // Never echo the URL: it may carry the token.
+        return Err(err(format!("clone of {repo} failed: {}", String::from_utf8_lossy(&out.stderr).replace(&url, repo))));
+    }
+    if let Some(c) = commit {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dest)
+            .args(["checkout", "--quiet", c])
+            .output()
+            .map_err(|e| err(e.to_string()))?;
+        if !out.status.success() {
+            return Err(err(format!("checkout {c}: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Applies an image layer (a tar, possibly compressed) to a build root.
+//!
+//! We do not use `tar::Archive::unpack`: layers need whiteouts and opaque
+//! directories, and every path and hardlink target must be resolved inside the
+//! root with [`crate::rootfs::resolve`] so that a malicious layer is an error,
+//! never a write outside the root.
+
+use crate::compression::decompress;
+use crate::rootfs::{self, RootError};
+use nix::sys::stat::{mknod, Mode, SFlag};
+use nix::unistd::{mkfifo, Gid, Uid};
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("layer entry {entry:?}: {source}")]
+    Path { entry: String, source: RootError },
+    #[error("layer entry {entry:?}: hardlink to {target:?} leaves the root or is not a file")]
+    BadLink { entry: String, target: String },
+    #[error("layer entry {entry:?}: {source}")]
+    Io { entry: String, source: io::Error },
+    #[error("reading layer: {0}")]
+    Read(io::Error),
+}
+
+/// What applying a layer did, for logs and for the uncompressed size.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExtractStats {
+    pub entries: u64,
+    pub tar_bytes: u64,
+}
+
+struct CountingReader<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// Applies the layer read from `r` to `root`.
+pub fn apply_layer<R: Read>(root: &Path, r: R) -> Result<ExtractStats, ExtractError> {
+    apply(root, r, true)
+}
+
+/// Unpacks a plain archive (ADD, `tar://` contexts): `.wh.` names are files.
+pub fn apply_archive<R: Read>(root: &Path, r: R) -> Result<ExtractStats, ExtractError> {
+    apply(root, r, false)
+}
+
+fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, ExtractError> {
+    let is_root = Uid::effective().is_root();
+    let mut counter = CountingReader {
+        inner: decompress(r).map_err(ExtractError::Read)?,
+        n: 0,
+    };
+    let mut stats = ExtractStats::default();
+    let mut created: HashSet<PathBuf> = HashSet::new();
+    // Directory times are set last: writing children would change them.
+    let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
+    {
+        let mut archive = tar::Archive::new(&mut counter);
+        for entry in archive.entries().map_err(ExtractError::Read)? {
+            let mut entry = entry.map_err(ExtractError::Read)?;
+            stats.entries += 1;
+            let raw_path = entry.path_bytes().into_owned();
+            let name = String::from_utf8_lossy(&raw_path).into_owned();
+            let io_err = |source| ExtractError::Io {
+                entry: name.clone(),
+                source,
+            };
+            let path_err = |source| ExtractError::Path {
+                entry: name.clone(),
+                source,
+            };
+            let comps = rootfs::clean_components(&name).map_err(path_err)?;
+            let Some(base) = comps.last().map(|c| c.as_bytes().to_vec()) else {
+                continue; // the root itself ("./")
+            };
+            let parent_rel: PathBuf = comps[..comps.len() - 1].iter().collect();
+            let parent = rootfs::resolve(root, &parent_rel.to_string_lossy(), true).map_err(path_err)?;
+
+            if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX.as_bytes()).filter(|_| whiteouts) {
+                if base == OPAQUE_MARKER.as_bytes() {
+                    clear_dir_except(&parent, &created).map_err(io_err)?;
+                } else {
+                    let victim = parent.join(std::ffi::OsStr::from_bytes(hidden));
+                    remove_any(&victim).map_err(io_err)?;
+                }
+                continue;
+            }
+            std::fs::create_dir_all(&parent).map_err(io_err)?;
+            let target = parent.join(std::ffi::OsStr::from_bytes(&base));
+            let header = entry.header().clone();
+            let kind = header.entry_type();
+            let existing = std::fs::symlink_metadata(&target).ok();
+            // Replace whatever is there, except a directory by a directory.
+            if let Some(m) = &existing {
+                if !(m.is_dir() && kind.is_dir()) {
+                    remove_any(&target).map_err(io_err)?;
+                }
+            }
+            let mode = header.mode().map_err(io_err)? & 0o7777;
+            let uid = header.uid().map_err(io_err)? as u32;
+            let gid = header.gid().map_err(io_err)? as u32;
+            let mtime = header.mtime().unwrap_or(0) as i64;
+            match kind {
+                tar::EntryType::Directory => {
+                    if existing.as_ref().is_none_or(|m| !m.is_dir()) {
+                        std::fs::create_dir(&target).map_err(io_err)?;
+                    }
+                    dir_times.push((target.clone(), mtime));
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&target)
+                        .map_err(io_err)?;
+                    io::copy(&mut entry, &mut f).map_err(io_err)?;
+                }
+                tar::EntryType::Symlink => {
+                    let link = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| io_err(io::Error::other("symlink without target")))?
+                        .into_owned();
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target).map_err(io_err)?;
+                }
+                tar::EntryType::Link => {
+                    let link = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| io_err(io::Error::other("hardlink without target")))?
+                        .into_owned();
+                    let link_s = String::from_utf8_lossy(&link).into_owned();
+                    let bad = || ExtractError::BadLink {
+                        entry: name.clone(),
+                        target: link_s.clone(),
+                    };
+                    let src = rootfs::resolve(root, &link_s, false).map_err(|_| bad())?;
+                    let m = std::fs::symlink_metadata(&src).map_err(|_| bad())?;
+                    if m.is_dir() {
+                        return Err(bad());
+                    }
+                    std::fs::hard_link(&src, &target).map_err(io_err)?;
+                    created.insert(target);
+                    continue; // a hardlink shares the target's metadata
+                }
+                tar::EntryType::Char | tar::EntryType::Block => {
+                    let dev = nix::sys::stat::makedev(
+                        header.device_major().ok().flatten().unwrap_or(0) as u64,
+                        header.device_minor().ok().flatten().unwrap_or(0) as u64,
+                    );
+                    let sflag = if kind == tar::EntryType::Char { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
+                    if let Err(e) = mknod(&target, sflag, Mode::from_bits_truncate(mode), dev) {
+                        if is_root {
+                            return Err(io_err(e.into()));
+                        }
+                        tracing::debug!("skipping device {name}: {e}");
+                        continue;
+                    }
+                }
+                tar::EntryType::Fifo => {
+                    mkfifo(&target, Mode::from_bits_truncate(mode)).map_err(|e| io_err(e.into()))?;
+                }
+                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => continue,
+                other => {
+                    tracing::warn!("skipping layer entry {name} of unsupported type {other:?}");
+                    continue;
+                }
+            }
+            set_metadata(&target, kind, mode, uid, gid, mtime, is_root).map_err(io_err)?;
+            if let Ok(Some(exts)) = entry.pax_extensions() {
+                for ext in exts.flatten() {
+                    if let Some(attr) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                        let attr = std::ffi::OsStr::from_bytes(attr);
+                        if let Err(e) = xattr::set(&target, attr, ext.value_bytes()) {
+                            tracing::debug!("xattr {attr:?} on {name}: {e}");
+                        }
+                    }
+                }
+            }
+            created.insert(target);
+        }
+    }
+    for (d, t) in dir_times.into_iter().rev() {
+        let ft = filetime::FileTime::from_unix_time(t, 0);
+        let _ = filetime::set_symlink_file_times(&d, ft, ft);
+    }
+    stats.tar_bytes = counter.n;
+    Ok(stats)
+}
+
+fn set_metadata(p: &Path, kind: tar::EntryType, mode: u32, uid: u32, gid: u32, mtime: i64, is_root: bool) -> io::Result<()> {
+    match nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(()) => {}
+        Err(e) if !is_root => tracing::trace!("chown {}: {e}", p.display()),
+        Err(e) => return Err(e.into()),
+    }
+    if kind != tar::EntryType::Symlink {
+        // After chown: chown clears setuid bits.
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    }
+    if kind != tar::EntryType::Directory {
+        let ft = filetime::FileTime::from_unix_time(mtime, 0);
+        filetime::set_symlink_file_times(p, ft, ft)?;
+    }
+    Ok(())
+}
+
+/// Removes a file, symlink or directory tree; a missing path is fine.
+pub fn remove_any(p: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn clear_dir_except(dir: &Path, keep: &HashSet<PathBuf>) -> io::Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        let p = e?.path();
+        if !keep.contains(&p) {
+            remove_any(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Device and inode of a path, used to keep hardlink groups.
+pub fn dev_ino(m: &std::fs::Metadata) -> (u64, u64) {
+    (m.dev(), m.ino())
+}

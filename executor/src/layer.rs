@@ -1,0 +1,153 @@
+//! Writes a [`Diff`] as a layer blob: tar → (uncompressed digest) → compressor
+//! → (compressed digest) → temp file → rename. Streams end to end; no layer is
+//! ever held in memory.
+
+use crate::blobs::{BlobError, BlobStore};
+use crate::compression::Compression;
+use crate::extract::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::snapshot::{Change, Diff};
+use kiln_common::digest::{Digest, HashingWriter};
+use kiln_common::image::Descriptor;
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("layer entry {path}: {source}")]
+    Entry { path: PathBuf, source: io::Error },
+    #[error("writing layer: {0}")]
+    Write(io::Error),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LayerOptions {
+    pub compression: Compression,
+    pub level: Option<i32>,
+    /// Timestamps set to the epoch, so the same inputs give the same digest.
+    pub reproducible: bool,
+    pub docker_media_types: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+    pub uncompressed_size: u64,
+}
+
+/// Writes the layer for `diff`, reading content from `root`.
+pub fn write_layer(root: &Path, diff: &Diff, store: &BlobStore, opts: &LayerOptions) -> Result<Layer, LayerError> {
+    let blob = store.writer()?;
+    let enc = opts.compression.encoder(blob, opts.level).map_err(LayerError::Write)?;
+    let tar_hash = HashingWriter::new(enc);
+    let mut tb = tar::Builder::new(tar_hash);
+    tb.mode(tar::HeaderMode::Complete);
+    tb.follow_symlinks(false);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    for (rel, change) in &diff.changes {
+        let entry_err = |source| LayerError::Entry {
+            path: rel.clone(),
+            source,
+        };
+        match change {
+            Change::Delete => {
+                let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let wh = rel.with_file_name(format!("{WHITEOUT_PREFIX}{name}"));
+                append_empty(&mut tb, &wh, opts).map_err(entry_err)?;
+            }
+            Change::Add | Change::Opaque => {
+                append_path(&mut tb, root, rel, &mut links, opts).map_err(entry_err)?;
+                if *change == Change::Opaque {
+                    append_empty(&mut tb, &rel.join(OPAQUE_MARKER), opts).map_err(entry_err)?;
+                }
+            }
+        }
+    }
+    let tar_hash = tb.into_inner().map_err(LayerError::Write)?;
+    let (enc, diff_id, uncompressed_size) = tar_hash.finish();
+    let blob = enc.finish_box().map_err(LayerError::Write)?;
+    let (digest, size) = blob.commit()?;
+    Ok(Layer {
+        descriptor: Descriptor::new(opts.compression.media_type(opts.docker_media_types), digest, size),
+        diff_id,
+        uncompressed_size,
+    })
+}
+
+fn append_empty<W: Write>(tb: &mut tar::Builder<W>, path: &Path, opts: &LayerOptions) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_mtime(if opts.reproducible { 0 } else { now() });
+    h.set_uid(0);
+    h.set_gid(0);
+    tb.append_data(&mut h, path, io::empty())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn append_path<W: Write>(
+    tb: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    opts: &LayerOptions,
+) -> io::Result<()> {
+    let full = root.join(rel);
+    let m = std::fs::symlink_metadata(&full)?;
+    let ft = m.file_type();
+    // Extended attributes travel as PAX records (overlay's own are internal).
+    if let Ok(names) = xattr::list(&full) {
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        for n in names {
+            let ns = n.to_string_lossy();
+            if ns.starts_with("trusted.overlay.") || ns == "security.selinux" {
+                continue;
+            }
+            if let Ok(Some(v)) = xattr::get(&full, &n) {
+                pax.push((format!("SCHILY.xattr.{ns}"), v));
+            }
+        }
+        if !pax.is_empty() {
+            tb.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+    if opts.reproducible {
+        h.set_mtime(0);
+    }
+    if !ft.is_dir() && m.nlink() > 1 {
+        let key = (m.dev(), m.ino());
+        if let Some(first) = links.get(&key) {
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            return tb.append_link(&mut h, rel, first);
+        }
+        links.insert(key, rel.to_path_buf());
+    }
+    if ft.is_symlink() {
+        let target = std::fs::read_link(&full)?;
+        h.set_size(0);
+        tb.append_link(&mut h, rel, target)
+    } else if ft.is_file() {
+        let f = std::fs::File::open(&full)?;
+        tb.append_data(&mut h, rel, f)
+    } else if ft.is_dir() || ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+        h.set_size(0);
+        tb.append_data(&mut h, rel, io::empty())
+    } else {
+        // Sockets cannot be represented in a layer.
+        Ok(())
+    }
+}

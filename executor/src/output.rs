@@ -1,0 +1,326 @@
+//! Where a built image goes: registries (`--destination`), an OCI layout
+//! (`--oci-layout-path`), a docker-archive tarball (`--tar-path`), and the
+//! digest files CI pipelines read afterwards.
+
+use crate::blobs::{BlobError, BlobStore};
+use crate::build::{BuiltImage, ImageLayer, LayerSource};
+use crate::options::BuildOptions;
+use kiln_common::digest::HashingWriter;
+use kiln_common::image::{self, Descriptor, Index, Manifest};
+use kiln_common::registry::{parse_reference, Registry, RegistryError};
+use kiln_common::Digest;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("pushing to {destination}: {source}")]
+    Push {
+        destination: String,
+        source: RegistryError,
+    },
+    #[error("fetching layer {digest}: {source}")]
+    Fetch { digest: Digest, source: RegistryError },
+    #[error("encoding {what}: {source}")]
+    Json { what: &'static str, source: serde_json::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
+    move |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The config and manifest, stored as blobs.
+#[derive(Debug, Clone)]
+pub struct WrittenImage {
+    pub config_digest: Digest,
+    pub config_size: u64,
+    pub manifest_digest: Digest,
+    pub manifest: Vec<u8>,
+    pub media_type: String,
+}
+
+pub fn write_image(store: &BlobStore, img: &BuiltImage, docker: bool) -> Result<WrittenImage, OutputError> {
+    let mut config = img.config.clone();
+    config.rootfs.kind = "layers".into();
+    config.rootfs.diff_ids = img.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let config_bytes = serde_json::to_vec(&config).map_err(|source| OutputError::Json { what: "config", source })?;
+    let (config_digest, config_size) = store.put(&config_bytes)?;
+    let (media_type, config_type) = if docker {
+        (image::DOCKER_MANIFEST, image::DOCKER_CONFIG)
+    } else {
+        (image::OCI_MANIFEST, image::OCI_CONFIG)
+    };
+    let layers = img
+        .layers
+        .iter()
+        .map(|l| {
+            let mut d = l.descriptor.clone();
+            d.media_type = convert_media_type(&d.media_type, docker);
+            d.annotations = None;
+            d.platform = None;
+            d
+        })
+        .collect();
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media_type.to_string()),
+        config: Descriptor::new(config_type, config_digest.clone(), config_size),
+        layers,
+        annotations: None,
+    };
+    let bytes = serde_json::to_vec(&manifest).map_err(|source| OutputError::Json { what: "manifest", source })?;
+    let (manifest_digest, _) = store.put(&bytes)?;
+    Ok(WrittenImage {
+        config_digest,
+        config_size,
+        manifest_digest,
+        manifest: bytes,
+        media_type: media_type.to_string(),
+    })
+}
+
+/// Base layers keep their compression; only the media type family changes.
+fn convert_media_type(mt: &str, docker: bool) -> String {
+    let gz = mt.ends_with("gzip");
+    let zst = mt.ends_with("zstd");
+    match (docker, gz, zst) {
+        (true, true, _) => image::DOCKER_LAYER_GZIP.into(),
+        (true, false, false) => image::DOCKER_LAYER_TAR.into(),
+        (false, true, _) => image::OCI_LAYER_GZIP.into(),
+        (false, _, true) => image::OCI_LAYER_ZSTD.into(),
+        (false, false, false) => image::OCI_LAYER_TAR.into(),
+        (true, _, true) => mt.into(),
+    }
+}
+
+async fn local_blob(registry: &Registry, store: &BlobStore, l: &ImageLayer) -> Result<PathBuf, OutputError> {
+    let p = store.path(&l.descriptor.digest);
+    if p.is_file() {
+        return Ok(p);
+    }
+    if let LayerSource::Remote(r) = &l.source {
+        registry
+            .fetch_blob(r, &l.descriptor, &p)
+            .await
+            .map_err(|source| OutputError::Fetch {
+                digest: l.descriptor.digest.clone(),
+                source,
+            })?;
+    }
+    Ok(p)
+}
+
+/// Pushes and writes every requested output; returns `name@digest` per push.
+pub async fn deliver(
+    opts: &BuildOptions,
+    registry: &Registry,
+    store: &BlobStore,
+    img: &BuiltImage,
+    w: &WrittenImage,
+) -> Result<Vec<String>, OutputError> {
+    let mut pushed = Vec::new();
+    if !opts.no_push {
+        for dest in &opts.destinations {
+            push(registry, store, img, w, dest).await?;
+            let name = dest.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(n, _)| n).unwrap_or(dest);
+            let name = name.split('@').next().unwrap_or(name);
+            tracing::info!("pushed {dest} ({})", w.manifest_digest);
+            pushed.push(format!("{name}@{}", w.manifest_digest));
+        }
+    }
+    if let Some(p) = &opts.oci_layout_path {
+        write_oci_layout(registry, store, img, w, p, opts.destinations.first().map(String::as_str)).await?;
+    }
+    if let Some(p) = &opts.tar_path {
+        write_docker_archive(registry, store, img, w, p, &opts.destinations).await?;
+    }
+    if let Some(p) = &opts.digest_file {
+        std::fs::write(p, w.manifest_digest.as_str()).map_err(io_err(p))?;
+    }
+    if let Some(p) = &opts.image_name_with_digest_file {
+        let lines: Vec<String> = opts
+            .destinations
+            .iter()
+            .map(|d| {
+                let n = d.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(n, _)| n).unwrap_or(d);
+                format!("{n}@{}\n", w.manifest_digest)
+            })
+            .collect();
+        std::fs::write(p, lines.concat()).map_err(io_err(p))?;
+    }
+    if let Some(p) = &opts.image_name_tag_with_digest_file {
+        let lines: Vec<String> = opts.destinations.iter().map(|d| format!("{d}@{}\n", w.manifest_digest)).collect();
+        std::fs::write(p, lines.concat()).map_err(io_err(p))?;
+    }
+    Ok(pushed)
+}
+
+async fn push(registry: &Registry, store: &BlobStore, img: &BuiltImage, w: &WrittenImage, dest: &str) -> Result<(), OutputError> {
+    let perr = |source| OutputError::Push {
+        destination: dest.to_string(),
+        source,
+    };
+    let r = parse_reference(dest).map_err(perr)?;
+    // Layers concurrently: skip what the registry has, mount what a base
+    // repository on the same registry has, stream the rest from disk.
+    let uploads = img.layers.iter().map(|l| {
+        let r = r.clone();
+        async move {
+            if registry.blob_exists(&r, &l.descriptor.digest).await.map_err(perr)? {
+                tracing::debug!("{dest}: layer {} already present", l.descriptor.digest);
+                return Ok(());
+            }
+            if let LayerSource::Remote(from) = &l.source {
+                if registry.mount_blob(&r, from, &l.descriptor.digest).await.map_err(perr)? {
+                    tracing::debug!("{dest}: mounted {} from {}", l.descriptor.digest, from.repository());
+                    return Ok(());
+                }
+            }
+            let p = local_blob(registry, store, l).await?;
+            registry
+                .push_blob_file(&r, &p, &l.descriptor.digest, l.descriptor.size)
+                .await
+                .map_err(perr)
+        }
+    });
+    futures_util::future::try_join_all(uploads).await?;
+    if !registry.blob_exists(&r, &w.config_digest).await.map_err(perr)? {
+        registry
+            .push_blob_file(&r, &store.path(&w.config_digest), &w.config_digest, w.config_size)
+            .await
+            .map_err(perr)?;
+    }
+    registry.push_manifest(&r, w.manifest.clone(), &w.media_type).await.map_err(perr)?;
+    Ok(())
+}
+
+async fn write_oci_layout(
+    registry: &Registry,
+    store: &BlobStore,
+    img: &BuiltImage,
+    w: &WrittenImage,
+    dir: &Path,
+    name: Option<&str>,
+) -> Result<(), OutputError> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+    let mut digests: Vec<(Digest, PathBuf)> = Vec::new();
+    for l in &img.layers {
+        digests.push((l.descriptor.digest.clone(), local_blob(registry, store, l).await?));
+    }
+    digests.push((w.config_digest.clone(), store.path(&w.config_digest)));
+    digests.push((w.manifest_digest.clone(), store.path(&w.manifest_digest)));
+    for (d, src) in digests {
+        let dst = blobs.join(d.hex());
+        if dst.exists() {
+            continue;
+        }
+        // Hard link when on the same filesystem, else copy via a temp file.
+        if std::fs::hard_link(&src, &dst).is_err() {
+            let tmp = blobs.join(format!(".tmp-{}", d.hex()));
+            std::fs::copy(&src, &tmp).map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        }
+    }
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err(dir))?;
+    let mut desc = Descriptor::new(&w.media_type, w.manifest_digest.clone(), w.manifest.len() as u64);
+    let tag = name
+        .and_then(|n| n.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(_, t)| t.to_string()))
+        .unwrap_or_else(|| "latest".into());
+    desc.annotations = Some(BTreeMap::from([("org.opencontainers.image.ref.name".to_string(), tag)]));
+    // Keep other images already in the layout, replacing one with the same tag.
+    let index_path = dir.join("index.json");
+    let mut index = std::fs::read(&index_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+        .unwrap_or(Index {
+            schema_version: 2,
+            media_type: Some(image::OCI_INDEX.into()),
+            manifests: Vec::new(),
+            annotations: None,
+        });
+    index.manifests.retain(|m| m.annotations != desc.annotations);
+    index.manifests.push(desc);
+    let bytes = serde_json::to_vec(&index).map_err(|source| OutputError::Json { what: "index", source })?;
+    let tmp = dir.join(".index.json.tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &index_path).map_err(io_err(&index_path))?;
+    Ok(())
+}
+
+/// `docker save` format: uncompressed layers named by diff id, so that
+/// `docker load` and `skopeo copy docker-archive:` both accept it.
+async fn write_docker_archive(
+    registry: &Registry,
+    store: &BlobStore,
+    img: &BuiltImage,
+    w: &WrittenImage,
+    path: &Path,
+    tags: &[String],
+) -> Result<(), OutputError> {
+    let mut paths = Vec::new();
+    for l in &img.layers {
+        paths.push(local_blob(registry, store, l).await?);
+    }
+    let tmp = path.with_extension("partial");
+    let f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut tb = tar::Builder::new(io::BufWriter::new(f));
+    let append = |tb: &mut tar::Builder<io::BufWriter<std::fs::File>>, name: &str, data: &[u8]| -> io::Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tb.append_data(&mut h, name, data)
+    };
+    let config_name = format!("{}.json", w.config_digest.hex());
+    append(&mut tb, &config_name, &std::fs::read(store.path(&w.config_digest)).map_err(io_err(path))?).map_err(io_err(path))?;
+    let mut layer_names = Vec::new();
+    for (l, p) in img.layers.iter().zip(&paths) {
+        let name = format!("{}/layer.tar", l.diff_id.hex());
+        // The tar header needs the size first: one pass to count and verify.
+        let size = {
+            let f = std::fs::File::open(p).map_err(io_err(p))?;
+            let mut r = crate::compression::decompress(f).map_err(io_err(p))?;
+            let mut hw = HashingWriter::new(io::sink());
+            io::copy(&mut r, &mut hw).map_err(io_err(p))?;
+            let (_, d, n) = hw.finish();
+            if d != l.diff_id {
+                return Err(OutputError::Io {
+                    path: p.clone(),
+                    source: io::Error::other(format!("layer {} uncompresses to {d}, config says {}", l.descriptor.digest, l.diff_id)),
+                });
+            }
+            n
+        };
+        let f = std::fs::File::open(p).map_err(io_err(p))?;
+        let r = crate::compression::decompress(f).map_err(io_err(p))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tb.append_data(&mut h, &name, r).map_err(io_err(path))?;
+        layer_names.push(name);
+    }
+    let repo_tags: Vec<String> = tags
+        .iter()
+        .filter_map(|t| parse_reference(t).ok())
+        .map(|r| {
+            let full = if r.registry() == "docker.io" { r.repository().trim_start_matches("library/").to_string() } else { format!("{}/{}", r.registry(), r.repository()) };
+            format!("{full}:{}", r.tag().unwrap_or("latest"))
+        })
+        .collect();
+    let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": repo_tags, "Layers": layer_names }]);
+    append(&mut tb, "manifest.json", manifest.to_string().as_bytes()).map_err(io_err(path))?;
+    let mut inner = tb.into_inner().map_err(io_err(path))?;
+    inner.flush().map_err(io_err(path))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}

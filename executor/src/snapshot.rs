@@ -1,0 +1,319 @@
+//! What a build step changed, as a [`Diff`] of image paths.
+//!
+//! Two ways to get one: read an overlayfs upper directory (cost grows with the
+//! change, not the root) and merge it into the root; or compare the root with a
+//! stat index taken before the step (for chroot isolation, where no overlay can
+//! be mounted). COPY/ADD record what they write directly.
+
+use crate::extract::remove_any;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot of {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Present in the root after the step (new or modified); its content and
+    /// metadata are read from the root when the layer is written.
+    Add,
+    /// Removed: a whiteout in the layer.
+    Delete,
+    /// A directory whose earlier content is hidden (an opaque whiteout), and
+    /// which is itself present.
+    Opaque,
+}
+
+/// Changes keyed by relative image path; the map's order puts parents first.
+#[derive(Debug, Default, Clone)]
+pub struct Diff {
+    pub changes: BTreeMap<PathBuf, Change>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn add(&mut self, rel: PathBuf, c: Change) {
+        self.changes.insert(rel, c);
+    }
+
+    /// Adds the parent directories of every change so that the layer carries
+    /// their metadata, as Docker's layers do.
+    pub fn with_parents(mut self) -> Diff {
+        let mut parents = Vec::new();
+        for p in self.changes.keys() {
+            let mut cur = p.parent();
+            while let Some(d) = cur {
+                if d.as_os_str().is_empty() {
+                    break;
+                }
+                parents.push(d.to_path_buf());
+                cur = d.parent();
+            }
+        }
+        for d in parents {
+            self.changes.entry(d).or_insert(Change::Add);
+        }
+        self
+    }
+
+    pub fn merge(&mut self, other: Diff) {
+        for (p, c) in other.changes {
+            self.changes.insert(p, c);
+        }
+    }
+}
+
+const OVL_OPAQUE: &str = "trusted.overlay.opaque";
+
+/// Reads an overlay upper dir into a diff, then moves its content into `root`
+/// (renames within one filesystem: cheap, hardlinks preserved).
+pub fn merge_upper(upper: &Path, root: &Path) -> Result<Diff, SnapshotError> {
+    let mut diff = Diff::default();
+    walk_upper(upper, Path::new(""), &mut diff)?;
+    // Apply in path order: parents first.
+    let mut skip_under: Option<PathBuf> = None;
+    for (rel, change) in &diff.changes {
+        if let Some(s) = &skip_under {
+            if rel.starts_with(s) {
+                continue;
+            }
+            skip_under = None;
+        }
+        let src = upper.join(rel);
+        let dst = root.join(rel);
+        match change {
+            Change::Delete => remove_any(&dst).map_err(io_err(&dst))?,
+            Change::Opaque => {
+                remove_any(&dst).map_err(io_err(&dst))?;
+                std::fs::rename(&src, &dst).map_err(io_err(&dst))?;
+                strip_overlay_xattrs_tree(&dst);
+                skip_under = Some(rel.clone());
+            }
+            Change::Add => {
+                let sm = std::fs::symlink_metadata(&src).map_err(io_err(&src))?;
+                let dm = std::fs::symlink_metadata(&dst).ok();
+                if sm.is_dir() && dm.as_ref().is_some_and(|m| m.is_dir()) {
+                    copy_dir_metadata(&src, &dst, &sm).map_err(io_err(&dst))?;
+                } else {
+                    remove_any(&dst).map_err(io_err(&dst))?;
+                    std::fs::rename(&src, &dst).map_err(io_err(&dst))?;
+                    strip_overlay_xattrs_tree(&dst);
+                    if sm.is_dir() {
+                        skip_under = Some(rel.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(diff)
+}
+
+fn walk_upper(upper: &Path, rel: &Path, diff: &mut Diff) -> Result<(), SnapshotError> {
+    let dir = upper.join(rel);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(io_err(&dir))?
+        .collect::<Result<_, _>>()
+        .map_err(io_err(&dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let r = rel.join(e.file_name());
+        let p = e.path();
+        let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+        let ft = m.file_type();
+        if ft.is_char_device() && m.rdev() == 0 {
+            diff.add(r, Change::Delete);
+        } else if ft.is_dir() {
+            let opaque = xattr::get(&p, OVL_OPAQUE).ok().flatten().is_some_and(|v| v == b"y");
+            diff.add(r.clone(), if opaque { Change::Opaque } else { Change::Add });
+            walk_upper(upper, &r, diff)?;
+        } else {
+            diff.add(r, Change::Add);
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir_metadata(src: &Path, dst: &Path, sm: &std::fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = nix::unistd::chown(
+        dst,
+        Some(nix::unistd::Uid::from_raw(sm.uid())),
+        Some(nix::unistd::Gid::from_raw(sm.gid())),
+    );
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(sm.mode() & 0o7777))?;
+    if let Ok(names) = xattr::list(src) {
+        for n in names {
+            if n.to_string_lossy().starts_with("trusted.overlay.") {
+                continue;
+            }
+            if let Ok(Some(v)) = xattr::get(src, &n) {
+                let _ = xattr::set(dst, &n, &v);
+            }
+        }
+    }
+    let t = filetime::FileTime::from_last_modification_time(sm);
+    filetime::set_file_times(dst, t, t)
+}
+
+fn strip_overlay_xattrs_tree(p: &Path) {
+    let strip = |p: &Path| {
+        if let Ok(names) = xattr::list(p) {
+            for n in names {
+                if n.to_string_lossy().starts_with("trusted.overlay.") {
+                    let _ = xattr::remove(p, &n);
+                }
+            }
+        }
+    };
+    strip(p);
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        let mut stack = vec![p.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    let ep = e.path();
+                    if e.file_type().is_ok_and(|t| t.is_symlink()) {
+                        continue;
+                    }
+                    strip(&ep);
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(ep);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What identifies a file's state cheaply: any write or metadata change moves
+/// ctime, and a replaced file has a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+    size: u64,
+    mode: u32,
+}
+
+/// A stat index of a root, for diffing without overlayfs.
+pub struct ScanIndex {
+    entries: HashMap<PathBuf, Stamp>,
+}
+
+impl ScanIndex {
+    pub fn capture(root: &Path) -> Result<ScanIndex, SnapshotError> {
+        let mut entries = HashMap::new();
+        scan(root, Path::new(""), &mut |rel, m| {
+            entries.insert(rel.to_path_buf(), stamp(m));
+        })?;
+        Ok(ScanIndex { entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The changes in `root` since this index was taken.
+    pub fn diff(&self, root: &Path) -> Result<Diff, SnapshotError> {
+        let mut diff = Diff::default();
+        let mut seen = std::collections::HashSet::with_capacity(self.entries.len());
+        scan(root, Path::new(""), &mut |rel, m| {
+            seen.insert(rel.to_path_buf());
+            match self.entries.get(rel) {
+                Some(s) if *s == stamp(m) => {}
+                // A directory whose listing changed has a new mtime; report it
+                // only for real metadata changes, the children say the rest.
+                Some(s) if m.is_dir() && s.mode == m.mode() && s.ino == m.ino() && s.ctime != (m.ctime(), m.ctime_nsec()) && s.mtime != (m.mtime(), m.mtime_nsec()) => {}
+                _ => diff.add(rel.to_path_buf(), Change::Add),
+            }
+        })?;
+        // Deleted paths: report only the topmost.
+        let mut deleted: Vec<&PathBuf> = self.entries.keys().filter(|p| !seen.contains(*p)).collect();
+        deleted.sort();
+        let mut last: Option<&PathBuf> = None;
+        for p in deleted {
+            if last.is_some_and(|l| p.starts_with(l)) {
+                continue;
+            }
+            diff.add(p.clone(), Change::Delete);
+            last = Some(p);
+        }
+        Ok(diff)
+    }
+}
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    Stamp {
+        ino: m.ino(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        size: m.size(),
+        mode: m.mode(),
+    }
+}
+
+fn scan(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) -> Result<(), SnapshotError> {
+    let dir = root.join(rel);
+    let rd = std::fs::read_dir(&dir).map_err(io_err(&dir))?;
+    for e in rd {
+        let e = e.map_err(io_err(&dir))?;
+        let r = rel.join(e.file_name());
+        let p = e.path();
+        let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+        f(&r, &m);
+        if m.is_dir() {
+            scan(root, &r, f)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_diff_finds_adds_changes_and_topmost_deletes() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("a/b")).unwrap();
+        std::fs::write(r.join("a/b/f"), "1").unwrap();
+        std::fs::write(r.join("keep"), "1").unwrap();
+        std::fs::write(r.join("mod"), "1").unwrap();
+        let idx = ScanIndex::capture(r).unwrap();
+        std::fs::remove_dir_all(r.join("a")).unwrap();
+        std::fs::write(r.join("new"), "2").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(r.join("mod"), "22").unwrap();
+        let diff = idx.diff(r).unwrap();
+        let got: Vec<_> = diff.changes.iter().map(|(p, c)| (p.to_string_lossy().into_owned(), *c)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), Change::Delete),
+                ("mod".to_string(), Change::Add),
+                ("new".to_string(), Change::Add)
+            ]
+        );
+    }
+}

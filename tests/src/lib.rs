@@ -1,0 +1,324 @@
+//! Real components for Kiln's integration tests: a `docker-registry` on a free
+//! loopback port, base images made locally from busybox-static (pushed with
+//! umoci and skopeo, never fetched from the internet), and filesystem/config
+//! views of an image obtained through skopeo and umoci — tools no one here
+//! wrote — so that Kiln is never checked with its own code.
+//!
+//! Every server and directory is cleaned up in `Drop`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `docker-registry` (distribution) on 127.0.0.1, port chosen by the kernel.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("write registry config");
+        let log = dir.path().join("registry.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(logf.try_clone().expect("dup"))
+            .stderr(logf)
+            .spawn()
+            .expect("docker-registry must be installed (Debian package docker-registry)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(i) = text.find("listening on ") {
+                let rest = &text[i + "listening on ".len()..];
+                let end = rest.find(['"', ' ', '\n']).unwrap_or(rest.len());
+                break rest[..end].to_string();
+            }
+            if Instant::now() > deadline {
+                panic!("docker-registry did not start:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Registry { child, addr, dir, log }
+    }
+
+    /// The registry's log so far (access lines included), to count requests.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Builds a small root filesystem from the host's busybox-static binary.
+pub fn busybox_rootfs(dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static must be installed (/bin/busybox)");
+    let list = run(Command::new("/bin/busybox").arg("--list"));
+    for applet in list.lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+    }
+    for d in ["etc", "tmp", "root", "home/app", "usr/bin", "var/log"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\nstaff:x:50:\nnogroup:x:65534:\n").unwrap();
+    std::fs::write(dir.join("etc/os-release"), "NAME=kiln-test\n").unwrap();
+    std::fs::write(dir.join("var/log/old.log"), "old\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let _ = std::os::unix::fs::chown(dir.join("home/app"), Some(1000), Some(1000));
+}
+
+/// Pushes an image whose root is `rootfs` (plus `extra_files`) to `dest`
+/// (`host:port/repo:tag`) with umoci and skopeo.
+pub fn push_rootfs(rootfs: &Path, dest: &str, cmd: &[&str]) {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    run(Command::new("umoci").arg("init").arg("--layout").arg(&layout));
+    let img = format!("{}:base", layout.display());
+    run(Command::new("umoci").args(["new", "--image", &img]));
+    let bundle = t.path().join("bundle");
+    run(Command::new("umoci").args(["unpack", "--image", &img]).arg(&bundle));
+    // The bundle's rootfs is empty: fill it.
+    run(Command::new("cp").arg("-a").arg(format!("{}/.", rootfs.display())).arg(bundle.join("rootfs")));
+    run(Command::new("umoci").args(["repack", "--image", &img]).arg(&bundle));
+    let mut c = Command::new("umoci");
+    c.args(["config", "--image", &img, "--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
+    for a in cmd {
+        c.arg(format!("--config.cmd={a}"));
+    }
+    run(&mut c);
+    run(Command::new("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false"]).arg(format!("oci:{img}")).arg(format!("docker://{dest}")));
+}
+
+/// Makes and pushes the busybox base image; returns its reference.
+pub fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
+    let t = tempfile::tempdir().unwrap();
+    busybox_rootfs(t.path());
+    let r = format!("{}/{repo_tag}", reg.addr);
+    push_rootfs(t.path(), &r, &["sh"]);
+    r
+}
+
+/// One filesystem entry as seen by an outside tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: char,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// sha256 of the content for files, the target for symlinks.
+    pub data: String,
+    /// Other paths sharing this inode (sorted), for hardlink groups.
+    pub links: Vec<String>,
+}
+
+/// Walks an unpacked root into comparable entries.
+pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Entry>, inodes: &mut BTreeMap<(u64, u64), Vec<String>>) {
+        let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+        let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        for n in names {
+            let r = if rel.is_empty() { n.to_string_lossy().into_owned() } else { format!("{rel}/{}", n.to_string_lossy()) };
+            let p = root.join(&r);
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let (kind, data) = if ft.is_dir() {
+                ('d', String::new())
+            } else if ft.is_symlink() {
+                ('l', std::fs::read_link(&p).unwrap().to_string_lossy().into_owned())
+            } else if ft.is_file() {
+                let mut h = sha2::Sha256::default();
+                let mut f = std::fs::File::open(&p).unwrap();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let k = f.read(&mut buf).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    sha2::Digest::update(&mut h, &buf[..k]);
+                }
+                ('f', hex::encode(sha2::Digest::finalize(h)))
+            } else if ft.is_fifo() {
+                ('p', String::new())
+            } else {
+                ('c', format!("{}", m.rdev()))
+            };
+            if kind == 'f' && m.nlink() > 1 {
+                inodes.entry((m.dev(), m.ino())).or_default().push(r.clone());
+            }
+            out.insert(
+                r.clone(),
+                Entry {
+                    kind,
+                    mode: m.mode() & 0o7777,
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    data,
+                    links: Vec::new(),
+                },
+            );
+            if ft.is_dir() {
+                walk(root, &r, out, inodes);
+            }
+        }
+    }
+    walk(root, "", &mut out, &mut inodes);
+    for group in inodes.values() {
+        if group.len() > 1 {
+            for p in group {
+                if let Some(e) = out.get_mut(p) {
+                    e.links = group.iter().filter(|x| *x != p).cloned().collect();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An image pulled out of a registry or layout with skopeo and unpacked by umoci.
+pub struct Unpacked {
+    pub dir: tempfile::TempDir,
+    pub config: serde_json::Value,
+    pub manifest: serde_json::Value,
+}
+
+impl Unpacked {
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("bundle/rootfs")
+    }
+    /// The image config's `config` object.
+    pub fn run_config(&self) -> &serde_json::Value {
+        &self.config["config"]
+    }
+}
+
+/// Copies `src` (a skopeo transport reference) to an OCI layout and unpacks it.
+pub fn unpack(src: &str) -> Unpacked {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    run(Command::new("skopeo").args(["copy", "--quiet", "--src-tls-verify=false"]).arg(src).arg(format!("oci:{}:img", layout.display())));
+    let img = format!("{}:img", layout.display());
+    run(Command::new("umoci").args(["unpack", "--image", &img]).arg(dir.path().join("bundle")));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mdigest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&mdigest)).unwrap()).unwrap();
+    let cdigest = manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(cdigest)).unwrap()).unwrap();
+    Unpacked { dir, config, manifest }
+}
+
+/// A `buildah` with its storage in a temp dir, so tests never touch the
+/// host's container storage.
+pub struct Buildah {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Buildah {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Buildah {
+    pub fn new() -> Buildah {
+        Buildah { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("runroot"))
+            .arg("--storage-driver")
+            .arg("vfs");
+        c.env("BUILDAH_ISOLATION", "chroot");
+        c.env("REGISTRIES_CONFIG_PATH", self.registries_conf());
+        c
+    }
+
+    fn registries_conf(&self) -> PathBuf {
+        let p = self.dir.path().join("registries.conf");
+        if !p.exists() {
+            std::fs::write(&p, "unqualified-search-registries = []\n").unwrap();
+        }
+        p
+    }
+
+    /// `buildah bud` of `dockerfile` in `context`; returns the image pushed to an
+    /// OCI layout as a skopeo reference.
+    pub fn bud(&self, context: &Path, dockerfile: &Path, args: &[&str]) -> String {
+        let layout = self.dir.path().join("out");
+        let mut c = self.cmd();
+        c.args(["bud", "--isolation", "chroot", "--tls-verify=false", "--network", "host", "-f"]).arg(dockerfile).args(["-t", "localhost/kiln-compare:latest"]);
+        c.args(args);
+        c.arg(context);
+        run(&mut c);
+        let mut p = self.cmd();
+        p.args(["push", "--tls-verify=false", "localhost/kiln-compare:latest"]).arg(format!("oci:{}:img", layout.display()));
+        run(&mut p);
+        format!("oci:{}:img", layout.display())
+    }
+}
+
+/// Lines of a child's stderr, for tests that look at logs.
+pub fn read_lines<R: Read>(r: R) -> Vec<String> {
+    BufReader::new(r).lines().map_while(Result::ok).collect()
+}
+
+/// Checks that a process is not touching `/`: returns paths under `dir` that
+/// exist (used to assert that an escape attempt wrote nothing).
+pub fn exists_any(paths: &[&Path]) -> Vec<PathBuf> {
+    paths.iter().filter(|p| p.symlink_metadata().is_ok()).map(|p| p.to_path_buf()).collect()
+}
+
+pub fn stdio_null() -> Stdio {
+    Stdio::null()
+}
