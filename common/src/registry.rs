@@ -51,6 +51,24 @@ impl RegistryError {
             message: e.to_string(),
         }
     }
+
+    /// Keeps the whole cause chain (e.g. "connection refused") in the message.
+    fn remote_err(reference: &Reference, e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut message = e.to_string();
+        let mut cur = e.source();
+        while let Some(s) = cur {
+            let m = s.to_string();
+            if !message.contains(&m) {
+                message.push_str(": ");
+                message.push_str(&m);
+            }
+            cur = s.source();
+        }
+        RegistryError::Remote {
+            reference: reference.whole(),
+            message,
+        }
+    }
 }
 
 /// How to reach registries; the field names follow kaniko's flags.
@@ -117,6 +135,8 @@ impl Registry {
         let config = ClientConfig {
             protocol: if opts.insecure_hosts.is_empty() {
                 ClientProtocol::Https
+            } else if opts.insecure_hosts.iter().any(|h| h == "*") {
+                ClientProtocol::Http
             } else {
                 ClientProtocol::HttpsExcept(opts.insecure_hosts.clone())
             },
@@ -233,7 +253,7 @@ impl Registry {
             .client
             .pull_manifest_raw(r, &auth, ACCEPT)
             .await
-            .map_err(|e| RegistryError::remote(r, e))?;
+            .map_err(|e| RegistryError::remote_err(r, &e))?;
         let digest = checked_manifest_digest(r, &bytes, &digest)?;
         let img_err = |source| RegistryError::Image {
             reference: r.whole(),
@@ -253,7 +273,7 @@ impl Registry {
                         .client
                         .pull_manifest_raw(&pr, &auth, ACCEPT)
                         .await
-                        .map_err(|e| RegistryError::remote(&pr, e))?;
+                        .map_err(|e| RegistryError::remote_err(&pr, &e))?;
                     let md = checked_manifest_digest(&pr, &mb, &md)?;
                     d.digest.verify(&md).map_err(|source| RegistryError::Digest {
                         reference: pr.whole(),
@@ -272,7 +292,7 @@ impl Registry {
         self.client
             .pull_blob(&at, manifest.config.digest.as_str(), &mut config_bytes)
             .await
-            .map_err(|e| RegistryError::remote(&at, e))?;
+            .map_err(|e| RegistryError::remote_err(&at, &e))?;
         manifest
             .config
             .digest
@@ -321,10 +341,10 @@ impl Registry {
             .client
             .pull_blob_stream(r, desc.digest.as_str())
             .await
-            .map_err(|e| RegistryError::remote(r, e))?
+            .map_err(|e| RegistryError::remote_err(r, &e))?
             .stream;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| RegistryError::remote(r, e))?;
+            let chunk = chunk.map_err(|e| RegistryError::remote_err(r, &e))?;
             w.write_all(&chunk).map_err(io)?;
         }
         let (buf, digest, n) = w.finish();
@@ -344,11 +364,11 @@ impl Registry {
         self.client
             .auth(r, &auth, RegistryOperation::Push)
             .await
-            .map_err(|e| RegistryError::remote(r, e))?;
+            .map_err(|e| RegistryError::remote_err(r, &e))?;
         self.client
             .blob_exists(r, digest.as_str())
             .await
-            .map_err(|e| RegistryError::remote(r, e))
+            .map_err(|e| RegistryError::remote_err(r, &e))
     }
 
     /// Cross-repository mount; `Ok(false)` when the registry declined.
@@ -360,7 +380,7 @@ impl Registry {
         self.client
             .auth(r, &auth, RegistryOperation::Push)
             .await
-            .map_err(|e| RegistryError::remote(r, e))?;
+            .map_err(|e| RegistryError::remote_err(r, &e))?;
         Ok(self.client.mount_blob(r, from, digest.as_str()).await.is_ok())
     }
 
@@ -371,7 +391,7 @@ impl Registry {
             self.client
                 .auth(r, &auth, RegistryOperation::Push)
                 .await
-                .map_err(|e| RegistryError::remote(r, e))?;
+                .map_err(|e| RegistryError::remote_err(r, &e))?;
             let file = tokio::fs::File::open(path).await.map_err(|source| RegistryError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -380,7 +400,7 @@ impl Registry {
             self.client
                 .push_blob_stream(r, stream, digest.as_str(), Some(size))
                 .await
-                .map_err(|e| RegistryError::remote(r, e))?;
+                .map_err(|e| RegistryError::remote_err(r, &e))?;
             Ok(())
         })
         .await
@@ -394,14 +414,14 @@ impl Registry {
             self.client
                 .auth(r, &auth, RegistryOperation::Push)
                 .await
-                .map_err(|e| RegistryError::remote(r, e))?;
+                .map_err(|e| RegistryError::remote_err(r, &e))?;
             let ct = media_type
                 .parse()
                 .map_err(|_| RegistryError::remote(r, format!("bad media type {media_type}")))?;
             self.client
                 .push_manifest_raw(r, body.clone(), ct)
                 .await
-                .map_err(|e| RegistryError::remote(r, e))?;
+                .map_err(|e| RegistryError::remote_err(r, &e))?;
             Ok(())
         })
         .await?;

@@ -701,15 +701,19 @@ impl StageState<'_> {
             }
             Kind::Volume(vols) => {
                 let vars = self.vars();
+                let root = self.ensure_root().await?;
+                let mut diff = Diff::default();
                 for v in vols {
                     let v = self.lexer.process_word(v, &vars).map_err(|e| self.err(ins, e))?;
                     if v.is_empty() {
                         return Err(self.err(ins, "VOLUME specified can not be an empty string"));
                     }
+                    // Like kaniko and buildah, the mount point exists in the image.
+                    let dir = rootfs::resolve(&root, &v, true).map_err(|e| self.err(ins, e))?;
+                    copy::mkdir_all(&root, &dir, &CopyOptions { owner: Owner::Fixed(0, 0), chmod: None }, &mut diff).map_err(|e| self.err(ins, e))?;
                     self.image.config.config.volumes.get_or_insert_with(BTreeMap::new).insert(v, serde_json::json!({}));
                 }
-                self.history(cfg_history, true);
-                Ok(None)
+                self.finish_fs_step(&root, diff, cfg_history)
             }
             Kind::StopSignal(s) => {
                 let s = self.word(ins, s)?;

@@ -1,0 +1,180 @@
+//! The executor's images against `buildah bud` builds of the same Dockerfile
+//! on the same base: same filesystem and same config, compared through
+//! skopeo + umoci (never through Kiln's own code).
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Mount points that buildah's chroot isolation leaves behind as empty files
+/// or directories; they are not part of what the Dockerfile built.
+const SANDBOX_LEFTOVERS: &[&str] = &["dev", "proc", "sys", "run", "etc/hosts", "etc/resolv.conf", "etc/hostname"];
+const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+fn drop_leftovers(a: &mut BTreeMap<String, Entry>, b: &mut BTreeMap<String, Entry>) {
+    fn leftover(x: &BTreeMap<String, Entry>, y: &BTreeMap<String, Entry>, p: &str) -> bool {
+        let empty = x.get(p).is_some_and(|e| (e.kind == 'f' && e.data == EMPTY_SHA) || e.kind == 'd');
+        let has_children = x.keys().any(|k| k.starts_with(&format!("{p}/")));
+        empty && !has_children && !y.contains_key(p)
+    }
+    for p in SANDBOX_LEFTOVERS {
+        if leftover(a, b, p) {
+            a.remove(*p);
+        }
+        if leftover(b, a, p) {
+            b.remove(*p);
+        }
+    }
+}
+
+fn config_fields(v: &serde_json::Value) -> serde_json::Value {
+    let c = &v["config"];
+    let mut out = serde_json::Map::new();
+    for k in ["Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal"] {
+        let mut val = c.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        // buildah stamps its own version; it is not something the Dockerfile asked for.
+        if let Some(m) = val.as_object_mut() {
+            m.remove("io.buildah.version");
+        }
+        // Empty and absent mean the same.
+        let val = match &val {
+            serde_json::Value::String(s) if s.is_empty() => serde_json::Value::Null,
+            serde_json::Value::Object(m) if m.is_empty() => serde_json::Value::Null,
+            serde_json::Value::Array(a) if a.is_empty() => serde_json::Value::Null,
+            _ => val,
+        };
+        out.insert(k.to_string(), val);
+    }
+    serde_json::Value::Object(out)
+}
+
+fn compare(name: &str, ctx: &Path, extra_args: &[&str]) {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let df = std::fs::read_to_string(ctx.join("Dockerfile")).unwrap().replace("{BASE}", &base);
+    std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("oci");
+    let mut args = vec!["--no-push", "--insecure-pull", "--oci-layout-path", layout.to_str().unwrap()];
+    args.extend_from_slice(extra_args);
+    must_build(ctx, work.path(), &args);
+    let ours = unpack(&format!("oci:{}:latest", layout.display()));
+
+    let buildah = Buildah::new();
+    let theirs_ref = buildah.bud(ctx, &ctx.join("Dockerfile"), extra_args);
+    let theirs = unpack(&theirs_ref);
+
+    let mut a = tree(&ours.rootfs());
+    let mut b = tree(&theirs.rootfs());
+    drop_leftovers(&mut a, &mut b);
+    let mut diffs = Vec::new();
+    for (p, e) in &a {
+        match b.get(p) {
+            None => diffs.push(format!("only kiln: {p} {e:?}")),
+            Some(f) if f != e => diffs.push(format!("differs: {p}\n  kiln:    {e:?}\n  buildah: {f:?}")),
+            _ => {}
+        }
+    }
+    for (p, e) in &b {
+        if !a.contains_key(p) {
+            diffs.push(format!("only buildah: {p} {e:?}"));
+        }
+    }
+    assert!(diffs.is_empty(), "{name}: filesystems differ:\n{}", diffs.join("\n"));
+    assert_eq!(config_fields(&ours.config), config_fields(&theirs.config), "{name}: configs differ");
+}
+
+#[test]
+fn config_instructions_and_run_semantics() {
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        r#"# syntax=docker/dockerfile:1
+ARG GREETING=hello
+FROM {BASE}
+ARG GREETING
+ARG LATE=late-default
+ENV APP_HOME=/opt/app \
+    MODE="two words"
+LABEL org.example.name="kiln test" version=1
+WORKDIR $APP_HOME
+RUN echo "$GREETING $MODE" > greeting.txt && mkdir -p data && echo x > data/x
+USER app
+RUN id -u > /tmp/whoami && touch /home/app/made-by-app
+USER root
+EXPOSE 8080 9090/udp
+VOLUME ["/data"]
+STOPSIGNAL SIGTERM
+SHELL ["/bin/sh", "-c"]
+RUN echo ${LATE:-none} ${UNSET:-fallback} ${APP_HOME:+set} > /opt/app/subst.txt
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["echo hi"]
+"#,
+    );
+    compare("config", ctx.path(), &["--build-arg", "LATE=from-cli"]);
+}
+
+#[test]
+fn files_whiteouts_permissions_and_links() {
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        r#"FROM {BASE}
+COPY src/ /app/src/
+COPY --chown=app:staff --chmod=0640 secret.txt /app/
+COPY script.sh /usr/local/bin/
+RUN rm -rf /var/log && mkdir -p /var/log && echo new > /var/log/new.log
+RUN rm /etc/os-release && ln -s /app/src/a.txt /app/link && ln /app/src/a.txt /app/hard
+RUN mkdir -p /opt/empty /opt/x/y && chmod 0700 /opt/x && chown 1000:50 /opt/x/y && mkfifo /opt/fifo
+RUN chmod 4755 /usr/local/bin/script.sh
+ADD archive.tar /unpacked/
+"#,
+    );
+    write(ctx.path(), "src/a.txt", "a\n");
+    write(ctx.path(), "src/nested/b.txt", "b\n");
+    write(ctx.path(), "secret.txt", "s3cret\n");
+    write(ctx.path(), "script.sh", "#!/bin/sh\necho hi\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ctx.path().join("script.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // An archive for ADD, made with the system tar.
+    let a = tempfile::tempdir().unwrap();
+    write(a.path(), "inner/file.txt", "inside\n");
+    run(std::process::Command::new("tar").arg("-C").arg(a.path()).arg("-cf").arg(ctx.path().join("archive.tar")).arg("inner"));
+    compare("files", ctx.path(), &[]);
+}
+
+#[test]
+fn multi_stage_and_dockerignore() {
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        r#"FROM {BASE} AS build
+WORKDIR /src
+COPY . .
+RUN set -e; mkdir -p /out; cat keep/*.txt > /out/all.txt; ls -R . > /out/listing.txt
+
+FROM {BASE} AS unused
+RUN exit 1
+
+FROM {BASE}
+COPY --from=build /out/ /result/
+RUN cat /result/all.txt
+"#,
+    );
+    write(ctx.path(), "keep/1.txt", "one\n");
+    write(ctx.path(), "keep/2.txt", "two\n");
+    write(ctx.path(), "keep/skip.log", "no\n");
+    write(ctx.path(), "node_modules/x/index.js", "no\n");
+    write(ctx.path(), "docs/a/secret.md", "no\n");
+    write(ctx.path(), "docs/readme.md", "yes\n");
+    write(ctx.path(), ".dockerignore", "**/*.log\nnode_modules\ndocs/**/secret.md\n!keep/important.log\n");
+    write(ctx.path(), "keep/important.log", "kept\n");
+    compare("multistage", ctx.path(), &[]);
+}
