@@ -322,3 +322,76 @@ pub fn exists_any(paths: &[&Path]) -> Vec<PathBuf> {
 pub fn stdio_null() -> Stdio {
     Stdio::null()
 }
+
+/// One entry of a hand-made tar (for hostile layers that no well-behaved tool
+/// would write).
+pub struct RawEntry<'a> {
+    pub name: &'a str,
+    /// b'0' file, b'1' hardlink, b'2' symlink, b'5' directory.
+    pub kind: u8,
+    pub link: &'a str,
+    pub data: &'a [u8],
+}
+
+/// Writes a ustar archive byte by byte, without any path checks.
+pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut h = [0u8; 512];
+        h[..e.name.len()].copy_from_slice(e.name.as_bytes());
+        let mode = if e.kind == b'5' { b"0000755\0" } else { b"0000644\0" };
+        h[100..108].copy_from_slice(mode);
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", e.data.len()).as_bytes());
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[156] = e.kind;
+        h[157..157 + e.link.len()].copy_from_slice(e.link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(e.data);
+        let pad = (512 - e.data.len() % 512) % 512;
+        out.extend(std::iter::repeat_n(0u8, pad));
+    }
+    out.extend(std::iter::repeat_n(0u8, 1024));
+    out
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b))
+}
+
+/// Pushes an image made of raw (uncompressed) layers, written as an OCI layout
+/// by hand and copied with skopeo.
+pub fn push_raw_layers(dest: &str, layers: &[Vec<u8>]) {
+    let t = tempfile::tempdir().unwrap();
+    let blobs = t.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8]| {
+        let h = sha256_hex(b);
+        std::fs::write(blobs.join(&h), b).unwrap();
+        format!("sha256:{h}")
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let d = put(l);
+        diff_ids.push(d.clone());
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": l.len()}));
+    }
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let cb = serde_json::to_vec(&config).unwrap();
+    let cd = put(&cb);
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cb.len()}, "layers": descs});
+    let mb = serde_json::to_vec(&manifest).unwrap();
+    let md = put(&mb);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mb.len(), "annotations": {"org.opencontainers.image.ref.name": "x"}}]});
+    std::fs::write(t.path().join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(t.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    run(Command::new("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false"]).arg(format!("oci:{}:x", t.path().display())).arg(format!("docker://{dest}")));
+}
