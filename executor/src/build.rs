@@ -885,7 +885,7 @@ impl StageState<'_> {
         let scratch = self.scratch()?;
         let iso_root = root.clone();
         let b = self.b;
-        let outcome = tokio::task::block_in_place(|| b.isolation.run(&iso_root, &scratch, &spec))?;
+        let outcome = tokio::task::block_in_place(|| b.isolation.run(&iso_root, &scratch, &spec)).map_err(|e| self.err(ins, e))?;
         let _ = std::fs::remove_dir_all(&scratch);
         if !outcome.status.success() {
             return Err(BuildError::RunFailed {

@@ -241,9 +241,19 @@ impl Unpacked {
 
 /// Copies `src` (a skopeo transport reference) to an OCI layout and unpacks it.
 pub fn unpack(src: &str) -> Unpacked {
+    unpack_with(src, &[])
+}
+
+/// As [`unpack`], with extra `skopeo copy` flags (e.g. to recompress zstd
+/// layers for umoci 0.4, which reads only gzip).
+pub fn unpack_with(src: &str, skopeo_flags: &[&str]) -> Unpacked {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    run(Command::new("skopeo").args(["copy", "--quiet", "--src-tls-verify=false"]).arg(src).arg(format!("oci:{}:img", layout.display())));
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .args(skopeo_flags)
+        .arg(src)
+        .arg(format!("oci:{}:img", layout.display())));
     let img = format!("{}:img", layout.display());
     run(Command::new("umoci").args(["unpack", "--image", &img]).arg(dir.path().join("bundle")));
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
