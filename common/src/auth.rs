@@ -35,7 +35,10 @@ pub enum AuthError {
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// An identity or registry token, sent as a bearer token.
     Token(String),
 }
@@ -123,7 +126,10 @@ impl DockerConfig {
 
     /// Credentials for a registry host (`docker.io` matches Docker Hub's legacy keys).
     pub fn credential_for(&self, registry: &str) -> Result<Credential, AuthError> {
-        let aliases: Vec<String> = if matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io") {
+        let aliases: Vec<String> = if matches!(
+            registry,
+            "docker.io" | "index.docker.io" | "registry-1.docker.io"
+        ) {
             vec![
                 "https://index.docker.io/v1/".into(),
                 "index.docker.io".into(),
@@ -185,7 +191,9 @@ impl DockerConfig {
 }
 
 fn normalize_key(key: &str) -> String {
-    let k = key.trim_start_matches("https://").trim_start_matches("http://");
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     let host = k.split('/').next().unwrap_or(k);
     match host {
         "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),

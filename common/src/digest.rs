@@ -16,7 +16,9 @@ pub enum DigestError {
 
 /// A `sha256:<hex>` digest. Only sha256 is produced; others are refused on input
 /// rather than silently unchecked.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
 
@@ -50,7 +52,9 @@ impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.strip_prefix("sha256:") {
-            Some(h) if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Some(h)
+                if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
                 Ok(Digest(s.to_string()))
             }
             _ => Err(DigestError::Invalid(s.to_string())),
@@ -93,7 +97,11 @@ impl<W: Write> HashingWriter<W> {
         }
     }
     pub fn finish(self) -> (W, Digest, u64) {
-        (self.inner, Digest::from_sha256(self.hasher.finalize().into()), self.written)
+        (
+            self.inner,
+            Digest::from_sha256(self.hasher.finalize().into()),
+            self.written,
+        )
     }
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
@@ -128,7 +136,10 @@ impl<R: Read> HashingReader<R> {
         }
     }
     pub fn finish(self) -> (Digest, u64) {
-        (Digest::from_sha256(self.hasher.finalize().into()), self.read)
+        (
+            Digest::from_sha256(self.hasher.finalize().into()),
+            self.read,
+        )
     }
 }
 

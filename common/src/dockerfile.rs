@@ -183,8 +183,16 @@ impl Dockerfile {
     pub fn stage_index(&self, name: &str) -> Option<usize> {
         self.stages
             .iter()
-            .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < self.stages.len()))
+            .position(|s| {
+                s.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .or_else(|| {
+                name.parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < self.stages.len())
+            })
     }
 }
 
@@ -195,7 +203,10 @@ struct Logical {
 
 /// Parses Dockerfile text; `file` only names the source in errors.
 pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
-    let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let lines: Vec<&str> = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
     let err = |line: usize, instruction: &str, message: String| DockerfileError {
         file: file.to_string(),
         line,
@@ -209,8 +220,12 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
     let mut i = 0;
     while i < lines.len() {
         let l = lines[i].trim();
-        let Some(rest) = l.strip_prefix('#') else { break };
-        let Some((k, v)) = rest.split_once('=') else { break };
+        let Some(rest) = l.strip_prefix('#') else {
+            break;
+        };
+        let Some((k, v)) = rest.split_once('=') else {
+            break;
+        };
         let key = k.trim().to_ascii_lowercase();
         if key.is_empty() || key.contains(char::is_whitespace) {
             break;
@@ -221,7 +236,13 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                 escape = match v {
                     "\\" => '\\',
                     "`" => '`',
-                    _ => return Err(err(i + 1, "# escape", format!("invalid escape token {v:?}: must be ` or \\"))),
+                    _ => {
+                        return Err(err(
+                            i + 1,
+                            "# escape",
+                            format!("invalid escape token {v:?}: must be ` or \\"),
+                        ))
+                    }
                 }
             }
             "syntax" => syntax = Some(v.trim().to_string()),
@@ -300,18 +321,34 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                 while i < lines.len() {
                     let l = lines[i];
                     i += 1;
-                    let cmp = if strip_tabs { l.trim_start_matches('\t') } else { l };
+                    let cmp = if strip_tabs {
+                        l.trim_start_matches('\t')
+                    } else {
+                        l
+                    };
                     if cmp == name {
                         closed = true;
                         break;
                     }
-                    content.push_str(if strip_tabs { l.trim_start_matches('\t') } else { l });
+                    content.push_str(if strip_tabs {
+                        l.trim_start_matches('\t')
+                    } else {
+                        l
+                    });
                     content.push('\n');
                 }
                 if !closed {
-                    return Err(err(logical.line, &kw, format!("heredoc <<{name} is not terminated")));
+                    return Err(err(
+                        logical.line,
+                        &kw,
+                        format!("heredoc <<{name} is not terminated"),
+                    ));
                 }
-                heredocs.push(Heredoc { name, content, expand });
+                heredocs.push(Heredoc {
+                    name,
+                    content,
+                    expand,
+                });
             }
         }
 
@@ -324,15 +361,25 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                 let (base, name) = match words.as_slice() {
                     [b] => (b.clone(), None),
                     [b, as_, n] if as_.eq_ignore_ascii_case("as") => (b.clone(), Some(n.clone())),
-                    _ => return Err(e("expected FROM [--platform=...] <image> [AS <name>]".into())),
+                    _ => {
+                        return Err(e(
+                            "expected FROM [--platform=...] <image> [AS <name>]".into()
+                        ))
+                    }
                 };
                 if let Some(n) = &name {
                     if !n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                        || !n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                        || !n
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
                     {
                         return Err(e(format!("invalid stage name {n:?}")));
                     }
-                    if df.stages.iter().any(|s| s.name.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(n))) {
+                    if df
+                        .stages
+                        .iter()
+                        .any(|s| s.name.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(n)))
+                    {
                         return Err(e(format!("duplicate stage name {n:?}")));
                     }
                 }
@@ -374,7 +421,8 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                 }
             }
             "RUN" => {
-                let (flags, rest) = parse_flags(args, &["mount", "network", "security"]).map_err(e)?;
+                let (flags, rest) =
+                    parse_flags(args, &["mount", "network", "security"]).map_err(e)?;
                 if rest.is_empty() && heredocs.is_empty() {
                     return Err(e("RUN requires a command".into()));
                 }
@@ -388,7 +436,14 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                 let allowed: &[&str] = if kw == "COPY" {
                     &["from", "chown", "chmod", "link", "parents", "exclude"]
                 } else {
-                    &["chown", "chmod", "link", "checksum", "keep-git-dir", "exclude"]
+                    &[
+                        "chown",
+                        "chmod",
+                        "link",
+                        "checksum",
+                        "keep-git-dir",
+                        "exclude",
+                    ]
                 };
                 let (flags, rest) = parse_flags(args, allowed).map_err(e)?;
                 let (mut words, json) = match json_array(rest) {
@@ -396,7 +451,9 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                     None => (lex(lexer.split_raw(rest))?, false),
                 };
                 if words.len() < 2 {
-                    return Err(e(format!("{kw} requires at least two arguments: source(s) and destination")));
+                    return Err(e(format!(
+                        "{kw} requires at least two arguments: source(s) and destination"
+                    )));
                 }
                 let dest = words.pop().unwrap_or_default();
                 let spec = CopySpec {
@@ -428,7 +485,17 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                 _ => return Err(e("SHELL requires the arguments to be in JSON form".into())),
             },
             "HEALTHCHECK" => {
-                let (flags, rest) = parse_flags(args, &["interval", "timeout", "start-period", "start-interval", "retries"]).map_err(e)?;
+                let (flags, rest) = parse_flags(
+                    args,
+                    &[
+                        "interval",
+                        "timeout",
+                        "start-period",
+                        "start-interval",
+                        "retries",
+                    ],
+                )
+                .map_err(e)?;
                 let (word, tail) = match rest.find(char::is_whitespace) {
                     Some(p) => (&rest[..p], rest[p..].trim_start()),
                     None => (rest, ""),
@@ -444,12 +511,18 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                         cmd: Some(parse_cmd(tail)),
                     })
                 } else {
-                    return Err(e("expected HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE".into()));
+                    return Err(e(
+                        "expected HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE".into(),
+                    ));
                 }
             }
             "ONBUILD" => {
                 let inner = nonempty(args).map_err(e)?;
-                let ikw = inner.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                let ikw = inner
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
                 if matches!(ikw.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
                     return Err(e(format!("{ikw} isn't allowed as an ONBUILD trigger")));
                 }
@@ -464,14 +537,23 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
         };
         match df.stages.last_mut() {
             Some(stage) => stage.instructions.push(instr),
-            None => match instr.kind {
-                Kind::Arg(_) => df.global_args.push(instr),
-                _ => return Err(e("no FROM before this instruction: only ARG may come before the first FROM".into())),
-            },
+            None => {
+                match instr.kind {
+                    Kind::Arg(_) => df.global_args.push(instr),
+                    _ => return Err(e(
+                        "no FROM before this instruction: only ARG may come before the first FROM"
+                            .into(),
+                    )),
+                }
+            }
         }
     }
     if df.stages.is_empty() {
-        return Err(err(lines.len().max(1), "FROM", "the Dockerfile has no FROM instruction".into()));
+        return Err(err(
+            lines.len().max(1),
+            "FROM",
+            "the Dockerfile has no FROM instruction".into(),
+        ));
     }
     Ok(df)
 }
@@ -533,7 +615,11 @@ fn parse_cmd(args: &str) -> Cmd {
 }
 
 /// ENV/LABEL: `key=value ...` or the legacy `key value` form.
-fn parse_pairs(lexer: &Lexer, args: &str, legacy_ok: bool) -> Result<Vec<(String, String)>, String> {
+fn parse_pairs(
+    lexer: &Lexer,
+    args: &str,
+    legacy_ok: bool,
+) -> Result<Vec<(String, String)>, String> {
     let words = lexer.split_raw(args).map_err(|e| e.to_string())?;
     if words.is_empty() {
         return Err("requires at least one argument".into());
@@ -577,7 +663,10 @@ fn heredoc_markers(args: &str) -> Vec<(String, bool, bool)> {
             i += 1;
             continue;
         }
-        if (c == b'\'' || c == b'"') && !(i >= 2 && &b[i - 2..i] == b"<<") && !(i >= 3 && &b[i - 3..i] == b"<<-") {
+        if (c == b'\'' || c == b'"')
+            && !(i >= 2 && &b[i - 2..i] == b"<<")
+            && !(i >= 3 && &b[i - 3..i] == b"<<-")
+        {
             quote = Some(c);
             i += 1;
             continue;
@@ -597,7 +686,9 @@ fn heredoc_markers(args: &str) -> Vec<(String, bool, bool)> {
                 j += 1;
             }
             let s = j;
-            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'-' || b[j] == b'.') {
+            while j < b.len()
+                && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'-' || b[j] == b'.')
+            {
                 j += 1;
             }
             if j > s {
@@ -655,7 +746,9 @@ CMD echo done
         assert_eq!(s.platform.as_deref(), Some("linux/amd64"));
         assert_eq!(s.base, "${BASE}");
         match &s.instructions[0].kind {
-            Kind::Run { cmd: Cmd::Shell(c), .. } => assert_eq!(c, "echo a     && echo b"),
+            Kind::Run {
+                cmd: Cmd::Shell(c), ..
+            } => assert_eq!(c, "echo a     && echo b"),
             k => panic!("{k:?}"),
         }
         assert_eq!(s.instructions[0].line, 6);
@@ -673,7 +766,10 @@ CMD echo done
         }
         assert_eq!(
             s.instructions[3].kind,
-            Kind::Env(vec![("A".into(), "1".into()), ("B".into(), "\"two words\"".into())])
+            Kind::Env(vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "\"two words\"".into())
+            ])
         );
         assert_eq!(
             s.instructions[4].kind,
@@ -709,7 +805,9 @@ CMD echo done
         let df = parse("# escape=`\nFROM scratch\nRUN a `\n  b\n", "D").unwrap();
         assert_eq!(df.escape, '`');
         match &df.stages[0].instructions[0].kind {
-            Kind::Run { cmd: Cmd::Shell(c), .. } => assert_eq!(c, "a   b"),
+            Kind::Run {
+                cmd: Cmd::Shell(c), ..
+            } => assert_eq!(c, "a   b"),
             k => panic!("{k:?}"),
         }
     }

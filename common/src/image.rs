@@ -85,7 +85,11 @@ impl Platform {
         Platform {
             architecture: arch.to_string(),
             os: "linux".to_string(),
-            variant: if arch == "arm64" { Some("v8".into()) } else { None },
+            variant: if arch == "arm64" {
+                Some("v8".into())
+            } else {
+                None
+            },
         }
     }
 
@@ -172,9 +176,17 @@ pub struct Healthcheck {
     pub interval: Option<i64>,
     #[serde(rename = "Timeout", skip_serializing_if = "Option::is_none", default)]
     pub timeout: Option<i64>,
-    #[serde(rename = "StartPeriod", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "StartPeriod",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub start_period: Option<i64>,
-    #[serde(rename = "StartInterval", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "StartInterval",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub start_interval: Option<i64>,
     #[serde(rename = "Retries", skip_serializing_if = "Option::is_none", default)]
     pub retries: Option<i64>,
@@ -187,23 +199,43 @@ type Set = BTreeMap<String, serde_json::Value>;
 pub struct RunConfig {
     #[serde(rename = "User", skip_serializing_if = "Option::is_none", default)]
     pub user: Option<String>,
-    #[serde(rename = "ExposedPorts", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "ExposedPorts",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub exposed_ports: Option<Set>,
     #[serde(rename = "Env", skip_serializing_if = "Option::is_none", default)]
     pub env: Option<Vec<String>>,
-    #[serde(rename = "Entrypoint", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "Entrypoint",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub entrypoint: Option<Vec<String>>,
     #[serde(rename = "Cmd", skip_serializing_if = "Option::is_none", default)]
     pub cmd: Option<Vec<String>>,
     #[serde(rename = "Volumes", skip_serializing_if = "Option::is_none", default)]
     pub volumes: Option<Set>,
-    #[serde(rename = "WorkingDir", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "WorkingDir",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub working_dir: Option<String>,
     #[serde(rename = "Labels", skip_serializing_if = "Option::is_none", default)]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(rename = "StopSignal", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "StopSignal",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub stop_signal: Option<String>,
-    #[serde(rename = "Healthcheck", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "Healthcheck",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub healthcheck: Option<Healthcheck>,
     #[serde(rename = "Shell", skip_serializing_if = "Option::is_none", default)]
     pub shell: Option<Vec<String>>,
@@ -228,7 +260,10 @@ impl RunConfig {
     pub fn set_env(&mut self, key: &str, value: &str) {
         let env = self.env.get_or_insert_with(Vec::new);
         let entry = format!("{key}={value}");
-        match env.iter_mut().find(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e) == key) {
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e) == key)
+        {
             Some(e) => *e = entry,
             None => env.push(entry),
         }
@@ -310,7 +345,11 @@ pub enum ManifestKind {
     Index(Index),
 }
 
-pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>, digest: &str) -> Result<ManifestKind, ImageError> {
+pub fn parse_manifest(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    digest: &str,
+) -> Result<ManifestKind, ImageError> {
     #[derive(Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]
@@ -322,11 +361,18 @@ pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>, digest: &str) ->
         source,
     };
     let probe: Probe = serde_json::from_slice(bytes).map_err(bad)?;
-    let mt = probe.media_type.or(content_type.map(str::to_string)).unwrap_or_default();
+    let mt = probe
+        .media_type
+        .or(content_type.map(str::to_string))
+        .unwrap_or_default();
     if mt == OCI_INDEX || mt == DOCKER_LIST || (mt.is_empty() && probe.manifests.is_some()) {
-        Ok(ManifestKind::Index(serde_json::from_slice(bytes).map_err(bad)?))
+        Ok(ManifestKind::Index(
+            serde_json::from_slice(bytes).map_err(bad)?,
+        ))
     } else if mt == OCI_MANIFEST || mt == DOCKER_MANIFEST || mt.is_empty() {
-        Ok(ManifestKind::Image(serde_json::from_slice(bytes).map_err(bad)?))
+        Ok(ManifestKind::Image(
+            serde_json::from_slice(bytes).map_err(bad)?,
+        ))
     } else {
         Err(ImageError::MediaType(mt))
     }

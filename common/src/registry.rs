@@ -116,10 +116,11 @@ pub fn install_crypto_provider() {
 }
 
 pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
-    s.parse::<Reference>().map_err(|e| RegistryError::BadReference {
-        reference: s.to_string(),
-        message: e.to_string(),
-    })
+    s.parse::<Reference>()
+        .map_err(|e| RegistryError::BadReference {
+            reference: s.to_string(),
+            message: e.to_string(),
+        })
 }
 
 const ACCEPT: &[&str] = &[
@@ -227,7 +228,11 @@ impl Registry {
     }
 
     /// Resolves a reference to one platform's manifest and config.
-    pub async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
+    pub async fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, RegistryError> {
         let r = parse_reference(reference)?;
         let mut last = None;
         for c in self.candidates(&r) {
@@ -247,7 +252,11 @@ impl Registry {
         Err(last.unwrap_or_else(|| RegistryError::remote(&r, "no registry to try")))
     }
 
-    async fn resolve_at(&self, r: &Reference, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
+    async fn resolve_at(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, RegistryError> {
         let auth = self.auth_for(r)?;
         let (bytes, digest) = self
             .client
@@ -275,15 +284,20 @@ impl Registry {
                         .await
                         .map_err(|e| RegistryError::remote_err(&pr, &e))?;
                     let md = checked_manifest_digest(&pr, &mb, &md)?;
-                    d.digest.verify(&md).map_err(|source| RegistryError::Digest {
-                        reference: pr.whole(),
-                        digest: d.digest.clone(),
-                        source,
-                    })?;
+                    d.digest
+                        .verify(&md)
+                        .map_err(|source| RegistryError::Digest {
+                            reference: pr.whole(),
+                            digest: d.digest.clone(),
+                            source,
+                        })?;
                     match image::parse_manifest(&mb, None, md.as_str()).map_err(img_err)? {
                         ManifestKind::Image(m) => (m, md, Some(digest), pr),
                         ManifestKind::Index(_) => {
-                            return Err(RegistryError::remote(&pr, "nested image index is not supported"))
+                            return Err(RegistryError::remote(
+                                &pr,
+                                "nested image index is not supported",
+                            ))
                         }
                     }
                 }
@@ -302,13 +316,14 @@ impl Registry {
                 digest: manifest.config.digest.clone(),
                 source,
             })?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|source| RegistryError::Image {
-            reference: at.whole(),
-            source: ImageError::BadConfig {
-                digest: manifest.config.digest.to_string(),
-                source,
-            },
-        })?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|source| RegistryError::Image {
+                reference: at.whole(),
+                source: ImageError::BadConfig {
+                    digest: manifest.config.digest.to_string(),
+                    source,
+                },
+            })?;
         Ok(ResolvedImage {
             reference: at,
             manifest_digest,
@@ -321,14 +336,28 @@ impl Registry {
 
     /// Streams a blob into `dest`, verifying its digest; `dest` appears only
     /// complete (temp file in the same directory, fsync, rename).
-    pub async fn fetch_blob(&self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<u64, RegistryError> {
-        self.retry(self.opts.pull_retries, || self.fetch_blob_once(r, desc, dest))
-            .await
+    pub async fn fetch_blob(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        dest: &Path,
+    ) -> Result<u64, RegistryError> {
+        self.retry(self.opts.pull_retries, || {
+            self.fetch_blob_once(r, desc, dest)
+        })
+        .await
     }
 
-    async fn fetch_blob_once(&self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<u64, RegistryError> {
+    async fn fetch_blob_once(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        dest: &Path,
+    ) -> Result<u64, RegistryError> {
         let auth = self.auth_for(r)?;
-        self.client.store_auth_if_needed(r.resolve_registry(), &auth).await;
+        self.client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
         let io = |source| RegistryError::Io {
             path: dest.to_path_buf(),
             source,
@@ -348,11 +377,13 @@ impl Registry {
             w.write_all(&chunk).map_err(io)?;
         }
         let (buf, digest, n) = w.finish();
-        desc.digest.verify(&digest).map_err(|source| RegistryError::Digest {
-            reference: r.whole(),
-            digest: desc.digest.clone(),
-            source,
-        })?;
+        desc.digest
+            .verify(&digest)
+            .map_err(|source| RegistryError::Digest {
+                reference: r.whole(),
+                digest: desc.digest.clone(),
+                source,
+            })?;
         let file = buf.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         tmp_path.persist(dest).map_err(|e| io(e.error))?;
@@ -372,7 +403,12 @@ impl Registry {
     }
 
     /// Cross-repository mount; `Ok(false)` when the registry declined.
-    pub async fn mount_blob(&self, r: &Reference, from: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+    pub async fn mount_blob(
+        &self,
+        r: &Reference,
+        from: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
         if r.resolve_registry() != from.resolve_registry() {
             return Ok(false);
         }
@@ -381,21 +417,33 @@ impl Registry {
             .auth(r, &auth, RegistryOperation::Push)
             .await
             .map_err(|e| RegistryError::remote_err(r, &e))?;
-        Ok(self.client.mount_blob(r, from, digest.as_str()).await.is_ok())
+        Ok(self
+            .client
+            .mount_blob(r, from, digest.as_str())
+            .await
+            .is_ok())
     }
 
     /// Streams a file as a blob (monolithic PUT with known size).
-    pub async fn push_blob_file(&self, r: &Reference, path: &Path, digest: &Digest, size: u64) -> Result<(), RegistryError> {
+    pub async fn push_blob_file(
+        &self,
+        r: &Reference,
+        path: &Path,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
         self.retry(self.opts.push_retries, || async {
             let auth = self.auth_for(r)?;
             self.client
                 .auth(r, &auth, RegistryOperation::Push)
                 .await
                 .map_err(|e| RegistryError::remote_err(r, &e))?;
-            let file = tokio::fs::File::open(path).await.map_err(|source| RegistryError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|source| RegistryError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             let stream = tokio_util_stream(file);
             self.client
                 .push_blob_stream(r, stream, digest.as_str(), Some(size))
@@ -406,7 +454,12 @@ impl Registry {
         .await
     }
 
-    pub async fn push_manifest(&self, r: &Reference, body: Vec<u8>, media_type: &str) -> Result<Digest, RegistryError> {
+    pub async fn push_manifest(
+        &self,
+        r: &Reference,
+        body: Vec<u8>,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
         let digest = Digest::sha256_of(&body);
         let body = bytes::Bytes::from(body);
         self.retry(self.opts.push_retries, || async {
@@ -432,7 +485,9 @@ impl Registry {
 /// Streams a file in 1 MiB chunks without reading it whole.
 fn tokio_util_stream(
     file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, oci_client::errors::OciDistributionError>> + Send + 'static {
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, oci_client::errors::OciDistributionError>>
+       + Send
+       + 'static {
     use tokio::io::AsyncReadExt;
     futures_util::stream::unfold(Some(file), |state| async move {
         let mut file = state?;
@@ -443,12 +498,19 @@ fn tokio_util_stream(
                 buf.truncate(n);
                 Some((Ok(bytes::Bytes::from(buf)), Some(file)))
             }
-            Err(e) => Some((Err(oci_client::errors::OciDistributionError::IoError(e)), None)),
+            Err(e) => Some((
+                Err(oci_client::errors::OciDistributionError::IoError(e)),
+                None,
+            )),
         }
     })
 }
 
-fn checked_manifest_digest(r: &Reference, bytes: &[u8], claimed: &str) -> Result<Digest, RegistryError> {
+fn checked_manifest_digest(
+    r: &Reference,
+    bytes: &[u8],
+    claimed: &str,
+) -> Result<Digest, RegistryError> {
     let actual = Digest::sha256_of(bytes);
     if let Some(want) = r.digest() {
         let want: Digest = want.parse().map_err(|source| RegistryError::Digest {
@@ -456,14 +518,18 @@ fn checked_manifest_digest(r: &Reference, bytes: &[u8], claimed: &str) -> Result
             digest: actual.clone(),
             source,
         })?;
-        want.verify(&actual).map_err(|source| RegistryError::Digest {
-            reference: r.whole(),
-            digest: want.clone(),
-            source,
-        })?;
+        want.verify(&actual)
+            .map_err(|source| RegistryError::Digest {
+                reference: r.whole(),
+                digest: want.clone(),
+                source,
+            })?;
     }
     if !claimed.is_empty() && claimed != actual.as_str() {
-        tracing::debug!("{}: registry reported digest {claimed}, content hashes to {actual}", r.whole());
+        tracing::debug!(
+            "{}: registry reported digest {claimed}, content hashes to {actual}",
+            r.whole()
+        );
     }
     Ok(actual)
 }
@@ -472,7 +538,11 @@ fn is_transient(e: &RegistryError) -> bool {
     match e {
         RegistryError::Remote { message, .. } => {
             let m = message.to_ascii_lowercase();
-            !(m.contains("not found") || m.contains("unauthorized") || m.contains("denied") || m.contains("manifest_unknown") || m.contains("name_unknown"))
+            !(m.contains("not found")
+                || m.contains("unauthorized")
+                || m.contains("denied")
+                || m.contains("manifest_unknown")
+                || m.contains("name_unknown"))
         }
         RegistryError::Io { .. } => true,
         _ => false,

@@ -33,7 +33,9 @@ pub enum BuildError {
         instruction: String,
         message: String,
     },
-    #[error("{file}:{line}: RUN {command:?} failed with exit code {code}\n--- last output ---\n{tail}")]
+    #[error(
+        "{file}:{line}: RUN {command:?} failed with exit code {code}\n--- last output ---\n{tail}"
+    )]
     RunFailed {
         file: String,
         line: usize,
@@ -45,26 +47,35 @@ pub enum BuildError {
     BaseImage {
         image: String,
         stage: String,
-        source: kiln_common::registry::RegistryError,
+        source: Box<kiln_common::registry::RegistryError>,
     },
     #[error("target stage {0:?} not found in the Dockerfile")]
     NoTarget(String),
     #[error(transparent)]
     Context(#[from] crate::context::ContextError),
     #[error("work directory {path}: {source}")]
-    Work { path: PathBuf, source: std::io::Error },
+    Work {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Isolation(#[from] crate::isolation::IsolationError),
     #[error(transparent)]
-    Output(#[from] output::OutputError),
+    Output(#[from] Box<output::OutputError>),
     #[error(transparent)]
     Blob(#[from] crate::blobs::BlobError),
     #[error("extracting layer {digest} of {image}: {source}")]
     Extract {
         image: String,
         digest: Digest,
-        source: extract::ExtractError,
+        source: Box<extract::ExtractError>,
     },
+}
+
+impl From<output::OutputError> for BuildError {
+    fn from(e: output::OutputError) -> Self {
+        BuildError::Output(Box::new(e))
+    }
 }
 
 /// Where a layer's bytes can be found.
@@ -181,7 +192,9 @@ impl Builder {
         )?;
         let file = df_path.display().to_string();
         let target = match &self.opts.target {
-            Some(t) => df.stage_index(t).ok_or_else(|| BuildError::NoTarget(t.clone()))?,
+            Some(t) => df
+                .stage_index(t)
+                .ok_or_else(|| BuildError::NoTarget(t.clone()))?,
             None => df.stages.len() - 1,
         };
         let lexer = Lexer::new(df.escape);
@@ -200,13 +213,22 @@ impl Builder {
                 .await?;
             outs.insert(idx, out);
         }
-        let mut image = outs.remove(&target).map(|o| o.image).ok_or_else(|| BuildError::NoTarget(target.to_string()))?;
+        let mut image = outs
+            .remove(&target)
+            .map(|o| o.image)
+            .ok_or_else(|| BuildError::NoTarget(target.to_string()))?;
         // --label applies to the final image only.
         for (k, v) in &self.opts.labels {
-            image.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k.clone(), v.clone());
+            image
+                .config
+                .config
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(k.clone(), v.clone());
         }
         let written = output::write_image(&self.store, &image, self.opts.docker_format)?;
-        let pushed = output::deliver(&self.opts, &self.registry, &self.store, &image, &written).await?;
+        let pushed =
+            output::deliver(&self.opts, &self.registry, &self.store, &image, &written).await?;
         let result = BuildResult {
             manifest_digest: written.manifest_digest.clone(),
             config_digest: written.config_digest.clone(),
@@ -217,7 +239,10 @@ impl Builder {
         };
         if let Some(p) = &self.opts.report_path {
             let json = serde_json::to_vec_pretty(&result).unwrap_or_default();
-            std::fs::write(p, json).map_err(|source| BuildError::Work { path: p.clone(), source })?;
+            std::fs::write(p, json).map_err(|source| BuildError::Work {
+                path: p.clone(),
+                source,
+            })?;
         }
         Ok(result)
     }
@@ -240,24 +265,40 @@ impl Builder {
     }
 
     fn build_arg(&self, name: &str) -> Option<String> {
-        self.opts.build_args.iter().rev().find(|(k, _)| k == name).map(|(k, v)| match v {
-            Some(v) => v.clone(),
-            None => std::env::var(k).unwrap_or_default(),
-        })
+        self.opts
+            .build_args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(k, v)| match v {
+                Some(v) => v.clone(),
+                None => std::env::var(k).unwrap_or_default(),
+            })
     }
 
     /// Global ARGs plus BuildKit's automatic platform args.
-    fn global_args(&self, df: &Dockerfile, lexer: &Lexer, file: &str) -> Result<Vec<(String, String)>, BuildError> {
+    fn global_args(
+        &self,
+        df: &Dockerfile,
+        lexer: &Lexer,
+        file: &str,
+    ) -> Result<Vec<(String, String)>, BuildError> {
         let host = Platform::host();
         let mut vars: Vec<(String, String)> = vec![
             ("TARGETPLATFORM".into(), self.platform.to_string()),
             ("TARGETOS".into(), self.platform.os.clone()),
             ("TARGETARCH".into(), self.platform.architecture.clone()),
-            ("TARGETVARIANT".into(), self.platform.variant.clone().unwrap_or_default()),
+            (
+                "TARGETVARIANT".into(),
+                self.platform.variant.clone().unwrap_or_default(),
+            ),
             ("BUILDPLATFORM".into(), host.to_string()),
             ("BUILDOS".into(), host.os.clone()),
             ("BUILDARCH".into(), host.architecture.clone()),
-            ("BUILDVARIANT".into(), host.variant.clone().unwrap_or_default()),
+            (
+                "BUILDVARIANT".into(),
+                host.variant.clone().unwrap_or_default(),
+            ),
         ];
         for ins in &df.global_args {
             if let Kind::Arg(list) = &ins.kind {
@@ -265,7 +306,9 @@ impl Builder {
                     let v = match self.build_arg(name) {
                         Some(v) => v,
                         None => match default {
-                            Some(d) => lexer.process_word(d, &vars).map_err(|e| step_err(file, ins, e))?,
+                            Some(d) => lexer
+                                .process_word(d, &vars)
+                                .map_err(|e| step_err(file, ins, e))?,
                             None => String::new(),
                         },
                     };
@@ -288,16 +331,23 @@ impl Builder {
         done: &BTreeMap<usize, StageOut>,
         steps: &mut Vec<StepReport>,
     ) -> Result<StageOut, BuildError> {
-        let stage_name = stage.name.clone().unwrap_or_else(|| stage.index.to_string());
+        let stage_name = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| stage.index.to_string());
         let from_ins = Instruction {
             line: stage.line,
             original: format!("FROM {}", stage.base),
             kind: Kind::Maintainer(String::new()),
         };
-        let base_name = lexer.process_word(&stage.base, &global.to_vec()).map_err(|e| step_err(file, &from_ins, e))?;
+        let base_name = lexer
+            .process_word(&stage.base, &global.to_vec())
+            .map_err(|e| step_err(file, &from_ins, e))?;
         let platform = match &stage.platform {
             Some(p) => {
-                let p = lexer.process_word(p, &global.to_vec()).map_err(|e| step_err(file, &from_ins, e))?;
+                let p = lexer
+                    .process_word(p, &global.to_vec())
+                    .map_err(|e| step_err(file, &from_ins, e))?;
                 Platform::parse(&p).map_err(|e| step_err(file, &from_ins, e))?
             }
             None => self.platform.clone(),
@@ -308,7 +358,11 @@ impl Builder {
                 config: ImageConfig::scratch(&platform),
                 layers: Vec::new(),
             }
-        } else if let Some(prev) = df.stage_index(&base_name).filter(|i| *i < stage.index).and_then(|i| done.get(&i)) {
+        } else if let Some(prev) = df
+            .stage_index(&base_name)
+            .filter(|i| *i < stage.index)
+            .and_then(|i| done.get(&i))
+        {
             prev.image.clone()
         } else {
             self.pull_base(&base_name, &platform, &stage_name).await?
@@ -336,13 +390,16 @@ impl Builder {
         let onbuild = st.image.config.config.on_build.take().unwrap_or_default();
         let mut triggers = Vec::new();
         for t in &onbuild {
-            let parsed = kiln_common::dockerfile::parse(&format!("FROM scratch\n{t}\n"), &format!("ONBUILD of {base_name}"))
-                .map_err(|e| BuildError::Step {
-                    file: file.into(),
-                    line: stage.line,
-                    instruction: "ONBUILD".into(),
-                    message: e.to_string(),
-                })?;
+            let parsed = kiln_common::dockerfile::parse(
+                &format!("FROM scratch\n{t}\n"),
+                &format!("ONBUILD of {base_name}"),
+            )
+            .map_err(|e| BuildError::Step {
+                file: file.into(),
+                line: stage.line,
+                instruction: "ONBUILD".into(),
+                message: e.to_string(),
+            })?;
             for mut ins in parsed.stages.into_iter().flat_map(|s| s.instructions) {
                 ins.line = stage.line;
                 triggers.push(ins);
@@ -364,7 +421,10 @@ impl Builder {
             tracing::info!(
                 "[{stage_name}] {} ({secs:.2}s{})",
                 ins.original.lines().next().unwrap_or(""),
-                layer.as_ref().map(|l| format!(", layer {} bytes", l.descriptor.size)).unwrap_or_default()
+                layer
+                    .as_ref()
+                    .map(|l| format!(", layer {} bytes", l.descriptor.size))
+                    .unwrap_or_default()
             );
             steps.push(StepReport {
                 stage: stage_name.clone(),
@@ -399,7 +459,12 @@ impl Builder {
         })
     }
 
-    async fn pull_base(&self, name: &str, platform: &Platform, stage: &str) -> Result<BuiltImage, BuildError> {
+    async fn pull_base(
+        &self,
+        name: &str,
+        platform: &Platform,
+        stage: &str,
+    ) -> Result<BuiltImage, BuildError> {
         let resolved = self
             .registry
             .resolve(name, platform)
@@ -407,7 +472,7 @@ impl Builder {
             .map_err(|source| BuildError::BaseImage {
                 image: name.to_string(),
                 stage: stage.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         tracing::info!("resolved {name} to {}", resolved.manifest_digest);
         let diff_ids = resolved.config.rootfs.diff_ids.clone();
@@ -415,7 +480,11 @@ impl Builder {
             .manifest
             .layers
             .iter()
-            .zip(diff_ids.iter().chain(std::iter::repeat(&Digest::sha256_of(b""))))
+            .zip(
+                diff_ids
+                    .iter()
+                    .chain(std::iter::repeat(&Digest::sha256_of(b""))),
+            )
             .map(|(d, id)| ImageLayer {
                 descriptor: d.clone(),
                 diff_id: id.clone(),
@@ -446,7 +515,7 @@ impl Builder {
                     .map_err(|source| BuildError::BaseImage {
                         image: r.whole(),
                         stage: String::new(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 Ok(p)
             }
@@ -462,13 +531,23 @@ fn step_err(file: &str, ins: &Instruction, e: impl std::fmt::Display) -> BuildEr
     BuildError::Step {
         file: file.to_string(),
         line: ins.line,
-        instruction: ins.original.split_whitespace().next().unwrap_or("").to_string(),
+        instruction: ins
+            .original
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string(),
         message: e.to_string(),
     }
 }
 
 /// The stages the target needs: its FROM chain and COPY --from sources.
-fn needed_stages(df: &Dockerfile, target: usize, global: &[(String, String)], lexer: &Lexer) -> Vec<usize> {
+fn needed_stages(
+    df: &Dockerfile,
+    target: usize,
+    global: &[(String, String)],
+    lexer: &Lexer,
+) -> Vec<usize> {
     let mut need = BTreeSet::new();
     let mut todo = vec![target];
     let g = global.to_vec();
@@ -484,7 +563,9 @@ fn needed_stages(df: &Dockerfile, target: usize, global: &[(String, String)], le
         for ins in &s.instructions {
             if let Kind::Copy(c) = &ins.kind {
                 if let Some(from) = c.flags.get("from") {
-                    let from = lexer.process_word(from, &g).unwrap_or_else(|_| from.to_string());
+                    let from = lexer
+                        .process_word(from, &g)
+                        .unwrap_or_else(|_| from.to_string());
                     if let Some(j) = df.stage_index(&from).filter(|j| *j < i) {
                         todo.push(j);
                     }
@@ -527,7 +608,9 @@ impl StageState<'_> {
     }
 
     fn word(&self, ins: &Instruction, w: &str) -> Result<String, BuildError> {
-        self.lexer.process_word(w, &self.vars()).map_err(|e| self.err(ins, e))
+        self.lexer
+            .process_word(w, &self.vars())
+            .map_err(|e| self.err(ins, e))
     }
 
     /// Unpacks the stage's layers into a fresh root on first use.
@@ -543,17 +626,21 @@ impl StageState<'_> {
                 source,
             })?
             .keep();
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|source| BuildError::Work {
-            path: root.clone(),
-            source,
-        })?;
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|source| BuildError::Work {
+                path: root.clone(),
+                source,
+            })?;
         // Fetch all layers concurrently, then apply them in order.
         let fetches = self.image.layers.iter().map(|l| self.b.ensure_local(l));
         let paths = futures_util::future::try_join_all(fetches).await?;
         for (l, p) in self.image.layers.iter().zip(paths) {
             let mut attempt = 0;
             loop {
-                let f = std::fs::File::open(&p).map_err(|source| BuildError::Work { path: p.clone(), source })?;
+                let f = std::fs::File::open(&p).map_err(|source| BuildError::Work {
+                    path: p.clone(),
+                    source,
+                })?;
                 let root2 = root.clone();
                 let res = tokio::task::spawn_blocking(move || extract::apply_layer(&root2, f))
                     .await
@@ -563,11 +650,14 @@ impl StageState<'_> {
                     })?;
                 match res {
                     Ok(_) => break,
-                    Err(e @ (extract::ExtractError::Path { .. } | extract::ExtractError::BadLink { .. })) => {
+                    Err(
+                        e @ (extract::ExtractError::Path { .. }
+                        | extract::ExtractError::BadLink { .. }),
+                    ) => {
                         return Err(BuildError::Extract {
                             image: self.base_name.clone(),
                             digest: l.descriptor.digest.clone(),
-                            source: e,
+                            source: Box::new(e),
                         })
                     }
                     Err(e) if attempt < self.b.opts.image_fs_extract_retry => {
@@ -578,7 +668,7 @@ impl StageState<'_> {
                         return Err(BuildError::Extract {
                             image: self.base_name.clone(),
                             digest: l.descriptor.digest.clone(),
-                            source: e,
+                            source: Box::new(e),
                         })
                     }
                 }
@@ -590,8 +680,14 @@ impl StageState<'_> {
 
     fn scratch(&mut self) -> Result<PathBuf, BuildError> {
         self.scratch_n += 1;
-        let p = self.b.work_path().join(format!("scratch-{}-{}", self.stage_name, self.scratch_n));
-        std::fs::create_dir_all(&p).map_err(|source| BuildError::Work { path: p.clone(), source })?;
+        let p = self
+            .b
+            .work_path()
+            .join(format!("scratch-{}-{}", self.stage_name, self.scratch_n));
+        std::fs::create_dir_all(&p).map_err(|source| BuildError::Work {
+            path: p.clone(),
+            source,
+        })?;
         Ok(p)
     }
 
@@ -610,17 +706,25 @@ impl StageState<'_> {
         });
     }
 
-    fn commit_layer(&mut self, root: &Path, diff: Diff, created_by: &str) -> Result<Option<Layer>, BuildError> {
+    fn commit_layer(
+        &mut self,
+        root: &Path,
+        diff: Diff,
+        created_by: &str,
+    ) -> Result<Option<Layer>, BuildError> {
         if diff.is_empty() {
             self.history(created_by.to_string(), true);
             return Ok(None);
         }
-        let l = layer::write_layer(root, &diff, &self.b.store, &self.b.opts.layer).map_err(|e| BuildError::Step {
-            file: self.file.into(),
-            line: 0,
-            instruction: created_by.into(),
-            message: e.to_string(),
-        })?;
+        let l =
+            layer::write_layer(root, &diff, &self.b.store, &self.b.opts.layer).map_err(|e| {
+                BuildError::Step {
+                    file: self.file.into(),
+                    line: 0,
+                    instruction: created_by.into(),
+                    message: e.to_string(),
+                }
+            })?;
         self.image.config.rootfs.diff_ids.push(l.diff_id.clone());
         self.image.layers.push(ImageLayer {
             descriptor: l.descriptor.clone(),
@@ -668,7 +772,12 @@ impl StageState<'_> {
                 for (k, v) in pairs {
                     let k = self.word(ins, k)?;
                     let v = self.word(ins, v)?;
-                    self.image.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k, v);
+                    self.image
+                        .config
+                        .config
+                        .labels
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(k, v);
                 }
                 self.history(cfg_history, true);
                 Ok(None)
@@ -687,8 +796,15 @@ impl StageState<'_> {
             Kind::Expose(ports) => {
                 let vars = self.vars();
                 for p in ports {
-                    let p = self.lexer.process_word(p, &vars).map_err(|e| self.err(ins, e))?;
-                    let p = if p.contains('/') { p.to_ascii_lowercase() } else { format!("{p}/tcp") };
+                    let p = self
+                        .lexer
+                        .process_word(p, &vars)
+                        .map_err(|e| self.err(ins, e))?;
+                    let p = if p.contains('/') {
+                        p.to_ascii_lowercase()
+                    } else {
+                        format!("{p}/tcp")
+                    };
                     self.image
                         .config
                         .config
@@ -704,14 +820,31 @@ impl StageState<'_> {
                 let root = self.ensure_root().await?;
                 let mut diff = Diff::default();
                 for v in vols {
-                    let v = self.lexer.process_word(v, &vars).map_err(|e| self.err(ins, e))?;
+                    let v = self
+                        .lexer
+                        .process_word(v, &vars)
+                        .map_err(|e| self.err(ins, e))?;
                     if v.is_empty() {
                         return Err(self.err(ins, "VOLUME specified can not be an empty string"));
                     }
                     // Like kaniko and buildah, the mount point exists in the image.
                     let dir = rootfs::resolve(&root, &v, true).map_err(|e| self.err(ins, e))?;
-                    copy::mkdir_all(&root, &dir, &CopyOptions { owner: Owner::Fixed(0, 0), chmod: None }, &mut diff).map_err(|e| self.err(ins, e))?;
-                    self.image.config.config.volumes.get_or_insert_with(BTreeMap::new).insert(v, serde_json::json!({}));
+                    copy::mkdir_all(
+                        &root,
+                        &dir,
+                        &CopyOptions {
+                            owner: Owner::Fixed(0, 0),
+                            chmod: None,
+                        },
+                        &mut diff,
+                    )
+                    .map_err(|e| self.err(ins, e))?;
+                    self.image
+                        .config
+                        .config
+                        .volumes
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(v, serde_json::json!({}));
                 }
                 self.finish_fs_step(&root, diff, cfg_history)
             }
@@ -727,7 +860,12 @@ impl StageState<'_> {
                 Ok(None)
             }
             Kind::Onbuild(t) => {
-                self.image.config.config.on_build.get_or_insert_with(Vec::new).push(t.clone());
+                self.image
+                    .config
+                    .config
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(t.clone());
                 self.history(cfg_history, true);
                 Ok(None)
             }
@@ -755,11 +893,19 @@ impl StageState<'_> {
                     },
                     Some(c) => {
                         let test = match c {
-                            Cmd::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+                            Cmd::Exec(v) => std::iter::once("CMD".to_string())
+                                .chain(v.iter().cloned())
+                                .collect(),
                             Cmd::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
                         };
                         let dur = |n: &str| -> Result<Option<i64>, BuildError> {
-                            h.flags.get(n).map(|v| parse_duration(v).map_err(|e| self.err(ins, format!("--{n}: {e}")))).transpose()
+                            h.flags
+                                .get(n)
+                                .map(|v| {
+                                    parse_duration(v)
+                                        .map_err(|e| self.err(ins, format!("--{n}: {e}")))
+                                })
+                                .transpose()
                         };
                         Healthcheck {
                             test,
@@ -770,7 +916,10 @@ impl StageState<'_> {
                             retries: h
                                 .flags
                                 .get("retries")
-                                .map(|r| r.parse::<i64>().map_err(|e| self.err(ins, format!("--retries: {e}"))))
+                                .map(|r| {
+                                    r.parse::<i64>()
+                                        .map_err(|e| self.err(ins, format!("--retries: {e}")))
+                                })
                                 .transpose()?,
                         }
                     }
@@ -781,8 +930,18 @@ impl StageState<'_> {
             }
             Kind::Workdir(w) => {
                 let w = self.word(ins, w)?;
-                let cur = self.image.config.config.working_dir.clone().unwrap_or_else(|| "/".into());
-                let new = if w.starts_with('/') { w } else { format!("{}/{}", cur.trim_end_matches('/'), w) };
+                let cur = self
+                    .image
+                    .config
+                    .config
+                    .working_dir
+                    .clone()
+                    .unwrap_or_else(|| "/".into());
+                let new = if w.starts_with('/') {
+                    w
+                } else {
+                    format!("{}/{}", cur.trim_end_matches('/'), w)
+                };
                 let new = normalize_abs(&new);
                 self.image.config.config.working_dir = Some(new.clone());
                 let root = self.ensure_root().await?;
@@ -806,7 +965,12 @@ impl StageState<'_> {
         }
     }
 
-    fn finish_fs_step(&mut self, root: &Path, diff: Diff, created_by: String) -> Result<Option<Layer>, BuildError> {
+    fn finish_fs_step(
+        &mut self,
+        root: &Path,
+        diff: Diff,
+        created_by: String,
+    ) -> Result<Option<Layer>, BuildError> {
         if self.single.is_some() {
             self.history(created_by, true);
             return Ok(None);
@@ -815,7 +979,12 @@ impl StageState<'_> {
     }
 
     fn shell(&self) -> Vec<String> {
-        self.image.config.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+        self.image
+            .config
+            .config
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
     fn cmd_vec(&self, c: &Cmd) -> Vec<String> {
@@ -829,7 +998,12 @@ impl StageState<'_> {
         }
     }
 
-    async fn run(&mut self, ins: &Instruction, cmd: &Cmd, heredocs: &[kiln_common::dockerfile::Heredoc]) -> Result<Option<Layer>, BuildError> {
+    async fn run(
+        &mut self,
+        ins: &Instruction,
+        cmd: &Cmd,
+        heredocs: &[kiln_common::dockerfile::Heredoc],
+    ) -> Result<Option<Layer>, BuildError> {
         let root = self.ensure_root().await?;
         let (args, shown) = match cmd {
             Cmd::Exec(v) => {
@@ -839,7 +1013,13 @@ impl StageState<'_> {
                 (v.clone(), v.join(" "))
             }
             Cmd::Shell(s) => {
-                let text = if heredocs.len() == 1 && s.trim().trim_start_matches("<<-").trim_start_matches("<<").trim_matches(['"', '\'']) == heredocs[0].name {
+                let text = if heredocs.len() == 1
+                    && s.trim()
+                        .trim_start_matches("<<-")
+                        .trim_start_matches("<<")
+                        .trim_matches(['"', '\''])
+                        == heredocs[0].name
+                {
                     // `RUN <<EOF`: the body is the script.
                     heredocs[0].content.clone()
                 } else if heredocs.is_empty() {
@@ -869,11 +1049,28 @@ impl StageState<'_> {
         }
         env.extend(cfg_env);
         if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+            env.push((
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ));
         }
-        let user = self.image.config.config.user.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "0".into());
+        let user = self
+            .image
+            .config
+            .config
+            .user
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "0".into());
         let (uid, gid) = rootfs::lookup_user(&root, &user).map_err(|e| self.err(ins, e))?;
-        let cwd = self.image.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+        let cwd = self
+            .image
+            .config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into());
         let spec = RunSpec {
             args,
             env,
@@ -885,7 +1082,8 @@ impl StageState<'_> {
         let scratch = self.scratch()?;
         let iso_root = root.clone();
         let b = self.b;
-        let outcome = tokio::task::block_in_place(|| b.isolation.run(&iso_root, &scratch, &spec)).map_err(|e| self.err(ins, e))?;
+        let outcome = tokio::task::block_in_place(|| b.isolation.run(&iso_root, &scratch, &spec))
+            .map_err(|e| self.err(ins, e))?;
         let _ = std::fs::remove_dir_all(&scratch);
         if !outcome.status.success() {
             return Err(BuildError::RunFailed {
@@ -903,12 +1101,27 @@ impl StageState<'_> {
         self.finish_fs_step(&root, outcome.diff, created_by)
     }
 
-    async fn copy(&mut self, ins: &Instruction, spec: &CopySpec, is_add: bool) -> Result<Option<Layer>, BuildError> {
+    async fn copy(
+        &mut self,
+        ins: &Instruction,
+        spec: &CopySpec,
+        is_add: bool,
+    ) -> Result<Option<Layer>, BuildError> {
         let root = self.ensure_root().await?;
         let vars = self.vars();
-        let w = |s: &str| self.lexer.process_word(s, &vars).map_err(|e| self.err(ins, e));
-        let dest_raw = if spec.json { w(&spec.dest)? } else { w(&spec.dest)? };
-        let workdir = self.image.config.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        let w = |s: &str| {
+            self.lexer
+                .process_word(s, &vars)
+                .map_err(|e| self.err(ins, e))
+        };
+        let dest_raw = w(&spec.dest)?;
+        let workdir = self
+            .image
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
         let dest = if dest_raw.starts_with('/') {
             dest_raw.clone()
         } else {
@@ -919,7 +1132,11 @@ impl StageState<'_> {
                 normalize_abs(&joined)
             }
         };
-        let dest = if dest_raw == "." || dest_raw.ends_with("/.") { format!("{}/", dest.trim_end_matches('/')) } else { dest };
+        let dest = if dest_raw == "." || dest_raw.ends_with("/.") {
+            format!("{}/", dest.trim_end_matches('/'))
+        } else {
+            dest
+        };
         let owner = match spec.flags.get("chown") {
             Some(c) => {
                 let c = w(c)?;
@@ -929,7 +1146,10 @@ impl StageState<'_> {
             None => Owner::Fixed(0, 0),
         };
         let chmod = match spec.flags.get("chmod") {
-            Some(m) => Some(u32::from_str_radix(&w(m)?, 8).map_err(|_| self.err(ins, format!("invalid --chmod {m:?}: expected octal")))?),
+            Some(m) => Some(
+                u32::from_str_radix(&w(m)?, 8)
+                    .map_err(|_| self.err(ins, format!("invalid --chmod {m:?}: expected octal")))?,
+            ),
             None => None,
         };
         let opts = CopyOptions { owner, chmod };
@@ -949,7 +1169,10 @@ impl StageState<'_> {
                     from_root = Some(r);
                 }
                 None => {
-                    let img = self.b.pull_base(f, &self.b.platform, &self.stage_name).await?;
+                    let img = self
+                        .b
+                        .pull_base(f, &self.b.platform, &self.stage_name)
+                        .await?;
                     from_root = Some(self.unpack_image(&img, f).await?);
                 }
             }
@@ -960,42 +1183,77 @@ impl StageState<'_> {
         }
         for src in &spec.srcs {
             let src_w = if let Some(h) = heredoc_for(src, &spec.heredocs) {
-                let content = if h.expand { w(&h.content).unwrap_or_else(|_| h.content.clone()) } else { h.content.clone() };
-                let target_s = if dest.ends_with('/') { format!("{dest}{}", h.name) } else { dest.clone() };
-                let target = rootfs::resolve(&root, &target_s, false).map_err(|e| self.err(ins, e))?;
-                copy::write_file(&root, &target, content.as_bytes(), 0o644, &opts, &mut diff).map_err(|e| self.err(ins, e))?;
+                let content = if h.expand {
+                    w(&h.content).unwrap_or_else(|_| h.content.clone())
+                } else {
+                    h.content.clone()
+                };
+                let target_s = if dest.ends_with('/') {
+                    format!("{dest}{}", h.name)
+                } else {
+                    dest.clone()
+                };
+                let target =
+                    rootfs::resolve(&root, &target_s, false).map_err(|e| self.err(ins, e))?;
+                copy::write_file(&root, &target, content.as_bytes(), 0o644, &opts, &mut diff)
+                    .map_err(|e| self.err(ins, e))?;
                 continue;
             } else {
                 w(src)?
             };
             if is_add && (src_w.starts_with("http://") || src_w.starts_with("https://")) {
-                self.add_url(ins, &root, &src_w, &dest, &opts, &mut diff).await?;
+                self.add_url(ins, &root, &src_w, &dest, &opts, &mut diff)
+                    .await?;
                 continue;
             }
             match &from_root {
                 Some(fr) => {
-                    let m = copy::match_sources(fr, &src_w, None, "the source stage").map_err(|e| self.err(ins, e))?;
-                    copy::copy_sources(&root, fr, &m, &dest, None, &from_owner, &mut diff).map_err(|e| self.err(ins, e))?;
+                    let m = copy::match_sources(fr, &src_w, None, "the source stage")
+                        .map_err(|e| self.err(ins, e))?;
+                    copy::copy_sources(&root, fr, &m, &dest, None, &from_owner, &mut diff)
+                        .map_err(|e| self.err(ins, e))?;
                 }
                 None => {
-                    let m = copy::match_sources(&self.ctx.dir, &src_w, Some(&self.ctx.ignore), "the build context").map_err(|e| self.err(ins, e))?;
-                    if spec.srcs.len() > 1 || m.len() > 1 {
-                        if !dest.ends_with('/') {
-                            return Err(self.err(ins, format!("when copying several sources, the destination {dest_raw:?} must end with /")));
-                        }
+                    let m = copy::match_sources(
+                        &self.ctx.dir,
+                        &src_w,
+                        Some(&self.ctx.ignore),
+                        "the build context",
+                    )
+                    .map_err(|e| self.err(ins, e))?;
+                    if (spec.srcs.len() > 1 || m.len() > 1) && !dest.ends_with('/') {
+                        return Err(self.err(ins, format!("when copying several sources, the destination {dest_raw:?} must end with /")));
                     }
                     for s in &m {
                         if is_add && s.path.is_file() && is_archive(&s.path) {
                             self.add_archive(ins, &root, &s.path, &dest, &opts, &mut diff)?;
                         } else {
-                            copy::copy_sources(&root, &self.ctx.dir, std::slice::from_ref(s), &dest, Some(&self.ctx.ignore), &opts, &mut diff)
-                                .map_err(|e| self.err(ins, e))?;
+                            copy::copy_sources(
+                                &root,
+                                &self.ctx.dir,
+                                std::slice::from_ref(s),
+                                &dest,
+                                Some(&self.ctx.ignore),
+                                &opts,
+                                &mut diff,
+                            )
+                            .map_err(|e| self.err(ins, e))?;
                         }
                     }
                 }
             }
         }
-        let created_by = format!("{} {}", if is_add { "ADD" } else { "COPY" }, ins.original.splitn(2, ' ').nth(1).unwrap_or("").lines().next().unwrap_or(""));
+        let created_by = format!(
+            "{} {}",
+            if is_add { "ADD" } else { "COPY" },
+            ins.original
+                .split_once(' ')
+                .map(|x| x.1)
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
         self.finish_fs_step(&root, diff, created_by)
     }
 
@@ -1010,43 +1268,73 @@ impl StageState<'_> {
             .keep();
         for l in &img.layers {
             let p = self.b.ensure_local(l).await?;
-            let f = std::fs::File::open(&p).map_err(|source| BuildError::Work { path: p.clone(), source })?;
+            let f = std::fs::File::open(&p).map_err(|source| BuildError::Work {
+                path: p.clone(),
+                source,
+            })?;
             extract::apply_layer(&root, f).map_err(|source| BuildError::Extract {
                 image: name.to_string(),
                 digest: l.descriptor.digest.clone(),
-                source,
+                source: Box::new(source),
             })?;
         }
         Ok(root)
     }
 
-    fn add_archive(&self, ins: &Instruction, root: &Path, archive: &Path, dest: &str, opts: &CopyOptions, diff: &mut Diff) -> Result<(), BuildError> {
+    fn add_archive(
+        &self,
+        ins: &Instruction,
+        root: &Path,
+        archive: &Path,
+        dest: &str,
+        opts: &CopyOptions,
+        diff: &mut Diff,
+    ) -> Result<(), BuildError> {
         let tmp = tempfile::tempdir_in(self.b.work_path()).map_err(|source| BuildError::Work {
             path: self.b.work_path().to_path_buf(),
             source,
         })?;
         let f = std::fs::File::open(archive).map_err(|e| self.err(ins, e))?;
         extract::apply_archive(tmp.path(), f).map_err(|e| self.err(ins, e))?;
-        let m = copy::match_sources(tmp.path(), "", None, "the archive").map_err(|e| self.err(ins, e))?;
-        let dest = if dest.ends_with('/') { dest.to_string() } else { format!("{dest}/") };
+        let m = copy::match_sources(tmp.path(), "", None, "the archive")
+            .map_err(|e| self.err(ins, e))?;
+        let dest = if dest.ends_with('/') {
+            dest.to_string()
+        } else {
+            format!("{dest}/")
+        };
         let mut o = *opts;
         if matches!(opts.owner, Owner::Fixed(0, 0)) {
             o.owner = Owner::Preserve;
         }
-        copy::copy_sources(root, tmp.path(), &m, &dest, None, &o, diff).map_err(|e| self.err(ins, e))
+        copy::copy_sources(root, tmp.path(), &m, &dest, None, &o, diff)
+            .map_err(|e| self.err(ins, e))
     }
 
-    async fn add_url(&self, ins: &Instruction, root: &Path, url: &str, dest: &str, opts: &CopyOptions, diff: &mut Diff) -> Result<(), BuildError> {
+    async fn add_url(
+        &self,
+        ins: &Instruction,
+        root: &Path,
+        url: &str,
+        dest: &str,
+        opts: &CopyOptions,
+        diff: &mut Diff,
+    ) -> Result<(), BuildError> {
         kiln_common::registry::install_crypto_provider();
         let client = reqwest::Client::builder()
             .danger_accept_invalid_certs(self.b.opts.registry.skip_tls_verify)
             .build()
             .map_err(|e| self.err(ins, e))?;
-        let resp = client.get(url).send().await.map_err(|e| self.err(ins, format!("{url}: {e}")))?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.err(ins, format!("{url}: {e}")))?;
         if !resp.status().is_success() {
             return Err(self.err(ins, format!("{url}: HTTP {}", resp.status())));
         }
-        let tmp = tempfile::NamedTempFile::new_in(self.b.work_path()).map_err(|e| self.err(ins, e))?;
+        let tmp =
+            tempfile::NamedTempFile::new_in(self.b.work_path()).map_err(|e| self.err(ins, e))?;
         {
             use futures_util::StreamExt;
             use std::io::Write;
@@ -1058,8 +1346,19 @@ impl StageState<'_> {
             }
             f.flush().map_err(|e| self.err(ins, e))?;
         }
-        let name = url.split(['?', '#']).next().unwrap_or(url).rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("index.html");
-        let target_s = if dest.ends_with('/') { format!("{dest}{name}") } else { dest.to_string() };
+        let name = url
+            .split(['?', '#'])
+            .next()
+            .unwrap_or(url)
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("index.html");
+        let target_s = if dest.ends_with('/') {
+            format!("{dest}{name}")
+        } else {
+            dest.to_string()
+        };
         let target = rootfs::resolve(root, &target_s, false).map_err(|e| self.err(ins, e))?;
         if let Some(p) = target.parent() {
             copy::mkdir_all(root, p, opts, diff).map_err(|e| self.err(ins, e))?;
@@ -1069,21 +1368,38 @@ impl StageState<'_> {
         if let Owner::Fixed(u, g) = opts.owner {
             let _ = std::os::unix::fs::lchown(&target, Some(u), Some(g));
         }
-        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(opts.chmod.unwrap_or(0o600))).map_err(|e| self.err(ins, e))?;
-        diff.add(target.strip_prefix(root).unwrap_or(&target).to_path_buf(), crate::snapshot::Change::Add);
+        std::fs::set_permissions(
+            &target,
+            std::os::unix::fs::PermissionsExt::from_mode(opts.chmod.unwrap_or(0o600)),
+        )
+        .map_err(|e| self.err(ins, e))?;
+        diff.add(
+            target.strip_prefix(root).unwrap_or(&target).to_path_buf(),
+            crate::snapshot::Change::Add,
+        );
         Ok(())
     }
 }
 
-fn heredoc_for<'h>(src: &str, heredocs: &'h [kiln_common::dockerfile::Heredoc]) -> Option<&'h kiln_common::dockerfile::Heredoc> {
-    let name = src.strip_prefix("<<")?.trim_start_matches('-').trim_matches(['"', '\'']);
+fn heredoc_for<'h>(
+    src: &str,
+    heredocs: &'h [kiln_common::dockerfile::Heredoc],
+) -> Option<&'h kiln_common::dockerfile::Heredoc> {
+    let name = src
+        .strip_prefix("<<")?
+        .trim_start_matches('-')
+        .trim_matches(['"', '\'']);
     heredocs.iter().find(|h| h.name == name)
 }
 
 fn is_archive(p: &Path) -> bool {
     use std::io::Read;
-    let Ok(f) = std::fs::File::open(p) else { return false };
-    let Ok(mut r) = crate::compression::decompress(f) else { return false };
+    let Ok(f) = std::fs::File::open(p) else {
+        return false;
+    };
+    let Ok(mut r) = crate::compression::decompress(f) else {
+        return false;
+    };
     let mut head = [0u8; 512];
     let mut n = 0;
     while n < 512 {

@@ -17,7 +17,9 @@ impl std::str::FromStr for Compression {
             "gzip" => Ok(Compression::Gzip),
             "zstd" => Ok(Compression::Zstd),
             "none" | "uncompressed" => Ok(Compression::None),
-            _ => Err(format!("unknown compression {s:?}: expected gzip, zstd or none")),
+            _ => Err(format!(
+                "unknown compression {s:?}: expected gzip, zstd or none"
+            )),
         }
     }
 }
@@ -44,13 +46,19 @@ impl Compression {
     }
 
     /// Wraps a writer in an encoder. `level` None means the codec's default.
-    pub fn encoder<'a, W: Write + 'a>(self, w: W, level: Option<i32>) -> io::Result<Box<dyn FinishWrite<W> + 'a>> {
+    pub fn encoder<'a, W: Write + 'a>(
+        self,
+        w: W,
+        level: Option<i32>,
+    ) -> io::Result<Box<dyn FinishWrite<W> + 'a>> {
         Ok(match self {
             Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
                 w,
                 flate2::Compression::new(level.unwrap_or(6).clamp(0, 9) as u32),
             )),
-            Compression::Zstd => Box::new(zstd::stream::write::Encoder::new(w, level.unwrap_or(3))?),
+            Compression::Zstd => {
+                Box::new(zstd::stream::write::Encoder::new(w, level.unwrap_or(3))?)
+            }
             Compression::None => Box::new(Plain(w)),
         })
     }

@@ -33,13 +33,21 @@ pub struct BuildContext {
 impl BuildContext {
     /// Prepares `spec` (kaniko's `--context`), unpacking into `work` when needed;
     /// `sub_path` is `--context-sub-path`.
-    pub fn prepare(spec: &str, sub_path: Option<&str>, work: &Path, dockerfile: Option<&Path>) -> Result<BuildContext, ContextError> {
+    pub fn prepare(
+        spec: &str,
+        sub_path: Option<&str>,
+        work: &Path,
+        dockerfile: Option<&Path>,
+    ) -> Result<BuildContext, ContextError> {
         let io_err = |source| ContextError::Io {
             context: spec.to_string(),
             source,
         };
         let (dir, temp) = if let Some(rest) = spec.strip_prefix("tar://") {
-            let t = tempfile::Builder::new().prefix("context-").tempdir_in(work).map_err(io_err)?;
+            let t = tempfile::Builder::new()
+                .prefix("context-")
+                .tempdir_in(work)
+                .map_err(io_err)?;
             let stats = if rest == "stdin" {
                 crate::extract::apply_archive(t.path(), io::stdin().lock())
             } else {
@@ -52,13 +60,18 @@ impl BuildContext {
             })?;
             (t.path().to_path_buf(), Some(t))
         } else if let Some(rest) = spec.strip_prefix("git://") {
-            let t = tempfile::Builder::new().prefix("context-").tempdir_in(work).map_err(io_err)?;
+            let t = tempfile::Builder::new()
+                .prefix("context-")
+                .tempdir_in(work)
+                .map_err(io_err)?;
             git_clone(spec, rest, t.path())?;
             (t.path().to_path_buf(), Some(t))
         } else if let Some(rest) = spec.strip_prefix("dir://") {
             (PathBuf::from(rest), None)
         } else if let Some((scheme, _)) = spec.split_once("://") {
-            return Err(ContextError::Unsupported { scheme: scheme.to_string() });
+            return Err(ContextError::Unsupported {
+                scheme: scheme.to_string(),
+            });
         } else {
             (PathBuf::from(spec), None)
         };
@@ -74,7 +87,11 @@ impl BuildContext {
         }
         let dir = dir.canonicalize().map_err(io_err)?;
         let ignore = DockerIgnore::load(&dir, dockerfile).map_err(io_err)?;
-        Ok(BuildContext { dir, ignore, _temp: temp })
+        Ok(BuildContext {
+            dir,
+            ignore,
+            _temp: temp,
+        })
     }
 }
 
@@ -86,7 +103,9 @@ fn git_clone(spec: &str, rest: &str, dest: &Path) -> Result<(), ContextError> {
     let reference = parts.next().filter(|s| !s.is_empty());
     let commit = parts.next().filter(|s| !s.is_empty());
     let user = std::env::var("GIT_USERNAME").ok();
-    let secret = std::env::var("GIT_TOKEN").ok().or_else(|| std::env::var("GIT_PASSWORD").ok());
+    let secret = std::env::var("GIT_TOKEN")
+        .ok()
+        .or_else(|| std::env::var("GIT_PASSWORD").ok());
     let url = match (&user, &secret) {
         (Some(u), Some(p)) => format!("https://{u}:{p}@{repo}"),
         (None, Some(t)) => format!("https://{t}@{repo}"),
@@ -102,13 +121,19 @@ fn git_clone(spec: &str, rest: &str, dest: &Path) -> Result<(), ContextError> {
         clone.arg("--depth=1");
     }
     if let Some(r) = reference {
-        clone.arg("--branch").arg(r.trim_start_matches("refs/heads/").trim_start_matches("refs/tags/"));
+        clone.arg("--branch").arg(
+            r.trim_start_matches("refs/heads/")
+                .trim_start_matches("refs/tags/"),
+        );
     }
     clone.arg(&url).arg(dest);
     let out = clone.output().map_err(|e| err(e.to_string()))?;
     if !out.status.success() {
         // Never echo the URL: it may carry the token.
-        return Err(err(format!("clone of {repo} failed: {}", String::from_utf8_lossy(&out.stderr).replace(&url, repo))));
+        return Err(err(format!(
+            "clone of {repo} failed: {}",
+            String::from_utf8_lossy(&out.stderr).replace(&url, repo)
+        )));
     }
     if let Some(c) = commit {
         let out = Command::new("git")
@@ -118,7 +143,10 @@ fn git_clone(spec: &str, rest: &str, dest: &Path) -> Result<(), ContextError> {
             .output()
             .map_err(|e| err(e.to_string()))?;
         if !out.status.success() {
-            return Err(err(format!("checkout {c}: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(err(format!(
+                "checkout {c}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
     }
     Ok(())

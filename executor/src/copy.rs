@@ -18,7 +18,9 @@ pub enum CopyError {
     Root(#[from] RootError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("when copying several sources, the destination {dest:?} must be a directory and end with /")]
+    #[error(
+        "when copying several sources, the destination {dest:?} must be a directory and end with /"
+    )]
     DestNotDir { dest: String },
 }
 
@@ -51,9 +53,17 @@ pub struct SourceMatch {
 }
 
 /// Expands one COPY source (possibly a glob) in `base`, skipping excluded paths.
-pub fn match_sources(base: &Path, src: &str, ignore: Option<&DockerIgnore>, place: &str) -> Result<Vec<SourceMatch>, CopyError> {
+pub fn match_sources(
+    base: &Path,
+    src: &str,
+    ignore: Option<&DockerIgnore>,
+    place: &str,
+) -> Result<Vec<SourceMatch>, CopyError> {
     let comps = rootfs::clean_components(src)?;
-    let segs: Vec<String> = comps.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    let segs: Vec<String> = comps
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
     let mut found = Vec::new();
     if segs.is_empty() {
         found.push(SourceMatch {
@@ -86,7 +96,13 @@ fn glob_walk(base: &Path, prefix: &str, segs: &[String], out: &mut Vec<SourceMat
         });
         return;
     };
-    let join = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+    let join = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        }
+    };
     if !has_magic(first) {
         let rel = join(first);
         // Follow symlinks only inside the tree.
@@ -97,8 +113,13 @@ fn glob_walk(base: &Path, prefix: &str, segs: &[String], out: &mut Vec<SourceMat
         }
         return;
     }
-    let Ok(rd) = std::fs::read_dir(base.join(prefix)) else { return };
-    let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let Ok(rd) = std::fs::read_dir(base.join(prefix)) else {
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     for n in names {
         if glob_segment(first, &n) {
@@ -126,7 +147,9 @@ pub fn copy_sources(
 ) -> Result<(), CopyError> {
     let dest_is_dir_hint = dest.ends_with('/');
     if sources.len() > 1 && !dest_is_dir_hint {
-        return Err(CopyError::DestNotDir { dest: dest.to_string() });
+        return Err(CopyError::DestNotDir {
+            dest: dest.to_string(),
+        });
     }
     let mut links = HashMap::new();
     for s in sources {
@@ -134,12 +157,17 @@ pub fn copy_sources(
         let dest_host = rootfs::resolve(root, dest, true)?;
         if meta.is_dir() {
             mkdir_all(root, &dest_host, opts, diff)?;
-            copy_dir_contents(root, &src_path, &s.rel, &dest_host, ignore, opts, diff, &mut links)?;
+            copy_dir_contents(
+                root, &src_path, &s.rel, &dest_host, ignore, opts, diff, &mut links,
+            )?;
         } else {
             let existing_dir = std::fs::metadata(&dest_host).is_ok_and(|m| m.is_dir());
             let target = if dest_is_dir_hint || existing_dir {
                 mkdir_all(root, &dest_host, opts, diff)?;
-                let name = Path::new(&s.rel).file_name().map(|n| n.to_owned()).unwrap_or_default();
+                let name = Path::new(&s.rel)
+                    .file_name()
+                    .map(|n| n.to_owned())
+                    .unwrap_or_default();
                 dest_host.join(name)
             } else {
                 if let Some(parent) = dest_host.parent() {
@@ -154,7 +182,12 @@ pub fn copy_sources(
 }
 
 /// Creates missing directories down to `dir`, recording them.
-pub fn mkdir_all(root: &Path, dir: &Path, opts: &CopyOptions, diff: &mut Diff) -> Result<(), CopyError> {
+pub fn mkdir_all(
+    root: &Path,
+    dir: &Path,
+    opts: &CopyOptions,
+    diff: &mut Diff,
+) -> Result<(), CopyError> {
     let rel = dir.strip_prefix(root).unwrap_or(dir).to_path_buf();
     let mut cur = root.to_path_buf();
     let mut cur_rel = PathBuf::new();
@@ -172,7 +205,8 @@ pub fn mkdir_all(root: &Path, dir: &Path, opts: &CopyOptions, diff: &mut Diff) -
             Err(_) => {
                 std::fs::create_dir(&cur).map_err(io_err(&cur))?;
                 let mode = opts.chmod.unwrap_or(0o755);
-                std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode)).map_err(io_err(&cur))?;
+                std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode))
+                    .map_err(io_err(&cur))?;
                 if let Owner::Fixed(u, g) = opts.owner {
                     let _ = std::os::unix::fs::lchown(&cur, Some(u), Some(g));
                 }
@@ -273,7 +307,10 @@ fn copy_entry(
             let key = (m.dev(), m.ino());
             if let Some(first) = links.get(&key) {
                 std::fs::hard_link(first, target).map_err(io_err(target))?;
-                diff.add(target.strip_prefix(root).unwrap_or(target).to_path_buf(), Change::Add);
+                diff.add(
+                    target.strip_prefix(root).unwrap_or(target).to_path_buf(),
+                    Change::Add,
+                );
                 return Ok(());
             }
             links.insert(key, target.to_path_buf());
@@ -295,16 +332,27 @@ fn copy_entry(
     let _ = std::os::unix::fs::lchown(target, Some(uid), Some(gid));
     if !ft.is_symlink() {
         let mode = opts.chmod.unwrap_or(m.mode() & 0o7777);
-        std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode)).map_err(io_err(target))?;
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(target))?;
     }
     let t = filetime::FileTime::from_last_modification_time(m);
     let _ = filetime::set_symlink_file_times(target, t, t);
-    diff.add(target.strip_prefix(root).unwrap_or(target).to_path_buf(), Change::Add);
+    diff.add(
+        target.strip_prefix(root).unwrap_or(target).to_path_buf(),
+        Change::Add,
+    );
     Ok(())
 }
 
 /// Writes a file from bytes (heredocs, downloaded URLs), recording it.
-pub fn write_file(root: &Path, dest: &Path, content: &[u8], mode: u32, opts: &CopyOptions, diff: &mut Diff) -> Result<(), CopyError> {
+pub fn write_file(
+    root: &Path,
+    dest: &Path,
+    content: &[u8],
+    mode: u32,
+    opts: &CopyOptions,
+    diff: &mut Diff,
+) -> Result<(), CopyError> {
     if let Some(p) = dest.parent() {
         mkdir_all(root, p, opts, diff)?;
     }
@@ -313,7 +361,14 @@ pub fn write_file(root: &Path, dest: &Path, content: &[u8], mode: u32, opts: &Co
     if let Owner::Fixed(u, g) = opts.owner {
         let _ = std::os::unix::fs::lchown(dest, Some(u), Some(g));
     }
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(opts.chmod.unwrap_or(mode))).map_err(io_err(dest))?;
-    diff.add(dest.strip_prefix(root).unwrap_or(dest).to_path_buf(), Change::Add);
+    std::fs::set_permissions(
+        dest,
+        std::fs::Permissions::from_mode(opts.chmod.unwrap_or(mode)),
+    )
+    .map_err(io_err(dest))?;
+    diff.add(
+        dest.strip_prefix(root).unwrap_or(dest).to_path_buf(),
+        Change::Add,
+    );
     Ok(())
 }

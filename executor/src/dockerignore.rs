@@ -30,11 +30,18 @@ impl DockerIgnore {
                 Some(b) => (true, b.trim()),
                 None => (false, l),
             };
-            let segments: Vec<String> = clean(body).split('/').filter(|s| !s.is_empty() && *s != ".").map(str::to_string).collect();
+            let segments: Vec<String> = clean(body)
+                .split('/')
+                .filter(|s| !s.is_empty() && *s != ".")
+                .map(str::to_string)
+                .collect();
             if segments.is_empty() {
                 continue;
             }
-            patterns.push(Pattern { segments, exclusion });
+            patterns.push(Pattern {
+                segments,
+                exclusion,
+            });
         }
         DockerIgnore { patterns }
     }
@@ -62,7 +69,10 @@ impl DockerIgnore {
     /// Whether a context-relative path is excluded. A path is matched by a
     /// pattern when the pattern matches it or any of its parent directories.
     pub fn excluded(&self, rel: &str) -> bool {
-        let parts: Vec<&str> = rel.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+        let parts: Vec<&str> = rel
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .collect();
         let mut excluded = false;
         for p in &self.patterns {
             let hit = (1..=parts.len()).any(|n| match_segments(&p.segments, &parts[..n]));
@@ -114,7 +124,9 @@ fn match_segments(pat: &[String], path: &[&str]) -> bool {
     match pat.first() {
         None => path.is_empty(),
         Some(s) if s == "**" => (0..=path.len()).any(|k| match_segments(&pat[1..], &path[k..])),
-        Some(s) => !path.is_empty() && glob_segment(s, path[0]) && match_segments(&pat[1..], &path[1..]),
+        Some(s) => {
+            !path.is_empty() && glob_segment(s, path[0]) && match_segments(&pat[1..], &path[1..])
+        }
     }
 }
 
@@ -176,12 +188,19 @@ mod tests {
 
     #[test]
     fn docker_rules() {
-        let di = DockerIgnore::parse("# c\n*.log\n!keep.log\nbuild\n**/*.tmp\ndocs/**/secret\n/abs/x\n");
+        let di =
+            DockerIgnore::parse("# c\n*.log\n!keep.log\nbuild\n**/*.tmp\ndocs/**/secret\n/abs/x\n");
         assert!(di.excluded("a.log"));
         assert!(!di.excluded("keep.log"));
-        assert!(!di.excluded("sub/a.log"), "* does not cross directories and patterns are anchored");
+        assert!(
+            !di.excluded("sub/a.log"),
+            "* does not cross directories and patterns are anchored"
+        );
         assert!(di.excluded("build"));
-        assert!(di.excluded("build/out/bin"), "a matched directory excludes its content");
+        assert!(
+            di.excluded("build/out/bin"),
+            "a matched directory excludes its content"
+        );
         assert!(di.excluded("x.tmp"));
         assert!(di.excluded("deep/er/x.tmp"));
         assert!(di.excluded("docs/secret"));

@@ -90,9 +90,13 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, Ex
                 continue; // the root itself ("./")
             };
             let parent_rel: PathBuf = comps[..comps.len() - 1].iter().collect();
-            let parent = rootfs::resolve(root, &parent_rel.to_string_lossy(), true).map_err(path_err)?;
+            let parent =
+                rootfs::resolve(root, &parent_rel.to_string_lossy(), true).map_err(path_err)?;
 
-            if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX.as_bytes()).filter(|_| whiteouts) {
+            if let Some(hidden) = base
+                .strip_prefix(WHITEOUT_PREFIX.as_bytes())
+                .filter(|_| whiteouts)
+            {
                 if base == OPAQUE_MARKER.as_bytes() {
                     clear_dir_except(&parent, &created).map_err(io_err)?;
                 } else {
@@ -123,7 +127,9 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, Ex
                     }
                     dir_times.push((target.clone(), mtime));
                 }
-                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                tar::EntryType::Regular
+                | tar::EntryType::Continuous
+                | tar::EntryType::GNUSparse => {
                     let mut f = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -136,7 +142,8 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, Ex
                         .link_name_bytes()
                         .ok_or_else(|| io_err(io::Error::other("symlink without target")))?
                         .into_owned();
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target).map_err(io_err)?;
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target)
+                        .map_err(io_err)?;
                 }
                 tar::EntryType::Link => {
                     let link = entry
@@ -162,7 +169,11 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, Ex
                         header.device_major().ok().flatten().unwrap_or(0) as u64,
                         header.device_minor().ok().flatten().unwrap_or(0) as u64,
                     );
-                    let sflag = if kind == tar::EntryType::Char { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
+                    let sflag = if kind == tar::EntryType::Char {
+                        SFlag::S_IFCHR
+                    } else {
+                        SFlag::S_IFBLK
+                    };
                     if let Err(e) = mknod(&target, sflag, Mode::from_bits_truncate(mode), dev) {
                         if is_root {
                             return Err(io_err(e.into()));
@@ -172,9 +183,13 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, Ex
                     }
                 }
                 tar::EntryType::Fifo => {
-                    mkfifo(&target, Mode::from_bits_truncate(mode)).map_err(|e| io_err(e.into()))?;
+                    mkfifo(&target, Mode::from_bits_truncate(mode))
+                        .map_err(|e| io_err(e.into()))?;
                 }
-                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => continue,
+                tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink => continue,
                 other => {
                     tracing::warn!("skipping layer entry {name} of unsupported type {other:?}");
                     continue;
@@ -202,7 +217,15 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, Ex
     Ok(stats)
 }
 
-fn set_metadata(p: &Path, kind: tar::EntryType, mode: u32, uid: u32, gid: u32, mtime: i64, is_root: bool) -> io::Result<()> {
+fn set_metadata(
+    p: &Path,
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    is_root: bool,
+) -> io::Result<()> {
     match nix::unistd::fchownat(
         nix::fcntl::AT_FDCWD,
         p,

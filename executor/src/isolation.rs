@@ -63,7 +63,12 @@ pub trait Isolation: Send + Sync {
     /// same filesystem as `root` for the isolation's own use. On return the
     /// root holds the command's changes and `diff` lists them; a non-zero exit
     /// is reported in `status`, not as an error.
-    fn run(&self, root: &Path, scratch: &Path, spec: &RunSpec) -> Result<RunOutcome, IsolationError>;
+    fn run(
+        &self,
+        root: &Path,
+        scratch: &Path,
+        spec: &RunSpec,
+    ) -> Result<RunOutcome, IsolationError>;
 }
 
 /// `--isolation`: which implementation to use.
@@ -82,7 +87,9 @@ impl std::str::FromStr for IsolationKind {
             "auto" => Ok(Self::Auto),
             "namespaces" | "oci" => Ok(Self::Namespaces),
             "chroot" => Ok(Self::Chroot),
-            _ => Err(format!("unknown isolation {s:?}: expected auto, namespaces or chroot")),
+            _ => Err(format!(
+                "unknown isolation {s:?}: expected auto, namespaces or chroot"
+            )),
         }
     }
 }
@@ -92,13 +99,16 @@ pub fn select(kind: IsolationKind, work_dir: &Path) -> Result<Box<dyn Isolation>
     match kind {
         IsolationKind::Chroot => Ok(Box::new(Chroot)),
         IsolationKind::Namespaces => {
-            probe_namespaces(work_dir).map_err(|e| IsolationError::Unavailable("namespaces".into(), e))?;
+            probe_namespaces(work_dir)
+                .map_err(|e| IsolationError::Unavailable("namespaces".into(), e))?;
             Ok(Box::new(Namespaces))
         }
         IsolationKind::Auto => match probe_namespaces(work_dir) {
             Ok(()) => Ok(Box::new(Namespaces)),
             Err(e) => {
-                tracing::warn!("namespaces with overlayfs unavailable ({e}); using chroot isolation");
+                tracing::warn!(
+                    "namespaces with overlayfs unavailable ({e}); using chroot isolation"
+                );
                 Ok(Box::new(Chroot))
             }
         },
@@ -122,9 +132,29 @@ fn probe_namespaces(work_dir: &Path) -> Result<(), String> {
     // SAFETY: the child only makes system calls and exits.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let ok = unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC).is_ok()
-                && mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).is_ok()
-                && mount(Some("overlay"), &target, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).is_ok();
+            let ok = unshare(
+                CloneFlags::CLONE_NEWNS
+                    | CloneFlags::CLONE_NEWPID
+                    | CloneFlags::CLONE_NEWUTS
+                    | CloneFlags::CLONE_NEWIPC,
+            )
+            .is_ok()
+                && mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .is_ok()
+                && mount(
+                    Some("overlay"),
+                    &target,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts.as_str()),
+                )
+                .is_ok();
             unsafe { libc::_exit(if ok { 0 } else { 1 }) }
         }
         Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
@@ -140,8 +170,13 @@ const TAIL_LINES: usize = 30;
 
 /// Spawns the command and forwards its output line by line to the log,
 /// keeping the tail for error messages.
-fn spawn_and_wait(mut cmd: Command, program: &str) -> Result<(ExitStatus, Vec<String>), IsolationError> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+fn spawn_and_wait(
+    mut cmd: Command,
+    program: &str,
+) -> Result<(ExitStatus, Vec<String>), IsolationError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| IsolationError::Spawn {
         program: program.to_string(),
         source,
@@ -149,8 +184,14 @@ fn spawn_and_wait(mut cmd: Command, program: &str) -> Result<(ExitStatus, Vec<St
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let mut threads = Vec::new();
     for r in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -177,7 +218,10 @@ fn spawn_and_wait(mut cmd: Command, program: &str) -> Result<(ExitStatus, Vec<St
     for t in threads {
         let _ = t.join();
     }
-    let tail = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+    let tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
     Ok((status, tail))
 }
 
@@ -206,7 +250,12 @@ impl Isolation for Chroot {
         "chroot"
     }
 
-    fn run(&self, root: &Path, _scratch: &Path, spec: &RunSpec) -> Result<RunOutcome, IsolationError> {
+    fn run(
+        &self,
+        root: &Path,
+        _scratch: &Path,
+        spec: &RunSpec,
+    ) -> Result<RunOutcome, IsolationError> {
         let index = ScanIndex::capture(root)?;
         let mut cmd = base_command(spec);
         let root_c = root.to_path_buf();
@@ -247,7 +296,10 @@ fn prepare_provided(root: &Path, scratch: &Path, spec: &RunSpec) -> io::Result<P
     std::fs::create_dir_all(&host_files)?;
     std::fs::write(
         host_files.join("hosts"),
-        format!("127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback\n", spec.hostname),
+        format!(
+            "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+            spec.hostname
+        ),
     )?;
     std::fs::write(host_files.join("hostname"), format!("{}\n", spec.hostname))?;
     let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
@@ -260,7 +312,12 @@ impl Isolation for Namespaces {
         "namespaces"
     }
 
-    fn run(&self, root: &Path, scratch: &Path, spec: &RunSpec) -> Result<RunOutcome, IsolationError> {
+    fn run(
+        &self,
+        root: &Path,
+        scratch: &Path,
+        spec: &RunSpec,
+    ) -> Result<RunOutcome, IsolationError> {
         let setup = |source| IsolationError::Setup {
             path: scratch.to_path_buf(),
             source,
@@ -288,10 +345,21 @@ impl Isolation for Namespaces {
         // the intermediate process waits for the namespace's init and exits.
         unsafe {
             cmd.pre_exec(move || {
-                unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
-                    .map_err(io::Error::from)?;
-                mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-                    .map_err(io::Error::from)?;
+                unshare(
+                    CloneFlags::CLONE_NEWNS
+                        | CloneFlags::CLONE_NEWPID
+                        | CloneFlags::CLONE_NEWUTS
+                        | CloneFlags::CLONE_NEWIPC,
+                )
+                .map_err(io::Error::from)?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(io::Error::from)?;
                 // A new pid namespace applies to children: fork once more so
                 // the command is its init, and relay its exit status.
                 match fork().map_err(io::Error::from)? {
@@ -306,34 +374,90 @@ impl Isolation for Namespaces {
                     ForkResult::Child => {}
                 }
                 let _ = nix::unistd::sethostname(hostname.as_str());
-                mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-                    .map_err(io::Error::from)?;
-                mount(Some("proc"), &merged.join("proc"), Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-                    .map_err(io::Error::from)?;
+                mount(
+                    Some("overlay"),
+                    &merged,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts.as_str()),
+                )
+                .map_err(io::Error::from)?;
+                mount(
+                    Some("proc"),
+                    &merged.join("proc"),
+                    Some("proc"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                )
+                .map_err(io::Error::from)?;
                 let dev = merged.join("dev");
-                mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755,size=65536k"))
-                    .map_err(io::Error::from)?;
+                mount(
+                    Some("tmpfs"),
+                    &dev,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID,
+                    Some("mode=755,size=65536k"),
+                )
+                .map_err(io::Error::from)?;
                 for n in ["null", "zero", "full", "random", "urandom", "tty"] {
                     let t = dev.join(n);
                     std::fs::write(&t, b"")?;
-                    mount(Some(Path::new("/dev").join(n).as_path()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                        .map_err(io::Error::from)?;
+                    mount(
+                        Some(Path::new("/dev").join(n).as_path()),
+                        &t,
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .map_err(io::Error::from)?;
                 }
                 std::fs::create_dir_all(dev.join("shm"))?;
-                let _ = mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k"));
+                let _ = mount(
+                    Some("shm"),
+                    &dev.join("shm"),
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("mode=1777,size=65536k"),
+                );
                 std::fs::create_dir_all(dev.join("pts"))?;
-                let _ = mount(Some("devpts"), &dev.join("pts"), Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=620"));
+                let _ = mount(
+                    Some("devpts"),
+                    &dev.join("pts"),
+                    Some("devpts"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                    Some("newinstance,ptmxmode=0666,mode=620"),
+                );
                 let _ = std::os::unix::fs::symlink("/proc/self/fd", dev.join("fd"));
                 let _ = std::os::unix::fs::symlink("/proc/self/fd/0", dev.join("stdin"));
                 let _ = std::os::unix::fs::symlink("/proc/self/fd/1", dev.join("stdout"));
                 let _ = std::os::unix::fs::symlink("/proc/self/fd/2", dev.join("stderr"));
                 let sys = merged.join("sys");
-                if mount(Some("/sys"), &sys, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).is_ok() {
-                    let _ = mount(None::<&str>, &sys, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>);
+                if mount(
+                    Some("/sys"),
+                    &sys,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .is_ok()
+                {
+                    let _ = mount(
+                        None::<&str>,
+                        &sys,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None::<&str>,
+                    );
                 }
                 for f in ["hosts", "resolv.conf", "hostname"] {
-                    mount(Some(files.join(f).as_path()), &merged.join("etc").join(f), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                        .map_err(io::Error::from)?;
+                    mount(
+                        Some(files.join(f).as_path()),
+                        &merged.join("etc").join(f),
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .map_err(io::Error::from)?;
                 }
                 chroot(&merged).map_err(io::Error::from)?;
                 chdir(cwd.as_str()).map_err(io::Error::from)?;

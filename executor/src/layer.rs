@@ -40,9 +40,17 @@ pub struct Layer {
 }
 
 /// Writes the layer for `diff`, reading content from `root`.
-pub fn write_layer(root: &Path, diff: &Diff, store: &BlobStore, opts: &LayerOptions) -> Result<Layer, LayerError> {
+pub fn write_layer(
+    root: &Path,
+    diff: &Diff,
+    store: &BlobStore,
+    opts: &LayerOptions,
+) -> Result<Layer, LayerError> {
     let blob = store.writer()?;
-    let enc = opts.compression.encoder(blob, opts.level).map_err(LayerError::Write)?;
+    let enc = opts
+        .compression
+        .encoder(blob, opts.level)
+        .map_err(LayerError::Write)?;
     let tar_hash = HashingWriter::new(enc);
     let mut tb = tar::Builder::new(tar_hash);
     tb.mode(tar::HeaderMode::Complete);
@@ -55,7 +63,10 @@ pub fn write_layer(root: &Path, diff: &Diff, store: &BlobStore, opts: &LayerOpti
         };
         match change {
             Change::Delete => {
-                let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = rel
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let wh = rel.with_file_name(format!("{WHITEOUT_PREFIX}{name}"));
                 append_empty(&mut tb, &wh, opts).map_err(entry_err)?;
             }
@@ -72,13 +83,21 @@ pub fn write_layer(root: &Path, diff: &Diff, store: &BlobStore, opts: &LayerOpti
     let blob = enc.finish_box().map_err(LayerError::Write)?;
     let (digest, size) = blob.commit()?;
     Ok(Layer {
-        descriptor: Descriptor::new(opts.compression.media_type(opts.docker_media_types), digest, size),
+        descriptor: Descriptor::new(
+            opts.compression.media_type(opts.docker_media_types),
+            digest,
+            size,
+        ),
         diff_id,
         uncompressed_size,
     })
 }
 
-fn append_empty<W: Write>(tb: &mut tar::Builder<W>, path: &Path, opts: &LayerOptions) -> io::Result<()> {
+fn append_empty<W: Write>(
+    tb: &mut tar::Builder<W>,
+    path: &Path,
+    opts: &LayerOptions,
+) -> io::Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(0);

@@ -7,7 +7,10 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse();
     cmd::logging(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

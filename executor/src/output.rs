@@ -25,9 +25,15 @@ pub enum OutputError {
         source: RegistryError,
     },
     #[error("fetching layer {digest}: {source}")]
-    Fetch { digest: Digest, source: RegistryError },
+    Fetch {
+        digest: Digest,
+        source: RegistryError,
+    },
     #[error("encoding {what}: {source}")]
-    Json { what: &'static str, source: serde_json::Error },
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
@@ -47,11 +53,18 @@ pub struct WrittenImage {
     pub media_type: String,
 }
 
-pub fn write_image(store: &BlobStore, img: &BuiltImage, docker: bool) -> Result<WrittenImage, OutputError> {
+pub fn write_image(
+    store: &BlobStore,
+    img: &BuiltImage,
+    docker: bool,
+) -> Result<WrittenImage, OutputError> {
     let mut config = img.config.clone();
     config.rootfs.kind = "layers".into();
     config.rootfs.diff_ids = img.layers.iter().map(|l| l.diff_id.clone()).collect();
-    let config_bytes = serde_json::to_vec(&config).map_err(|source| OutputError::Json { what: "config", source })?;
+    let config_bytes = serde_json::to_vec(&config).map_err(|source| OutputError::Json {
+        what: "config",
+        source,
+    })?;
     let (config_digest, config_size) = store.put(&config_bytes)?;
     let (media_type, config_type) = if docker {
         (image::DOCKER_MANIFEST, image::DOCKER_CONFIG)
@@ -76,7 +89,10 @@ pub fn write_image(store: &BlobStore, img: &BuiltImage, docker: bool) -> Result<
         layers,
         annotations: None,
     };
-    let bytes = serde_json::to_vec(&manifest).map_err(|source| OutputError::Json { what: "manifest", source })?;
+    let bytes = serde_json::to_vec(&manifest).map_err(|source| OutputError::Json {
+        what: "manifest",
+        source,
+    })?;
     let (manifest_digest, _) = store.put(&bytes)?;
     Ok(WrittenImage {
         config_digest,
@@ -101,7 +117,11 @@ fn convert_media_type(mt: &str, docker: bool) -> String {
     }
 }
 
-async fn local_blob(registry: &Registry, store: &BlobStore, l: &ImageLayer) -> Result<PathBuf, OutputError> {
+async fn local_blob(
+    registry: &Registry,
+    store: &BlobStore,
+    l: &ImageLayer,
+) -> Result<PathBuf, OutputError> {
     let p = store.path(&l.descriptor.digest);
     if p.is_file() {
         return Ok(p);
@@ -130,14 +150,26 @@ pub async fn deliver(
     if !opts.no_push {
         for dest in &opts.destinations {
             push(registry, store, img, w, dest).await?;
-            let name = dest.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(n, _)| n).unwrap_or(dest);
+            let name = dest
+                .rsplit_once(':')
+                .filter(|(_, t)| !t.contains('/'))
+                .map(|(n, _)| n)
+                .unwrap_or(dest);
             let name = name.split('@').next().unwrap_or(name);
             tracing::info!("pushed {dest} ({})", w.manifest_digest);
             pushed.push(format!("{name}@{}", w.manifest_digest));
         }
     }
     if let Some(p) = &opts.oci_layout_path {
-        write_oci_layout(registry, store, img, w, p, opts.destinations.first().map(String::as_str)).await?;
+        write_oci_layout(
+            registry,
+            store,
+            img,
+            w,
+            p,
+            opts.destinations.first().map(String::as_str),
+        )
+        .await?;
     }
     if let Some(p) = &opts.tar_path {
         write_docker_archive(registry, store, img, w, p, &opts.destinations).await?;
@@ -150,20 +182,34 @@ pub async fn deliver(
             .destinations
             .iter()
             .map(|d| {
-                let n = d.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(n, _)| n).unwrap_or(d);
+                let n = d
+                    .rsplit_once(':')
+                    .filter(|(_, t)| !t.contains('/'))
+                    .map(|(n, _)| n)
+                    .unwrap_or(d);
                 format!("{n}@{}\n", w.manifest_digest)
             })
             .collect();
         std::fs::write(p, lines.concat()).map_err(io_err(p))?;
     }
     if let Some(p) = &opts.image_name_tag_with_digest_file {
-        let lines: Vec<String> = opts.destinations.iter().map(|d| format!("{d}@{}\n", w.manifest_digest)).collect();
+        let lines: Vec<String> = opts
+            .destinations
+            .iter()
+            .map(|d| format!("{d}@{}\n", w.manifest_digest))
+            .collect();
         std::fs::write(p, lines.concat()).map_err(io_err(p))?;
     }
     Ok(pushed)
 }
 
-async fn push(registry: &Registry, store: &BlobStore, img: &BuiltImage, w: &WrittenImage, dest: &str) -> Result<(), OutputError> {
+async fn push(
+    registry: &Registry,
+    store: &BlobStore,
+    img: &BuiltImage,
+    w: &WrittenImage,
+    dest: &str,
+) -> Result<(), OutputError> {
     let perr = |source| OutputError::Push {
         destination: dest.to_string(),
         source,
@@ -174,13 +220,25 @@ async fn push(registry: &Registry, store: &BlobStore, img: &BuiltImage, w: &Writ
     let uploads = img.layers.iter().map(|l| {
         let r = r.clone();
         async move {
-            if registry.blob_exists(&r, &l.descriptor.digest).await.map_err(perr)? {
+            if registry
+                .blob_exists(&r, &l.descriptor.digest)
+                .await
+                .map_err(perr)?
+            {
                 tracing::debug!("{dest}: layer {} already present", l.descriptor.digest);
                 return Ok(());
             }
             if let LayerSource::Remote(from) = &l.source {
-                if registry.mount_blob(&r, from, &l.descriptor.digest).await.map_err(perr)? {
-                    tracing::debug!("{dest}: mounted {} from {}", l.descriptor.digest, from.repository());
+                if registry
+                    .mount_blob(&r, from, &l.descriptor.digest)
+                    .await
+                    .map_err(perr)?
+                {
+                    tracing::debug!(
+                        "{dest}: mounted {} from {}",
+                        l.descriptor.digest,
+                        from.repository()
+                    );
                     return Ok(());
                 }
             }
@@ -192,13 +250,25 @@ async fn push(registry: &Registry, store: &BlobStore, img: &BuiltImage, w: &Writ
         }
     });
     futures_util::future::try_join_all(uploads).await?;
-    if !registry.blob_exists(&r, &w.config_digest).await.map_err(perr)? {
+    if !registry
+        .blob_exists(&r, &w.config_digest)
+        .await
+        .map_err(perr)?
+    {
         registry
-            .push_blob_file(&r, &store.path(&w.config_digest), &w.config_digest, w.config_size)
+            .push_blob_file(
+                &r,
+                &store.path(&w.config_digest),
+                &w.config_digest,
+                w.config_size,
+            )
             .await
             .map_err(perr)?;
     }
-    registry.push_manifest(&r, w.manifest.clone(), &w.media_type).await.map_err(perr)?;
+    registry
+        .push_manifest(&r, w.manifest.clone(), &w.media_type)
+        .await
+        .map_err(perr)?;
     Ok(())
 }
 
@@ -214,7 +284,10 @@ async fn write_oci_layout(
     std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
     let mut digests: Vec<(Digest, PathBuf)> = Vec::new();
     for l in &img.layers {
-        digests.push((l.descriptor.digest.clone(), local_blob(registry, store, l).await?));
+        digests.push((
+            l.descriptor.digest.clone(),
+            local_blob(registry, store, l).await?,
+        ));
     }
     digests.push((w.config_digest.clone(), store.path(&w.config_digest)));
     digests.push((w.manifest_digest.clone(), store.path(&w.manifest_digest)));
@@ -230,12 +303,24 @@ async fn write_oci_layout(
             std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
         }
     }
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err(dir))?;
-    let mut desc = Descriptor::new(&w.media_type, w.manifest_digest.clone(), w.manifest.len() as u64);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(io_err(dir))?;
+    let mut desc = Descriptor::new(
+        &w.media_type,
+        w.manifest_digest.clone(),
+        w.manifest.len() as u64,
+    );
     let tag = name
-        .and_then(|n| n.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map(|(_, t)| t.to_string()))
+        .and_then(|n| {
+            n.rsplit_once(':')
+                .filter(|(_, t)| !t.contains('/'))
+                .map(|(_, t)| t.to_string())
+        })
         .unwrap_or_else(|| "latest".into());
-    desc.annotations = Some(BTreeMap::from([("org.opencontainers.image.ref.name".to_string(), tag)]));
+    desc.annotations = Some(BTreeMap::from([(
+        "org.opencontainers.image.ref.name".to_string(),
+        tag,
+    )]));
     // Keep other images already in the layout, replacing one with the same tag.
     let index_path = dir.join("index.json");
     let mut index = std::fs::read(&index_path)
@@ -247,9 +332,14 @@ async fn write_oci_layout(
             manifests: Vec::new(),
             annotations: None,
         });
-    index.manifests.retain(|m| m.annotations != desc.annotations);
+    index
+        .manifests
+        .retain(|m| m.annotations != desc.annotations);
     index.manifests.push(desc);
-    let bytes = serde_json::to_vec(&index).map_err(|source| OutputError::Json { what: "index", source })?;
+    let bytes = serde_json::to_vec(&index).map_err(|source| OutputError::Json {
+        what: "index",
+        source,
+    })?;
     let tmp = dir.join(".index.json.tmp");
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &index_path).map_err(io_err(&index_path))?;
@@ -273,7 +363,10 @@ async fn write_docker_archive(
     let tmp = path.with_extension("partial");
     let f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
     let mut tb = tar::Builder::new(io::BufWriter::new(f));
-    let append = |tb: &mut tar::Builder<io::BufWriter<std::fs::File>>, name: &str, data: &[u8]| -> io::Result<()> {
+    let append = |tb: &mut tar::Builder<io::BufWriter<std::fs::File>>,
+                  name: &str,
+                  data: &[u8]|
+     -> io::Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -281,7 +374,12 @@ async fn write_docker_archive(
         tb.append_data(&mut h, name, data)
     };
     let config_name = format!("{}.json", w.config_digest.hex());
-    append(&mut tb, &config_name, &std::fs::read(store.path(&w.config_digest)).map_err(io_err(path))?).map_err(io_err(path))?;
+    append(
+        &mut tb,
+        &config_name,
+        &std::fs::read(store.path(&w.config_digest)).map_err(io_err(path))?,
+    )
+    .map_err(io_err(path))?;
     let mut layer_names = Vec::new();
     for (l, p) in img.layers.iter().zip(&paths) {
         let name = format!("{}/layer.tar", l.diff_id.hex());
@@ -295,7 +393,10 @@ async fn write_docker_archive(
             if d != l.diff_id {
                 return Err(OutputError::Io {
                     path: p.clone(),
-                    source: io::Error::other(format!("layer {} uncompresses to {d}, config says {}", l.descriptor.digest, l.diff_id)),
+                    source: io::Error::other(format!(
+                        "layer {} uncompresses to {d}, config says {}",
+                        l.descriptor.digest, l.diff_id
+                    )),
                 });
             }
             n
@@ -313,7 +414,11 @@ async fn write_docker_archive(
         .iter()
         .filter_map(|t| parse_reference(t).ok())
         .map(|r| {
-            let full = if r.registry() == "docker.io" { r.repository().trim_start_matches("library/").to_string() } else { format!("{}/{}", r.registry(), r.repository()) };
+            let full = if r.registry() == "docker.io" {
+                r.repository().trim_start_matches("library/").to_string()
+            } else {
+                format!("{}/{}", r.registry(), r.repository())
+            };
             format!("{full}:{}", r.tag().unwrap_or("latest"))
         })
         .collect();

@@ -34,7 +34,9 @@ pub fn clean_components(path: &str) -> Result<Vec<&OsStr>, RootError> {
             Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
             Component::ParentDir => {
                 if out.pop().is_none() {
-                    return Err(RootError::Escape { path: path.to_string() });
+                    return Err(RootError::Escape {
+                        path: path.to_string(),
+                    });
                 }
             }
         }
@@ -63,7 +65,9 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Ro
     while let Some(c) = pending.pop() {
         if c == b".." {
             if parts.pop().is_none() {
-                return Err(RootError::Escape { path: path.to_string() });
+                return Err(RootError::Escape {
+                    path: path.to_string(),
+                });
             }
             continue;
         }
@@ -81,7 +85,9 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Ro
             Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
                 if links > 40 {
-                    return Err(RootError::Loop { path: path.to_string() });
+                    return Err(RootError::Loop {
+                        path: path.to_string(),
+                    });
                 }
                 let target = std::fs::read_link(&candidate).map_err(|source| RootError::Io {
                     path: candidate.clone(),
@@ -200,19 +206,35 @@ mod tests {
         symlink("real/sub", r.join("rel")).unwrap();
         symlink("loop2", r.join("loop1")).unwrap();
         symlink("loop1", r.join("loop2")).unwrap();
-        assert_eq!(resolve(r, "/abs/sub/f", false).unwrap(), r.join("real/sub/f"));
+        assert_eq!(
+            resolve(r, "/abs/sub/f", false).unwrap(),
+            r.join("real/sub/f")
+        );
         assert_eq!(resolve(r, "rel/f", false).unwrap(), r.join("real/sub/f"));
         assert_eq!(resolve(r, "/abs", false).unwrap(), r.join("abs"));
-        assert!(matches!(resolve(r, "up/etc/passwd", false), Err(RootError::Escape { .. })));
-        assert!(matches!(resolve(r, "../x", false), Err(RootError::Escape { .. })));
-        assert!(matches!(resolve(r, "loop1/x", false), Err(RootError::Loop { .. })));
+        assert!(matches!(
+            resolve(r, "up/etc/passwd", false),
+            Err(RootError::Escape { .. })
+        ));
+        assert!(matches!(
+            resolve(r, "../x", false),
+            Err(RootError::Escape { .. })
+        ));
+        assert!(matches!(
+            resolve(r, "loop1/x", false),
+            Err(RootError::Loop { .. })
+        ));
     }
 
     #[test]
     fn users_from_the_root() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("etc")).unwrap();
-        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         assert_eq!(lookup_user(d.path(), "app").unwrap(), (1000, 1001));
         assert_eq!(lookup_user(d.path(), "app:staff").unwrap(), (1000, 50));

@@ -138,7 +138,10 @@ fn walk_upper(upper: &Path, rel: &Path, diff: &mut Diff) -> Result<(), SnapshotE
         if ft.is_char_device() && m.rdev() == 0 {
             diff.add(r, Change::Delete);
         } else if ft.is_dir() {
-            let opaque = xattr::get(&p, OVL_OPAQUE).ok().flatten().is_some_and(|v| v == b"y");
+            let opaque = xattr::get(&p, OVL_OPAQUE)
+                .ok()
+                .flatten()
+                .is_some_and(|v| v == b"y");
             diff.add(r.clone(), if opaque { Change::Opaque } else { Change::Add });
             walk_upper(upper, &r, diff)?;
         } else {
@@ -243,12 +246,18 @@ impl ScanIndex {
                 Some(s) if *s == stamp(m) => {}
                 // A directory whose listing changed has a new mtime; report it
                 // only for real metadata changes, the children say the rest.
-                Some(s) if m.is_dir() && s.mode == m.mode() && s.ino == m.ino() && s.ctime != (m.ctime(), m.ctime_nsec()) && s.mtime != (m.mtime(), m.mtime_nsec()) => {}
+                Some(s)
+                    if m.is_dir()
+                        && s.mode == m.mode()
+                        && s.ino == m.ino()
+                        && s.ctime != (m.ctime(), m.ctime_nsec())
+                        && s.mtime != (m.mtime(), m.mtime_nsec()) => {}
                 _ => diff.add(rel.to_path_buf(), Change::Add),
             }
         })?;
         // Deleted paths: report only the topmost.
-        let mut deleted: Vec<&PathBuf> = self.entries.keys().filter(|p| !seen.contains(*p)).collect();
+        let mut deleted: Vec<&PathBuf> =
+            self.entries.keys().filter(|p| !seen.contains(*p)).collect();
         deleted.sort();
         let mut last: Option<&PathBuf> = None;
         for p in deleted {
@@ -272,7 +281,11 @@ fn stamp(m: &std::fs::Metadata) -> Stamp {
     }
 }
 
-fn scan(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) -> Result<(), SnapshotError> {
+fn scan(
+    root: &Path,
+    rel: &Path,
+    f: &mut dyn FnMut(&Path, &std::fs::Metadata),
+) -> Result<(), SnapshotError> {
     let dir = root.join(rel);
     let rd = std::fs::read_dir(&dir).map_err(io_err(&dir))?;
     for e in rd {
@@ -306,7 +319,11 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(r.join("mod"), "22").unwrap();
         let diff = idx.diff(r).unwrap();
-        let got: Vec<_> = diff.changes.iter().map(|(p, c)| (p.to_string_lossy().into_owned(), *c)).collect();
+        let got: Vec<_> = diff
+            .changes
+            .iter()
+            .map(|(p, c)| (p.to_string_lossy().into_owned(), *c))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -15,7 +15,11 @@ pub fn executor() -> Command {
 /// Runs a build; returns the output (stdout, stderr, status).
 pub fn build(context: &Path, work: &Path, args: &[&str]) -> Output {
     let mut c = executor();
-    c.arg("--context").arg(context).arg("--kaniko-dir").arg(work).args(args);
+    c.arg("--context")
+        .arg(context)
+        .arg("--kaniko-dir")
+        .arg(work)
+        .args(args);
     c.output().expect("run executor")
 }
 

@@ -10,12 +10,22 @@ use std::path::Path;
 
 /// Mount points that buildah's chroot isolation leaves behind as empty files
 /// or directories; they are not part of what the Dockerfile built.
-const SANDBOX_LEFTOVERS: &[&str] = &["dev", "proc", "sys", "run", "etc/hosts", "etc/resolv.conf", "etc/hostname"];
+const SANDBOX_LEFTOVERS: &[&str] = &[
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/hostname",
+];
 const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 fn drop_leftovers(a: &mut BTreeMap<String, Entry>, b: &mut BTreeMap<String, Entry>) {
     fn leftover(x: &BTreeMap<String, Entry>, y: &BTreeMap<String, Entry>, p: &str) -> bool {
-        let empty = x.get(p).is_some_and(|e| (e.kind == 'f' && e.data == EMPTY_SHA) || e.kind == 'd');
+        let empty = x
+            .get(p)
+            .is_some_and(|e| (e.kind == 'f' && e.data == EMPTY_SHA) || e.kind == 'd');
         let has_children = x.keys().any(|k| k.starts_with(&format!("{p}/")));
         empty && !has_children && !y.contains_key(p)
     }
@@ -32,7 +42,17 @@ fn drop_leftovers(a: &mut BTreeMap<String, Entry>, b: &mut BTreeMap<String, Entr
 fn config_fields(v: &serde_json::Value) -> serde_json::Value {
     let c = &v["config"];
     let mut out = serde_json::Map::new();
-    for k in ["Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal"] {
+    for k in [
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "WorkingDir",
+        "User",
+        "Labels",
+        "ExposedPorts",
+        "Volumes",
+        "StopSignal",
+    ] {
         let mut val = c.get(k).cloned().unwrap_or(serde_json::Value::Null);
         // buildah stamps its own version; it is not something the Dockerfile asked for.
         if let Some(m) = val.as_object_mut() {
@@ -53,13 +73,20 @@ fn config_fields(v: &serde_json::Value) -> serde_json::Value {
 fn compare(name: &str, ctx: &Path, extra_args: &[&str]) {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let df = std::fs::read_to_string(ctx.join("Dockerfile")).unwrap().replace("{BASE}", &base);
+    let df = std::fs::read_to_string(ctx.join("Dockerfile"))
+        .unwrap()
+        .replace("{BASE}", &base);
     std::fs::write(ctx.join("Dockerfile"), df).unwrap();
 
     let work = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("oci");
-    let mut args = vec!["--no-push", "--insecure-pull", "--oci-layout-path", layout.to_str().unwrap()];
+    let mut args = vec![
+        "--no-push",
+        "--insecure-pull",
+        "--oci-layout-path",
+        layout.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra_args);
     must_build(ctx, work.path(), &args);
     let ours = unpack(&format!("oci:{}:latest", layout.display()));
@@ -75,7 +102,9 @@ fn compare(name: &str, ctx: &Path, extra_args: &[&str]) {
     for (p, e) in &a {
         match b.get(p) {
             None => diffs.push(format!("only kiln: {p} {e:?}")),
-            Some(f) if f != e => diffs.push(format!("differs: {p}\n  kiln:    {e:?}\n  buildah: {f:?}")),
+            Some(f) if f != e => {
+                diffs.push(format!("differs: {p}\n  kiln:    {e:?}\n  buildah: {f:?}"))
+            }
             _ => {}
         }
     }
@@ -84,8 +113,16 @@ fn compare(name: &str, ctx: &Path, extra_args: &[&str]) {
             diffs.push(format!("only buildah: {p} {e:?}"));
         }
     }
-    assert!(diffs.is_empty(), "{name}: filesystems differ:\n{}", diffs.join("\n"));
-    assert_eq!(config_fields(&ours.config), config_fields(&theirs.config), "{name}: configs differ");
+    assert!(
+        diffs.is_empty(),
+        "{name}: filesystems differ:\n{}",
+        diffs.join("\n")
+    );
+    assert_eq!(
+        config_fields(&ours.config),
+        config_fields(&theirs.config),
+        "{name}: configs differ"
+    );
 }
 
 #[test]
@@ -141,11 +178,20 @@ ADD archive.tar /unpacked/
     write(ctx.path(), "secret.txt", "s3cret\n");
     write(ctx.path(), "script.sh", "#!/bin/sh\necho hi\n");
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(ctx.path().join("script.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        ctx.path().join("script.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     // An archive for ADD, made with the system tar.
     let a = tempfile::tempdir().unwrap();
     write(a.path(), "inner/file.txt", "inside\n");
-    run(std::process::Command::new("tar").arg("-C").arg(a.path()).arg("-cf").arg(ctx.path().join("archive.tar")).arg("inner"));
+    run(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(a.path())
+        .arg("-cf")
+        .arg(ctx.path().join("archive.tar"))
+        .arg("inner"));
     compare("files", ctx.path(), &[]);
 }
 
@@ -174,7 +220,11 @@ RUN cat /result/all.txt
     write(ctx.path(), "node_modules/x/index.js", "no\n");
     write(ctx.path(), "docs/a/secret.md", "no\n");
     write(ctx.path(), "docs/readme.md", "yes\n");
-    write(ctx.path(), ".dockerignore", "**/*.log\nnode_modules\ndocs/**/secret.md\n!keep/important.log\n");
+    write(
+        ctx.path(),
+        ".dockerignore",
+        "**/*.log\nnode_modules\ndocs/**/secret.md\n!keep/important.log\n",
+    );
     write(ctx.path(), "keep/important.log", "kept\n");
     compare("multistage", ctx.path(), &[]);
 }

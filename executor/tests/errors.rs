@@ -7,13 +7,20 @@ use kiln_testkit::*;
 fn stderr_of(ctx: &std::path::Path, args: &[&str]) -> (bool, String) {
     let work = tempfile::tempdir().unwrap();
     let out = build(ctx, work.path(), args);
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn malformed_dockerfile_names_file_and_line() {
     let ctx = tempfile::tempdir().unwrap();
-    write(ctx.path(), "Dockerfile", "FROM scratch\n# comment\nCOPY a \\\n  b\nFROOM x\n");
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM scratch\n# comment\nCOPY a \\\n  b\nFROOM x\n",
+    );
     let (ok, err) = stderr_of(ctx.path(), &["--no-push"]);
     assert!(!ok);
     assert!(err.contains("Dockerfile:5: FROOM"), "{err}");
@@ -24,18 +31,35 @@ fn malformed_dockerfile_names_file_and_line() {
 fn missing_base_image_and_unreachable_registry() {
     let reg = Registry::start();
     let ctx = tempfile::tempdir().unwrap();
-    write(ctx.path(), "Dockerfile", &format!("FROM {}/nope:1\nRUN true\n", reg.addr));
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {}/nope:1\nRUN true\n", reg.addr),
+    );
     let (ok, err) = stderr_of(ctx.path(), &["--no-push", "--insecure-pull"]);
     assert!(!ok);
     assert!(err.contains("nope:1") && err.contains("stage 0"), "{err}");
 
     // A port nothing listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    write(ctx.path(), "Dockerfile", &format!("FROM {dead}/busybox\nRUN true\n"));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {dead}/busybox\nRUN true\n"),
+    );
     let t0 = std::time::Instant::now();
-    let (ok, err) = stderr_of(ctx.path(), &["--no-push", "--insecure-pull", "--image-download-retry=1"]);
+    let (ok, err) = stderr_of(
+        ctx.path(),
+        &["--no-push", "--insecure-pull", "--image-download-retry=1"],
+    );
     assert!(!ok);
-    assert!(err.to_lowercase().contains("connect") || err.contains("refused"), "{err}");
+    assert!(
+        err.to_lowercase().contains("connect") || err.contains("refused"),
+        "{err}"
+    );
     assert!(t0.elapsed() < std::time::Duration::from_secs(60));
 }
 
@@ -44,7 +68,11 @@ fn failing_run_reports_command_exit_code_and_output() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
     let ctx = tempfile::tempdir().unwrap();
-    write(ctx.path(), "Dockerfile", &format!("FROM {base}\nRUN echo preparing && echo boom-detail >&2 && exit 7\n"));
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {base}\nRUN echo preparing && echo boom-detail >&2 && exit 7\n"),
+    );
     let (ok, err) = stderr_of(ctx.path(), &["--no-push", "--insecure-pull"]);
     assert!(!ok);
     assert!(err.contains("Dockerfile:2"), "{err}");
@@ -62,38 +90,88 @@ fn hostile_layers_are_errors_not_writes() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "dotdot",
-            raw_tar(&[RawEntry { name: &format!("{deep}/tmp/{marker}"), kind: b'0', link: "", data: b"x" }]),
+            raw_tar(&[RawEntry {
+                name: &format!("{deep}/tmp/{marker}"),
+                kind: b'0',
+                link: "",
+                data: b"x",
+            }]),
         ),
         (
             "symlink",
             raw_tar(&[
-                RawEntry { name: "evil", kind: b'2', link: &format!("{deep}/tmp"), data: b"" },
-                RawEntry { name: &format!("evil/{marker}"), kind: b'0', link: "", data: b"x" },
+                RawEntry {
+                    name: "evil",
+                    kind: b'2',
+                    link: &format!("{deep}/tmp"),
+                    data: b"",
+                },
+                RawEntry {
+                    name: &format!("evil/{marker}"),
+                    kind: b'0',
+                    link: "",
+                    data: b"x",
+                },
             ]),
         ),
         (
             "chained-symlink",
             raw_tar(&[
-                RawEntry { name: "a", kind: b'2', link: "b/../..", data: b"" },
-                RawEntry { name: "b", kind: b'5', link: "", data: b"" },
-                RawEntry { name: "c", kind: b'2', link: &format!("a/{deep}/tmp"), data: b"" },
-                RawEntry { name: &format!("c/{marker}"), kind: b'0', link: "", data: b"x" },
+                RawEntry {
+                    name: "a",
+                    kind: b'2',
+                    link: "b/../..",
+                    data: b"",
+                },
+                RawEntry {
+                    name: "b",
+                    kind: b'5',
+                    link: "",
+                    data: b"",
+                },
+                RawEntry {
+                    name: "c",
+                    kind: b'2',
+                    link: &format!("a/{deep}/tmp"),
+                    data: b"",
+                },
+                RawEntry {
+                    name: &format!("c/{marker}"),
+                    kind: b'0',
+                    link: "",
+                    data: b"x",
+                },
             ]),
         ),
         (
             "hardlink",
-            raw_tar(&[RawEntry { name: "passwd-copy", kind: b'1', link: &format!("{deep}/etc/passwd"), data: b"" }]),
+            raw_tar(&[RawEntry {
+                name: "passwd-copy",
+                kind: b'1',
+                link: &format!("{deep}/etc/passwd"),
+                data: b"",
+            }]),
         ),
     ];
     for (name, layer) in cases {
         let dest = format!("{}/evil-{name}:1", reg.addr);
         push_raw_layers(&dest, &[layer]);
         let ctx = tempfile::tempdir().unwrap();
-        write(ctx.path(), "Dockerfile", &format!("FROM {dest}\nRUN true\n"));
+        write(
+            ctx.path(),
+            "Dockerfile",
+            &format!("FROM {dest}\nRUN true\n"),
+        );
         let (ok, err) = stderr_of(ctx.path(), &["--no-push", "--insecure-pull"]);
         assert!(!ok, "{name}: a hostile layer must fail the build\n{err}");
-        assert!(err.contains("escapes the build root") || err.contains("leaves the root"), "{name}: {err}");
-        assert!(exists_any(&[&outside]).is_empty(), "{name}: wrote outside the root");
+        assert!(
+            err.contains("escapes the build root") || err.contains("leaves the root"),
+            "{name}: {err}"
+        );
+        assert!(
+            exists_any(&[&outside]).is_empty(),
+            "{name}: wrote outside the root"
+        );
     }
 }
 
@@ -103,20 +181,54 @@ fn absolute_symlinks_in_layers_stay_inside_the_root() {
     let marker = format!("kiln-abs-{}", std::process::id());
     let outside = std::path::Path::new("/tmp").join(&marker);
     let layer = raw_tar(&[
-        RawEntry { name: "tmp", kind: b'5', link: "", data: b"" },
-        RawEntry { name: "abs", kind: b'2', link: "/tmp", data: b"" },
-        RawEntry { name: &format!("abs/{marker}"), kind: b'0', link: "", data: b"inside" },
+        RawEntry {
+            name: "tmp",
+            kind: b'5',
+            link: "",
+            data: b"",
+        },
+        RawEntry {
+            name: "abs",
+            kind: b'2',
+            link: "/tmp",
+            data: b"",
+        },
+        RawEntry {
+            name: &format!("abs/{marker}"),
+            kind: b'0',
+            link: "",
+            data: b"inside",
+        },
     ]);
     let dest = format!("{}/abs:1", reg.addr);
     push_raw_layers(&dest, &[layer]);
     let ctx = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("oci");
-    write(ctx.path(), "Dockerfile", &format!("FROM {dest}\nCOPY f /f\n"));
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {dest}\nCOPY f /f\n"),
+    );
     write(ctx.path(), "f", "f");
     let work = tempfile::tempdir().unwrap();
-    must_build(ctx.path(), work.path(), &["--no-push", "--insecure-pull", "--oci-layout-path", layout.to_str().unwrap()]);
-    assert!(exists_any(&[&outside]).is_empty(), "wrote through an absolute symlink to the host");
+    must_build(
+        ctx.path(),
+        work.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        exists_any(&[&outside]).is_empty(),
+        "wrote through an absolute symlink to the host"
+    );
     let img = unpack(&format!("oci:{}:latest", layout.display()));
-    assert_eq!(std::fs::read_to_string(img.rootfs().join("tmp").join(&marker)).unwrap(), "inside");
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("tmp").join(&marker)).unwrap(),
+        "inside"
+    );
 }

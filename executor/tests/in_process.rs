@@ -21,9 +21,19 @@ async fn two_builds_in_one_process_do_not_leak() {
     let work = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut layouts = Vec::new();
-    for (i, step) in ["RUN echo first > /first && rm /etc/os-release", "RUN ls / > /listing && ls /etc > /etc-listing"].iter().enumerate() {
+    for (i, step) in [
+        "RUN echo first > /first && rm /etc/os-release",
+        "RUN ls / > /listing && ls /etc > /etc-listing",
+    ]
+    .iter()
+    .enumerate()
+    {
         let ctx = tempfile::tempdir().unwrap();
-        std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {base}\n{step}\n")).unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM {base}\n{step}\n"),
+        )
+        .unwrap();
         let layout = out.path().join(format!("l{i}"));
         let opts = BuildOptions {
             context: ctx.path().to_str().unwrap().into(),
@@ -40,9 +50,14 @@ async fn two_builds_in_one_process_do_not_leak() {
     }
     let second = unpack(&format!("oci:{}:latest", layouts[1].display()));
     let listing = std::fs::read_to_string(second.rootfs().join("listing")).unwrap();
-    assert!(!listing.lines().any(|l| l == "first"), "first build leaked: {listing}");
+    assert!(
+        !listing.lines().any(|l| l == "first"),
+        "first build leaked: {listing}"
+    );
     assert!(!second.rootfs().join("first").exists());
-    assert!(std::fs::read_to_string(second.rootfs().join("etc-listing")).unwrap().contains("os-release"));
+    assert!(std::fs::read_to_string(second.rootfs().join("etc-listing"))
+        .unwrap()
+        .contains("os-release"));
     // Each build removed its private directory.
     assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
 }

@@ -46,23 +46,40 @@ fn oci_layout_docker_archive_and_heredocs() {
             digest_file.to_str().unwrap(),
         ],
     );
-    let v = run(Command::new("oci-image-tool").args(["validate", "--type", "image"]).arg(&layout));
+    let v = run(Command::new("oci-image-tool")
+        .args(["validate", "--type", "image"])
+        .arg(&layout));
     assert!(v.contains("Validation succeeded"), "{v}");
     let img = unpack(&format!("oci:{}:v1", layout.display()));
     let root = img.rootfs();
-    assert_eq!(std::fs::read_to_string(root.join("app/built.txt")).unwrap(), "built\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("app/built.txt")).unwrap(),
+        "built\n"
+    );
     assert!(!root.join("var/log/old.log").exists());
     // <<- strips tabs, unquoted heredocs expand (NAME is not set yet), quoted ones do not.
-    assert_eq!(std::fs::read_to_string(root.join("etc/app.conf")).unwrap(), "name=\n");
-    assert_eq!(std::fs::read_to_string(root.join("etc/raw.conf")).unwrap(), "name=$NAME\n");
-    assert_eq!(std::fs::read_to_string(root.join("app/fed.txt")).unwrap(), "fed by the shell\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/app.conf")).unwrap(),
+        "name=\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/raw.conf")).unwrap(),
+        "name=$NAME\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("app/fed.txt")).unwrap(),
+        "fed by the shell\n"
+    );
     let digest = std::fs::read_to_string(&digest_file).unwrap();
     assert!(digest.starts_with("sha256:"));
 
     // The docker archive holds the same image.
     let from_tar = unpack(&format!("docker-archive:{}", tarball.display()));
     assert_eq!(tree(&from_tar.rootfs()), tree(&root));
-    assert_eq!(from_tar.config["config"]["Cmd"], img.config["config"]["Cmd"]);
+    assert_eq!(
+        from_tar.config["config"]["Cmd"],
+        img.config["config"]["Cmd"]
+    );
 }
 
 #[test]
@@ -73,17 +90,37 @@ fn pushed_image_runs_under_buildah() {
     let dest = format!("{}/app:v1", reg.addr);
     let dest2 = format!("{}/other/app:v2", reg.addr);
     let work = tempfile::tempdir().unwrap();
-    must_build(ctx.path(), work.path(), &["--destination", &dest, "--destination", &dest2, "--insecure", "--push-retry=2"]);
+    must_build(
+        ctx.path(),
+        work.path(),
+        &[
+            "--destination",
+            &dest,
+            "--destination",
+            &dest2,
+            "--insecure",
+            "--push-retry=2",
+        ],
+    );
     // Both destinations hold the image; skopeo reads it.
     let a = unpack(&format!("docker://{dest}"));
     let b = unpack(&format!("docker://{dest2}"));
     assert_eq!(tree(&a.rootfs()), tree(&b.rootfs()));
     let bh = Buildah::new();
     let mut from = bh.cmd();
-    from.args(["from", "--tls-verify=false", "--name", "kiln-run"]).arg(format!("docker://{dest}"));
+    from.args(["from", "--tls-verify=false", "--name", "kiln-run"])
+        .arg(format!("docker://{dest}"));
     run(&mut from);
     let mut r = bh.cmd();
-    r.args(["run", "--isolation", "chroot", "kiln-run", "--", "cat", "/app/built.txt"]);
+    r.args([
+        "run",
+        "--isolation",
+        "chroot",
+        "kiln-run",
+        "--",
+        "cat",
+        "/app/built.txt",
+    ]);
     assert_eq!(run(&mut r), "built\n");
 }
 
@@ -101,17 +138,41 @@ fn zstd_reproducible_and_single_snapshot() {
         must_build(
             ctx.path(),
             work.path(),
-            &["--no-push", "--insecure-pull", "--reproducible", "--compression=zstd", "--oci-layout-path", layout.to_str().unwrap(), "--digest-file", df.to_str().unwrap()],
+            &[
+                "--no-push",
+                "--insecure-pull",
+                "--reproducible",
+                "--compression=zstd",
+                "--oci-layout-path",
+                layout.to_str().unwrap(),
+                "--digest-file",
+                df.to_str().unwrap(),
+            ],
         );
         digests.push(std::fs::read_to_string(&df).unwrap());
-        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let m = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap()).unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let m = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap())
+                .unwrap();
         let layers = manifest["layers"].as_array().unwrap();
-        assert!(layers[1..].iter().all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"));
+        assert!(layers[1..]
+            .iter()
+            .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"));
         // skopeo decodes the zstd layers (recompressing for umoci) and the content is right.
-        let img = unpack_with(&format!("oci:{}:latest", layout.display()), &["--dest-compress", "--dest-compress-format", "gzip"]);
-        assert_eq!(std::fs::read_to_string(img.rootfs().join("app/built.txt")).unwrap(), "built\n");
+        let img = unpack_with(
+            &format!("oci:{}:latest", layout.display()),
+            &["--dest-compress", "--dest-compress-format", "gzip"],
+        );
+        assert_eq!(
+            std::fs::read_to_string(img.rootfs().join("app/built.txt")).unwrap(),
+            "built\n"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1100));
         // Touch the context: mtimes must not matter for a reproducible build.
         write(ctx.path(), "app/main.sh", "echo main\n");
@@ -120,11 +181,28 @@ fn zstd_reproducible_and_single_snapshot() {
 
     let layout = out.path().join("single");
     let work = tempfile::tempdir().unwrap();
-    must_build(ctx.path(), work.path(), &["--no-push", "--insecure-pull", "--single-snapshot", "--oci-layout-path", layout.to_str().unwrap()]);
+    must_build(
+        ctx.path(),
+        work.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--single-snapshot",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+    );
     let img = unpack(&format!("oci:{}:latest", layout.display()));
-    assert_eq!(img.manifest["layers"].as_array().unwrap().len(), 2, "base layer + one snapshot");
+    assert_eq!(
+        img.manifest["layers"].as_array().unwrap().len(),
+        2,
+        "base layer + one snapshot"
+    );
     assert!(!img.rootfs().join("var/log/old.log").exists());
-    assert_eq!(std::fs::read_to_string(img.rootfs().join("app/built.txt")).unwrap(), "built\n");
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("app/built.txt")).unwrap(),
+        "built\n"
+    );
 }
 
 #[test]
@@ -133,7 +211,11 @@ fn thousands_of_files_and_a_path_the_ci_workspace_also_uses() {
     let base = push_busybox(&reg, "busybox:latest");
     let ctx = tempfile::tempdir().unwrap();
     for i in 0..3000 {
-        write(ctx.path(), &format!("many/d{}/f{i}.txt", i % 30), &format!("{i}\n"));
+        write(
+            ctx.path(),
+            &format!("many/d{}/f{i}.txt", i % 30),
+            &format!("{i}\n"),
+        );
     }
     // The image writes to the very directory the build runs from (like
     // /home/jenkins in the seeds): it must end up in the image, and the
@@ -147,12 +229,37 @@ fn thousands_of_files_and_a_path_the_ci_workspace_also_uses() {
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("oci");
     let work = tempfile::tempdir().unwrap();
-    must_build(ctx.path(), work.path(), &["--no-push", "--insecure-pull", "--oci-layout-path", layout.to_str().unwrap()]);
+    must_build(
+        ctx.path(),
+        work.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+    );
     let img = unpack(&format!("oci:{}:latest", layout.display()));
     let t = tree(&img.rootfs());
-    assert_eq!(t.keys().filter(|k| k.starts_with("data/many/") && k.ends_with(".txt")).count(), 3000);
-    assert_eq!(std::fs::read_to_string(img.rootfs().join("data/count")).unwrap().trim(), "100");
+    assert_eq!(
+        t.keys()
+            .filter(|k| k.starts_with("data/many/") && k.ends_with(".txt"))
+            .count(),
+        3000
+    );
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("data/count"))
+            .unwrap()
+            .trim(),
+        "100"
+    );
     let rel = host_ws.trim_start_matches('/');
-    assert_eq!(std::fs::read_to_string(img.rootfs().join(rel).join(".m2/settings")).unwrap(), "in-image\n");
-    assert!(!ctx.path().join(".m2").exists(), "the build wrote into the builder's own filesystem");
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join(rel).join(".m2/settings")).unwrap(),
+        "in-image\n"
+    );
+    assert!(
+        !ctx.path().join(".m2").exists(),
+        "the build wrote into the builder's own filesystem"
+    );
 }

@@ -11,12 +11,22 @@ fn builds_and_pushes_a_simple_image() {
     write(ctx.path(), "Dockerfile", &format!("FROM {base}\nRUN echo hello > /hello && rm /var/log/old.log\nCOPY a.txt /app/\nENV X=1\nCMD [\"cat\", \"/hello\"]\n"));
     write(ctx.path(), "a.txt", "A\n");
     let dest = format!("{}/out:1", reg.addr);
-    let log = must_build(ctx.path(), work.path(), &["--destination", &dest, "--insecure", "--insecure-pull"]);
+    let log = must_build(
+        ctx.path(),
+        work.path(),
+        &["--destination", &dest, "--insecure", "--insecure-pull"],
+    );
     eprintln!("{log}");
     let img = unpack(&format!("docker://{dest}"));
     let t = tree(&img.rootfs());
-    assert_eq!(std::fs::read_to_string(img.rootfs().join("hello")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("hello")).unwrap(),
+        "hello\n"
+    );
     assert!(t.contains_key("app/a.txt"));
     assert!(!t.contains_key("var/log/old.log"), "whiteout applied");
-    assert_eq!(img.run_config()["Cmd"], serde_json::json!(["cat", "/hello"]));
+    assert_eq!(
+        img.run_config()["Cmd"],
+        serde_json::json!(["cat", "/hello"])
+    );
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\n{}\n{}",
@@ -69,7 +71,12 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        Registry { child, addr, dir, log }
+        Registry {
+            child,
+            addr,
+            dir,
+            log,
+        }
     }
 
     /// The registry's log so far (access lines included), to count requests.
@@ -93,7 +100,8 @@ impl Drop for Registry {
 pub fn busybox_rootfs(dir: &Path) {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static must be installed (/bin/busybox)");
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .expect("busybox-static must be installed (/bin/busybox)");
     let list = run(Command::new("/bin/busybox").arg("--list"));
     for applet in list.lines() {
         if applet != "busybox" && !applet.is_empty() {
@@ -104,7 +112,11 @@ pub fn busybox_rootfs(dir: &Path) {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
-    std::fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\nstaff:x:50:\nnogroup:x:65534:\n").unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nstaff:x:50:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("etc/os-release"), "NAME=kiln-test\n").unwrap();
     std::fs::write(dir.join("var/log/old.log"), "old\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -117,21 +129,40 @@ pub fn busybox_rootfs(dir: &Path) {
 pub fn push_rootfs(rootfs: &Path, dest: &str, cmd: &[&str]) {
     let t = tempfile::tempdir().unwrap();
     let layout = t.path().join("layout");
-    run(Command::new("umoci").arg("init").arg("--layout").arg(&layout));
+    run(Command::new("umoci")
+        .arg("init")
+        .arg("--layout")
+        .arg(&layout));
     let img = format!("{}:base", layout.display());
     run(Command::new("umoci").args(["new", "--image", &img]));
     let bundle = t.path().join("bundle");
-    run(Command::new("umoci").args(["unpack", "--image", &img]).arg(&bundle));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &img])
+        .arg(&bundle));
     // The bundle's rootfs is empty: fill it.
-    run(Command::new("cp").arg("-a").arg(format!("{}/.", rootfs.display())).arg(bundle.join("rootfs")));
-    run(Command::new("umoci").args(["repack", "--image", &img]).arg(&bundle));
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", rootfs.display()))
+        .arg(bundle.join("rootfs")));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &img])
+        .arg(&bundle));
     let mut c = Command::new("umoci");
-    c.args(["config", "--image", &img, "--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
+    c.args([
+        "config",
+        "--image",
+        &img,
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]);
     for a in cmd {
         c.arg(format!("--config.cmd={a}"));
     }
     run(&mut c);
-    run(Command::new("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false"]).arg(format!("oci:{img}")).arg(format!("docker://{dest}")));
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{img}"))
+        .arg(format!("docker://{dest}")));
 }
 
 /// Makes and pushes the busybox base image; returns its reference.
@@ -160,19 +191,41 @@ pub struct Entry {
 pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
-    fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Entry>, inodes: &mut BTreeMap<(u64, u64), Vec<String>>) {
-        let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
-        let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    fn walk(
+        root: &Path,
+        rel: &str,
+        out: &mut BTreeMap<String, Entry>,
+        inodes: &mut BTreeMap<(u64, u64), Vec<String>>,
+    ) {
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort();
         for n in names {
-            let r = if rel.is_empty() { n.to_string_lossy().into_owned() } else { format!("{rel}/{}", n.to_string_lossy()) };
+            let r = if rel.is_empty() {
+                n.to_string_lossy().into_owned()
+            } else {
+                format!("{rel}/{}", n.to_string_lossy())
+            };
             let p = root.join(&r);
             let m = std::fs::symlink_metadata(&p).unwrap();
             let ft = m.file_type();
             let (kind, data) = if ft.is_dir() {
                 ('d', String::new())
             } else if ft.is_symlink() {
-                ('l', std::fs::read_link(&p).unwrap().to_string_lossy().into_owned())
+                (
+                    'l',
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                )
             } else if ft.is_file() {
                 let mut h = sha2::Sha256::default();
                 let mut f = std::fs::File::open(&p).unwrap();
@@ -191,7 +244,10 @@ pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
                 ('c', format!("{}", m.rdev()))
             };
             if kind == 'f' && m.nlink() > 1 {
-                inodes.entry((m.dev(), m.ino())).or_default().push(r.clone());
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .push(r.clone());
             }
             out.insert(
                 r.clone(),
@@ -255,13 +311,32 @@ pub fn unpack_with(src: &str, skopeo_flags: &[&str]) -> Unpacked {
         .arg(src)
         .arg(format!("oci:{}:img", layout.display())));
     let img = format!("{}:img", layout.display());
-    run(Command::new("umoci").args(["unpack", "--image", &img]).arg(dir.path().join("bundle")));
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let mdigest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&mdigest)).unwrap()).unwrap();
-    let cdigest = manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(cdigest)).unwrap()).unwrap();
-    Unpacked { dir, config, manifest }
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &img])
+        .arg(dir.path().join("bundle")));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mdigest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&mdigest)).unwrap())
+            .unwrap();
+    let cdigest = manifest["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(cdigest)).unwrap())
+            .unwrap();
+    Unpacked {
+        dir,
+        config,
+        manifest,
+    }
 }
 
 /// A `buildah` with its storage in a temp dir, so tests never touch the
@@ -278,7 +353,9 @@ impl Default for Buildah {
 
 impl Buildah {
     pub fn new() -> Buildah {
-        Buildah { dir: tempfile::tempdir().unwrap() }
+        Buildah {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn cmd(&self) -> Command {
@@ -307,12 +384,27 @@ impl Buildah {
     pub fn bud(&self, context: &Path, dockerfile: &Path, args: &[&str]) -> String {
         let layout = self.dir.path().join("out");
         let mut c = self.cmd();
-        c.args(["bud", "--isolation", "chroot", "--tls-verify=false", "--network", "host", "-f"]).arg(dockerfile).args(["-t", "localhost/kiln-compare:latest"]);
+        c.args([
+            "bud",
+            "--isolation",
+            "chroot",
+            "--tls-verify=false",
+            "--network",
+            "host",
+            "-f",
+        ])
+        .arg(dockerfile)
+        .args(["-t", "localhost/kiln-compare:latest"]);
         c.args(args);
         c.arg(context);
         run(&mut c);
         let mut p = self.cmd();
-        p.args(["push", "--tls-verify=false", "localhost/kiln-compare:latest"]).arg(format!("oci:{}:img", layout.display()));
+        p.args([
+            "push",
+            "--tls-verify=false",
+            "localhost/kiln-compare:latest",
+        ])
+        .arg(format!("oci:{}:img", layout.display()));
         run(&mut p);
         format!("oci:{}:img", layout.display())
     }
@@ -326,7 +418,11 @@ pub fn read_lines<R: Read>(r: R) -> Vec<String> {
 /// Checks that a process is not touching `/`: returns paths under `dir` that
 /// exist (used to assert that an escape attempt wrote nothing).
 pub fn exists_any(paths: &[&Path]) -> Vec<PathBuf> {
-    paths.iter().filter(|p| p.symlink_metadata().is_ok()).map(|p| p.to_path_buf()).collect()
+    paths
+        .iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .map(|p| p.to_path_buf())
+        .collect()
 }
 
 pub fn stdio_null() -> Stdio {
@@ -349,7 +445,11 @@ pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
     for e in entries {
         let mut h = [0u8; 512];
         h[..e.name.len()].copy_from_slice(e.name.as_bytes());
-        let mode = if e.kind == b'5' { b"0000755\0" } else { b"0000644\0" };
+        let mode = if e.kind == b'5' {
+            b"0000755\0"
+        } else {
+            b"0000644\0"
+        };
         h[100..108].copy_from_slice(mode);
         h[108..116].copy_from_slice(b"0000000\0");
         h[116..124].copy_from_slice(b"0000000\0");
@@ -401,7 +501,18 @@ pub fn push_raw_layers(dest: &str, layers: &[Vec<u8>]) {
     let mb = serde_json::to_vec(&manifest).unwrap();
     let md = put(&mb);
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mb.len(), "annotations": {"org.opencontainers.image.ref.name": "x"}}]});
-    std::fs::write(t.path().join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(t.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    run(Command::new("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false"]).arg(format!("oci:{}:x", t.path().display())).arg(format!("docker://{dest}")));
+    std::fs::write(
+        t.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:x", t.path().display()))
+        .arg(format!("docker://{dest}")));
 }

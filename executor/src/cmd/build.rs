@@ -17,7 +17,11 @@ fn kv(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let no_push = cli.no_push.unwrap_or(false);
-    if cli.destination.is_empty() && !no_push && cli.tar_path.is_none() && cli.oci_layout_path.is_none() {
+    if cli.destination.is_empty()
+        && !no_push
+        && cli.tar_path.is_none()
+        && cli.oci_layout_path.is_none()
+    {
         bail!("no --destination given: pass one, or --no-push, --tar-path or --oci-layout-path");
     }
     let docker_format = match cli.image_format.as_str() {
@@ -38,11 +42,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut registry_map: HashMap<String, Vec<String>> = HashMap::new();
     for m in &cli.registry_map {
         let (k, v) = kv(m, "--registry-map")?;
-        registry_map.entry(k).or_default().extend(v.split(';').map(str::to_string));
+        registry_map
+            .entry(k)
+            .or_default()
+            .extend(v.split(';').map(str::to_string));
     }
     let registry_opts = RegistryOptions {
         insecure_hosts,
-        skip_tls_verify: cli.skip_tls_verify.unwrap_or(false) || cli.skip_tls_verify_pull.unwrap_or(false),
+        skip_tls_verify: cli.skip_tls_verify.unwrap_or(false)
+            || cli.skip_tls_verify_pull.unwrap_or(false),
         mirrors: cli.registry_mirror.clone(),
         registry_map,
         skip_default_registry_fallback: cli.skip_default_registry_fallback.unwrap_or(false),
@@ -64,7 +72,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => (a.clone(), None),
             })
             .collect(),
-        labels: cli.label.iter().map(|l| kv(l, "--label")).collect::<anyhow::Result<_>>()?,
+        labels: cli
+            .label
+            .iter()
+            .map(|l| kv(l, "--label"))
+            .collect::<anyhow::Result<_>>()?,
         platform: cli.custom_platform.clone(),
         no_push,
         tar_path: cli.tar_path.clone(),
@@ -106,7 +118,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(d) => format!("{} bytes {}", s.layer_size, &d.as_str()[..19]),
             None => "no layer".into(),
         };
-        eprintln!("  [{}] line {:>3}  {:>7.2}s  {:<28}  {}", s.stage, s.line, s.seconds, layer, truncate(&s.instruction, 60));
+        eprintln!(
+            "  [{}] line {:>3}  {:>7.2}s  {:<28}  {}",
+            s.stage,
+            s.line,
+            s.seconds,
+            layer,
+            truncate(&s.instruction, 60)
+        );
     }
     eprintln!("  image {}", result.manifest_digest);
     for p in &result.pushed {

@@ -7,7 +7,11 @@ use clap::Parser;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "executor", version, about = "Build container images from Dockerfiles without a daemon")]
+#[command(
+    name = "executor",
+    version,
+    about = "Build container images from Dockerfiles without a daemon"
+)]
 pub struct Cli {
     /// Build context: a directory, tar://<path|stdin>, git://<repo>#<ref>#<commit>, dir://<path>.
     #[arg(short = 'c', long, default_value = "/workspace/")]
@@ -124,9 +128,15 @@ pub fn logging(cli: &Cli) {
         "fatal" | "panic" => "error",
         l => l,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,reqwest=warn,rustls=warn")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},h2=warn,hyper=warn,reqwest=warn,rustls=warn"
+        ))
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     let ts = cli.log_timestamp.unwrap_or(false);
     match (cli.log_format.as_str(), ts) {
         ("json", _) => b.json().init(),

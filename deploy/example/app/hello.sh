@@ -1,0 +1,3 @@
+#!/bin/sh
+cat /app/message
+echo "APP_MODE=${APP_MODE:-unset}"
