@@ -405,6 +405,30 @@ impl Builder {
                 triggers.push(ins);
             }
         }
+        let needs_root = triggers.iter().chain(stage.instructions.iter()).any(|i| {
+            matches!(
+                i.kind,
+                Kind::Run { .. }
+                    | Kind::Copy(_)
+                    | Kind::Add(_)
+                    | Kind::Workdir(_)
+                    | Kind::Volume(_)
+            )
+        });
+        if needs_root {
+            // Unpacking the base is its own step in the report, so step times
+            // measure the step alone.
+            let t0 = Instant::now();
+            st.ensure_root().await?;
+            steps.push(StepReport {
+                stage: stage_name.clone(),
+                line: stage.line,
+                instruction: format!("FROM {base_name} (unpack {} layers)", st.image.layers.len()),
+                seconds: t0.elapsed().as_secs_f64(),
+                layer_digest: None,
+                layer_size: 0,
+            });
+        }
         if self.opts.single_snapshot {
             let root = st.ensure_root().await?;
             st.single = Some(ScanIndex::capture(&root).map_err(|e| BuildError::Step {

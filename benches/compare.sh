@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# End-to-end comparison: the same Dockerfile on the same base, built by Kiln's
+# executor and by `buildah bud --isolation chroot`, alternating, from a fresh
+# local state each time, with every tool's work dirs on tmpfs (/dev/shm).
+# Prints medians and ratios measured side by side in this one run.
+#
+#   bash benches/compare.sh [runs]      (default 3 runs per tool)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-3}"
+bash .ci/setup >/dev/null
+cargo build --release -q -p kiln-executor --bin executor
+EXE="$PWD/target/release/executor"
+SHM=$(mktemp -d /dev/shm/kiln-bench.XXXXXX)
+trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$SHM"' EXIT
+
+# A docker-registry on a free loopback port, storage on tmpfs.
+cat > "$SHM/registry.yml" <<EOF
+version: 0.1
+log: {level: info}
+storage: {filesystem: {rootdirectory: $SHM/registry}}
+http: {addr: 127.0.0.1:0}
+EOF
+docker-registry serve "$SHM/registry.yml" > "$SHM/registry.log" 2>&1 &
+REG_PID=$!
+for _ in $(seq 100); do grep -q "listening on" "$SHM/registry.log" && break; sleep 0.1; done
+REG=$(grep -o 'listening on [0-9.:]*' "$SHM/registry.log" | awk '{print $3}')
+[ -n "$REG" ] || { cat "$SHM/registry.log"; exit 1; }
+
+# Base images: busybox-static plus N small files, pushed with umoci + skopeo.
+make_base() { # name files
+  local name=$1 files=$2 dir="$SHM/base-$1"
+  mkdir -p "$dir/rootfs/bin" "$dir/rootfs/etc" "$dir/rootfs/tmp"
+  cp /bin/busybox "$dir/rootfs/bin/busybox"
+  for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$dir/rootfs/bin/$a"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\n' > "$dir/rootfs/etc/passwd"
+  printf 'root:x:0:\n' > "$dir/rootfs/etc/group"
+  python3 - "$dir/rootfs/usr/share/data" "$files" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i % 200}", f"e{i % 10}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i}"), "w") as f:
+        f.write(f"file {i}\n")
+PY
+  umoci init --layout "$dir/layout" >/dev/null
+  umoci new --image "$dir/layout:b" >/dev/null
+  umoci unpack --image "$dir/layout:b" "$dir/bundle" >/dev/null
+  cp -a "$dir/rootfs/." "$dir/bundle/rootfs/"
+  umoci repack --image "$dir/layout:b" "$dir/bundle" >/dev/null
+  umoci config --image "$dir/layout:b" --config.env PATH=/bin >/dev/null
+  skopeo copy -q --dest-tls-verify=false "oci:$dir/layout:b" "docker://$REG/$name:latest"
+  rm -rf "$dir"
+}
+echo "preparing bases on $REG ..."
+make_base base20k 20000
+make_base base10k 10000
+make_base base100k 100000
+
+CTX="$SHM/ctx"
+mkdir -p "$CTX/src"
+for i in $(seq 200); do echo "source $i" > "$CTX/src/file$i.txt"; done
+cat > "$CTX/Dockerfile" <<EOF
+FROM $REG/base20k:latest
+COPY src/ /app/src/
+RUN mkdir -p /app/out && for i in 1 2 3 4 5; do echo \$i > /app/out/\$i; done
+RUN rm -rf /usr/share/data/d0 && echo done > /app/done
+ENV MODE=bench
+CMD ["cat", "/app/done"]
+EOF
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+kiln_build() { # dockerfile -> seconds
+  local w="$SHM/kiln-work" t0 t1
+  rm -rf "$w" "$SHM/kiln-out"; mkdir -p "$w"
+  t0=$(now)
+  "$EXE" --context "$CTX" --dockerfile "$1" --no-push --insecure-pull --oci-layout-path "$SHM/kiln-out" \
+    --kaniko-dir "$w" --report "$SHM/report.json" >"$SHM/kiln.log" 2>&1 || { cat "$SHM/kiln.log"; exit 1; }
+  t1=$(now); echo "$t1 - $t0" | bc
+}
+buildah_build() {
+  local s="$SHM/buildah" t0 t1
+  rm -rf "$s"; mkdir -p "$s"
+  printf 'unqualified-search-registries = []\n' > "$SHM/registries.conf"
+  t0=$(now)
+  REGISTRIES_CONFIG_PATH="$SHM/registries.conf" buildah --root "$s/root" --runroot "$s/run" --storage-driver vfs \
+    bud -q --isolation chroot --tls-verify=false -f "$1" -t localhost/bench "$CTX" >"$SHM/buildah.log" 2>&1 || { cat "$SHM/buildah.log"; exit 1; }
+  t1=$(now)
+  echo "$t1 - $t0" | bc
+}
+
+echo "cold build, base of 20,000 files, $RUNS runs each (alternating)"
+: > "$SHM/k"; : > "$SHM/b"
+for _ in $(seq "$RUNS"); do
+  kiln_build "$CTX/Dockerfile" >> "$SHM/k"
+  buildah_build "$CTX/Dockerfile" >> "$SHM/b"
+done
+K=$(median < "$SHM/k"); B=$(median < "$SHM/b")
+printf '  kiln    median %6.2fs  (%s)\n' "$K" "$(tr '\n' ' ' < "$SHM/k")"
+printf '  buildah median %6.2fs  (%s)\n' "$B" "$(tr '\n' ' ' < "$SHM/b")"
+printf '  ratio kiln/buildah = %.3f  (target <= 0.7)\n' "$(echo "$K / $B" | bc -l)"
+
+echo "RUN that changes one file: 10,000- vs 100,000-file root (RUN step time from --report)"
+for size in 10k 100k; do
+  printf 'FROM %s/base%s:latest\nRUN echo changed > /one-file\n' "$REG" "$size" > "$CTX/Dockerfile.$size"
+  : > "$SHM/run-$size"
+  for _ in $(seq "$RUNS"); do
+    kiln_build "$CTX/Dockerfile.$size" >/dev/null
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print([s for s in r["steps"] if s["instruction"].startswith("RUN")][0]["seconds"])' "$SHM/report.json" >> "$SHM/run-$size"
+  done
+done
+R10=$(median < "$SHM/run-10k"); R100=$(median < "$SHM/run-100k")
+printf '  RUN step median: 10k root %.4fs, 100k root %.4fs\n' "$R10" "$R100"
+printf '  ratio 100k/10k = %.3f  (target <= 1.5)\n' "$(echo "$R100 / $R10" | bc -l)"
