@@ -334,6 +334,63 @@ impl Registry {
         })
     }
 
+    /// Fetches a manifest by tag or digest; `Ok(None)` when the registry says
+    /// it does not exist (a cache miss), `Err` when the registry could not answer.
+    pub async fn get_manifest(
+        &self,
+        r: &Reference,
+    ) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
+        use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+        let auth = self.auth_for(r)?;
+        match self.client.pull_manifest_raw(r, &auth, ACCEPT).await {
+            Ok((bytes, _)) => {
+                let d = checked_manifest_digest(r, &bytes, "")?;
+                Ok(Some((bytes.to_vec(), d)))
+            }
+            Err(E::RegistryError { envelope, .. })
+                if envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
+                    )
+                }) =>
+            {
+                Ok(None)
+            }
+            Err(E::ImageManifestNotFoundError(_)) | Err(E::ServerError { code: 404, .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(RegistryError::remote_err(r, &e)),
+        }
+    }
+
+    /// Pushes a small blob held in memory (configs); layers use [`Self::push_blob_file`].
+    pub async fn push_blob_bytes(
+        &self,
+        r: &Reference,
+        data: &[u8],
+    ) -> Result<Digest, RegistryError> {
+        let digest = Digest::sha256_of(data);
+        if self.blob_exists(r, &digest).await? {
+            return Ok(digest);
+        }
+        let data = data.to_vec();
+        let d = digest.clone();
+        self.retry(self.opts.push_retries, || {
+            let data = data.clone();
+            let d = d.clone();
+            async move {
+                self.client
+                    .push_blob(r, data, d.as_str())
+                    .await
+                    .map_err(|e| RegistryError::remote_err(r, &e))?;
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(digest)
+    }
+
     /// Streams a blob into `dest`, verifying its digest; `dest` appears only
     /// complete (temp file in the same directory, fsync, rename).
     pub async fn fetch_blob(

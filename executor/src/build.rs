@@ -2,6 +2,8 @@
 //! stage's config and root, one layer per step that changed files.
 
 use crate::blobs::BlobStore;
+use crate::cache::{CacheHit, LayerCache};
+use crate::cache_key::{self, KeyBuilder};
 use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions, Owner};
 use crate::extract;
@@ -17,9 +19,11 @@ use kiln_common::registry::Registry;
 use kiln_common::shell_lex::Lexer;
 use kiln_common::Digest;
 use oci_client::Reference;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +87,10 @@ impl From<output::OutputError> for BuildError {
 pub enum LayerSource {
     /// In the build's blob store.
     Local,
-    /// In a registry repository (a base image's), fetched on demand.
+    /// In a registry repository (a base image's or the cache's), fetched on demand.
     Remote(Reference),
+    /// In a local `sha256/<hex>` directory (an `oci:` cache).
+    Path(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +110,11 @@ pub struct StepReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_digest: Option<Digest>,
     pub layer_size: u64,
+    /// `hit`, `miss`, `uncached` (step not cacheable by flags) or absent (cache off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<Digest>,
 }
 
 /// A finished image: config, layers, and where the blobs are.
@@ -121,6 +132,14 @@ pub struct BuildResult {
     pub pushed: Vec<String>,
     pub steps: Vec<StepReport>,
     pub seconds: f64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Lookups or writes the cache could not answer (each a warning).
+    pub cache_errors: u64,
+    /// Layer bytes downloaded (base and cached layers needed to execute steps).
+    pub bytes_pulled: u64,
+    /// Layer bytes uploaded to the cache.
+    pub bytes_pushed_cache: u64,
 }
 
 struct StageOut {
@@ -128,6 +147,8 @@ struct StageOut {
     /// The stage's root, kept for `COPY --from` (absent when never unpacked).
     root: Option<PathBuf>,
     base_name: String,
+    /// The last key of the stage's chain, where `FROM <stage>` continues.
+    final_key: Digest,
 }
 
 /// One build: its private work directory, blob store and isolation.
@@ -138,6 +159,18 @@ pub struct Builder {
     work: tempfile::TempDir,
     store: BlobStore,
     platform: Platform,
+    cache: Option<Arc<LayerCache>>,
+    cache_writes: Mutex<Vec<tokio::task::JoinHandle<Result<u64, crate::cache::CacheError>>>>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    pulled: AtomicU64,
+    pushed_cache: AtomicU64,
 }
 
 impl Builder {
@@ -166,6 +199,22 @@ impl Builder {
             })?,
             None => Platform::host(),
         };
+        let cache = match &opts.cache {
+            Some(c) if !opts.single_snapshot => {
+                match LayerCache::open(&c.repo, registry.clone(), c.ttl) {
+                    Ok(lc) => Some(Arc::new(lc)),
+                    Err(e) => {
+                        tracing::warn!("layer cache disabled: {e}");
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                tracing::warn!("--single-snapshot builds are not cached");
+                None
+            }
+            None => None,
+        };
         Ok(Builder {
             opts,
             registry,
@@ -173,6 +222,9 @@ impl Builder {
             work,
             store,
             platform,
+            cache,
+            cache_writes: Mutex::new(Vec::new()),
+            counters: Counters::default(),
         })
     }
 
@@ -229,6 +281,8 @@ impl Builder {
         let written = output::write_image(&self.store, &image, self.opts.docker_format)?;
         let pushed =
             output::deliver(&self.opts, &self.registry, &self.store, &image, &written).await?;
+        self.finish_cache_writes().await;
+        let c = &self.counters;
         let result = BuildResult {
             manifest_digest: written.manifest_digest.clone(),
             config_digest: written.config_digest.clone(),
@@ -236,6 +290,11 @@ impl Builder {
             pushed,
             steps,
             seconds: started.elapsed().as_secs_f64(),
+            cache_hits: c.hits.load(Ordering::Relaxed),
+            cache_misses: c.misses.load(Ordering::Relaxed),
+            cache_errors: c.errors.load(Ordering::Relaxed),
+            bytes_pulled: c.pulled.load(Ordering::Relaxed),
+            bytes_pushed_cache: c.pushed_cache.load(Ordering::Relaxed),
         };
         if let Some(p) = &self.opts.report_path {
             let json = serde_json::to_vec_pretty(&result).unwrap_or_default();
@@ -245,6 +304,26 @@ impl Builder {
             })?;
         }
         Ok(result)
+    }
+
+    /// Waits for background cache writes; a failed write is a warning.
+    async fn finish_cache_writes(&self) {
+        let handles: Vec<_> = match self.cache_writes.lock() {
+            Ok(mut v) => v.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for h in handles {
+            match h.await {
+                Ok(Ok(n)) => {
+                    self.counters.pushed_cache.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("cache write failed (the build goes on): {e}");
+                }
+                Err(e) => tracing::warn!("cache write task: {e}"),
+            }
+        }
     }
 
     fn dockerfile_path(&self) -> PathBuf {
@@ -353,20 +432,34 @@ impl Builder {
             None => self.platform.clone(),
         };
         tracing::info!("stage {stage_name}: FROM {base_name}");
-        let mut image = if base_name.eq_ignore_ascii_case("scratch") {
-            BuiltImage {
-                config: ImageConfig::scratch(&platform),
-                layers: Vec::new(),
-            }
+        let (mut image, base_id) = if base_name.eq_ignore_ascii_case("scratch") {
+            (
+                BuiltImage {
+                    config: ImageConfig::scratch(&platform),
+                    layers: Vec::new(),
+                },
+                "scratch".to_string(),
+            )
         } else if let Some(prev) = df
             .stage_index(&base_name)
             .filter(|i| *i < stage.index)
             .and_then(|i| done.get(&i))
         {
-            prev.image.clone()
+            (prev.image.clone(), prev.final_key.to_string())
         } else {
-            self.pull_base(&base_name, &platform, &stage_name).await?
+            let (img, d) = self.pull_base(&base_name, &platform, &stage_name).await?;
+            (img, d.to_string())
         };
+        let chain = cache_key::stage_start(
+            &base_id,
+            &platform.to_string(),
+            &format!(
+                "{}:{:?}:{}",
+                self.opts.layer.compression.name(),
+                self.opts.layer.level,
+                self.opts.layer.reproducible
+            ),
+        );
         // History of the base stays; the config's creation time is ours.
         image.config.created = None;
 
@@ -386,6 +479,14 @@ impl Builder {
             base_name: base_name.clone(),
             set_cmd_here: false,
             single: None,
+            chain,
+            dry: false,
+            planned: Vec::new(),
+            fs_idx: 0,
+            hits: HashMap::new(),
+            missed: false,
+            current: None,
+            last_cache: None,
         };
         let onbuild = st.image.config.config.on_build.take().unwrap_or_default();
         let mut triggers = Vec::new();
@@ -415,7 +516,10 @@ impl Builder {
                     | Kind::Volume(_)
             )
         });
-        if needs_root {
+        if self.cache.is_some() {
+            st.plan(&triggers, &stage.instructions).await?;
+        }
+        if needs_root && self.cache.is_none() {
             // Unpacking the base is its own step in the report, so step times
             // measure the step alone.
             let t0 = Instant::now();
@@ -427,6 +531,8 @@ impl Builder {
                 seconds: t0.elapsed().as_secs_f64(),
                 layer_digest: None,
                 layer_size: 0,
+                cache: None,
+                key: None,
             });
         }
         if self.opts.single_snapshot {
@@ -440,14 +546,34 @@ impl Builder {
         }
         for ins in triggers.iter().chain(stage.instructions.iter()) {
             let t0 = Instant::now();
+            st.last_cache = None;
             let layer = st.apply(ins).await?;
+            let (cache_state, key) = match st.last_cache.take() {
+                Some((c, k)) => (Some(c.to_string()), Some(k)),
+                None => (None, None),
+            };
+            let (layer_digest, layer_size) = match (&layer, cache_state.as_deref()) {
+                (Some(l), _) => (Some(l.descriptor.digest.clone()), l.descriptor.size),
+                (None, Some("hit")) => st
+                    .image
+                    .layers
+                    .last()
+                    .filter(|l| matches!(l.source, LayerSource::Remote(_) | LayerSource::Path(_)))
+                    .map(|l| (Some(l.descriptor.digest.clone()), l.descriptor.size))
+                    .unwrap_or((None, 0)),
+                _ => (None, 0),
+            };
             let secs = t0.elapsed().as_secs_f64();
             tracing::info!(
-                "[{stage_name}] {} ({secs:.2}s{})",
+                "[{stage_name}] {} ({secs:.2}s{}{})",
                 ins.original.lines().next().unwrap_or(""),
-                layer
+                layer_digest
                     .as_ref()
-                    .map(|l| format!(", layer {} bytes", l.descriptor.size))
+                    .map(|_| format!(", layer {layer_size} bytes"))
+                    .unwrap_or_default(),
+                cache_state
+                    .as_ref()
+                    .map(|c| format!(", cache {c}"))
                     .unwrap_or_default()
             );
             steps.push(StepReport {
@@ -455,8 +581,10 @@ impl Builder {
                 line: ins.line,
                 instruction: ins.original.lines().next().unwrap_or("").to_string(),
                 seconds: secs,
-                layer_digest: layer.as_ref().map(|l| l.descriptor.digest.clone()),
-                layer_size: layer.as_ref().map(|l| l.descriptor.size).unwrap_or(0),
+                layer_digest,
+                layer_size,
+                cache: cache_state,
+                key,
             });
         }
         if let Some(index) = st.single.take() {
@@ -480,6 +608,7 @@ impl Builder {
             image: st.image,
             root: st.root,
             base_name,
+            final_key: st.chain,
         })
     }
 
@@ -488,7 +617,7 @@ impl Builder {
         name: &str,
         platform: &Platform,
         stage: &str,
-    ) -> Result<BuiltImage, BuildError> {
+    ) -> Result<(BuiltImage, Digest), BuildError> {
         let resolved = self
             .registry
             .resolve(name, platform)
@@ -515,10 +644,13 @@ impl Builder {
                 source: LayerSource::Remote(resolved.reference.clone()),
             })
             .collect();
-        Ok(BuiltImage {
-            config: resolved.config,
-            layers,
-        })
+        Ok((
+            BuiltImage {
+                config: resolved.config,
+                layers,
+            },
+            resolved.manifest_digest,
+        ))
     }
 
     /// Makes sure a layer's blob is in the local store.
@@ -532,7 +664,41 @@ impl Builder {
                 path: p,
                 source: std::io::Error::other("layer missing from the local store"),
             }),
+            LayerSource::Path(dir) => {
+                let src = dir.join(l.descriptor.digest.hex());
+                if std::fs::hard_link(&src, &p).is_err() {
+                    let tmp = p.with_extension("partial");
+                    std::fs::copy(&src, &tmp).map_err(|source| BuildError::Work {
+                        path: src.clone(),
+                        source,
+                    })?;
+                    let (d, _) = kiln_common::digest::digest_file(&tmp).map_err(|source| {
+                        BuildError::Work {
+                            path: tmp.clone(),
+                            source,
+                        }
+                    })?;
+                    if d != l.descriptor.digest {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(BuildError::Work {
+                            path: src,
+                            source: std::io::Error::other(format!(
+                                "cached blob hashes to {d}, expected {}",
+                                l.descriptor.digest
+                            )),
+                        });
+                    }
+                    std::fs::rename(&tmp, &p).map_err(|source| BuildError::Work {
+                        path: p.clone(),
+                        source,
+                    })?;
+                }
+                Ok(p)
+            }
             LayerSource::Remote(r) => {
+                self.counters
+                    .pulled
+                    .fetch_add(l.descriptor.size, Ordering::Relaxed);
                 self.registry
                     .fetch_blob(r, &l.descriptor, &p)
                     .await
@@ -617,6 +783,24 @@ struct StageState<'a> {
     base_name: String,
     set_cmd_here: bool,
     single: Option<ScanIndex>,
+    /// The cache key chain so far (last key of a filesystem step).
+    chain: Digest,
+    /// Planning pass: compute keys, execute nothing.
+    dry: bool,
+    planned: Vec<Planned>,
+    fs_idx: usize,
+    hits: HashMap<usize, CacheHit>,
+    /// The chain has missed: every later step executes, no more lookups.
+    missed: bool,
+    current: Option<Planned>,
+    last_cache: Option<(&'static str, Digest)>,
+}
+
+#[derive(Clone)]
+struct Planned {
+    key: Digest,
+    inputs: Vec<(String, String)>,
+    cacheable: bool,
 }
 
 impl StageState<'_> {
@@ -841,8 +1025,7 @@ impl StageState<'_> {
             }
             Kind::Volume(vols) => {
                 let vars = self.vars();
-                let root = self.ensure_root().await?;
-                let mut diff = Diff::default();
+                let mut paths = Vec::new();
                 for v in vols {
                     let v = self
                         .lexer
@@ -851,7 +1034,21 @@ impl StageState<'_> {
                     if v.is_empty() {
                         return Err(self.err(ins, "VOLUME specified can not be an empty string"));
                     }
-                    // Like kaniko and buildah, the mount point exists in the image.
+                    self.image
+                        .config
+                        .config
+                        .volumes
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(v.clone(), serde_json::json!({}));
+                    paths.push(v);
+                }
+                if self.gate(ins, true).await? {
+                    return Ok(None);
+                }
+                // Like kaniko and buildah, the mount point exists in the image.
+                let root = self.ensure_root().await?;
+                let mut diff = Diff::default();
+                for v in paths {
                     let dir = rootfs::resolve(&root, &v, true).map_err(|e| self.err(ins, e))?;
                     copy::mkdir_all(
                         &root,
@@ -863,12 +1060,6 @@ impl StageState<'_> {
                         &mut diff,
                     )
                     .map_err(|e| self.err(ins, e))?;
-                    self.image
-                        .config
-                        .config
-                        .volumes
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(v, serde_json::json!({}));
                 }
                 self.finish_fs_step(&root, diff, cfg_history)
             }
@@ -968,6 +1159,9 @@ impl StageState<'_> {
                 };
                 let new = normalize_abs(&new);
                 self.image.config.config.working_dir = Some(new.clone());
+                if self.gate(ins, true).await? {
+                    return Ok(None);
+                }
                 let root = self.ensure_root().await?;
                 let dir = rootfs::resolve(&root, &new, true).map_err(|e| self.err(ins, e))?;
                 let mut diff = Diff::default();
@@ -999,7 +1193,256 @@ impl StageState<'_> {
             self.history(created_by, true);
             return Ok(None);
         }
-        self.commit_layer(root, diff.with_parents(), &created_by)
+        let layer = self.commit_layer(root, diff.with_parents(), &created_by)?;
+        self.store_entry(layer.as_ref());
+        Ok(layer)
+    }
+
+    /// Writes the executed step's cache entry in the background.
+    fn store_entry(&mut self, layer: Option<&Layer>) {
+        let (Some(p), Some(cache)) = (self.current.take(), self.b.cache.clone()) else {
+            return;
+        };
+        if !self.b.opts.cache.as_ref().is_some_and(|c| c.push) {
+            return;
+        }
+        let blob = layer.map(|l| {
+            (
+                self.b.store.path(&l.descriptor.digest),
+                l.descriptor.clone(),
+                l.diff_id.clone(),
+            )
+        });
+        let h = tokio::spawn(async move {
+            let lr = blob.as_ref().map(|(p, d, id)| (p.as_path(), d, id));
+            cache.store(&p.key, lr, p.inputs).await?;
+            Ok(blob.map(|(_, d, _)| d.size).unwrap_or(0))
+        });
+        if let Ok(mut v) = self.b.cache_writes.lock() {
+            v.push(h);
+        }
+    }
+
+    /// The planning pass: runs every instruction in dry mode (config and ARG
+    /// state evolve exactly as in the real pass, nothing executes) to get each
+    /// filesystem step's key, then looks all keys up concurrently.
+    async fn plan(
+        &mut self,
+        triggers: &[Instruction],
+        instructions: &[Instruction],
+    ) -> Result<(), BuildError> {
+        let Some(cache) = self.b.cache.clone() else {
+            return Ok(());
+        };
+        let saved = (
+            self.image.clone(),
+            self.args.clone(),
+            self.set_cmd_here,
+            self.chain.clone(),
+        );
+        self.dry = true;
+        for ins in triggers.iter().chain(instructions.iter()) {
+            Box::pin(self.apply(ins)).await?;
+        }
+        self.dry = false;
+        (self.image, self.args, self.set_cmd_here, self.chain) = saved;
+        self.fs_idx = 0;
+        let lookups = self
+            .planned
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.cacheable)
+            .map(|(i, p)| {
+                let c = cache.clone();
+                let k = p.key.clone();
+                async move { (i, c.lookup(&k).await) }
+            });
+        for (i, r) in futures_util::future::join_all(lookups).await {
+            match r {
+                Ok(Some(h)) => {
+                    self.hits.insert(i, h);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.b.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("cache lookup failed, treating the step as a miss: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// With the cache on: in the planning pass records the step's key; in the
+    /// real pass uses a hit while the chain has not missed. Returns true when
+    /// the step needs no execution.
+    async fn gate(&mut self, ins: &Instruction, cacheable: bool) -> Result<bool, BuildError> {
+        if self.b.cache.is_none() || self.single.is_some() {
+            return Ok(false);
+        }
+        let idx = self.fs_idx;
+        self.fs_idx += 1;
+        if self.dry {
+            let (key, inputs) = self.step_key(ins)?;
+            self.chain = key.clone();
+            self.planned.push(Planned {
+                key,
+                inputs,
+                cacheable,
+            });
+            return Ok(true);
+        }
+        let Some(p) = self.planned.get(idx).cloned() else {
+            return Ok(false);
+        };
+        self.chain = p.key.clone();
+        if !cacheable {
+            self.last_cache = Some(("uncached", p.key.clone()));
+            return Ok(false);
+        }
+        if !self.missed {
+            if let Some(hit) = self.hits.remove(&idx) {
+                self.use_hit(ins, hit).await?;
+                self.b.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.last_cache = Some(("hit", p.key));
+                return Ok(true);
+            }
+            self.missed = true;
+            tracing::info!(
+                "[{}] first cache miss at line {}: {} (key {})",
+                self.stage_name,
+                ins.line,
+                ins.original.lines().next().unwrap_or(""),
+                &p.key.hex()[..12]
+            );
+        }
+        self.b.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.last_cache = Some(("miss", p.key.clone()));
+        self.current = Some(p);
+        Ok(false)
+    }
+
+    /// A hit costs no layer bytes unless the root is already live (an uncached
+    /// step executed earlier), in which case the layer is applied to keep it exact.
+    async fn use_hit(&mut self, ins: &Instruction, hit: CacheHit) -> Result<(), BuildError> {
+        let created_by = ins.original.lines().next().unwrap_or("").to_string();
+        match hit.layer {
+            None => self.history(created_by, true),
+            Some((descriptor, diff_id, source)) => {
+                let l = ImageLayer {
+                    descriptor,
+                    diff_id: diff_id.clone(),
+                    source,
+                };
+                if let Some(root) = self.root.clone() {
+                    let p = self.b.ensure_local(&l).await?;
+                    let f = std::fs::File::open(&p).map_err(|source| BuildError::Work {
+                        path: p.clone(),
+                        source,
+                    })?;
+                    extract::apply_layer(&root, f).map_err(|e| BuildError::Extract {
+                        image: format!("cache entry {}", hit.key),
+                        digest: l.descriptor.digest.clone(),
+                        source: Box::new(e),
+                    })?;
+                }
+                self.image.config.rootfs.diff_ids.push(diff_id);
+                self.image.layers.push(l);
+                self.history(created_by, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// A filesystem step's key: the previous key, the instruction, the config
+    /// in effect (ENV, USER, WORKDIR, SHELL, …) and what the step reads.
+    fn step_key(&self, ins: &Instruction) -> Result<(Digest, Vec<(String, String)>), BuildError> {
+        let mut k = KeyBuilder::new(&self.chain);
+        k.field("instruction", ins.kind.keyword());
+        k.field(
+            "config",
+            &serde_json::to_string(&self.image.config.config).unwrap_or_default(),
+        );
+        match &ins.kind {
+            Kind::Run { cmd, heredocs, .. } => {
+                let (argv, _) = self.run_argv(ins, cmd, heredocs)?;
+                k.list("argv", &argv);
+                let args: Vec<String> = self.args.iter().map(|(a, b)| format!("{a}={b}")).collect();
+                k.list("build-args", &args);
+            }
+            Kind::Copy(spec) | Kind::Add(spec) => self.copy_key(ins, spec, &mut k)?,
+            _ => {}
+        }
+        Ok(k.finish())
+    }
+
+    fn copy_key(
+        &self,
+        ins: &Instruction,
+        spec: &CopySpec,
+        k: &mut KeyBuilder,
+    ) -> Result<(), BuildError> {
+        let vars = self.vars();
+        let w = |s: &str| {
+            self.lexer
+                .process_word(s, &vars)
+                .map_err(|e| self.err(ins, e))
+        };
+        k.field("dest", &w(&spec.dest)?);
+        for f in ["chown", "chmod", "link"] {
+            if spec.flags.has(f) {
+                k.field(f, &w(spec.flags.get(f).unwrap_or("true"))?);
+            }
+        }
+        let from = spec.flags.get("from").map(&w).transpose()?;
+        for src in &spec.srcs {
+            if let Some(h) = heredoc_for(src, &spec.heredocs) {
+                let c = if h.expand {
+                    w(&h.content).unwrap_or_else(|_| h.content.clone())
+                } else {
+                    h.content.clone()
+                };
+                k.field(&format!("heredoc {}", h.name), &c);
+                continue;
+            }
+            let s = w(src)?;
+            if s.starts_with("http://") || s.starts_with("https://") {
+                k.field("url", &s);
+                continue;
+            }
+            match &from {
+                // An earlier stage's final key stands for its whole content.
+                Some(f) => match self.df.stage_index(f).and_then(|i| self.done.get(&i)) {
+                    Some(out) => {
+                        k.field("from-stage", out.final_key.as_str());
+                        k.field("src", &s);
+                    }
+                    None => {
+                        k.field("from-image", f);
+                        k.field("src", &s);
+                    }
+                },
+                None => {
+                    let m = copy::match_sources(
+                        &self.ctx.dir,
+                        &s,
+                        Some(&self.ctx.ignore),
+                        "the build context",
+                    )
+                    .map_err(|e| self.err(ins, e))?;
+                    for mm in m {
+                        cache_key::hash_tree(
+                            &self.ctx.dir,
+                            &mm.rel,
+                            Some(&self.ctx.ignore),
+                            false,
+                            k,
+                        )
+                        .map_err(|e| self.err(ins, e))?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn shell(&self) -> Vec<String> {
@@ -1022,14 +1465,14 @@ impl StageState<'_> {
         }
     }
 
-    async fn run(
-        &mut self,
+    /// The argv a RUN executes, and its text for messages.
+    fn run_argv(
+        &self,
         ins: &Instruction,
         cmd: &Cmd,
         heredocs: &[kiln_common::dockerfile::Heredoc],
-    ) -> Result<Option<Layer>, BuildError> {
-        let root = self.ensure_root().await?;
-        let (args, shown) = match cmd {
+    ) -> Result<(Vec<String>, String), BuildError> {
+        Ok(match cmd {
             Cmd::Exec(v) => {
                 if v.is_empty() {
                     return Err(self.err(ins, "RUN with an empty command"));
@@ -1062,8 +1505,11 @@ impl StageState<'_> {
                 v.push(text.clone());
                 (v, text)
             }
-        };
-        // Build args are visible to RUN; ENV wins over an ARG of the same name.
+        })
+    }
+
+    /// RUN's environment: build args are visible; ENV wins over an ARG of the same name.
+    fn run_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = Vec::new();
         let cfg_env = self.image.config.config.env_pairs();
         for (k, v) in &self.args {
@@ -1078,6 +1524,22 @@ impl StageState<'_> {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             ));
         }
+        env
+    }
+
+    async fn run(
+        &mut self,
+        ins: &Instruction,
+        cmd: &Cmd,
+        heredocs: &[kiln_common::dockerfile::Heredoc],
+    ) -> Result<Option<Layer>, BuildError> {
+        let cacheable = self.b.opts.cache.as_ref().is_none_or(|c| c.run_layers);
+        if self.gate(ins, cacheable).await? {
+            return Ok(None);
+        }
+        let root = self.ensure_root().await?;
+        let (args, shown) = self.run_argv(ins, cmd, heredocs)?;
+        let env = self.run_env();
         let user = self
             .image
             .config
@@ -1118,10 +1580,8 @@ impl StageState<'_> {
                 tail: outcome.tail.join("\n"),
             });
         }
-        let created_by = match cmd {
-            Cmd::Exec(v) => format!("RUN {}", serde_json::to_string(v).unwrap_or_default()),
-            Cmd::Shell(_) => format!("RUN {} {}", self.shell().join(" "), shown),
-        };
+        // The instruction as written: a cache hit records the same history.
+        let created_by = ins.original.lines().next().unwrap_or("").to_string();
         self.finish_fs_step(&root, outcome.diff, created_by)
     }
 
@@ -1131,6 +1591,10 @@ impl StageState<'_> {
         spec: &CopySpec,
         is_add: bool,
     ) -> Result<Option<Layer>, BuildError> {
+        let cacheable = self.b.opts.cache.as_ref().is_none_or(|c| c.copy_layers);
+        if self.gate(ins, cacheable).await? {
+            return Ok(None);
+        }
         let root = self.ensure_root().await?;
         let vars = self.vars();
         let w = |s: &str| {
@@ -1193,7 +1657,7 @@ impl StageState<'_> {
                     from_root = Some(r);
                 }
                 None => {
-                    let img = self
+                    let (img, _) = self
                         .b
                         .pull_base(f, &self.b.platform, &self.stage_name)
                         .await?;
@@ -1267,17 +1731,7 @@ impl StageState<'_> {
                 }
             }
         }
-        let created_by = format!(
-            "{} {}",
-            if is_add { "ADD" } else { "COPY" },
-            ins.original
-                .split_once(' ')
-                .map(|x| x.1)
-                .unwrap_or("")
-                .lines()
-                .next()
-                .unwrap_or("")
-        );
+        let created_by = ins.original.lines().next().unwrap_or("").to_string();
         self.finish_fs_step(&root, diff, created_by)
     }
 

@@ -7,6 +7,8 @@
 
 pub mod blobs;
 pub mod build;
+pub mod cache;
+pub mod cache_key;
 pub mod compression;
 pub mod context;
 pub mod copy;
@@ -20,4 +22,4 @@ pub mod rootfs;
 pub mod snapshot;
 
 pub use build::{BuildError, BuildResult, Builder};
-pub use options::BuildOptions;
+pub use options::{BuildOptions, CacheOptions};

@@ -39,4 +39,20 @@ pub struct BuildOptions {
     pub build_unused_stages: bool,
     /// JSON build report path (`--report`).
     pub report_path: Option<PathBuf>,
+    /// `--cache`: the shared layer cache, when on.
+    pub cache: Option<CacheOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// `--cache-repo`: a registry repository, or `oci:/path`.
+    pub repo: String,
+    /// `--cache-ttl`: older entries are misses (and get replaced).
+    pub ttl: Option<std::time::Duration>,
+    /// `--cache-run-layers`.
+    pub run_layers: bool,
+    /// `--cache-copy-layers`.
+    pub copy_layers: bool,
+    /// Write entries back (`--no-push-cache` turns this off).
+    pub push: bool,
 }

@@ -126,6 +126,9 @@ async fn local_blob(
     if p.is_file() {
         return Ok(p);
     }
+    if let LayerSource::Path(dir) = &l.source {
+        return Ok(dir.join(l.descriptor.digest.hex()));
+    }
     if let LayerSource::Remote(r) = &l.source {
         registry
             .fetch_blob(r, &l.descriptor, &p)

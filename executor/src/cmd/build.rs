@@ -98,10 +98,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         image_fs_extract_retry: cli.image_fs_extract_retry,
         build_unused_stages: !cli.skip_unused_stages,
         report_path: cli.report.clone(),
+        cache: cache_options(&cli)?,
     };
-    if cli.cache.unwrap_or(false) {
-        tracing::warn!("--cache is not implemented yet: building without the layer cache");
-    }
     let mut reg_opts = registry_opts;
     if insecure_pull {
         // Pulls over HTTP from any registry the Dockerfile names.
@@ -127,11 +125,74 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             truncate(&s.instruction, 60)
         );
     }
+    if result.cache_hits + result.cache_misses + result.cache_errors > 0 {
+        eprintln!(
+            "  cache: {} hits, {} misses, {} errors; {} layer bytes pulled, {} pushed to the cache",
+            result.cache_hits,
+            result.cache_misses,
+            result.cache_errors,
+            result.bytes_pulled,
+            result.bytes_pushed_cache
+        );
+    }
     eprintln!("  image {}", result.manifest_digest);
     for p in &result.pushed {
         eprintln!("  pushed {p}");
     }
     Ok(())
+}
+
+fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions>> {
+    if !cli.cache.unwrap_or(false) {
+        return Ok(None);
+    }
+    let repo = match &cli.cache_repo {
+        Some(r) => r.clone(),
+        None => {
+            let d = cli
+                .destination
+                .first()
+                .context("--cache needs --cache-repo or a --destination to derive it from")?;
+            let r = parse_reference(d)?;
+            format!("{}/{}/cache", r.registry(), r.repository())
+        }
+    };
+    let ttl = parse_duration(&cli.cache_ttl)
+        .with_context(|| format!("--cache-ttl {:?}", cli.cache_ttl))?;
+    Ok(Some(kiln_executor::CacheOptions {
+        repo,
+        ttl: if ttl.is_zero() { None } else { Some(ttl) },
+        run_layers: cli.cache_run_layers,
+        copy_layers: cli.cache_copy_layers,
+        push: !cli.no_push_cache.unwrap_or(false),
+    }))
+}
+
+/// Go-style durations as kaniko takes them: `336h`, `1h30m`, `45s`, `0`.
+fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let v: f64 = num.parse().context("expected a number before the unit")?;
+        num.clear();
+        total += v * match c {
+            'h' => 3600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            _ => bail!("unknown unit {c:?}: use h, m or s"),
+        };
+    }
+    if !num.is_empty() {
+        let v: f64 = num.parse()?;
+        if v != 0.0 {
+            bail!("missing unit");
+        }
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 fn truncate(s: &str, n: usize) -> String {

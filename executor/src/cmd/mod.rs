@@ -116,11 +116,24 @@ pub struct Cli {
     /// Accepted for kaniko compatibility: Kiln builds never touch the builder's own filesystem.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub cleanup: Option<bool>,
-    /// Accepted for kaniko compatibility (registry caching is a separate feature).
+    /// Use the shared layer cache.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub cache: Option<bool>,
+    /// Cache repository (default `<first destination>/cache`); `oci:/path` for a local OCI layout.
     #[arg(long)]
     pub cache_repo: Option<String>,
+    /// Cache entries older than this are misses, e.g. `336h`, `30m` (default 2 weeks, as kaniko).
+    #[arg(long, default_value = "336h")]
+    pub cache_ttl: String,
+    /// Cache RUN steps.
+    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true")]
+    pub cache_run_layers: bool,
+    /// Cache COPY/ADD steps (kaniko's default is false; Kiln's keys cover file content, so true is safe).
+    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true")]
+    pub cache_copy_layers: bool,
+    /// Read the cache but never write to it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub no_push_cache: Option<bool>,
 }
 
 pub fn logging(cli: &Cli) {

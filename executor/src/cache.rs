@@ -1,0 +1,318 @@
+//! The shared layer cache (`--cache --cache-repo`).
+//!
+//! Each entry is an ordinary OCI image manifest tagged with the step's key:
+//! its config blob records the key's inputs (so a miss can be explained and
+//! any client can inspect it), its one layer is the step's layer (none when the
+//! step changed no file), and an annotation holds the layer's diff id so a hit
+//! needs no layer bytes at all.
+//!
+//! Semantics of [`LayerCache::lookup`]: `Ok(Some)` is a hit, `Ok(None)` a miss
+//! (absent, expired, or written by another cache format), `Err` means the
+//! cache could not answer — the caller warns, counts it, and treats the step as
+//! a miss; a cache never fails a build.
+
+use crate::build::LayerSource;
+use crate::cache_key::CACHE_FORMAT;
+use kiln_common::image::{self, Descriptor, Manifest};
+use kiln_common::registry::{Registry, RegistryError};
+use kiln_common::Digest;
+use oci_client::Reference;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
+const ANN_CREATED: &str = "dev.kiln.cache.created";
+const ANN_DIFF_ID: &str = "dev.kiln.cache.diff-id";
+const ANN_FORMAT: &str = "dev.kiln.cache.format";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache repository {repo}: {source}")]
+    Registry {
+        repo: String,
+        source: Box<RegistryError>,
+    },
+    #[error("cache layout {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cache entry {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// What a cached step produced.
+#[derive(Debug, Clone)]
+pub struct CacheHit {
+    pub key: Digest,
+    /// `None` when the step changed no file.
+    pub layer: Option<(Descriptor, Digest, LayerSource)>,
+    pub created: chrono::DateTime<chrono::Utc>,
+}
+
+/// The inputs a key was made of, kept in the entry's config.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EntryConfig {
+    pub format: String,
+    pub key: Digest,
+    pub created: String,
+    pub inputs: Vec<(String, String)>,
+}
+
+/// One narrow seam: where cache entries live.
+pub enum LayerCache {
+    Registry {
+        registry: Arc<Registry>,
+        repo: Reference,
+        ttl: Option<Duration>,
+    },
+    Layout {
+        dir: PathBuf,
+        ttl: Option<Duration>,
+    },
+}
+
+impl LayerCache {
+    /// `--cache-repo`: `oci:/path` for a local OCI layout, else a registry repository.
+    pub fn open(
+        spec: &str,
+        registry: Arc<Registry>,
+        ttl: Option<Duration>,
+    ) -> Result<LayerCache, CacheError> {
+        if let Some(p) = spec.strip_prefix("oci:") {
+            let dir = PathBuf::from(p);
+            std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|source| CacheError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(
+                |source| CacheError::Io {
+                    path: dir.clone(),
+                    source,
+                },
+            )?;
+            return Ok(LayerCache::Layout { dir, ttl });
+        }
+        let repo =
+            kiln_common::registry::parse_reference(spec).map_err(|e| CacheError::Registry {
+                repo: spec.to_string(),
+                source: Box::new(e),
+            })?;
+        Ok(LayerCache::Registry {
+            registry,
+            repo,
+            ttl,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            LayerCache::Registry { repo, .. } => {
+                format!("{}/{}", repo.registry(), repo.repository())
+            }
+            LayerCache::Layout { dir, .. } => format!("oci:{}", dir.display()),
+        }
+    }
+
+    fn ttl(&self) -> Option<Duration> {
+        match self {
+            LayerCache::Registry { ttl, .. } | LayerCache::Layout { ttl, .. } => *ttl,
+        }
+    }
+
+    fn tag_ref(&self, key: &Digest) -> Option<Reference> {
+        match self {
+            LayerCache::Registry { repo, .. } => Some(Reference::with_tag(
+                repo.registry().to_string(),
+                repo.repository().to_string(),
+                key.hex().to_string(),
+            )),
+            LayerCache::Layout { .. } => None,
+        }
+    }
+
+    pub async fn lookup(&self, key: &Digest) -> Result<Option<CacheHit>, CacheError> {
+        let (bytes, source) = match self {
+            LayerCache::Registry { registry, repo, .. } => {
+                let r = self.tag_ref(key).unwrap_or_else(|| repo.clone());
+                match registry.get_manifest(&r).await {
+                    Ok(Some((b, _))) => (b, LayerSource::Remote(r)),
+                    Ok(None) => return Ok(None),
+                    Err(e) => {
+                        return Err(CacheError::Registry {
+                            repo: self.describe(),
+                            source: Box::new(e),
+                        })
+                    }
+                }
+            }
+            LayerCache::Layout { dir, .. } => {
+                let p = dir.join("entries").join(key.hex());
+                match std::fs::read(&p) {
+                    Ok(b) => (b, LayerSource::Path(dir.join("blobs/sha256"))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(source) => return Err(CacheError::Io { path: p, source }),
+                }
+            }
+        };
+        let corrupt = |message: String| CacheError::Corrupt {
+            key: key.to_string(),
+            message,
+        };
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let ann = m.annotations.clone().unwrap_or_default();
+        if ann.get(ANN_FORMAT).map(String::as_str) != Some(CACHE_FORMAT) {
+            return Ok(None);
+        }
+        let created = ann
+            .get(ANN_CREATED)
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .map(|c| c.with_timezone(&chrono::Utc))
+            .ok_or_else(|| corrupt("no creation time".into()))?;
+        if let Some(ttl) = self.ttl() {
+            let age = chrono::Utc::now().signed_duration_since(created);
+            if age.to_std().is_ok_and(|a| a > ttl) {
+                tracing::info!(
+                    "cache entry {} expired ({}s old)",
+                    &key.hex()[..12],
+                    age.num_seconds()
+                );
+                return Ok(None);
+            }
+        }
+        let layer = match m.layers.first() {
+            None => None,
+            Some(d) => {
+                let diff_id: Digest = ann
+                    .get(ANN_DIFF_ID)
+                    .ok_or_else(|| corrupt("layer without diff id".into()))?
+                    .parse()
+                    .map_err(|e: kiln_common::digest::DigestError| corrupt(e.to_string()))?;
+                Some((d.clone(), diff_id, source))
+            }
+        };
+        Ok(Some(CacheHit {
+            key: key.clone(),
+            layer,
+            created,
+        }))
+    }
+
+    /// Stores an entry. The layer blob goes first: the tag that makes the entry
+    /// visible is written only once its layer is complete.
+    pub async fn store(
+        &self,
+        key: &Digest,
+        layer: Option<(&Path, &Descriptor, &Digest)>,
+        inputs: Vec<(String, String)>,
+    ) -> Result<(), CacheError> {
+        let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let config = EntryConfig {
+            format: CACHE_FORMAT.into(),
+            key: key.clone(),
+            created: created.clone(),
+            inputs,
+        };
+        let config_bytes = serde_json::to_vec(&config).map_err(|e| CacheError::Corrupt {
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut ann = BTreeMap::from([
+            (ANN_CREATED.to_string(), created),
+            (ANN_FORMAT.to_string(), CACHE_FORMAT.to_string()),
+        ]);
+        if let Some((_, _, diff_id)) = layer {
+            ann.insert(ANN_DIFF_ID.into(), diff_id.to_string());
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(image::OCI_MANIFEST.into()),
+            config: Descriptor::new(
+                CONFIG_MEDIA_TYPE,
+                Digest::sha256_of(&config_bytes),
+                config_bytes.len() as u64,
+            ),
+            layers: layer.map(|(_, d, _)| vec![d.clone()]).unwrap_or_default(),
+            annotations: Some(ann),
+        };
+        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| CacheError::Corrupt {
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        match self {
+            LayerCache::Registry { registry, .. } => {
+                let r = self.tag_ref(key).ok_or_else(|| CacheError::Corrupt {
+                    key: key.to_string(),
+                    message: "no tag".into(),
+                })?;
+                let rerr = |e| CacheError::Registry {
+                    repo: self.describe(),
+                    source: Box::new(e),
+                };
+                if let Some((path, d, _)) = layer {
+                    if !registry.blob_exists(&r, &d.digest).await.map_err(rerr)? {
+                        registry
+                            .push_blob_file(&r, path, &d.digest, d.size)
+                            .await
+                            .map_err(rerr)?;
+                    }
+                }
+                registry
+                    .push_blob_bytes(&r, &config_bytes)
+                    .await
+                    .map_err(rerr)?;
+                registry
+                    .push_manifest(&r, manifest_bytes, image::OCI_MANIFEST)
+                    .await
+                    .map_err(rerr)?;
+            }
+            LayerCache::Layout { dir, .. } => {
+                let io = |source| CacheError::Io {
+                    path: dir.clone(),
+                    source,
+                };
+                let blobs = dir.join("blobs/sha256");
+                if let Some((path, d, _)) = layer {
+                    copy_atomic(path, &blobs.join(d.digest.hex())).map_err(io)?;
+                }
+                write_atomic(
+                    &blobs.join(Digest::sha256_of(&config_bytes).hex()),
+                    &config_bytes,
+                )
+                .map_err(io)?;
+                write_atomic(
+                    &blobs.join(Digest::sha256_of(&manifest_bytes).hex()),
+                    &manifest_bytes,
+                )
+                .map_err(io)?;
+                let entries = dir.join("entries");
+                std::fs::create_dir_all(&entries).map_err(io)?;
+                write_atomic(&entries.join(key.hex()), &manifest_bytes).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_atomic(dest: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let mut t = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut t, data)?;
+    t.as_file().sync_all()?;
+    t.persist(dest).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<()> {
+    if dest.exists() {
+        return Ok(());
+    }
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let t = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::copy(src, t.path())?;
+    t.as_file().sync_all()?;
+    t.persist(dest).map_err(|e| e.error)?;
+    Ok(())
+}
