@@ -73,21 +73,23 @@ EOF
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-kiln_build() { # dockerfile -> seconds
-  local w="$SHM/kiln-work" t0 t1
+kiln_build() { # dockerfile [extra flags...] -> seconds
+  local df=$1 w="$SHM/kiln-work" t0 t1
+  shift
   rm -rf "$w" "$SHM/kiln-out"; mkdir -p "$w"
   t0=$(now)
-  "$EXE" --context "$CTX" --dockerfile "$1" --no-push --insecure-pull --oci-layout-path "$SHM/kiln-out" \
-    --kaniko-dir "$w" --report "$SHM/report.json" >"$SHM/kiln.log" 2>&1 || { cat "$SHM/kiln.log"; exit 1; }
+  "$EXE" --context "$CTX" --dockerfile "$df" --no-push --insecure-pull --insecure-registry "$REG" --oci-layout-path "$SHM/kiln-out" \
+    --kaniko-dir "$w" --report "$SHM/report.json" "$@" >"$SHM/kiln.log" 2>&1 || { cat "$SHM/kiln.log"; exit 1; }
   t1=$(now); echo "$t1 - $t0" | bc
 }
-buildah_build() {
-  local s="$SHM/buildah" t0 t1
+buildah_build() { # dockerfile [extra flags...] -> seconds; fresh local storage each time
+  local df=$1 s="$SHM/buildah" t0 t1
+  shift
   rm -rf "$s"; mkdir -p "$s"
   printf 'unqualified-search-registries = []\n' > "$SHM/registries.conf"
   t0=$(now)
   REGISTRIES_CONFIG_PATH="$SHM/registries.conf" buildah --root "$s/root" --runroot "$s/run" --storage-driver vfs \
-    bud -q --isolation chroot --tls-verify=false -f "$1" -t localhost/bench "$CTX" >"$SHM/buildah.log" 2>&1 || { cat "$SHM/buildah.log"; exit 1; }
+    bud -q --isolation chroot --tls-verify=false -f "$df" -t localhost/bench "$@" "$CTX" >"$SHM/buildah.log" 2>&1 || { cat "$SHM/buildah.log"; exit 1; }
   t1=$(now)
   echo "$t1 - $t0" | bc
 }
@@ -115,3 +117,35 @@ done
 R10=$(median < "$SHM/run-10k"); R100=$(median < "$SHM/run-100k")
 printf '  RUN step median: 10k root %.4fs, 100k root %.4fs\n' "$R10" "$R100"
 printf '  ratio 100k/10k = %.3f  (target <= 1.5)\n' "$(echo "$R100 / $R10" | bc -l)"
+
+echo "layer cache on the same registry: kiln --cache vs buildah --layers --cache-from/--cache-to (fresh local state each build)"
+report() { # label kiln-file buildah-file target
+  local K B
+  K=$(median < "$2"); B=$(median < "$3")
+  printf '  %-22s kiln %6.2fs  buildah %6.2fs  ratio %.3f%s\n' "$1" "$K" "$B" "$(echo "$K / $B" | bc -l)" "$4"
+}
+: > "$SHM/kc"; : > "$SHM/bc"
+for i in $(seq "$RUNS"); do
+  kiln_build "$CTX/Dockerfile" --cache --cache-repo "$REG/kcache-cold-$i" >> "$SHM/kc"
+  buildah_build "$CTX/Dockerfile" --layers --cache-to "$REG/bcache-cold-$i" --cache-from "$REG/bcache-cold-$i" >> "$SHM/bc"
+done
+report "cold" "$SHM/kc" "$SHM/bc" ""
+# Populate one warm cache per tool, then time fully cached builds.
+kiln_build "$CTX/Dockerfile" --cache --cache-repo "$REG/kcache-warm" >/dev/null
+buildah_build "$CTX/Dockerfile" --layers --cache-to "$REG/bcache-warm" --cache-from "$REG/bcache-warm" >/dev/null
+: > "$SHM/kw"; : > "$SHM/bw"
+for _ in $(seq "$RUNS"); do
+  kiln_build "$CTX/Dockerfile" --cache --cache-repo "$REG/kcache-warm" >> "$SHM/kw"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["cache_misses"]==0, r' "$SHM/report.json"
+  buildah_build "$CTX/Dockerfile" --layers --cache-to "$REG/bcache-warm" --cache-from "$REG/bcache-warm" >> "$SHM/bw"
+done
+report "fully cached" "$SHM/kw" "$SHM/bw" "  (target <= 0.1)"
+: > "$SHM/k1"; : > "$SHM/b1"
+cp "$CTX/src/file1.txt" "$SHM/file1.orig"
+for i in $(seq "$RUNS"); do
+  echo "change $i $RANDOM" > "$CTX/src/file1.txt"
+  kiln_build "$CTX/Dockerfile" --cache --cache-repo "$REG/kcache-warm" >> "$SHM/k1"
+  buildah_build "$CTX/Dockerfile" --layers --cache-to "$REG/bcache-warm" --cache-from "$REG/bcache-warm" >> "$SHM/b1"
+done
+cp "$SHM/file1.orig" "$CTX/src/file1.txt"
+report "one copied file changed" "$SHM/k1" "$SHM/b1" "  (target <= 0.5)"
