@@ -115,6 +115,10 @@ pub struct StepReport {
     pub cache: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<Digest>,
+    /// Layer bytes downloaded during this step (base or cached layers it needed).
+    pub bytes_pulled: u64,
+    /// Layer bytes sent to the cache for this step.
+    pub bytes_pushed: u64,
 }
 
 /// A finished image: config, layers, and where the blobs are.
@@ -162,6 +166,9 @@ pub struct Builder {
     cache: Option<Arc<LayerCache>>,
     cache_writes: Mutex<Vec<tokio::task::JoinHandle<Result<u64, crate::cache::CacheError>>>>,
     counters: Counters,
+    /// The previous build of the same destination, for miss explanations.
+    last_record: tokio::sync::OnceCell<Option<crate::cache::BuildRecord>>,
+    this_record: Mutex<Vec<crate::cache::RecordedStep>>,
 }
 
 #[derive(Default)]
@@ -225,6 +232,8 @@ impl Builder {
             cache,
             cache_writes: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            last_record: tokio::sync::OnceCell::new(),
+            this_record: Mutex::new(Vec::new()),
         })
     }
 
@@ -282,6 +291,7 @@ impl Builder {
         let pushed =
             output::deliver(&self.opts, &self.registry, &self.store, &image, &written).await?;
         self.finish_cache_writes().await;
+        self.save_record().await;
         let c = &self.counters;
         let result = BuildResult {
             manifest_digest: written.manifest_digest.clone(),
@@ -304,6 +314,45 @@ impl Builder {
             })?;
         }
         Ok(result)
+    }
+
+    /// Whose build this is, for miss explanations: the first destination, else the Dockerfile.
+    fn record_name(&self) -> String {
+        self.opts
+            .destinations
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("dockerfile:{}", self.dockerfile_path().display()))
+    }
+
+    async fn previous_record(&self) -> Option<&crate::cache::BuildRecord> {
+        let cache = self.cache.clone()?;
+        let name = self.record_name();
+        self.last_record
+            .get_or_init(|| async move { cache.load_record(&name).await })
+            .await
+            .as_ref()
+    }
+
+    async fn save_record(&self) {
+        let (Some(cache), Some(c)) = (&self.cache, &self.opts.cache) else {
+            return;
+        };
+        if !c.push {
+            return;
+        }
+        let steps = self
+            .this_record
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let record = crate::cache::BuildRecord {
+            format: cache_key::CACHE_FORMAT.into(),
+            steps,
+        };
+        if let Err(e) = cache.store_record(&self.record_name(), &record).await {
+            tracing::warn!("could not record this build for miss explanations: {e}");
+        }
     }
 
     /// Waits for background cache writes; a failed write is a warning.
@@ -533,6 +582,8 @@ impl Builder {
                 layer_size: 0,
                 cache: None,
                 key: None,
+                bytes_pulled: 0,
+                bytes_pushed: 0,
             });
         }
         if self.opts.single_snapshot {
@@ -547,7 +598,9 @@ impl Builder {
         for ins in triggers.iter().chain(stage.instructions.iter()) {
             let t0 = Instant::now();
             st.last_cache = None;
+            let pulled_before = self.counters.pulled.load(Ordering::Relaxed);
             let layer = st.apply(ins).await?;
+            let bytes_pulled = self.counters.pulled.load(Ordering::Relaxed) - pulled_before;
             let (cache_state, key) = match st.last_cache.take() {
                 Some((c, k)) => (Some(c.to_string()), Some(k)),
                 None => (None, None),
@@ -583,8 +636,16 @@ impl Builder {
                 seconds: secs,
                 layer_digest,
                 layer_size,
+                bytes_pushed: if cache_state.as_deref() == Some("miss")
+                    && self.opts.cache.as_ref().is_some_and(|c| c.push)
+                {
+                    layer_size
+                } else {
+                    0
+                },
                 cache: cache_state,
                 key,
+                bytes_pulled,
             });
         }
         if let Some(index) = st.single.take() {
@@ -1295,6 +1356,15 @@ impl StageState<'_> {
             return Ok(false);
         };
         self.chain = p.key.clone();
+        if let Ok(mut rec) = self.b.this_record.lock() {
+            rec.push(crate::cache::RecordedStep {
+                stage: self.stage_name.clone(),
+                index: idx,
+                line: ins.line,
+                key: p.key.clone(),
+                inputs: p.inputs.clone(),
+            });
+        }
         if !cacheable {
             self.last_cache = Some(("uncached", p.key.clone()));
             return Ok(false);
@@ -1307,12 +1377,29 @@ impl StageState<'_> {
                 return Ok(true);
             }
             self.missed = true;
+            let why = match self.b.previous_record().await {
+                None => format!(
+                    "no earlier build of {} is recorded in the cache",
+                    self.b.record_name()
+                ),
+                Some(r) => match r
+                    .steps
+                    .iter()
+                    .find(|s| s.stage == self.stage_name && s.index == idx)
+                {
+                    None => "the last build had no such step".to_string(),
+                    Some(prev) => format!(
+                        "changed since the last build of {}: {}",
+                        self.b.record_name(),
+                        crate::cache::explain(&prev.inputs, &p.inputs)
+                    ),
+                },
+            };
             tracing::info!(
-                "[{}] first cache miss at line {}: {} (key {})",
+                "[{}] first cache miss at line {}: {} — {why}",
                 self.stage_name,
                 ins.line,
                 ins.original.lines().next().unwrap_or(""),
-                &p.key.hex()[..12]
             );
         }
         self.b.counters.misses.fetch_add(1, Ordering::Relaxed);
