@@ -18,6 +18,9 @@ use std::path::Path;
 /// Bumped whenever the encoding or the meaning of a field changes.
 pub const CACHE_FORMAT: &str = "kiln-cache-v1";
 
+/// Up to this many entries of a copied tree are listed in a key's inputs.
+const MAX_ITEMISED: usize = 500;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("hashing {path}: {source}")]
@@ -107,7 +110,7 @@ pub fn hash_tree(
         path: base.join(rel),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let mut files = 0u64;
+    let mut files = Vec::new();
     let mut h = Sha256::new();
     walk(&top, "", rel, ignore, keep_owner, &mut h, &mut files)?;
     let d = hex::encode(h.finalize());
@@ -115,8 +118,12 @@ pub fn hash_tree(
     k.raw("tree", d.as_bytes());
     k.inputs.push((
         format!("source {rel}"),
-        format!("{files} entries, sha256 {}", &d[..16]),
+        format!("{} entries, sha256 {}", files.len(), &d[..16]),
     ));
+    // Small trees are itemised so that a miss can name the file that changed.
+    if files.len() <= MAX_ITEMISED {
+        k.inputs.extend(files);
+    }
     Ok(())
 }
 
@@ -134,33 +141,35 @@ fn walk(
     ignore: Option<&DockerIgnore>,
     keep_owner: bool,
     h: &mut Sha256,
-    files: &mut u64,
+    files: &mut Vec<(String, String)>,
 ) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
         source,
     };
     let m = std::fs::symlink_metadata(path).map_err(io)?;
-    *files += 1;
     entry(h, "path", rel.as_bytes());
-    entry(
-        h,
-        "mode",
-        &(m.permissions().mode() & 0o177777).to_le_bytes(),
-    );
+    let mode = m.permissions().mode() & 0o177777;
+    entry(h, "mode", &mode.to_le_bytes());
+    let mut summary = format!("mode {mode:o}");
     if keep_owner {
         entry(h, "owner", format!("{}:{}", m.uid(), m.gid()).as_bytes());
+        summary.push_str(&format!(" owner {}:{}", m.uid(), m.gid()));
     }
     let ft = m.file_type();
     if ft.is_symlink() {
         let t = std::fs::read_link(path).map_err(io)?;
         entry(h, "link", t.as_os_str().as_encoded_bytes());
+        summary.push_str(&format!(" -> {}", t.display()));
     } else if ft.is_file() {
         let mut r = HashingReader::new(std::fs::File::open(path).map_err(io)?);
         std::io::copy(&mut r, &mut std::io::sink()).map_err(io)?;
         let (d, _) = r.finish();
         entry(h, "content", d.as_str().as_bytes());
-    } else if ft.is_dir() {
+        summary.push_str(&format!(" content {}", &d.hex()[..12]));
+    }
+    files.push((format!("file {ctx_rel}"), summary));
+    if ft.is_dir() {
         let mut names: Vec<_> = std::fs::read_dir(path)
             .map_err(io)?
             .map(|e| e.map(|e| e.file_name()))
