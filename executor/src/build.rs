@@ -243,14 +243,16 @@ impl Builder {
 
     pub async fn build(&self) -> Result<BuildResult, BuildError> {
         let started = Instant::now();
-        let df_path = self.dockerfile_path();
-        let df = Dockerfile::from_path(&df_path)?;
-        let ctx = BuildContext::prepare(
+        let mut ctx = BuildContext::prepare(
             &self.opts.context,
             self.opts.context_sub_path.as_deref(),
             self.work.path(),
-            Some(&df_path),
-        )?;
+            None,
+        )
+        .await?;
+        let df_path = self.dockerfile_path(Some(&ctx.dir));
+        let df = Dockerfile::from_path(&df_path)?;
+        ctx.load_ignore(&df_path)?;
         let file = df_path.display().to_string();
         let target = match &self.opts.target {
             Some(t) => df
@@ -322,7 +324,7 @@ impl Builder {
             .destinations
             .first()
             .cloned()
-            .unwrap_or_else(|| format!("dockerfile:{}", self.dockerfile_path().display()))
+            .unwrap_or_else(|| format!("dockerfile:{}", self.dockerfile_path(None).display()))
     }
 
     async fn previous_record(&self) -> Option<&crate::cache::BuildRecord> {
@@ -375,15 +377,15 @@ impl Builder {
         }
     }
 
-    fn dockerfile_path(&self) -> PathBuf {
+    /// `--dockerfile` as given when it exists, else inside the (prepared) context.
+    fn dockerfile_path(&self, ctx_dir: Option<&Path>) -> PathBuf {
         let p = &self.opts.dockerfile;
         if p.is_absolute() || p.exists() {
             return p.clone();
         }
-        let ctx = Path::new(&self.opts.context);
-        let in_ctx = match &self.opts.context_sub_path {
-            Some(s) => ctx.join(s).join(p),
-            None => ctx.join(p),
+        let in_ctx = match ctx_dir {
+            Some(d) => d.join(p),
+            None => Path::new(&self.opts.context).join(p),
         };
         if in_ctx.exists() {
             in_ctx

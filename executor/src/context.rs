@@ -20,8 +20,10 @@ pub enum ContextError {
     },
     #[error("build context {context:?}: git: {message}")]
     Git { context: String, message: String },
-    #[error("context scheme {scheme}:// is not supported yet")]
+    #[error("context scheme {scheme}:// is not supported")]
     Unsupported { scheme: String },
+    #[error("build context {context:?}: object store: {message}")]
+    ObjectStore { context: String, message: String },
 }
 
 pub struct BuildContext {
@@ -33,7 +35,7 @@ pub struct BuildContext {
 impl BuildContext {
     /// Prepares `spec` (kaniko's `--context`), unpacking into `work` when needed;
     /// `sub_path` is `--context-sub-path`.
-    pub fn prepare(
+    pub async fn prepare(
         spec: &str,
         sub_path: Option<&str>,
         work: &Path,
@@ -66,6 +68,25 @@ impl BuildContext {
                 .map_err(io_err)?;
             git_clone(spec, rest, t.path())?;
             (t.path().to_path_buf(), Some(t))
+        } else if spec.starts_with("s3://")
+            || spec.starts_with("gs://")
+            || spec.starts_with("az://")
+        {
+            let t = tempfile::Builder::new()
+                .prefix("context-")
+                .tempdir_in(work)
+                .map_err(io_err)?;
+            let archive = t.path().join(".context.tar");
+            fetch_object(spec, &archive).await?;
+            let f = std::fs::File::open(&archive).map_err(io_err)?;
+            let root = t.path().join("root");
+            std::fs::create_dir(&root).map_err(io_err)?;
+            crate::extract::apply_archive(&root, f).map_err(|source| ContextError::Unpack {
+                context: spec.to_string(),
+                source,
+            })?;
+            let _ = std::fs::remove_file(&archive);
+            (root, Some(t))
         } else if let Some(rest) = spec.strip_prefix("dir://") {
             (PathBuf::from(rest), None)
         } else if let Some((scheme, _)) = spec.split_once("://") {
@@ -93,6 +114,75 @@ impl BuildContext {
             _temp: temp,
         })
     }
+
+    /// Re-reads `.dockerignore` once the Dockerfile's path is known (it may
+    /// have come out of the context archive).
+    pub fn load_ignore(&mut self, dockerfile: &Path) -> Result<(), ContextError> {
+        self.ignore =
+            DockerIgnore::load(&self.dir, Some(dockerfile)).map_err(|source| ContextError::Io {
+                context: self.dir.display().to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+/// Streams a context archive (tar, optionally gzip/zstd) from an object
+/// store to `dest`. Credentials and endpoints come from the standard
+/// environment (`AWS_*` including web identity, `GOOGLE_*`, `AZURE_*`).
+async fn fetch_object(spec: &str, dest: &Path) -> Result<(), ContextError> {
+    use futures_util::StreamExt;
+    use object_store::ObjectStoreExt;
+    use std::io::Write;
+    let err = |message: String| ContextError::ObjectStore {
+        context: spec.to_string(),
+        message,
+    };
+    let (bucket, key) = match spec.split_once("://").and_then(|(_, r)| r.split_once('/')) {
+        Some((b, k)) if !b.is_empty() && !k.is_empty() => (b.to_string(), k.to_string()),
+        _ => {
+            return Err(err(
+                "expected <scheme>://<bucket>/<path to a tar or tar.gz>".into(),
+            ))
+        }
+    };
+    let store: Box<dyn object_store::ObjectStore> = match &spec[..2] {
+        "s3" => Box::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(spec)
+                .with_bucket_name(&bucket)
+                .build()
+                .map_err(|e| err(e.to_string()))?,
+        ),
+        "gs" => Box::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(spec)
+                .with_bucket_name(&bucket)
+                .build()
+                .map_err(|e| err(e.to_string()))?,
+        ),
+        _ => Box::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(spec)
+                .with_container_name(&bucket)
+                .build()
+                .map_err(|e| err(e.to_string()))?,
+        ),
+    };
+    let path = object_store::path::Path::from(key.as_str());
+    let mut stream = store
+        .get(&path)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .into_stream();
+    let mut f =
+        std::io::BufWriter::new(std::fs::File::create(dest).map_err(|e| err(e.to_string()))?);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| err(e.to_string()))?;
+        f.write_all(&chunk).map_err(|e| err(e.to_string()))?;
+    }
+    f.flush().map_err(|e| err(e.to_string()))?;
+    Ok(())
 }
 
 /// kaniko's git context: `git://host/org/repo.git#ref#commit`; a token comes

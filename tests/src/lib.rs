@@ -516,3 +516,84 @@ pub fn push_raw_layers(dest: &str, layers: &[Vec<u8>]) {
         .arg(format!("oci:{}:x", t.path().display()))
         .arg(format!("docker://{dest}")));
 }
+
+/// A free loopback port (bound by the kernel, then released for a server
+/// that cannot report the port it picked itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A real S3 API server (`moto_server` from PyPI's moto[server]) on loopback.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = free_port();
+        // `python3 -m moto.server` is moto_server without relying on PATH shims.
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server must be installed (pip install 'moto[server]')");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Creates a bucket and stores an object with boto3 (installed with moto),
+    /// a client no one here wrote.
+    pub fn put(&self, bucket: &str, key: &str, file: &Path) {
+        const SCRIPT: &str = "import sys, boto3\n\
+endpoint, bucket, key, path = sys.argv[1:5]\n\
+s3 = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n\
+try:\n    s3.create_bucket(Bucket=bucket)\n\
+except s3.exceptions.BucketAlreadyOwnedByYou:\n    pass\n\
+s3.upload_file(path, bucket, key)\n";
+        run(Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&self.endpoint)
+            .arg(bucket)
+            .arg(key)
+            .arg(file));
+    }
+
+    /// Environment for a client of this server (object_store reads it).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
