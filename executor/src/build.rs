@@ -511,8 +511,12 @@ impl Builder {
                 self.opts.layer.reproducible
             ),
         );
-        // History of the base stays; the config's creation time is ours.
+        // History of the base stays; the config's creation time is ours, and
+        // so is its platform (the one we built for).
         image.config.created = None;
+        image.config.os = platform.os.clone();
+        image.config.architecture = platform.architecture.clone();
+        image.config.variant = platform.variant.clone();
 
         let mut st = StageState {
             b: self,

@@ -174,6 +174,14 @@ ADD archive.tar /unpacked/
 "#,
     );
     write(ctx.path(), "src/a.txt", "a\n");
+    // Thousands of files, compared entry by entry too.
+    for i in 0..2500 {
+        write(
+            ctx.path(),
+            &format!("src/many/d{}/f{i}", i % 25),
+            &format!("{i}\n"),
+        );
+    }
     write(ctx.path(), "src/nested/b.txt", "b\n");
     write(ctx.path(), "secret.txt", "s3cret\n");
     write(ctx.path(), "script.sh", "#!/bin/sh\necho hi\n");

@@ -39,12 +39,27 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Self::start_with_auth(None)
+    }
+
+    /// A registry that requires basic auth (htpasswd, bcrypt) for `(user, password)`.
+    pub fn start_with_auth(auth: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("config.yml");
+        let mut auth_cfg = String::new();
+        if let Some((u, p)) = auth {
+            let line = run(Command::new("htpasswd").args(["-Bbn", u, p]));
+            let hp = dir.path().join("htpasswd");
+            std::fs::write(&hp, line.trim()).expect("htpasswd file");
+            auth_cfg = format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                hp.display()
+            );
+        }
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{auth_cfg}",
                 dir.path().join("data").display()
             ),
         )
@@ -124,9 +139,14 @@ pub fn busybox_rootfs(dir: &Path) {
     let _ = std::os::unix::fs::chown(dir.join("home/app"), Some(1000), Some(1000));
 }
 
-/// Pushes an image whose root is `rootfs` (plus `extra_files`) to `dest`
-/// (`host:port/repo:tag`) with umoci and skopeo.
+/// Pushes an image whose root is `rootfs` to `dest` (`host:port/repo:tag`)
+/// with umoci and skopeo.
 pub fn push_rootfs(rootfs: &Path, dest: &str, cmd: &[&str]) {
+    push_rootfs_with(rootfs, dest, cmd, &[])
+}
+
+/// As [`push_rootfs`], with extra `skopeo copy` flags (e.g. `--dest-creds`).
+pub fn push_rootfs_with(rootfs: &Path, dest: &str, cmd: &[&str], skopeo_flags: &[&str]) {
     let t = tempfile::tempdir().unwrap();
     let layout = t.path().join("layout");
     run(Command::new("umoci")
@@ -161,6 +181,7 @@ pub fn push_rootfs(rootfs: &Path, dest: &str, cmd: &[&str]) {
     run(&mut c);
     run(Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(skopeo_flags)
         .arg(format!("oci:{img}"))
         .arg(format!("docker://{dest}")));
 }

@@ -1,0 +1,233 @@
+//! Registry features against real docker-registry instances: credentials
+//! from config.json, manifest lists with platform selection, mirrors.
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+use std::process::Command;
+
+#[test]
+fn credentials_come_from_docker_config_json() {
+    let reg = Registry::start_with_auth(Some(("kiln", "s3cret")));
+    let rootfs = tempfile::tempdir().unwrap();
+    busybox_rootfs(rootfs.path());
+    let base = format!("{}/private/busybox:1", reg.addr);
+    push_rootfs_with(
+        rootfs.path(),
+        &base,
+        &["sh"],
+        &["--dest-creds", "kiln:s3cret"],
+    );
+
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {base}\nRUN echo authed > /authed\n"),
+    );
+    let dest = format!("{}/private/app:1", reg.addr);
+
+    // Without credentials: a clear refusal.
+    let work = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let out = executor()
+        .env("DOCKER_CONFIG", empty.path())
+        .env("HOME", empty.path())
+        .arg("--context")
+        .arg(ctx.path())
+        .args([
+            "--destination",
+            &dest,
+            "--insecure",
+            "--insecure-pull",
+            "--kaniko-dir",
+        ])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let e = err.to_lowercase();
+    assert!(
+        e.contains("unauthorized") || e.contains("not authorized") || e.contains("401"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"));
+
+    // With $DOCKER_CONFIG/config.json (the format of the seeds' Kubernetes secret).
+    let cfg = tempfile::tempdir().unwrap();
+    let auth = run(Command::new("sh")
+        .arg("-c")
+        .arg("printf kiln:s3cret | base64"));
+    std::fs::write(
+        cfg.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+            reg.addr,
+            auth.trim()
+        ),
+    )
+    .unwrap();
+    let out = executor()
+        .env("DOCKER_CONFIG", cfg.path())
+        .arg("--context")
+        .arg(ctx.path())
+        .args([
+            "--destination",
+            &dest,
+            "--insecure",
+            "--insecure-pull",
+            "--kaniko-dir",
+        ])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("s3cret"), "credentials must never be logged");
+    let img = unpack_with(&format!("docker://{dest}"), &["--src-creds", "kiln:s3cret"]);
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("authed")).unwrap(),
+        "authed\n"
+    );
+}
+
+#[test]
+fn manifest_lists_select_the_requested_platform() {
+    let reg = Registry::start();
+    // Two single-platform images that differ by a marker file, joined in an
+    // OCI index written by hand and copied with `skopeo copy --all`.
+    let t = tempfile::tempdir().unwrap();
+    let mut descs = Vec::new();
+    let layout = t.path().join("index-layout");
+    for (arch, marker) in [("amd64", "amd"), ("arm64", "arm")] {
+        let r = tempfile::tempdir().unwrap();
+        busybox_rootfs(r.path());
+        std::fs::write(r.path().join("etc/arch"), marker).unwrap();
+        let tag = format!("{}/multi-src:{arch}", reg.addr);
+        push_rootfs(r.path(), &tag, &["sh"]);
+        let raw = run(Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{tag}")));
+        let digest = format!("sha256:{}", hex_sha256(raw.as_bytes()));
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": raw.len(), "platform": {"os": "linux", "architecture": arch}}));
+        // Put both manifests' blobs into one layout through skopeo.
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .arg(format!("docker://{tag}"))
+            .arg(format!("oci:{}:{arch}", layout.display())));
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs});
+    let ib = serde_json::to_vec(&index).unwrap();
+    let id = hex_sha256(&ib);
+    std::fs::write(layout.join("blobs/sha256").join(&id), &ib).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{id}"), "size": ib.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let multi = format!("{}/multi:latest", reg.addr);
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{multi}")));
+
+    for (platform, marker) in [("linux/amd64", "amd"), ("linux/arm64", "arm")] {
+        let ctx = tempfile::tempdir().unwrap();
+        // COPY only: no RUN, so a foreign-architecture base needs no emulator.
+        write(
+            ctx.path(),
+            "Dockerfile",
+            &format!("FROM {multi}\nCOPY f /f\n"),
+        );
+        write(ctx.path(), "f", "f");
+        let out = tempfile::tempdir().unwrap();
+        let l = out.path().join("oci");
+        let work = tempfile::tempdir().unwrap();
+        must_build(
+            ctx.path(),
+            work.path(),
+            &[
+                "--no-push",
+                "--insecure-pull",
+                "--custom-platform",
+                platform,
+                "--oci-layout-path",
+                l.to_str().unwrap(),
+            ],
+        );
+        let img = unpack(&format!("oci:{}:latest", l.display()));
+        assert_eq!(
+            std::fs::read_to_string(img.rootfs().join("etc/arch")).unwrap(),
+            marker,
+            "{platform}"
+        );
+        assert_eq!(
+            img.config["architecture"],
+            platform.split('/').nth(1).unwrap()
+        );
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {multi}\nCOPY f /f\n"),
+    );
+    write(ctx.path(), "f", "f");
+    let work = tempfile::tempdir().unwrap();
+    let out = build(
+        ctx.path(),
+        work.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--custom-platform",
+            "linux/s390x",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/amd64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn registry_map_sends_pulls_to_the_mirror() {
+    let mirror = Registry::start();
+    push_busybox(&mirror, "library/busybox:stable");
+    let ctx = tempfile::tempdir().unwrap();
+    // A Docker Hub name: only the mirror can serve it here (no internet).
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM busybox:stable\nRUN echo mirrored > /m\n",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let l = out.path().join("oci");
+    let work = tempfile::tempdir().unwrap();
+    must_build(
+        ctx.path(),
+        work.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--registry-mirror",
+            &mirror.addr,
+            "--skip-default-registry-fallback",
+            "--oci-layout-path",
+            l.to_str().unwrap(),
+        ],
+    );
+    let img = unpack(&format!("oci:{}:latest", l.display()));
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("m")).unwrap(),
+        "mirrored\n"
+    );
+    assert!(mirror
+        .log()
+        .contains("/v2/library/busybox/manifests/stable"));
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
