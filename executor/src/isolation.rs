@@ -464,10 +464,13 @@ impl Isolation for Namespaces {
                 drop_privileges(uid, gid)
             });
         }
+        let t0 = std::time::Instant::now();
         let (status, tail) = spawn_and_wait(cmd, &spec.args[0])?;
+        let t1 = std::time::Instant::now();
         // The mounts died with the namespace; what the command wrote is in `upper`.
         let diff = snapshot::merge_upper(&upper, root)?;
         let _ = std::fs::remove_dir_all(scratch);
+        tracing::debug!("run: command {:?}, merge {:?}", t1 - t0, t1.elapsed());
         Ok(RunOutcome { status, tail, diff })
     }
 }
