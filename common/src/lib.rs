@@ -6,6 +6,7 @@ pub mod auth;
 pub mod digest;
 pub mod dockerfile;
 pub mod image;
+pub mod layout;
 pub mod registry;
 pub mod shell_lex;
 

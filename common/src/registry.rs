@@ -98,6 +98,9 @@ pub struct ResolvedImage {
     pub manifest_digest: Digest,
     pub index_digest: Option<Digest>,
     pub manifest: Manifest,
+    /// The manifest exactly as served (its digest is `manifest_digest`).
+    pub manifest_bytes: Vec<u8>,
+    pub media_type: String,
     pub config: ImageConfig,
     pub config_bytes: Vec<u8>,
 }
@@ -268,9 +271,9 @@ impl Registry {
             reference: r.whole(),
             source,
         };
-        let (manifest, manifest_digest, index_digest, at) =
+        let (manifest, manifest_digest, index_digest, at, manifest_bytes) =
             match image::parse_manifest(&bytes, None, digest.as_str()).map_err(img_err)? {
-                ManifestKind::Image(m) => (m, digest, None, r.clone()),
+                ManifestKind::Image(m) => (m, digest, None, r.clone(), bytes.to_vec()),
                 ManifestKind::Index(idx) => {
                     let d = idx.select(platform).map_err(img_err)?.clone();
                     let pr = Reference::with_digest(
@@ -292,7 +295,7 @@ impl Registry {
                             source,
                         })?;
                     match image::parse_manifest(&mb, None, md.as_str()).map_err(img_err)? {
-                        ManifestKind::Image(m) => (m, md, Some(digest), pr),
+                        ManifestKind::Image(m) => (m, md, Some(digest), pr, mb.to_vec()),
                         ManifestKind::Index(_) => {
                             return Err(RegistryError::remote(
                                 &pr,
@@ -324,11 +327,17 @@ impl Registry {
                     source,
                 },
             })?;
+        let media_type = manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| image::OCI_MANIFEST.to_string());
         Ok(ResolvedImage {
             reference: at,
             manifest_digest,
             index_digest,
             manifest,
+            manifest_bytes,
+            media_type,
             config,
             config_bytes,
         })
@@ -357,6 +366,24 @@ impl Registry {
             {
                 Ok(None)
             }
+            Err(E::ImageManifestNotFoundError(_)) | Err(E::ServerError { code: 404, .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(RegistryError::remote_err(r, &e)),
+        }
+    }
+
+    /// The digest a tag points to, by HEAD (which Docker Hub does not count as a
+    /// pull). `Ok(None)` when the registry says it does not exist.
+    pub async fn head_manifest(&self, r: &Reference) -> Result<Option<Digest>, RegistryError> {
+        use oci_client::errors::OciDistributionError as E;
+        let auth = self.auth_for(r)?;
+        match self.client.fetch_manifest_digest(r, &auth).await {
+            Ok(d) => Ok(Some(d.parse().map_err(|source| RegistryError::Digest {
+                reference: r.whole(),
+                digest: Digest::sha256_of(b""),
+                source,
+            })?)),
             Err(E::ImageManifestNotFoundError(_)) | Err(E::ServerError { code: 404, .. }) => {
                 Ok(None)
             }

@@ -685,6 +685,11 @@ impl Builder {
         platform: &Platform,
         stage: &str,
     ) -> Result<(BuiltImage, Digest), BuildError> {
+        if let Some(dir) = &self.opts.cache_dir {
+            if let Some(found) = self.warmed_base(dir, name, platform).await {
+                return Ok(found);
+            }
+        }
         let resolved = self
             .registry
             .resolve(name, platform)
@@ -720,6 +725,71 @@ impl Builder {
         ))
     }
 
+    /// A base image from the warmed directory: a digest-pinned reference makes
+    /// no registry call; a tag costs one HEAD (and if the registry cannot
+    /// answer, the warmed copy is used with a warning). `None` means pull.
+    async fn warmed_base(
+        &self,
+        dir: &Path,
+        name: &str,
+        platform: &Platform,
+    ) -> Option<(BuiltImage, Digest)> {
+        let cd = match kiln_common::layout::CacheDir::open(dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("--cache-dir unusable, pulling instead: {e}");
+                return None;
+            }
+        };
+        let entry = cd.find(name, platform).ok().flatten()?;
+        let r = kiln_common::registry::parse_reference(name).ok()?;
+        if r.digest().is_none() {
+            match self.registry.head_manifest(&r).await {
+                Ok(Some(d)) if Some(&d) == entry.top.as_ref() => {}
+                Ok(_) => {
+                    tracing::info!("{name} changed since it was warmed: pulling it");
+                    return None;
+                }
+                Err(e) => tracing::warn!(
+                    "cannot check {name} against its registry ({e}); using the warmed copy"
+                ),
+            }
+        }
+        let load = || -> Result<BuiltImage, String> {
+            let mb = cd
+                .read_blob(&entry.manifest.digest)
+                .map_err(|e| e.to_string())?;
+            let m: kiln_common::image::Manifest =
+                serde_json::from_slice(&mb).map_err(|e| e.to_string())?;
+            let cb = cd.read_blob(&m.config.digest).map_err(|e| e.to_string())?;
+            let config: ImageConfig = serde_json::from_slice(&cb).map_err(|e| e.to_string())?;
+            let layers = m
+                .layers
+                .iter()
+                .zip(config.rootfs.diff_ids.iter())
+                .map(|(d, id)| ImageLayer {
+                    descriptor: d.clone(),
+                    diff_id: id.clone(),
+                    source: LayerSource::Path(cd.blobs()),
+                })
+                .collect();
+            Ok(BuiltImage { config, layers })
+        };
+        match load() {
+            Ok(img) => {
+                tracing::info!("{name}: using the warmed copy {}", entry.manifest.digest);
+                if let Err(e) = cd.lock().and_then(|l| l.touch(name, platform)) {
+                    tracing::debug!("recording use of {name}: {e}");
+                }
+                Some((img, entry.manifest.digest))
+            }
+            Err(e) => {
+                tracing::warn!("warmed copy of {name} is unusable ({e}); pulling it");
+                None
+            }
+        }
+    }
+
     /// Makes sure a layer's blob is in the local store.
     pub async fn ensure_local(&self, l: &ImageLayer) -> Result<PathBuf, BuildError> {
         let p = self.store.path(&l.descriptor.digest);
@@ -733,7 +803,25 @@ impl Builder {
             }),
             LayerSource::Path(dir) => {
                 let src = dir.join(l.descriptor.digest.hex());
-                if std::fs::hard_link(&src, &p).is_err() {
+                if std::fs::hard_link(&src, &p).is_ok() {
+                    // Shared directories are untrusted until the digest matches.
+                    let (d, _) = kiln_common::digest::digest_file(&p).map_err(|source| {
+                        BuildError::Work {
+                            path: p.clone(),
+                            source,
+                        }
+                    })?;
+                    if d != l.descriptor.digest {
+                        let _ = std::fs::remove_file(&p);
+                        return Err(BuildError::Work {
+                            path: src,
+                            source: std::io::Error::other(format!(
+                                "blob hashes to {d}, expected {}",
+                                l.descriptor.digest
+                            )),
+                        });
+                    }
+                } else {
                     let tmp = p.with_extension("partial");
                     std::fs::copy(&src, &tmp).map_err(|source| BuildError::Work {
                         path: src.clone(),

@@ -41,6 +41,8 @@ pub struct BuildOptions {
     pub report_path: Option<PathBuf>,
     /// `--cache`: the shared layer cache, when on.
     pub cache: Option<CacheOptions>,
+    /// `--cache-dir`: base images warmed by the warmer.
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

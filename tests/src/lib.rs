@@ -618,3 +618,30 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// Pushes `dest`: the image `base` plus one layer holding `files` (name,
+/// content), made with umoci so the base layers are shared byte for byte.
+pub fn push_derived(base: &str, dest: &str, files: &[(&str, &str)]) {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{base}"))
+        .arg(format!("oci:{}:base", layout.display())));
+    let bundle = t.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:base", layout.display()))
+        .arg(&bundle));
+    for (name, content) in files {
+        std::fs::write(bundle.join("rootfs").join(name), content).unwrap();
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image"])
+        .arg(format!("{}:derived", layout.display()))
+        .arg(&bundle));
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:derived", layout.display()))
+        .arg(format!("docker://{dest}")));
+}

@@ -99,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         build_unused_stages: !cli.skip_unused_stages,
         report_path: cli.report.clone(),
         cache: cache_options(&cli)?,
+        cache_dir: cli.cache_dir.clone(),
     };
     let mut reg_opts = registry_opts;
     if insecure_pull {

@@ -131,6 +131,9 @@ pub struct Cli {
     /// Cache COPY/ADD steps (kaniko's default is false; Kiln's keys cover file content, so true is safe).
     #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true")]
     pub cache_copy_layers: bool,
+    /// Directory of base images warmed by `warmer` (used before pulling).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Read the cache but never write to it.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub no_push_cache: Option<bool>,

@@ -1,0 +1,424 @@
+//! Pre-pulls base images into a shared cache directory (one OCI layout, see
+//! [`kiln_common::layout`]) so builds start without pulling.
+//!
+//! Unlike kaniko's warmer: blobs shared by several images are stored once;
+//! images and layers are fetched in parallel (bounded), verified while
+//! streamed and renamed into place; expired entries are re-checked with a HEAD
+//! (which Docker Hub does not count as a pull) and refetched only when the
+//! tag moved; unused entries and unreferenced blobs are removed.
+
+use kiln_common::dockerfile::{Dockerfile, Kind};
+use kiln_common::image::{Descriptor, Platform};
+use kiln_common::layout::{CacheDir, LayoutError};
+use kiln_common::registry::{parse_reference, Registry, RegistryError};
+use kiln_common::shell_lex::Lexer;
+use kiln_common::Digest;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("{image}: {source}")]
+    Registry {
+        image: String,
+        source: Box<RegistryError>,
+    },
+    #[error(transparent)]
+    Dockerfile(#[from] kiln_common::dockerfile::ParseError),
+    #[error("{path}:{line}: {message}")]
+    From {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct WarmOptions {
+    pub cache_dir: PathBuf,
+    pub images: Vec<String>,
+    pub platforms: Vec<Platform>,
+    /// Entries younger than this are used without asking the registry.
+    pub ttl: Duration,
+    pub force: bool,
+    /// Images fetched at once.
+    pub jobs: usize,
+    /// Layer downloads at once, across all images.
+    pub layer_jobs: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageReport {
+    pub image: String,
+    pub platform: String,
+    /// `fetched`, `fresh` (no registry call), `unchanged` (a HEAD said so) or `failed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Digest>,
+    pub bytes_fetched: u64,
+    pub bytes_reused: u64,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Every stage's base image in a Dockerfile, with global ARGs (and
+/// `--build-arg` values) resolved; stage aliases and `scratch` are skipped.
+pub fn images_from_dockerfile(
+    path: &Path,
+    build_args: &[(String, String)],
+) -> Result<Vec<String>, WarmError> {
+    let df = Dockerfile::from_path(path)?;
+    let lexer = Lexer::new(df.escape);
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for ins in &df.global_args {
+        if let Kind::Arg(list) = &ins.kind {
+            for (name, default) in list {
+                let v = match build_args.iter().rev().find(|(k, _)| k == name) {
+                    Some((_, v)) => v.clone(),
+                    None => match default {
+                        Some(d) => lexer.process_word(d, &vars).map_err(|e| WarmError::From {
+                            path: path.to_path_buf(),
+                            line: ins.line,
+                            message: e.to_string(),
+                        })?,
+                        None => String::new(),
+                    },
+                };
+                vars.push((name.clone(), v));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut aliases = HashSet::new();
+    for s in &df.stages {
+        let base = lexer
+            .process_word(&s.base, &vars)
+            .map_err(|e| WarmError::From {
+                path: path.to_path_buf(),
+                line: s.line,
+                message: e.to_string(),
+            })?;
+        let known_alias = aliases.contains(&base.to_ascii_lowercase());
+        if !known_alias && !base.eq_ignore_ascii_case("scratch") && !out.contains(&base) {
+            out.push(base);
+        }
+        if let Some(n) = &s.name {
+            aliases.insert(n.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Warms every (image, platform); failures are reported per image, not raised.
+pub async fn warm(
+    registry: Arc<Registry>,
+    opts: &WarmOptions,
+) -> Result<Vec<ImageReport>, WarmError> {
+    let dir = Arc::new(CacheDir::open(&opts.cache_dir)?);
+    let images = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let layers = Arc::new(Fetcher {
+        permits: Semaphore::new(opts.layer_jobs.max(1)),
+        inflight: std::sync::Mutex::new(HashMap::new()),
+    });
+    let mut tasks = Vec::new();
+    for image in &opts.images {
+        for platform in &opts.platforms {
+            let (registry, dir, images, layers) = (
+                registry.clone(),
+                dir.clone(),
+                images.clone(),
+                layers.clone(),
+            );
+            let (image, platform, opts) = (image.clone(), platform.clone(), opts.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = images.acquire_owned().await;
+                let t0 = Instant::now();
+                let mut report = ImageReport {
+                    image: image.clone(),
+                    platform: platform.to_string(),
+                    status: "failed".into(),
+                    manifest: None,
+                    bytes_fetched: 0,
+                    bytes_reused: 0,
+                    seconds: 0.0,
+                    error: None,
+                };
+                if let Err(e) = warm_one(
+                    &registry,
+                    &dir,
+                    &layers,
+                    &image,
+                    &platform,
+                    &opts,
+                    &mut report,
+                )
+                .await
+                {
+                    report.status = "failed".into();
+                    report.error = Some(e.to_string());
+                }
+                report.seconds = t0.elapsed().as_secs_f64();
+                report
+            }));
+        }
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(r) => out.push(r),
+            Err(e) => out.push(ImageReport {
+                image: String::new(),
+                platform: String::new(),
+                status: "failed".into(),
+                manifest: None,
+                bytes_fetched: 0,
+                bytes_reused: 0,
+                seconds: 0.0,
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Bounds layer downloads and makes concurrent requests for one blob (images
+/// sharing a base, warmed at once) wait for a single download.
+struct Fetcher {
+    permits: Semaphore,
+    inflight: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Fetcher {
+    /// Fetches `l` unless present; returns (fetched bytes, reused bytes).
+    async fn fetch(
+        &self,
+        registry: &Registry,
+        dir: &CacheDir,
+        r: &oci_client::Reference,
+        l: &Descriptor,
+    ) -> Result<(u64, u64), RegistryError> {
+        let gate = {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(l.digest.clone()).or_default().clone()
+        };
+        let _one = gate.lock().await;
+        if dir.has_blob(&l.digest) {
+            return Ok((0, l.size));
+        }
+        let _permit = self.permits.acquire().await;
+        registry.fetch_blob(r, l, &dir.blob_path(&l.digest)).await?;
+        Ok((l.size, 0))
+    }
+}
+
+async fn warm_one(
+    registry: &Registry,
+    dir: &CacheDir,
+    layers: &Arc<Fetcher>,
+    image: &str,
+    platform: &Platform,
+    opts: &WarmOptions,
+    report: &mut ImageReport,
+) -> Result<(), WarmError> {
+    let rerr = |source| WarmError::Registry {
+        image: image.to_string(),
+        source: Box::new(source),
+    };
+    let reference = parse_reference(image).map_err(rerr)?;
+    if !opts.force {
+        if let Some(e) = dir.find(image, platform)? {
+            let complete = entry_complete(dir, &e.manifest.digest);
+            let age = e.fetched.map(|f| {
+                chrono::Utc::now()
+                    .signed_duration_since(f)
+                    .to_std()
+                    .unwrap_or_default()
+            });
+            if complete && (reference.digest().is_some() || age.is_some_and(|a| a < opts.ttl)) {
+                report.status = "fresh".into();
+                report.manifest = Some(e.manifest.digest);
+                return Ok(());
+            }
+            if complete {
+                // Expired: one HEAD decides whether anything must be pulled.
+                if let Ok(Some(d)) = registry.head_manifest(&reference).await {
+                    if Some(&d) == e.top.as_ref() {
+                        dir.lock()?.refresh(image, platform)?;
+                        report.status = "unchanged".into();
+                        report.manifest = Some(e.manifest.digest);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    let resolved = registry.resolve(image, platform).await.map_err(rerr)?;
+    dir.put_blob(&resolved.config_bytes)?;
+    let fetches = resolved
+        .manifest
+        .layers
+        .iter()
+        .map(|l| layers.fetch(registry, dir, &resolved.reference, l));
+    for r in futures_util::future::join_all(fetches).await {
+        let (fetched, reused) = r.map_err(rerr)?;
+        report.bytes_fetched += fetched;
+        report.bytes_reused += reused;
+    }
+    // The manifest goes in last: an entry never points at a missing blob.
+    let md = dir.put_blob(&resolved.manifest_bytes)?;
+    let top = resolved
+        .index_digest
+        .clone()
+        .unwrap_or_else(|| resolved.manifest_digest.clone());
+    dir.lock()?.put_entry(
+        image,
+        platform,
+        Descriptor::new(
+            &resolved.media_type,
+            md.clone(),
+            resolved.manifest_bytes.len() as u64,
+        ),
+        &top,
+    )?;
+    report.status = "fetched".into();
+    report.manifest = Some(md);
+    Ok(())
+}
+
+/// Whether a manifest and everything it references are on disk.
+fn entry_complete(dir: &CacheDir, manifest: &Digest) -> bool {
+    let Ok(b) = dir.read_blob(manifest) else {
+        return false;
+    };
+    let Ok(m) = serde_json::from_slice::<kiln_common::image::Manifest>(&b) else {
+        return false;
+    };
+    dir.has_blob(&m.config.digest) && m.layers.iter().all(|l| dir.has_blob(&l.digest))
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Retention {
+    pub removed_entries: Vec<String>,
+    pub removed_blobs: usize,
+    pub removed_bytes: u64,
+}
+
+/// `--keep-unused-for` and `--max-size`, then removal of blobs no kept entry
+/// references. Blobs younger than `grace` are never removed: a concurrent
+/// warmer may have written them and not yet added its entry.
+pub fn retain(
+    cache_dir: &Path,
+    keep_unused_for: Option<Duration>,
+    max_size: Option<u64>,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<Retention, WarmError> {
+    let dir = CacheDir::open(cache_dir)?;
+    let lock = dir.lock()?;
+    let now = chrono::Utc::now();
+    let mut out = Retention::default();
+    let mut entries = dir.entries()?;
+    let last = |e: &kiln_common::layout::WarmEntry| e.last_used.or(e.fetched).unwrap_or(now);
+    let mut drop: HashSet<(String, String)> = HashSet::new();
+    if let Some(k) = keep_unused_for {
+        for e in &entries {
+            if now
+                .signed_duration_since(last(e))
+                .to_std()
+                .unwrap_or_default()
+                > k
+            {
+                drop.insert((e.reference.clone(), e.platform.to_string()));
+            }
+        }
+    }
+    if let Some(max) = max_size {
+        // Least recently used first, until the blobs the rest need fit.
+        entries.sort_by_key(|e| last(e));
+        while referenced_size(&dir, &entries, &drop) > max {
+            match entries
+                .iter()
+                .find(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
+            {
+                Some(e) => {
+                    drop.insert((e.reference.clone(), e.platform.to_string()));
+                }
+                None => break,
+            }
+        }
+    }
+    out.removed_entries = drop.iter().map(|(r, p)| format!("{r} ({p})")).collect();
+    out.removed_entries.sort();
+    if !dry_run && !drop.is_empty() {
+        lock.remove_entries(|e| drop.contains(&(e.reference.clone(), e.platform.to_string())))?;
+    }
+    let keep = referenced(
+        &dir,
+        &dir.entries()?
+            .into_iter()
+            .filter(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
+            .collect::<Vec<_>>(),
+    );
+    let blobs = dir.blobs();
+    let rd = std::fs::read_dir(&blobs).map_err(|source| LayoutError::Io {
+        path: blobs.clone(),
+        source,
+    })?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(m) = e.metadata() else { continue };
+        let young = m
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|a| a < grace);
+        if keep.contains(&name) || young {
+            continue;
+        }
+        out.removed_blobs += 1;
+        out.removed_bytes += m.len();
+        if !dry_run {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(out)
+}
+
+fn referenced(dir: &CacheDir, entries: &[kiln_common::layout::WarmEntry]) -> HashSet<String> {
+    let mut keep = HashSet::new();
+    for e in entries {
+        keep.insert(e.manifest.digest.hex().to_string());
+        if let Ok(b) = dir.read_blob(&e.manifest.digest) {
+            if let Ok(m) = serde_json::from_slice::<kiln_common::image::Manifest>(&b) {
+                keep.insert(m.config.digest.hex().to_string());
+                for l in m.layers {
+                    keep.insert(l.digest.hex().to_string());
+                }
+            }
+        }
+    }
+    keep
+}
+
+fn referenced_size(
+    dir: &CacheDir,
+    entries: &[kiln_common::layout::WarmEntry],
+    drop: &HashSet<(String, String)>,
+) -> u64 {
+    let kept: Vec<_> = entries
+        .iter()
+        .filter(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
+        .cloned()
+        .collect();
+    referenced(dir, &kept)
+        .iter()
+        .filter_map(|h| std::fs::metadata(dir.blobs().join(h)).ok())
+        .map(|m| m.len())
+        .sum()
+}

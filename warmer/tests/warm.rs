@@ -1,0 +1,245 @@
+//! The warmer against a real docker-registry holding images that share base
+//! layers; the directory is checked with oci-image-tool and skopeo.
+
+use kiln_testkit::*;
+use std::path::Path;
+use std::process::Command;
+
+fn warmer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warmer"));
+    c.env_remove("DOCKER_CONFIG");
+    c
+}
+
+/// Three images: a busybox base and two images built on it (same base layer).
+fn images(reg: &Registry) -> Vec<String> {
+    let base = push_busybox(reg, "base:1");
+    let mut out = vec![base.clone()];
+    for name in ["one", "two"] {
+        let r = format!("{}/{name}:1", reg.addr);
+        push_derived(&base, &r, &[(name, name)]);
+        out.push(r);
+    }
+    out
+}
+
+fn all_blobs_verify(dir: &Path) {
+    for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(".tmp") {
+            // A download cut short by SIGKILL: never under a digest name, and
+            // removed by retention once old.
+            continue;
+        }
+        let got = run(Command::new("sha256sum").arg(&p));
+        assert!(
+            got.starts_with(&name),
+            "blob {name} does not match its digest"
+        );
+    }
+}
+
+fn validate(dir: &Path) {
+    let v = run(Command::new("oci-image-tool")
+        .args(["validate", "--type", "image"])
+        .arg(dir));
+    assert!(v.contains("Validation succeeded"), "{v}");
+}
+
+#[test]
+fn shared_blobs_are_fetched_and_stored_once() {
+    let reg = Registry::start();
+    let imgs = images(&reg);
+    let cache = tempfile::tempdir().unwrap();
+    let report = cache.path().join("report.json");
+    let before = reg.log().len();
+    let mut c = warmer();
+    c.arg("--cache-dir")
+        .arg(cache.path().join("cache"))
+        .args(["--insecure-pull", "--report"])
+        .arg(&report);
+    for i in &imgs {
+        c.args(["--image", i]);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = cache.path().join("cache");
+    validate(&dir);
+    all_blobs_verify(&dir);
+    let log = reg.log()[before..].to_string();
+    // Every layer blob was downloaded exactly once, however many images share it.
+    let mut gets = std::collections::BTreeMap::new();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+    {
+        let d = l
+            .split("/blobs/")
+            .nth(1)
+            .unwrap()
+            .split([' ', '"'])
+            .next()
+            .unwrap()
+            .to_string();
+        *gets.entry(d).or_insert(0) += 1;
+    }
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let fetched: u64 = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["bytes_fetched"].as_u64().unwrap())
+        .sum();
+    let reused: u64 = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["bytes_reused"].as_u64().unwrap())
+        .sum();
+    let on_disk: u64 = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        fetched > 0 && fetched <= on_disk,
+        "fetched {fetched}, on disk {on_disk}"
+    );
+    // busybox's layer is shared by all three: fetched once, reused twice.
+    assert!(
+        gets.values().all(|n| *n == 1),
+        "a blob was downloaded more than once: {gets:?}"
+    );
+    assert!(reused > 0, "shared layers should be reused: {r}");
+    // skopeo reads each warmed image out of the directory.
+    for i in &imgs {
+        let u = unpack(&format!("oci:{}:{i}", dir.display()));
+        assert!(u.rootfs().join("bin/busybox").exists());
+    }
+    // A second run within the TTL makes no registry call at all.
+    let before = reg.log().len();
+    let mut c = warmer();
+    c.arg("--cache-dir").arg(&dir).arg("--insecure-pull");
+    for i in &imgs {
+        c.args(["--image", i]);
+    }
+    assert!(c.output().unwrap().status.success());
+    assert!(
+        !reg.log()[before..].contains("GET /v2/"),
+        "fresh entries must not be fetched again"
+    );
+}
+
+#[test]
+fn concurrent_and_interrupted_warmers_leave_a_valid_directory() {
+    let reg = Registry::start();
+    // One image with a big layer so that a kill lands mid-download.
+    let t = tempfile::tempdir().unwrap();
+    busybox_rootfs(t.path());
+    let mut x: u64 = 1;
+    let big: Vec<u8> = (0..48 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(t.path().join("big.bin"), big).unwrap();
+    let big_ref = format!("{}/big:1", reg.addr);
+    push_rootfs(t.path(), &big_ref, &["sh"]);
+    let imgs = images(&reg);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("cache");
+
+    let mut c = warmer();
+    c.arg("--cache-dir")
+        .arg(&dir)
+        .args(["--insecure-pull", "--image", &big_ref]);
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    all_blobs_verify(&dir);
+
+    // Two warmers at once on the same directory.
+    let spawn = || {
+        let mut c = warmer();
+        c.arg("--cache-dir")
+            .arg(&dir)
+            .arg("--insecure-pull")
+            .args(["--image", &big_ref]);
+        for i in &imgs {
+            c.args(["--image", i]);
+        }
+        c.spawn().unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+    validate(&dir);
+    all_blobs_verify(&dir);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"].as_array().unwrap().len(),
+        4,
+        "one entry per image: {index}"
+    );
+}
+
+#[test]
+fn retention_removes_exactly_the_unused() {
+    let reg = Registry::start();
+    let imgs = images(&reg);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("cache");
+    let mut c = warmer();
+    c.arg("--cache-dir").arg(&dir).arg("--insecure-pull");
+    for i in &imgs {
+        c.args(["--image", i]);
+    }
+    assert!(c.output().unwrap().status.success());
+    let d = kiln_common::layout::CacheDir::open(&dir).unwrap();
+    let p = kiln_common::image::Platform::host();
+    // "one" was used by a build just now; the others were never used.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    d.lock().unwrap().touch(&imgs[1], &p).unwrap();
+    let blobs_before = std::fs::read_dir(d.blobs()).unwrap().count();
+    let dry = kiln_warmer::retain(
+        &dir,
+        Some(std::time::Duration::from_millis(500)),
+        None,
+        std::time::Duration::ZERO,
+        true,
+    )
+    .unwrap();
+    assert_eq!(dry.removed_entries.len(), 2, "{dry:?}");
+    assert_eq!(
+        std::fs::read_dir(d.blobs()).unwrap().count(),
+        blobs_before,
+        "--dry-run removed something"
+    );
+    let done = kiln_warmer::retain(
+        &dir,
+        Some(std::time::Duration::from_millis(500)),
+        None,
+        std::time::Duration::ZERO,
+        false,
+    )
+    .unwrap();
+    assert_eq!(done.removed_entries, dry.removed_entries);
+    let left = d.entries().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].reference, imgs[1]);
+    // The kept image is complete and valid; the removed images' own blobs are gone.
+    validate(&dir);
+    assert_eq!(done.removed_blobs, dry.removed_blobs);
+    assert!(done.removed_blobs >= 4, "{done:?}");
+    let u = unpack(&format!("oci:{}:{}", dir.display(), imgs[1]));
+    assert!(u.rootfs().join("one").exists());
+}
