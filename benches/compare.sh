@@ -14,18 +14,8 @@ EXE="$PWD/target/release/executor"
 SHM=$(mktemp -d /dev/shm/kiln-bench.XXXXXX)
 trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$SHM"' EXIT
 
-# A docker-registry on a free loopback port, storage on tmpfs.
-cat > "$SHM/registry.yml" <<EOF
-version: 0.1
-log: {level: info}
-storage: {filesystem: {rootdirectory: $SHM/registry}}
-http: {addr: 127.0.0.1:0}
-EOF
-docker-registry serve "$SHM/registry.yml" > "$SHM/registry.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$SHM/registry.log" && break; sleep 0.1; done
-REG=$(grep -o 'listening on [0-9.:]*' "$SHM/registry.log" | awk '{print $3}')
-[ -n "$REG" ] || { cat "$SHM/registry.log"; exit 1; }
+. benches/lib.sh
+start_registry
 
 # Base images: busybox-static plus N small files, pushed with umoci + skopeo.
 make_base() { # name files
@@ -70,8 +60,6 @@ ENV MODE=bench
 CMD ["cat", "/app/done"]
 EOF
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 kiln_build() { # dockerfile [extra flags...] -> seconds
   local df=$1 w="$SHM/kiln-work" t0 t1

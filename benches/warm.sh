@@ -13,16 +13,8 @@ cargo build --release -q -p kiln-warmer --bin warmer
 WARMER="$PWD/target/release/warmer"
 SHM=$(mktemp -d /dev/shm/kiln-warm.XXXXXX)
 trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$SHM"' EXIT
-cat > "$SHM/registry.yml" <<EOF
-version: 0.1
-log: {level: info}
-storage: {filesystem: {rootdirectory: $SHM/registry}}
-http: {addr: 127.0.0.1:0}
-EOF
-docker-registry serve "$SHM/registry.yml" > "$SHM/registry.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$SHM/registry.log" && break; sleep 0.1; done
-REG=$(grep -o 'listening on [0-9.:]*' "$SHM/registry.log" | awk '{print $3}')
+. benches/lib.sh
+start_registry
 
 # A ~60 MB base (busybox + pseudo-random data) and 4 images built on it.
 B="$SHM/base"; mkdir -p "$B/rootfs/bin"
@@ -45,8 +37,6 @@ for n in 1 2 3 4; do
 done
 rm -rf "$B"
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 : > "$SHM/w"; : > "$SHM/s"
 for _ in $(seq "$RUNS"); do
   rm -rf "$SHM/wdir"; args=(); for i in "${IMAGES[@]}"; do args+=(--image "$i"); done

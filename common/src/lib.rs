@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod digest;
 pub mod dockerfile;
+pub mod duration;
 pub mod image;
 pub mod layout;
 pub mod registry;

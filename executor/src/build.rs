@@ -802,52 +802,15 @@ impl Builder {
                 source: std::io::Error::other("layer missing from the local store"),
             }),
             LayerSource::Path(dir) => {
-                let src = dir.join(l.descriptor.digest.hex());
-                if std::fs::hard_link(&src, &p).is_ok() {
-                    // Shared directories are untrusted until the digest matches.
-                    let (d, _) = kiln_common::digest::digest_file(&p).map_err(|source| {
-                        BuildError::Work {
-                            path: p.clone(),
-                            source,
-                        }
-                    })?;
-                    if d != l.descriptor.digest {
-                        let _ = std::fs::remove_file(&p);
-                        return Err(BuildError::Work {
-                            path: src,
-                            source: std::io::Error::other(format!(
-                                "blob hashes to {d}, expected {}",
-                                l.descriptor.digest
-                            )),
-                        });
-                    }
-                } else {
-                    let tmp = p.with_extension("partial");
-                    std::fs::copy(&src, &tmp).map_err(|source| BuildError::Work {
-                        path: src.clone(),
-                        source,
-                    })?;
-                    let (d, _) = kiln_common::digest::digest_file(&tmp).map_err(|source| {
-                        BuildError::Work {
-                            path: tmp.clone(),
-                            source,
-                        }
-                    })?;
-                    if d != l.descriptor.digest {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(BuildError::Work {
-                            path: src,
-                            source: std::io::Error::other(format!(
-                                "cached blob hashes to {d}, expected {}",
-                                l.descriptor.digest
-                            )),
-                        });
-                    }
-                    std::fs::rename(&tmp, &p).map_err(|source| BuildError::Work {
-                        path: p.clone(),
-                        source,
-                    })?;
-                }
+                import_blob(
+                    &dir.join(l.descriptor.digest.hex()),
+                    &p,
+                    &l.descriptor.digest,
+                )
+                .map_err(|source| BuildError::Work {
+                    path: dir.clone(),
+                    source,
+                })?;
                 Ok(p)
             }
             LayerSource::Remote(r) => {
@@ -870,6 +833,25 @@ impl Builder {
     fn work_path(&self) -> &Path {
         self.work.path()
     }
+}
+
+/// Brings a blob from a shared directory into the build's store — hard link
+/// when possible, else copy — and verifies it: shared directories are
+/// untrusted until the digest matches.
+fn import_blob(src: &Path, dest: &Path, want: &Digest) -> std::io::Result<()> {
+    let tmp = dest.with_extension("partial");
+    if std::fs::hard_link(src, &tmp).is_err() {
+        std::fs::copy(src, &tmp)?;
+    }
+    let (got, _) = kiln_common::digest::digest_file(&tmp)?;
+    if &got != want {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(std::io::Error::other(format!(
+            "{} hashes to {got}, expected {want}",
+            src.display()
+        )));
+    }
+    std::fs::rename(&tmp, dest)
 }
 
 fn step_err(file: &str, ins: &Instruction, e: impl std::fmt::Display) -> BuildError {
@@ -1201,22 +1183,7 @@ impl StageState<'_> {
                     return Ok(None);
                 }
                 // Like kaniko and buildah, the mount point exists in the image.
-                let root = self.ensure_root().await?;
-                let mut diff = Diff::default();
-                for v in paths {
-                    let dir = rootfs::resolve(&root, &v, true).map_err(|e| self.err(ins, e))?;
-                    copy::mkdir_all(
-                        &root,
-                        &dir,
-                        &CopyOptions {
-                            owner: Owner::Fixed(0, 0),
-                            chmod: None,
-                        },
-                        &mut diff,
-                    )
-                    .map_err(|e| self.err(ins, e))?;
-                }
-                self.finish_fs_step(&root, diff, cfg_history)
+                self.make_dirs(ins, &paths, cfg_history).await
             }
             Kind::StopSignal(s) => {
                 let s = self.word(ins, s)?;
@@ -1272,7 +1239,8 @@ impl StageState<'_> {
                             h.flags
                                 .get(n)
                                 .map(|v| {
-                                    parse_duration(v)
+                                    kiln_common::duration::parse(v)
+                                        .map(|d| d.as_nanos() as i64)
                                         .map_err(|e| self.err(ins, format!("--{n}: {e}")))
                                 })
                                 .transpose()
@@ -1317,25 +1285,32 @@ impl StageState<'_> {
                 if self.gate(ins, true).await? {
                     return Ok(None);
                 }
-                let root = self.ensure_root().await?;
-                let dir = rootfs::resolve(&root, &new, true).map_err(|e| self.err(ins, e))?;
-                let mut diff = Diff::default();
-                copy::mkdir_all(
-                    &root,
-                    &dir,
-                    &CopyOptions {
-                        owner: Owner::Fixed(0, 0),
-                        chmod: None,
-                    },
-                    &mut diff,
-                )
-                .map_err(|e| self.err(ins, e))?;
-                self.finish_fs_step(&root, diff, cfg_history)
+                self.make_dirs(ins, &[new], cfg_history).await
             }
             Kind::Run { cmd, heredocs, .. } => self.run(ins, cmd, heredocs).await,
             Kind::Copy(spec) => self.copy(ins, spec, false).await,
             Kind::Add(spec) => self.copy(ins, spec, true).await,
         }
+    }
+
+    /// WORKDIR and VOLUME: create missing directories (root-owned, 0755).
+    async fn make_dirs(
+        &mut self,
+        ins: &Instruction,
+        paths: &[String],
+        created_by: String,
+    ) -> Result<Option<Layer>, BuildError> {
+        let root = self.ensure_root().await?;
+        let mut diff = Diff::default();
+        let opts = CopyOptions {
+            owner: Owner::Fixed(0, 0),
+            chmod: None,
+        };
+        for p in paths {
+            let dir = rootfs::resolve(&root, p, true).map_err(|e| self.err(ins, e))?;
+            copy::mkdir_all(&root, &dir, &opts, &mut diff).map_err(|e| self.err(ins, e))?;
+        }
+        self.finish_fs_step(&root, diff, created_by)
     }
 
     fn finish_fs_step(
@@ -2085,56 +2060,12 @@ fn normalize_abs(p: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
-/// Go duration strings (`30s`, `1m30s`, `500ms`) in nanoseconds.
-fn parse_duration(s: &str) -> Result<i64, String> {
-    let mut total: f64 = 0.0;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        num.clear();
-        let mul = match unit.as_str() {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
-        };
-        total += v * mul;
-    }
-    if !num.is_empty() {
-        return Err(format!("missing unit in duration {s:?}"));
-    }
-    Ok(total as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn durations_and_paths() {
-        assert_eq!(parse_duration("1m30s").unwrap(), 90_000_000_000);
-        assert_eq!(parse_duration("500ms").unwrap(), 500_000_000);
-        assert!(parse_duration("5").is_err());
         assert_eq!(normalize_abs("/a/./b/../c/"), "/a/c");
     }
 }

@@ -1,7 +1,7 @@
 //! `warmer`: flags → [`WarmOptions`] → warm, retain, report. Meant to run as a
 //! Kubernetes CronJob over a volume shared with the build pods.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use kiln_common::auth::DockerConfig;
 use kiln_common::image::Platform;
@@ -75,27 +75,7 @@ struct Cli {
 }
 
 fn duration(s: &str) -> anyhow::Result<Duration> {
-    let mut total = 0f64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let v: f64 = num.parse().with_context(|| format!("duration {s:?}"))?;
-        num.clear();
-        total += v * match c {
-            'd' => 86400.0,
-            'h' => 3600.0,
-            'm' => 60.0,
-            's' => 1.0,
-            _ => bail!("duration {s:?}: unknown unit {c:?}"),
-        };
-    }
-    if !num.is_empty() && num.parse::<f64>().unwrap_or(1.0) != 0.0 {
-        bail!("duration {s:?}: missing unit");
-    }
-    Ok(Duration::from_secs_f64(total))
+    Ok(kiln_common::duration::parse(s)?)
 }
 
 fn size(s: &str) -> anyhow::Result<u64> {

@@ -158,8 +158,7 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
             format!("{}/{}/cache", r.registry(), r.repository())
         }
     };
-    let ttl = parse_duration(&cli.cache_ttl)
-        .with_context(|| format!("--cache-ttl {:?}", cli.cache_ttl))?;
+    let ttl = kiln_common::duration::parse(&cli.cache_ttl).context("--cache-ttl")?;
     Ok(Some(kiln_executor::CacheOptions {
         repo,
         ttl: if ttl.is_zero() { None } else { Some(ttl) },
@@ -167,33 +166,6 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
         copy_layers: cli.cache_copy_layers,
         push: !cli.no_push_cache.unwrap_or(false),
     }))
-}
-
-/// Go-style durations as kaniko takes them: `336h`, `1h30m`, `45s`, `0`.
-fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
-    let mut total = 0f64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let v: f64 = num.parse().context("expected a number before the unit")?;
-        num.clear();
-        total += v * match c {
-            'h' => 3600.0,
-            'm' => 60.0,
-            's' => 1.0,
-            _ => bail!("unknown unit {c:?}: use h, m or s"),
-        };
-    }
-    if !num.is_empty() {
-        let v: f64 = num.parse()?;
-        if v != 0.0 {
-            bail!("missing unit");
-        }
-    }
-    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 fn truncate(s: &str, n: usize) -> String {
