@@ -542,6 +542,7 @@ impl Builder {
             missed: false,
             current: None,
             last_cache: None,
+            last_hit_layer: None,
         };
         let onbuild = st.image.config.config.on_build.take().unwrap_or_default();
         let mut triggers = Vec::new();
@@ -611,16 +612,11 @@ impl Builder {
                 Some((c, k)) => (Some(c.to_string()), Some(k)),
                 None => (None, None),
             };
-            let (layer_digest, layer_size) = match (&layer, cache_state.as_deref()) {
+            let hit_layer = st.last_hit_layer.take();
+            let (layer_digest, layer_size) = match (&layer, hit_layer) {
                 (Some(l), _) => (Some(l.descriptor.digest.clone()), l.descriptor.size),
-                (None, Some("hit")) => st
-                    .image
-                    .layers
-                    .last()
-                    .filter(|l| matches!(l.source, LayerSource::Remote(_) | LayerSource::Path(_)))
-                    .map(|l| (Some(l.descriptor.digest.clone()), l.descriptor.size))
-                    .unwrap_or((None, 0)),
-                _ => (None, 0),
+                (None, Some((d, n))) => (Some(d), n),
+                (None, None) => (None, 0),
             };
             let secs = t0.elapsed().as_secs_f64();
             tracing::info!(
@@ -931,6 +927,8 @@ struct StageState<'a> {
     missed: bool,
     current: Option<Planned>,
     last_cache: Option<(&'static str, Digest)>,
+    /// The layer a hit contributed (digest, size), for the step report.
+    last_hit_layer: Option<(Digest, u64)>,
 }
 
 #[derive(Clone)]
@@ -1502,6 +1500,7 @@ impl StageState<'_> {
                     })?;
                 }
                 self.image.config.rootfs.diff_ids.push(diff_id);
+                self.last_hit_layer = Some((l.descriptor.digest.clone(), l.descriptor.size));
                 self.image.layers.push(l);
                 self.history(created_by, false);
             }

@@ -351,6 +351,17 @@ fn fully_cached_rebuild_moves_no_layer_bytes_and_gives_the_same_layers() {
     let r2 = run(&push);
     let log = reg.log()[before..].to_string();
     assert_eq!(r2["cache_hits"], 6, "{r2}");
+    // The report names the same layer per step whether built or taken from the cache.
+    let per_step = |r: &serde_json::Value| -> Vec<(u64, Option<String>)> {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["cache"].is_string())
+            .map(|s| (s["line"].as_u64().unwrap(), s["layer_digest"].as_str().map(str::to_string)))
+            .collect()
+    };
+    assert_eq!(per_step(&r1), per_step(&r2));
     assert_eq!(r2["cache_misses"], 0);
     assert_eq!(r2["bytes_pulled"], 0);
     assert_eq!(

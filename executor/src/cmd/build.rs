@@ -35,7 +35,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut insecure_hosts: Vec<String> = cli.insecure_registry.clone();
     if cli.insecure.unwrap_or(false) {
-        for d in &cli.destination {
+        // kaniko's --insecure covers where images and cache entries are pushed.
+        let cache_repo = cli.cache_repo.iter().filter(|r| !r.starts_with("oci:"));
+        for d in cli.destination.iter().chain(cache_repo) {
             insecure_hosts.push(parse_reference(d)?.resolve_registry().to_string());
         }
     }
