@@ -671,7 +671,10 @@ fn heredoc_markers(args: &str) -> Vec<(String, bool, bool)> {
             i += 1;
             continue;
         }
-        if c == b'<' && b[i + 1] == b'<' && !(i + 2 < b.len() && b[i + 2] == b'<') {
+        // As BuildKit: a heredoc is a word that starts with `<<` (so `$((1<<2))`
+        // and `cat<<<x` are not).
+        let word_start = i == 0 || b[i - 1].is_ascii_whitespace();
+        if word_start && c == b'<' && b[i + 1] == b'<' && !(i + 2 < b.len() && b[i + 2] == b'<') {
             let mut j = i + 2;
             let strip = j < b.len() && b[j] == b'-';
             if strip {
@@ -798,6 +801,25 @@ CMD echo done
         let e = parse("FROM a\nCOPY --bogus=1 a b\n", "D").unwrap_err();
         assert!(e.message.contains("--bogus"));
         assert!(parse("# just a comment\n", "D").is_err());
+    }
+
+    #[test]
+    fn shift_operators_are_not_heredocs() {
+        let df = parse(
+            "FROM a\nRUN echo $((1<<2)) && cat <<<x\nRUN cat <<EOF\nbody\nEOF\n",
+            "D",
+        )
+        .unwrap();
+        let ins = &df.stages[0].instructions;
+        assert_eq!(ins.len(), 2);
+        match &ins[0].kind {
+            Kind::Run { heredocs, .. } => assert!(heredocs.is_empty()),
+            k => panic!("{k:?}"),
+        }
+        match &ins[1].kind {
+            Kind::Run { heredocs, .. } => assert_eq!(heredocs[0].content, "body\n"),
+            k => panic!("{k:?}"),
+        }
     }
 
     #[test]

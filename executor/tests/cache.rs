@@ -358,7 +358,12 @@ fn fully_cached_rebuild_moves_no_layer_bytes_and_gives_the_same_layers() {
             .unwrap()
             .iter()
             .filter(|s| s["cache"].is_string())
-            .map(|s| (s["line"].as_u64().unwrap(), s["layer_digest"].as_str().map(str::to_string)))
+            .map(|s| {
+                (
+                    s["line"].as_u64().unwrap(),
+                    s["layer_digest"].as_str().map(str::to_string),
+                )
+            })
             .collect()
     };
     assert_eq!(per_step(&r1), per_step(&r2));
