@@ -632,3 +632,24 @@ fn is_transient(e: &RegistryError) -> bool {
         _ => false,
     }
 }
+
+/// A plain HTTP PUT of text (Pushgateway metrics); errors carry the status.
+pub async fn http_put_text(url: &str, body: String) -> Result<(), String> {
+    install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .put(url)
+        .header("Content-Type", "text/plain; version=0.0.4")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", resp.status()))
+    }
+}

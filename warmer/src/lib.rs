@@ -302,6 +302,103 @@ fn entry_complete(dir: &CacheDir, manifest: &Digest) -> bool {
     dir.has_blob(&m.config.digest) && m.layers.iter().all(|l| dir.has_blob(&l.digest))
 }
 
+/// Copies every warmed image from the directory into a registry (the Kiln
+/// cache server, or any registry used as a mirror) as `<target>/<repository>`,
+/// so pods that do not mount the volume benefit too. Blobs the target already
+/// has are skipped. Returns the references written.
+pub async fn push_to(
+    registry: &Registry,
+    cache_dir: &Path,
+    target: &str,
+    reports: &[ImageReport],
+) -> Result<Vec<String>, WarmError> {
+    let dir = CacheDir::open(cache_dir)?;
+    let (host, prefix) = match target.trim_end_matches('/').split_once('/') {
+        Some((h, p)) => (h.to_string(), format!("{p}/")),
+        None => (target.trim_end_matches('/').to_string(), String::new()),
+    };
+    let mut pushed = Vec::new();
+    for r in reports.iter().filter(|r| r.status != "failed") {
+        let Ok(platform) = Platform::parse(&r.platform) else {
+            continue;
+        };
+        let Some(entry) = dir.find(&r.image, &platform)? else {
+            continue;
+        };
+        let rerr = |source| WarmError::Registry {
+            image: r.image.clone(),
+            source: Box::new(source),
+        };
+        let src = parse_reference(&r.image).map_err(rerr)?;
+        let repo = format!("{prefix}{}", src.repository());
+        let dest = match src.tag() {
+            Some(t) => oci_client::Reference::with_tag(host.clone(), repo, t.to_string()),
+            None => oci_client::Reference::with_digest(
+                host.clone(),
+                repo,
+                entry.manifest.digest.to_string(),
+            ),
+        };
+        let mb = dir.read_blob(&entry.manifest.digest)?;
+        let m: kiln_common::image::Manifest =
+            serde_json::from_slice(&mb).map_err(|e| WarmError::From {
+                path: dir.blob_path(&entry.manifest.digest),
+                line: 0,
+                message: e.to_string(),
+            })?;
+        for b in std::iter::once(&m.config).chain(m.layers.iter()) {
+            if !registry.blob_exists(&dest, &b.digest).await.map_err(rerr)? {
+                registry
+                    .push_blob_file(&dest, &dir.blob_path(&b.digest), &b.digest, b.size)
+                    .await
+                    .map_err(rerr)?;
+            }
+        }
+        registry
+            .push_manifest(&dest, mb, &entry.manifest.media_type)
+            .await
+            .map_err(rerr)?;
+        pushed.push(dest.whole());
+    }
+    Ok(pushed)
+}
+
+/// The run's figures in Prometheus' text format, for a Pushgateway.
+pub fn metrics_text(reports: &[ImageReport], retention: Option<&Retention>) -> String {
+    let mut by_status: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in reports {
+        *by_status.entry(r.status.as_str()).or_default() += 1;
+    }
+    let mut t = String::from("# TYPE kiln_warmer_images gauge\n");
+    for (s, n) in &by_status {
+        t.push_str(&format!("kiln_warmer_images{{status=\"{s}\"}} {n}\n"));
+    }
+    let fetched: u64 = reports.iter().map(|r| r.bytes_fetched).sum();
+    let reused: u64 = reports.iter().map(|r| r.bytes_reused).sum();
+    let secs: f64 = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    t.push_str(&format!(
+        "# TYPE kiln_warmer_bytes_fetched gauge\nkiln_warmer_bytes_fetched {fetched}\n"
+    ));
+    t.push_str(&format!(
+        "# TYPE kiln_warmer_bytes_reused gauge\nkiln_warmer_bytes_reused {reused}\n"
+    ));
+    t.push_str(&format!(
+        "# TYPE kiln_warmer_duration_seconds gauge\nkiln_warmer_duration_seconds {secs}\n"
+    ));
+    if let Some(r) = retention {
+        t.push_str(&format!(
+            "# TYPE kiln_warmer_removed_bytes gauge\nkiln_warmer_removed_bytes {}\n# TYPE kiln_warmer_removed_entries gauge\nkiln_warmer_removed_entries {}\n",
+            r.removed_bytes,
+            r.removed_entries.len()
+        ));
+    }
+    t.push_str(&format!(
+        "# TYPE kiln_warmer_last_run_timestamp_seconds gauge\nkiln_warmer_last_run_timestamp_seconds {}\n",
+        chrono::Utc::now().timestamp()
+    ));
+    t
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Retention {
     pub removed_entries: Vec<String>,

@@ -70,6 +70,13 @@ struct Cli {
     registry_mirror: Vec<String>,
     #[arg(long, default_value_t = 2)]
     image_download_retry: u32,
+    /// Also push every warmed image to this registry (`host[:port][/prefix]`):
+    /// the Kiln cache server, or any registry used as a mirror.
+    #[arg(long)]
+    cache_server: Option<String>,
+    /// Push the run's metrics to this Prometheus Pushgateway (`http://host:9091`).
+    #[arg(long)]
+    pushgateway: Option<String>,
     #[arg(short = 'v', long, default_value = "info")]
     verbosity: String,
 }
@@ -164,7 +171,18 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         jobs: cli.jobs,
         layer_jobs: cli.layer_jobs,
     };
-    let reports = warm(registry, &opts).await?;
+    let reports = warm(registry.clone(), &opts).await?;
+    if let Some(target) = &cli.cache_server {
+        match kiln_warmer::push_to(&registry, &cli.cache_dir, target, &reports).await {
+            Ok(pushed) => eprintln!("  pushed {} images to {target}", pushed.len()),
+            Err(e) => {
+                eprintln!("  pushing to {target} failed: {e}");
+                if !cli.allow_partial {
+                    return Ok(std::process::ExitCode::FAILURE);
+                }
+            }
+        }
+    }
     let keep = cli.keep_unused_for.as_deref().map(duration).transpose()?;
     let max = cli.max_size.as_deref().map(size).transpose()?;
     let retention = if keep.is_some() || max.is_some() {
@@ -211,6 +229,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         );
         for e in &ret.removed_entries {
             eprintln!("    {e}");
+        }
+    }
+    if let Some(gw) = &cli.pushgateway {
+        let url = format!("{}/metrics/job/kiln-warmer", gw.trim_end_matches('/'));
+        let body = kiln_warmer::metrics_text(&reports, retention.as_ref());
+        match kiln_common::registry::http_put_text(&url, body).await {
+            Ok(()) => {}
+            Err(e) => eprintln!("  pushgateway {url}: {e} (metrics not pushed)"),
         }
     }
     if let Some(p) = &cli.report {

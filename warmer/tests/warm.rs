@@ -243,3 +243,73 @@ fn retention_removes_exactly_the_unused() {
     let u = unpack(&format!("oci:{}:{}", dir.display(), imgs[1]));
     assert!(u.rootfs().join("one").exists());
 }
+
+#[test]
+fn warmed_images_reach_a_shared_registry_and_metrics_a_pushgateway() {
+    let reg = Registry::start();
+    let shared = Registry::start();
+    let imgs = images(&reg);
+    // A real Pushgateway on a free loopback port.
+    let port = free_port();
+    let mut gw = Command::new("prometheus-pushgateway")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus-pushgateway (Debian package)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pushgateway did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = warmer();
+    c.arg("--cache-dir")
+        .arg(cache.path().join("cache"))
+        .args([
+            "--insecure-pull",
+            "--insecure-registry",
+            &shared.addr,
+            "--cache-server",
+            &format!("{}/mirror", shared.addr),
+        ])
+        .arg("--pushgateway")
+        .arg(format!("http://127.0.0.1:{port}"));
+    for i in &imgs {
+        c.args(["--image", i]);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every image is in the shared registry, identical to its source.
+    for i in &imgs {
+        let repo_tag = i.split_once('/').unwrap().1;
+        let a = unpack(&format!("docker://{i}"));
+        let b = unpack(&format!("docker://{}/mirror/{repo_tag}", shared.addr));
+        assert_eq!(tree(&a.rootfs()), tree(&b.rootfs()), "{i}");
+        assert_eq!(
+            a.manifest, b.manifest,
+            "{i}: the manifest is copied byte for byte"
+        );
+    }
+    let metrics = run(Command::new("curl")
+        .args(["-sf"])
+        .arg(format!("http://127.0.0.1:{port}/metrics")));
+    let _ = gw.kill();
+    let _ = gw.wait();
+    assert!(
+        metrics.contains("kiln_warmer_images{") && metrics.contains("status=\"fetched\""),
+        "{metrics}"
+    );
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kiln_warmer_images{") && l.contains("fetched"))
+        .unwrap();
+    assert!(line.trim_end().ends_with(" 3"), "3 images fetched: {line}");
+}
