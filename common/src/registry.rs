@@ -426,8 +426,20 @@ impl Registry {
         desc: &Descriptor,
         dest: &Path,
     ) -> Result<u64, RegistryError> {
+        self.fetch_blob_progress(r, desc, dest, None).await
+    }
+
+    /// As [`Self::fetch_blob`], adding the bytes received to `progress` as they
+    /// arrive (for a progress display).
+    pub async fn fetch_blob_progress(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        dest: &Path,
+        progress: Option<&std::sync::atomic::AtomicU64>,
+    ) -> Result<u64, RegistryError> {
         self.retry(self.opts.pull_retries, || {
-            self.fetch_blob_once(r, desc, dest)
+            self.fetch_blob_once(r, desc, dest, progress)
         })
         .await
     }
@@ -437,6 +449,7 @@ impl Registry {
         r: &Reference,
         desc: &Descriptor,
         dest: &Path,
+        progress: Option<&std::sync::atomic::AtomicU64>,
     ) -> Result<u64, RegistryError> {
         let auth = self.auth_for(r)?;
         self.client
@@ -459,6 +472,9 @@ impl Registry {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| RegistryError::remote_err(r, &e))?;
             w.write_all(&chunk).map_err(io)?;
+            if let Some(p) = progress {
+                p.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let (buf, digest, n) = w.finish();
         desc.digest

@@ -788,6 +788,14 @@ impl Builder {
 
     /// Makes sure a layer's blob is in the local store.
     pub async fn ensure_local(&self, l: &ImageLayer) -> Result<PathBuf, BuildError> {
+        self.ensure_local_progress(l, None).await
+    }
+
+    async fn ensure_local_progress(
+        &self,
+        l: &ImageLayer,
+        progress: Option<&AtomicU64>,
+    ) -> Result<PathBuf, BuildError> {
         let p = self.store.path(&l.descriptor.digest);
         if p.is_file() {
             return Ok(p);
@@ -814,7 +822,7 @@ impl Builder {
                     .pulled
                     .fetch_add(l.descriptor.size, Ordering::Relaxed);
                 self.registry
-                    .fetch_blob(r, &l.descriptor, &p)
+                    .fetch_blob_progress(r, &l.descriptor, &p, progress)
                     .await
                     .map_err(|source| BuildError::BaseImage {
                         image: r.whole(),
@@ -975,8 +983,23 @@ impl StageState<'_> {
                 source,
             })?;
         // Fetch all layers concurrently, then apply them in order.
-        let fetches = self.image.layers.iter().map(|l| self.b.ensure_local(l));
-        let paths = futures_util::future::try_join_all(fetches).await?;
+        let total: u64 = self
+            .image
+            .layers
+            .iter()
+            .filter(|l| !self.b.store.has(&l.descriptor.digest))
+            .map(|l| l.descriptor.size)
+            .sum();
+        let progress =
+            crate::progress::Progress::start(&format!("pulling {}", self.base_name), total);
+        let fetches = self
+            .image
+            .layers
+            .iter()
+            .map(|l| self.b.ensure_local_progress(l, progress.counter()));
+        let paths = futures_util::future::try_join_all(fetches).await;
+        progress.finish();
+        let paths = paths?;
         for (l, p) in self.image.layers.iter().zip(paths) {
             let mut attempt = 0;
             loop {

@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod layer;
 pub mod options;
 pub mod output;
+pub mod progress;
 pub mod rootfs;
 pub mod snapshot;
 

@@ -263,3 +263,34 @@ fn thousands_of_files_and_a_path_the_ci_workspace_also_uses() {
         "the build wrote into the builder's own filesystem"
     );
 }
+
+#[test]
+fn progress_on_a_terminal_plain_lines_otherwise() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {base}\nRUN true\n"),
+    );
+    let work = tempfile::tempdir().unwrap();
+    // Not a terminal: no carriage returns, no escape codes.
+    let plain = must_build(ctx.path(), work.path(), &["--no-push", "--insecure-pull"]);
+    assert!(
+        !plain.contains('\r') && !plain.contains("\x1b["),
+        "{plain:?}"
+    );
+    // A pseudo-terminal from util-linux's `script`: a live progress line.
+    let cmd = format!(
+        "{} --context {} --kaniko-dir {} --no-push --insecure-pull",
+        env!("CARGO_BIN_EXE_executor"),
+        ctx.path().display(),
+        work.path().display()
+    );
+    let out = run(Command::new("script").args(["-qec", &cmd, "/dev/null"]));
+    assert!(
+        out.contains(&format!("pulling {base}:")) && out.contains("MB (100%)"),
+        "{out:?}"
+    );
+}
