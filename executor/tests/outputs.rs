@@ -294,3 +294,43 @@ fn progress_on_a_terminal_plain_lines_otherwise() {
         "{out:?}"
     );
 }
+
+#[test]
+fn chroot_isolation_gives_the_same_image() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {base}\nRUN mkdir -p /opt/a && echo x > /opt/a/f && ln -s f /opt/a/l && rm /etc/os-release && chmod 0700 /opt/a\nUSER app\nRUN touch /home/app/mine\n"),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let mut trees = Vec::new();
+    for iso in ["chroot", "namespaces"] {
+        let l = out.path().join(iso);
+        let work = tempfile::tempdir().unwrap();
+        let log = must_build(
+            ctx.path(),
+            work.path(),
+            &[
+                "--no-push",
+                "--insecure-pull",
+                "--isolation",
+                iso,
+                "--oci-layout-path",
+                l.to_str().unwrap(),
+            ],
+        );
+        assert!(log.contains(&format!("isolation: {iso}")), "{log}");
+        let img = unpack(&format!("oci:{}:latest", l.display()));
+        assert!(
+            !img.rootfs().join("etc/os-release").exists(),
+            "{iso}: deletion lost"
+        );
+        let t = tree(&img.rootfs());
+        assert_eq!(t["home/app/mine"].uid, 1000, "{iso}: USER applies to RUN");
+        trees.push(t);
+    }
+    assert_eq!(trees[0], trees[1]);
+}

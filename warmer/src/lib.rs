@@ -519,3 +519,27 @@ fn referenced_size(
         .map(|m| m.len())
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerfile_bases_resolve_global_args_and_skip_aliases() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("Dockerfile");
+        std::fs::write(
+            &p,
+            "ARG REG=reg.example\nARG TAG=1\nFROM $REG/base:${TAG} AS build\nFROM build AS test\nFROM scratch\nCOPY --from=build / /\nFROM ${REG}/runtime:2\n",
+        )
+        .expect("write");
+        assert_eq!(
+            images_from_dockerfile(&p, &[]).expect("parse"),
+            vec!["reg.example/base:1", "reg.example/runtime:2"]
+        );
+        assert_eq!(
+            images_from_dockerfile(&p, &[("TAG".into(), "9".into())]).expect("parse"),
+            vec!["reg.example/base:9", "reg.example/runtime:2"]
+        );
+    }
+}
