@@ -28,5 +28,6 @@ echo
 echo "image digest: $(cat "$out/digest")"
 echo "OCI layout:   $out/oci (tag demo)"
 echo "docker tar:   $out/example.tar"
-echo "running its command on the unpacked root with chroot:"
-chroot "$out/bundle/rootfs" /bin/sh /app/hello.sh
+echo "running its command with its environment on the unpacked root (chroot):"
+mapfile -t envs < <(python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["process"]["env"]))' "$out/bundle/config.json")
+env -i "${envs[@]}" chroot "$out/bundle/rootfs" /bin/sh /app/hello.sh
