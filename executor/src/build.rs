@@ -661,12 +661,7 @@ impl Builder {
                 st.commit_layer(&root, diff.with_parents(), "single snapshot of the stage")?;
             }
         }
-        let created = if self.opts.layer.reproducible {
-            "1970-01-01T00:00:00Z".to_string()
-        } else {
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        };
-        st.image.config.created = Some(created);
+        st.image.config.created = Some(self.timestamp());
         Ok(StageOut {
             image: st.image,
             root: st.root,
@@ -782,6 +777,97 @@ impl Builder {
             Err(e) => {
                 tracing::warn!("warmed copy of {name} is unusable ({e}); pulling it");
                 None
+            }
+        }
+    }
+
+    /// Creation times in config and history: the epoch with `--reproducible`.
+    fn timestamp(&self) -> String {
+        if self.opts.layer.reproducible {
+            "1970-01-01T00:00:00Z".to_string()
+        } else {
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        }
+    }
+
+    /// Unpacks `layers` into a fresh root under the work directory: blobs
+    /// fetched concurrently (with progress on a terminal), applied in order.
+    async fn unpack_layers(
+        &self,
+        layers: &[ImageLayer],
+        image: &str,
+        prefix: &str,
+    ) -> Result<PathBuf, BuildError> {
+        let work_err = |source| BuildError::Work {
+            path: self.work_path().to_path_buf(),
+            source,
+        };
+        let root = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.work_path())
+            .map_err(work_err)?
+            .keep();
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(work_err)?;
+        let total: u64 = layers
+            .iter()
+            .filter(|l| !self.store.has(&l.descriptor.digest))
+            .map(|l| l.descriptor.size)
+            .sum();
+        let progress = crate::progress::Progress::start(&format!("pulling {image}"), total);
+        let fetches = layers
+            .iter()
+            .map(|l| self.ensure_local_progress(l, progress.counter()));
+        let paths = futures_util::future::try_join_all(fetches).await;
+        progress.finish();
+        for (l, p) in layers.iter().zip(paths?) {
+            self.apply_layer_file(&root, l, &p, image).await?;
+        }
+        Ok(root)
+    }
+
+    /// Applies one layer blob to a root. I/O failures are retried
+    /// `--image-fs-extract-retry` times; a hostile entry never is.
+    async fn apply_layer_file(
+        &self,
+        root: &Path,
+        l: &ImageLayer,
+        p: &Path,
+        image: &str,
+    ) -> Result<(), BuildError> {
+        let mut attempt = 0;
+        loop {
+            let f = std::fs::File::open(p).map_err(|source| BuildError::Work {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            let root2 = root.to_path_buf();
+            let res = tokio::task::spawn_blocking(move || extract::apply_layer(&root2, f))
+                .await
+                .map_err(|e| BuildError::Work {
+                    path: p.to_path_buf(),
+                    source: std::io::Error::other(e),
+                })?;
+            match res {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if attempt < self.opts.image_fs_extract_retry
+                        && !matches!(
+                            e,
+                            extract::ExtractError::Path { .. }
+                                | extract::ExtractError::BadLink { .. }
+                        ) =>
+                {
+                    attempt += 1;
+                    tracing::warn!("extracting {}: {e}; retrying", l.descriptor.digest);
+                }
+                Err(e) => {
+                    return Err(BuildError::Extract {
+                        image: image.to_string(),
+                        digest: l.descriptor.digest.clone(),
+                        source: Box::new(e),
+                    })
+                }
             }
         }
     }
@@ -969,77 +1055,10 @@ impl StageState<'_> {
         if let Some(r) = &self.root {
             return Ok(r.clone());
         }
-        let root = tempfile::Builder::new()
-            .prefix("rootfs-")
-            .tempdir_in(self.b.work_path())
-            .map_err(|source| BuildError::Work {
-                path: self.b.work_path().to_path_buf(),
-                source,
-            })?
-            .keep();
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(|source| BuildError::Work {
-                path: root.clone(),
-                source,
-            })?;
-        // Fetch all layers concurrently, then apply them in order.
-        let total: u64 = self
-            .image
-            .layers
-            .iter()
-            .filter(|l| !self.b.store.has(&l.descriptor.digest))
-            .map(|l| l.descriptor.size)
-            .sum();
-        let progress =
-            crate::progress::Progress::start(&format!("pulling {}", self.base_name), total);
-        let fetches = self
-            .image
-            .layers
-            .iter()
-            .map(|l| self.b.ensure_local_progress(l, progress.counter()));
-        let paths = futures_util::future::try_join_all(fetches).await;
-        progress.finish();
-        let paths = paths?;
-        for (l, p) in self.image.layers.iter().zip(paths) {
-            let mut attempt = 0;
-            loop {
-                let f = std::fs::File::open(&p).map_err(|source| BuildError::Work {
-                    path: p.clone(),
-                    source,
-                })?;
-                let root2 = root.clone();
-                let res = tokio::task::spawn_blocking(move || extract::apply_layer(&root2, f))
-                    .await
-                    .map_err(|e| BuildError::Work {
-                        path: p.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-                match res {
-                    Ok(_) => break,
-                    Err(
-                        e @ (extract::ExtractError::Path { .. }
-                        | extract::ExtractError::BadLink { .. }),
-                    ) => {
-                        return Err(BuildError::Extract {
-                            image: self.base_name.clone(),
-                            digest: l.descriptor.digest.clone(),
-                            source: Box::new(e),
-                        })
-                    }
-                    Err(e) if attempt < self.b.opts.image_fs_extract_retry => {
-                        attempt += 1;
-                        tracing::warn!("extracting {}: {e}; retrying", l.descriptor.digest);
-                    }
-                    Err(e) => {
-                        return Err(BuildError::Extract {
-                            image: self.base_name.clone(),
-                            digest: l.descriptor.digest.clone(),
-                            source: Box::new(e),
-                        })
-                    }
-                }
-            }
-        }
+        let root = self
+            .b
+            .unpack_layers(&self.image.layers, &self.base_name, "rootfs-")
+            .await?;
         self.root = Some(root.clone());
         Ok(root)
     }
@@ -1058,11 +1077,7 @@ impl StageState<'_> {
     }
 
     fn history(&mut self, created_by: String, empty: bool) {
-        let created = if self.b.opts.layer.reproducible {
-            "1970-01-01T00:00:00Z".to_string()
-        } else {
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        };
+        let created = self.b.timestamp();
         self.image.config.history.push(History {
             created: Some(created),
             created_by: Some(created_by),
@@ -1512,15 +1527,9 @@ impl StageState<'_> {
                 };
                 if let Some(root) = self.root.clone() {
                     let p = self.b.ensure_local(&l).await?;
-                    let f = std::fs::File::open(&p).map_err(|source| BuildError::Work {
-                        path: p.clone(),
-                        source,
-                    })?;
-                    extract::apply_layer(&root, f).map_err(|e| BuildError::Extract {
-                        image: format!("cache entry {}", hit.key),
-                        digest: l.descriptor.digest.clone(),
-                        source: Box::new(e),
-                    })?;
+                    self.b
+                        .apply_layer_file(&root, &l, &p, &format!("cache entry {}", hit.key))
+                        .await?;
                 }
                 self.image.config.rootfs.diff_ids.push(diff_id);
                 self.last_hit_layer = Some((l.descriptor.digest.clone(), l.descriptor.size));
@@ -1914,27 +1923,7 @@ impl StageState<'_> {
     }
 
     async fn unpack_image(&self, img: &BuiltImage, name: &str) -> Result<PathBuf, BuildError> {
-        let root = tempfile::Builder::new()
-            .prefix("from-")
-            .tempdir_in(self.b.work_path())
-            .map_err(|source| BuildError::Work {
-                path: self.b.work_path().to_path_buf(),
-                source,
-            })?
-            .keep();
-        for l in &img.layers {
-            let p = self.b.ensure_local(l).await?;
-            let f = std::fs::File::open(&p).map_err(|source| BuildError::Work {
-                path: p.clone(),
-                source,
-            })?;
-            extract::apply_layer(&root, f).map_err(|source| BuildError::Extract {
-                image: name.to_string(),
-                digest: l.descriptor.digest.clone(),
-                source: Box::new(source),
-            })?;
-        }
-        Ok(root)
+        self.b.unpack_layers(&img.layers, name, "from-").await
     }
 
     fn add_archive(
