@@ -490,12 +490,19 @@ impl Registry {
         Ok(n)
     }
 
-    pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+    /// Obtains push credentials (a bearer token with push scope, where the
+    /// registry uses tokens) for `r`'s repository.
+    async fn auth_push(&self, r: &Reference) -> Result<(), RegistryError> {
         let auth = self.auth_for(r)?;
         self.client
             .auth(r, &auth, RegistryOperation::Push)
             .await
             .map_err(|e| RegistryError::remote_err(r, &e))?;
+        Ok(())
+    }
+
+    pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+        self.auth_push(r).await?;
         self.client
             .blob_exists(r, digest.as_str())
             .await
@@ -512,11 +519,7 @@ impl Registry {
         if r.resolve_registry() != from.resolve_registry() {
             return Ok(false);
         }
-        let auth = self.auth_for(r)?;
-        self.client
-            .auth(r, &auth, RegistryOperation::Push)
-            .await
-            .map_err(|e| RegistryError::remote_err(r, &e))?;
+        self.auth_push(r).await?;
         Ok(self
             .client
             .mount_blob(r, from, digest.as_str())
@@ -533,11 +536,7 @@ impl Registry {
         size: u64,
     ) -> Result<(), RegistryError> {
         self.retry(self.opts.push_retries, || async {
-            let auth = self.auth_for(r)?;
-            self.client
-                .auth(r, &auth, RegistryOperation::Push)
-                .await
-                .map_err(|e| RegistryError::remote_err(r, &e))?;
+            self.auth_push(r).await?;
             let file = tokio::fs::File::open(path)
                 .await
                 .map_err(|source| RegistryError::Io {
@@ -563,11 +562,7 @@ impl Registry {
         let digest = Digest::sha256_of(&body);
         let body = bytes::Bytes::from(body);
         self.retry(self.opts.push_retries, || async {
-            let auth = self.auth_for(r)?;
-            self.client
-                .auth(r, &auth, RegistryOperation::Push)
-                .await
-                .map_err(|e| RegistryError::remote_err(r, &e))?;
+            self.auth_push(r).await?;
             let ct = media_type
                 .parse()
                 .map_err(|_| RegistryError::remote(r, format!("bad media type {media_type}")))?;

@@ -247,7 +247,6 @@ impl Builder {
             &self.opts.context,
             self.opts.context_sub_path.as_deref(),
             self.work.path(),
-            None,
         )
         .await?;
         let df_path = self.dockerfile_path(Some(&ctx.dir));

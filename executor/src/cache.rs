@@ -14,6 +14,7 @@
 use crate::build::LayerSource;
 use crate::cache_key::CACHE_FORMAT;
 use kiln_common::image::{self, Descriptor, Manifest};
+use kiln_common::layout::write_atomic;
 use kiln_common::registry::{Registry, RegistryError};
 use kiln_common::Digest;
 use oci_client::Reference;
@@ -431,15 +432,6 @@ fn short(s: &str) -> String {
     } else {
         format!("{s:?}")
     }
-}
-
-fn write_atomic(dest: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut t = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut t, data)?;
-    t.as_file().sync_all()?;
-    t.persist(dest).map_err(|e| e.error)?;
-    Ok(())
 }
 
 fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<()> {

@@ -190,13 +190,10 @@ fn walk(
             };
             let p = path.join(n.as_ref());
             if let Some(i) = ignore {
-                if i.excluded(&child_ctx) {
-                    let is_dir = std::fs::symlink_metadata(&p)
-                        .map(|m| m.is_dir())
-                        .unwrap_or(false);
-                    if !(is_dir && i.may_reinclude_under(&child_ctx)) {
-                        continue;
-                    }
+                if i.prunes(&child_ctx, || {
+                    std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+                }) {
+                    continue;
                 }
             }
             walk(&p, &child_rel, &child_ctx, ignore, keep_owner, h, files)?;

@@ -34,12 +34,13 @@ pub struct BuildContext {
 
 impl BuildContext {
     /// Prepares `spec` (kaniko's `--context`), unpacking into `work` when needed;
-    /// `sub_path` is `--context-sub-path`.
+    /// `sub_path` is `--context-sub-path`. `.dockerignore` is read by
+    /// [`Self::load_ignore`] once the Dockerfile is known, since it may have
+    /// come out of the context archive and have an ignore file of its own.
     pub async fn prepare(
         spec: &str,
         sub_path: Option<&str>,
         work: &Path,
-        dockerfile: Option<&Path>,
     ) -> Result<BuildContext, ContextError> {
         let io_err = |source| ContextError::Io {
             context: spec.to_string(),
@@ -107,16 +108,14 @@ impl BuildContext {
             });
         }
         let dir = dir.canonicalize().map_err(io_err)?;
-        let ignore = DockerIgnore::load(&dir, dockerfile).map_err(io_err)?;
         Ok(BuildContext {
             dir,
-            ignore,
+            ignore: DockerIgnore::default(),
             _temp: temp,
         })
     }
 
-    /// Re-reads `.dockerignore` once the Dockerfile's path is known (it may
-    /// have come out of the context archive).
+    /// Reads `.dockerignore` (or `<Dockerfile>.dockerignore`).
     pub fn load_ignore(&mut self, dockerfile: &Path) -> Result<(), ContextError> {
         self.ignore =
             DockerIgnore::load(&self.dir, Some(dockerfile)).map_err(|source| ContextError::Io {

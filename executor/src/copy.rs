@@ -242,10 +242,11 @@ fn copy_dir_contents(
         };
         let p = e.path();
         let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
-        let is_excluded = ignore.is_some_and(|i| i.excluded(&rel));
-        if is_excluded && !(m.is_dir() && ignore.is_some_and(|i| i.may_reinclude_under(&rel))) {
+        if ignore.is_some_and(|i| i.prunes(&rel, || m.is_dir())) {
             continue;
         }
+        // An excluded directory is walked only for what `!` re-includes.
+        let is_excluded = ignore.is_some_and(|i| i.excluded(&rel));
         let target = dest.join(&name);
         if m.is_dir() {
             if !is_excluded {

@@ -83,6 +83,13 @@ impl DockerIgnore {
         excluded
     }
 
+    /// Whether a walk of the context can skip `rel` entirely: it is excluded
+    /// and, if a directory, no `!` pattern re-includes anything under it.
+    /// `is_dir` is asked only for excluded paths, so walks stat nothing extra.
+    pub fn prunes(&self, rel: &str, is_dir: impl FnOnce() -> bool) -> bool {
+        self.excluded(rel) && !(is_dir() && self.may_reinclude_under(rel))
+    }
+
     /// Whether some `!` pattern could re-include something under `dir`, so an
     /// excluded directory must still be walked.
     pub fn may_reinclude_under(&self, dir: &str) -> bool {
