@@ -35,3 +35,19 @@ pub fn write(dir: &Path, rel: &str, content: &str) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, content).unwrap();
 }
+
+/// Builds `context` with `args` into a fresh OCI layout and unpacks the result
+/// through skopeo + umoci; returns the build log and the unpacked image.
+pub fn build_unpacked(context: &Path, args: &[&str]) -> (String, kiln_testkit::Unpacked) {
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layout = out.path().join("oci");
+    let layout_s = layout.to_str().unwrap().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--oci-layout-path", layout_s.as_str()]);
+    let log = must_build(context, work.path(), &all);
+    (
+        log,
+        kiln_testkit::unpack(&format!("oci:{}:latest", layout.display())),
+    )
+}

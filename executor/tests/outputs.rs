@@ -226,20 +226,7 @@ fn thousands_of_files_and_a_path_the_ci_workspace_also_uses() {
         "Dockerfile",
         &format!("FROM {base}\nCOPY many /data/many\nRUN mkdir -p {host_ws}/.m2 && echo in-image > {host_ws}/.m2/settings && ls /data/many/d0 | wc -l > /data/count\n"),
     );
-    let out = tempfile::tempdir().unwrap();
-    let layout = out.path().join("oci");
-    let work = tempfile::tempdir().unwrap();
-    must_build(
-        ctx.path(),
-        work.path(),
-        &[
-            "--no-push",
-            "--insecure-pull",
-            "--oci-layout-path",
-            layout.to_str().unwrap(),
-        ],
-    );
-    let img = unpack(&format!("oci:{}:latest", layout.display()));
+    let (_, img) = build_unpacked(ctx.path(), &["--no-push", "--insecure-pull"]);
     let t = tree(&img.rootfs());
     assert_eq!(
         t.keys()
@@ -305,25 +292,13 @@ fn chroot_isolation_gives_the_same_image() {
         "Dockerfile",
         &format!("FROM {base}\nRUN mkdir -p /opt/a && echo x > /opt/a/f && ln -s f /opt/a/l && rm /etc/os-release && chmod 0700 /opt/a\nUSER app\nRUN touch /home/app/mine\n"),
     );
-    let out = tempfile::tempdir().unwrap();
     let mut trees = Vec::new();
     for iso in ["chroot", "namespaces"] {
-        let l = out.path().join(iso);
-        let work = tempfile::tempdir().unwrap();
-        let log = must_build(
+        let (log, img) = build_unpacked(
             ctx.path(),
-            work.path(),
-            &[
-                "--no-push",
-                "--insecure-pull",
-                "--isolation",
-                iso,
-                "--oci-layout-path",
-                l.to_str().unwrap(),
-            ],
+            &["--no-push", "--insecure-pull", "--isolation", iso],
         );
         assert!(log.contains(&format!("isolation: {iso}")), "{log}");
-        let img = unpack(&format!("oci:{}:latest", l.display()));
         assert!(
             !img.rootfs().join("etc/os-release").exists(),
             "{iso}: deletion lost"

@@ -138,22 +138,15 @@ fn manifest_lists_select_the_requested_platform() {
             &format!("FROM {multi}\nCOPY f /f\n"),
         );
         write(ctx.path(), "f", "f");
-        let out = tempfile::tempdir().unwrap();
-        let l = out.path().join("oci");
-        let work = tempfile::tempdir().unwrap();
-        must_build(
+        let (_, img) = build_unpacked(
             ctx.path(),
-            work.path(),
             &[
                 "--no-push",
                 "--insecure-pull",
                 "--custom-platform",
                 platform,
-                "--oci-layout-path",
-                l.to_str().unwrap(),
             ],
         );
-        let img = unpack(&format!("oci:{}:latest", l.display()));
         assert_eq!(
             std::fs::read_to_string(img.rootfs().join("etc/arch")).unwrap(),
             marker,
@@ -201,23 +194,16 @@ fn registry_map_sends_pulls_to_the_mirror() {
         "Dockerfile",
         "FROM busybox:stable\nRUN echo mirrored > /m\n",
     );
-    let out = tempfile::tempdir().unwrap();
-    let l = out.path().join("oci");
-    let work = tempfile::tempdir().unwrap();
-    must_build(
+    let (_, img) = build_unpacked(
         ctx.path(),
-        work.path(),
         &[
             "--no-push",
             "--insecure-pull",
             "--registry-mirror",
             &mirror.addr,
             "--skip-default-registry-fallback",
-            "--oci-layout-path",
-            l.to_str().unwrap(),
         ],
     );
-    let img = unpack(&format!("oci:{}:latest", l.display()));
     assert_eq!(
         std::fs::read_to_string(img.rootfs().join("m")).unwrap(),
         "mirrored\n"

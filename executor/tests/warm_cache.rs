@@ -53,27 +53,20 @@ async fn builds_from_the_warmed_directory_without_the_registry() {
             "Dockerfile",
             &format!("FROM {from}\nRUN echo warm > /w\n"),
         );
-        let out = tempfile::tempdir().unwrap();
-        let l = out.path().join("oci");
-        let work = tempfile::tempdir().unwrap();
-        let log = must_build(
+        let (log, img) = build_unpacked(
             ctx.path(),
-            work.path(),
             &[
                 "--no-push",
                 "--insecure-pull",
                 "--cache-dir",
                 cache.path().to_str().unwrap(),
-                "--oci-layout-path",
-                l.to_str().unwrap(),
             ],
         );
-        let img = unpack(&format!("oci:{}:latest", l.display()));
         assert_eq!(
             std::fs::read_to_string(img.rootfs().join("w")).unwrap(),
             "warm\n"
         );
-        (log, out)
+        log
     };
 
     // Registry up: a digest-pinned FROM makes no request at all; a tag one HEAD.
@@ -97,6 +90,6 @@ async fn builds_from_the_warmed_directory_without_the_registry() {
     // Registry gone: both still build from the directory.
     reg.stop();
     build_with(&pinned);
-    let (log, _) = build_with(&tagged);
+    let log = build_with(&tagged);
     assert!(log.contains("using the warmed copy"), "{log}");
 }
