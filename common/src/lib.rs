@@ -8,6 +8,7 @@ pub mod dockerfile;
 pub mod duration;
 pub mod image;
 pub mod layout;
+pub mod objstore;
 pub mod registry;
 pub mod shell_lex;
 

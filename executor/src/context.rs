@@ -137,38 +137,17 @@ async fn fetch_object(spec: &str, dest: &Path) -> Result<(), ContextError> {
         context: spec.to_string(),
         message,
     };
-    let (bucket, key) = match spec.split_once("://").and_then(|(_, r)| r.split_once('/')) {
-        Some((b, k)) if !b.is_empty() && !k.is_empty() => (b.to_string(), k.to_string()),
-        _ => {
-            return Err(err(
-                "expected <scheme>://<bucket>/<path to a tar or tar.gz>".into(),
-            ))
-        }
-    };
-    let store: Box<dyn object_store::ObjectStore> = match &spec[..2] {
-        "s3" => Box::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(spec)
-                .with_bucket_name(&bucket)
-                .build()
-                .map_err(|e| err(e.to_string()))?,
-        ),
-        "gs" => Box::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(spec)
-                .with_bucket_name(&bucket)
-                .build()
-                .map_err(|e| err(e.to_string()))?,
-        ),
-        _ => Box::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(spec)
-                .with_container_name(&bucket)
-                .build()
-                .map_err(|e| err(e.to_string()))?,
-        ),
-    };
-    let path = object_store::path::Path::from(key.as_str());
+    let (dir, file) = spec
+        .rsplit_once('/')
+        .filter(|(d, f)| {
+            !f.is_empty() && d.contains("://") && !d.ends_with(':') && !d.ends_with("//")
+        })
+        .ok_or_else(|| err("expected <scheme>://<bucket>/<path to a tar or tar.gz>".into()))?;
+    let (store, prefix) =
+        kiln_common::objstore::open(dir, kiln_common::objstore::Patience::Patient)
+            .map_err(|e| err(e.to_string()))?;
+    let key = format!("{prefix}/{file}");
+    let path = object_store::path::Path::from(key.trim_start_matches('/'));
     let mut stream = store
         .get(&path)
         .await

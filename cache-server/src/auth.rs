@@ -1,0 +1,244 @@
+//! Who may read and write which repositories. Access is anonymous or by
+//! credentials (HTTP basic with a user's password, or a bearer token), each
+//! granting read-only or read-write on repository prefixes. Credentials are
+//! compared by their SHA-256, never logged, and never echoed in errors.
+
+use base64::Engine;
+use sha2::{Digest as _, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("auth file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    #[default]
+    None,
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Grant {
+    /// Repository prefix; "" grants every repository.
+    #[serde(default)]
+    pub prefix: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct UserSpec {
+    username: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct AuthFile {
+    #[serde(default)]
+    anonymous: Vec<Grant>,
+    #[serde(default)]
+    users: Vec<UserSpec>,
+}
+
+struct Principal {
+    name: String,
+    basic: Option<[u8; 32]>,
+    token: Option<[u8; 32]>,
+    grants: Vec<Grant>,
+}
+
+/// The access policy. `Auth::open()` (no file) lets anyone read and write,
+/// which suits a cache reachable only inside a cluster.
+pub struct Auth {
+    anonymous: Vec<Grant>,
+    principals: Vec<Principal>,
+    realm: String,
+}
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Anonymous,
+    User(String),
+    /// Credentials were sent and did not match.
+    Rejected,
+}
+
+fn hash(s: &[u8]) -> [u8; 32] {
+    Sha256::digest(s).into()
+}
+
+impl Auth {
+    pub fn open() -> Auth {
+        Auth {
+            anonymous: vec![Grant {
+                prefix: String::new(),
+                access: Access::Write,
+            }],
+            principals: Vec::new(),
+            realm: "kiln-cache".into(),
+        }
+    }
+
+    /// Reads a JSON policy:
+    /// `{"anonymous": [{"prefix": "", "access": "read"}],
+    ///   "users": [{"username": "ci", "password": "…", "token": "…",
+    ///              "grants": [{"prefix": "cache/", "access": "write"}]}]}`
+    pub fn load(path: &Path) -> Result<Auth, AuthError> {
+        let err = |message: String| AuthError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        // serde's message may quote the offending value; keep only its position.
+        let f: AuthFile = serde_json::from_slice(&text).map_err(|e| {
+            err(format!(
+                "invalid JSON at line {} column {}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let mut principals = Vec::new();
+        for (i, u) in f.users.into_iter().enumerate() {
+            let basic = match (&u.username, &u.password) {
+                (Some(n), Some(p)) => Some(hash(format!("{n}:{p}").as_bytes())),
+                (None, None) => None,
+                _ => {
+                    return Err(err(format!(
+                        "user {} needs both username and password",
+                        i + 1
+                    )))
+                }
+            };
+            if basic.is_none() && u.token.is_none() {
+                return Err(err(format!(
+                    "user {} has neither password nor token",
+                    i + 1
+                )));
+            }
+            principals.push(Principal {
+                name: u
+                    .username
+                    .clone()
+                    .unwrap_or_else(|| format!("token-{}", i + 1)),
+                basic,
+                token: u.token.as_deref().map(|t| hash(t.as_bytes())),
+                grants: u.grants,
+            });
+        }
+        Ok(Auth {
+            anonymous: f.anonymous,
+            principals,
+            realm: "kiln-cache".into(),
+        })
+    }
+
+    /// Identifies the caller from an `Authorization` header value.
+    pub fn identify(&self, authorization: Option<&str>) -> Caller {
+        let Some(h) = authorization else {
+            return Caller::Anonymous;
+        };
+        let (scheme, value) = h.split_once(' ').unwrap_or((h, ""));
+        let value = value.trim();
+        let found = if scheme.eq_ignore_ascii_case("basic") {
+            let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(value) else {
+                return Caller::Rejected;
+            };
+            let h = hash(&raw);
+            self.principals.iter().find(|p| p.basic == Some(h))
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let h = hash(value.as_bytes());
+            self.principals.iter().find(|p| p.token == Some(h))
+        } else {
+            None
+        };
+        match found {
+            Some(p) => Caller::User(p.name.clone()),
+            None => Caller::Rejected,
+        }
+    }
+
+    /// The access `caller` has to `repo` (`None`: the registry as a whole,
+    /// as for `/v2/` and the catalog).
+    pub fn access(&self, caller: &Caller, repo: Option<&str>) -> Access {
+        let grants: &[Grant] = match caller {
+            Caller::Anonymous => &self.anonymous,
+            Caller::User(n) => match self.principals.iter().find(|p| &p.name == n) {
+                Some(p) => &p.grants,
+                None => return Access::None,
+            },
+            Caller::Rejected => return Access::None,
+        };
+        grants
+            .iter()
+            .filter(|g| match repo {
+                Some(r) => r.starts_with(&g.prefix),
+                None => g.prefix.is_empty(),
+            })
+            .map(|g| g.access)
+            .max()
+            .unwrap_or(Access::None)
+    }
+
+    /// Whether anonymous callers can do anything at all (else `/v2/` challenges them).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.anonymous.iter().any(|g| g.access > Access::None)
+    }
+
+    pub fn challenge(&self) -> String {
+        format!("Basic realm=\"{}\"", self.realm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_follow_prefixes_and_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("auth.json");
+        std::fs::write(
+            &p,
+            r#"{"anonymous":[{"prefix":"public/","access":"read"}],
+                "users":[{"username":"ci","password":"s3cret","grants":[{"prefix":"cache/","access":"write"},{"prefix":"","access":"read"}]},
+                         {"token":"tok","grants":[{"prefix":"cache/","access":"read"}]}]}"#,
+        )
+        .unwrap();
+        let a = Auth::load(&p).unwrap();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("ci:s3cret")
+        );
+        let ci = a.identify(Some(&basic));
+        assert_eq!(ci, Caller::User("ci".into()));
+        assert_eq!(a.access(&ci, Some("cache/app")), Access::Write);
+        assert_eq!(a.access(&ci, Some("other")), Access::Read);
+        let tok = a.identify(Some("Bearer tok"));
+        assert_eq!(a.access(&tok, Some("cache/app")), Access::Read);
+        assert_eq!(a.access(&tok, Some("other")), Access::None);
+        let bad = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("ci:wrong")
+        );
+        assert_eq!(a.identify(Some(&bad)), Caller::Rejected);
+        assert_eq!(a.access(&Caller::Anonymous, Some("public/x")), Access::Read);
+        assert_eq!(a.access(&Caller::Anonymous, Some("cache/x")), Access::None);
+    }
+
+    #[test]
+    fn a_broken_file_does_not_echo_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("auth.json");
+        std::fs::write(&p, r#"{"users":[{"username":"ci","password":"hunter2","grants":[{"access":"superuser"}]}]}"#).unwrap();
+        let e = Auth::load(&p).err().unwrap().to_string();
+        assert!(e.contains("line 1"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("superuser"), "{e}");
+    }
+}

@@ -1,0 +1,290 @@
+//! Expiry, size budget and garbage collection, run online (inside the
+//! server on an interval) or one-shot (`cache-server gc`, for a CronJob).
+//!
+//! Order matters for safety against concurrent pushes: tags are expired
+//! first; then untagged manifests and unreferenced blobs are deleted only if
+//! they are older than a grace period (a push writes blobs before the
+//! manifest that names them, so a blob younger than the grace may belong to
+//! a manifest not written yet); and before deleting, everything written
+//! since the scan began is scanned again and its references kept.
+
+use crate::storage::{Meta, Storage};
+use crate::store::{
+    parse_stored_manifest, referenced_blobs, referenced_manifests, Store, StoreError,
+};
+use kiln_common::Digest;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub ttl: Option<Duration>,
+    /// Total blob bytes to keep; least recently used entries go first.
+    pub max_size: Option<u64>,
+    pub grace: Duration,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct GcReport {
+    pub tags_expired: Vec<String>,
+    pub tags_evicted: Vec<String>,
+    pub manifests_deleted: usize,
+    pub blobs_deleted: usize,
+    pub bytes_deleted: u64,
+    pub blobs_kept: usize,
+    pub bytes_kept: u64,
+    pub entries_kept: usize,
+    pub dry_run: bool,
+}
+
+struct Tag {
+    repo: String,
+    name: String,
+    meta: Meta,
+}
+
+fn split_repo_key<'a>(key: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
+    key.strip_prefix("repos/")?.split_once(marker)
+}
+
+pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreError> {
+    let started = chrono::Utc::now();
+    let grace = chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::hours(1));
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let (mut tags, manifests) = scan_repos(store).await?;
+    let blobs: BTreeMap<Digest, Meta> = store
+        .storage
+        .list("blobs/sha256/")
+        .await?
+        .into_iter()
+        .filter_map(|m| {
+            let hex = m.key.rsplit('/').next()?;
+            Some((format!("sha256:{hex}").parse().ok()?, m))
+        })
+        .collect();
+
+    // 1. Expiry: entries unused for longer than the TTL.
+    if let Some(ttl) = opts.ttl.and_then(|t| chrono::Duration::from_std(t).ok()) {
+        let (old, keep): (Vec<Tag>, Vec<Tag>) = tags
+            .into_iter()
+            .partition(|t| started - t.meta.modified > ttl);
+        for t in old {
+            report.tags_expired.push(format!("{}:{}", t.repo, t.name));
+            if !opts.dry_run {
+                store.delete_tag(&t.repo, &t.name).await?;
+            }
+        }
+        tags = keep;
+    }
+
+    // Which blobs each surviving tag needs (through indexes too).
+    let mut needs: Vec<BTreeSet<Digest>> = Vec::with_capacity(tags.len());
+    for t in &tags {
+        needs.push(tag_closure(store, &t.repo, &t.meta, &manifests).await?.1);
+    }
+
+    // 2. Size budget: drop least recently used entries until what the rest
+    // reference fits.
+    if let Some(budget) = opts.max_size {
+        let mut refs: HashMap<&Digest, usize> = HashMap::new();
+        for n in &needs {
+            for d in n {
+                *refs.entry(d).or_default() += 1;
+            }
+        }
+        let size_of = |d: &Digest| blobs.get(d).map_or(0, |m| m.size);
+        let mut total: u64 = refs.keys().map(|d| size_of(d)).sum();
+        let mut order: Vec<usize> = (0..tags.len()).collect();
+        order.sort_by_key(|&i| tags[i].meta.modified);
+        let mut evict = BTreeSet::new();
+        for i in order {
+            if total <= budget {
+                break;
+            }
+            for d in &needs[i] {
+                if let Some(c) = refs.get_mut(d) {
+                    *c -= 1;
+                    if *c == 0 {
+                        total -= size_of(d);
+                    }
+                }
+            }
+            evict.insert(i);
+        }
+        let mut kept_tags = Vec::new();
+        let mut kept_needs = Vec::new();
+        for (i, (t, n)) in tags.into_iter().zip(needs).enumerate() {
+            if evict.contains(&i) {
+                report.tags_evicted.push(format!("{}:{}", t.repo, t.name));
+                if !opts.dry_run {
+                    store.delete_tag(&t.repo, &t.name).await?;
+                }
+            } else {
+                kept_tags.push(t);
+                kept_needs.push(n);
+            }
+        }
+        tags = kept_tags;
+        needs = kept_needs;
+    }
+
+    // 3. Manifests reachable from a kept tag, and the blobs they need.
+    let mut live_manifests: BTreeSet<(String, Digest)> = BTreeSet::new();
+    let mut live_blobs: BTreeSet<Digest> = needs.into_iter().flatten().collect();
+    for t in &tags {
+        for d in tag_closure(store, &t.repo, &t.meta, &manifests).await?.0 {
+            live_manifests.insert((t.repo.clone(), d));
+        }
+    }
+    // Young untagged manifests may be an index's children pushed first.
+    for ((repo, d), m) in &manifests {
+        if started - m.modified <= grace && !live_manifests.contains(&(repo.clone(), d.clone())) {
+            live_manifests.insert((repo.clone(), d.clone()));
+            if let Some(mb) = store.manifest(repo, d).await? {
+                live_blobs.extend(referenced_blobs(&mb).unwrap_or_default());
+            }
+        }
+    }
+
+    // 4. Rescan what was written meanwhile and keep its references.
+    let (tags2, manifests2) = scan_repos(store).await?;
+    for t in tags2
+        .iter()
+        .filter(|t| t.meta.modified >= started - chrono::Duration::seconds(2))
+    {
+        let (ms, bs) = tag_closure(store, &t.repo, &t.meta, &manifests2).await?;
+        live_manifests.extend(ms.into_iter().map(|d| (t.repo.clone(), d)));
+        live_blobs.extend(bs);
+    }
+    for ((repo, d), m) in &manifests2 {
+        if m.modified >= started - chrono::Duration::seconds(2) {
+            live_manifests.insert((repo.clone(), d.clone()));
+            if let Some(mb) = store.manifest(repo, d).await? {
+                live_blobs.extend(referenced_blobs(&mb).unwrap_or_default());
+            }
+        }
+    }
+
+    for (repo, d) in manifests.keys() {
+        if !live_manifests.contains(&(repo.clone(), d.clone())) {
+            report.manifests_deleted += 1;
+            if !opts.dry_run {
+                store
+                    .storage
+                    .delete(&Storage::manifest_key(repo, d))
+                    .await?;
+                store
+                    .metrics
+                    .gc_deleted
+                    .get_or_create(&kind("manifest"))
+                    .inc();
+            }
+        }
+    }
+    for (d, m) in &blobs {
+        if live_blobs.contains(d) || started - m.modified <= grace {
+            report.blobs_kept += 1;
+            report.bytes_kept += m.size;
+            continue;
+        }
+        report.blobs_deleted += 1;
+        report.bytes_deleted += m.size;
+        if !opts.dry_run {
+            store.delete_blob(d).await?;
+            store.metrics.gc_deleted.get_or_create(&kind("blob")).inc();
+            store.metrics.gc_deleted_bytes.inc_by(m.size);
+        }
+    }
+    if !opts.dry_run {
+        let deleted_tags = (report.tags_expired.len() + report.tags_evicted.len()) as u64;
+        store
+            .metrics
+            .gc_deleted
+            .get_or_create(&kind("tag"))
+            .inc_by(deleted_tags);
+        store.metrics.gc_runs.inc();
+    }
+    report.entries_kept = tags.len();
+    store.metrics.stored_bytes.set(report.bytes_kept as i64);
+    store.metrics.stored_blobs.set(report.blobs_kept as i64);
+    store.metrics.stored_entries.set(report.entries_kept as i64);
+    Ok(report)
+}
+
+fn kind(k: &str) -> crate::metrics::KindLabel {
+    crate::metrics::KindLabel {
+        kind: k.to_string(),
+    }
+}
+
+type Manifests = BTreeMap<(String, Digest), Meta>;
+
+async fn scan_repos(store: &Store) -> Result<(Vec<Tag>, Manifests), StoreError> {
+    let mut tags = Vec::new();
+    let mut manifests = BTreeMap::new();
+    for m in store.storage.list("repos/").await? {
+        if let Some((repo, name)) = split_repo_key(&m.key, "/_tags/") {
+            tags.push(Tag {
+                repo: repo.to_string(),
+                name: name.to_string(),
+                meta: m.clone(),
+            });
+        } else if let Some((repo, hex)) = split_repo_key(&m.key, "/_manifests/") {
+            if let Ok(d) = format!("sha256:{hex}").parse::<Digest>() {
+                manifests.insert((repo.to_string(), d), m.clone());
+            }
+        }
+    }
+    Ok((tags, manifests))
+}
+
+/// The manifests and blobs a tag keeps alive.
+async fn tag_closure(
+    store: &Store,
+    repo: &str,
+    tag: &Meta,
+    manifests: &Manifests,
+) -> Result<(Vec<Digest>, BTreeSet<Digest>), StoreError> {
+    let mut out_m = Vec::new();
+    let mut out_b = BTreeSet::new();
+    let Some((raw, _)) = store.storage.get_small(&tag.key).await? else {
+        return Ok((out_m, out_b));
+    };
+    let Some(root) = std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|s| s.trim().parse::<Digest>().ok())
+    else {
+        return Ok((out_m, out_b));
+    };
+    let mut todo = vec![root];
+    while let Some(d) = todo.pop() {
+        if out_m.contains(&d) {
+            continue;
+        }
+        out_m.push(d.clone());
+        if !manifests.contains_key(&(repo.to_string(), d.clone())) {
+            continue;
+        }
+        let key = Storage::manifest_key(repo, &d);
+        let mb = match store.memory.manifests.get(&d).await {
+            Some(m) => m,
+            None => match store.storage.get_small(&key).await? {
+                Some((raw, _)) => match parse_stored_manifest(&key, &d, &raw) {
+                    Ok(m) => std::sync::Arc::new(m),
+                    Err(e) => {
+                        tracing::warn!("gc: {e}");
+                        continue;
+                    }
+                },
+                None => continue,
+            },
+        };
+        out_b.extend(referenced_blobs(&mb).unwrap_or_default());
+        todo.extend(referenced_manifests(&mb));
+    }
+    Ok((out_m, out_b))
+}

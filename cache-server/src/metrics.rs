@@ -1,0 +1,266 @@
+//! What the server tells Prometheus. Every outcome a test or an operator
+//! needs to see has a counter here: lookups by result, tier hits and bytes,
+//! backend errors (a failed lookup is never silently a miss), evictions, GC,
+//! coalesced fetches, and the build-level figures executors report.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabel {
+    pub repo: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabel {
+    pub tier: String,
+}
+
+impl TierLabel {
+    pub fn disk() -> TierLabel {
+        TierLabel {
+            tier: "disk".into(),
+        }
+    }
+    pub fn memory() -> TierLabel {
+        TierLabel {
+            tier: "memory".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierResultLabel {
+    pub tier: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierBytesLabel {
+    pub tier: String,
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepoLabel {
+    pub repo: String,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub lookups: Family<LookupLabel, Counter>,
+    pub tier_requests: Family<TierResultLabel, Counter>,
+    pub tier_bytes: Family<TierBytesLabel, Counter>,
+    pub tier_stored_bytes: Family<TierLabel, Gauge>,
+    pub request_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub responses: Family<StatusLabel, Counter>,
+    pub backend_errors: Family<OpLabel, Counter>,
+    pub evictions: Family<TierLabel, Counter>,
+    pub coalesced: Family<TierLabel, Counter>,
+    pub uploads: Family<KindLabel, Counter>,
+    pub gc_runs: Counter,
+    pub gc_deleted: Family<KindLabel, Counter>,
+    pub gc_deleted_bytes: Counter,
+    pub stored_bytes: Gauge,
+    pub stored_blobs: Gauge,
+    pub stored_entries: Gauge,
+    pub build_steps: Family<LookupLabel, Counter>,
+    pub build_seconds_saved: Family<RepoLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub builds: Family<RepoLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kiln_cache");
+        let m = Metrics {
+            registry: Registry::default(),
+            lookups: Family::default(),
+            tier_requests: Family::default(),
+            tier_bytes: Family::default(),
+            tier_stored_bytes: Family::default(),
+            request_seconds: Family::new_with_constructor(latency),
+            responses: Family::default(),
+            backend_errors: Family::default(),
+            evictions: Family::default(),
+            coalesced: Family::default(),
+            uploads: Family::default(),
+            gc_runs: Counter::default(),
+            gc_deleted: Family::default(),
+            gc_deleted_bytes: Counter::default(),
+            stored_bytes: Gauge::default(),
+            stored_blobs: Gauge::default(),
+            stored_entries: Gauge::default(),
+            build_steps: Family::default(),
+            build_seconds_saved: Family::default(),
+            builds: Family::default(),
+        };
+        registry.register(
+            "lookups",
+            "Cache entry lookups (batch or manifest by tag) by repository and result: hit, miss, expired, error",
+            m.lookups.clone(),
+        );
+        registry.register(
+            "tier_requests",
+            "Reads per tier (memory, disk, remote) and result (hit, miss)",
+            m.tier_requests.clone(),
+        );
+        registry.register(
+            "tier_bytes",
+            "Bytes read from (out) and written to (in) each tier",
+            m.tier_bytes.clone(),
+        );
+        registry.register(
+            "tier_stored_bytes",
+            "Bytes currently held by a local tier",
+            m.tier_stored_bytes.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency by route and method",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "responses",
+            "Responses by route and status",
+            m.responses.clone(),
+        );
+        registry.register(
+            "backend_errors",
+            "Remote store operations that failed, by operation",
+            m.backend_errors.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Entries evicted from a local tier for space",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "coalesced_requests",
+            "Requests that waited on another request's fetch of the same object instead of fetching it again",
+            m.coalesced.clone(),
+        );
+        registry.register(
+            "uploads",
+            "Blob uploads by result: committed, digest_invalid, size_invalid, aborted",
+            m.uploads.clone(),
+        );
+        registry.register(
+            "gc_runs",
+            "Garbage collections completed",
+            m.gc_runs.clone(),
+        );
+        registry.register(
+            "gc_deleted",
+            "Objects deleted by GC by kind: tag, manifest, blob",
+            m.gc_deleted.clone(),
+        );
+        registry.register(
+            "gc_deleted_bytes",
+            "Blob bytes deleted by GC",
+            m.gc_deleted_bytes.clone(),
+        );
+        registry.register(
+            "stored_bytes",
+            "Blob bytes in the remote store (as of the last GC scan)",
+            m.stored_bytes.clone(),
+        );
+        registry.register(
+            "stored_blobs",
+            "Blobs in the remote store (as of the last GC scan)",
+            m.stored_blobs.clone(),
+        );
+        registry.register(
+            "stored_entries",
+            "Tags (cache entries) in the remote store (as of the last GC scan)",
+            m.stored_entries.clone(),
+        );
+        registry.register(
+            "build_steps",
+            "Build steps executors reported, by repository and result (hit, miss)",
+            m.build_steps.clone(),
+        );
+        registry.register(
+            "build_seconds_saved",
+            "Seconds executors report their cache hits saved",
+            m.build_seconds_saved.clone(),
+        );
+        registry.register("builds", "Builds executors reported", m.builds.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn lookup(&self, repo: &str, result: &str) {
+        self.lookups
+            .get_or_create(&LookupLabel {
+                repo: repo.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn tier(&self, tier: &str, hit: bool) {
+        self.tier_requests
+            .get_or_create(&TierResultLabel {
+                tier: tier.to_string(),
+                result: if hit { "hit" } else { "miss" }.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn bytes(&self, tier: &str, direction: &str, n: u64) {
+        self.tier_bytes
+            .get_or_create(&TierBytesLabel {
+                tier: tier.to_string(),
+                direction: direction.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn backend_error(&self, op: &str) {
+        self.backend_errors
+            .get_or_create(&OpLabel { op: op.to_string() })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}

@@ -1,0 +1,299 @@
+//! The remote store: the one truth every replica shares. Each replica's
+//! memory and disk tiers are caches of it, so several replicas over one
+//! bucket give the same answers.
+//!
+//! Layout under the prefix (names chosen so any object-store browser shows
+//! what is there):
+//! - `blobs/sha256/<hex>`: blob content, global and content-addressed;
+//! - `repos/<repo>/_manifests/<hex>`: `<media type>\n<manifest bytes>`;
+//! - `repos/<repo>/_tags/<tag>`: the tagged manifest's digest. The object's
+//!   last-modified time is the entry's last use: a hit rewrites it (at most
+//!   every `touch_after`), expiry and LRU eviction read it. No extra index
+//!   has to agree with the bucket.
+//!
+//! Semantics: a missing object is `Ok(None)`; `Err` means the store could not
+//! answer (the caller counts it and answers 503, or treats a lookup as a
+//! miss). Writes are atomic: a put is all or nothing in every object store,
+//! and `file://` commits by rename.
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use kiln_common::Digest;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
+};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+
+/// Objects above this size are uploaded in parts (S3's minimum part is 5 MiB).
+const PART_SIZE: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage {op} {path}: {source}")]
+    Backend {
+        op: &'static str,
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("storage {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Url(#[from] kiln_common::objstore::ObjStoreError),
+}
+
+/// One listed object.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub key: String,
+    pub size: u64,
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    /// For `file://`: the directory objects live in, so blobs are committed
+    /// by rename and served straight from disk.
+    local_root: Option<PathBuf>,
+    url: String,
+}
+
+impl Storage {
+    pub fn open(url: &str) -> Result<Storage, StorageError> {
+        let (store, prefix) =
+            kiln_common::objstore::open(url, kiln_common::objstore::Patience::Quick)?;
+        let local_root = url
+            .strip_prefix("file://")
+            .map(|p| PathBuf::from(p.split('?').next().unwrap_or(p)));
+        Ok(Storage {
+            store,
+            prefix,
+            local_root,
+            url: url.to_string(),
+        })
+    }
+
+    /// The URL with any query options (which may hold secrets) removed.
+    pub fn describe(&self) -> String {
+        self.url.split('?').next().unwrap_or_default().to_string()
+    }
+
+    pub fn local_root(&self) -> Option<&Path> {
+        self.local_root.as_deref()
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        let mut p = self.prefix.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    pub fn blob_key(d: &Digest) -> String {
+        format!("blobs/sha256/{}", d.hex())
+    }
+    pub fn manifest_key(repo: &str, d: &Digest) -> String {
+        format!("repos/{repo}/_manifests/{}", d.hex())
+    }
+    pub fn tag_key(repo: &str, tag: &str) -> String {
+        format!("repos/{repo}/_tags/{tag}")
+    }
+
+    /// Where a blob lives on this machine's disk, for `file://`.
+    pub fn local_blob_path(&self, d: &Digest) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        let mut p = root.clone();
+        for part in self.prefix.parts() {
+            p.push(part.as_ref());
+        }
+        Some(p.join("blobs/sha256").join(d.hex()))
+    }
+
+    fn backend(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> impl Fn(object_store::Error) -> StorageError + '_ {
+        let path = key.to_string();
+        move |source| StorageError::Backend {
+            op,
+            path: path.clone(),
+            source,
+        }
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(m) => Ok(Some(self.meta(m))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.backend("head", key)(e)),
+        }
+    }
+
+    /// A small object (manifest, tag) read whole, with its metadata.
+    pub async fn get_small(&self, key: &str) -> Result<Option<(Bytes, Meta)>, StorageError> {
+        let r = match self.store.get(&self.path(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.backend("get", key)(e)),
+        };
+        let meta = self.meta(r.meta.clone());
+        let bytes = r.bytes().await.map_err(self.backend("get", key))?;
+        Ok(Some((bytes, meta)))
+    }
+
+    pub async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(&self.path(key), PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(self.backend("put", key))
+    }
+
+    /// Streams part of a blob. `None` when absent.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<BoxStream<'static, Result<Bytes, StorageError>>>, StorageError> {
+        let opts = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        match self.store.get_opts(&self.path(key), opts).await {
+            Ok(r) => {
+                let path = key.to_string();
+                Ok(Some(
+                    r.into_stream()
+                        .map_err(move |source| StorageError::Backend {
+                            op: "get",
+                            path: path.clone(),
+                            source,
+                        })
+                        .boxed(),
+                ))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.backend("get", key)(e)),
+        }
+    }
+
+    /// Commits a staged, already verified blob file. The file is consumed.
+    pub async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError> {
+        let key = Self::blob_key(d);
+        if let Some(dest) = self.local_blob_path(d) {
+            let io = |source| StorageError::Io {
+                path: dest.clone(),
+                source,
+            };
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(io)?;
+            }
+            if tokio::fs::rename(staged, &dest).await.is_ok() {
+                return Ok(());
+            }
+            // Another filesystem: copy beside the destination, then rename.
+            let tmp = dest.with_extension(format!("tmp-{}", crate::random_id()));
+            tokio::fs::copy(staged, &tmp).await.map_err(io)?;
+            let r = tokio::fs::rename(&tmp, &dest).await.map_err(io);
+            let _ = tokio::fs::remove_file(staged).await;
+            return r;
+        }
+        let io = |source| StorageError::Io {
+            path: staged.to_path_buf(),
+            source,
+        };
+        let size = tokio::fs::metadata(staged).await.map_err(io)?.len();
+        let path = self.path(&key);
+        if size <= PART_SIZE as u64 {
+            let bytes = tokio::fs::read(staged).await.map_err(io)?;
+            self.store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map_err(self.backend("put", &key))?;
+        } else {
+            // A multipart upload becomes visible only on completion.
+            let upload = self
+                .store
+                .put_multipart(&path)
+                .await
+                .map_err(self.backend("put", &key))?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut f = tokio::fs::File::open(staged).await.map_err(io)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match f.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = w.abort().await;
+                        return Err(io(e));
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = w.wait_for_capacity(4).await {
+                    return Err(self.backend("put", &key)(e));
+                }
+                w.write(&buf[..n]);
+            }
+            w.finish().await.map_err(self.backend("put", &key))?;
+        }
+        let _ = tokio::fs::remove_file(staged).await;
+        Ok(())
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.backend("delete", key)(e)),
+        }
+    }
+
+    /// Every object under `sub` (relative to the prefix).
+    pub async fn list(&self, sub: &str) -> Result<Vec<Meta>, StorageError> {
+        let p = self.path(sub);
+        let mut s = self.store.list(Some(&p));
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            match m {
+                Ok(m) => out.push(self.meta(m)),
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(self.backend("list", sub)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A cheap round trip that proves the store answers (for `/readyz`).
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.head("kiln-probe").await.map(|_| ())
+    }
+
+    fn meta(&self, m: ObjectMeta) -> Meta {
+        let full = m.location.as_ref();
+        let pre = self.prefix.as_ref();
+        let key = if pre.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(pre)
+                .unwrap_or(full)
+                .trim_start_matches('/')
+                .to_string()
+        };
+        Meta {
+            key,
+            size: m.size,
+            modified: m.last_modified,
+        }
+    }
+}
