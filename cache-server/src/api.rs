@@ -12,6 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use kiln_common::cache_api::{BuildReport, Info, LookupEntry, LookupRequest, LookupResponse};
 use kiln_common::Digest;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -304,21 +305,20 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
     let query = parse_query(req.uri().query());
     match (ep, method) {
         (Endpoint::Base, Method::GET | Method::HEAD) => {
-            if caller == Caller::Rejected
-                || (caller == Caller::Anonymous && !app.auth.anonymous_allowed())
-            {
+            // With accounts configured, anonymous callers are challenged so
+            // that clients holding credentials know to send them.
+            if caller == Caller::Rejected || (caller == Caller::Anonymous && app.auth.has_users()) {
                 return Err(ApiError::Unauthorized(app.auth.challenge()));
             }
             Ok(json_response(StatusCode::OK, &serde_json::json!({})))
         }
         (Endpoint::KilnInfo, Method::GET) => Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({
-                "server": "kiln-cache-server",
-                "version": env!("CARGO_PKG_VERSION"),
-                "extensions": ["lookup", "report"],
-                "max_lookup_keys": MAX_LOOKUP_KEYS,
-            }),
+            &Info {
+                server: "kiln-cache-server".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                max_lookup_keys: MAX_LOOKUP_KEYS,
+            },
         )),
         (Endpoint::Catalog, Method::GET) => {
             let all = app.store.catalog().await?;
@@ -539,13 +539,9 @@ fn parse_range(v: &str, size: u64) -> Result<std::ops::Range<u64>, ApiError> {
     Ok(start..end)
 }
 
-fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
-    )
-        .into_response()
+fn json_response<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn with_headers(mut r: Response, headers: &[(&'static str, String)]) -> Response {
@@ -752,12 +748,6 @@ async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> Api
     ))
 }
 
-#[derive(serde::Deserialize)]
-struct LookupRequest {
-    repository: String,
-    keys: Vec<String>,
-}
-
 /// One round trip for many cache keys: which tags exist (unexpired, with
 /// all their blobs) and their manifests, so an executor plans a whole build
 /// with one request instead of one per step.
@@ -797,43 +787,34 @@ async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResult {
         .buffer_unordered(32)
         .collect()
         .await;
-    let mut entries = serde_json::Map::new();
-    let mut expired = Vec::new();
-    let mut errors = 0;
+    let mut out = LookupResponse::default();
     for (k, r) in results {
         match r {
             Ok(Lookup::Hit(e, m)) => {
-                entries.insert(
+                // Manifests are JSON, hence UTF-8; the client checks the digest.
+                let Ok(manifest) = String::from_utf8(m.bytes.to_vec()) else {
+                    out.errors += 1;
+                    continue;
+                };
+                out.entries.insert(
                     k,
-                    serde_json::json!({
-                        "digest": e.digest,
-                        "mediaType": m.media_type,
-                        "manifest": String::from_utf8_lossy(&m.bytes),
-                    }),
+                    LookupEntry {
+                        digest: e.digest,
+                        media_type: m.media_type.clone(),
+                        manifest,
+                    },
                 );
             }
-            Ok(Lookup::Expired) => expired.push(k),
+            Ok(Lookup::Expired) => out.expired.push(k),
             Ok(Lookup::Miss) => {}
             Err(StoreError::Storage(e)) => return Err(StoreError::Storage(e).into()),
             Err(e) => {
-                errors += 1;
+                out.errors += 1;
                 tracing::warn!("lookup {repo}:{k}: {e}");
             }
         }
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"entries": entries, "expired": expired, "errors": errors}),
-    ))
-}
-
-#[derive(serde::Deserialize)]
-struct BuildReport {
-    repository: String,
-    hits: u64,
-    misses: u64,
-    #[serde(default)]
-    seconds_saved: f64,
+    Ok(json_response(StatusCode::OK, &out))
 }
 
 /// Build-level figures from an executor, so hit rates per build show up

@@ -186,9 +186,8 @@ impl Auth {
             .unwrap_or(Access::None)
     }
 
-    /// Whether anonymous callers can do anything at all (else `/v2/` challenges them).
-    pub fn anonymous_allowed(&self) -> bool {
-        self.anonymous.iter().any(|g| g.access > Access::None)
+    pub fn has_users(&self) -> bool {
+        !self.principals.is_empty()
     }
 
     pub fn challenge(&self) -> String {

@@ -3,6 +3,7 @@
 //! digests and registry credentials.
 
 pub mod auth;
+pub mod cache_api;
 pub mod digest;
 pub mod dockerfile;
 pub mod duration;

@@ -162,6 +162,11 @@ impl Registry {
         &self.opts
     }
 
+    /// The credential configured for `host` (for calls outside oci-client).
+    pub fn credential_for(&self, host: &str) -> Result<Credential, RegistryError> {
+        Ok(self.creds.credential_for(host)?)
+    }
+
     fn auth_for(&self, r: &Reference) -> Result<RegistryAuth, RegistryError> {
         let host = r.resolve_registry().to_string();
         if let Ok(cache) = self.auth_cache.lock() {

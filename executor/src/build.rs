@@ -174,6 +174,8 @@ pub struct Builder {
 #[derive(Default)]
 struct Counters {
     hits: AtomicU64,
+    /// Execution time the hits' entries recorded, in milliseconds.
+    saved_ms: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
     pulled: AtomicU64,
@@ -294,6 +296,15 @@ impl Builder {
         self.finish_cache_writes().await;
         self.save_record().await;
         let c = &self.counters;
+        if let Some(cache) = &self.cache {
+            cache
+                .report(
+                    c.hits.load(Ordering::Relaxed),
+                    c.misses.load(Ordering::Relaxed),
+                    c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+                )
+                .await;
+        }
         let result = BuildResult {
             manifest_digest: written.manifest_digest.clone(),
             config_digest: written.config_digest.clone(),
@@ -1029,6 +1040,8 @@ struct Planned {
     key: Digest,
     inputs: Vec<(String, String)>,
     cacheable: bool,
+    /// When the step began executing (a miss), to record what a hit saves.
+    started: Option<Instant>,
 }
 
 impl StageState<'_> {
@@ -1380,7 +1393,8 @@ impl StageState<'_> {
         });
         let h = tokio::spawn(async move {
             let lr = blob.as_ref().map(|(p, d, id)| (p.as_path(), d, id));
-            cache.store(&p.key, lr, p.inputs).await?;
+            let seconds = p.started.map(|t| t.elapsed().as_secs_f64());
+            cache.store(&p.key, lr, p.inputs, seconds).await?;
             Ok(blob.map(|(_, d, _)| d.size).unwrap_or(0))
         });
         if let Ok(mut v) = self.b.cache_writes.lock() {
@@ -1412,17 +1426,16 @@ impl StageState<'_> {
         self.dry = false;
         (self.image, self.args, self.set_cmd_here, self.chain) = saved;
         self.fs_idx = 0;
-        let lookups = self
+        let wanted: Vec<(usize, Digest)> = self
             .planned
             .iter()
             .enumerate()
             .filter(|(_, p)| p.cacheable)
-            .map(|(i, p)| {
-                let c = cache.clone();
-                let k = p.key.clone();
-                async move { (i, c.lookup(&k).await) }
-            });
-        for (i, r) in futures_util::future::join_all(lookups).await {
+            .map(|(i, p)| (i, p.key.clone()))
+            .collect();
+        let keys: Vec<Digest> = wanted.iter().map(|(_, k)| k.clone()).collect();
+        let results = cache.lookup_many(&keys).await;
+        for ((i, _), r) in wanted.into_iter().zip(results) {
             match r {
                 Ok(Some(h)) => {
                     self.hits.insert(i, h);
@@ -1453,6 +1466,7 @@ impl StageState<'_> {
                 key,
                 inputs,
                 cacheable,
+                started: None,
             });
             return Ok(true);
         }
@@ -1475,8 +1489,13 @@ impl StageState<'_> {
         }
         if !self.missed {
             if let Some(hit) = self.hits.remove(&idx) {
+                let saved_ms = (hit.seconds * 1000.0) as u64;
                 self.use_hit(ins, hit).await?;
                 self.b.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.b
+                    .counters
+                    .saved_ms
+                    .fetch_add(saved_ms, Ordering::Relaxed);
                 self.last_cache = Some(("hit", p.key));
                 return Ok(true);
             }
@@ -1508,7 +1527,10 @@ impl StageState<'_> {
         }
         self.b.counters.misses.fetch_add(1, Ordering::Relaxed);
         self.last_cache = Some(("miss", p.key.clone()));
-        self.current = Some(p);
+        self.current = Some(Planned {
+            started: Some(Instant::now()),
+            ..p
+        });
         Ok(false)
     }
 

@@ -13,6 +13,7 @@
 
 use crate::build::LayerSource;
 use crate::cache_key::CACHE_FORMAT;
+use kiln_common::cache_api::{BuildReport, KilnClient};
 use kiln_common::image::{self, Descriptor, Manifest};
 use kiln_common::layout::write_atomic;
 use kiln_common::registry::{Registry, RegistryError};
@@ -27,6 +28,8 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
 const ANN_CREATED: &str = "dev.kiln.cache.created";
 const ANN_DIFF_ID: &str = "dev.kiln.cache.diff-id";
 const ANN_FORMAT: &str = "dev.kiln.cache.format";
+/// How long the step took to execute: what a hit saves.
+const ANN_SECONDS: &str = "dev.kiln.cache.seconds";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -51,6 +54,8 @@ pub struct CacheHit {
     /// `None` when the step changed no file.
     pub layer: Option<(Descriptor, Digest, LayerSource)>,
     pub created: chrono::DateTime<chrono::Utc>,
+    /// Execution time of the step that made the entry (0 if unknown).
+    pub seconds: f64,
 }
 
 /// The inputs a key was made of, kept in the entry's config.
@@ -68,6 +73,9 @@ pub enum LayerCache {
         registry: Arc<Registry>,
         repo: Reference,
         ttl: Option<Duration>,
+        /// Set once the host has been asked whether it is a Kiln cache
+        /// server, whose batch lookup answers a whole build in one request.
+        kiln: tokio::sync::OnceCell<Option<KilnClient>>,
     },
     Layout {
         dir: PathBuf,
@@ -105,6 +113,7 @@ impl LayerCache {
             registry,
             repo,
             ttl,
+            kiln: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -158,11 +167,99 @@ impl LayerCache {
                 }
             }
         };
+        self.parse_entry(key, &bytes, source)
+    }
+
+    /// The Kiln cache server behind this cache, if it is one.
+    async fn kiln(&self) -> Option<&KilnClient> {
+        match self {
+            LayerCache::Registry {
+                registry,
+                repo,
+                kiln,
+                ..
+            } => kiln
+                .get_or_init(|| async {
+                    let c = KilnClient::discover(registry, repo.registry()).await;
+                    if c.is_some() {
+                        tracing::info!(
+                            "cache {} is a Kiln cache server: using batch lookups",
+                            self.describe()
+                        );
+                    }
+                    c
+                })
+                .await
+                .as_ref(),
+            LayerCache::Layout { .. } => None,
+        }
+    }
+
+    /// Looks up every key: one request against a Kiln cache server, else
+    /// one concurrent lookup per key. Results are in the order of `keys`.
+    pub async fn lookup_many(&self, keys: &[Digest]) -> Vec<Result<Option<CacheHit>, CacheError>> {
+        if let (Some(kiln), LayerCache::Registry { repo, .. }) = (self.kiln().await, self) {
+            let tags: Vec<String> = keys.iter().map(|k| k.hex().to_string()).collect();
+            return match kiln.lookup(repo.repository(), &tags).await {
+                Ok(mut r) => keys
+                    .iter()
+                    .map(|k| match r.entries.remove(k.hex()) {
+                        Some(e) => {
+                            let r = self.tag_ref(k).unwrap_or_else(|| repo.clone());
+                            let bytes = e.manifest.into_bytes();
+                            if Digest::sha256_of(&bytes) != e.digest {
+                                return Err(CacheError::Corrupt {
+                                    key: k.to_string(),
+                                    message: format!("manifest does not hash to {}", e.digest),
+                                });
+                            }
+                            self.parse_entry(k, &bytes, LayerSource::Remote(r))
+                        }
+                        None => Ok(None),
+                    })
+                    .collect(),
+                Err(e) => {
+                    let msg = e.to_string();
+                    keys.iter()
+                        .map(|k| {
+                            Err(CacheError::Corrupt {
+                                key: k.to_string(),
+                                message: format!("batch lookup failed: {msg}"),
+                            })
+                        })
+                        .collect()
+                }
+            };
+        }
+        futures_util::future::join_all(keys.iter().map(|k| self.lookup(k))).await
+    }
+
+    /// Tells a Kiln cache server how this build used it (for its metrics).
+    pub async fn report(&self, hits: u64, misses: u64, seconds_saved: f64) {
+        if let (Some(kiln), LayerCache::Registry { repo, .. }) = (self.kiln().await, self) {
+            let r = BuildReport {
+                repository: repo.repository().to_string(),
+                hits,
+                misses,
+                seconds_saved,
+            };
+            if let Err(e) = kiln.report(&r).await {
+                tracing::warn!("could not report build figures to the cache server: {e}");
+            }
+        }
+    }
+
+    fn parse_entry(
+        &self,
+        key: &Digest,
+        bytes: &[u8],
+        source: LayerSource,
+    ) -> Result<Option<CacheHit>, CacheError> {
         let corrupt = |message: String| CacheError::Corrupt {
             key: key.to_string(),
             message,
         };
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let ann = m.annotations.clone().unwrap_or_default();
         if ann.get(ANN_FORMAT).map(String::as_str) != Some(CACHE_FORMAT) {
             return Ok(None);
@@ -194,10 +291,15 @@ impl LayerCache {
                 Some((d.clone(), diff_id, source))
             }
         };
+        let seconds = ann
+            .get(ANN_SECONDS)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
         Ok(Some(CacheHit {
             key: key.clone(),
             layer,
             created,
+            seconds,
         }))
     }
 
@@ -208,6 +310,7 @@ impl LayerCache {
         key: &Digest,
         layer: Option<(&Path, &Descriptor, &Digest)>,
         inputs: Vec<(String, String)>,
+        seconds: Option<f64>,
     ) -> Result<(), CacheError> {
         let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let config = EntryConfig {
@@ -226,6 +329,9 @@ impl LayerCache {
         ]);
         if let Some((_, _, diff_id)) = layer {
             ann.insert(ANN_DIFF_ID.into(), diff_id.to_string());
+        }
+        if let Some(s) = seconds {
+            ann.insert(ANN_SECONDS.into(), format!("{s:.3}"));
         }
         let manifest = Manifest {
             schema_version: 2,
