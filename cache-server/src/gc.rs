@@ -56,6 +56,12 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         ..Default::default()
     };
     let (mut tags, manifests) = scan_repos(store).await?;
+    let first_scan: BTreeSet<(String, chrono::DateTime<chrono::Utc>)> = tags
+        .iter()
+        .map(|t| &t.meta)
+        .chain(manifests.values())
+        .map(|m| (m.key.clone(), m.modified))
+        .collect();
     let blobs: BTreeMap<Digest, Meta> = store
         .storage
         .list("blobs/sha256/")
@@ -150,18 +156,18 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         }
     }
 
-    // 4. Rescan what was written meanwhile and keep its references.
+    // 4. Rescan, and keep the references of whatever was written since the
+    // first scan (new or rewritten objects), whatever the clocks say.
     let (tags2, manifests2) = scan_repos(store).await?;
-    for t in tags2
-        .iter()
-        .filter(|t| t.meta.modified >= started - chrono::Duration::seconds(2))
-    {
+    let seen: BTreeSet<(String, chrono::DateTime<chrono::Utc>)> = first_scan;
+    let is_new = |m: &Meta| !seen.contains(&(m.key.clone(), m.modified));
+    for t in tags2.iter().filter(|t| is_new(&t.meta)) {
         let (ms, bs) = tag_closure(store, &t.repo, &t.meta, &manifests2).await?;
         live_manifests.extend(ms.into_iter().map(|d| (t.repo.clone(), d)));
         live_blobs.extend(bs);
     }
     for ((repo, d), m) in &manifests2 {
-        if m.modified >= started - chrono::Duration::seconds(2) {
+        if is_new(m) {
             live_manifests.insert((repo.clone(), d.clone()));
             if let Some(mb) = store.manifest(repo, d).await? {
                 live_blobs.extend(referenced_blobs(&mb).unwrap_or_default());
@@ -209,6 +215,8 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         store.metrics.gc_runs.inc();
     }
     report.entries_kept = tags.len();
+    report.tags_expired.sort();
+    report.tags_evicted.sort();
     store.metrics.stored_bytes.set(report.bytes_kept as i64);
     store.metrics.stored_blobs.set(report.blobs_kept as i64);
     store.metrics.stored_entries.set(report.entries_kept as i64);

@@ -5,7 +5,7 @@
 //! `s3://bucket/prefix?endpoint=http://127.0.0.1:9000&allow_http=true`.
 
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ pub fn open(
     url: &str,
     patience: Patience,
 ) -> Result<(Arc<dyn ObjectStore>, ObjectPath), ObjStoreError> {
+    crate::registry::install_crypto_provider();
     let err = |message: String| ObjStoreError::Url {
         url: url.to_string(),
         message,
@@ -40,7 +41,7 @@ pub fn open(
     let (scheme, rest) = base
         .split_once("://")
         .ok_or_else(|| err("expected <scheme>://<bucket>[/<prefix>]".into()))?;
-    let options: Vec<(String, String)> = query
+    let mut options: Vec<(String, String)> = query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
@@ -67,9 +68,13 @@ pub fn open(
     if bucket.is_empty() {
         return Err(err("no bucket name".into()));
     }
-    let (retry, client) = match patience {
-        Patience::Patient => (RetryConfig::default(), ClientOptions::new()),
-        Patience::Quick => (
+    let retry = match patience {
+        Patience::Patient => RetryConfig::default(),
+        Patience::Quick => {
+            // As config keys, not ClientOptions, which would replace what
+            // from_env() read (AWS_ALLOW_HTTP among it). URL options win.
+            options.insert(0, ("connect_timeout".into(), "2s".into()));
+            options.insert(1, ("timeout".into(), "120s".into()));
             RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(50),
@@ -78,11 +83,8 @@ pub fn open(
                 },
                 max_retries: 2,
                 retry_timeout: Duration::from_secs(5),
-            },
-            ClientOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_timeout(Duration::from_secs(120)),
-        ),
+            }
+        }
     };
     let store: Arc<dyn ObjectStore> = match scheme {
         "s3" => {
@@ -95,7 +97,6 @@ pub fn open(
             }
             Arc::new(
                 b.with_retry(retry)
-                    .with_client_options(client)
                     .build()
                     .map_err(|e| err(e.to_string()))?,
             )
@@ -111,7 +112,6 @@ pub fn open(
             }
             Arc::new(
                 b.with_retry(retry)
-                    .with_client_options(client)
                     .build()
                     .map_err(|e| err(e.to_string()))?,
             )
@@ -127,7 +127,6 @@ pub fn open(
             }
             Arc::new(
                 b.with_retry(retry)
-                    .with_client_options(client)
                     .build()
                     .map_err(|e| err(e.to_string()))?,
             )

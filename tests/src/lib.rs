@@ -555,7 +555,11 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> S3Server {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// On a given port: to bring the "same" S3 back after an outage.
+    pub fn start_on(port: u16) -> S3Server {
         // `python3 -m moto.server` is moto_server without relying on PATH shims.
         let child = Command::new("python3")
             .args([
@@ -597,6 +601,32 @@ s3.upload_file(path, bucket, key)\n";
             .arg(bucket)
             .arg(key)
             .arg(file));
+    }
+
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Creates a bucket with boto3.
+    pub fn create_bucket(&self, bucket: &str) {
+        const SCRIPT: &str = "import sys, boto3\n\
+endpoint, bucket = sys.argv[1:3]\n\
+s3 = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n\
+s3.create_bucket(Bucket=bucket)\n";
+        run(Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&self.endpoint)
+            .arg(bucket));
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Environment for a client of this server (object_store reads it).

@@ -1,0 +1,181 @@
+//! Helpers for the cache server's tests: a server over each storage backend
+//! (local disk, a real S3 API server), and registry API calls made with
+//! reqwest so each test sees the raw statuses and headers.
+#![allow(dead_code)]
+
+use kiln_testkit::{CacheServer, S3Server};
+use sha2::{Digest as _, Sha256};
+use std::path::Path;
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cache-server"))
+}
+
+/// A storage backend the suite runs against.
+pub enum Backend {
+    File,
+    S3(S3Server),
+}
+
+impl Backend {
+    pub fn file() -> Backend {
+        Backend::File
+    }
+    pub fn s3() -> Backend {
+        let s3 = S3Server::start();
+        s3.create_bucket("kiln");
+        Backend::S3(s3)
+    }
+    pub fn storage(&self) -> Option<String> {
+        match self {
+            Backend::File => None,
+            Backend::S3(_) => Some("s3://kiln/cache".into()),
+        }
+    }
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Backend::File => vec![],
+            Backend::S3(s) => s.env(),
+        }
+    }
+    pub fn start(&self, args: &[&str]) -> CacheServer {
+        CacheServer::start(bin(), self.storage().as_deref(), args, &self.env())
+    }
+    /// A storage URL and environment for `cache-server gc` against the same
+    /// store as `server`.
+    pub fn storage_of(&self, server: &CacheServer) -> String {
+        self.storage()
+            .unwrap_or_else(|| format!("file://{}", server.dir.path().join("store").display()))
+    }
+}
+
+pub fn sha(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+pub fn client() -> reqwest::Client {
+    kiln_common::registry::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Pseudo-random bytes (xorshift), different per seed, incompressible enough.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Monolithic upload (POST ?digest=). Returns the status.
+pub async fn put_blob(url: &str, repo: &str, data: &[u8]) -> u16 {
+    let d = sha(data);
+    client()
+        .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={d}"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+pub async fn put_manifest(
+    url: &str,
+    repo: &str,
+    reference: &str,
+    body: &[u8],
+) -> reqwest::Response {
+    client()
+        .put(format!("{url}/v2/{repo}/manifests/{reference}"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+pub fn manifest_json(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": sha(l), "size": l.len()})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config), "size": config.len()},
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+/// A cache entry: a config, one layer, a manifest tagged `tag`. Returns
+/// (manifest digest, layer bytes).
+pub async fn push_entry(
+    url: &str,
+    repo: &str,
+    tag: &str,
+    seed: u64,
+    layer_len: usize,
+) -> (String, Vec<u8>) {
+    let layer = noise(seed, layer_len);
+    let config = format!("{{\"entry\":\"{tag}\",\"seed\":{seed}}}").into_bytes();
+    assert_eq!(put_blob(url, repo, &layer).await, 201);
+    assert_eq!(put_blob(url, repo, &config).await, 201);
+    let m = manifest_json(&config, &[&layer]);
+    let r = put_manifest(url, repo, tag, &m).await;
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    (sha(&m), layer)
+}
+
+pub async fn get(url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let r = client().get(url).send().await.unwrap();
+    let s = r.status().as_u16();
+    let h = r.headers().clone();
+    (
+        s,
+        h,
+        r.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+    )
+}
+
+pub async fn lookup(url: &str, repo: &str, keys: &[&str]) -> serde_json::Value {
+    let r = client()
+        .post(format!("{url}/v2/_kiln/lookup"))
+        .body(serde_json::to_vec(&serde_json::json!({"repository": repo, "keys": keys})).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+/// Every blob file under a `file://` store hashes to its name.
+pub fn assert_store_verifies(store: &Path) {
+    let dir = store.join("blobs/sha256");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let data = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            sha(&data),
+            format!("sha256:{name}"),
+            "partial or corrupt blob visible: {name}"
+        );
+    }
+}
