@@ -150,6 +150,10 @@ impl Auth {
             let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(value) else {
                 return Caller::Rejected;
             };
+            // Some clients send empty basic credentials when they have none.
+            if raw.is_empty() || raw == b":" {
+                return Caller::Anonymous;
+            }
             let h = hash(&raw);
             self.principals.iter().find(|p| p.basic == Some(h))
         } else if scheme.eq_ignore_ascii_case("bearer") {

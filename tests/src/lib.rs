@@ -706,11 +706,13 @@ impl CacheServer {
             "127.0.0.1:0".into(),
             "--storage".into(),
             storage,
-            "--data-dir".into(),
-            dir.path().join("data").display().to_string(),
             "--verbosity".into(),
             "debug,hyper=info,h2=info,reqwest=info".into(),
         ];
+        if !args.contains(&"--data-dir") {
+            all.push("--data-dir".into());
+            all.push(dir.path().join("data").display().to_string());
+        }
         all.extend(args.iter().map(|s| s.to_string()));
         let mut s = CacheServer {
             child: None,
