@@ -75,7 +75,7 @@ pub enum LayerCache {
         ttl: Option<Duration>,
         /// Set once the host has been asked whether it is a Kiln cache
         /// server, whose batch lookup answers a whole build in one request.
-        kiln: tokio::sync::OnceCell<Option<KilnClient>>,
+        kiln: Box<tokio::sync::OnceCell<Option<KilnClient>>>,
     },
     Layout {
         dir: PathBuf,
@@ -113,7 +113,7 @@ impl LayerCache {
             registry,
             repo,
             ttl,
-            kiln: tokio::sync::OnceCell::new(),
+            kiln: Box::default(),
         })
     }
 

@@ -102,19 +102,21 @@ fn cached_build(ctx: &Path, cache_repo: &str, extra: &[&str]) -> (Report, String
     (Report { json }, log)
 }
 
-type Change = Box<dyn Fn(&Path, &Registry) -> Vec<String>>;
+type Change = Box<dyn Fn(&Path) -> Vec<String>>;
 
-fn scenario(reg: &Registry, base: &str, name: &str, change: Change, expect: Option<u64>) {
+/// `cache_host`: the registry holding the cache (docker-registry, or Kiln's
+/// cache server).
+fn scenario(cache_host: &str, base: &str, name: &str, change: Change, expect: Option<u64>) {
     let ctx = tempfile::tempdir().unwrap();
     main_context(ctx.path(), base);
-    let repo = format!("{}/cache-{name}", reg.addr);
+    let repo = format!("{cache_host}/cache-{name}");
     let (first, _) = cached_build(ctx.path(), &repo, &[]);
     assert_eq!(
         first.first_miss("0"),
         Some(3),
         "{name}: a cold build executes from its first step"
     );
-    let extra = change(ctx.path(), reg);
+    let extra = change(ctx.path());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (second, log) = cached_build(ctx.path(), &repo, &extra);
     assert_eq!(
@@ -129,11 +131,70 @@ fn scenario(reg: &Registry, base: &str, name: &str, change: Change, expect: Opti
 fn first_reexecuted_step_follows_docker_cache_rules() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let cases: Vec<(&str, Change, Option<u64>)> = vec![
-        ("nothing", Box::new(|_, _| vec![]), None),
+    for (name, change, expect) in cases() {
+        scenario(&reg.addr, &base, name, change, expect);
+    }
+}
+
+/// Kiln's cache server binary, built beside this crate's by
+/// `cargo nextest run --workspace` (or `cargo build --workspace`).
+fn cache_server_bin() -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_executor")).with_file_name("cache-server");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace first",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn the_same_rules_hold_with_the_kiln_cache_server_and_its_batch_lookup() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let server = CacheServer::start(&cache_server_bin(), None, &[], &[]);
+    let cases = cases();
+    let builds = 2.0 * cases.len() as f64;
+    for (name, change, expect) in cases {
+        scenario(&server.addr, &base, name, change, expect);
+    }
+    let m = server.metrics();
+    let requests = |route: &str, method: &str| {
+        metric_sum(
+            &m,
+            "kiln_cache_request_duration_seconds_count",
+            &[
+                &format!("route=\"{route}\""),
+                &format!("method=\"{method}\""),
+            ],
+        )
+    };
+    // One batch lookup per build; the only manifest reads are the build
+    // records that explain misses (at most one per build), none per step.
+    assert_eq!(requests("kiln_lookup", "POST"), builds, "{m}");
+    assert!(requests("manifest", "GET") <= builds, "{m}");
+    assert_eq!(requests("manifest", "HEAD"), 0.0, "{m}");
+    // Every build reported its figures; hits match what the scenarios expect.
+    assert_eq!(
+        metric_sum(&m, "kiln_cache_builds_total", &[]),
+        builds,
+        "{m}"
+    );
+    let hits = metric_sum(&m, "kiln_cache_build_steps_total", &["result=\"hit\""]);
+    let lookups_hit = metric_sum(&m, "kiln_cache_lookups_total", &["result=\"hit\""]);
+    assert!(hits > 0.0 && hits <= lookups_hit, "{m}");
+    assert!(
+        metric_sum(&m, "kiln_cache_build_seconds_saved_total", &[]) > 0.0,
+        "{m}"
+    );
+}
+
+fn cases() -> Vec<(&'static str, Change, Option<u64>)> {
+    vec![
+        ("nothing", Box::new(|_| vec![]), None),
         (
             "mtimes",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 for f in ["app/a.txt", "app/b.sh", "tail.txt", "Dockerfile"] {
                     filetime::set_file_mtime(
                         d.join(f),
@@ -147,7 +208,7 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "ignored-file",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 write(d, "ignored.log", "changed\n");
                 vec![]
             }),
@@ -155,7 +216,7 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "uncopied-file",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 write(d, "unused.txt", "changed\n");
                 vec![]
             }),
@@ -163,7 +224,7 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "copied-content",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 write(d, "app/a.txt", "changed\n");
                 vec![]
             }),
@@ -171,7 +232,7 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "copied-mode",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(
                     d.join("app/b.sh"),
@@ -184,7 +245,7 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "new-file-in-copied-dir",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 write(d, "app/new.txt", "new\n");
                 vec![]
             }),
@@ -192,7 +253,7 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "env-value",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 let t = std::fs::read_to_string(d.join("Dockerfile"))
                     .unwrap()
                     .replace("ENV MODE=a", "ENV MODE=b");
@@ -203,17 +264,17 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "late-arg",
-            Box::new(|_, _| vec!["--build-arg".into(), "LATE=2".into()]),
+            Box::new(|_| vec!["--build-arg".into(), "LATE=2".into()]),
             Some(8),
         ),
         (
             "early-arg",
-            Box::new(|_, _| vec!["--build-arg".into(), "EARLY=2".into()]),
+            Box::new(|_| vec!["--build-arg".into(), "EARLY=2".into()]),
             Some(3),
         ),
         (
             "run-text",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 let t = std::fs::read_to_string(d.join("Dockerfile"))
                     .unwrap()
                     .replace("echo late $LATE", "echo later $LATE");
@@ -224,7 +285,7 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "copied-near-end",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 write(d, "tail.txt", "changed\n");
                 vec![]
             }),
@@ -232,16 +293,13 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
         ),
         (
             "renamed-file",
-            Box::new(|d, _| {
+            Box::new(|d| {
                 std::fs::rename(d.join("app/a.txt"), d.join("app/renamed.txt")).unwrap();
                 vec![]
             }),
             Some(4),
         ),
-    ];
-    for (name, change, expect) in cases {
-        scenario(&reg, &base, name, change, expect);
-    }
+    ]
 }
 
 #[test]
@@ -462,4 +520,56 @@ fn a_cache_registry_that_goes_away_degrades_to_misses() {
     assert!(r.u("cache_errors") >= 6, "{}", r.json);
     assert!(log.contains("cache lookup failed"), "{log}");
     assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn s3_behind_the_cache_server_stopping_mid_build_degrades_to_misses() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let mut s3 = S3Server::start();
+    s3.create_bucket("kiln");
+    // Tags stay in the server's memory tier for 100 ms only, so lookups
+    // after the outage really reach S3.
+    let server = CacheServer::start(
+        &cache_server_bin(),
+        Some("s3://kiln/c"),
+        &["--tag-cache-ttl", "100ms"],
+        &s3.env(),
+    );
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        &format!("FROM {base}\nRUN echo a > /a\nRUN sleep 2\nCOPY f /f\nRUN cat /f > /g\n"),
+    );
+    write(ctx.path(), "f", "1\n");
+    let repo = format!("{}/cache", server.addr);
+    let (first, _) = cached_build(ctx.path(), &repo, &[]);
+    assert_eq!(first.u("cache_misses"), 4);
+    let (warm, _) = cached_build(ctx.path(), &repo, &[]);
+    assert_eq!(warm.u("cache_hits"), 4, "{}", warm.json);
+    // Change a file before the slow step, and stop S3 while that step runs:
+    // the lookups succeeded, the cache writes cannot.
+    write(ctx.path(), "f", "2\n");
+    let ctx_path = ctx.path().to_path_buf();
+    let repo2 = repo.clone();
+    let h = std::thread::spawn(move || cached_build(&ctx_path, &repo2, &["--build-arg", "X=1"]));
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    s3.stop();
+    let (mid, log) = h.join().unwrap();
+    assert_eq!(
+        mid.u("cache_hits") + mid.u("cache_misses"),
+        4,
+        "{}",
+        mid.json
+    );
+    assert!(mid.u("cache_misses") >= 2, "{}", mid.json);
+    assert!(log.contains("cache"), "{log}");
+    // With S3 still down, a build runs entirely on misses, with warnings.
+    let (down, log) = cached_build(ctx.path(), &repo, &[]);
+    assert_eq!(down.u("cache_hits"), 0, "{}", down.json);
+    assert_eq!(down.u("cache_misses"), 4);
+    assert!(down.u("cache_errors") >= 1, "{}", down.json);
+    assert!(log.contains("cache lookup failed"), "{log}");
+    assert!(server.metric("kiln_cache_backend_errors_total", &[]) > 0.0);
 }
