@@ -196,6 +196,9 @@ impl ApiError {
         use UploadError as U;
         match self {
             ApiError::Store(e) => match e {
+                S::Storage(crate::storage::StorageError::Unsupported { .. }) => {
+                    (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
+                }
                 S::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
                 S::Tier(_) | S::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
                 S::ManifestUnknown { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
@@ -422,7 +425,15 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
         }
         (Endpoint::Tags { repo }, Method::GET) => {
             let mut tags = app.store.tags(&repo).await?;
-            if tags.is_empty() && app.store.catalog().await?.binary_search(&repo).is_err() {
+            // A backend that cannot list repositories knows only tags.
+            let known = || async {
+                app.store
+                    .catalog()
+                    .await
+                    .map(|c| c.binary_search(&repo).is_ok())
+                    .unwrap_or(false)
+            };
+            if tags.is_empty() && !known().await {
                 return Err(ApiError::Code(
                     StatusCode::NOT_FOUND,
                     "NAME_UNKNOWN",

@@ -49,6 +49,14 @@ fn split_repo_key<'a>(key: &'a str, marker: &str) -> Option<(&'a str, &'a str)> 
 }
 
 pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreError> {
+    if !store.storage.has_times() {
+        return Err(StoreError::Storage(
+            crate::storage::StorageError::Unsupported {
+                op: "garbage collection (expiry is the upstream registry's own)",
+                backend: store.storage.describe(),
+            },
+        ));
+    }
     let started = chrono::Utc::now();
     let grace = chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::hours(1));
     let mut report = GcReport {

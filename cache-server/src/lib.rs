@@ -13,6 +13,7 @@ pub mod store;
 pub mod tiers;
 pub mod tls;
 pub mod uploads;
+pub mod upstream;
 
 /// A random hex id for upload sessions and temporary names.
 pub fn random_id() -> String {

@@ -185,7 +185,10 @@ fn spawn_background(
     cfg: &ServerConfig,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let gc = cfg.gc_interval.map(|every| (every, cfg.gc.clone()));
+    let gc = cfg
+        .gc_interval
+        .filter(|_| app.store.storage.has_times())
+        .map(|every| (every, cfg.gc.clone()));
     tokio::spawn(async move {
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let gc_every = gc.as_ref().map_or(Duration::from_secs(3600), |g| g.0);

@@ -11,10 +11,10 @@
 //!   every `touch_after`), expiry and LRU eviction read it. No extra index
 //!   has to agree with the bucket.
 //!
-//! Semantics: a missing object is `Ok(None)`; `Err` means the store could not
-//! answer (the caller counts it and answers 503, or treats a lookup as a
-//! miss). Writes are atomic: a put is all or nothing in every object store,
-//! and `file://` commits by rename.
+//! Two backends implement [`Backend`]: object stores (`file://`, `s3://`,
+//! `gs://`, `az://`, through `object_store`) and an existing registry
+//! (`registry://host/repo`, in `upstream`), which maps the same keys onto
+//! registry calls: read-through and write-through.
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -47,6 +47,14 @@ pub enum StorageError {
     },
     #[error(transparent)]
     Url(#[from] kiln_common::objstore::ObjStoreError),
+    #[error("upstream registry {op} {path}: {message}")]
+    Upstream {
+        op: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{op} is not supported by {backend}")]
+    Unsupported { op: &'static str, backend: String },
 }
 
 /// One listed object.
@@ -57,7 +65,7 @@ pub struct Meta {
     pub modified: chrono::DateTime<chrono::Utc>,
 }
 
-pub struct Storage {
+pub struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     /// For `file://`: the directory objects live in, so blobs are committed
@@ -66,36 +74,67 @@ pub struct Storage {
     url: String,
 }
 
+/// Where the truth lives.
+///
+/// Semantics, for every method: a missing object is `Ok(None)` (`Ok(())` for
+/// a delete); `Err` means the backend could not answer: the caller counts
+/// it in `backend_errors` and answers 503, or treats a lookup as a miss,
+/// never silently. Writes are atomic: an object is wholly visible or not at
+/// all (object-store puts are; `file://` commits blobs by rename).
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// The store's address without secrets, for logs.
+    fn describe(&self) -> String;
+    /// For `file://`: the directory, so blobs commit by rename and are
+    /// served straight from disk (no separate disk tier).
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+    fn local_blob_path(&self, _d: &Digest) -> Option<PathBuf> {
+        None
+    }
+    /// Whether objects carry their last write time. Expiry, LRU eviction
+    /// and GC need it; without it entries stay until deleted.
+    fn has_times(&self) -> bool {
+        true
+    }
+    async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError>;
+    /// A small object (manifest, tag) read whole, with its metadata.
+    async fn get_small(&self, key: &str) -> Result<Option<(Bytes, Meta)>, StorageError>;
+    async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError>;
+    /// Streams a blob, or a range of it.
+    async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<BoxStream<'static, Result<Bytes, StorageError>>>, StorageError>;
+    /// Commits a staged, already verified blob file, consuming it.
+    async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError>;
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Every object under `sub`.
+    async fn list(&self, sub: &str) -> Result<Vec<Meta>, StorageError>;
+    /// A cheap round trip that proves the backend answers (for `/readyz`).
+    async fn probe(&self) -> Result<(), StorageError>;
+}
+
+/// The backend a `--storage` URL names, and the key scheme shared by all.
+pub struct Storage(Box<dyn Backend>);
+
+impl std::ops::Deref for Storage {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
 impl Storage {
     pub fn open(url: &str) -> Result<Storage, StorageError> {
-        let (store, prefix) =
-            kiln_common::objstore::open(url, kiln_common::objstore::Patience::Quick)?;
-        let local_root = url
-            .strip_prefix("file://")
-            .map(|p| PathBuf::from(p.split('?').next().unwrap_or(p)));
-        Ok(Storage {
-            store,
-            prefix,
-            local_root,
-            url: url.to_string(),
-        })
-    }
-
-    /// The URL with any query options (which may hold secrets) removed.
-    pub fn describe(&self) -> String {
-        self.url.split('?').next().unwrap_or_default().to_string()
-    }
-
-    pub fn local_root(&self) -> Option<&Path> {
-        self.local_root.as_deref()
-    }
-
-    fn path(&self, key: &str) -> ObjectPath {
-        let mut p = self.prefix.clone();
-        for part in key.split('/').filter(|s| !s.is_empty()) {
-            p = p.clone().join(part);
+        if let Some(rest) = url.strip_prefix("registry://") {
+            return Ok(Storage(Box::new(crate::upstream::RegistryBackend::open(
+                rest,
+            )?)));
         }
-        p
+        Ok(Storage(Box::new(ObjectBackend::open(url)?)))
     }
 
     pub fn blob_key(d: &Digest) -> String {
@@ -107,15 +146,29 @@ impl Storage {
     pub fn tag_key(repo: &str, tag: &str) -> String {
         format!("repos/{repo}/_tags/{tag}")
     }
+}
 
-    /// Where a blob lives on this machine's disk, for `file://`.
-    pub fn local_blob_path(&self, d: &Digest) -> Option<PathBuf> {
-        let root = self.local_root.as_ref()?;
-        let mut p = root.clone();
-        for part in self.prefix.parts() {
-            p.push(part.as_ref());
+impl ObjectBackend {
+    pub fn open(url: &str) -> Result<ObjectBackend, StorageError> {
+        let (store, prefix) =
+            kiln_common::objstore::open(url, kiln_common::objstore::Patience::Quick)?;
+        let local_root = url
+            .strip_prefix("file://")
+            .map(|p| PathBuf::from(p.split('?').next().unwrap_or(p)));
+        Ok(ObjectBackend {
+            store,
+            prefix,
+            local_root,
+            url: url.to_string(),
+        })
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        let mut p = self.prefix.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
         }
-        Some(p.join("blobs/sha256").join(d.hex()))
+        p
     }
 
     fn backend(
@@ -131,7 +184,47 @@ impl Storage {
         }
     }
 
-    pub async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError> {
+    fn meta(&self, m: ObjectMeta) -> Meta {
+        let full = m.location.as_ref();
+        let pre = self.prefix.as_ref();
+        let key = if pre.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(pre)
+                .unwrap_or(full)
+                .trim_start_matches('/')
+                .to_string()
+        };
+        Meta {
+            key,
+            size: m.size,
+            modified: m.last_modified,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for ObjectBackend {
+    /// The URL with any query options (which may hold secrets) removed.
+    fn describe(&self) -> String {
+        self.url.split('?').next().unwrap_or_default().to_string()
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        self.local_root.as_deref()
+    }
+
+    /// Where a blob lives on this machine's disk, for `file://`.
+    fn local_blob_path(&self, d: &Digest) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        let mut p = root.clone();
+        for part in self.prefix.parts() {
+            p.push(part.as_ref());
+        }
+        Some(p.join("blobs/sha256").join(d.hex()))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError> {
         match self.store.head(&self.path(key)).await {
             Ok(m) => Ok(Some(self.meta(m))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -140,7 +233,7 @@ impl Storage {
     }
 
     /// A small object (manifest, tag) read whole, with its metadata.
-    pub async fn get_small(&self, key: &str) -> Result<Option<(Bytes, Meta)>, StorageError> {
+    async fn get_small(&self, key: &str) -> Result<Option<(Bytes, Meta)>, StorageError> {
         let r = match self.store.get(&self.path(key)).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -151,7 +244,7 @@ impl Storage {
         Ok(Some((bytes, meta)))
     }
 
-    pub async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+    async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
         self.store
             .put(&self.path(key), PutPayload::from_bytes(bytes))
             .await
@@ -160,7 +253,7 @@ impl Storage {
     }
 
     /// Streams part of a blob. `None` when absent.
-    pub async fn get_stream(
+    async fn get_stream(
         &self,
         key: &str,
         range: Option<Range<u64>>,
@@ -188,8 +281,8 @@ impl Storage {
     }
 
     /// Commits a staged, already verified blob file. The file is consumed.
-    pub async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError> {
-        let key = Self::blob_key(d);
+    async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError> {
+        let key = Storage::blob_key(d);
         if let Some(dest) = self.local_blob_path(d) {
             let io = |source| StorageError::Io {
                 path: dest.clone(),
@@ -252,7 +345,7 @@ impl Storage {
         Ok(())
     }
 
-    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.store.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.backend("delete", key)(e)),
@@ -260,7 +353,7 @@ impl Storage {
     }
 
     /// Every object under `sub` (relative to the prefix).
-    pub async fn list(&self, sub: &str) -> Result<Vec<Meta>, StorageError> {
+    async fn list(&self, sub: &str) -> Result<Vec<Meta>, StorageError> {
         let p = self.path(sub);
         let mut s = self.store.list(Some(&p));
         let mut out = Vec::new();
@@ -275,25 +368,7 @@ impl Storage {
     }
 
     /// A cheap round trip that proves the store answers (for `/readyz`).
-    pub async fn probe(&self) -> Result<(), StorageError> {
+    async fn probe(&self) -> Result<(), StorageError> {
         self.head("kiln-probe").await.map(|_| ())
-    }
-
-    fn meta(&self, m: ObjectMeta) -> Meta {
-        let full = m.location.as_ref();
-        let pre = self.prefix.as_ref();
-        let key = if pre.is_empty() {
-            full.to_string()
-        } else {
-            full.strip_prefix(pre)
-                .unwrap_or(full)
-                .trim_start_matches('/')
-                .to_string()
-        };
-        Meta {
-            key,
-            size: m.size,
-            modified: m.last_modified,
-        }
     }
 }

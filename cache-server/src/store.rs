@@ -233,6 +233,9 @@ impl Store {
     }
 
     fn expired(&self, e: &TagEntry) -> bool {
+        if !self.storage.has_times() {
+            return false;
+        }
         match self.cfg.ttl {
             Some(ttl) => chrono::Utc::now()
                 .signed_duration_since(e.modified)
@@ -280,7 +283,7 @@ impl Store {
     /// `touch_after`, without delaying the answer.
     async fn touch(&self, repo: &str, tag: &str, e: &TagEntry) {
         let age = chrono::Utc::now().signed_duration_since(e.modified);
-        if age.to_std().map_or(true, |a| a < self.cfg.touch_after) {
+        if !self.storage.has_times() || age.to_std().map_or(true, |a| a < self.cfg.touch_after) {
             return;
         }
         let fresh = TagEntry {

@@ -354,26 +354,13 @@ impl Registry {
         &self,
         r: &Reference,
     ) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
-        use oci_client::errors::{OciDistributionError as E, OciErrorCode};
         let auth = self.auth_for(r)?;
         match self.client.pull_manifest_raw(r, &auth, ACCEPT).await {
             Ok((bytes, _)) => {
                 let d = checked_manifest_digest(r, &bytes, "")?;
                 Ok(Some((bytes.to_vec(), d)))
             }
-            Err(E::RegistryError { envelope, .. })
-                if envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
-                    )
-                }) =>
-            {
-                Ok(None)
-            }
-            Err(E::ImageManifestNotFoundError(_)) | Err(E::ServerError { code: 404, .. }) => {
-                Ok(None)
-            }
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(RegistryError::remote_err(r, &e)),
         }
     }
@@ -381,7 +368,6 @@ impl Registry {
     /// The digest a tag points to, by HEAD (which Docker Hub does not count as a
     /// pull). `Ok(None)` when the registry says it does not exist.
     pub async fn head_manifest(&self, r: &Reference) -> Result<Option<Digest>, RegistryError> {
-        use oci_client::errors::OciDistributionError as E;
         let auth = self.auth_for(r)?;
         match self.client.fetch_manifest_digest(r, &auth).await {
             Ok(d) => Ok(Some(d.parse().map_err(|source| RegistryError::Digest {
@@ -389,9 +375,7 @@ impl Registry {
                 digest: Digest::sha256_of(b""),
                 source,
             })?)),
-            Err(E::ImageManifestNotFoundError(_)) | Err(E::ServerError { code: 404, .. }) => {
-                Ok(None)
-            }
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(RegistryError::remote_err(r, &e)),
         }
     }
@@ -495,6 +479,57 @@ impl Registry {
         Ok(n)
     }
 
+    /// A blob's bytes as a stream, from `offset` and for `length` bytes when
+    /// given (a resumed or ranged read; such partial reads are not verified
+    /// here, the caller hashes what it assembles). `Ok(None)` when absent.
+    /// Also returns the length the registry announced.
+    pub async fn blob_stream(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Option<BlobStream>, RegistryError> {
+        use oci_client::client::BlobResponse;
+        let auth = self.auth_for(r)?;
+        self.client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        let res = if offset == 0 && length.is_none() {
+            self.client.pull_blob_stream(r, digest.as_str()).await
+        } else {
+            self.client
+                .pull_blob_stream_partial(r, digest.as_str(), offset, length)
+                .await
+                .map(|b| match b {
+                    BlobResponse::Full(s) | BlobResponse::Partial(s) => s,
+                })
+        };
+        match res {
+            Ok(s) => {
+                let reference = r.clone();
+                let len = s.content_length;
+                let stream = s
+                    .stream
+                    .map(move |c| c.map_err(|e| RegistryError::remote_err(&reference, &e)))
+                    .boxed();
+                Ok(Some((len, stream)))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(RegistryError::remote_err(r, &e)),
+        }
+    }
+
+    /// The repository's tags; empty when the repository does not exist.
+    pub async fn list_tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
+        let auth = self.auth_for(r)?;
+        match self.client.list_tags(r, &auth, None, None).await {
+            Ok(t) => Ok(t.tags),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(RegistryError::remote_err(r, &e)),
+        }
+    }
+
     /// Obtains push credentials (a bearer token with push scope, where the
     /// registry uses tokens) for `r`'s repository.
     async fn auth_push(&self, r: &Reference) -> Result<(), RegistryError> {
@@ -579,6 +614,29 @@ impl Registry {
         })
         .await?;
         Ok(digest)
+    }
+}
+
+/// A blob being read: the announced length, then the bytes.
+pub type BlobStream = (
+    Option<u64>,
+    futures_util::stream::BoxStream<'static, Result<bytes::Bytes, RegistryError>>,
+);
+
+/// Whether oci-client's error says "not there" (as opposed to "could not ask").
+fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+    match e {
+        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+            matches!(
+                x.code,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+            )
+        }),
+        E::ImageManifestNotFoundError(_) | E::ServerError { code: 404, .. } => true,
+        _ => false,
     }
 }
 

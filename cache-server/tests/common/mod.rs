@@ -3,7 +3,7 @@
 //! reqwest so each test sees the raw statuses and headers.
 #![allow(dead_code)]
 
-use kiln_testkit::{CacheServer, S3Server};
+use kiln_testkit::{CacheServer, Registry, S3Server};
 use sha2::{Digest as _, Sha256};
 use std::path::Path;
 
@@ -15,6 +15,9 @@ pub fn bin() -> &'static Path {
 pub enum Backend {
     File,
     S3(S3Server),
+    /// An upstream docker-registry fronted as the store, and an empty
+    /// Docker config dir (anonymous access).
+    Registry(Registry, tempfile::TempDir),
 }
 
 impl Backend {
@@ -26,17 +29,29 @@ impl Backend {
         s3.create_bucket("kiln");
         Backend::S3(s3)
     }
+    pub fn registry() -> Backend {
+        Backend::Registry(Registry::start(), tempfile::tempdir().unwrap())
+    }
     pub fn storage(&self) -> Option<String> {
         match self {
             Backend::File => None,
             Backend::S3(_) => Some("s3://kiln/cache".into()),
+            Backend::Registry(r, _) => {
+                Some(format!("registry://{}/kiln-cache?insecure=true", r.addr))
+            }
         }
     }
     pub fn env(&self) -> Vec<(&'static str, String)> {
         match self {
             Backend::File => vec![],
             Backend::S3(s) => s.env(),
+            Backend::Registry(_, d) => vec![("DOCKER_CONFIG", d.path().display().to_string())],
         }
+    }
+    /// Whether the backend keeps write times (expiry, GC) and can list and
+    /// delete; a fronted registry does neither.
+    pub fn full(&self) -> bool {
+        !matches!(self, Backend::Registry(..))
     }
     pub fn start(&self, args: &[&str]) -> CacheServer {
         CacheServer::start(bin(), self.storage().as_deref(), args, &self.env())

@@ -1,0 +1,342 @@
+//! `registry://host/repo`: an existing registry as the store, read-through
+//! and write-through. The server's repository `R` is the upstream's
+//! `repo/R`, so what the cache holds stays an ordinary image any client can
+//! pull from the upstream directly; blobs are kept once, in `repo` itself,
+//! and mounted into `repo/R` when a manifest there needs them. The memory
+//! and disk tiers in front make repeated reads local.
+//!
+//! Registries keep no last-use times that a client can read, so expiry,
+//! LRU eviction and GC are the upstream's business here (`has_times` is
+//! false); deletes are refused rather than half done.
+//!
+//! Credentials come from the Docker config (`DOCKER_CONFIG`), as for the
+//! executor; `?insecure=true` reaches the upstream over plain HTTP.
+
+use crate::storage::{Backend, Meta, StorageError};
+use crate::tiers::ManifestBlob;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use kiln_common::auth::DockerConfig;
+use kiln_common::registry::{Registry, RegistryError, RegistryOptions};
+use kiln_common::Digest;
+use oci_client::Reference;
+use std::ops::Range;
+use std::path::Path;
+
+pub struct RegistryBackend {
+    registry: Registry,
+    host: String,
+    base: String,
+}
+
+enum Key {
+    Blob(Digest),
+    Manifest(String, Digest),
+    Tag(String, String),
+}
+
+fn parse_key(key: &str) -> Option<Key> {
+    if let Some(hex) = key.strip_prefix("blobs/sha256/") {
+        return format!("sha256:{hex}").parse().ok().map(Key::Blob);
+    }
+    let rest = key.strip_prefix("repos/")?;
+    if let Some((repo, hex)) = rest.split_once("/_manifests/") {
+        let d = format!("sha256:{hex}").parse().ok()?;
+        return Some(Key::Manifest(repo.to_string(), d));
+    }
+    let (repo, tag) = rest.split_once("/_tags/")?;
+    Some(Key::Tag(repo.to_string(), tag.to_string()))
+}
+
+fn now_meta(key: &str, size: u64) -> Meta {
+    Meta {
+        key: key.to_string(),
+        size,
+        modified: chrono::Utc::now(),
+    }
+}
+
+impl RegistryBackend {
+    /// `rest` is `host/repo[?insecure=true]`.
+    pub fn open(rest: &str) -> Result<RegistryBackend, StorageError> {
+        let bad = |message: &str| StorageError::Upstream {
+            op: "open",
+            path: rest.to_string(),
+            message: message.to_string(),
+        };
+        let (target, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (host, base) = target
+            .split_once('/')
+            .filter(|(h, b)| !h.is_empty() && !b.is_empty())
+            .ok_or_else(|| bad("expected registry://host/repository"))?;
+        let insecure = query
+            .split('&')
+            .any(|p| p == "insecure=true" || p == "insecure");
+        let opts = RegistryOptions {
+            insecure_hosts: if insecure {
+                vec![host.to_string()]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        };
+        let creds = DockerConfig::load_default().map_err(|e| bad(&e.to_string()))?;
+        Ok(RegistryBackend {
+            registry: Registry::new(opts, creds),
+            host: host.to_string(),
+            base: base.trim_matches('/').to_string(),
+        })
+    }
+
+    fn reference(
+        &self,
+        repo: Option<&str>,
+        tag: Option<&str>,
+        digest: Option<&Digest>,
+    ) -> Reference {
+        let repository = match repo {
+            Some(r) => format!("{}/{r}", self.base),
+            None => self.base.clone(),
+        };
+        match (tag, digest) {
+            (_, Some(d)) => Reference::with_digest(self.host.clone(), repository, d.to_string()),
+            (Some(t), None) => Reference::with_tag(self.host.clone(), repository, t.to_string()),
+            (None, None) => Reference::with_tag(self.host.clone(), repository, "latest".into()),
+        }
+    }
+
+    fn err<'a>(op: &'static str, key: &'a str) -> impl Fn(RegistryError) -> StorageError + 'a {
+        move |e| StorageError::Upstream {
+            op,
+            path: key.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn unsupported(&self, op: &'static str) -> StorageError {
+        StorageError::Unsupported {
+            op,
+            backend: self.describe(),
+        }
+    }
+}
+
+fn media_type_of(bytes: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    match v.get("mediaType").and_then(|m| m.as_str()) {
+        Some(m) => m.to_string(),
+        None if v.get("manifests").is_some() => kiln_common::image::OCI_INDEX.to_string(),
+        None => kiln_common::image::OCI_MANIFEST.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for RegistryBackend {
+    fn describe(&self) -> String {
+        format!("registry://{}/{}", self.host, self.base)
+    }
+
+    fn has_times(&self) -> bool {
+        false
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError> {
+        match parse_key(key) {
+            Some(Key::Blob(d)) => {
+                let r = self.reference(None, None, Some(&d));
+                // A GET whose body is dropped unread: registries answer HEAD
+                // for blobs too, but oci-client exposes no blob size by HEAD.
+                let s = self
+                    .registry
+                    .blob_stream(&r, &d, 0, None)
+                    .await
+                    .map_err(Self::err("head", key))?;
+                Ok(s.map(|(len, _)| now_meta(key, len.unwrap_or(0))))
+            }
+            Some(Key::Manifest(..)) | Some(Key::Tag(..)) => {
+                Ok(self.get_small(key).await?.map(|(b, m)| Meta {
+                    size: b.len() as u64,
+                    ..m
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn get_small(&self, key: &str) -> Result<Option<(Bytes, Meta)>, StorageError> {
+        match parse_key(key) {
+            Some(Key::Manifest(repo, d)) => {
+                let r = self.reference(Some(&repo), None, Some(&d));
+                let got = self
+                    .registry
+                    .get_manifest(&r)
+                    .await
+                    .map_err(Self::err("get", key))?;
+                Ok(got.map(|(bytes, _)| {
+                    let mut obj = media_type_of(&bytes).into_bytes();
+                    obj.push(b'\n');
+                    obj.extend_from_slice(&bytes);
+                    let n = obj.len() as u64;
+                    (Bytes::from(obj), now_meta(key, n))
+                }))
+            }
+            Some(Key::Tag(repo, tag)) => {
+                let r = self.reference(Some(&repo), Some(&tag), None);
+                let got = self
+                    .registry
+                    .head_manifest(&r)
+                    .await
+                    .map_err(Self::err("get", key))?;
+                Ok(got.map(|d| (Bytes::from(d.to_string()), now_meta(key, 71))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        match parse_key(key) {
+            Some(Key::Manifest(repo, d)) => {
+                let nl = bytes.iter().position(|b| *b == b'\n').unwrap_or(0);
+                let media_type = String::from_utf8_lossy(&bytes[..nl]).to_string();
+                let body = bytes.slice(nl + 1..);
+                let r = self.reference(Some(&repo), None, Some(&d));
+                let blob = ManifestBlob {
+                    media_type: media_type.clone(),
+                    bytes: body.clone(),
+                };
+                // The upstream checks that a manifest's blobs are in its
+                // repository: mount them from where blobs are kept.
+                let from = self.reference(None, None, None);
+                for b in crate::store::referenced_blobs(&blob).unwrap_or_default() {
+                    let mounted = self
+                        .registry
+                        .mount_blob(&r, &from, &b)
+                        .await
+                        .map_err(Self::err("mount", key))?;
+                    if !mounted {
+                        return Err(StorageError::Upstream {
+                            op: "mount",
+                            path: key.to_string(),
+                            message: format!("the upstream declined to mount {b}"),
+                        });
+                    }
+                }
+                self.registry
+                    .push_manifest(&r, body.to_vec(), &media_type)
+                    .await
+                    .map_err(Self::err("put", key))?;
+                Ok(())
+            }
+            Some(Key::Tag(repo, tag)) => {
+                let d: Digest = std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .ok_or_else(|| StorageError::Upstream {
+                        op: "put",
+                        path: key.to_string(),
+                        message: "tag body is not a digest".into(),
+                    })?;
+                let by_digest = self.reference(Some(&repo), None, Some(&d));
+                let (body, _) = self
+                    .registry
+                    .get_manifest(&by_digest)
+                    .await
+                    .map_err(Self::err("put", key))?
+                    .ok_or_else(|| StorageError::Upstream {
+                        op: "put",
+                        path: key.to_string(),
+                        message: format!("manifest {d} is not upstream"),
+                    })?;
+                let mt = media_type_of(&body);
+                let r = self.reference(Some(&repo), Some(&tag), None);
+                self.registry
+                    .push_manifest(&r, body, &mt)
+                    .await
+                    .map_err(Self::err("put", key))?;
+                Ok(())
+            }
+            _ => Err(self.unsupported("put")),
+        }
+    }
+
+    async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<BoxStream<'static, Result<Bytes, StorageError>>>, StorageError> {
+        let Some(Key::Blob(d)) = parse_key(key) else {
+            return Ok(None);
+        };
+        let r = self.reference(None, None, Some(&d));
+        let (offset, len) = match &range {
+            Some(r) => (r.start, Some(r.end - r.start)),
+            None => (0, None),
+        };
+        let s = self
+            .registry
+            .blob_stream(&r, &d, offset, len)
+            .await
+            .map_err(Self::err("get", key))?;
+        let path = key.to_string();
+        Ok(s.map(|(_, stream)| {
+            stream
+                .map_err(move |e| StorageError::Upstream {
+                    op: "get",
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+                .boxed()
+        }))
+    }
+
+    async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError> {
+        let key = crate::storage::Storage::blob_key(d);
+        let size = tokio::fs::metadata(staged)
+            .await
+            .map_err(|source| StorageError::Io {
+                path: staged.to_path_buf(),
+                source,
+            })?
+            .len();
+        let r = self.reference(None, None, Some(d));
+        self.registry
+            .push_blob_file(&r, staged, d, size)
+            .await
+            .map_err(Self::err("put", &key))?;
+        let _ = tokio::fs::remove_file(staged).await;
+        Ok(())
+    }
+
+    async fn delete(&self, _key: &str) -> Result<(), StorageError> {
+        Err(self.unsupported("delete"))
+    }
+
+    async fn list(&self, sub: &str) -> Result<Vec<Meta>, StorageError> {
+        let Some(repo) = sub
+            .strip_prefix("repos/")
+            .and_then(|r| r.strip_suffix("/_tags/"))
+        else {
+            return Err(self.unsupported("listing"));
+        };
+        let r = self.reference(Some(repo), None, None);
+        let tags = self
+            .registry
+            .list_tags(&r)
+            .await
+            .map_err(Self::err("list", sub))?;
+        Ok(tags
+            .into_iter()
+            .map(|t| now_meta(&crate::storage::Storage::tag_key(repo, &t), 0))
+            .collect())
+    }
+
+    async fn probe(&self) -> Result<(), StorageError> {
+        let r = self.reference(None, Some("kiln-probe"), None);
+        self.registry
+            .head_manifest(&r)
+            .await
+            .map_err(Self::err("probe", "/v2/"))?;
+        Ok(())
+    }
+}
