@@ -152,7 +152,7 @@ impl Backend for RegistryBackend {
                     .blob_stream(&r, &d, 0, None)
                     .await
                     .map_err(Self::err("head", key))?;
-                Ok(s.map(|(len, _)| now_meta(key, len.unwrap_or(0))))
+                Ok(s.map(|b| now_meta(key, b.len.unwrap_or(0))))
             }
             Some(Key::Manifest(..)) | Some(Key::Tag(..)) => {
                 Ok(self.get_small(key).await?.map(|(b, m)| Meta {
@@ -279,8 +279,8 @@ impl Backend for RegistryBackend {
             .await
             .map_err(Self::err("get", key))?;
         let path = key.to_string();
-        Ok(s.map(|(_, stream)| {
-            stream
+        Ok(s.map(|b| {
+            b.stream
                 .map_err(move |e| StorageError::Upstream {
                     op: "get",
                     path: path.clone(),

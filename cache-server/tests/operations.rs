@@ -14,17 +14,29 @@ fn config_file_environment_and_flags() {
     std::fs::write(&cfg, r#"{"max-manifest-size": "1KiB", "ttl": "1h"}"#).unwrap();
     let cfg_s = cfg.display().to_string();
     let s = CacheServer::start(bin(), None, &["--config", &cfg_s], &[]);
-    let s_env = CacheServer::start(bin(), None, &["--config", &cfg_s], &[("KILN_MAX_MANIFEST_SIZE", "2KiB".into())]);
+    let s_env = CacheServer::start(
+        bin(),
+        None,
+        &["--config", &cfg_s],
+        &[("KILN_MAX_MANIFEST_SIZE", "2KiB".into())],
+    );
     let body = format!("{{\"schemaVersion\":2,\"pad\":\"{}\"}}", "x".repeat(1500));
     rt().block_on(async {
         let r = put_manifest(&s.url(), "x", "t", body.as_bytes()).await;
         assert_eq!(r.status().as_u16(), 413, "limit from the file");
         let r = put_manifest(&s_env.url(), "x", "t", body.as_bytes()).await;
-        assert_ne!(r.status().as_u16(), 413, "the environment overrides the file");
+        assert_ne!(
+            r.status().as_u16(),
+            413,
+            "the environment overrides the file"
+        );
     });
     // Unknown keys and bad values are errors that name them.
     std::fs::write(&cfg, r#"{"max-manifest-sise": "1KiB"}"#).unwrap();
-    let out = Command::new(bin()).args(["serve", "--config", &cfg_s]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config", &cfg_s])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max-manifest-sise"));
     let out = Command::new(bin())

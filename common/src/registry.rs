@@ -420,6 +420,10 @@ impl Registry {
 
     /// As [`Self::fetch_blob`], adding the bytes received to `progress` as they
     /// arrive (for a progress display).
+    /// Fetches a blob into `dest`, verified. A transfer that breaks part-way
+    /// is resumed from the bytes already received (a Range request), not
+    /// restarted; a registry that ignores the range sends the whole blob and
+    /// the partial file is discarded. Hashing continues across attempts.
     pub async fn fetch_blob_progress(
         &self,
         r: &Reference,
@@ -427,23 +431,6 @@ impl Registry {
         dest: &Path,
         progress: Option<&std::sync::atomic::AtomicU64>,
     ) -> Result<u64, RegistryError> {
-        self.retry(self.opts.pull_retries, || {
-            self.fetch_blob_once(r, desc, dest, progress)
-        })
-        .await
-    }
-
-    async fn fetch_blob_once(
-        &self,
-        r: &Reference,
-        desc: &Descriptor,
-        dest: &Path,
-        progress: Option<&std::sync::atomic::AtomicU64>,
-    ) -> Result<u64, RegistryError> {
-        let auth = self.auth_for(r)?;
-        self.client
-            .store_auth_if_needed(r.resolve_registry(), &auth)
-            .await;
         let io = |source| RegistryError::Io {
             path: dest.to_path_buf(),
             source,
@@ -451,21 +438,15 @@ impl Registry {
         let dir = dest.parent().unwrap_or(Path::new("."));
         let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         let (file, tmp_path) = tmp.into_parts();
-        let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-        let mut stream = self
-            .client
-            .pull_blob_stream(r, desc.digest.as_str())
-            .await
-            .map_err(|e| RegistryError::remote_err(r, &e))?
-            .stream;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| RegistryError::remote_err(r, &e))?;
-            w.write_all(&chunk).map_err(io)?;
-            if let Some(p) = progress {
-                p.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let (buf, digest, n) = w.finish();
+        let partial = tokio::sync::Mutex::new(HashingWriter::new(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+        ));
+        self.retry(self.opts.pull_retries, || async {
+            let mut w = partial.lock().await;
+            self.fetch_more(r, desc, &mut w, dest, progress).await
+        })
+        .await?;
+        let (buf, digest, n) = partial.into_inner().finish();
         desc.digest
             .verify(&digest)
             .map_err(|source| RegistryError::Digest {
@@ -477,6 +458,47 @@ impl Registry {
         file.sync_all().map_err(io)?;
         tmp_path.persist(dest).map_err(|e| io(e.error))?;
         Ok(n)
+    }
+
+    /// One attempt: appends what the registry sends from where `w` stands.
+    async fn fetch_more(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        w: &mut HashingWriter<std::io::BufWriter<std::fs::File>>,
+        dest: &Path,
+        progress: Option<&std::sync::atomic::AtomicU64>,
+    ) -> Result<(), RegistryError> {
+        use std::io::Seek;
+        let io = |source| RegistryError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let offset = w.written();
+        if offset > 0 {
+            tracing::info!("resuming {} at byte {offset}", desc.digest);
+        }
+        let got = self
+            .blob_stream(r, &desc.digest, offset, None)
+            .await?
+            .ok_or_else(|| RegistryError::remote(r, format!("blob {} not found", desc.digest)))?;
+        if offset > 0 && !got.partial {
+            // The registry ignored the range: start over.
+            w.flush().map_err(io)?;
+            let f = w.get_mut().get_mut();
+            f.set_len(0).map_err(io)?;
+            f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+            w.reset();
+        }
+        let mut stream = got.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            w.write_all(&chunk).map_err(io)?;
+            if let Some(p) = progress {
+                p.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// A blob's bytes as a stream, from `offset` and for `length` bytes when
@@ -491,6 +513,7 @@ impl Registry {
         length: Option<u64>,
     ) -> Result<Option<BlobStream>, RegistryError> {
         use oci_client::client::BlobResponse;
+        let mut partial = false;
         let auth = self.auth_for(r)?;
         self.client
             .store_auth_if_needed(r.resolve_registry(), &auth)
@@ -502,7 +525,11 @@ impl Registry {
                 .pull_blob_stream_partial(r, digest.as_str(), offset, length)
                 .await
                 .map(|b| match b {
-                    BlobResponse::Full(s) | BlobResponse::Partial(s) => s,
+                    BlobResponse::Full(s) => s,
+                    BlobResponse::Partial(s) => {
+                        partial = true;
+                        s
+                    }
                 })
         };
         match res {
@@ -513,7 +540,11 @@ impl Registry {
                     .stream
                     .map(move |c| c.map_err(|e| RegistryError::remote_err(&reference, &e)))
                     .boxed();
-                Ok(Some((len, stream)))
+                Ok(Some(BlobStream {
+                    len,
+                    partial,
+                    stream,
+                }))
             }
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(RegistryError::remote_err(r, &e)),
@@ -617,11 +648,14 @@ impl Registry {
     }
 }
 
-/// A blob being read: the announced length, then the bytes.
-pub type BlobStream = (
-    Option<u64>,
-    futures_util::stream::BoxStream<'static, Result<bytes::Bytes, RegistryError>>,
-);
+/// A blob being read.
+pub struct BlobStream {
+    /// The length the registry announced.
+    pub len: Option<u64>,
+    /// Whether the registry honoured a range (else this is the whole blob).
+    pub partial: bool,
+    pub stream: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, RegistryError>>,
+}
 
 /// Whether oci-client's error says "not there" (as opposed to "could not ask").
 fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {

@@ -864,3 +864,116 @@ pub fn push_image_layout(
         .arg(format!("docker://{dest}")));
     t
 }
+
+/// A TCP proxy in front of a real server that cuts the first response to a
+/// request containing `needle` after `cut_after` bytes (a connection that
+/// breaks mid-transfer), and records every request head it forwards.
+pub struct CuttingProxy {
+    pub addr: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: &str, needle: &str, cut_after: usize) -> CuttingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        l.set_nonblocking(true).unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cut_done = Arc::new(AtomicBool::new(false));
+        let (up, needle, reqs, stop2) = (
+            upstream.to_string(),
+            needle.to_string(),
+            requests.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let (mut client, _) = match l.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(mut server) = std::net::TcpStream::connect(&up) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                // Armed when the request to cut passes; counts response bytes.
+                let armed = Arc::new(Mutex::new(None::<usize>));
+                let (armed_r, reqs, needle, cut_done) = (
+                    armed.clone(),
+                    reqs.clone(),
+                    needle.clone(),
+                    cut_done.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = client.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        if text.contains(" HTTP/1.1") {
+                            reqs.lock().unwrap().push(text.clone());
+                            if text.contains(&needle) && !cut_done.swap(true, Ordering::SeqCst) {
+                                *armed_r.lock().unwrap() = Some(0);
+                            }
+                        }
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = s2.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut a = armed.lock().unwrap();
+                        if let Some(sent) = a.as_mut() {
+                            let room = cut_after.saturating_sub(*sent).min(n);
+                            let _ = c2.write_all(&buf[..room]);
+                            *sent += room;
+                            if *sent >= cut_after {
+                                let _ = c2.shutdown(std::net::Shutdown::Both);
+                                let _ = s2.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                            continue;
+                        }
+                        drop(a);
+                        if c2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CuttingProxy {
+            addr,
+            requests,
+            stop,
+        }
+    }
+
+    /// The request heads forwarded so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -313,3 +313,62 @@ fn warmed_images_reach_a_shared_registry_and_metrics_a_pushgateway() {
         .unwrap();
     assert!(line.trim_end().ends_with(" 3"), "3 images fetched: {line}");
 }
+
+#[test]
+fn a_transfer_cut_mid_blob_resumes_from_where_it_broke() {
+    let reg = Registry::start();
+    // A base whose one layer is big and incompressible enough to cut inside.
+    let t = tempfile::tempdir().unwrap();
+    busybox_rootfs(t.path());
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let noise: Vec<u8> = (0..(6 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(t.path().join("noise.bin"), &noise).unwrap();
+    push_rootfs(t.path(), &format!("{}/big:1", reg.addr), &["sh"]);
+    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/big:1", reg.addr))))
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let proxy = CuttingProxy::start(&reg.addr, &format!("/blobs/{layer}"), 3 << 20);
+    let cache = tempfile::tempdir().unwrap();
+    let out = warmer()
+        .arg("--cache-dir")
+        .arg(cache.path().join("cache"))
+        .args(["--insecure-pull", "--image"])
+        .arg(format!("{}/big:1", proxy.addr))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let layer_gets: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET ") && r.contains(&layer))
+        .collect();
+    assert_eq!(
+        layer_gets.len(),
+        2,
+        "one cut transfer, one resumed: {layer_gets:?}"
+    );
+    let resumed = layer_gets[1].to_ascii_lowercase();
+    assert!(
+        resumed.contains("range: bytes="),
+        "the second request asks for the rest: {resumed}"
+    );
+    assert!(
+        !resumed.contains("range: bytes=0-"),
+        "not from the start: {resumed}"
+    );
+    all_blobs_verify(&cache.path().join("cache"));
+    validate(&cache.path().join("cache"));
+}
