@@ -126,7 +126,7 @@ impl Store {
             _ => None,
         };
         Ok(Store {
-            memory: MemoryTier::new(cfg.memory_bytes, cfg.tag_cache_ttl),
+            memory: MemoryTier::new(cfg.memory_bytes, cfg.tag_cache_ttl, metrics.clone()),
             disk,
             storage,
             metrics,

@@ -34,11 +34,19 @@ pub struct MemoryTier {
 }
 
 impl MemoryTier {
-    pub fn new(bytes: u64, tag_ttl: Duration) -> MemoryTier {
+    pub fn new(bytes: u64, tag_ttl: Duration, metrics: Arc<Metrics>) -> MemoryTier {
         MemoryTier {
             manifests: moka::future::Cache::builder()
                 .max_capacity(bytes)
                 .weigher(|_, v: &Arc<ManifestBlob>| v.bytes.len().try_into().unwrap_or(u32::MAX))
+                .eviction_listener(move |_, _, cause| {
+                    if matches!(cause, RemovalCause::Size) {
+                        metrics
+                            .evictions
+                            .get_or_create(&crate::metrics::TierLabel::memory())
+                            .inc();
+                    }
+                })
                 .build(),
             tags: moka::future::Cache::builder()
                 .max_capacity(1_000_000)

@@ -573,3 +573,40 @@ fn s3_behind_the_cache_server_stopping_mid_build_degrades_to_misses() {
     assert!(log.contains("cache lookup failed"), "{log}");
     assert!(server.metric("kiln_cache_backend_errors_total", &[]) > 0.0);
 }
+
+#[test]
+fn a_fully_cached_rebuild_through_the_cache_server_reads_no_layer_bytes() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let server = CacheServer::start(&cache_server_bin(), None, &[], &[]);
+    let ctx = tempfile::tempdir().unwrap();
+    main_context(ctx.path(), &base);
+    let repo = format!("{}/app/cache", server.addr);
+    let (first, _) = cached_build(ctx.path(), &repo, &[]);
+    assert_eq!(first.u("cache_misses"), 6);
+    let blob_gets = |s: &CacheServer| {
+        metric_sum(
+            &s.metrics(),
+            "kiln_cache_request_duration_seconds_count",
+            &["route=\"blob\"", "method=\"GET\""],
+        )
+    };
+    let before = blob_gets(&server);
+    let (second, _) = cached_build(ctx.path(), &repo, &[]);
+    assert_eq!(second.u("cache_hits"), 6, "{}", second.json);
+    assert_eq!(second.u("bytes_pulled"), 0);
+    assert_eq!(
+        blob_gets(&server),
+        before,
+        "a fully cached build fetched blobs"
+    );
+    let m = server.metrics();
+    assert!(
+        metric_sum(
+            &m,
+            "kiln_cache_build_steps_total",
+            &["repo=\"app/cache\"", "result=\"hit\""]
+        ) >= 6.0,
+        "{m}"
+    );
+}
