@@ -759,19 +759,33 @@ async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> Api
     ))
 }
 
+/// A Kiln extension's JSON body, at most `limit` bytes.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request,
+    limit: usize,
+    code: &'static str,
+) -> Result<T, ApiError> {
+    let bad = |m: String| ApiError::Code(StatusCode::BAD_REQUEST, code, m);
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
+}
+
+/// The extensions name their repository in the body: check it there.
+fn readable(app: &App, caller: &Caller, repo: &str) -> Result<(), ApiError> {
+    if !valid_repo(repo) {
+        return Err(ApiError::NameInvalid(repo.to_string()));
+    }
+    check(app, caller, Some(repo), Access::Read)
+}
+
 /// One round trip for many cache keys: which tags exist (unexpired, with
 /// all their blobs) and their manifests, so an executor plans a whole build
 /// with one request instead of one per step.
 async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResult {
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .map_err(|e| ApiError::Code(StatusCode::BAD_REQUEST, "LOOKUP_INVALID", e.to_string()))?;
-    let q: LookupRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Code(StatusCode::BAD_REQUEST, "LOOKUP_INVALID", e.to_string()))?;
-    if !valid_repo(&q.repository) {
-        return Err(ApiError::NameInvalid(q.repository));
-    }
-    check(app, caller, Some(&q.repository), Access::Read)?;
+    let q: LookupRequest = json_body(req, 1 << 20, "LOOKUP_INVALID").await?;
+    readable(app, caller, &q.repository)?;
     if q.keys.len() > MAX_LOOKUP_KEYS {
         return Err(ApiError::Code(
             StatusCode::BAD_REQUEST,
@@ -831,15 +845,8 @@ async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResult {
 /// Build-level figures from an executor, so hit rates per build show up
 /// beside the server's own counters.
 async fn report(app: &App, caller: &Caller, req: Request) -> ApiResult {
-    let body = axum::body::to_bytes(req.into_body(), 64 << 10)
-        .await
-        .map_err(|e| ApiError::Code(StatusCode::BAD_REQUEST, "REPORT_INVALID", e.to_string()))?;
-    let r: BuildReport = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Code(StatusCode::BAD_REQUEST, "REPORT_INVALID", e.to_string()))?;
-    if !valid_repo(&r.repository) {
-        return Err(ApiError::NameInvalid(r.repository));
-    }
-    check(app, caller, Some(&r.repository), Access::Read)?;
+    let r: BuildReport = json_body(req, 64 << 10, "REPORT_INVALID").await?;
+    readable(app, caller, &r.repository)?;
     let m = &app.store.metrics;
     let label = |result: &str| crate::metrics::LookupLabel {
         repo: r.repository.clone(),

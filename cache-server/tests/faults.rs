@@ -34,26 +34,8 @@ async fn slow_upload(url: String, repo: &str, data: Vec<u8>) -> Result<u16, Stri
         .send()
         .await
         .map_err(|e| e.to_string())?;
-    let mut loc = r.headers()["location"].to_str().unwrap().to_string();
-    let mut start = 0;
-    for chunk in data.chunks(256 << 10) {
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        let r = c
-            .patch(format!("{url}{loc}"))
-            .header(
-                "Content-Range",
-                format!("{}-{}", start, start + chunk.len() - 1),
-            )
-            .body(chunk.to_vec())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if r.status().as_u16() != 202 {
-            return Ok(r.status().as_u16());
-        }
-        loc = r.headers()["location"].to_str().unwrap().to_string();
-        start += chunk.len();
-    }
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let loc = patch_chunks(&url, loc, &data, 256 << 10, Duration::from_millis(40)).await?;
     let r = c
         .put(format!("{url}{loc}?digest={}", sha(&data)))
         .send()

@@ -86,49 +86,31 @@ pub fn open(
             }
         }
     };
+    // The three builders share no trait; the same steps for each.
+    macro_rules! build {
+        ($builder:expr) => {{
+            let mut b = $builder;
+            for (k, v) in &options {
+                let key = k
+                    .parse()
+                    .map_err(|e: object_store::Error| err(e.to_string()))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(
+                b.with_retry(retry)
+                    .build()
+                    .map_err(|e| err(e.to_string()))?,
+            )
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match scheme {
-        "s3" => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-            for (k, v) in &options {
-                let key = k
-                    .parse()
-                    .map_err(|e: object_store::Error| err(e.to_string()))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(
-                b.with_retry(retry)
-                    .build()
-                    .map_err(|e| err(e.to_string()))?,
-            )
-        }
+        "s3" => build!(object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket)),
         "gs" => {
-            let mut b =
-                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
-            for (k, v) in &options {
-                let key = k
-                    .parse()
-                    .map_err(|e: object_store::Error| err(e.to_string()))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(
-                b.with_retry(retry)
-                    .build()
-                    .map_err(|e| err(e.to_string()))?,
-            )
+            build!(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket))
         }
         "az" | "azure" => {
-            let mut b =
-                object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket);
-            for (k, v) in &options {
-                let key = k
-                    .parse()
-                    .map_err(|e: object_store::Error| err(e.to_string()))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(
-                b.with_retry(retry)
-                    .build()
-                    .map_err(|e| err(e.to_string()))?,
+            build!(
+                object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket)
             )
         }
         other => {

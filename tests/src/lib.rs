@@ -142,11 +142,12 @@ pub fn busybox_rootfs(dir: &Path) {
 /// Pushes an image whose root is `rootfs` to `dest` (`host:port/repo:tag`)
 /// with umoci and skopeo.
 pub fn push_rootfs(rootfs: &Path, dest: &str, cmd: &[&str]) {
-    push_rootfs_with(rootfs, dest, cmd, &[])
+    push_rootfs_with(rootfs, dest, cmd, &[]);
 }
 
-/// As [`push_rootfs`], with extra `skopeo copy` flags (e.g. `--dest-creds`).
-pub fn push_rootfs_with(rootfs: &Path, dest: &str, cmd: &[&str], skopeo_flags: &[&str]) {
+/// As [`push_rootfs`], with extra `skopeo copy` flags (e.g. `--dest-creds`);
+/// returns the pushed manifest's digest, as skopeo reports it.
+pub fn push_rootfs_with(rootfs: &Path, dest: &str, cmd: &[&str], skopeo_flags: &[&str]) -> String {
     let t = tempfile::tempdir().unwrap();
     let layout = t.path().join("layout");
     run(Command::new("umoci")
@@ -179,11 +180,18 @@ pub fn push_rootfs_with(rootfs: &Path, dest: &str, cmd: &[&str], skopeo_flags: &
         c.arg(format!("--config.cmd={a}"));
     }
     run(&mut c);
+    let digest_file = t.path().join("digest");
     run(Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
         .args(skopeo_flags)
+        .arg("--digestfile")
+        .arg(&digest_file)
         .arg(format!("oci:{img}"))
         .arg(format!("docker://{dest}")));
+    std::fs::read_to_string(&digest_file)
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// Makes and pushes the busybox base image; returns its reference.
@@ -829,40 +837,30 @@ impl Drop for CacheServer {
     }
 }
 
-/// Pushes a small image (busybox plus `files`) to `dest` through skopeo;
-/// returns the OCI layout it was made in, for comparing what comes back.
-pub fn push_image_layout(
-    dest: &str,
-    files: &[(&str, &[u8])],
-    skopeo_flags: &[&str],
-) -> tempfile::TempDir {
+/// Pushes a small image (busybox plus `files`) to `dest` through umoci and
+/// skopeo; returns the manifest digest skopeo pushed.
+pub fn push_image_layout(dest: &str, files: &[(&str, &[u8])], skopeo_flags: &[&str]) -> String {
     let t = tempfile::tempdir().unwrap();
-    let layout = t.path().join("layout");
-    run(Command::new("umoci")
-        .arg("init")
-        .arg("--layout")
-        .arg(&layout));
-    let img = format!("{}:base", layout.display());
-    run(Command::new("umoci").args(["new", "--image", &img]));
-    let bundle = t.path().join("bundle");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &img])
-        .arg(&bundle));
-    busybox_rootfs(&bundle.join("rootfs"));
+    busybox_rootfs(t.path());
     for (name, content) in files {
-        let p = bundle.join("rootfs").join(name);
+        let p = t.path().join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
-    run(Command::new("umoci")
-        .args(["repack", "--image", &img])
-        .arg(&bundle));
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .args(skopeo_flags)
-        .arg(format!("oci:{img}"))
-        .arg(format!("docker://{dest}")));
-    t
+    push_rootfs_with(t.path(), dest, &["sh"], skopeo_flags)
+}
+
+/// Pseudo-random, incompressible bytes (xorshift), different per seed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A TCP proxy in front of a real server that cuts the first response to a

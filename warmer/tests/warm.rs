@@ -140,15 +140,7 @@ fn concurrent_and_interrupted_warmers_leave_a_valid_directory() {
     // One image with a big layer so that a kill lands mid-download.
     let t = tempfile::tempdir().unwrap();
     busybox_rootfs(t.path());
-    let mut x: u64 = 1;
-    let big: Vec<u8> = (0..48 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = noise(1, 48 << 20);
     std::fs::write(t.path().join("big.bin"), big).unwrap();
     let big_ref = format!("{}/big:1", reg.addr);
     push_rootfs(t.path(), &big_ref, &["sh"]);
@@ -320,16 +312,7 @@ fn a_transfer_cut_mid_blob_resumes_from_where_it_broke() {
     // A base whose one layer is big and incompressible enough to cut inside.
     let t = tempfile::tempdir().unwrap();
     busybox_rootfs(t.path());
-    let mut x: u64 = 0x2545F4914F6CDD1D;
-    let noise: Vec<u8> = (0..(6 << 20))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(t.path().join("noise.bin"), &noise).unwrap();
+    std::fs::write(t.path().join("noise.bin"), noise(2, 6 << 20)).unwrap();
     push_rootfs(t.path(), &format!("{}/big:1", reg.addr), &["sh"]);
     let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])

@@ -3,6 +3,7 @@
 //! reqwest so each test sees the raw statuses and headers.
 #![allow(dead_code)]
 
+pub use kiln_testkit::noise;
 use kiln_testkit::{CacheServer, Registry, S3Server};
 use sha2::{Digest as _, Sha256};
 use std::path::Path;
@@ -79,19 +80,6 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// Pseudo-random bytes (xorshift), different per seed, incompressible enough.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Monolithic upload (POST ?digest=). Returns the status.
@@ -193,4 +181,45 @@ pub fn assert_store_verifies(store: &Path) {
             "partial or corrupt blob visible: {name}"
         );
     }
+}
+
+/// Sends `data` as PATCH chunks of `chunk` bytes to an upload session at
+/// `loc`, pausing `delay` before each; checks each 202 and its Range.
+/// Returns the session's final location, or what went wrong.
+pub async fn patch_chunks(
+    url: &str,
+    mut loc: String,
+    data: &[u8],
+    chunk: usize,
+    delay: std::time::Duration,
+) -> Result<String, String> {
+    let c = client();
+    let mut start = 0;
+    for part in data.chunks(chunk) {
+        tokio::time::sleep(delay).await;
+        let r = c
+            .patch(format!("{url}{loc}"))
+            .header(
+                "Content-Range",
+                format!("{}-{}", start, start + part.len() - 1),
+            )
+            .body(part.to_vec())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status().as_u16() != 202 {
+            return Err(format!("status {}", r.status()));
+        }
+        start += part.len();
+        let range = r
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if range != format!("0-{}", start - 1) {
+            return Err(format!("range {range:?} after {start} bytes"));
+        }
+        loc = r.headers()["location"].to_str().unwrap().to_string();
+    }
+    Ok(loc)
 }
