@@ -439,4 +439,18 @@ fn batch_lookup_metrics_expiry_and_gc(b: Backend) {
             404
         );
     });
+
+    // A blob uploaded but not yet named by a manifest (a push in progress)
+    // is spared by the grace period, and only by it.
+    let orphan = noise(5, 10 << 10);
+    assert_eq!(rt.block_on(put_blob(&url, "cache/app", &orphan)), 201);
+    let r = gc_once(&b, &s, &["--ttl", "0", "--gc-grace", "1h"]);
+    assert_eq!(r["blobs_deleted"], 0, "{r}");
+    let r = gc_once(&b, &s, &["--ttl", "0", "--gc-grace", "0s"]);
+    assert_eq!(r["blobs_deleted"], 1, "{r}");
+    assert_eq!(
+        rt.block_on(get(&format!("{url}/v2/cache/app/blobs/{}", sha(&orphan))))
+            .0,
+        404
+    );
 }

@@ -46,3 +46,31 @@ fn config_file_environment_and_flags() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
 }
+
+#[test]
+fn online_gc_runs_on_its_interval() {
+    let s = CacheServer::start(
+        bin(),
+        None,
+        &["--ttl", "1s", "--gc-interval", "1s", "--gc-grace", "0s"],
+        &[],
+    );
+    let rt = rt();
+    let (_, layer) = rt.block_on(push_entry(&s.url(), "c/app", "old", 1, 10 << 10));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.metric("kiln_cache_gc_deleted_total", &["kind=\"blob\""]) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no GC deleted the expired entry:\n{}",
+            s.metrics()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(s.metric("kiln_cache_gc_runs_total", &[]) >= 1.0);
+    assert_eq!(
+        rt.block_on(get(&format!("{}/v2/c/app/blobs/{}", s.url(), sha(&layer))))
+            .0,
+        404
+    );
+    assert!(!s.dir.path().join("store/repos/c/app/_tags/old").exists());
+}
