@@ -349,11 +349,11 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
                 Err(StoreError::ManifestUnknown { repo, reference }.into())
             }
         }
-        (Endpoint::Blob { digest, .. }, m @ (Method::GET | Method::HEAD)) => {
-            get_blob(app, &digest, req.headers(), m == Method::HEAD).await
+        (Endpoint::Blob { repo, digest }, m @ (Method::GET | Method::HEAD)) => {
+            get_blob(app, &repo, &digest, req.headers(), m == Method::HEAD).await
         }
-        (Endpoint::Blob { digest, .. }, Method::DELETE) => {
-            if app.store.blob_size(&digest).await?.is_none() {
+        (Endpoint::Blob { repo, digest }, Method::DELETE) => {
+            if app.store.blob_size(&repo, &digest).await?.is_none() {
                 return Err(StoreError::BlobUnknown(digest).into());
             }
             app.store.delete_blob(&digest).await?;
@@ -364,7 +364,7 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
                 if let Ok(d) = mount.parse::<Digest>() {
                     let readable =
                         valid_repo(from) && app.auth.access(&caller, Some(from)) >= Access::Read;
-                    if readable && app.store.blob_size(&d).await?.is_some() {
+                    if readable && app.store.blob_size(from, &d).await?.is_some() {
                         return Ok(blob_created(&repo, &d));
                     }
                 }
@@ -717,10 +717,10 @@ async fn put_manifest(app: &App, repo: &str, reference: &str, req: Request) -> A
     ))
 }
 
-async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> ApiResult {
+async fn get_blob(app: &App, repo: &str, d: &Digest, headers: &HeaderMap, head: bool) -> ApiResult {
     let size = app
         .store
-        .blob_size(d)
+        .blob_size(repo, d)
         .await?
         .ok_or_else(|| StoreError::BlobUnknown(d.clone()))?;
     let range = headers
@@ -750,7 +750,7 @@ async fn get_blob(app: &App, d: &Digest, headers: &HeaderMap, head: bool) -> Api
     }
     let BlobBody { stream, .. } = app
         .store
-        .open_blob(d, range)
+        .open_blob(repo, d, range)
         .await?
         .ok_or_else(|| StoreError::BlobUnknown(d.clone()))?;
     Ok(with_headers(

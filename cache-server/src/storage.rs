@@ -93,6 +93,12 @@ pub trait Backend: Send + Sync {
     fn local_blob_path(&self, _d: &Digest) -> Option<PathBuf> {
         None
     }
+    /// The key to read a blob by when a request for it names `repo`. Blobs
+    /// are global in object stores; a fronted registry keeps them per
+    /// repository and looks in the named one first.
+    fn blob_read_key(&self, _repo: &str, d: &Digest) -> String {
+        Storage::blob_key(d)
+    }
     /// Whether objects carry their last write time. Expiry, LRU eviction
     /// and GC need it; without it entries stay until deleted.
     fn has_times(&self) -> bool {

@@ -90,7 +90,7 @@ pub struct Store {
     pub cfg: StoreConfig,
     /// Blobs recently seen to exist, with their size (positive answers only:
     /// a new upload must be visible at once).
-    known_blobs: moka::future::Cache<Digest, u64>,
+    known_blobs: moka::future::Cache<String, u64>,
 }
 
 fn parse_manifest_object(key: &str, d: &Digest, raw: &[u8]) -> Result<ManifestBlob, StoreError> {
@@ -270,7 +270,7 @@ impl Store {
             return Ok(Lookup::Miss);
         };
         for d in referenced_blobs(&m)? {
-            if self.blob_size(&d).await?.is_none() {
+            if self.blob_size(repo, &d).await?.is_none() {
                 tracing::warn!("entry {repo}:{tag} refers to missing blob {d}; treated as a miss");
                 return Ok(Lookup::Miss);
             }
@@ -303,13 +303,14 @@ impl Store {
     }
 
     /// The size of a stored blob, `None` when absent.
-    pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>, StoreError> {
-        if let Some(s) = self.known_blobs.get(d).await {
+    pub async fn blob_size(&self, repo: &str, d: &Digest) -> Result<Option<u64>, StoreError> {
+        let key = self.storage.blob_read_key(repo, d);
+        if let Some(s) = self.known_blobs.get(&key).await {
             return Ok(Some(s));
         }
-        let m = self.count_err("head", self.storage.head(&Storage::blob_key(d)).await)?;
+        let m = self.count_err("head", self.storage.head(&key).await)?;
         if let Some(m) = &m {
-            self.known_blobs.insert(d.clone(), m.size).await;
+            self.known_blobs.insert(key, m.size).await;
         }
         Ok(m.map(|m| m.size))
     }
@@ -317,6 +318,7 @@ impl Store {
     /// Streams a blob (or a range of it) from the nearest tier that has it.
     pub async fn open_blob(
         &self,
+        repo: &str,
         d: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Option<BlobBody>, StoreError> {
@@ -340,13 +342,13 @@ impl Store {
             }
             self.metrics.tier("disk", false);
         }
-        let Some(size) = self.blob_size(d).await? else {
+        let Some(size) = self.blob_size(repo, d).await? else {
             self.metrics.tier("store", false);
             return Ok(None);
         };
         self.metrics.tier("store", true);
         if let Some(disk) = &self.disk {
-            let fill = |tmp: std::path::PathBuf| self.fetch_verified(d, tmp);
+            let fill = |tmp: std::path::PathBuf| self.fetch_verified(repo, d, tmp);
             match disk.get_or_fill(d, size, fill).await {
                 Ok((f, coalesced)) => {
                     if coalesced {
@@ -357,7 +359,9 @@ impl Store {
                     }
                     return Ok(Some(self.file_body(f, range, "disk").await?));
                 }
-                Err(e @ TierError::Fetch(_)) if self.blob_size_uncached(d).await?.is_none() => {
+                Err(e @ TierError::Fetch(_))
+                    if self.blob_size_uncached(repo, d).await?.is_none() =>
+                {
                     tracing::debug!("blob {d} vanished while filling the disk tier: {e}");
                     return Ok(None);
                 }
@@ -375,23 +379,26 @@ impl Store {
                 }
             }
         }
-        self.remote_body(d, size, range).await
+        self.remote_body(repo, d, size, range).await
     }
 
-    async fn blob_size_uncached(&self, d: &Digest) -> Result<Option<u64>, StoreError> {
-        self.known_blobs.invalidate(d).await;
-        self.blob_size(d).await
+    async fn blob_size_uncached(&self, repo: &str, d: &Digest) -> Result<Option<u64>, StoreError> {
+        self.known_blobs
+            .invalidate(&self.storage.blob_read_key(repo, d))
+            .await;
+        self.blob_size(repo, d).await
     }
 
     /// Streams from the store, verifying a whole-blob read as it goes: a
     /// mismatch ends the body with an error instead of a clean finish.
     async fn remote_body(
         &self,
+        repo: &str,
         d: &Digest,
         size: u64,
         range: Option<Range<u64>>,
     ) -> Result<Option<BlobBody>, StoreError> {
-        let key = Storage::blob_key(d);
+        let key = self.storage.blob_read_key(repo, d);
         let Some(s) = self.count_err("get", self.storage.get_stream(&key, range.clone()).await)?
         else {
             return Ok(None);
@@ -447,8 +454,13 @@ impl Store {
     }
 
     /// Fills the disk tier: the store's bytes to `tmp`, hashed as they come.
-    async fn fetch_verified(&self, d: &Digest, tmp: std::path::PathBuf) -> Result<(), TierError> {
-        let key = Storage::blob_key(d);
+    async fn fetch_verified(
+        &self,
+        repo: &str,
+        d: &Digest,
+        tmp: std::path::PathBuf,
+    ) -> Result<(), TierError> {
+        let key = self.storage.blob_read_key(repo, d);
         let s = self
             .count_err("get", self.storage.get_stream(&key, None).await)
             .map_err(|e| TierError::Fetch(e.to_string()))?;
@@ -530,17 +542,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.count_err("put", self.storage.put_blob_file(d, staged).await)?;
         self.metrics.bytes("store", "in", size);
-        self.known_blobs.insert(d.clone(), size).await;
+        self.known_blobs.insert(Storage::blob_key(d), size).await;
         Ok(())
     }
 
     pub async fn delete_blob(&self, d: &Digest) -> Result<(), StoreError> {
-        self.known_blobs.invalidate(d).await;
+        // Only global keys are deleted (fronted registries refuse deletes).
+        self.known_blobs.invalidate(&Storage::blob_key(d)).await;
         if let Some(disk) = &self.disk {
             disk.remove(d).await;
         }
         self.count_err("delete", self.storage.delete(&Storage::blob_key(d)).await)?;
-        self.known_blobs.invalidate(d).await;
+        self.known_blobs.invalidate(&Storage::blob_key(d)).await;
         Ok(())
     }
 
@@ -599,7 +612,7 @@ impl Store {
             }
         } else {
             for b in referenced_blobs(&blob)? {
-                if self.blob_size(&b).await?.is_none() {
+                if self.blob_size(repo, &b).await?.is_none() {
                     return Err(StoreError::ManifestBlobUnknown { digest: b });
                 }
             }

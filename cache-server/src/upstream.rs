@@ -32,6 +32,8 @@ pub struct RegistryBackend {
 
 enum Key {
     Blob(Digest),
+    /// A blob asked for through a repository: looked for there first.
+    RepoBlob(String, Digest),
     Manifest(String, Digest),
     Tag(String, String),
 }
@@ -41,6 +43,10 @@ fn parse_key(key: &str) -> Option<Key> {
         return format!("sha256:{hex}").parse().ok().map(Key::Blob);
     }
     let rest = key.strip_prefix("repos/")?;
+    if let Some((repo, hex)) = rest.split_once("/_blobs/") {
+        let d = format!("sha256:{hex}").parse().ok()?;
+        return Some(Key::RepoBlob(repo.to_string(), d));
+    }
     if let Some((repo, hex)) = rest.split_once("/_manifests/") {
         let d = format!("sha256:{hex}").parse().ok()?;
         return Some(Key::Manifest(repo.to_string(), d));
@@ -114,6 +120,42 @@ impl RegistryBackend {
         }
     }
 
+    /// Where a blob may be: the named repository (images pushed upstream by
+    /// other tools keep their blobs there), then the shared blob repository.
+    fn blob_places(&self, key: &Key) -> Vec<(Option<String>, Digest)> {
+        match key {
+            Key::Blob(d) => vec![(None, d.clone())],
+            Key::RepoBlob(r, d) => vec![(Some(r.clone()), d.clone()), (None, d.clone())],
+            _ => Vec::new(),
+        }
+    }
+
+    async fn find_blob(
+        &self,
+        key: &str,
+        range: Option<&Range<u64>>,
+    ) -> Result<Option<kiln_common::registry::BlobStream>, StorageError> {
+        let Some(k) = parse_key(key) else {
+            return Ok(None);
+        };
+        let (offset, len) = match range {
+            Some(r) => (r.start, Some(r.end - r.start)),
+            None => (0, None),
+        };
+        for (repo, d) in self.blob_places(&k) {
+            let r = self.reference(repo.as_deref(), None, Some(&d));
+            let found = self
+                .registry
+                .blob_stream(&r, &d, offset, len)
+                .await
+                .map_err(Self::err("get", key))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
     fn unsupported(&self, op: &'static str) -> StorageError {
         StorageError::Unsupported {
             op,
@@ -141,17 +183,16 @@ impl Backend for RegistryBackend {
         false
     }
 
+    fn blob_read_key(&self, repo: &str, d: &Digest) -> String {
+        format!("repos/{repo}/_blobs/{}", d.hex())
+    }
+
     async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError> {
         match parse_key(key) {
-            Some(Key::Blob(d)) => {
-                let r = self.reference(None, None, Some(&d));
-                // A GET whose body is dropped unread: registries answer HEAD
-                // for blobs too, but oci-client exposes no blob size by HEAD.
-                let s = self
-                    .registry
-                    .blob_stream(&r, &d, 0, None)
-                    .await
-                    .map_err(Self::err("head", key))?;
+            Some(Key::Blob(_)) | Some(Key::RepoBlob(..)) => {
+                // A GET whose body is dropped unread: oci-client exposes no
+                // blob size by HEAD.
+                let s = self.find_blob(key, None).await?;
                 Ok(s.map(|b| now_meta(key, b.len.unwrap_or(0))))
             }
             Some(Key::Manifest(..)) | Some(Key::Tag(..)) => {
@@ -265,19 +306,7 @@ impl Backend for RegistryBackend {
         key: &str,
         range: Option<Range<u64>>,
     ) -> Result<Option<BoxStream<'static, Result<Bytes, StorageError>>>, StorageError> {
-        let Some(Key::Blob(d)) = parse_key(key) else {
-            return Ok(None);
-        };
-        let r = self.reference(None, None, Some(&d));
-        let (offset, len) = match &range {
-            Some(r) => (r.start, Some(r.end - r.start)),
-            None => (0, None),
-        };
-        let s = self
-            .registry
-            .blob_stream(&r, &d, offset, len)
-            .await
-            .map_err(Self::err("get", key))?;
+        let s = self.find_blob(key, range.as_ref()).await?;
         let path = key.to_string();
         Ok(s.map(|b| {
             b.stream

@@ -99,6 +99,29 @@ fn skopeo_round_trip(b: Backend) {
             .arg(format!("oci:{}:v1", d2.display())));
         assert_eq!(layout_manifest_digest(&d2), layout_manifest_digest(&dest));
     }
+    if let Backend::Registry(up, _) = &b {
+        // Read-through: an image pushed to the upstream by another tool
+        // (blobs in its own repository) is served, content verified.
+        let direct = noise(11, 256 << 10);
+        let pushed = push_image_layout(
+            &format!("{}/kiln-cache/direct/app:v2", up.addr),
+            &[("d", &direct)],
+            &[],
+        );
+        let out3 = tempfile::tempdir().unwrap();
+        let dest3 = out3.path().join("out");
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/direct/app:v2", s.addr))
+            .arg(format!("oci:{}:v2", dest3.display())));
+        assert_eq!(layout_manifest_digest(&dest3), pushed);
+        let bundle = out3.path().join("bundle");
+        run(Command::new("umoci")
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:v2", dest3.display()))
+            .arg(&bundle));
+        assert_eq!(std::fs::read(bundle.join("rootfs/d")).unwrap(), direct);
+    }
     // A second replica over the same store, with empty tiers, gives the same
     // answers: the store is the truth, each replica's tiers are caches.
     let s2 = CacheServer::start(bin(), Some(&b.storage_of(&s)), &[], &b.env());
