@@ -58,21 +58,45 @@ pub struct Staged {
 
 pub struct Uploads {
     dir: PathBuf,
+    /// Held while this process runs: staging dirs whose lock is free
+    /// belong to a process that is gone.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>,
     stale_after: Duration,
 }
 
 impl Uploads {
-    /// Opens the staging directory, removing what a previous run left.
-    pub fn open(dir: &Path) -> Result<Uploads, UploadError> {
-        let io = |source| UploadError::Io {
-            path: dir.to_path_buf(),
-            source,
+    /// Opens a staging directory of this process's own under `root`, and
+    /// removes those of processes that are gone (their lock is free), so
+    /// several servers may share one data directory.
+    pub fn open(root: &Path) -> Result<Uploads, UploadError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| UploadError::Io { path, source }
         };
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        for e in std::fs::read_dir(root).map_err(io(root))?.flatten() {
+            let lock = e.path().join(".lock");
+            let Ok(f) = std::fs::File::open(&lock) else {
+                let _ = std::fs::remove_dir_all(e.path());
+                continue;
+            };
+            if let Ok(held) =
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+                drop(held);
+            }
+        }
+        let dir = root.join(crate::random_id());
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock_path = dir.join(".lock");
+        let f = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(&lock_path)(e.into()))?;
         Ok(Uploads {
-            dir: dir.to_path_buf(),
+            dir,
+            _lock: lock,
             sessions: Mutex::new(HashMap::new()),
             stale_after: Duration::from_secs(3600),
         })

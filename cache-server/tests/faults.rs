@@ -95,10 +95,18 @@ fn kill9_during_concurrent_uploads_leaves_nothing_partial(b: Backend) {
     });
     if let Backend::File = b {
         assert_store_verifies(&s.dir.path().join("store"));
-        let staged = std::fs::read_dir(s.dir.path().join("data/uploads"))
+        // Only the restarted server's own (empty) staging dir is left.
+        let dirs: Vec<_> = std::fs::read_dir(s.dir.path().join("data/uploads"))
             .unwrap()
-            .count();
-        assert_eq!(staged, 0, "staging is swept at startup");
+            .flatten()
+            .collect();
+        assert_eq!(
+            dirs.len(),
+            1,
+            "the dead server's staging is swept at startup"
+        );
+        let staged = std::fs::read_dir(dirs[0].path()).unwrap().count();
+        assert_eq!(staged, 1, "only the lock file");
     }
 }
 
