@@ -106,15 +106,6 @@ impl<W: Write> HashingWriter<W> {
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-    /// Forgets what was hashed (the caller rewinds the inner writer).
-    pub fn reset(&mut self) {
-        self.hasher = Sha256::new();
-        self.written = 0;
-    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {

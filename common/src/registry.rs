@@ -6,7 +6,7 @@
 //! temp file, verified, then renamed — never a whole layer in memory.
 
 use crate::auth::{Credential, DockerConfig};
-use crate::digest::{Digest, DigestError, HashingWriter};
+use crate::digest::{Digest, DigestError};
 use crate::image::{self, Descriptor, ImageConfig, ImageError, Manifest, ManifestKind, Platform};
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -423,7 +423,9 @@ impl Registry {
     /// Fetches a blob into `dest`, verified. A transfer that breaks part-way
     /// is resumed from the bytes already received (a Range request), not
     /// restarted; a registry that ignores the range sends the whole blob and
-    /// the partial file is discarded. Hashing continues across attempts.
+    /// the partial file is discarded. A whole-blob stream is verified by
+    /// oci-client as it arrives (one hash pass); a resumed file is hashed
+    /// once complete.
     pub async fn fetch_blob_progress(
         &self,
         r: &Reference,
@@ -438,34 +440,39 @@ impl Registry {
         let dir = dest.parent().unwrap_or(Path::new("."));
         let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         let (file, tmp_path) = tmp.into_parts();
-        let partial = tokio::sync::Mutex::new(HashingWriter::new(
-            std::io::BufWriter::with_capacity(1 << 20, file),
-        ));
+        let partial = tokio::sync::Mutex::new(PartialBlob {
+            w: std::io::BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            resumed: false,
+        });
         self.retry(self.opts.pull_retries, || async {
-            let mut w = partial.lock().await;
-            self.fetch_more(r, desc, &mut w, dest, progress).await
+            let mut p = partial.lock().await;
+            self.fetch_more(r, desc, &mut p, dest, progress).await
         })
         .await?;
-        let (buf, digest, n) = partial.into_inner().finish();
-        desc.digest
-            .verify(&digest)
-            .map_err(|source| RegistryError::Digest {
-                reference: r.whole(),
-                digest: desc.digest.clone(),
-                source,
-            })?;
-        let file = buf.into_inner().map_err(|e| io(e.into_error()))?;
+        let p = partial.into_inner();
+        let file = p.w.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
+        if p.resumed {
+            let (digest, _) = crate::digest::digest_file(&tmp_path).map_err(io)?;
+            desc.digest
+                .verify(&digest)
+                .map_err(|source| RegistryError::Digest {
+                    reference: r.whole(),
+                    digest: desc.digest.clone(),
+                    source,
+                })?;
+        }
         tmp_path.persist(dest).map_err(|e| io(e.error))?;
-        Ok(n)
+        Ok(p.written)
     }
 
-    /// One attempt: appends what the registry sends from where `w` stands.
+    /// One attempt: appends what the registry sends from where `p` stands.
     async fn fetch_more(
         &self,
         r: &Reference,
         desc: &Descriptor,
-        w: &mut HashingWriter<std::io::BufWriter<std::fs::File>>,
+        p: &mut PartialBlob,
         dest: &Path,
         progress: Option<&std::sync::atomic::AtomicU64>,
     ) -> Result<(), RegistryError> {
@@ -474,7 +481,7 @@ impl Registry {
             path: dest.to_path_buf(),
             source,
         };
-        let offset = w.written();
+        let offset = p.written;
         if offset > 0 {
             tracing::info!("resuming {} at byte {offset}", desc.digest);
         }
@@ -482,20 +489,24 @@ impl Registry {
             .blob_stream(r, &desc.digest, offset, None)
             .await?
             .ok_or_else(|| RegistryError::remote(r, format!("blob {} not found", desc.digest)))?;
-        if offset > 0 && !got.partial {
+        if offset > 0 && got.partial {
+            p.resumed = true;
+        } else if offset > 0 {
             // The registry ignored the range: start over.
-            w.flush().map_err(io)?;
-            let f = w.get_mut().get_mut();
+            p.w.flush().map_err(io)?;
+            let f = p.w.get_mut();
             f.set_len(0).map_err(io)?;
             f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
-            w.reset();
+            p.written = 0;
+            p.resumed = false;
         }
         let mut stream = got.stream;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            w.write_all(&chunk).map_err(io)?;
-            if let Some(p) = progress {
-                p.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            p.w.write_all(&chunk).map_err(io)?;
+            p.written += chunk.len() as u64;
+            if let Some(pr) = progress {
+                pr.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Ok(())
@@ -646,6 +657,14 @@ impl Registry {
         .await?;
         Ok(digest)
     }
+}
+
+/// A blob being fetched into a file across attempts.
+struct PartialBlob {
+    w: std::io::BufWriter<std::fs::File>,
+    written: u64,
+    /// Some bytes came from a ranged (unverified) response.
+    resumed: bool,
 }
 
 /// A blob being read.

@@ -355,3 +355,41 @@ fn a_transfer_cut_mid_blob_resumes_from_where_it_broke() {
     all_blobs_verify(&cache.path().join("cache"));
     validate(&cache.path().join("cache"));
 }
+
+#[test]
+fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "tampered:1");
+    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{base}"))))
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let hex = layer.trim_start_matches("sha256:");
+    // Flip bytes in the registry's stored copy: it serves files as they are.
+    let data = reg
+        .dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = warmer()
+        .arg("--cache-dir")
+        .arg(cache.path().join("cache"))
+        .args(["--insecure-pull", "--image", &base])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.to_lowercase().contains("digest"), "{log}");
+    assert!(
+        !cache.path().join("cache/blobs/sha256").join(hex).exists(),
+        "a corrupt blob must never be stored under its digest"
+    );
+}
