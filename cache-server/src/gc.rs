@@ -9,9 +9,7 @@
 //! since the scan began is scanned again and its references kept.
 
 use crate::storage::{Meta, Storage};
-use crate::store::{
-    parse_stored_manifest, referenced_blobs, referenced_manifests, Store, StoreError,
-};
+use crate::store::{referenced_blobs, referenced_manifests, Store, StoreError};
 use kiln_common::Digest;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -285,19 +283,15 @@ async fn tag_closure(
         if !manifests.contains_key(&(repo.to_string(), d.clone())) {
             continue;
         }
-        let key = Storage::manifest_key(repo, &d);
-        let mb = match store.memory.manifests.get(&d).await {
-            Some(m) => m,
-            None => match store.storage.get_small(&key).await? {
-                Some((raw, _)) => match parse_stored_manifest(&key, &d, &raw) {
-                    Ok(m) => std::sync::Arc::new(m),
-                    Err(e) => {
-                        tracing::warn!("gc: {e}");
-                        continue;
-                    }
-                },
-                None => continue,
-            },
+        let mb = match store.manifest(repo, &d).await {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(StoreError::Storage(e)) => return Err(StoreError::Storage(e)),
+            Err(e) => {
+                // A corrupt manifest keeps nothing alive; it is reported.
+                tracing::warn!("gc: {e}");
+                continue;
+            }
         };
         out_b.extend(referenced_blobs(&mb).unwrap_or_default());
         todo.extend(referenced_manifests(&mb));

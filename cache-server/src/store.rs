@@ -93,7 +93,12 @@ pub struct Store {
     known_blobs: moka::future::Cache<String, u64>,
 }
 
-fn parse_manifest_object(key: &str, d: &Digest, raw: &[u8]) -> Result<ManifestBlob, StoreError> {
+/// A stored manifest object (`<media type>\n<bytes>`), verified against `d`.
+pub fn parse_stored_manifest(
+    key: &str,
+    d: &Digest,
+    raw: &[u8],
+) -> Result<ManifestBlob, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: key.to_string(),
         reason,
@@ -197,7 +202,7 @@ impl Store {
             return Ok(None);
         };
         self.metrics.bytes("store", "out", raw.len() as u64);
-        let m = Arc::new(parse_manifest_object(&key, d, &raw)?);
+        let m = Arc::new(parse_stored_manifest(&key, d, &raw)?);
         self.memory.manifests.insert(d.clone(), m.clone()).await;
         self.remember_in_repo(repo, d).await;
         Ok(Some(m))
@@ -783,12 +788,4 @@ pub fn referenced_manifests(m: &ManifestBlob) -> Vec<Digest> {
         .ok()
         .and_then(|v| descriptors(&v, "manifests").ok())
         .unwrap_or_default()
-}
-
-pub fn parse_stored_manifest(
-    key: &str,
-    d: &Digest,
-    raw: &[u8],
-) -> Result<ManifestBlob, StoreError> {
-    parse_manifest_object(key, d, raw)
 }

@@ -364,7 +364,10 @@ fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{base}"))))
     .unwrap();
-    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let hex = layer.trim_start_matches("sha256:");
     // Flip bytes in the registry's stored copy: it serves files as they are.
     let data = reg
