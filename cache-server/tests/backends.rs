@@ -395,11 +395,12 @@ fn batch_lookup_metrics_expiry_and_gc(b: Backend) {
         return;
     }
 
-    // bbb is used again after 1.5 s (refreshing it); aaa is not.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // bbb is used again after 2.5 s (refreshing it); aaa is not. The
+    // margins allow for S3's whole-second modification times.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     let v = rt.block_on(lookup(&url, "cache/app", &["bbb"]));
     assert!(v["entries"].get("bbb").is_some());
-    std::thread::sleep(std::time::Duration::from_millis(3000));
+    std::thread::sleep(std::time::Duration::from_millis(1800));
     let v = rt.block_on(lookup(&url, "cache/app", &["aaa", "bbb"]));
     assert!(v["entries"].get("aaa").is_none(), "aaa expired: {v}");
     assert_eq!(v["expired"], serde_json::json!(["aaa"]));
