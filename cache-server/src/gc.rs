@@ -19,6 +19,8 @@ pub struct GcOptions {
     pub ttl: Option<Duration>,
     /// Total blob bytes to keep; least recently used entries go first.
     pub max_size: Option<u64>,
+    /// The same, for what each repository's entries reference.
+    pub max_size_per_repo: Option<u64>,
     pub grace: Duration,
     pub dry_run: bool,
 }
@@ -99,34 +101,22 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         needs.push(tag_closure(store, &t.repo, &t.meta, &manifests).await?.1);
     }
 
-    // 2. Size budget: drop least recently used entries until what the rest
-    // reference fits.
+    // 2. Size budgets, per repository and then in total: drop least
+    // recently used entries until what the rest reference fits.
+    let size_of = |d: &Digest| blobs.get(d).map_or(0, |m| m.size);
+    let mut evict = BTreeSet::new();
+    if let Some(budget) = opts.max_size_per_repo {
+        let repos: BTreeSet<&str> = tags.iter().map(|t| t.repo.as_str()).collect();
+        for repo in repos {
+            let members: Vec<usize> = (0..tags.len()).filter(|&i| tags[i].repo == repo).collect();
+            evict.extend(lru_over_budget(&members, &tags, &needs, &size_of, budget));
+        }
+    }
     if let Some(budget) = opts.max_size {
-        let mut refs: HashMap<&Digest, usize> = HashMap::new();
-        for n in &needs {
-            for d in n {
-                *refs.entry(d).or_default() += 1;
-            }
-        }
-        let size_of = |d: &Digest| blobs.get(d).map_or(0, |m| m.size);
-        let mut total: u64 = refs.keys().map(|d| size_of(d)).sum();
-        let mut order: Vec<usize> = (0..tags.len()).collect();
-        order.sort_by_key(|&i| tags[i].meta.modified);
-        let mut evict = BTreeSet::new();
-        for i in order {
-            if total <= budget {
-                break;
-            }
-            for d in &needs[i] {
-                if let Some(c) = refs.get_mut(d) {
-                    *c -= 1;
-                    if *c == 0 {
-                        total -= size_of(d);
-                    }
-                }
-            }
-            evict.insert(i);
-        }
+        let members: Vec<usize> = (0..tags.len()).filter(|i| !evict.contains(i)).collect();
+        evict.extend(lru_over_budget(&members, &tags, &needs, &size_of, budget));
+    }
+    if !evict.is_empty() {
         let mut kept_tags = Vec::new();
         let mut kept_needs = Vec::new();
         for (i, (t, n)) in tags.into_iter().zip(needs).enumerate() {
@@ -227,6 +217,42 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
     store.metrics.stored_blobs.set(report.blobs_kept as i64);
     store.metrics.stored_entries.set(report.entries_kept as i64);
     Ok(report)
+}
+
+/// The least recently used of `members` whose removal brings the bytes the
+/// remaining ones reference (each blob counted once) within `budget`.
+fn lru_over_budget(
+    members: &[usize],
+    tags: &[Tag],
+    needs: &[BTreeSet<Digest>],
+    size_of: &dyn Fn(&Digest) -> u64,
+    budget: u64,
+) -> Vec<usize> {
+    let mut refs: HashMap<&Digest, usize> = HashMap::new();
+    for &i in members {
+        for d in &needs[i] {
+            *refs.entry(d).or_default() += 1;
+        }
+    }
+    let mut total: u64 = refs.keys().map(|d| size_of(d)).sum();
+    let mut order = members.to_vec();
+    order.sort_by_key(|&i| tags[i].meta.modified);
+    let mut out = Vec::new();
+    for i in order {
+        if total <= budget {
+            break;
+        }
+        for d in &needs[i] {
+            if let Some(c) = refs.get_mut(d) {
+                *c -= 1;
+                if *c == 0 {
+                    total -= size_of(d);
+                }
+            }
+        }
+        out.push(i);
+    }
+    out
 }
 
 fn kind(k: &str) -> crate::metrics::KindLabel {

@@ -69,6 +69,7 @@ impl ServerConfig {
             gc: GcOptions {
                 ttl: StoreConfig::default().ttl,
                 max_size: None,
+                max_size_per_repo: None,
                 grace: Duration::from_secs(3600),
                 dry_run: false,
             },

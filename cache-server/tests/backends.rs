@@ -464,6 +464,39 @@ fn batch_lookup_metrics_expiry_and_gc(b: Backend) {
         );
     });
 
+    // A per-repository budget: only the repository over it loses entries.
+    let (_, keep) = rt.block_on(push_entry(&url, "cache/other", "eee", 6, 300 << 10));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_, newer) = rt.block_on(push_entry(&url, "cache/other", "fff", 7, 300 << 10));
+    let (_, small) = rt.block_on(push_entry(&url, "cache/small", "ggg", 8, 100 << 10));
+    let r = gc_once(
+        &b,
+        &s,
+        &[
+            "--ttl",
+            "0",
+            "--gc-grace",
+            "0s",
+            "--max-size-per-repo",
+            "500KiB",
+        ],
+    );
+    assert_eq!(
+        r["tags_evicted"],
+        serde_json::json!(["cache/app:ddd", "cache/other:eee"]),
+        "{r}"
+    );
+    rt.block_on(async {
+        for (blob, status) in [(&keep, 404), (&newer, 200), (&small, 200)] {
+            assert_eq!(
+                get(&format!("{url}/v2/cache/other/blobs/{}", sha(blob)))
+                    .await
+                    .0,
+                status
+            );
+        }
+    });
+
     // A blob uploaded but not yet named by a manifest (a push in progress)
     // is spared by the grace period, and only by it.
     let orphan = noise(5, 10 << 10);

@@ -77,6 +77,10 @@ pub struct Common {
     /// Total blob bytes to keep; least recently used entries are evicted by GC.
     #[arg(long, env = "KILN_MAX_SIZE")]
     pub max_size: Option<String>,
+    /// Blob bytes each repository's entries may reference; its least
+    /// recently used entries are evicted by GC beyond it.
+    #[arg(long, env = "KILN_MAX_SIZE_PER_REPO")]
+    pub max_size_per_repo: Option<String>,
     /// Run GC this often inside the server; 0 disables [default: 1h].
     #[arg(long, env = "KILN_GC_INTERVAL")]
     pub gc_interval: Option<String>,
@@ -125,6 +129,7 @@ impl Common {
             ttl,
             touch_after,
             max_size,
+            max_size_per_repo,
             gc_interval,
             gc_grace,
             auth_file,
@@ -177,6 +182,10 @@ impl Common {
             max_size: c
                 .max_size
                 .map(|s| size("max-size", Some(s), 0))
+                .transpose()?,
+            max_size_per_repo: c
+                .max_size_per_repo
+                .map(|s| size("max-size-per-repo", Some(s), 0))
                 .transpose()?,
             grace: dur("gc-grace", c.gc_grace, "1h")?,
             dry_run: false,
