@@ -285,7 +285,8 @@ impl Store {
     }
 
     /// Refreshes an entry's last use in the store, at most once per
-    /// `touch_after`, without delaying the answer.
+    /// `touch_after` (one small write on that hit; a failure is counted and
+    /// the hit still stands).
     async fn touch(&self, repo: &str, tag: &str, e: &TagEntry) {
         let age = chrono::Utc::now().signed_duration_since(e.modified);
         if !self.storage.has_times() || age.to_std().map_or(true, |a| a < self.cfg.touch_after) {
