@@ -975,3 +975,117 @@ impl Drop for CuttingProxy {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A TCP proxy in front of a real registry that answers requests whose
+/// request line contains `needle` with `429 Too Many Requests` and
+/// `Retry-After: <secs>` for `window` after the first such request (as a
+/// rate-limited registry does), and forwards everything else. Records each
+/// request line with its time and whether it was refused.
+pub struct RateLimitProxy {
+    pub addr: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String, bool)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RateLimitProxy {
+    pub fn start(
+        upstream: &str,
+        needle: &str,
+        window: Duration,
+        retry_after_secs: u64,
+    ) -> RateLimitProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        l.set_nonblocking(true).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let first: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let (up, needle, log2, stop2) = (
+            upstream.to_string(),
+            needle.to_string(),
+            log.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let (mut client, _) = match l.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(mut server) = std::net::TcpStream::connect(&up) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (log, needle, first) = (log2.clone(), needle.clone(), first.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = client.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        if let Some(line) = text.lines().next().filter(|l| l.ends_with(" HTTP/1.1"))
+                        {
+                            let now = Instant::now();
+                            let limited = line.contains(&needle) && {
+                                let mut f = first.lock().unwrap();
+                                let start = *f.get_or_insert(now);
+                                now.duration_since(start) < window
+                            };
+                            log.lock().unwrap().push((now, line.to_string(), limited));
+                            if limited {
+                                let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
+                                let head_only = line.starts_with("HEAD ");
+                                let resp = format!(
+                                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after_secs}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                                    body.len(),
+                                    if head_only { "" } else { body }
+                                );
+                                let _ = client.write_all(resp.as_bytes());
+                                let _ = client.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                        }
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        RateLimitProxy { addr, log, stop }
+    }
+
+    /// (seconds since the first request, request line, refused with 429).
+    pub fn requests(&self) -> Vec<(f64, String, bool)> {
+        let log = self.log.lock().unwrap();
+        let t0 = log.first().map(|e| e.0);
+        log.iter()
+            .map(|(t, l, r)| {
+                (
+                    t0.map_or(0.0, |t0| t.duration_since(t0).as_secs_f64()),
+                    l.clone(),
+                    *r,
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for RateLimitProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -4,6 +4,7 @@
 use kiln_testkit::*;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 fn warmer() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_warmer"));
@@ -395,4 +396,36 @@ fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
         !cache.path().join("cache/blobs/sha256").join(hex).exists(),
         "a corrupt blob must never be stored under its digest"
     );
+}
+
+#[test]
+fn a_rate_limited_registry_is_retried_after_what_its_retry_after_asks() {
+    let reg = Registry::start();
+    push_busybox(&reg, "limited:1");
+    // Manifests are refused for 3 s with Retry-After: 3. Exponential
+    // backoff alone (0.25 + 0.5 + 1 s over three retries) would give up.
+    let proxy = RateLimitProxy::start(&reg.addr, "/manifests/", Duration::from_secs(3), 3);
+    let cache = tempfile::tempdir().unwrap();
+    let out = warmer()
+        .arg("--cache-dir")
+        .arg(cache.path().join("cache"))
+        .args(["--insecure-pull", "--image-download-retry", "3", "--image"])
+        .arg(format!("{}/limited:1", proxy.addr))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("retry after 3s"), "{log}");
+    let reqs = proxy.requests();
+    let refused: Vec<_> = reqs.iter().filter(|r| r.2).collect();
+    let served = reqs
+        .iter()
+        .find(|r| !r.2 && r.1.contains("/manifests/"))
+        .expect("a manifest request got through");
+    assert!(!refused.is_empty());
+    assert!(
+        served.0 >= 2.9,
+        "the retry waited for Retry-After: {reqs:?}"
+    );
+    validate(&cache.path().join("cache"));
 }
