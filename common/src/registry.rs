@@ -510,14 +510,16 @@ impl Registry {
         self.fetch_blob_progress(r, desc, dest, None).await
     }
 
-    /// As [`Self::fetch_blob`], adding the bytes received to `progress` as they
-    /// arrive (for a progress display).
-    /// Fetches a blob into `dest`, verified. A transfer that breaks part-way
+    /// Fetches a blob into `dest`, verified, adding the bytes received to
+    /// `progress` as they arrive (for a progress display). A transfer that breaks part-way
     /// is resumed from the bytes already received (a Range request), not
-    /// restarted; a registry that ignores the range sends the whole blob and
-    /// the partial file is discarded. A whole-blob stream is verified by
-    /// oci-client as it arrives (one hash pass); a resumed file is hashed
-    /// once complete.
+    /// restarted, within this call and after a crash: bytes land in
+    /// `.partial-<hex>` beside `dest`, held under an exclusive `flock`, and a
+    /// later call picks up where it stopped (a concurrent one, finding it
+    /// locked, downloads privately instead). A registry that ignores the
+    /// range sends the whole blob and the partial bytes are discarded. A
+    /// whole-blob stream is verified by oci-client as it arrives (one hash
+    /// pass); a resumed file is hashed once complete.
     pub async fn fetch_blob_progress(
         &self,
         r: &Reference,
@@ -525,16 +527,34 @@ impl Registry {
         dest: &Path,
         progress: Option<&std::sync::atomic::AtomicU64>,
     ) -> Result<u64, RegistryError> {
+        use std::io::Seek;
         let io = |source| RegistryError::Io {
             path: dest.to_path_buf(),
             source,
         };
         let dir = dest.parent().unwrap_or(Path::new("."));
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        let (file, tmp_path) = tmp.into_parts();
+        let partial_path = dir.join(format!(".partial-{}", desc.digest.hex()));
+        let mut private = None;
+        let (mut file, path, lock) = match open_partial(&partial_path) {
+            Some((f, lock)) => (f, partial_path.clone(), Some(lock)),
+            None => {
+                let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+                let (f, p) = tmp.into_parts();
+                let path = p.to_path_buf();
+                private = Some(p);
+                (f, path, None)
+            }
+        };
+        let start = file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        if start > 0 {
+            tracing::info!(
+                "resuming {} from an earlier run at byte {start}",
+                desc.digest
+            );
+        }
         let partial = tokio::sync::Mutex::new(PartialBlob {
             w: std::io::BufWriter::with_capacity(1 << 20, file),
-            written: 0,
+            written: start,
             resumed: false,
         });
         self.retry(self.opts.pull_retries, || async {
@@ -546,16 +566,21 @@ impl Registry {
         let file = p.w.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         if p.resumed {
-            let (digest, _) = crate::digest::digest_file(&tmp_path).map_err(io)?;
-            desc.digest
-                .verify(&digest)
-                .map_err(|source| RegistryError::Digest {
+            let (digest, _) = crate::digest::digest_file(&path).map_err(io)?;
+            if let Err(source) = desc.digest.verify(&digest) {
+                let _ = std::fs::remove_file(&path);
+                return Err(RegistryError::Digest {
                     reference: r.whole(),
                     digest: desc.digest.clone(),
                     source,
-                })?;
+                });
+            }
         }
-        tmp_path.persist(dest).map_err(|e| io(e.error))?;
+        match private {
+            Some(tmp) => tmp.persist(dest).map_err(|e| io(e.error))?,
+            None => std::fs::rename(&path, dest).map_err(io)?,
+        }
+        drop(lock);
         Ok(p.written)
     }
 
@@ -573,6 +598,23 @@ impl Registry {
             path: dest.to_path_buf(),
             source,
         };
+        let truncate = |p: &mut PartialBlob| -> Result<(), RegistryError> {
+            p.w.flush().map_err(io)?;
+            let f = p.w.get_mut();
+            f.set_len(0).map_err(io)?;
+            f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+            p.written = 0;
+            p.resumed = false;
+            Ok(())
+        };
+        if desc.size > 0 && p.written >= desc.size {
+            if p.written == desc.size {
+                // Complete before a crash, not yet renamed: only verify.
+                p.resumed = true;
+                return Ok(());
+            }
+            truncate(p)?;
+        }
         let offset = p.written;
         if offset > 0 {
             tracing::info!("resuming {} at byte {offset}", desc.digest);
@@ -585,12 +627,7 @@ impl Registry {
             p.resumed = true;
         } else if offset > 0 {
             // The registry ignored the range: start over.
-            p.w.flush().map_err(io)?;
-            let f = p.w.get_mut();
-            f.set_len(0).map_err(io)?;
-            f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
-            p.written = 0;
-            p.resumed = false;
+            truncate(p)?;
         }
         let mut stream = got.stream;
         while let Some(chunk) = stream.next().await {
@@ -793,6 +830,25 @@ async fn bearer_token(
         .or_else(|| v.get("access_token"))
         .and_then(|t| t.as_str())
         .map(str::to_string)
+}
+
+/// Opens (or creates) a partial download and takes its lock; `None` when
+/// another process holds it or it cannot be opened.
+fn open_partial(path: &Path) -> Option<(std::fs::File, nix::fcntl::Flock<std::fs::File>)> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .ok()?;
+    // The lock is on the open file description, shared with the clone.
+    let lock = nix::fcntl::Flock::lock(
+        f.try_clone().ok()?,
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .ok()?;
+    Some((f, lock))
 }
 
 /// A blob being fetched into a file across attempts.

@@ -874,6 +874,17 @@ pub struct CuttingProxy {
 
 impl CuttingProxy {
     pub fn start(upstream: &str, needle: &str, cut_after: usize) -> CuttingProxy {
+        Self::start_mode(upstream, needle, cut_after, false)
+    }
+
+    /// As [`CuttingProxy::start`], but the response stalls (the connection
+    /// stays open, nothing more arrives) instead of being cut: a transfer
+    /// caught mid-way, for a client to be killed during.
+    pub fn stalling(upstream: &str, needle: &str, after: usize) -> CuttingProxy {
+        Self::start_mode(upstream, needle, after, true)
+    }
+
+    fn start_mode(upstream: &str, needle: &str, cut_after: usize, stall: bool) -> CuttingProxy {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
@@ -942,6 +953,10 @@ impl CuttingProxy {
                             let _ = c2.write_all(&buf[..room]);
                             *sent += room;
                             if *sent >= cut_after {
+                                if stall {
+                                    drop(a);
+                                    std::thread::sleep(Duration::from_secs(120));
+                                }
                                 let _ = c2.shutdown(std::net::Shutdown::Both);
                                 let _ = s2.shutdown(std::net::Shutdown::Both);
                                 break;

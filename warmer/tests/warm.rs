@@ -28,7 +28,7 @@ fn all_blobs_verify(dir: &Path) {
     for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with(".tmp") {
+        if name.starts_with(".tmp") || name.starts_with(".partial-") {
             // A download cut short by SIGKILL: never under a digest name, and
             // removed by retention once old.
             continue;
@@ -428,4 +428,72 @@ fn a_rate_limited_registry_is_retried_after_what_its_retry_after_asks() {
         "the retry waited for Retry-After: {reqs:?}"
     );
     validate(&cache.path().join("cache"));
+}
+
+#[test]
+fn a_warmer_killed_mid_blob_resumes_where_it_stopped_on_the_next_run() {
+    let reg = Registry::start();
+    let t = tempfile::tempdir().unwrap();
+    busybox_rootfs(t.path());
+    std::fs::write(t.path().join("noise.bin"), noise(3, 8 << 20)).unwrap();
+    push_rootfs(t.path(), &format!("{}/big:1", reg.addr), &["sh"]);
+    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/big:1", reg.addr))))
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The first transfer of the layer stalls after 4 MiB; the warmer is
+    // killed then, as a node failure would.
+    let proxy = CuttingProxy::stalling(&reg.addr, &format!("/blobs/{layer}"), 4 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run_warmer = || {
+        let mut c = warmer();
+        c.arg("--cache-dir")
+            .arg(&cache)
+            .args(["--insecure-pull", "--image"])
+            .arg(format!("{}/big:1", proxy.addr));
+        c
+    };
+    let mut child = run_warmer().spawn().unwrap();
+    let partial = cache
+        .join("blobs/sha256")
+        .join(format!(".partial-{}", layer.trim_start_matches("sha256:")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < (3 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never got going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept >= 3 << 20, "the partial download survives the kill");
+
+    let out = run_warmer().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gets: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET ") && r.contains(&layer))
+        .map(|r| r.to_ascii_lowercase())
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert!(
+        gets[1].contains(&format!("range: bytes={kept}-")),
+        "the second run asks for the rest only: {}",
+        gets[1]
+    );
+    assert!(!partial.exists());
+    all_blobs_verify(&cache);
+    validate(&cache);
 }
