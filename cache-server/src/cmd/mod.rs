@@ -55,8 +55,8 @@ pub struct Common {
     /// Address to listen on [default: 127.0.0.1:5000].
     #[arg(long, env = "KILN_LISTEN")]
     pub listen: Option<String>,
-    /// file:///dir, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix
-    /// [default: file:///var/lib/kiln-cache].
+    /// file:///dir, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix,
+    /// or registry://host/repo[?insecure=true] [default: file:///var/lib/kiln-cache].
     #[arg(long, env = "KILN_STORAGE")]
     pub storage: Option<String>,
     /// Staging area and local disk tier [default: beside a file:// store, else $TMPDIR/kiln-cache-server].
