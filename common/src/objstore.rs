@@ -30,8 +30,10 @@ pub fn open(
     patience: Patience,
 ) -> Result<(Arc<dyn ObjectStore>, ObjectPath), ObjStoreError> {
     crate::registry::install_crypto_provider();
+    // Query options may carry secrets: errors name the URL without them.
+    let shown = url.split('?').next().unwrap_or_default();
     let err = |message: String| ObjStoreError::Url {
-        url: url.to_string(),
+        url: shown.to_string(),
         message,
     };
     let (base, query) = match url.split_once('?') {
