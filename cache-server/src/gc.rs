@@ -213,9 +213,19 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
     report.entries_kept = tags.len();
     report.tags_expired.sort();
     report.tags_evicted.sort();
-    store.metrics.stored_bytes.set(report.bytes_kept as i64);
-    store.metrics.stored_blobs.set(report.blobs_kept as i64);
-    store.metrics.stored_entries.set(report.entries_kept as i64);
+    // What the store holds now: after deletions, or as it is for a dry run.
+    let (bytes, blobs, entries) = if opts.dry_run {
+        (
+            report.bytes_kept + report.bytes_deleted,
+            report.blobs_kept + report.blobs_deleted,
+            report.entries_kept + report.tags_expired.len() + report.tags_evicted.len(),
+        )
+    } else {
+        (report.bytes_kept, report.blobs_kept, report.entries_kept)
+    };
+    store.metrics.stored_bytes.set(bytes as i64);
+    store.metrics.stored_blobs.set(blobs as i64);
+    store.metrics.stored_entries.set(entries as i64);
     Ok(report)
 }
 

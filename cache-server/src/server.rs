@@ -190,7 +190,22 @@ fn spawn_background(
         .gc_interval
         .filter(|_| app.store.storage.has_times())
         .map(|every| (every, cfg.gc.clone()));
+    let census = GcOptions {
+        dry_run: true,
+        ..cfg.gc.clone()
+    };
     tokio::spawn(async move {
+        // A dry run at startup fills the stored-bytes gauges before any GC.
+        if app.store.storage.has_times() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = gc::collect(&app.store, &census) => {
+                    if let Err(e) = r {
+                        tracing::warn!("startup census of the store failed: {e}");
+                    }
+                }
+            }
+        }
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let gc_every = gc.as_ref().map_or(Duration::from_secs(3600), |g| g.0);
         let mut gc_tick =

@@ -74,3 +74,23 @@ fn online_gc_runs_on_its_interval() {
     );
     assert!(!s.dir.path().join("store/repos/c/app/_tags/old").exists());
 }
+
+#[test]
+fn stored_figures_are_known_at_startup() {
+    let mut s = CacheServer::start(bin(), None, &["--gc-interval", "0"], &[]);
+    let rt = rt();
+    rt.block_on(push_entry(&s.url(), "c/app", "k", 1, 10 << 10));
+    s.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.metric("kiln_cache_stored_blobs", &[]) < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", s.metrics());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(s.metric("kiln_cache_stored_entries", &[]), 1.0);
+    assert!(s.metric("kiln_cache_stored_bytes", &[]) > (10 << 10) as f64);
+    assert_eq!(
+        s.metric("kiln_cache_gc_runs_total", &[]),
+        0.0,
+        "a census deletes nothing and is not a GC run"
+    );
+}
