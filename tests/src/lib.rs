@@ -872,6 +872,110 @@ pub struct CuttingProxy {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// What a test proxy does with a chunk a client sent.
+enum ProxyAction {
+    Forward,
+    /// Answer here instead, then close the connection.
+    Reply(Vec<u8>),
+    /// Forward, and let only this many bytes of the response through
+    /// before cutting (or stalling) the connection.
+    LimitResponse(usize),
+}
+
+/// A loopback TCP proxy to `upstream`: each accepted connection gets its
+/// own connection upstream, and `on_request` sees every chunk the client
+/// sends. With `stall`, a limited response stops flowing but the connection
+/// stays open (for a client to be killed during); otherwise it is cut.
+/// Returns the proxy's address and the flag that stops accepting.
+fn run_proxy<F>(
+    upstream: &str,
+    stall: bool,
+    on_request: F,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>)
+where
+    F: Fn(&str) -> ProxyAction + Send + Sync + 'static,
+{
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    l.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (up, stop2, on_request) = (upstream.to_string(), stop.clone(), Arc::new(on_request));
+    std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            let (mut client, _) = match l.accept() {
+                Ok(c) => c,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            let _ = client.set_nonblocking(false);
+            let Ok(mut server) = std::net::TcpStream::connect(&up) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            // Response bytes still allowed through, once a request is limited.
+            let budget = Arc::new(Mutex::new(None::<usize>));
+            let (budget_r, on_request) = (budget.clone(), on_request.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    match on_request(&String::from_utf8_lossy(&buf[..n])) {
+                        ProxyAction::Reply(reply) => {
+                            let _ = client.write_all(&reply);
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                        ProxyAction::LimitResponse(limit) => {
+                            *budget_r.lock().unwrap() = Some(limit)
+                        }
+                        ProxyAction::Forward => {}
+                    }
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = s2.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut b = budget.lock().unwrap();
+                    let Some(left) = b.as_mut() else {
+                        drop(b);
+                        if c2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        continue;
+                    };
+                    let room = (*left).min(n);
+                    let _ = c2.write_all(&buf[..room]);
+                    *left -= room;
+                    if *left == 0 {
+                        drop(b);
+                        if stall {
+                            std::thread::sleep(Duration::from_secs(120));
+                        }
+                        let _ = s2.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                }
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (addr, stop)
+}
+
 impl CuttingProxy {
     pub fn start(upstream: &str, needle: &str, cut_after: usize) -> CuttingProxy {
         Self::start_mode(upstream, needle, cut_after, false)
@@ -885,91 +989,20 @@ impl CuttingProxy {
     }
 
     fn start_mode(upstream: &str, needle: &str, cut_after: usize, stall: bool) -> CuttingProxy {
-        use std::io::{Read, Write};
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        l.set_nonblocking(true).unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let cut_done = Arc::new(AtomicBool::new(false));
-        let (up, needle, reqs, stop2) = (
-            upstream.to_string(),
-            needle.to_string(),
-            requests.clone(),
-            stop.clone(),
-        );
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                let (mut client, _) = match l.accept() {
-                    Ok(c) => c,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(mut server) = std::net::TcpStream::connect(&up) else {
-                    continue;
-                };
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                // Armed when the request to cut passes; counts response bytes.
-                let armed = Arc::new(Mutex::new(None::<usize>));
-                let (armed_r, reqs, needle, cut_done) = (
-                    armed.clone(),
-                    reqs.clone(),
-                    needle.clone(),
-                    cut_done.clone(),
-                );
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    while let Ok(n) = client.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                        if text.contains(" HTTP/1.1") {
-                            reqs.lock().unwrap().push(text.clone());
-                            if text.contains(&needle) && !cut_done.swap(true, Ordering::SeqCst) {
-                                *armed_r.lock().unwrap() = Some(0);
-                            }
-                        }
-                        if server.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = server.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    while let Ok(n) = s2.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        let mut a = armed.lock().unwrap();
-                        if let Some(sent) = a.as_mut() {
-                            let room = cut_after.saturating_sub(*sent).min(n);
-                            let _ = c2.write_all(&buf[..room]);
-                            *sent += room;
-                            if *sent >= cut_after {
-                                if stall {
-                                    drop(a);
-                                    std::thread::sleep(Duration::from_secs(120));
-                                }
-                                let _ = c2.shutdown(std::net::Shutdown::Both);
-                                let _ = s2.shutdown(std::net::Shutdown::Both);
-                                break;
-                            }
-                            continue;
-                        }
-                        drop(a);
-                        if c2.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = c2.shutdown(std::net::Shutdown::Both);
-                });
+        let cut_done = AtomicBool::new(false);
+        let (reqs, needle) = (requests.clone(), needle.to_string());
+        let (addr, stop) = run_proxy(upstream, stall, move |text| {
+            if !text.contains(" HTTP/1.1") {
+                return ProxyAction::Forward;
+            }
+            reqs.lock().unwrap().push(text.to_string());
+            if text.contains(&needle) && !cut_done.swap(true, Ordering::SeqCst) {
+                ProxyAction::LimitResponse(cut_after)
+            } else {
+                ProxyAction::Forward
             }
         });
         CuttingProxy {
@@ -1009,76 +1042,34 @@ impl RateLimitProxy {
         window: Duration,
         retry_after_secs: u64,
     ) -> RateLimitProxy {
-        use std::io::{Read, Write};
-        use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        l.set_nonblocking(true).unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let first: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-        let (up, needle, log2, stop2) = (
-            upstream.to_string(),
-            needle.to_string(),
-            log.clone(),
-            stop.clone(),
-        );
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                let (mut client, _) = match l.accept() {
-                    Ok(c) => c,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(mut server) = std::net::TcpStream::connect(&up) else {
-                    continue;
-                };
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (log, needle, first) = (log2.clone(), needle.clone(), first.clone());
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    while let Ok(n) = client.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                        if let Some(line) = text.lines().next().filter(|l| l.ends_with(" HTTP/1.1"))
-                        {
-                            let now = Instant::now();
-                            let limited = line.contains(&needle) && {
-                                let mut f = first.lock().unwrap();
-                                let start = *f.get_or_insert(now);
-                                now.duration_since(start) < window
-                            };
-                            log.lock().unwrap().push((now, line.to_string(), limited));
-                            if limited {
-                                let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
-                                let head_only = line.starts_with("HEAD ");
-                                let resp = format!(
-                                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after_secs}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                                    body.len(),
-                                    if head_only { "" } else { body }
-                                );
-                                let _ = client.write_all(resp.as_bytes());
-                                let _ = client.shutdown(std::net::Shutdown::Both);
-                                break;
-                            }
-                        }
-                        if server.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = server.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s2, &mut c2);
-                    let _ = c2.shutdown(std::net::Shutdown::Both);
-                });
+        let first: Mutex<Option<Instant>> = Mutex::new(None);
+        let (log2, needle) = (log.clone(), needle.to_string());
+        let (addr, stop) = run_proxy(upstream, false, move |text| {
+            let Some(line) = text.lines().next().filter(|l| l.ends_with(" HTTP/1.1")) else {
+                return ProxyAction::Forward;
+            };
+            let now = Instant::now();
+            let limited = line.contains(&needle) && {
+                let mut f = first.lock().unwrap();
+                let start = *f.get_or_insert(now);
+                now.duration_since(start) < window
+            };
+            log2.lock().unwrap().push((now, line.to_string(), limited));
+            if !limited {
+                return ProxyAction::Forward;
             }
+            let body = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
+            let head_only = line.starts_with("HEAD ");
+            ProxyAction::Reply(
+                format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after_secs}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    body.len(),
+                    if head_only { "" } else { body }
+                )
+                .into_bytes(),
+            )
         });
         RateLimitProxy { addr, log, stop }
     }

@@ -41,6 +41,36 @@ fn all_blobs_verify(dir: &Path) {
     }
 }
 
+/// Pushes busybox plus a file of `len` incompressible bytes, so its one
+/// layer is big enough to interrupt a transfer inside.
+fn push_with_noise(dest: &str, seed: u64, len: usize) {
+    let t = tempfile::tempdir().unwrap();
+    busybox_rootfs(t.path());
+    std::fs::write(t.path().join("noise.bin"), noise(seed, len)).unwrap();
+    push_rootfs(t.path(), dest, &["sh"]);
+}
+
+/// The digest of an image's first layer, as skopeo reads it.
+fn first_layer(reference: &str) -> String {
+    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))))
+    .unwrap();
+    manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The GET requests for `blob` a proxy forwarded, their heads lower-cased.
+fn blob_gets(requests: Vec<String>, blob: &str) -> Vec<String> {
+    requests
+        .into_iter()
+        .filter(|r| r.starts_with("GET ") && r.contains(blob))
+        .map(|r| r.to_ascii_lowercase())
+        .collect()
+}
+
 fn validate(dir: &Path) {
     let v = run(Command::new("oci-image-tool")
         .args(["validate", "--type", "image"])
@@ -139,12 +169,8 @@ fn shared_blobs_are_fetched_and_stored_once() {
 fn concurrent_and_interrupted_warmers_leave_a_valid_directory() {
     let reg = Registry::start();
     // One image with a big layer so that a kill lands mid-download.
-    let t = tempfile::tempdir().unwrap();
-    busybox_rootfs(t.path());
-    let big = noise(1, 48 << 20);
-    std::fs::write(t.path().join("big.bin"), big).unwrap();
     let big_ref = format!("{}/big:1", reg.addr);
-    push_rootfs(t.path(), &big_ref, &["sh"]);
+    push_with_noise(&big_ref, 1, 48 << 20);
     let imgs = images(&reg);
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().join("cache");
@@ -311,18 +337,8 @@ fn warmed_images_reach_a_shared_registry_and_metrics_a_pushgateway() {
 fn a_transfer_cut_mid_blob_resumes_from_where_it_broke() {
     let reg = Registry::start();
     // A base whose one layer is big and incompressible enough to cut inside.
-    let t = tempfile::tempdir().unwrap();
-    busybox_rootfs(t.path());
-    std::fs::write(t.path().join("noise.bin"), noise(2, 6 << 20)).unwrap();
-    push_rootfs(t.path(), &format!("{}/big:1", reg.addr), &["sh"]);
-    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{}/big:1", reg.addr))))
-    .unwrap();
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    push_with_noise(&format!("{}/big:1", reg.addr), 2, 6 << 20);
+    let layer = first_layer(&format!("{}/big:1", reg.addr));
     let proxy = CuttingProxy::start(&reg.addr, &format!("/blobs/{layer}"), 3 << 20);
     let cache = tempfile::tempdir().unwrap();
     let out = warmer()
@@ -334,17 +350,13 @@ fn a_transfer_cut_mid_blob_resumes_from_where_it_broke() {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    let layer_gets: Vec<String> = proxy
-        .requests()
-        .into_iter()
-        .filter(|r| r.starts_with("GET ") && r.contains(&layer))
-        .collect();
+    let layer_gets = blob_gets(proxy.requests(), &layer);
     assert_eq!(
         layer_gets.len(),
         2,
         "one cut transfer, one resumed: {layer_gets:?}"
     );
-    let resumed = layer_gets[1].to_ascii_lowercase();
+    let resumed = &layer_gets[1];
     assert!(
         resumed.contains("range: bytes="),
         "the second request asks for the rest: {resumed}"
@@ -361,14 +373,7 @@ fn a_transfer_cut_mid_blob_resumes_from_where_it_broke() {
 fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "tampered:1");
-    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{base}"))))
-    .unwrap();
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let layer = first_layer(&base);
     let hex = layer.trim_start_matches("sha256:");
     // Flip bytes in the registry's stored copy: it serves files as they are.
     let data = reg
@@ -433,18 +438,8 @@ fn a_rate_limited_registry_is_retried_after_what_its_retry_after_asks() {
 #[test]
 fn a_warmer_killed_mid_blob_resumes_where_it_stopped_on_the_next_run() {
     let reg = Registry::start();
-    let t = tempfile::tempdir().unwrap();
-    busybox_rootfs(t.path());
-    std::fs::write(t.path().join("noise.bin"), noise(3, 8 << 20)).unwrap();
-    push_rootfs(t.path(), &format!("{}/big:1", reg.addr), &["sh"]);
-    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{}/big:1", reg.addr))))
-    .unwrap();
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    push_with_noise(&format!("{}/big:1", reg.addr), 3, 8 << 20);
+    let layer = first_layer(&format!("{}/big:1", reg.addr));
     // The first transfer of the layer stalls after 4 MiB; the warmer is
     // killed then, as a node failure would.
     let proxy = CuttingProxy::stalling(&reg.addr, &format!("/blobs/{layer}"), 4 << 20);
@@ -481,12 +476,7 @@ fn a_warmer_killed_mid_blob_resumes_where_it_stopped_on_the_next_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let gets: Vec<String> = proxy
-        .requests()
-        .into_iter()
-        .filter(|r| r.starts_with("GET ") && r.contains(&layer))
-        .map(|r| r.to_ascii_lowercase())
-        .collect();
+    let gets = blob_gets(proxy.requests(), &layer);
     assert_eq!(gets.len(), 2, "{gets:?}");
     assert!(
         gets[1].contains(&format!("range: bytes={kept}-")),
