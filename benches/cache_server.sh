@@ -15,20 +15,23 @@ command -v docker-registry >/dev/null || apt-get install -y docker-registry >/de
 cargo build --release -q -p kiln-cache-server
 BIN=$PWD/target/release/cache-server
 SHM=$(mktemp -d /dev/shm/kiln-cs-bench.XXXXXX)
-cleanup() { kill "${REG_PID:-}" "${KILN_PID:-}" "${KILN2_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$SHM"; }
+cleanup() { kill "${REG_PID:-}" $(cat "$SHM"/*.pid 2>/dev/null) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$SHM"; }
 trap cleanup EXIT
 source benches/lib.sh
 
 start_registry
-"$BIN" serve --listen 127.0.0.1:0 --storage "file://$SHM/kiln" --verbosity warn > "$SHM/kiln.out" 2> "$SHM/kiln.err" &
-KILN_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$SHM/kiln.out" && break; sleep 0.1; done
-KILN=$(awk '{print $3}' "$SHM/kiln.out")
+# start_kiln NAME [flags]: a cache server over the tmpfs store; prints its address.
+start_kiln() {
+  local name=$1; shift
+  "$BIN" serve --listen 127.0.0.1:0 --storage "file://$SHM/kiln" --data-dir "$SHM/$name-data" \
+    --verbosity warn "$@" > "$SHM/$name.out" 2> "$SHM/$name.err" &
+  echo $! > "$SHM/$name.pid"
+  for _ in $(seq 100); do grep -q "listening on" "$SHM/$name.out" && break; sleep 0.1; done
+  awk '{print $3}' "$SHM/$name.out"
+}
+KILN=$(start_kiln kiln)
 # The same store with tags always read from storage (no memory tier for tags).
-"$BIN" serve --listen 127.0.0.1:0 --storage "file://$SHM/kiln" --data-dir "$SHM/kiln2" --tag-cache-ttl 1ms --verbosity warn > "$SHM/kiln2.out" 2> "$SHM/kiln2.err" &
-KILN2_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$SHM/kiln2.out" && break; sleep 0.1; done
-KILN2=$(awk '{print $3}' "$SHM/kiln2.out")
+KILN2=$(start_kiln kiln2 --tag-cache-ttl 1ms)
 echo "docker-registry: $REG   kiln cache-server: $KILN   storage: tmpfs"
 
 # 200 cache entries (tags) in each, identical bytes.

@@ -607,22 +607,14 @@ async fn finish_upload(app: &App, repo: &str, id: &str, d: &Digest, req: Request
         Ok(n) => n,
         Err(e) => {
             let _ = app.uploads.cancel(repo, id);
-            app.store
-                .metrics
-                .uploads
-                .get_or_create(&kind("aborted"))
-                .inc();
+            app.store.metrics.upload("aborted");
             return Err(e.into());
         }
     };
     if let Some(declared) = declared {
         if declared != n - before {
             let _ = app.uploads.cancel(repo, id);
-            app.store
-                .metrics
-                .uploads
-                .get_or_create(&kind("size_invalid"))
-                .inc();
+            app.store.metrics.upload("size_invalid");
             return Err(UploadError::SizeInvalid {
                 id: id.to_string(),
                 declared,
@@ -634,29 +626,15 @@ async fn finish_upload(app: &App, repo: &str, id: &str, d: &Digest, req: Request
     let staged = match app.uploads.finish(repo, id, d).await {
         Ok(s) => s,
         Err(e) => {
-            app.store
-                .metrics
-                .uploads
-                .get_or_create(&kind("digest_invalid"))
-                .inc();
+            app.store.metrics.upload("digest_invalid");
             return Err(e.into());
         }
     };
     app.store
         .commit_blob(&staged.digest, &staged.path, staged.size)
         .await?;
-    app.store
-        .metrics
-        .uploads
-        .get_or_create(&kind("committed"))
-        .inc();
+    app.store.metrics.upload("committed");
     Ok(blob_created(repo, d))
-}
-
-fn kind(k: &str) -> crate::metrics::KindLabel {
-    crate::metrics::KindLabel {
-        kind: k.to_string(),
-    }
 }
 
 async fn get_manifest(app: &App, repo: &str, reference: &str, head: bool) -> ApiResult {

@@ -179,11 +179,7 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
                     .storage
                     .delete(&Storage::manifest_key(repo, d))
                     .await?;
-                store
-                    .metrics
-                    .gc_deleted
-                    .get_or_create(&kind("manifest"))
-                    .inc();
+                store.metrics.gc_deleted("manifest", 1);
             }
         }
     }
@@ -197,17 +193,13 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         report.bytes_deleted += m.size;
         if !opts.dry_run {
             store.delete_blob(d).await?;
-            store.metrics.gc_deleted.get_or_create(&kind("blob")).inc();
+            store.metrics.gc_deleted("blob", 1);
             store.metrics.gc_deleted_bytes.inc_by(m.size);
         }
     }
     if !opts.dry_run {
         let deleted_tags = (report.tags_expired.len() + report.tags_evicted.len()) as u64;
-        store
-            .metrics
-            .gc_deleted
-            .get_or_create(&kind("tag"))
-            .inc_by(deleted_tags);
+        store.metrics.gc_deleted("tag", deleted_tags);
         store.metrics.gc_runs.inc();
     }
     report.entries_kept = tags.len();
@@ -263,12 +255,6 @@ fn lru_over_budget(
         out.push(i);
     }
     out
-}
-
-fn kind(k: &str) -> crate::metrics::KindLabel {
-    crate::metrics::KindLabel {
-        kind: k.to_string(),
-    }
 }
 
 type Manifests = BTreeMap<(String, Digest), Meta>;

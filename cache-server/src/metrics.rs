@@ -252,6 +252,24 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// An upload's outcome: committed, digest_invalid, size_invalid, aborted.
+    pub fn upload(&self, result: &str) {
+        self.uploads
+            .get_or_create(&KindLabel {
+                kind: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Objects GC deleted, by kind: tag, manifest, blob.
+    pub fn gc_deleted(&self, kind: &str, n: u64) {
+        self.gc_deleted
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc_by(n);
+    }
+
     pub fn backend_error(&self, op: &str) {
         self.backend_errors
             .get_or_create(&OpLabel { op: op.to_string() })

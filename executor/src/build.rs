@@ -1056,6 +1056,22 @@ impl StageState<'_> {
         step_err(self.file, ins, e)
     }
 
+    /// The build-context paths a COPY/ADD source matches, `.dockerignore`
+    /// applied: what the cache key hashes is what the copy writes.
+    fn context_sources(
+        &self,
+        ins: &Instruction,
+        src: &str,
+    ) -> Result<Vec<copy::SourceMatch>, BuildError> {
+        copy::match_sources(
+            &self.ctx.dir,
+            src,
+            Some(&self.ctx.ignore),
+            "the build context",
+        )
+        .map_err(|e| self.err(ins, e))
+    }
+
     fn word(&self, ins: &Instruction, w: &str) -> Result<String, BuildError> {
         self.lexer
             .process_word(w, &self.vars())
@@ -1630,13 +1646,7 @@ impl StageState<'_> {
                     }
                 },
                 None => {
-                    let m = copy::match_sources(
-                        &self.ctx.dir,
-                        &s,
-                        Some(&self.ctx.ignore),
-                        "the build context",
-                    )
-                    .map_err(|e| self.err(ins, e))?;
+                    let m = self.context_sources(ins, &s)?;
                     for mm in m {
                         cache_key::hash_tree(
                             &self.ctx.dir,
@@ -1910,13 +1920,7 @@ impl StageState<'_> {
                         .map_err(|e| self.err(ins, e))?;
                 }
                 None => {
-                    let m = copy::match_sources(
-                        &self.ctx.dir,
-                        &src_w,
-                        Some(&self.ctx.ignore),
-                        "the build context",
-                    )
-                    .map_err(|e| self.err(ins, e))?;
+                    let m = self.context_sources(ins, &src_w)?;
                     if (spec.srcs.len() > 1 || m.len() > 1) && !dest.ends_with('/') {
                         return Err(self.err(ins, format!("when copying several sources, the destination {dest_raw:?} must end with /")));
                     }

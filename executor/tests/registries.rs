@@ -27,24 +27,29 @@ fn credentials_come_from_docker_config_json() {
     );
     let dest = format!("{}/private/app:1", reg.addr);
 
-    // Without credentials: a clear refusal.
+    // A push whose credentials come from `config` only.
     let work = tempfile::tempdir().unwrap();
+    let push = |config: &std::path::Path| {
+        executor()
+            .env("DOCKER_CONFIG", config)
+            .env("HOME", config)
+            .arg("--context")
+            .arg(ctx.path())
+            .args([
+                "--destination",
+                &dest,
+                "--insecure",
+                "--insecure-pull",
+                "--kaniko-dir",
+            ])
+            .arg(work.path())
+            .output()
+            .unwrap()
+    };
+
+    // Without credentials: a clear refusal.
     let empty = tempfile::tempdir().unwrap();
-    let out = executor()
-        .env("DOCKER_CONFIG", empty.path())
-        .env("HOME", empty.path())
-        .arg("--context")
-        .arg(ctx.path())
-        .args([
-            "--destination",
-            &dest,
-            "--insecure",
-            "--insecure-pull",
-            "--kaniko-dir",
-        ])
-        .arg(work.path())
-        .output()
-        .unwrap();
+    let out = push(empty.path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     let e = err.to_lowercase();
@@ -68,20 +73,7 @@ fn credentials_come_from_docker_config_json() {
         ),
     )
     .unwrap();
-    let out = executor()
-        .env("DOCKER_CONFIG", cfg.path())
-        .arg("--context")
-        .arg(ctx.path())
-        .args([
-            "--destination",
-            &dest,
-            "--insecure",
-            "--insecure-pull",
-            "--kaniko-dir",
-        ])
-        .arg(work.path())
-        .output()
-        .unwrap();
+    let out = push(cfg.path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("s3cret"), "credentials must never be logged");
