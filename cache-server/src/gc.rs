@@ -147,7 +147,7 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         if started - m.modified <= grace && !live_manifests.contains(&(repo.clone(), d.clone())) {
             live_manifests.insert((repo.clone(), d.clone()));
             if let Some(mb) = store.manifest(repo, d).await? {
-                live_blobs.extend(referenced_blobs(&mb).unwrap_or_default());
+                live_blobs.extend(referenced_blobs(&mb).unwrap_or_default().iter().cloned());
             }
         }
     }
@@ -166,7 +166,7 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         if is_new(m) {
             live_manifests.insert((repo.clone(), d.clone()));
             if let Some(mb) = store.manifest(repo, d).await? {
-                live_blobs.extend(referenced_blobs(&mb).unwrap_or_default());
+                live_blobs.extend(referenced_blobs(&mb).unwrap_or_default().iter().cloned());
             }
         }
     }
@@ -315,8 +315,8 @@ async fn tag_closure(
                 continue;
             }
         };
-        out_b.extend(referenced_blobs(&mb).unwrap_or_default());
-        todo.extend(referenced_manifests(&mb));
+        out_b.extend(referenced_blobs(&mb).unwrap_or_default().iter().cloned());
+        todo.extend(referenced_manifests(&mb).iter().cloned());
     }
     Ok((out_m, out_b))
 }

@@ -4,7 +4,7 @@
 
 use crate::metrics::{Metrics, TierLabel};
 use crate::storage::{Storage, StorageError};
-use crate::tiers::{DiskTier, ManifestBlob, MemoryTier, TagEntry, TierError};
+use crate::tiers::{DiskTier, ManifestBlob, ManifestRefs, MemoryTier, TagEntry, TierError};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -115,7 +115,7 @@ pub fn parse_stored_manifest(
     if &actual != d {
         return Err(corrupt(format!("content hashes to {actual}")));
     }
-    Ok(ManifestBlob { media_type, bytes })
+    Ok(ManifestBlob::new(media_type, bytes))
 }
 
 impl Store {
@@ -275,7 +275,7 @@ impl Store {
             return Ok(Lookup::Miss);
         };
         for d in referenced_blobs(&m)? {
-            if self.blob_size(repo, &d).await?.is_none() {
+            if self.blob_size(repo, d).await?.is_none() {
                 tracing::warn!("entry {repo}:{tag} refers to missing blob {d}; treated as a miss");
                 return Ok(Lookup::Miss);
             }
@@ -606,10 +606,7 @@ impl Store {
                 "schemaVersion must be 2".into(),
             ));
         }
-        let blob = ManifestBlob {
-            media_type: media_type.clone(),
-            bytes: bytes.clone(),
-        };
+        let blob = ManifestBlob::new(media_type.clone(), bytes.clone());
         if is_index(&media_type) {
             for child in descriptors(&v, "manifests")? {
                 if self.manifest(repo, &child).await?.is_none() {
@@ -618,8 +615,8 @@ impl Store {
             }
         } else {
             for b in referenced_blobs(&blob)? {
-                if self.blob_size(repo, &b).await?.is_none() {
-                    return Err(StoreError::ManifestBlobUnknown { digest: b });
+                if self.blob_size(repo, b).await?.is_none() {
+                    return Err(StoreError::ManifestBlobUnknown { digest: b.clone() });
                 }
             }
         }
@@ -755,38 +752,47 @@ fn descriptors(v: &serde_json::Value, field: &str) -> Result<Vec<Digest>, StoreE
         .collect()
 }
 
-/// The blobs an image manifest needs (config and layers); none for an index.
-pub fn referenced_blobs(m: &ManifestBlob) -> Result<Vec<Digest>, StoreError> {
-    if is_index(&m.media_type) {
-        return Ok(Vec::new());
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&m.bytes).map_err(|e| StoreError::ManifestInvalid(e.to_string()))?;
-    let mut out = Vec::new();
-    if let Some(c) = v.get("config") {
-        let d = c
+/// What a manifest refers to, parsed once per manifest held in memory.
+fn refs(m: &ManifestBlob) -> &Result<ManifestRefs, String> {
+    m.refs.get_or_init(|| {
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes).map_err(|e| e.to_string())?;
+        let invalid = |e: StoreError| match e {
+            StoreError::ManifestInvalid(m) => m,
+            other => other.to_string(),
+        };
+        if is_index(&m.media_type) {
+            return Ok(ManifestRefs {
+                blobs: Vec::new(),
+                children: descriptors(&v, "manifests").map_err(invalid)?,
+            });
+        }
+        let config = v
+            .get("config")
+            .ok_or("image manifest without config")?
             .get("digest")
             .and_then(|x| x.as_str())
-            .ok_or_else(|| StoreError::ManifestInvalid("config has no digest".into()))?;
-        out.push(d.parse().map_err(|e: kiln_common::digest::DigestError| {
-            StoreError::ManifestInvalid(e.to_string())
-        })?);
-    } else {
-        return Err(StoreError::ManifestInvalid(
-            "image manifest without config".into(),
-        ));
+            .ok_or("config has no digest")?;
+        let mut blobs = vec![config.parse::<Digest>().map_err(|e| e.to_string())?];
+        blobs.extend(descriptors(&v, "layers").map_err(invalid)?);
+        Ok(ManifestRefs {
+            blobs,
+            children: Vec::new(),
+        })
+    })
+}
+
+/// The blobs an image manifest needs (config and layers); none for an index.
+pub fn referenced_blobs(m: &ManifestBlob) -> Result<&[Digest], StoreError> {
+    match refs(m) {
+        Ok(r) => Ok(&r.blobs),
+        Err(e) => Err(StoreError::ManifestInvalid(e.clone())),
     }
-    out.extend(descriptors(&v, "layers")?);
-    Ok(out)
 }
 
 /// Child manifests an index refers to.
-pub fn referenced_manifests(m: &ManifestBlob) -> Vec<Digest> {
-    if !is_index(&m.media_type) {
-        return Vec::new();
+pub fn referenced_manifests(m: &ManifestBlob) -> &[Digest] {
+    match refs(m) {
+        Ok(r) => &r.children,
+        Err(_) => &[],
     }
-    serde_json::from_slice::<serde_json::Value>(&m.bytes)
-        .ok()
-        .and_then(|v| descriptors(&v, "manifests").ok())
-        .unwrap_or_default()
 }

@@ -13,7 +13,6 @@
 //! executor; `?insecure=true` reaches the upstream over plain HTTP.
 
 use crate::storage::{Backend, Meta, StorageError};
-use crate::tiers::ManifestBlob;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
@@ -238,21 +237,21 @@ impl Backend for RegistryBackend {
     async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
         match parse_key(key) {
             Some(Key::Manifest(repo, d)) => {
-                let nl = bytes.iter().position(|b| *b == b'\n').unwrap_or(0);
-                let media_type = String::from_utf8_lossy(&bytes[..nl]).to_string();
-                let body = bytes.slice(nl + 1..);
+                let blob = crate::store::parse_stored_manifest(key, &d, &bytes).map_err(|e| {
+                    StorageError::Upstream {
+                        op: "put",
+                        path: key.to_string(),
+                        message: e.to_string(),
+                    }
+                })?;
                 let r = self.reference(Some(&repo), None, Some(&d));
-                let blob = ManifestBlob {
-                    media_type: media_type.clone(),
-                    bytes: body.clone(),
-                };
                 // The upstream checks that a manifest's blobs are in its
                 // repository: mount them from where blobs are kept.
                 let from = self.reference(None, None, None);
                 for b in crate::store::referenced_blobs(&blob).unwrap_or_default() {
                     let mounted = self
                         .registry
-                        .mount_blob(&r, &from, &b)
+                        .mount_blob(&r, &from, b)
                         .await
                         .map_err(Self::err("mount", key))?;
                     if !mounted {
@@ -264,7 +263,7 @@ impl Backend for RegistryBackend {
                     }
                 }
                 self.registry
-                    .push_manifest(&r, body.to_vec(), &media_type)
+                    .push_manifest(&r, blob.bytes.to_vec(), &blob.media_type)
                     .await
                     .map_err(Self::err("put", key))?;
                 Ok(())
