@@ -160,6 +160,11 @@ pub struct Builder {
     opts: BuildOptions,
     registry: Arc<Registry>,
     isolation: Box<dyn Isolation>,
+    /// Why this rung, for the log line.
+    isolation_reason: String,
+    /// Dropped after `isolation` (field order) and before `work`: a tmpfs
+    /// over the build directory, when the work dir cannot host an overlay.
+    _tmpfs: Option<isolation::probe::TmpfsMount>,
     work: tempfile::TempDir,
     store: BlobStore,
     platform: Platform,
@@ -184,6 +189,7 @@ struct Counters {
 
 impl Builder {
     pub fn new(opts: BuildOptions, registry: Arc<Registry>) -> Result<Builder, BuildError> {
+        isolation::precheck(opts.isolation)?;
         std::fs::create_dir_all(&opts.work_dir).map_err(|source| BuildError::Work {
             path: opts.work_dir.clone(),
             source,
@@ -197,8 +203,17 @@ impl Builder {
                 path: opts.work_dir.clone(),
                 source,
             })?;
+        // Chosen before anything is written in the build directory: the
+        // namespaces rung may mount a tmpfs over it.
+        let selection = isolation::select(
+            opts.isolation,
+            work.path(),
+            &isolation::SelectOptions {
+                protected: protected_paths(&opts),
+                force: opts.force,
+            },
+        )?;
         let store = BlobStore::open(&work.path().join("blobs"))?;
-        let isolation = isolation::select(opts.isolation, work.path())?;
         let platform = match &opts.platform {
             Some(p) => Platform::parse(p).map_err(|e| BuildError::Step {
                 file: "--custom-platform".into(),
@@ -227,7 +242,9 @@ impl Builder {
         Ok(Builder {
             opts,
             registry,
-            isolation,
+            isolation: selection.isolation,
+            isolation_reason: selection.reason,
+            _tmpfs: selection.tmpfs,
             work,
             store,
             platform,
@@ -241,6 +258,11 @@ impl Builder {
 
     pub fn isolation_name(&self) -> &'static str {
         self.isolation.name()
+    }
+
+    /// Why the rung was chosen: what made the stronger ones unavailable.
+    pub fn isolation_reason(&self) -> &str {
+        &self.isolation_reason
     }
 
     pub async fn build(&self) -> Result<BuildResult, BuildError> {
@@ -340,8 +362,9 @@ impl Builder {
     async fn previous_record(&self) -> Option<&crate::cache::BuildRecord> {
         let cache = self.cache.clone()?;
         let name = self.record_name();
+        let dir = self.work_path().to_path_buf();
         self.last_record
-            .get_or_init(|| async move { cache.load_record(&name).await })
+            .get_or_init(|| async move { cache.load_record(&name, &dir).await })
             .await
             .as_ref()
     }
@@ -814,7 +837,7 @@ impl Builder {
         };
         let root = tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir_in(self.work_path())
+            .tempdir_in(self.isolation.roots_dir().unwrap_or(self.work_path()))
             .map_err(work_err)?
             .keep();
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -933,6 +956,24 @@ impl Builder {
     fn work_path(&self) -> &Path {
         self.work.path()
     }
+}
+
+/// What RUN must never see or change when it runs in the container's own
+/// root: Kiln's work directory, credentials, the warmed-image directory and
+/// `--ignore-path`.
+fn protected_paths(opts: &BuildOptions) -> Vec<PathBuf> {
+    let mut v = vec![opts.work_dir.clone()];
+    if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
+        v.push(PathBuf::from(d));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        v.push(PathBuf::from(h).join(".docker"));
+    }
+    v.extend(opts.cache_dir.iter().cloned());
+    v.extend(opts.ignore_paths.iter().cloned());
+    v.into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect()
 }
 
 /// Brings a blob from a shared directory into the build's store — hard link

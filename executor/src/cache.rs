@@ -430,8 +430,10 @@ impl LayerCache {
     }
 
     /// The record of the last build of `destination`, if any; errors are `None`
-    /// (an explanation is a nicety, never a reason to fail).
-    pub async fn load_record(&self, destination: &str) -> Option<BuildRecord> {
+    /// (an explanation is a nicety, never a reason to fail). `tmp_dir` is the
+    /// build's own directory: never `/tmp`, which may be the image's while a
+    /// step runs in the container's root.
+    pub async fn load_record(&self, destination: &str, tmp_dir: &Path) -> Option<BuildRecord> {
         let tag = Self::record_tag(destination);
         let bytes = match self {
             LayerCache::Registry { registry, repo, .. } => {
@@ -442,7 +444,7 @@ impl LayerCache {
                 );
                 let (m, _) = registry.get_manifest(&r).await.ok()??;
                 let m: Manifest = serde_json::from_slice(&m).ok()?;
-                let tmp = tempfile::NamedTempFile::new().ok()?;
+                let tmp = tempfile::NamedTempFile::new_in(tmp_dir).ok()?;
                 registry.fetch_blob(&r, &m.config, tmp.path()).await.ok()?;
                 std::fs::read(tmp.path()).ok()?
             }

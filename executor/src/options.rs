@@ -29,6 +29,10 @@ pub struct BuildOptions {
     pub layer: LayerOptions,
     pub single_snapshot: bool,
     pub isolation: IsolationKind,
+    /// `--ignore-path`: paths RUN never touches in the in-place rung.
+    pub ignore_paths: Vec<PathBuf>,
+    /// `--force`: allow the in-place rung outside a detected container.
+    pub force: bool,
     /// Where each build gets its own private directory (`--kaniko-dir`).
     pub work_dir: PathBuf,
     pub registry: RegistryOptions,

@@ -13,8 +13,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("snapshot of {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("snapshot of {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
@@ -221,8 +225,18 @@ pub struct ScanIndex {
 
 impl ScanIndex {
     pub fn capture(root: &Path) -> Result<ScanIndex, SnapshotError> {
+        Self::capture_filtered(root, &|_| false)
+    }
+
+    /// Like [`capture`](Self::capture), leaving out every path for which
+    /// `skip` is true, with everything beneath it (what an isolation provides
+    /// to a step, or the container's own files around an in-place root).
+    pub fn capture_filtered(
+        root: &Path,
+        skip: &dyn Fn(&Path) -> bool,
+    ) -> Result<ScanIndex, SnapshotError> {
         let mut entries = HashMap::new();
-        scan(root, Path::new(""), &mut |rel, m| {
+        scan(root, Path::new(""), skip, &mut |rel, m| {
             entries.insert(rel.to_path_buf(), stamp(m));
         })?;
         Ok(ScanIndex { entries })
@@ -232,15 +246,30 @@ impl ScanIndex {
         self.entries.len()
     }
 
+    /// Whether `rel` existed when the index was taken.
+    pub fn contains(&self, rel: &Path) -> bool {
+        self.entries.contains_key(rel)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The changes in `root` since this index was taken.
     pub fn diff(&self, root: &Path) -> Result<Diff, SnapshotError> {
+        self.diff_filtered(root, &|_| false)
+    }
+
+    /// The changes since the index was taken, leaving out what `skip` names
+    /// (use the same filter as for the capture).
+    pub fn diff_filtered(
+        &self,
+        root: &Path,
+        skip: &dyn Fn(&Path) -> bool,
+    ) -> Result<Diff, SnapshotError> {
         let mut diff = Diff::default();
         let mut seen = std::collections::HashSet::with_capacity(self.entries.len());
-        scan(root, Path::new(""), &mut |rel, m| {
+        scan(root, Path::new(""), skip, &mut |rel, m| {
             seen.insert(rel.to_path_buf());
             match self.entries.get(rel) {
                 Some(s) if *s == stamp(m) => {}
@@ -284,6 +313,7 @@ fn stamp(m: &std::fs::Metadata) -> Stamp {
 fn scan(
     root: &Path,
     rel: &Path,
+    skip: &dyn Fn(&Path) -> bool,
     f: &mut dyn FnMut(&Path, &std::fs::Metadata),
 ) -> Result<(), SnapshotError> {
     let dir = root.join(rel);
@@ -291,11 +321,14 @@ fn scan(
     for e in rd {
         let e = e.map_err(io_err(&dir))?;
         let r = rel.join(e.file_name());
+        if skip(&r) {
+            continue;
+        }
         let p = e.path();
         let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
         f(&r, &m);
         if m.is_dir() {
-            scan(root, &r, f)?;
+            scan(root, &r, skip, f)?;
         }
     }
     Ok(())

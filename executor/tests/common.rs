@@ -51,3 +51,117 @@ pub fn build_unpacked(context: &Path, args: &[&str]) -> (String, kiln_testkit::U
         kiln_testkit::unpack(&format!("oci:{}:latest", layout.display())),
     )
 }
+
+/// Config instructions, ARGs, USER, WORKDIR and RUN semantics (`{BASE}` in
+/// its Dockerfile stands for the base image).
+pub fn context_config() -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        r#"# syntax=docker/dockerfile:1
+ARG GREETING=hello
+FROM {BASE}
+ARG GREETING
+ARG LATE=late-default
+ENV APP_HOME=/opt/app \
+    MODE="two words"
+LABEL org.example.name="kiln test" version=1
+WORKDIR $APP_HOME
+RUN echo "$GREETING $MODE" > greeting.txt && mkdir -p data && echo x > data/x
+USER app
+RUN id -u > /tmp/whoami && touch /home/app/made-by-app
+USER root
+EXPOSE 8080 9090/udp
+VOLUME ["/data"]
+STOPSIGNAL SIGTERM
+SHELL ["/bin/sh", "-c"]
+RUN echo ${LATE:-none} ${UNSET:-fallback} ${APP_HOME:+set} > /opt/app/subst.txt
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["echo hi"]
+"#,
+    );
+    ctx
+}
+
+/// COPY/ADD, whiteouts, modes, owners, links, fifos; `many` files in `src/many`.
+pub fn context_files(many: usize) -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        r#"FROM {BASE}
+COPY src/ /app/src/
+COPY --chown=app:staff --chmod=0640 secret.txt /app/
+COPY script.sh /usr/local/bin/
+RUN rm -rf /var/log && mkdir -p /var/log && echo new > /var/log/new.log
+RUN rm /etc/os-release && ln -s /app/src/a.txt /app/link && ln /app/src/a.txt /app/hard
+RUN mkdir -p /opt/empty /opt/x/y && chmod 0700 /opt/x && chown 1000:50 /opt/x/y && mkfifo /opt/fifo
+RUN chmod 4755 /usr/local/bin/script.sh
+ADD archive.tar /unpacked/
+"#,
+    );
+    write(ctx.path(), "src/a.txt", "a\n");
+    for i in 0..many {
+        write(
+            ctx.path(),
+            &format!("src/many/d{}/f{i}", i % 25),
+            &format!("{i}\n"),
+        );
+    }
+    write(ctx.path(), "src/nested/b.txt", "b\n");
+    write(ctx.path(), "secret.txt", "s3cret\n");
+    write(ctx.path(), "script.sh", "#!/bin/sh\necho hi\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        ctx.path().join("script.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // An archive for ADD, made with the system tar.
+    let a = tempfile::tempdir().unwrap();
+    write(a.path(), "inner/file.txt", "inside\n");
+    kiln_testkit::run(
+        std::process::Command::new("tar")
+            .arg("-C")
+            .arg(a.path())
+            .arg("-cf")
+            .arg(ctx.path().join("archive.tar"))
+            .arg("inner"),
+    );
+    ctx
+}
+
+/// Multi-stage with an unused stage and a `.dockerignore`.
+pub fn context_multistage() -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        r#"FROM {BASE} AS build
+WORKDIR /src
+COPY . .
+RUN set -e; mkdir -p /out; cat keep/*.txt > /out/all.txt; ls -R . > /out/listing.txt
+
+FROM {BASE} AS unused
+RUN exit 1
+
+FROM {BASE}
+COPY --from=build /out/ /result/
+RUN cat /result/all.txt
+"#,
+    );
+    write(ctx.path(), "keep/1.txt", "one\n");
+    write(ctx.path(), "keep/2.txt", "two\n");
+    write(ctx.path(), "keep/skip.log", "no\n");
+    write(ctx.path(), "node_modules/x/index.js", "no\n");
+    write(ctx.path(), "docs/a/secret.md", "no\n");
+    write(ctx.path(), "docs/readme.md", "yes\n");
+    write(
+        ctx.path(),
+        ".dockerignore",
+        "**/*.log\nnode_modules\ndocs/**/secret.md\n!keep/important.log\n",
+    );
+    write(ctx.path(), "keep/important.log", "kept\n");
+    ctx
+}

@@ -1095,3 +1095,6 @@ impl Drop for RateLimitProxy {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+mod docker;
+pub use docker::DockerEngine;

@@ -94,6 +94,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         single_snapshot: cli.single_snapshot.unwrap_or(false),
         isolation: cli.isolation.parse().map_err(anyhow::Error::msg)?,
+        ignore_paths: cli.ignore_path.clone(),
+        force: cli.force.unwrap_or(false),
         work_dir: cli.kaniko_dir.clone(),
         registry: registry_opts.clone(),
         docker_format,
@@ -111,7 +113,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let creds = DockerConfig::load_default()?;
     let registry = Arc::new(Registry::new(reg_opts, creds));
     let builder = Builder::new(opts, registry)?;
-    tracing::info!("isolation: {}", builder.isolation_name());
+    match builder.isolation_reason() {
+        "" => tracing::info!("isolation: {}", builder.isolation_name()),
+        why => tracing::info!("isolation: {} ({why})", builder.isolation_name()),
+    }
     let result = builder.build().await?;
     eprintln!("\nSummary ({:.1}s):", result.seconds);
     for s in &result.steps {

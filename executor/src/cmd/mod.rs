@@ -63,9 +63,19 @@ pub struct Cli {
     /// One layer per stage instead of one per step.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub single_snapshot: Option<bool>,
-    /// RUN isolation: auto, namespaces or chroot.
+    /// RUN isolation: auto (the strongest that works here), namespaces (alias oci;
+    /// needs CAP_SYS_ADMIN), in-place (alias kaniko; builds in the container's own
+    /// root and restores it; default capabilities suffice), chroot (private root
+    /// without /proc, for read-only roots).
     #[arg(long, default_value = "auto")]
     pub isolation: String,
+    /// A path RUN steps must never touch when building in the container's own
+    /// root (repeatable; kaniko's flag).
+    #[arg(long)]
+    pub ignore_path: Vec<PathBuf>,
+    /// Build in the container's own root even where no container is detected.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub force: Option<bool>,
     /// Where builds keep their private work directories.
     #[arg(long, env = "KILN_DIR", default_value = "/tmp/kiln")]
     pub kaniko_dir: PathBuf,

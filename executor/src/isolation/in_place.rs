@@ -1,0 +1,630 @@
+//! kaniko's model: the build container's own `/` is the root a step runs in.
+//! It needs no mount, no chroot and no mknod — only root and a writable `/` —
+//! so it works under Docker's default capabilities and CRI-O's reduced set,
+//! and a step sees the container's real `/proc`, `/dev`, `/sys`, DNS files
+//! and hostname, none of which is ever part of the image.
+//!
+//! How the container's files are kept safe, unlike kaniko (which deletes
+//! them and leaves the image's files behind for the next build):
+//!
+//! * **Ignored paths** are never moved, scanned or written: `/proc`, `/sys`,
+//!   `/dev`, every mount point (volumes, secrets, the DNS files), Kiln's own
+//!   directories (`/kiln`, `/kaniko`, `/busybox`, the binary, the work
+//!   directory, credentials, `--ignore-path`). A directory with an ignored
+//!   path beneath it (`/etc`, `/var/run`) is *kept*: it stays in place and
+//!   only its other entries move.
+//! * At the first RUN, the container's other files are **stashed** by
+//!   `rename(2)` into a state directory on the root filesystem
+//!   (`/.kiln-inplace-<pid>`), and put back when the build ends — also after
+//!   a failed build; a crashed one is put back by the next executor started
+//!   in the container. The stage roots live in that directory too, so that
+//!   moving them is a rename, never a copy.
+//! * For each RUN the stage's root is **swapped in** (its entries renamed into
+//!   `/`), the step runs with `/` as its root, the change is found by a stat
+//!   scan of `/` that skips ignored paths, and the entries are **swapped out**
+//!   again. Directory times disturbed by the renames are restored, so the
+//!   diff is the step's, file for file what the namespaces rung sees.
+//!
+//! Costs: two stat scans of the image per RUN (as the chroot rung); renames
+//! per top-level entry; while a build runs the container's own files are
+//! aside (nothing but the executor should run in it, as with kaniko). An
+//! image path that a volume hides is reported, not silently dropped.
+
+use super::probe::Environment;
+use super::spawn::{base_command, drop_privileges, spawn_and_wait};
+use super::{Isolation, IsolationError, RunOutcome, RunSpec, SelectOptions};
+use crate::extract::remove_any;
+use crate::snapshot::ScanIndex;
+use nix::unistd::chdir;
+use std::collections::BTreeSet;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const STATE_PREFIX: &str = ".kiln-inplace-";
+/// Inside the state directory: the container's files while a build runs.
+const STASH: &str = "stash";
+/// Inside the state directory: the stage roots (same filesystem as `/`).
+const ROOTS: &str = "roots";
+/// Inside the state directory: image entries currently in `/`, one absolute
+/// path a line, for a crashed build's clean-up.
+const SWAPPED: &str = "swapped";
+
+pub struct InPlace {
+    state: PathBuf,
+    roots: PathBuf,
+    ignored: Ignored,
+    /// Whether the container's files are in the stash; the lock also makes
+    /// steps of one build run one at a time over `/`.
+    stashed: Mutex<bool>,
+    /// A lock on `/` itself, held for the build: one in-place build per
+    /// container at a time.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// The absolute paths never moved, and the directories above them.
+#[derive(Debug, Default)]
+struct Ignored {
+    /// Never moved, scanned or written.
+    paths: BTreeSet<PathBuf>,
+    /// Mount points that are not the system's or Kiln's: volumes of the build
+    /// container. Never moved, but scanned: what a step writes into one is
+    /// copied into the image and taken out of the volume again, where kaniko
+    /// drops it silently.
+    volumes: BTreeSet<PathBuf>,
+}
+
+impl Ignored {
+    fn is_ignored(&self, abs: &Path) -> bool {
+        self.paths.iter().any(|p| abs.starts_with(p))
+    }
+
+    fn is_volume(&self, abs: &Path) -> bool {
+        self.volumes.contains(abs)
+    }
+
+    fn in_volume(&self, abs: &Path) -> bool {
+        self.volumes.iter().any(|v| abs.starts_with(v))
+    }
+
+    /// A directory that stays in place because something ignored (or a
+    /// volume) is beneath it.
+    fn is_kept(&self, abs: &Path) -> bool {
+        self.paths
+            .iter()
+            .chain(self.volumes.iter())
+            .any(|p| p.starts_with(abs) && p != abs)
+    }
+}
+
+fn mount_points() -> Vec<PathBuf> {
+    let Ok(s) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    s.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| p != Path::new("/"))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+fn io_str(what: &str, p: &Path, e: io::Error) -> String {
+    format!("{what} {}: {e}", p.display())
+}
+
+impl InPlace {
+    /// Checks that this rung may run here and prepares its state directory.
+    pub fn open(
+        build_dir: &Path,
+        env: &Environment,
+        opts: &SelectOptions,
+    ) -> Result<InPlace, String> {
+        if env.euid != 0 {
+            return Err(format!(
+                "needs uid 0 to own the container's root; Kiln runs as uid {}",
+                env.euid
+            ));
+        }
+        if !env.in_container && !opts.force {
+            return Err("this does not look like a container (no /.dockerenv, \
+                 /run/.containerenv or KUBERNETES_SERVICE_HOST), and building in / would \
+                 change this machine's own files; pass --force in a container that is not \
+                 detected"
+                .into());
+        }
+        let root_dir =
+            std::fs::File::open("/").map_err(|e| io_str("opening", Path::new("/"), e))?;
+        let lock =
+            nix::fcntl::Flock::lock(root_dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|_| "another in-place build is running in this container".to_string())?;
+        let mut ignored = Ignored::default();
+        for p in ["/proc", "/sys", "/dev", "/kiln", "/kaniko", "/busybox"] {
+            ignored.paths.insert(PathBuf::from(p));
+        }
+        for p in ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] {
+            ignored.paths.insert(PathBuf::from(p));
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            ignored.paths.insert(exe);
+        }
+        ignored.paths.insert(build_dir.to_path_buf());
+        for p in &opts.protected {
+            if p.is_absolute() {
+                ignored.paths.insert(p.clone());
+            }
+        }
+        for m in mount_points() {
+            let system = [
+                "/proc",
+                "/sys",
+                "/dev",
+                "/etc/resolv.conf",
+                "/etc/hosts",
+                "/etc/hostname",
+            ]
+            .iter()
+            .any(|s| m.starts_with(s))
+                || ignored.is_ignored(&m);
+            if system {
+                ignored.paths.insert(m);
+            } else {
+                ignored.volumes.insert(m);
+            }
+        }
+        recover_crashed(&ignored);
+        let state = PathBuf::from(format!("/{STATE_PREFIX}{}", std::process::id()));
+        if state.exists() {
+            remove_any(&state).map_err(|e| io_str("clearing", &state, e))?;
+        }
+        std::fs::create_dir(&state).map_err(|e| match e.raw_os_error() {
+            Some(libc::EROFS) => "/ is read-only (EROFS)".to_string(),
+            _ => io_str("creating", &state, e),
+        })?;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_str("securing", &state, e))?;
+        let roots = state.join(ROOTS);
+        std::fs::create_dir(&roots).map_err(|e| io_str("creating", &roots, e))?;
+        ignored.paths.insert(state.clone());
+        Ok(InPlace {
+            state,
+            roots,
+            ignored,
+            stashed: Mutex::new(false),
+            _lock: lock,
+        })
+    }
+
+    fn stash_dir(&self) -> PathBuf {
+        self.state.join(STASH)
+    }
+
+    /// Moves the container's own files (all but the ignored) into the stash.
+    fn stash(&self) -> io::Result<()> {
+        let stash = self.stash_dir();
+        std::fs::create_dir(&stash)?;
+        self.stash_dir_entries(Path::new("/"), &stash)?;
+        Ok(())
+    }
+
+    fn stash_dir_entries(&self, dir: &Path, to: &Path) -> io::Result<()> {
+        for e in sorted_entries(dir)? {
+            let abs = dir.join(&e);
+            if self.ignored.is_ignored(&abs) || self.ignored.is_volume(&abs) {
+                continue;
+            }
+            let dst = to.join(&e);
+            let m = std::fs::symlink_metadata(&abs)?;
+            if m.is_dir() && self.ignored.is_kept(&abs) {
+                // Stays in place; the stash keeps a copy of its metadata.
+                mkdir_like(&dst, &m)?;
+                self.stash_dir_entries(&abs, &dst)?;
+                set_mtime(&dst, &m)?;
+                continue;
+            }
+            match std::fs::rename(&abs, &dst) {
+                Ok(()) => {}
+                // A directory from a lower overlayfs layer without
+                // redirect_dir: move its entries, then remove it.
+                Err(err) if err.raw_os_error() == Some(libc::EXDEV) && m.is_dir() => {
+                    mkdir_like(&dst, &m)?;
+                    self.stash_dir_entries(&abs, &dst)?;
+                    std::fs::remove_dir(&abs)?;
+                    set_mtime(&dst, &m)?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the image's entries from `root` into `/`; returns the moved paths.
+    fn swap_in(&self, root: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut moved = Vec::new();
+        let mut kept = Vec::new();
+        self.swap_in_dir(root, Path::new("/"), &mut moved, &mut kept)?;
+        // Kept directories show the image's metadata to the step.
+        for (abs, m) in kept.iter().rev() {
+            copy_meta(abs, m)?;
+        }
+        Ok(moved)
+    }
+
+    fn swap_in_dir(
+        &self,
+        from: &Path,
+        dir: &Path,
+        moved: &mut Vec<PathBuf>,
+        kept: &mut Vec<(PathBuf, std::fs::Metadata)>,
+    ) -> io::Result<()> {
+        for e in sorted_entries(from)? {
+            let abs = dir.join(&e);
+            let src = from.join(&e);
+            if self.ignored.is_ignored(&abs) || self.ignored.is_volume(&abs) {
+                if self.ignored.is_volume(&abs) {
+                    tracing::warn!(
+                        "the image's {} is hidden by a volume mounted in the build container: \
+                         RUN sees the volume there (what it writes there is copied into the image)",
+                        abs.display()
+                    );
+                }
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&src)?;
+            if self.ignored.is_kept(&abs) {
+                if m.is_dir() && std::fs::symlink_metadata(&abs).is_ok_and(|d| d.is_dir()) {
+                    self.swap_in_dir(&src, &abs, moved, kept)?;
+                    kept.push((abs, m));
+                } else {
+                    tracing::warn!(
+                        "the image's {} is not a directory, but the build container needs one \
+                         there; RUN sees the container's",
+                        abs.display()
+                    );
+                }
+                continue;
+            }
+            std::fs::rename(&src, &abs)?;
+            moved.push(abs);
+        }
+        Ok(())
+    }
+
+    /// Moves the image's entries from `/` back into `root`, keeping the
+    /// times the step left on kept directories.
+    fn swap_out(&self, root: &Path) -> io::Result<()> {
+        self.swap_out_dir(Path::new("/"), root)
+    }
+
+    fn swap_out_dir(&self, dir: &Path, to: &Path) -> io::Result<()> {
+        for e in sorted_entries(dir)? {
+            let abs = dir.join(&e);
+            if self.ignored.is_ignored(&abs) || self.ignored.is_volume(&abs) {
+                continue;
+            }
+            let dst = to.join(&e);
+            let m = std::fs::symlink_metadata(&abs)?;
+            if m.is_dir() && self.ignored.is_kept(&abs) {
+                let exists = std::fs::symlink_metadata(&dst).is_ok_and(|d| d.is_dir());
+                let has_image_entries = sorted_entries(&abs)?.iter().any(|c| {
+                    let p = abs.join(c);
+                    !self.ignored.is_ignored(&p) && !self.ignored.is_volume(&p)
+                });
+                if !exists && !has_image_entries {
+                    continue;
+                }
+                if !exists {
+                    mkdir_like(&dst, &m)?;
+                }
+                self.swap_out_dir(&abs, &dst)?;
+                copy_meta(&dst, &m)?;
+                continue;
+            }
+            std::fs::rename(&abs, &dst)?;
+        }
+        Ok(())
+    }
+
+    fn record_swapped(&self, moved: &[PathBuf]) -> io::Result<()> {
+        let mut s = String::new();
+        for p in moved {
+            s.push_str(&p.to_string_lossy());
+            s.push('\n');
+        }
+        std::fs::write(self.state.join(SWAPPED), s)
+    }
+
+    fn skip_filter(&self) -> impl Fn(&Path) -> bool + '_ {
+        move |rel: &Path| self.ignored.is_ignored(&Path::new("/").join(rel))
+    }
+
+    /// Copies what a step wrote into volumes into `root` (so that it is in
+    /// the image), then takes what it added out of the volumes again.
+    fn take_from_volumes(
+        &self,
+        root: &Path,
+        index: &ScanIndex,
+        diff: &crate::snapshot::Diff,
+    ) -> io::Result<()> {
+        let mut added_top: Vec<PathBuf> = Vec::new();
+        for (rel, change) in &diff.changes {
+            let abs = Path::new("/").join(rel);
+            if !self.ignored.in_volume(&abs) || self.ignored.is_volume(&abs) {
+                continue;
+            }
+            if *change == crate::snapshot::Change::Delete {
+                continue;
+            }
+            tracing::warn!(
+                "RUN wrote {} inside a volume of the build container; it goes into the image",
+                abs.display()
+            );
+            let dst = root.join(rel);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            copy_entry(&abs, &dst)?;
+            if !index.contains(rel) && !added_top.iter().any(|t| abs.starts_with(t)) {
+                added_top.push(abs);
+            }
+        }
+        for p in added_top {
+            remove_any(&p)?;
+        }
+        Ok(())
+    }
+
+    fn run_swapped(&self, root: &Path, spec: &RunSpec) -> Result<RunOutcome, IsolationError> {
+        let skip = self.skip_filter();
+        let index = ScanIndex::capture_filtered(Path::new("/"), &skip)?;
+        let mut cmd = base_command(spec);
+        let cwd = spec.cwd.clone();
+        let (uid, gid) = (spec.uid, spec.gid);
+        // SAFETY: only system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                chdir(cwd.as_str()).map_err(io::Error::from)?;
+                drop_privileges(uid, gid)
+            });
+        }
+        let (status, tail) = spawn_and_wait(cmd, &spec.args[0])?;
+        let diff = index.diff_filtered(Path::new("/"), &skip)?;
+        if diff
+            .changes
+            .keys()
+            .any(|rel| self.ignored.in_volume(&Path::new("/").join(rel)))
+        {
+            self.take_from_volumes(root, &index, &diff)
+                .map_err(|source| IsolationError::Setup {
+                    path: root.to_path_buf(),
+                    source,
+                })?;
+        }
+        Ok(RunOutcome { status, tail, diff })
+    }
+}
+
+impl Isolation for InPlace {
+    fn name(&self) -> &'static str {
+        "in-place"
+    }
+
+    fn roots_dir(&self) -> Option<&Path> {
+        Some(&self.roots)
+    }
+
+    fn run(
+        &self,
+        root: &Path,
+        _scratch: &Path,
+        spec: &RunSpec,
+    ) -> Result<RunOutcome, IsolationError> {
+        let setup = |source| IsolationError::Setup {
+            path: self.state.clone(),
+            source,
+        };
+        let mut stashed = self.stashed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*stashed {
+            self.stash().map_err(setup)?;
+            *stashed = true;
+        }
+        let moved = self.swap_in(root).map_err(setup);
+        let outcome = match moved {
+            Ok(moved) => {
+                self.record_swapped(&moved).map_err(setup)?;
+                self.run_swapped(root, spec)
+            }
+            Err(e) => Err(e),
+        };
+        // Whatever happened, the image's entries leave `/` again.
+        self.swap_out(root).map_err(setup)?;
+        let _ = std::fs::remove_file(self.state.join(SWAPPED));
+        outcome
+    }
+}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        let stashed = *self.stashed.lock().unwrap_or_else(|p| p.into_inner());
+        if stashed {
+            if let Err(e) = restore(&self.stash_dir(), Path::new("/")) {
+                tracing::error!(
+                    "restoring the container's own files from {}: {e}",
+                    self.stash_dir().display()
+                );
+                return; // Keep the stash: the next executor retries.
+            }
+        }
+        if let Err(e) = remove_any(&self.state) {
+            tracing::warn!("removing {}: {e}", self.state.display());
+        }
+    }
+}
+
+/// Puts back what a crashed in-place build left: its image entries leave `/`
+/// and the container's files come back from its stash.
+fn recover_crashed(ignored: &Ignored) {
+    let Ok(rd) = std::fs::read_dir("/") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(STATE_PREFIX) else {
+            continue;
+        };
+        let alive = pid.parse::<i32>().is_ok_and(|p| {
+            p as u32 != std::process::id()
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+        });
+        if alive {
+            continue;
+        }
+        let state = e.path();
+        if let Ok(s) = std::fs::read_to_string(state.join(SWAPPED)) {
+            for p in s.lines().map(PathBuf::from) {
+                if p.is_absolute() && p != Path::new("/") && !ignored.is_ignored(&p) {
+                    let _ = remove_any(&p);
+                }
+            }
+        }
+        let stash = state.join(STASH);
+        if stash.exists() {
+            if let Err(err) = restore(&stash, Path::new("/")) {
+                tracing::error!(
+                    "restoring a crashed build's stash {}: {err}",
+                    stash.display()
+                );
+                continue;
+            }
+        }
+        tracing::warn!("put back the container's files left aside by a crashed build ({name})");
+        let _ = remove_any(&state);
+    }
+}
+
+/// Moves everything in `stash` back to the same place under `to`; kept
+/// directories get their stashed metadata back.
+fn restore(stash: &Path, to: &Path) -> io::Result<()> {
+    for e in sorted_entries(stash)? {
+        let src = stash.join(&e);
+        let dst = to.join(&e);
+        let m = std::fs::symlink_metadata(&src)?;
+        let dst_dir = std::fs::symlink_metadata(&dst).is_ok_and(|d| d.is_dir());
+        if m.is_dir() && dst_dir {
+            restore(&src, &dst)?;
+            copy_meta(&dst, &m)?;
+            std::fs::remove_dir(&src)?;
+        } else {
+            if std::fs::symlink_metadata(&dst).is_ok() {
+                remove_any(&dst)?;
+            }
+            std::fs::rename(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies one entry (not its children) with its mode, owner and times.
+fn copy_entry(src: &Path, dst: &Path) -> io::Result<()> {
+    let m = std::fs::symlink_metadata(src)?;
+    if std::fs::symlink_metadata(dst).is_ok() && !m.is_dir() {
+        remove_any(dst)?;
+    }
+    let ft = m.file_type();
+    if ft.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)?;
+        std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))?;
+        return set_mtime(dst, &m);
+    }
+    if ft.is_dir() {
+        if std::fs::symlink_metadata(dst).is_err() {
+            std::fs::create_dir(dst)?;
+        }
+    } else if ft.is_file() {
+        std::fs::copy(src, dst)?;
+    } else {
+        // fifos and devices: recreated by type.
+        nix::sys::stat::mknod(
+            dst,
+            nix::sys::stat::SFlag::from_bits_truncate(m.mode() & libc::S_IFMT),
+            nix::sys::stat::Mode::from_bits_truncate(m.mode() & 0o7777),
+            m.rdev(),
+        )
+        .map_err(io::Error::from)?;
+    }
+    copy_meta(dst, &m)
+}
+
+fn sorted_entries(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    v.sort();
+    Ok(v)
+}
+
+fn mkdir_like(p: &Path, m: &std::fs::Metadata) -> io::Result<()> {
+    std::fs::create_dir(p)?;
+    copy_meta(p, m)
+}
+
+/// Gives directory `p` the mode, owner and times of `m`.
+fn copy_meta(p: &Path, m: &std::fs::Metadata) -> io::Result<()> {
+    std::os::unix::fs::lchown(p, Some(m.uid()), Some(m.gid()))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    set_mtime(p, m)
+}
+
+fn set_mtime(p: &Path, m: &std::fs::Metadata) -> io::Result<()> {
+    let t = filetime::FileTime::from_last_modification_time(m);
+    let a = filetime::FileTime::from_last_access_time(m);
+    filetime::set_symlink_file_times(p, a, t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_and_ignored() {
+        let mut i = Ignored::default();
+        i.paths.insert("/etc/hosts".into());
+        i.paths.insert("/var/run/secrets/x".into());
+        assert!(i.is_ignored(Path::new("/etc/hosts")));
+        assert!(!i.is_ignored(Path::new("/etc/hostsx")));
+        assert!(i.is_kept(Path::new("/etc")));
+        assert!(i.is_kept(Path::new("/var/run")));
+        assert!(i.is_kept(Path::new("/")));
+        assert!(!i.is_kept(Path::new("/usr")));
+        assert!(!i.is_kept(Path::new("/etc/hosts")));
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(
+            unescape_mountinfo("/mnt/a\\040b"),
+            PathBuf::from("/mnt/a b")
+        );
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
+    }
+}

@@ -1,0 +1,225 @@
+//! The full rung: new mount, pid, uts and ipc namespaces; the root is the
+//! lower layer of an overlay whose upper directory *is* the step's diff, so
+//! snapshot cost follows the size of the change. /proc, a minimal /dev, a
+//! read-only /sys, /etc/hosts, /etc/resolv.conf and /etc/hostname are
+//! provided by mounts that never reach the image.
+
+use super::provided::{etc_files, DEVICES};
+use super::spawn::{base_command, drop_privileges, spawn_and_wait};
+use super::{Isolation, IsolationError, RunOutcome, RunSpec};
+use crate::snapshot;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{chdir, chroot, fork, ForkResult};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+pub struct Namespaces;
+
+/// Files and mount points that the sandbox provides above the root.
+fn prepare_provided(root: &Path, scratch: &Path, spec: &RunSpec) -> io::Result<PathBuf> {
+    let provided = scratch.join("provided");
+    for d in ["dev", "proc", "sys", "etc"] {
+        let p = provided.join(d);
+        std::fs::create_dir_all(&p)?;
+        // Keep the image's own directory metadata: a copy-up takes it from here.
+        if let Ok(m) = std::fs::metadata(root.join(d)) {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            let _ = std::os::unix::fs::chown(&p, Some(m.uid()), Some(m.gid()));
+        }
+    }
+    for f in ["hosts", "resolv.conf", "hostname"] {
+        std::fs::write(provided.join("etc").join(f), "")?;
+    }
+    let host_files = scratch.join("files");
+    std::fs::create_dir_all(&host_files)?;
+    for (name, content) in etc_files(&spec.hostname) {
+        std::fs::write(host_files.join(name), content)?;
+    }
+    Ok(provided)
+}
+
+impl Isolation for Namespaces {
+    fn name(&self) -> &'static str {
+        "namespaces"
+    }
+
+    fn run(
+        &self,
+        root: &Path,
+        scratch: &Path,
+        spec: &RunSpec,
+    ) -> Result<RunOutcome, IsolationError> {
+        let setup = |source| IsolationError::Setup {
+            path: scratch.to_path_buf(),
+            source,
+        };
+        let provided = prepare_provided(root, scratch, spec).map_err(setup)?;
+        let upper = scratch.join("upper");
+        let work = scratch.join("work");
+        let merged = scratch.join("merged");
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).map_err(setup)?;
+        }
+        let opts = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            provided.display(),
+            root.display(),
+            upper.display(),
+            work.display()
+        );
+        let files = scratch.join("files");
+        let mut cmd = base_command(spec);
+        let cwd = spec.cwd.clone();
+        let hostname = spec.hostname.clone();
+        let (uid, gid) = (spec.uid, spec.gid);
+        // SAFETY: between fork and exec this closure only makes system calls;
+        // the intermediate process waits for the namespace's init and exits.
+        unsafe {
+            cmd.pre_exec(move || {
+                unshare(
+                    CloneFlags::CLONE_NEWNS
+                        | CloneFlags::CLONE_NEWPID
+                        | CloneFlags::CLONE_NEWUTS
+                        | CloneFlags::CLONE_NEWIPC,
+                )
+                .map_err(io::Error::from)?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(io::Error::from)?;
+                // A new pid namespace applies to children: fork once more so
+                // the command is its init, and relay its exit status.
+                match fork().map_err(io::Error::from)? {
+                    ForkResult::Parent { child } => {
+                        let code = match waitpid(child, None) {
+                            Ok(WaitStatus::Exited(_, c)) => c,
+                            Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                            _ => 255,
+                        };
+                        libc::_exit(code);
+                    }
+                    ForkResult::Child => {}
+                }
+                let _ = nix::unistd::sethostname(hostname.as_str());
+                mount(
+                    Some("overlay"),
+                    &merged,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts.as_str()),
+                )
+                .map_err(io::Error::from)?;
+                let proc = merged.join("proc");
+                // A fresh proc for the new pid namespace; inside a user
+                // namespace under a runtime that masks parts of /proc the
+                // kernel refuses that, and the container's own is bound.
+                if mount(
+                    Some("proc"),
+                    &proc,
+                    Some("proc"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                )
+                .is_err()
+                {
+                    mount(
+                        Some("/proc"),
+                        &proc,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    )
+                    .map_err(io::Error::from)?;
+                }
+                let dev = merged.join("dev");
+                mount(
+                    Some("tmpfs"),
+                    &dev,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID,
+                    Some("mode=755,size=65536k"),
+                )
+                .map_err(io::Error::from)?;
+                for (n, _, _) in DEVICES {
+                    let t = dev.join(n);
+                    std::fs::write(&t, b"")?;
+                    mount(
+                        Some(Path::new("/dev").join(n).as_path()),
+                        &t,
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .map_err(io::Error::from)?;
+                }
+                std::fs::create_dir_all(dev.join("shm"))?;
+                let _ = mount(
+                    Some("shm"),
+                    &dev.join("shm"),
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some("mode=1777,size=65536k"),
+                );
+                std::fs::create_dir_all(dev.join("pts"))?;
+                let _ = mount(
+                    Some("devpts"),
+                    &dev.join("pts"),
+                    Some("devpts"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                    Some("newinstance,ptmxmode=0666,mode=620"),
+                );
+                let _ = std::os::unix::fs::symlink("/proc/self/fd", dev.join("fd"));
+                let _ = std::os::unix::fs::symlink("/proc/self/fd/0", dev.join("stdin"));
+                let _ = std::os::unix::fs::symlink("/proc/self/fd/1", dev.join("stdout"));
+                let _ = std::os::unix::fs::symlink("/proc/self/fd/2", dev.join("stderr"));
+                let sys = merged.join("sys");
+                if mount(
+                    Some("/sys"),
+                    &sys,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .is_ok()
+                {
+                    let _ = mount(
+                        None::<&str>,
+                        &sys,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None::<&str>,
+                    );
+                }
+                for f in ["hosts", "resolv.conf", "hostname"] {
+                    mount(
+                        Some(files.join(f).as_path()),
+                        &merged.join("etc").join(f),
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .map_err(io::Error::from)?;
+                }
+                chroot(&merged).map_err(io::Error::from)?;
+                chdir(cwd.as_str()).map_err(io::Error::from)?;
+                drop_privileges(uid, gid)
+            });
+        }
+        let t0 = std::time::Instant::now();
+        let (status, tail) = spawn_and_wait(cmd, &spec.args[0])?;
+        let t1 = std::time::Instant::now();
+        // The mounts died with the namespace; what the command wrote is in `upper`.
+        let diff = snapshot::merge_upper(&upper, root)?;
+        let _ = std::fs::remove_dir_all(scratch);
+        tracing::debug!("run: command {:?}, merge {:?}", t1 - t0, t1.elapsed());
+        Ok(RunOutcome { status, tail, diff })
+    }
+}

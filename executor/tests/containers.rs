@@ -1,0 +1,327 @@
+//! The executor inside real containers started by Docker Engine, as kaniko's
+//! users run it: the engine's default capabilities and seccomp profile,
+//! CRI-O's smaller capability set, `CAP_SYS_ADMIN` with the work dir on the
+//! container's overlay, a non-root user and a read-only root. Every image is
+//! compared, file for file, with the full (namespaces) rung's build of the
+//! same Dockerfile on the test machine; the container's own files must be the
+//! same after the builds as before. The in-place rung only ever runs inside
+//! these containers.
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// What a step must see, as under kaniko (each check fails the build).
+const RUN_ENV: &str = r#"FROM {BASE}
+RUN echo hi > /hi && ls /proc/self/ >/dev/null && echo proc-ok
+RUN test -r /proc/cpuinfo && grep -q MemTotal /proc/meminfo && test -n "$(readlink /proc/self/exe)" && test -e /proc/self/status
+RUN for d in null zero full random urandom tty; do test -c /dev/$d || { echo "no /dev/$d"; exit 1; }; done
+RUN test "$(head -c 8 /dev/zero | wc -c)" = 8 && test "$(head -c 8 /dev/urandom | wc -c)" = 8 && ! (echo x > /dev/full) 2>/dev/null && echo x > /dev/null
+RUN echo s > /dev/shm/s && echo t > /tmp/t && rm /tmp/t && test -w /tmp
+RUN test -f /etc/resolv.conf && grep -q localhost /etc/hosts && test -n "$(hostname)"
+RUN echo written > /etc/resolv.conf.copy && mkdir -p /app && echo a > /app/a && rm /var/log/old.log
+"#;
+
+/// The container's view of `/` outside Kiln's directories and mounts: type,
+/// mode, owner and mtime of every entry, and the content of every file.
+/// (Directory sizes are left out: on overlayfs they count internal entries.)
+const SNAPSHOT: &str = "P='-path /kiln -prune -o -path /ctx -prune -o -path /out -prune -o'; \
+    find / -xdev -mindepth 1 $P -exec stat -c '%n %F %a %u %g %Y' {} + | sort; \
+    find / -xdev -mindepth 1 $P -type f -exec md5sum {} + | sort";
+
+struct Fixture {
+    engine: DockerEngine,
+    _reg: Registry,
+    /// Contexts by name, under one directory mounted at /ctx.
+    ctx_dir: tempfile::TempDir,
+    /// Reference trees: the namespaces rung on the test machine.
+    reference: BTreeMap<String, BTreeMap<String, Entry>>,
+}
+
+const IMAGE: &str = "kiln-executor-test:1";
+
+fn contexts(base: &str, names: &[&str], dir: &Path) {
+    for name in names {
+        let ctx = match *name {
+            "config" => context_config(),
+            "files" => context_files(200),
+            "multistage" => context_multistage(),
+            "runenv" => {
+                let t = tempfile::tempdir().unwrap();
+                write(t.path(), "Dockerfile", RUN_ENV);
+                t
+            }
+            "leak" => {
+                let t = tempfile::tempdir().unwrap();
+                write(
+                    t.path(),
+                    "Dockerfile",
+                    "FROM {BASE}\nRUN echo a > /leak-a && mkdir -p /leak-dir\n",
+                );
+                t
+            }
+            "noleak" => {
+                let t = tempfile::tempdir().unwrap();
+                write(
+                    t.path(),
+                    "Dockerfile",
+                    "FROM {BASE}\nRUN test ! -e /leak-a && test ! -e /leak-dir && test ! -e /hi && test ! -e /app\n",
+                );
+                t
+            }
+            other => panic!("no context {other}"),
+        };
+        let to = dir.join(name);
+        run(Command::new("cp").arg("-a").arg(ctx.path()).arg(&to));
+        let df = std::fs::read_to_string(to.join("Dockerfile")).unwrap();
+        std::fs::write(to.join("Dockerfile"), df.replace("{BASE}", base)).unwrap();
+    }
+}
+
+fn setup(names: &[&str]) -> Fixture {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let ctx_dir = tempfile::tempdir().unwrap();
+    contexts(&base, names, ctx_dir.path());
+    let mut reference = BTreeMap::new();
+    for name in names {
+        let (log, img) = build_unpacked(
+            &ctx_dir.path().join(name),
+            &["--no-push", "--insecure-pull", "--isolation", "namespaces"],
+        );
+        assert!(log.contains("isolation: namespaces"), "{log}");
+        reference.insert(name.to_string(), tree(&img.rootfs()));
+    }
+    let engine = DockerEngine::start();
+    engine.import(
+        &image_root().path().to_path_buf(),
+        IMAGE,
+        &["ENV PATH=/bin:/kiln KILN_DIR=/kiln/work", "WORKDIR /"],
+    );
+    Fixture {
+        engine,
+        _reg: reg,
+        ctx_dir,
+        reference,
+    }
+}
+
+/// busybox, the executor at /kiln/executor and the libraries it links.
+fn image_root() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    busybox_rootfs(t.path());
+    let exe = env!("CARGO_BIN_EXE_executor");
+    std::fs::create_dir_all(t.path().join("kiln")).unwrap();
+    std::fs::copy(exe, t.path().join("kiln/executor")).unwrap();
+    // A CA bundle, as any real executor image has (issue: none makes the
+    // registry client panic even for plain-HTTP registries).
+    let ca = t.path().join("etc/ssl/certs");
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        ca.join("ca-certificates.crt"),
+    )
+    .unwrap();
+    let ldd = run(Command::new("ldd").arg(exe));
+    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+        let to = t.path().join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+    t
+}
+
+impl Fixture {
+    /// Starts an idle container with `args` (capabilities, user, …).
+    fn container(&self, args: &[&str], out: &Path) -> String {
+        let mut c = self.engine.cmd();
+        c.args(["run", "-d", "--network", "host"])
+            .arg("-v")
+            .arg(format!("{}:/ctx:ro", self.ctx_dir.path().display()))
+            .arg("-v")
+            .arg(format!("{}:/out", out.display()))
+            .args(args)
+            .args([IMAGE, "sleep", "3600"]);
+        run(&mut c).trim().to_string()
+    }
+
+    fn exec(&self, id: &str, args: &[&str]) -> Output {
+        let mut c = self.engine.cmd();
+        c.args(["exec", id]).args(args);
+        c.output().expect("docker exec")
+    }
+
+    fn snapshot(&self, id: &str) -> String {
+        let o = self.exec(id, &["sh", "-c", SNAPSHOT]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Builds context `name` in container `id` into /out/<name>; returns the log.
+    fn build(&self, id: &str, name: &str, extra: &[&str]) -> (bool, String) {
+        let mut args = vec![
+            "/kiln/executor".to_string(),
+            "--context".into(),
+            format!("/ctx/{name}"),
+            "--no-push".into(),
+            "--insecure-pull".into(),
+            "--oci-layout-path".into(),
+            format!("/out/{name}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = self.exec(id, &a);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Asserts that `out/<name>` holds the same filesystem as the reference.
+    fn assert_same(&self, out: &Path, name: &str, how: &str) {
+        let img = unpack(&format!("oci:{}:latest", out.join(name).display()));
+        let ours = tree(&img.rootfs());
+        let want = &self.reference[name];
+        let mut diffs = Vec::new();
+        for (p, e) in &ours {
+            match want.get(p) {
+                None => diffs.push(format!("only {how}: {p} {e:?}")),
+                Some(w) if w != e => {
+                    diffs.push(format!("differs: {p}\n  {how}: {e:?}\n  namespaces: {w:?}"))
+                }
+                _ => {}
+            }
+        }
+        for p in want.keys() {
+            if !ours.contains_key(p) {
+                diffs.push(format!("only namespaces: {p}"));
+            }
+        }
+        assert!(diffs.is_empty(), "{name} ({how}):\n{}", diffs.join("\n"));
+    }
+}
+
+fn out_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("kiln-out")
+        .tempdir()
+        .unwrap()
+}
+
+/// Builds every context in one container, in a row, and checks the images,
+/// the log line naming the rung and that the container is left as it was.
+fn matrix(f: &Fixture, caps: &[&str], rung: &str, names: &[&str]) {
+    let out = out_dir();
+    let id = f.container(caps, out.path());
+    let before = f.snapshot(&id);
+    for name in names {
+        let (ok, log) = f.build(&id, name, &[]);
+        assert!(ok, "{name} under {caps:?} failed:\n{log}");
+        assert!(log.contains(&format!("isolation: {rung}")), "{log}");
+        f.assert_same(out.path(), name, rung);
+    }
+    // What a step wrote into the /out volume went into the image (compared
+    // above) and not into the volume.
+    assert!(!out.path().join("all.txt").exists() && !out.path().join("listing.txt").exists());
+    let after = f.snapshot(&id);
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
+    let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
+    assert!(
+        gone.is_empty() && new.is_empty() && b.len() > 100,
+        "the container's own files changed under {caps:?}:\nbefore only: {gone:?}\nafter only: {new:?}"
+    );
+}
+
+const CRIO_CAPS: [&str; 20] = [
+    "--cap-drop",
+    "ALL",
+    "--cap-add",
+    "CHOWN",
+    "--cap-add",
+    "DAC_OVERRIDE",
+    "--cap-add",
+    "FSETID",
+    "--cap-add",
+    "FOWNER",
+    "--cap-add",
+    "SETGID",
+    "--cap-add",
+    "SETUID",
+    "--cap-add",
+    "SETPCAP",
+    "--cap-add",
+    "NET_BIND_SERVICE",
+    "--cap-add",
+    "KILL",
+];
+
+#[test]
+fn engine_default_capabilities_build_in_place() {
+    let names = ["runenv", "config", "files", "multistage", "leak", "noleak"];
+    let f = setup(&names);
+    matrix(&f, &[], "in-place", &names);
+    // The reason names what made the full rung unavailable.
+    let out = out_dir();
+    let id = f.container(&[], out.path());
+    let (ok, log) = f.build(&id, "runenv", &[]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("namespaces: unshare(")
+            && log.contains("EPERM")
+            && log.contains("CAP_SYS_ADMIN"),
+        "{log}"
+    );
+}
+
+#[test]
+fn crio_capabilities_build_in_place() {
+    let names = ["runenv", "config", "files", "multistage"];
+    let f = setup(&names);
+    matrix(&f, &CRIO_CAPS, "in-place", &names);
+}
+
+#[test]
+fn sys_admin_with_work_dir_on_overlay_uses_the_full_rung() {
+    let names = ["runenv", "config"];
+    let f = setup(&names);
+    matrix(&f, &["--cap-add", "SYS_ADMIN"], "namespaces", &names);
+    let out = out_dir();
+    let id = f.container(&["--cap-add", "SYS_ADMIN"], out.path());
+    let (ok, log) = f.build(&id, "runenv", &[]);
+    assert!(ok, "{log}");
+    assert!(log.contains("overlayfs") && log.contains("tmpfs"), "{log}");
+}
+
+#[test]
+fn read_only_root_builds_with_chroot() {
+    // Without /proc, the RUN-environment Dockerfile cannot pass here.
+    let names = ["config", "files", "multistage"];
+    let f = setup(&names);
+    matrix(
+        &f,
+        &["--read-only", "--tmpfs", "/kiln/work:exec,mode=755"],
+        "chroot",
+        &names,
+    );
+}
+
+#[test]
+fn non_root_without_user_namespaces_gets_one_clear_error() {
+    let names = ["config"];
+    let f = setup(&names);
+    let out = out_dir();
+    let id = f.container(&["-u", "1000"], out.path());
+    let (ok, log) = f.build(&id, "config", &[]);
+    assert!(!ok, "{log}");
+    assert!(log.contains("uid 1000"), "{log}");
+    assert!(
+        log.contains("hostUsers: false") && log.contains("runAsUser: 0"),
+        "{log}"
+    );
+    assert!(!log.contains("Permission denied"), "{log}");
+    assert!(!PathBuf::from(out.path()).join("config").exists());
+}
