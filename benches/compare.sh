@@ -17,32 +17,6 @@ trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$SHM"' EXIT
 . benches/lib.sh
 start_registry
 
-# Base images: busybox-static plus N small files, pushed with umoci + skopeo.
-make_base() { # name files
-  local name=$1 files=$2 dir="$SHM/base-$1"
-  mkdir -p "$dir/rootfs/bin" "$dir/rootfs/etc" "$dir/rootfs/tmp"
-  cp /bin/busybox "$dir/rootfs/bin/busybox"
-  for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$dir/rootfs/bin/$a"; done
-  printf 'root:x:0:0:root:/root:/bin/sh\n' > "$dir/rootfs/etc/passwd"
-  printf 'root:x:0:\n' > "$dir/rootfs/etc/group"
-  python3 - "$dir/rootfs/usr/share/data" "$files" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i % 200}", f"e{i % 10}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i}"), "w") as f:
-        f.write(f"file {i}\n")
-PY
-  umoci init --layout "$dir/layout" >/dev/null
-  umoci new --image "$dir/layout:b" >/dev/null
-  umoci unpack --image "$dir/layout:b" "$dir/bundle" >/dev/null
-  cp -a "$dir/rootfs/." "$dir/bundle/rootfs/"
-  umoci repack --image "$dir/layout:b" "$dir/bundle" >/dev/null
-  umoci config --image "$dir/layout:b" --config.env PATH=/bin >/dev/null
-  skopeo copy -q --dest-tls-verify=false "oci:$dir/layout:b" "docker://$REG/$name:latest"
-  rm -rf "$dir"
-}
 echo "preparing bases on $REG ..."
 make_base base20k 20000
 make_base base10k 10000

@@ -97,7 +97,7 @@ fn setup(names: &[&str]) -> Fixture {
     }
     let engine = DockerEngine::start();
     engine.import(
-        &image_root().path().to_path_buf(),
+        image_root().path(),
         IMAGE,
         &["ENV PATH=/bin:/kiln KILN_DIR=/kiln/work", "WORKDIR /"],
     );

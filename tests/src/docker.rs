@@ -76,7 +76,7 @@ impl DockerEngine {
 
     /// Imports `root` as image `tag` (no registry can be pulled from here).
     pub fn import(&self, root: &Path, tag: &str, changes: &[&str]) {
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(root)
             .args(["-cf", "-", "."])
@@ -88,8 +88,14 @@ impl DockerEngine {
         for ch in changes {
             c.args(["-c", ch]);
         }
-        c.args(["-", tag]).stdin(tar.stdout.expect("tar stdout"));
+        c.args(["-", tag])
+            .stdin(tar.stdout.take().expect("tar stdout"));
         run(&mut c);
+        assert!(
+            tar.wait().expect("tar").success(),
+            "tar of {}",
+            root.display()
+        );
     }
 }
 

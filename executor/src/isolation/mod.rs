@@ -58,12 +58,6 @@ pub enum IsolationError {
     /// what would make it work.
     #[error("isolation {rung:?} is not available here: {why}")]
     Unavailable { rung: &'static str, why: String },
-    #[error("restoring the container's own files from {stash}")]
-    Restore {
-        stash: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// One command to run, as the container would see it.

@@ -98,7 +98,7 @@ impl Drop for TmpfsMount {
 fn fs_type(p: &Path) -> Option<i64> {
     nix::sys::statfs::statfs(p)
         .ok()
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type().0)
 }
 
 /// Checks that namespaces and an overlay with its upper dir in `build_dir`
@@ -108,9 +108,7 @@ pub fn namespaces(build_dir: &Path, env: &Environment) -> Result<Option<TmpfsMou
     let on_overlay = fs_type(build_dir) == Some(OVERLAYFS_SUPER_MAGIC);
     if on_overlay {
         // Try namespaces alone first: their refusal is the better reason.
-        if let Err(e) = overlay_probe(None, env) {
-            return Err(e);
-        }
+        overlay_probe(None, env)?;
         mount(
             Some("tmpfs"),
             build_dir,
