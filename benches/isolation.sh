@@ -19,6 +19,8 @@ cleanup() {
   $DOCKER rm -f kiln-bench >/dev/null 2>&1 || true
   [ -n "${DOCKERD_PID:-}" ] && kill "$DOCKERD_PID" 2>/dev/null && wait "$DOCKERD_PID" 2>/dev/null
   kill "${REG_PID:-}" 2>/dev/null || true
+  # dockerd leaves its netns mount behind.
+  awk '{print $5}' /proc/self/mountinfo | grep "^$SHM" | sort -r | xargs -r -n1 umount -l
   rm -rf "$SHM"
 }
 trap cleanup EXIT
@@ -42,7 +44,11 @@ cp /bin/busybox "$IMG/bin/"
 for a in sh sleep cat; do ln -sf busybox "$IMG/bin/$a"; done
 cp "$EXE" "$IMG/kiln/executor"
 cp /etc/ssl/certs/ca-certificates.crt "$IMG/etc/ssl/certs/"
-for lib in $(ldd "$EXE" | grep -o '/[^ ]*'); do mkdir -p "$IMG$(dirname "$lib")"; cp "$lib" "$IMG$lib"; done
+# The executor and its libraries under /kiln: the in-place rung moves the
+# container's own /lib aside and refuses a binary that needs it.
+mkdir -p "$IMG/kiln/lib"
+for lib in $(ldd "$EXE" | grep -o '/[^ ]*'); do cp "$lib" "$IMG/kiln/lib/"; done
+patchelf --set-interpreter "/kiln/lib/$(basename "$(ldd "$EXE" | grep -o '/[^ ]*ld-linux[^ ]*')")" --set-rpath /kiln/lib "$IMG/kiln/executor"
 tar -C "$IMG" -c . | $DOCKER import -c 'ENV PATH=/bin:/kiln' - kiln-bench:1 >/dev/null
 $DOCKER run -d --name kiln-bench --network host -v "$SHM/ctx:/ctx" --tmpfs /kiln/work:exec kiln-bench:1 sleep 3600 >/dev/null
 

@@ -34,6 +34,7 @@ const SNAPSHOT: &str = "P='-path /kiln -prune -o -path /ctx -prune -o -path /out
 
 struct Fixture {
     engine: DockerEngine,
+    base: String,
     _reg: Registry,
     /// Contexts by name, under one directory mounted at /ctx.
     ctx_dir: tempfile::TempDir,
@@ -68,7 +69,16 @@ fn contexts(base: &str, names: &[&str], dir: &Path) {
                 write(
                     t.path(),
                     "Dockerfile",
-                    "FROM {BASE}\nRUN test ! -e /leak-a && test ! -e /leak-dir && test ! -e /hi && test ! -e /app\n",
+                    "FROM {BASE}\nRUN test ! -e /leak-a && test ! -e /leak-dir && test ! -e /hi && test ! -e /app && test ! -e /started\n",
+                );
+                t
+            }
+            "slow" => {
+                let t = tempfile::tempdir().unwrap();
+                write(
+                    t.path(),
+                    "Dockerfile",
+                    "FROM {BASE}\nRUN touch /started && sleep 61\n",
                 );
                 t
             }
@@ -103,21 +113,27 @@ fn setup(names: &[&str]) -> Fixture {
     );
     Fixture {
         engine,
+        base,
         _reg: reg,
         ctx_dir,
         reference,
     }
 }
 
-/// busybox, the executor at /kiln/executor and the libraries it links.
+/// busybox, and the executor at /kiln/executor with the libraries it links
+/// under /kiln/lib (interpreter and rpath set by patchelf): like kaniko's
+/// static binary, it depends on nothing in the container's root, which the
+/// in-place rung moves aside.
 fn image_root() -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     busybox_rootfs(t.path());
     let exe = env!("CARGO_BIN_EXE_executor");
-    std::fs::create_dir_all(t.path().join("kiln")).unwrap();
-    std::fs::copy(exe, t.path().join("kiln/executor")).unwrap();
-    // A CA bundle, as any real executor image has (issue: none makes the
-    // registry client panic even for plain-HTTP registries).
+    let lib = t.path().join("kiln/lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    let bin = t.path().join("kiln/executor");
+    std::fs::copy(exe, &bin).unwrap();
+    // A CA bundle, as any real executor image has (without one the registry
+    // client panics even for plain-HTTP registries: issue 10).
     let ca = t.path().join("etc/ssl/certs");
     std::fs::create_dir_all(&ca).unwrap();
     std::fs::copy(
@@ -126,11 +142,17 @@ fn image_root() -> tempfile::TempDir {
     )
     .unwrap();
     let ldd = run(Command::new("ldd").arg(exe));
-    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
-        let to = t.path().join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(lib, &to).unwrap();
+    let mut interp = String::new();
+    for path in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+        let name = Path::new(path).file_name().unwrap();
+        std::fs::copy(path, lib.join(name)).unwrap();
+        if name.to_string_lossy().starts_with("ld-linux") {
+            interp = format!("/kiln/lib/{}", name.to_string_lossy());
+        }
     }
+    run(Command::new("patchelf")
+        .args(["--set-interpreter", &interp, "--set-rpath", "/kiln/lib"])
+        .arg(&bin));
     t
 }
 
@@ -324,4 +346,54 @@ fn non_root_without_user_namespaces_gets_one_clear_error() {
     );
     assert!(!log.contains("Permission denied"), "{log}");
     assert!(!PathBuf::from(out.path()).join("config").exists());
+}
+
+#[test]
+fn a_killed_in_place_build_is_put_back_by_the_next_one() {
+    let names = ["noleak", "slow"];
+    let f = setup(&names[..1]);
+    contexts(&f.base, &names[1..], f.ctx_dir.path());
+    let out = out_dir();
+    let id = f.container(&[], out.path());
+    let before = f.snapshot(&id);
+    // Start the slow build and SIGKILL the executor while its RUN runs (the
+    // container's own files are aside then).
+    let mut slow = f.engine.cmd();
+    slow.args([
+        "exec",
+        &id,
+        "/kiln/executor",
+        "--context",
+        "/ctx/slow",
+        "--no-push",
+        "--insecure-pull",
+    ]);
+    let mut child = slow
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let o = f.exec(&id, &["test", "-e", "/started"]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow RUN never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    run(Command::new("pkill").args(["-KILL", "-f", "/kiln/executor --context /ctx/slow"]));
+    let _ = child.wait();
+    run(Command::new("pkill").args(["-KILL", "-f", "sleep 61"]));
+    let (ok, log) = f.build(&id, "noleak", &[]);
+    assert!(ok, "{log}");
+    assert!(log.contains("crashed build"), "{log}");
+    assert_eq!(
+        before,
+        f.snapshot(&id),
+        "the container's files were not put back"
+    );
 }

@@ -125,6 +125,21 @@ impl Drop for DockerEngine {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // dockerd leaves mounts under its exec root (the netns nsfs);
+        // detach them, deepest first, so that the directory can go.
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount")
+                .args(["-l", &m])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

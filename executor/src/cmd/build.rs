@@ -16,6 +16,8 @@ fn kv(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before anything reads the container's files (CA certificates, …).
+    kiln_executor::isolation::recover_crashed_in_place();
     let no_push = cli.no_push.unwrap_or(false);
     if cli.destination.is_empty()
         && !no_push

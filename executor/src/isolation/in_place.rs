@@ -48,9 +48,9 @@ const STATE_PREFIX: &str = ".kiln-inplace-";
 const STASH: &str = "stash";
 /// Inside the state directory: the stage roots (same filesystem as `/`).
 const ROOTS: &str = "roots";
-/// Inside the state directory: image entries currently in `/`, one absolute
-/// path a line, for a crashed build's clean-up.
-const SWAPPED: &str = "swapped";
+/// Inside the state directory: present once all of the container's own
+/// files are in the stash.
+const STASHED: &str = "stashed";
 
 pub struct InPlace {
     state: PathBuf,
@@ -77,6 +77,45 @@ struct Ignored {
 }
 
 impl Ignored {
+    /// The system's paths, Kiln's own, `protected`, and the mount points of
+    /// this container (volumes apart).
+    fn read(protected: &[PathBuf]) -> Ignored {
+        let mut ignored = Ignored::default();
+        for p in ["/proc", "/sys", "/dev", "/kiln", "/kaniko", "/busybox"] {
+            ignored.paths.insert(PathBuf::from(p));
+        }
+        for p in ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] {
+            ignored.paths.insert(PathBuf::from(p));
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            ignored.paths.insert(exe);
+        }
+        for p in protected {
+            if p.is_absolute() {
+                ignored.paths.insert(p.clone());
+            }
+        }
+        for m in mount_points() {
+            let system = [
+                "/proc",
+                "/sys",
+                "/dev",
+                "/etc/resolv.conf",
+                "/etc/hosts",
+                "/etc/hostname",
+            ]
+            .iter()
+            .any(|s| m.starts_with(s))
+                || ignored.is_ignored(&m);
+            if system {
+                ignored.paths.insert(m);
+            } else {
+                ignored.volumes.insert(m);
+            }
+        }
+        ignored
+    }
+
     fn is_ignored(&self, abs: &Path) -> bool {
         self.paths.iter().any(|p| abs.starts_with(p))
     }
@@ -129,6 +168,17 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
     PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
+/// Files mapped into this process (its binary and shared libraries).
+fn mapped_files() -> BTreeSet<PathBuf> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
 fn io_str(what: &str, p: &Path, e: io::Error) -> String {
     format!("{what} {}: {e}", p.display())
 }
@@ -158,39 +208,21 @@ impl InPlace {
         let lock =
             nix::fcntl::Flock::lock(root_dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
                 .map_err(|_| "another in-place build is running in this container".to_string())?;
-        let mut ignored = Ignored::default();
-        for p in ["/proc", "/sys", "/dev", "/kiln", "/kaniko", "/busybox"] {
-            ignored.paths.insert(PathBuf::from(p));
-        }
-        for p in ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] {
-            ignored.paths.insert(PathBuf::from(p));
-        }
-        if let Ok(exe) = std::env::current_exe() {
-            ignored.paths.insert(exe);
-        }
-        ignored.paths.insert(build_dir.to_path_buf());
-        for p in &opts.protected {
-            if p.is_absolute() {
-                ignored.paths.insert(p.clone());
-            }
-        }
-        for m in mount_points() {
-            let system = [
-                "/proc",
-                "/sys",
-                "/dev",
-                "/etc/resolv.conf",
-                "/etc/hosts",
-                "/etc/hostname",
-            ]
-            .iter()
-            .any(|s| m.starts_with(s))
-                || ignored.is_ignored(&m);
-            if system {
-                ignored.paths.insert(m);
-            } else {
-                ignored.volumes.insert(m);
-            }
+        let mut protected = opts.protected.clone();
+        protected.push(build_dir.to_path_buf());
+        let mut ignored = Ignored::read(&protected);
+        // The executor must not need anything this rung moves aside: after a
+        // crash, the next executor could not even start to put it back.
+        if let Some(lib) = mapped_files()
+            .into_iter()
+            .find(|f| !ignored.is_ignored(f) && !ignored.in_volume(f))
+        {
+            return Err(format!(
+                "the executor uses {} from the container's own root, which this rung moves \
+                 aside during a build; use Kiln's image (everything under /kiln) or a static \
+                 executor",
+                lib.display()
+            ));
         }
         recover_crashed(&ignored);
         let state = PathBuf::from(format!("/{STATE_PREFIX}{}", std::process::id()));
@@ -224,7 +256,8 @@ impl InPlace {
         let stash = self.stash_dir();
         std::fs::create_dir(&stash)?;
         self.stash_dir_entries(Path::new("/"), &stash)?;
-        Ok(())
+        // From here on, whatever else is in `/` belongs to the build.
+        std::fs::write(self.state.join(STASHED), b"")
     }
 
     fn stash_dir_entries(&self, dir: &Path, to: &Path) -> io::Result<()> {
@@ -345,15 +378,6 @@ impl InPlace {
         Ok(())
     }
 
-    fn record_swapped(&self, moved: &[PathBuf]) -> io::Result<()> {
-        let mut s = String::new();
-        for p in moved {
-            s.push_str(&p.to_string_lossy());
-            s.push('\n');
-        }
-        std::fs::write(self.state.join(SWAPPED), s)
-    }
-
     fn skip_filter(&self) -> impl Fn(&Path) -> bool + '_ {
         move |rel: &Path| self.ignored.is_ignored(&Path::new("/").join(rel))
     }
@@ -448,17 +472,12 @@ impl Isolation for InPlace {
             self.stash().map_err(setup)?;
             *stashed = true;
         }
-        let moved = self.swap_in(root).map_err(setup);
-        let outcome = match moved {
-            Ok(moved) => {
-                self.record_swapped(&moved).map_err(setup)?;
-                self.run_swapped(root, spec)
-            }
-            Err(e) => Err(e),
+        let outcome = match self.swap_in(root) {
+            Ok(_) => self.run_swapped(root, spec),
+            Err(e) => Err(setup(e)),
         };
         // Whatever happened, the image's entries leave `/` again.
         self.swap_out(root).map_err(setup)?;
-        let _ = std::fs::remove_file(self.state.join(SWAPPED));
         outcome
     }
 }
@@ -477,6 +496,21 @@ impl Drop for InPlace {
         }
         if let Err(e) = remove_any(&self.state) {
             tracing::warn!("removing {}: {e}", self.state.display());
+        }
+    }
+}
+
+/// Puts back what a crashed in-place build left in this container, if any.
+/// Runs first thing at startup: until then the container's own files (CA
+/// certificates, libraries) may be missing.
+pub fn recover() {
+    if nix::unistd::geteuid().is_root() {
+        let any = std::fs::read_dir("/").is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(STATE_PREFIX))
+        });
+        if any {
+            recover_crashed(&Ignored::read(&[]));
         }
     }
 }
@@ -500,11 +534,13 @@ fn recover_crashed(ignored: &Ignored) {
             continue;
         }
         let state = e.path();
-        if let Ok(s) = std::fs::read_to_string(state.join(SWAPPED)) {
-            for p in s.lines().map(PathBuf::from) {
-                if p.is_absolute() && p != Path::new("/") && !ignored.is_ignored(&p) {
-                    let _ = remove_any(&p);
-                }
+        if state.join(STASHED).exists() {
+            // Everything of the container's is in the stash: what else is
+            // in `/` (outside ignored paths and volumes) is the dead build's,
+            // including what its last step created.
+            if let Err(err) = clear_build_entries(Path::new("/"), ignored) {
+                tracing::error!("clearing a crashed build's files from /: {err}");
+                continue;
             }
         }
         let stash = state.join(STASH);
@@ -520,6 +556,26 @@ fn recover_crashed(ignored: &Ignored) {
         tracing::warn!("put back the container's files left aside by a crashed build ({name})");
         let _ = remove_any(&state);
     }
+}
+
+/// Removes everything under `dir` that is not ignored, a volume, a state
+/// directory, or a kept directory (whose own entries are cleared likewise).
+fn clear_build_entries(dir: &Path, ignored: &Ignored) -> io::Result<()> {
+    for e in sorted_entries(dir)? {
+        let abs = dir.join(&e);
+        if ignored.is_ignored(&abs)
+            || ignored.is_volume(&abs)
+            || (dir == Path::new("/") && e.to_string_lossy().starts_with(STATE_PREFIX))
+        {
+            continue;
+        }
+        if ignored.is_kept(&abs) && std::fs::symlink_metadata(&abs)?.is_dir() {
+            clear_build_entries(&abs, ignored)?;
+        } else {
+            remove_any(&abs)?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves everything in `stash` back to the same place under `to`; kept

@@ -29,7 +29,7 @@ mod provided;
 mod spawn;
 
 pub use chroot::Chroot;
-pub use in_place::InPlace;
+pub use in_place::{recover as recover_crashed_in_place, InPlace};
 pub use namespaces::Namespaces;
 pub use probe::Environment;
 
