@@ -98,21 +98,7 @@ fn compare(name: &str, ctx: &Path, extra_args: &[&str]) {
     let mut a = tree(&ours.rootfs());
     let mut b = tree(&theirs.rootfs());
     drop_leftovers(&mut a, &mut b);
-    let mut diffs = Vec::new();
-    for (p, e) in &a {
-        match b.get(p) {
-            None => diffs.push(format!("only kiln: {p} {e:?}")),
-            Some(f) if f != e => {
-                diffs.push(format!("differs: {p}\n  kiln:    {e:?}\n  buildah: {f:?}"))
-            }
-            _ => {}
-        }
-    }
-    for (p, e) in &b {
-        if !a.contains_key(p) {
-            diffs.push(format!("only buildah: {p} {e:?}"));
-        }
-    }
+    let diffs = tree_diffs(&a, &b, ("kiln", "buildah"));
     assert!(
         diffs.is_empty(),
         "{name}: filesystems differ:\n{}",

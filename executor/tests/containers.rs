@@ -207,21 +207,7 @@ impl Fixture {
         let img = unpack(&format!("oci:{}:latest", out.join(name).display()));
         let ours = tree(&img.rootfs());
         let want = &self.reference[name];
-        let mut diffs = Vec::new();
-        for (p, e) in &ours {
-            match want.get(p) {
-                None => diffs.push(format!("only {how}: {p} {e:?}")),
-                Some(w) if w != e => {
-                    diffs.push(format!("differs: {p}\n  {how}: {e:?}\n  namespaces: {w:?}"))
-                }
-                _ => {}
-            }
-        }
-        for p in want.keys() {
-            if !ours.contains_key(p) {
-                diffs.push(format!("only namespaces: {p}"));
-            }
-        }
+        let diffs = tree_diffs(&ours, want, (how, "namespaces"));
         assert!(diffs.is_empty(), "{name} ({how}):\n{}", diffs.join("\n"));
     }
 }

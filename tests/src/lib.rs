@@ -216,6 +216,29 @@ pub struct Entry {
     pub links: Vec<String>,
 }
 
+/// The differences between two trees, each line naming the side (`a`, `b`)
+/// that has an entry alone or how the entries differ; empty when identical.
+pub fn tree_diffs(
+    a: &BTreeMap<String, Entry>,
+    b: &BTreeMap<String, Entry>,
+    (an, bn): (&str, &str),
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (p, e) in a {
+        match b.get(p) {
+            None => diffs.push(format!("only {an}: {p} {e:?}")),
+            Some(f) if f != e => diffs.push(format!("differs: {p}\n  {an}: {e:?}\n  {bn}: {f:?}")),
+            _ => {}
+        }
+    }
+    for (p, e) in b {
+        if !a.contains_key(p) {
+            diffs.push(format!("only {bn}: {p} {e:?}"));
+        }
+    }
+    diffs
+}
+
 /// Walks an unpacked root into comparable entries.
 pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();

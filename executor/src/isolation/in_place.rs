@@ -120,6 +120,11 @@ impl Ignored {
         self.paths.iter().any(|p| abs.starts_with(p))
     }
 
+    /// Never moved: ignored, or a volume's mount point.
+    fn stays(&self, abs: &Path) -> bool {
+        self.is_ignored(abs) || self.is_volume(abs)
+    }
+
     fn is_volume(&self, abs: &Path) -> bool {
         self.volumes.contains(abs)
     }
@@ -263,7 +268,7 @@ impl InPlace {
     fn stash_dir_entries(&self, dir: &Path, to: &Path) -> io::Result<()> {
         for e in sorted_entries(dir)? {
             let abs = dir.join(&e);
-            if self.ignored.is_ignored(&abs) || self.ignored.is_volume(&abs) {
+            if self.ignored.stays(&abs) {
                 continue;
             }
             let dst = to.join(&e);
@@ -313,7 +318,7 @@ impl InPlace {
         for e in sorted_entries(from)? {
             let abs = dir.join(&e);
             let src = from.join(&e);
-            if self.ignored.is_ignored(&abs) || self.ignored.is_volume(&abs) {
+            if self.ignored.stays(&abs) {
                 if self.ignored.is_volume(&abs) {
                     tracing::warn!(
                         "the image's {} is hidden by a volume mounted in the build container: \
@@ -352,7 +357,7 @@ impl InPlace {
     fn swap_out_dir(&self, dir: &Path, to: &Path) -> io::Result<()> {
         for e in sorted_entries(dir)? {
             let abs = dir.join(&e);
-            if self.ignored.is_ignored(&abs) || self.ignored.is_volume(&abs) {
+            if self.ignored.stays(&abs) {
                 continue;
             }
             let dst = to.join(&e);
@@ -361,7 +366,7 @@ impl InPlace {
                 let exists = std::fs::symlink_metadata(&dst).is_ok_and(|d| d.is_dir());
                 let has_image_entries = sorted_entries(&abs)?.iter().any(|c| {
                     let p = abs.join(c);
-                    !self.ignored.is_ignored(&p) && !self.ignored.is_volume(&p)
+                    !self.ignored.stays(&p)
                 });
                 if !exists && !has_image_entries {
                     continue;
@@ -563,8 +568,7 @@ fn recover_crashed(ignored: &Ignored) {
 fn clear_build_entries(dir: &Path, ignored: &Ignored) -> io::Result<()> {
     for e in sorted_entries(dir)? {
         let abs = dir.join(&e);
-        if ignored.is_ignored(&abs)
-            || ignored.is_volume(&abs)
+        if ignored.stays(&abs)
             || (dir == Path::new("/") && e.to_string_lossy().starts_with(STATE_PREFIX))
         {
             continue;
