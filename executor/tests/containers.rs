@@ -341,7 +341,19 @@ fn a_killed_in_place_build_is_put_back_by_the_next_one() {
     contexts(&f.base, &names[1..], f.ctx_dir.path());
     let out = out_dir();
     let id = f.container(&[], out.path());
+    // Credentials in the container's own root ($HOME/.docker): the dead build
+    // spared them, so must its recovery.
+    let o = f.exec(
+        &id,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /root/.docker && echo '{}' > /root/.docker/config.json",
+        ],
+    );
+    assert!(o.status.success());
     let before = f.snapshot(&id);
+    assert!(before.contains("/root/.docker/config.json"));
     // Start the slow build and SIGKILL the executor while its RUN runs (the
     // container's own files are aside then).
     let mut slow = f.engine.cmd();

@@ -261,8 +261,17 @@ impl InPlace {
         let stash = self.stash_dir();
         std::fs::create_dir(&stash)?;
         self.stash_dir_entries(Path::new("/"), &stash)?;
-        // From here on, whatever else is in `/` belongs to the build.
-        std::fs::write(self.state.join(STASHED), b"")
+        // From here on, whatever else is in `/` belongs to the build. The
+        // marker keeps this build's ignored paths: a recovery after a crash
+        // must spare exactly what this build spared (its work dir,
+        // credentials, --ignore-path), whatever the next executor is told.
+        let mut list = String::new();
+        for (kind, set) in [("p", &self.ignored.paths), ("v", &self.ignored.volumes)] {
+            for p in set {
+                list.push_str(&format!("{kind} {}\n", p.display()));
+            }
+        }
+        std::fs::write(self.state.join(STASHED), list)
     }
 
     fn stash_dir_entries(&self, dir: &Path, to: &Path) -> io::Result<()> {
@@ -539,11 +548,22 @@ fn recover_crashed(ignored: &Ignored) {
             continue;
         }
         let state = e.path();
-        if state.join(STASHED).exists() {
+        if let Ok(list) = std::fs::read_to_string(state.join(STASHED)) {
             // Everything of the container's is in the stash: what else is
-            // in `/` (outside ignored paths and volumes) is the dead build's,
+            // in `/` (outside what either build spares) is the dead build's,
             // including what its last step created.
-            if let Err(err) = clear_build_entries(Path::new("/"), ignored) {
+            let mut spared = Ignored {
+                paths: ignored.paths.clone(),
+                volumes: ignored.volumes.clone(),
+            };
+            for l in list.lines() {
+                match l.split_once(' ') {
+                    Some(("p", p)) => spared.paths.insert(PathBuf::from(p)),
+                    Some(("v", p)) => spared.volumes.insert(PathBuf::from(p)),
+                    _ => false,
+                };
+            }
+            if let Err(err) = clear_build_entries(Path::new("/"), &spared) {
                 tracing::error!("clearing a crashed build's files from /: {err}");
                 continue;
             }
