@@ -189,7 +189,7 @@ struct Counters {
 
 impl Builder {
     pub fn new(opts: BuildOptions, registry: Arc<Registry>) -> Result<Builder, BuildError> {
-        isolation::precheck(opts.isolation)?;
+        let env = isolation::precheck(opts.isolation)?;
         std::fs::create_dir_all(&opts.work_dir).map_err(|source| BuildError::Work {
             path: opts.work_dir.clone(),
             source,
@@ -207,6 +207,7 @@ impl Builder {
         // namespaces rung may mount a tmpfs over it.
         let selection = isolation::select(
             opts.isolation,
+            &env,
             work.path(),
             &isolation::SelectOptions {
                 protected: protected_paths(&opts),

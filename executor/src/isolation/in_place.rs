@@ -305,23 +305,21 @@ impl InPlace {
         Ok(())
     }
 
-    /// Moves the image's entries from `root` into `/`; returns the moved paths.
-    fn swap_in(&self, root: &Path) -> io::Result<Vec<PathBuf>> {
-        let mut moved = Vec::new();
+    /// Moves the image's entries from `root` into `/`.
+    fn swap_in(&self, root: &Path) -> io::Result<()> {
         let mut kept = Vec::new();
-        self.swap_in_dir(root, Path::new("/"), &mut moved, &mut kept)?;
+        self.swap_in_dir(root, Path::new("/"), &mut kept)?;
         // Kept directories show the image's metadata to the step.
         for (abs, m) in kept.iter().rev() {
             copy_meta(abs, m)?;
         }
-        Ok(moved)
+        Ok(())
     }
 
     fn swap_in_dir(
         &self,
         from: &Path,
         dir: &Path,
-        moved: &mut Vec<PathBuf>,
         kept: &mut Vec<(PathBuf, std::fs::Metadata)>,
     ) -> io::Result<()> {
         for e in sorted_entries(from)? {
@@ -340,7 +338,7 @@ impl InPlace {
             let m = std::fs::symlink_metadata(&src)?;
             if self.ignored.is_kept(&abs) {
                 if m.is_dir() && std::fs::symlink_metadata(&abs).is_ok_and(|d| d.is_dir()) {
-                    self.swap_in_dir(&src, &abs, moved, kept)?;
+                    self.swap_in_dir(&src, &abs, kept)?;
                     kept.push((abs, m));
                 } else {
                     tracing::warn!(
@@ -352,7 +350,6 @@ impl InPlace {
                 continue;
             }
             std::fs::rename(&src, &abs)?;
-            moved.push(abs);
         }
         Ok(())
     }
@@ -487,7 +484,7 @@ impl Isolation for InPlace {
             *stashed = true;
         }
         let outcome = match self.swap_in(root) {
-            Ok(_) => self.run_swapped(root, spec),
+            Ok(()) => self.run_swapped(root, spec),
             Err(e) => Err(setup(e)),
         };
         // Whatever happened, the image's entries leave `/` again.

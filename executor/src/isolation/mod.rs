@@ -113,13 +113,6 @@ pub enum IsolationKind {
     Chroot,
 }
 
-impl IsolationKind {
-    pub const HELP: &'static str = "auto (the strongest that works here), namespaces (alias oci: \
-        namespaces + overlay, needs CAP_SYS_ADMIN), in-place (alias kaniko: builds in the \
-        container's own root, restored afterwards; default capabilities suffice), chroot \
-        (private root, no /proc; for read-only roots)";
-}
-
 impl std::str::FromStr for IsolationKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -154,13 +147,14 @@ pub struct Selection {
     pub tmpfs: Option<probe::TmpfsMount>,
 }
 
-/// Fails before anything is written when no rung can work for this process
-/// at all (not root and without the capabilities any rung needs), with one
-/// error that names what is missing and what would make it work.
-pub fn precheck(kind: IsolationKind) -> Result<(), IsolationError> {
+/// Reads what this process may do and fails before anything is written when
+/// no rung can work at all (not root and without the capabilities any rung
+/// needs), with one error that names what is missing and what would make it
+/// work. The environment it returns is what [`select`] decides on.
+pub fn precheck(kind: IsolationKind) -> Result<Environment, IsolationError> {
     let env = Environment::read();
     if env.euid == 0 || env.has_cap(probe::CAP_SYS_ADMIN) || env.has_cap(probe::CAP_SYS_CHROOT) {
-        return Ok(());
+        return Ok(env);
     }
     Err(IsolationError::Unavailable {
         rung: match kind {
@@ -182,13 +176,13 @@ pub fn precheck(kind: IsolationKind) -> Result<(), IsolationError> {
 /// Picks the rung for a build whose private directory is `build_dir`.
 pub fn select(
     kind: IsolationKind,
+    env: &Environment,
     build_dir: &Path,
     opts: &SelectOptions,
 ) -> Result<Selection, IsolationError> {
-    let env = Environment::read();
     let mut refused = Vec::new();
     if matches!(kind, IsolationKind::Auto | IsolationKind::Namespaces) {
-        match probe::namespaces(build_dir, &env) {
+        match probe::namespaces(build_dir, env) {
             Ok(tmpfs) => {
                 let reason = match &tmpfs {
                     Some(_) => format!(
@@ -213,7 +207,7 @@ pub fn select(
         }
     }
     if matches!(kind, IsolationKind::Auto | IsolationKind::InPlace) {
-        match InPlace::open(build_dir, &env, opts) {
+        match InPlace::open(build_dir, env, opts) {
             Ok(i) => {
                 return Ok(Selection {
                     isolation: Box::new(i),
@@ -230,9 +224,9 @@ pub fn select(
             Err(why) => refused.push(format!("in-place: {why}")),
         }
     }
-    match probe::chroot(&env) {
+    match probe::chroot(env) {
         Ok(()) => Ok(Selection {
-            isolation: Box::new(Chroot::new(&env, build_dir)),
+            isolation: Box::new(Chroot::new(env, build_dir)),
             reason: refused.join("; "),
             tmpfs: None,
         }),
