@@ -9,15 +9,13 @@
 
 use super::probe::{Environment, CAP_MKNOD};
 use super::provided::{etc_files, DEVICES};
-use super::spawn::{base_command, drop_privileges, spawn_and_wait};
+use super::spawn::{command_in, spawn_and_wait};
 use super::{Isolation, IsolationError, RunOutcome, RunSpec};
 use crate::extract::remove_any;
 use crate::snapshot::ScanIndex;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, chroot};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 pub struct Chroot {
@@ -167,25 +165,10 @@ impl Isolation for Chroot {
         scratch: &Path,
         spec: &RunSpec,
     ) -> Result<RunOutcome, IsolationError> {
-        let setup = |source| IsolationError::Setup {
-            path: root.to_path_buf(),
-            source,
-        };
+        let setup = IsolationError::setup(root);
         let provided = Provided::install(root, scratch, spec, self.mknod).map_err(setup)?;
         let index = ScanIndex::capture_filtered(root, &provided_path)?;
-        let mut cmd = base_command(spec);
-        let root_c = root.to_path_buf();
-        let cwd = spec.cwd.clone();
-        let (uid, gid) = (spec.uid, spec.gid);
-        // SAFETY: only system calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                chroot(&root_c).map_err(io::Error::from)?;
-                chdir(cwd.as_str()).map_err(io::Error::from)?;
-                drop_privileges(uid, gid)
-            });
-        }
-        let spawned = spawn_and_wait(cmd, &spec.args[0]);
+        let spawned = spawn_and_wait(command_in(spec, Some(root)), &spec.args[0]);
         let diff = index.diff_filtered(root, &provided_path);
         provided.remove().map_err(setup)?;
         let (status, tail) = spawned?;

@@ -31,15 +31,13 @@
 //! image path that a volume hides is reported, not silently dropped.
 
 use super::probe::Environment;
-use super::spawn::{base_command, drop_privileges, spawn_and_wait};
+use super::spawn::{command_in, spawn_and_wait};
 use super::{Isolation, IsolationError, RunOutcome, RunSpec, SelectOptions};
 use crate::extract::remove_any;
 use crate::snapshot::ScanIndex;
-use nix::unistd::chdir;
 use std::collections::BTreeSet;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -432,17 +430,7 @@ impl InPlace {
     fn run_swapped(&self, root: &Path, spec: &RunSpec) -> Result<RunOutcome, IsolationError> {
         let skip = self.skip_filter();
         let index = ScanIndex::capture_filtered(Path::new("/"), &skip)?;
-        let mut cmd = base_command(spec);
-        let cwd = spec.cwd.clone();
-        let (uid, gid) = (spec.uid, spec.gid);
-        // SAFETY: only system calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                chdir(cwd.as_str()).map_err(io::Error::from)?;
-                drop_privileges(uid, gid)
-            });
-        }
-        let (status, tail) = spawn_and_wait(cmd, &spec.args[0])?;
+        let (status, tail) = spawn_and_wait(command_in(spec, None), &spec.args[0])?;
         let diff = index.diff_filtered(Path::new("/"), &skip)?;
         if diff
             .changes
@@ -450,10 +438,7 @@ impl InPlace {
             .any(|rel| self.ignored.in_volume(&Path::new("/").join(rel)))
         {
             self.take_from_volumes(root, &index, &diff)
-                .map_err(|source| IsolationError::Setup {
-                    path: root.to_path_buf(),
-                    source,
-                })?;
+                .map_err(IsolationError::setup(root))?;
         }
         Ok(RunOutcome { status, tail, diff })
     }
@@ -474,10 +459,7 @@ impl Isolation for InPlace {
         _scratch: &Path,
         spec: &RunSpec,
     ) -> Result<RunOutcome, IsolationError> {
-        let setup = |source| IsolationError::Setup {
-            path: self.state.clone(),
-            source,
-        };
+        let setup = IsolationError::setup(&self.state);
         let mut stashed = self.stashed.lock().unwrap_or_else(|p| p.into_inner());
         if !*stashed {
             self.stash().map_err(setup)?;

@@ -60,6 +60,16 @@ pub enum IsolationError {
     Unavailable { rung: &'static str, why: String },
 }
 
+impl IsolationError {
+    /// Maps an IO error while preparing or tearing down the sandbox in `path`.
+    fn setup(path: &Path) -> impl Fn(io::Error) -> IsolationError + Copy + '_ {
+        move |source| IsolationError::Setup {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// One command to run, as the container would see it.
 #[derive(Debug, Clone)]
 pub struct RunSpec {

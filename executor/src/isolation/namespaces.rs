@@ -53,10 +53,7 @@ impl Isolation for Namespaces {
         scratch: &Path,
         spec: &RunSpec,
     ) -> Result<RunOutcome, IsolationError> {
-        let setup = |source| IsolationError::Setup {
-            path: scratch.to_path_buf(),
-            source,
-        };
+        let setup = IsolationError::setup(scratch);
         let provided = prepare_provided(root, scratch, spec).map_err(setup)?;
         let upper = scratch.join("upper");
         let work = scratch.join("work");

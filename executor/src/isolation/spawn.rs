@@ -2,9 +2,11 @@
 
 use super::IsolationError;
 use super::RunSpec;
-use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+use nix::unistd::{chdir, chroot, setgid, setgroups, setuid, Gid, Uid};
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -73,6 +75,26 @@ pub(super) fn base_command(spec: &RunSpec) -> Command {
     cmd.env_clear();
     for (k, v) in &spec.env {
         cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The step's command, started in `root` by `chroot(2)` when given (else in
+/// this process's `/`), in its working directory, as its user.
+pub(super) fn command_in(spec: &RunSpec, root: Option<&Path>) -> Command {
+    let mut cmd = base_command(spec);
+    let root = root.map(Path::to_path_buf);
+    let cwd = spec.cwd.clone();
+    let (uid, gid) = (spec.uid, spec.gid);
+    // SAFETY: only system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(r) = &root {
+                chroot(r).map_err(io::Error::from)?;
+            }
+            chdir(cwd.as_str()).map_err(io::Error::from)?;
+            drop_privileges(uid, gid)
+        });
     }
     cmd
 }
