@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse();
     cmd::logging(&cli);
     if let Err(e) = cmd::run(cli).await {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", kiln_common::report::Report(&*e));
         return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS

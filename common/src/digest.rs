@@ -159,6 +159,65 @@ pub fn digest_file(path: &std::path::Path) -> io::Result<(Digest, u64)> {
     Ok(r.finish())
 }
 
+/// Why a blob could not be committed by [`commit_verified`].
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} hashes to {actual}, expected {expected}", path.display())]
+    Mismatch {
+        path: std::path::PathBuf,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+/// Brings a blob from an untrusted place (a shared warmed directory, an
+/// `oci:` cache, another build's store) to `dest`: hard link when the two
+/// share a filesystem, else copy, always into a temp name beside `dest`; the
+/// temp file is hashed and renamed only when it matches `want`. A reader of
+/// `dest` therefore never sees unverified or partial bytes, and a tampered
+/// source is refused rather than passed on.
+pub fn commit_verified(
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    want: &Digest,
+) -> Result<(), CommitError> {
+    let io = |op, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| CommitError::Io { op, path, source }
+    };
+    let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".import-")
+        .make_in(dir, |p| match std::fs::hard_link(src, p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+            Err(_) => std::fs::copy(src, p).map(|_| ()),
+        })
+        .map_err(io("importing", src))?;
+    let (actual, _) = digest_file(tmp.path()).map_err(io("hashing", src))?;
+    if &actual != want {
+        return Err(CommitError::Mismatch {
+            path: src.to_path_buf(),
+            expected: want.clone(),
+            actual,
+        });
+    }
+    tmp.persist(dest)
+        .map_err(|e| CommitError::Io {
+            op: "committing",
+            path: dest.to_path_buf(),
+            source: e.error,
+        })
+        .map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +238,22 @@ mod tests {
         let (buf, wd, n) = w.finish();
         assert_eq!((buf.len(), n), (3, 3));
         assert_eq!(wd, d);
+    }
+
+    #[test]
+    fn commit_verified_refuses_tampered_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"layer").unwrap();
+        let dest = dir.path().join("dest");
+        let good = Digest::sha256_of(b"layer");
+        commit_verified(&src, &dest, &good).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"layer");
+        let other = dir.path().join("other");
+        let e = commit_verified(&src, &other, &Digest::sha256_of(b"x")).unwrap_err();
+        assert!(matches!(e, CommitError::Mismatch { .. }), "{e}");
+        assert!(!other.exists());
+        // Nothing but the two committed files is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

@@ -11,8 +11,8 @@
 //! cache could not answer — the caller warns, counts it, and treats the step as
 //! a miss; a cache never fails a build.
 
-use crate::build::LayerSource;
 use crate::cache_key::CACHE_FORMAT;
+use crate::model::LayerSource;
 use kiln_common::cache_api::{BuildReport, KilnClient};
 use kiln_common::image::{self, Descriptor, Manifest};
 use kiln_common::layout::write_atomic;

@@ -30,6 +30,16 @@ pub enum ExtractError {
     Read(io::Error),
 }
 
+impl ExtractError {
+    /// An entry that tried to leave the root: retrying cannot help.
+    pub fn is_hostile(&self) -> bool {
+        matches!(
+            self,
+            ExtractError::Path { .. } | ExtractError::BadLink { .. }
+        )
+    }
+}
+
 /// What applying a layer did, for logs and for the uncompressed size.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ExtractStats {

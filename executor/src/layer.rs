@@ -29,7 +29,7 @@ pub struct LayerOptions {
     pub level: Option<i32>,
     /// Timestamps set to the epoch, so the same inputs give the same digest.
     pub reproducible: bool,
-    pub docker_media_types: bool,
+    pub format: crate::options::ImageFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +84,8 @@ pub fn write_layer(
     let (digest, size) = blob.commit()?;
     Ok(Layer {
         descriptor: Descriptor::new(
-            opts.compression.media_type(opts.docker_media_types),
+            opts.compression
+                .media_type(opts.format == crate::options::ImageFormat::Docker),
             digest,
             size,
         ),

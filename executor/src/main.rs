@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(cmd::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", kiln_common::report::Report(&*e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 
 use crate::isolation::IsolationKind;
 use crate::layer::LayerOptions;
+use kiln_common::image::Platform;
 use kiln_common::registry::RegistryOptions;
 use std::path::PathBuf;
 
@@ -13,19 +14,14 @@ pub struct BuildOptions {
     pub context_sub_path: Option<String>,
     /// `--dockerfile`: as given, else relative to the context.
     pub dockerfile: PathBuf,
-    pub destinations: Vec<String>,
     pub target: Option<String>,
     /// `--build-arg K=V`, or `K` alone to take the value from the environment.
     pub build_args: Vec<(String, Option<String>)>,
     pub labels: Vec<(String, String)>,
-    /// `--custom-platform`, e.g. `linux/arm64`.
-    pub platform: Option<String>,
-    pub no_push: bool,
-    pub tar_path: Option<PathBuf>,
-    pub oci_layout_path: Option<PathBuf>,
-    pub digest_file: Option<PathBuf>,
-    pub image_name_with_digest_file: Option<PathBuf>,
-    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    /// `--custom-platform`, parsed; the host's when absent.
+    pub platform: Option<Platform>,
+    /// Where the image goes.
+    pub output: OutputOptions,
     pub layer: LayerOptions,
     pub single_snapshot: bool,
     pub isolation: IsolationKind,
@@ -36,8 +32,6 @@ pub struct BuildOptions {
     /// Where each build gets its own private directory (`--kaniko-dir`).
     pub work_dir: PathBuf,
     pub registry: RegistryOptions,
-    /// Docker schema 2 manifests instead of OCI (`--image-format docker`).
-    pub docker_format: bool,
     pub image_fs_extract_retry: u32,
     /// Build every stage, not just those the target needs (`--skip-unused-stages=false`).
     pub build_unused_stages: bool,
@@ -61,4 +55,28 @@ pub struct CacheOptions {
     pub copy_layers: bool,
     /// Write entries back (`--no-push-cache` turns this off).
     pub push: bool,
+}
+
+/// The manifest and media-type family of the image (`--image-format`): one
+/// value, so that the manifest and the layers' media types cannot disagree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageFormat {
+    #[default]
+    Oci,
+    /// Docker schema 2 (`--image-format docker`): no zstd layers.
+    Docker,
+}
+
+/// Where a built image goes and which files describe it afterwards.
+#[derive(Debug, Clone, Default)]
+pub struct OutputOptions {
+    /// `--destination`, in order; the first names the OCI layout's tag.
+    pub destinations: Vec<String>,
+    pub no_push: bool,
+    pub tar_path: Option<PathBuf>,
+    pub oci_layout_path: Option<PathBuf>,
+    pub digest_file: Option<PathBuf>,
+    pub image_name_with_digest_file: Option<PathBuf>,
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    pub format: ImageFormat,
 }

@@ -3,11 +3,12 @@
 //! digest files CI pipelines read afterwards.
 
 use crate::blobs::{BlobError, BlobStore};
-use crate::build::{BuiltImage, ImageLayer, LayerSource};
-use crate::options::BuildOptions;
+use crate::fetch::{FetchError, LayerFetcher};
+use crate::model::{BuiltImage, LayerSource};
+use crate::options::{ImageFormat, OutputOptions};
 use kiln_common::digest::HashingWriter;
 use kiln_common::image::{self, Descriptor, Index, Manifest};
-use kiln_common::registry::{parse_reference, Registry, RegistryError};
+use kiln_common::registry::{parse_reference, RegistryError};
 use kiln_common::Digest;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -24,11 +25,8 @@ pub enum OutputError {
         destination: String,
         source: RegistryError,
     },
-    #[error("fetching layer {digest}: {source}")]
-    Fetch {
-        digest: Digest,
-        source: RegistryError,
-    },
+    #[error(transparent)]
+    Fetch(#[from] Box<FetchError>),
     #[error("encoding {what}: {source}")]
     Json {
         what: &'static str,
@@ -56,8 +54,9 @@ pub struct WrittenImage {
 pub fn write_image(
     store: &BlobStore,
     img: &BuiltImage,
-    docker: bool,
+    format: ImageFormat,
 ) -> Result<WrittenImage, OutputError> {
+    let docker = format == ImageFormat::Docker;
     let mut config = img.config.clone();
     config.rootfs.kind = "layers".into();
     config.rootfs.diff_ids = img.layers.iter().map(|l| l.diff_id.clone()).collect();
@@ -117,42 +116,17 @@ fn convert_media_type(mt: &str, docker: bool) -> String {
     }
 }
 
-async fn local_blob(
-    registry: &Registry,
-    store: &BlobStore,
-    l: &ImageLayer,
-) -> Result<PathBuf, OutputError> {
-    let p = store.path(&l.descriptor.digest);
-    if p.is_file() {
-        return Ok(p);
-    }
-    if let LayerSource::Path(dir) = &l.source {
-        return Ok(dir.join(l.descriptor.digest.hex()));
-    }
-    if let LayerSource::Remote(r) = &l.source {
-        registry
-            .fetch_blob(r, &l.descriptor, &p)
-            .await
-            .map_err(|source| OutputError::Fetch {
-                digest: l.descriptor.digest.clone(),
-                source,
-            })?;
-    }
-    Ok(p)
-}
-
 /// Pushes and writes every requested output; returns `name@digest` per push.
 pub async fn deliver(
-    opts: &BuildOptions,
-    registry: &Registry,
-    store: &BlobStore,
+    opts: &OutputOptions,
+    fetcher: &LayerFetcher,
     img: &BuiltImage,
     w: &WrittenImage,
 ) -> Result<Vec<String>, OutputError> {
     let mut pushed = Vec::new();
     if !opts.no_push {
         for dest in &opts.destinations {
-            push(registry, store, img, w, dest).await?;
+            push(fetcher, img, w, dest).await?;
             let name = dest
                 .rsplit_once(':')
                 .filter(|(_, t)| !t.contains('/'))
@@ -165,8 +139,7 @@ pub async fn deliver(
     }
     if let Some(p) = &opts.oci_layout_path {
         write_oci_layout(
-            registry,
-            store,
+            fetcher,
             img,
             w,
             p,
@@ -175,7 +148,7 @@ pub async fn deliver(
         .await?;
     }
     if let Some(p) = &opts.tar_path {
-        write_docker_archive(registry, store, img, w, p, &opts.destinations).await?;
+        write_docker_archive(fetcher, img, w, p, &opts.destinations).await?;
     }
     if let Some(p) = &opts.digest_file {
         std::fs::write(p, w.manifest_digest.as_str()).map_err(io_err(p))?;
@@ -207,8 +180,7 @@ pub async fn deliver(
 }
 
 async fn push(
-    registry: &Registry,
-    store: &BlobStore,
+    fetcher: &LayerFetcher,
     img: &BuiltImage,
     w: &WrittenImage,
     dest: &str,
@@ -217,6 +189,7 @@ async fn push(
         destination: dest.to_string(),
         source,
     };
+    let (registry, store) = (fetcher.registry(), fetcher.store());
     let r = parse_reference(dest).map_err(perr)?;
     // Layers concurrently: skip what the registry has, mount what a base
     // repository on the same registry has, stream the rest from disk.
@@ -245,7 +218,7 @@ async fn push(
                     return Ok(());
                 }
             }
-            let p = local_blob(registry, store, l).await?;
+            let p = fetcher.ensure_local(l, None).await.map_err(Box::new)?;
             registry
                 .push_blob_file(&r, &p, &l.descriptor.digest, l.descriptor.size)
                 .await
@@ -276,20 +249,20 @@ async fn push(
 }
 
 async fn write_oci_layout(
-    registry: &Registry,
-    store: &BlobStore,
+    fetcher: &LayerFetcher,
     img: &BuiltImage,
     w: &WrittenImage,
     dir: &Path,
     name: Option<&str>,
 ) -> Result<(), OutputError> {
+    let store = fetcher.store();
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
     let mut digests: Vec<(Digest, PathBuf)> = Vec::new();
     for l in &img.layers {
         digests.push((
             l.descriptor.digest.clone(),
-            local_blob(registry, store, l).await?,
+            fetcher.ensure_local(l, None).await.map_err(Box::new)?,
         ));
     }
     digests.push((w.config_digest.clone(), store.path(&w.config_digest)));
@@ -352,8 +325,7 @@ async fn write_oci_layout(
 /// `docker save` format: uncompressed layers named by diff id, so that
 /// `docker load` and `skopeo copy docker-archive:` both accept it.
 async fn write_docker_archive(
-    registry: &Registry,
-    store: &BlobStore,
+    fetcher: &LayerFetcher,
     img: &BuiltImage,
     w: &WrittenImage,
     path: &Path,
@@ -361,8 +333,9 @@ async fn write_docker_archive(
 ) -> Result<(), OutputError> {
     let mut paths = Vec::new();
     for l in &img.layers {
-        paths.push(local_blob(registry, store, l).await?);
+        paths.push(fetcher.ensure_local(l, None).await.map_err(Box::new)?);
     }
+    let store = fetcher.store();
     let tmp = path.with_extension("partial");
     let f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
     let mut tb = tar::Builder::new(io::BufWriter::new(f));

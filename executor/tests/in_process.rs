@@ -5,7 +5,23 @@ use kiln_common::auth::DockerConfig;
 use kiln_common::registry::{Registry as Client, RegistryOptions};
 use kiln_executor::{BuildOptions, Builder};
 use kiln_testkit::*;
+use std::path::Path;
 use std::sync::Arc;
+
+/// Options for a build of `ctx`'s Dockerfile into an OCI layout, not pushed.
+fn to_layout(ctx: &Path, work: &Path, layout: &Path) -> BuildOptions {
+    BuildOptions {
+        context: ctx.to_str().unwrap().into(),
+        dockerfile: ctx.join("Dockerfile"),
+        output: kiln_executor::options::OutputOptions {
+            no_push: true,
+            oci_layout_path: Some(layout.to_path_buf()),
+            ..Default::default()
+        },
+        work_dir: work.to_path_buf(),
+        ..Default::default()
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_builds_in_one_process_do_not_leak() {
@@ -35,15 +51,7 @@ async fn two_builds_in_one_process_do_not_leak() {
         )
         .unwrap();
         let layout = out.path().join(format!("l{i}"));
-        let opts = BuildOptions {
-            context: ctx.path().to_str().unwrap().into(),
-            dockerfile: ctx.path().join("Dockerfile"),
-            no_push: true,
-            oci_layout_path: Some(layout.clone()),
-            work_dir: work.path().to_path_buf(),
-            build_unused_stages: false,
-            ..Default::default()
-        };
+        let opts = to_layout(ctx.path(), work.path(), &layout);
         let b = Builder::new(opts, client.clone()).unwrap();
         b.build().await.unwrap();
         layouts.push(layout);
@@ -60,4 +68,79 @@ async fn two_builds_in_one_process_do_not_leak() {
         .contains("os-release"));
     // Each build removed its private directory.
     assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+}
+
+/// A stand-in for the isolation: records what RUN asked for and writes one
+/// file where the command would have.
+struct Recording(Arc<std::sync::Mutex<Vec<kiln_executor::isolation::RunSpec>>>);
+
+impl kiln_executor::isolation::Isolation for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn run(
+        &self,
+        root: &std::path::Path,
+        _scratch: &std::path::Path,
+        spec: &kiln_executor::isolation::RunSpec,
+    ) -> Result<kiln_executor::isolation::RunOutcome, kiln_executor::isolation::IsolationError>
+    {
+        use std::os::unix::process::ExitStatusExt;
+        self.0.lock().unwrap().push(spec.clone());
+        let rel = std::path::Path::new(spec.cwd.trim_start_matches('/')).join("made");
+        std::fs::write(root.join(&rel), spec.args.join(" ")).unwrap();
+        let mut diff = kiln_executor::snapshot::Diff::default();
+        diff.add(rel, kiln_executor::snapshot::Change::Add);
+        Ok(kiln_executor::isolation::RunOutcome {
+            status: std::process::ExitStatus::from_raw(0),
+            tail: Vec::new(),
+            diff,
+        })
+    }
+}
+
+/// `Builder::with_isolation`: the whole build (config, WORKDIR, RUN, layer,
+/// output) runs with an injected isolation, no process is started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_runs_with_an_injected_isolation() {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nARG V=2\nENV A=1\nWORKDIR /app\nUSER 7:8\nRUN make $V\n",
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("oci");
+    let opts = to_layout(ctx.path(), work.path(), &layout);
+    let client = Arc::new(Client::new(
+        RegistryOptions::default(),
+        DockerConfig::default(),
+    ));
+    let specs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fake = Box::new(Recording(specs.clone()));
+    let b = Builder::with_isolation(opts, client, fake).unwrap();
+    assert_eq!(b.isolation_name(), "recording");
+    let result = b.build().await.unwrap();
+    let specs = specs.lock().unwrap().clone();
+    assert_eq!(specs.len(), 1);
+    let s = &specs[0];
+    assert_eq!(s.args, ["/bin/sh", "-c", "make $V"]);
+    assert_eq!(s.cwd, "/app");
+    assert_eq!((s.uid, s.gid), (7, 8));
+    assert!(s.env.contains(&("A".into(), "1".into())), "{:?}", s.env);
+    assert!(s.env.contains(&("V".into(), "2".into())), "{:?}", s.env);
+    // WORKDIR's layer and RUN's layer, the file as the fake wrote it.
+    let layered: Vec<_> = result
+        .steps
+        .iter()
+        .filter(|st| st.layer_digest.is_some())
+        .map(|st| st.instruction.as_str())
+        .collect();
+    assert_eq!(layered, ["WORKDIR /app", "RUN make $V"]);
+    let img = unpack(&format!("oci:{}:latest", layout.display()));
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("app/made")).unwrap(),
+        "/bin/sh -c make $V"
+    );
 }

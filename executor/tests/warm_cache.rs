@@ -30,19 +30,22 @@ async fn warm(reg: &Registry, dir: &std::path::Path, images: &[String]) {
     assert!(r.iter().all(|i| i.status == "fetched"), "{r:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn builds_from_the_warmed_directory_without_the_registry() {
-    let mut reg = Registry::start();
-    let tagged = push_busybox(&reg, "busybox:latest");
+/// `tagged` pinned by its manifest's digest, and that manifest.
+fn pinned(tagged: &str) -> (String, String) {
     let raw = run(std::process::Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{tagged}")));
     use sha2::Digest as _;
-    let pinned = format!(
-        "{}/busybox@sha256:{}",
-        reg.addr,
-        hex::encode(sha2::Sha256::digest(raw.as_bytes()))
-    );
+    let repo = tagged.rsplit_once(':').map_or(tagged, |(r, _)| r);
+    let digest = hex::encode(sha2::Sha256::digest(raw.as_bytes()));
+    (format!("{repo}@sha256:{digest}"), raw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_from_the_warmed_directory_without_the_registry() {
+    let mut reg = Registry::start();
+    let tagged = push_busybox(&reg, "busybox:latest");
+    let (pinned, _) = pinned(&tagged);
     let cache = tempfile::tempdir().unwrap();
     warm(&reg, cache.path(), &[pinned.clone(), tagged.clone()]).await;
 
@@ -92,4 +95,92 @@ async fn builds_from_the_warmed_directory_without_the_registry() {
     build_with(&pinned);
     let log = build_with(&tagged);
     assert!(log.contains("using the warmed copy"), "{log}");
+}
+
+/// The warmed directory is shared and untrusted: a layer whose bytes no
+/// longer match its digest is refused wherever a build would use it —
+/// unpacked for RUN, hard-linked into an OCI layout, written into a
+/// docker archive, pushed — and never reaches an output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_warmed_layer_is_refused_on_every_path() {
+    let reg = Registry::start();
+    let tagged = push_busybox(&reg, "busybox:tampered");
+    let (pinned, raw) = pinned(&tagged);
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cache = tempfile::tempdir().unwrap();
+    warm(&reg, cache.path(), std::slice::from_ref(&pinned)).await;
+    let blob = walkdir_find(cache.path(), layer.trim_start_matches("sha256:"))
+        .expect("the warmed layer blob");
+    // Same name, other bytes (the file may be read-only).
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::write(&blob, b"not the layer").unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("oci");
+    let tar = out.path().join("image.tar");
+    let dest = format!("{}/tampered:out", reg.addr);
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("RUN echo x > /y", vec!["--no-push"]),
+        (
+            "ENV A=1",
+            vec!["--no-push", "--oci-layout-path", layout.to_str().unwrap()],
+        ),
+        (
+            "ENV A=1",
+            vec!["--no-push", "--tar-path", tar.to_str().unwrap()],
+        ),
+        ("ENV A=1", vec!["--destination", &dest, "--insecure"]),
+    ];
+    for (step, args) in cases {
+        let ctx = tempfile::tempdir().unwrap();
+        write(
+            ctx.path(),
+            "Dockerfile",
+            &format!("FROM {pinned}\n{step}\n"),
+        );
+        let work = tempfile::tempdir().unwrap();
+        let mut all = vec![
+            "--insecure-pull",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ];
+        all.extend(args.iter().copied());
+        let o = build(ctx.path(), work.path(), &all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{step} {args:?} built:\n{err}");
+        assert!(
+            err.contains(&format!("expected {layer}")) && err.contains("hashes to"),
+            "{step} {args:?}: the error names the mismatch:\n{err}"
+        );
+    }
+    let in_layout = layout
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    assert!(!in_layout.exists(), "the tampered layer reached the layout");
+    assert!(!tar.exists(), "a docker archive was written");
+    let pushed = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert!(!pushed.status.success(), "the image was pushed");
+}
+
+fn walkdir_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) && p.is_file() {
+            return Some(p);
+        }
+        if p.is_dir() {
+            if let Some(f) = walkdir_find(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
 }

@@ -109,7 +109,7 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", kiln_common::report::Report(&*e));
             std::process::ExitCode::FAILURE
         }
     }

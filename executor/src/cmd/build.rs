@@ -3,8 +3,10 @@
 use super::Cli;
 use anyhow::{bail, Context};
 use kiln_common::auth::DockerConfig;
+use kiln_common::image::Platform;
 use kiln_common::registry::{parse_reference, Registry, RegistryOptions};
 use kiln_executor::layer::LayerOptions;
+use kiln_executor::options::{ImageFormat, OutputOptions};
 use kiln_executor::{BuildOptions, Builder};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,13 +28,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         bail!("no --destination given: pass one, or --no-push, --tar-path or --oci-layout-path");
     }
-    let docker_format = match cli.image_format.as_str() {
-        "oci" => false,
-        "docker" => true,
+    let format = match cli.image_format.as_str() {
+        "oci" => ImageFormat::Oci,
+        "docker" => ImageFormat::Docker,
         f => bail!("--image-format {f:?}: expected oci or docker"),
     };
     let compression = cli.compression.parse().map_err(anyhow::Error::msg)?;
-    if docker_format && compression == kiln_executor::compression::Compression::Zstd {
+    if format == ImageFormat::Docker && compression == kiln_executor::compression::Compression::Zstd
+    {
         bail!("zstd layers need --image-format oci");
     }
     let mut insecure_hosts: Vec<String> = cli.insecure_registry.clone();
@@ -66,7 +69,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         context: cli.context.trim_start_matches("dir://").to_string(),
         context_sub_path: cli.context_sub_path.clone(),
         dockerfile: cli.dockerfile.clone(),
-        destinations: cli.destination.clone(),
         target: cli.target.clone(),
         build_args: cli
             .build_arg
@@ -81,18 +83,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .iter()
             .map(|l| kv(l, "--label"))
             .collect::<anyhow::Result<_>>()?,
-        platform: cli.custom_platform.clone(),
-        no_push,
-        tar_path: cli.tar_path.clone(),
-        oci_layout_path: cli.oci_layout_path.clone(),
-        digest_file: cli.digest_file.clone(),
-        image_name_with_digest_file: cli.image_name_with_digest_file.clone(),
-        image_name_tag_with_digest_file: cli.image_name_tag_with_digest_file.clone(),
+        platform: cli
+            .custom_platform
+            .as_deref()
+            .map(Platform::parse)
+            .transpose()
+            .context("--custom-platform")?,
+        output: OutputOptions {
+            destinations: cli.destination.clone(),
+            no_push,
+            tar_path: cli.tar_path.clone(),
+            oci_layout_path: cli.oci_layout_path.clone(),
+            digest_file: cli.digest_file.clone(),
+            image_name_with_digest_file: cli.image_name_with_digest_file.clone(),
+            image_name_tag_with_digest_file: cli.image_name_tag_with_digest_file.clone(),
+            format,
+        },
         layer: LayerOptions {
             compression,
             level: cli.compression_level,
             reproducible: cli.reproducible.unwrap_or(false),
-            docker_media_types: docker_format,
+            format,
         },
         single_snapshot: cli.single_snapshot.unwrap_or(false),
         isolation: cli.isolation.parse().map_err(anyhow::Error::msg)?,
@@ -100,7 +111,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         force: cli.force.unwrap_or(false),
         work_dir: cli.kaniko_dir.clone(),
         registry: registry_opts.clone(),
-        docker_format,
         image_fs_extract_retry: cli.image_fs_extract_retry,
         build_unused_stages: !cli.skip_unused_stages,
         report_path: cli.report.clone(),

@@ -1,0 +1,382 @@
+//! COPY and ADD: their sources resolved once (before the cache key is
+//! computed), then executed from that same resolution.
+
+use super::config::{CopySource, CopyStep};
+use super::error::StepError;
+use super::stage::StageRun;
+use crate::cache_key::{self, KeyBuilder};
+use crate::context::BuildContext;
+use crate::copy::{self, CopyOptions, Owner, SourceMatch};
+use crate::extract;
+use crate::rootfs;
+use crate::snapshot::{Change, Diff};
+use kiln_common::Digest;
+use std::path::{Path, PathBuf};
+
+/// One COPY/ADD source, resolved.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    Heredoc {
+        name: String,
+        content: String,
+    },
+    Url(String),
+    /// A path in an earlier stage, whose final key stands for its content.
+    Stage {
+        index: usize,
+        src: String,
+    },
+    /// A path in an image named by `--from`.
+    Image {
+        name: String,
+        src: String,
+    },
+    /// What a path matches in the build context, `.dockerignore` applied.
+    Context(Vec<SourceMatch>),
+}
+
+/// Resolves a step's sources: `stage_of` maps a `--from` value to an
+/// earlier, built stage. Context sources are matched here, once: the key
+/// hashes exactly what the copy will write.
+pub fn resolve(
+    step: &CopyStep,
+    ctx: &BuildContext,
+    stage_of: impl Fn(&str) -> Option<usize>,
+) -> Result<Vec<Resolved>, StepError> {
+    let from = step.from.as_deref();
+    let stage = from.and_then(&stage_of);
+    let mut out = Vec::new();
+    for s in &step.sources {
+        out.push(match (s, from, stage) {
+            (CopySource::Heredoc { name, content }, _, _) => Resolved::Heredoc {
+                name: name.clone(),
+                content: content.clone(),
+            },
+            (CopySource::Url(u), _, _) => Resolved::Url(u.clone()),
+            (CopySource::Path(p), _, Some(index)) => Resolved::Stage {
+                index,
+                src: p.clone(),
+            },
+            (CopySource::Path(p), Some(f), None) => Resolved::Image {
+                name: f.to_string(),
+                src: p.clone(),
+            },
+            (CopySource::Path(p), None, _) => {
+                let m = copy::match_sources(&ctx.dir, p, Some(&ctx.ignore), "the build context")
+                    .map_err(StepError::Copy)?;
+                if (step.sources.len() > 1 || m.len() > 1) && !step.dest.ends_with('/') {
+                    return Err(StepError::Invalid(format!(
+                        "when copying several sources, the destination {:?} must end with /",
+                        step.dest_raw
+                    )));
+                }
+                Resolved::Context(m)
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// The key fields of a COPY/ADD after the common ones: destination, flags,
+/// and each source (heredoc body, URL, source stage's key, image name, or
+/// the hash of the context tree it matched).
+pub fn key_fields(
+    k: &mut KeyBuilder,
+    step: &CopyStep,
+    sources: &[Resolved],
+    ctx: &BuildContext,
+    stage_key: impl Fn(usize) -> Digest,
+) -> Result<(), StepError> {
+    k.field("dest", &step.dest_raw);
+    for (f, v) in &step.key_flags {
+        k.field(f, v);
+    }
+    for s in sources {
+        match s {
+            Resolved::Heredoc { name, content } => {
+                k.field(&format!("heredoc {name}"), content);
+            }
+            Resolved::Url(u) => {
+                k.field("url", u);
+            }
+            Resolved::Stage { index, src } => {
+                k.field("from-stage", stage_key(*index).as_str());
+                k.field("src", src);
+            }
+            Resolved::Image { name, src } => {
+                k.field("from-image", name);
+                k.field("src", src);
+            }
+            Resolved::Context(matches) => {
+                for m in matches {
+                    cache_key::hash_tree(&ctx.dir, &m.rel, Some(&ctx.ignore), false, k)
+                        .map_err(StepError::Key)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl StageRun<'_> {
+    /// Executes a COPY/ADD into the root; returns what changed.
+    pub(super) async fn copy(
+        &mut self,
+        step: &CopyStep,
+        sources: &[Resolved],
+    ) -> Result<Diff, StepError> {
+        let root = self.ensure_root().await?;
+        let owner = match &step.chown {
+            Some(c) => {
+                let (u, g) = rootfs::lookup_user(&root, c).map_err(|source| StepError::Root {
+                    op: "looking up --chown user",
+                    path: c.clone(),
+                    source,
+                })?;
+                Owner::Fixed(u, g)
+            }
+            None => Owner::Fixed(0, 0),
+        };
+        let opts = CopyOptions {
+            owner,
+            chmod: step.chmod,
+        };
+        // BuildKit keeps the owner of files copied from another stage or image.
+        let from_opts = CopyOptions {
+            owner: if step.chown.is_none() {
+                Owner::Preserve
+            } else {
+                owner
+            },
+            ..opts
+        };
+        let mut from_root: Option<PathBuf> = None;
+        let mut diff = Diff::default();
+        let dest = &step.dest;
+        for s in sources {
+            match s {
+                Resolved::Heredoc { name, content } => {
+                    let target = if dest.ends_with('/') {
+                        format!("{dest}{name}")
+                    } else {
+                        dest.clone()
+                    };
+                    let target = resolve_in(&root, &target)?;
+                    copy::write_file(&root, &target, content.as_bytes(), 0o644, &opts, &mut diff)
+                        .map_err(StepError::Copy)?;
+                }
+                Resolved::Url(url) => {
+                    self.add_url(&root, url, dest, &opts, &mut diff).await?;
+                }
+                Resolved::Stage { src, .. } | Resolved::Image { src, .. } => {
+                    let fr = match &from_root {
+                        Some(r) => r.clone(),
+                        None => {
+                            let r = self.source_root(s).await?;
+                            from_root = Some(r.clone());
+                            r
+                        }
+                    };
+                    let m = copy::match_sources(&fr, src, None, "the source stage")
+                        .map_err(StepError::Copy)?;
+                    copy::copy_sources(&root, &fr, &m, dest, None, &from_opts, &mut diff)
+                        .map_err(StepError::Copy)?;
+                }
+                Resolved::Context(matches) => {
+                    for m in matches {
+                        if step.is_add && m.path.is_file() && is_archive(&m.path) {
+                            self.add_archive(&root, &m.path, dest, &opts, &mut diff)?;
+                        } else {
+                            copy::copy_sources(
+                                &root,
+                                &self.ctx.dir,
+                                std::slice::from_ref(m),
+                                dest,
+                                Some(&self.ctx.ignore),
+                                &opts,
+                                &mut diff,
+                            )
+                            .map_err(StepError::Copy)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(diff)
+    }
+
+    /// The root a `--from` source reads: the stage's own root when it has
+    /// one, else its (or the image's) layers unpacked afresh.
+    async fn source_root(&self, s: &Resolved) -> Result<PathBuf, StepError> {
+        match s {
+            Resolved::Stage { index, .. } => match self.done.get(index) {
+                Some(out) => match &out.root {
+                    Some(r) => Ok(r.clone()),
+                    None => self.unpack(&out.image.layers, &out.base_name).await,
+                },
+                None => Err(StepError::Invalid(format!("stage {index} is not built"))),
+            },
+            Resolved::Image { name, .. } => {
+                let (img, _) =
+                    self.b
+                        .pull_base(name, &self.b.platform)
+                        .await
+                        .map_err(|source| StepError::Pull {
+                            image: name.clone(),
+                            source: Box::new(source),
+                        })?;
+                self.unpack(&img.layers, name).await
+            }
+            _ => Err(StepError::Invalid("not a --from source".into())),
+        }
+    }
+
+    async fn unpack(
+        &self,
+        layers: &[crate::model::ImageLayer],
+        name: &str,
+    ) -> Result<PathBuf, StepError> {
+        let root = self.b.new_root("from-")?;
+        self.b
+            .fetcher
+            .unpack(&root, layers, name)
+            .await
+            .map_err(StepError::from)?;
+        Ok(root)
+    }
+
+    /// ADD of a local archive: unpacked (owners kept unless --chown) into `dest`.
+    fn add_archive(
+        &self,
+        root: &Path,
+        archive: &Path,
+        dest: &str,
+        opts: &CopyOptions,
+        diff: &mut Diff,
+    ) -> Result<(), StepError> {
+        let work = self.b.work_path();
+        let tmp =
+            tempfile::tempdir_in(work).map_err(StepError::io("creating a directory in", work))?;
+        let f = std::fs::File::open(archive).map_err(StepError::io("opening", archive))?;
+        extract::apply_archive(tmp.path(), f).map_err(|source| StepError::Archive {
+            path: archive.to_path_buf(),
+            source,
+        })?;
+        let m =
+            copy::match_sources(tmp.path(), "", None, "the archive").map_err(StepError::Copy)?;
+        let dest = if dest.ends_with('/') {
+            dest.to_string()
+        } else {
+            format!("{dest}/")
+        };
+        let mut o = *opts;
+        if matches!(opts.owner, Owner::Fixed(0, 0)) {
+            o.owner = Owner::Preserve;
+        }
+        copy::copy_sources(root, tmp.path(), &m, &dest, None, &o, diff).map_err(StepError::Copy)
+    }
+
+    /// ADD of a URL: downloaded into the work directory, then placed.
+    async fn add_url(
+        &self,
+        root: &Path,
+        url: &str,
+        dest: &str,
+        opts: &CopyOptions,
+        diff: &mut Diff,
+    ) -> Result<(), StepError> {
+        let download = |source| StepError::Download {
+            url: url.to_string(),
+            source,
+        };
+        kiln_common::registry::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(self.b.opts.registry.skip_tls_verify)
+            .build()
+            .map_err(download)?;
+        let resp = client.get(url).send().await.map_err(download)?;
+        if !resp.status().is_success() {
+            return Err(StepError::HttpStatus {
+                url: url.to_string(),
+                status: resp.status().as_u16(),
+            });
+        }
+        let work = self.b.work_path();
+        let tmp = tempfile::NamedTempFile::new_in(work)
+            .map_err(StepError::io("creating a file in", work))?;
+        {
+            use futures_util::StreamExt;
+            use std::io::Write;
+            let mut f = std::io::BufWriter::new(tmp.as_file());
+            let mut s = resp.bytes_stream();
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk.map_err(download)?;
+                f.write_all(&chunk)
+                    .map_err(StepError::io("writing", tmp.path()))?;
+            }
+            f.flush().map_err(StepError::io("writing", tmp.path()))?;
+        }
+        let name = url
+            .split(['?', '#'])
+            .next()
+            .unwrap_or(url)
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("index.html");
+        let target = if dest.ends_with('/') {
+            format!("{dest}{name}")
+        } else {
+            dest.to_string()
+        };
+        let target = resolve_in(root, &target)?;
+        if let Some(p) = target.parent() {
+            copy::mkdir_all(root, p, opts, diff).map_err(StepError::Copy)?;
+        }
+        extract::remove_any(&target).map_err(StepError::io("replacing", &target))?;
+        std::fs::copy(tmp.path(), &target).map_err(StepError::io("writing", &target))?;
+        if let Owner::Fixed(u, g) = opts.owner {
+            let _ = std::os::unix::fs::lchown(&target, Some(u), Some(g));
+        }
+        std::fs::set_permissions(
+            &target,
+            std::os::unix::fs::PermissionsExt::from_mode(opts.chmod.unwrap_or(0o600)),
+        )
+        .map_err(StepError::io("setting the mode of", &target))?;
+        diff.add(
+            target.strip_prefix(root).unwrap_or(&target).to_path_buf(),
+            Change::Add,
+        );
+        Ok(())
+    }
+}
+
+/// A path of the image resolved inside `root` (symlinks followed inside it).
+pub(super) fn resolve_in(root: &Path, path: &str) -> Result<PathBuf, StepError> {
+    rootfs::resolve(root, path, false).map_err(|source| StepError::Root {
+        op: "resolving",
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// A tar archive, possibly compressed: ADD unpacks it.
+fn is_archive(p: &Path) -> bool {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(p) else {
+        return false;
+    };
+    let Ok(mut r) = crate::compression::decompress(f) else {
+        return false;
+    };
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < 512 {
+        match r.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return false,
+        }
+    }
+    n == 512 && &head[257..262] == b"ustar"
+}

@@ -1,0 +1,178 @@
+//! A stage's filesystem work: its root (unpacked on first use), RUN through
+//! the isolation, WORKDIR/VOLUME directories, cache hits applied to a live
+//! root, and each step's diff committed as a layer.
+
+use super::config::RunStep;
+use super::error::StepError;
+use super::stage::StageRun;
+use crate::cache::CacheHit;
+use crate::copy::{self, CopyOptions, Owner};
+use crate::isolation::RunSpec;
+use crate::layer::{self, Layer};
+use crate::model::{ImageLayer, LayerSource};
+use crate::rootfs;
+use crate::snapshot::Diff;
+use kiln_common::image::History;
+use kiln_common::Digest;
+use std::path::{Path, PathBuf};
+
+impl StageRun<'_> {
+    /// The stage's root, its layers unpacked into a fresh directory on first use.
+    pub(super) async fn ensure_root(&mut self) -> Result<PathBuf, StepError> {
+        if let Some(r) = &self.root {
+            return Ok(r.clone());
+        }
+        let root = self.b.new_root("rootfs-")?;
+        self.b
+            .fetcher
+            .unpack(&root, &self.image.layers, &self.base_name)
+            .await
+            .map_err(StepError::from)?;
+        self.root = Some(root.clone());
+        Ok(root)
+    }
+
+    /// A fresh directory for one RUN's isolation (overlay upper, work dir).
+    fn scratch(&mut self) -> Result<PathBuf, StepError> {
+        self.scratch_n += 1;
+        let p = self
+            .b
+            .work_path()
+            .join(format!("scratch-{}-{}", self.stage_name, self.scratch_n));
+        std::fs::create_dir_all(&p).map_err(StepError::io("creating", &p))?;
+        Ok(p)
+    }
+
+    pub(super) fn history(&mut self, created_by: String, empty: bool) {
+        let created = self.b.timestamp();
+        self.image.config.history.push(History {
+            created: Some(created),
+            created_by: Some(created_by),
+            comment: Some("kiln".into()),
+            empty_layer: empty,
+            ..Default::default()
+        });
+    }
+
+    pub(super) fn commit_layer(
+        &mut self,
+        root: &Path,
+        diff: Diff,
+        created_by: &str,
+    ) -> Result<Option<Layer>, StepError> {
+        if diff.is_empty() {
+            self.history(created_by.to_string(), true);
+            return Ok(None);
+        }
+        let l = layer::write_layer(root, &diff, self.b.fetcher.store(), &self.b.opts.layer)
+            .map_err(StepError::Layer)?;
+        self.image.config.rootfs.diff_ids.push(l.diff_id.clone());
+        self.image.layers.push(ImageLayer {
+            descriptor: l.descriptor.clone(),
+            diff_id: l.diff_id.clone(),
+            source: LayerSource::Local,
+        });
+        self.history(created_by.to_string(), false);
+        Ok(Some(l))
+    }
+
+    /// Ends a filesystem step: its layer, or with `--single-snapshot` only
+    /// a history entry (the stage's one layer comes at its end).
+    pub(super) async fn finish(
+        &mut self,
+        diff: Diff,
+        created_by: String,
+    ) -> Result<Option<Layer>, StepError> {
+        if self.single.is_some() {
+            self.history(created_by, true);
+            return Ok(None);
+        }
+        let root = self.ensure_root().await?;
+        self.commit_layer(&root, diff.with_parents(), &created_by)
+    }
+
+    /// WORKDIR and VOLUME: create missing directories (root-owned, 0755).
+    pub(super) async fn make_dirs(&mut self, paths: &[String]) -> Result<Diff, StepError> {
+        let root = self.ensure_root().await?;
+        let mut diff = Diff::default();
+        let opts = CopyOptions {
+            owner: Owner::Fixed(0, 0),
+            chmod: None,
+        };
+        for p in paths {
+            let dir = rootfs::resolve(&root, p, true).map_err(|source| StepError::Root {
+                op: "resolving",
+                path: p.clone(),
+                source,
+            })?;
+            copy::mkdir_all(&root, &dir, &opts, &mut diff).map_err(StepError::Copy)?;
+        }
+        Ok(diff)
+    }
+
+    /// Runs a RUN's command in the root through the build's isolation.
+    pub(super) async fn run(&mut self, step: &RunStep) -> Result<Diff, StepError> {
+        let root = self.ensure_root().await?;
+        let (uid, gid) =
+            rootfs::lookup_user(&root, &step.user).map_err(|source| StepError::Root {
+                op: "looking up user",
+                path: step.user.clone(),
+                source,
+            })?;
+        let spec = RunSpec {
+            args: step.argv.clone(),
+            env: step.env.clone(),
+            cwd: step.cwd.clone(),
+            uid,
+            gid,
+            hostname: "kiln".into(),
+        };
+        let scratch = self.scratch()?;
+        let isolation = &*self.b.isolation;
+        let outcome = tokio::task::block_in_place(|| isolation.run(&root, &scratch, &spec))
+            .map_err(StepError::Isolation)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        if !outcome.status.success() {
+            return Err(StepError::Exit {
+                code: outcome.status.code().unwrap_or(-1),
+                tail: outcome.tail.join("\n"),
+            });
+        }
+        Ok(outcome.diff)
+    }
+
+    /// A hit costs no layer bytes unless the root is already live (an
+    /// uncached step executed earlier), in which case the layer is applied
+    /// to keep it exact. Returns the hit's layer (digest, size), if any.
+    pub(super) async fn use_hit(
+        &mut self,
+        created_by: String,
+        hit: CacheHit,
+    ) -> Result<Option<(Digest, u64)>, StepError> {
+        let Some((descriptor, diff_id, source)) = hit.layer else {
+            self.history(created_by, true);
+            return Ok(None);
+        };
+        let l = ImageLayer {
+            descriptor,
+            diff_id: diff_id.clone(),
+            source,
+        };
+        if let Some(root) = self.root.clone() {
+            let fetcher = &self.b.fetcher;
+            let p = fetcher
+                .ensure_local(&l, None)
+                .await
+                .map_err(StepError::from)?;
+            fetcher
+                .apply(&root, &l, &p, &format!("cache entry {}", hit.key))
+                .await
+                .map_err(StepError::from)?;
+        }
+        let shown = (l.descriptor.digest.clone(), l.descriptor.size);
+        self.image.config.rootfs.diff_ids.push(diff_id);
+        self.image.layers.push(l);
+        self.history(created_by, false);
+        Ok(Some(shown))
+    }
+}

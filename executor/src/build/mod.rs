@@ -1,0 +1,418 @@
+//! The build: stages in dependency order, each instruction applied to the
+//! stage's config and root, one layer per step that changed files.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | [`Builder`]: set-up, the whole build, cache writes and records |
+//! | `stages.rs` | which stages are needed; global and platform ARGs |
+//! | `base.rs` | a stage's base image: warmed directory or registry |
+//! | `config.rs` | pure: an instruction applied to the config → a [`config::Step`] |
+//! | `plan.rs` | the cache plan: keys, batch lookup, hit/miss per step |
+//! | `stage.rs` | one stage, start to end (the driver) |
+//! | `exec.rs` | the root: unpack, RUN, directories, layers, hits |
+//! | `copy_step.rs` | COPY/ADD: sources resolved once, then copied |
+//! | `report.rs`, `error.rs` | what a build reports; its errors |
+
+mod base;
+pub mod config;
+mod copy_step;
+mod error;
+mod exec;
+mod plan;
+mod report;
+mod stage;
+mod stages;
+
+pub use error::{BuildError, StepError};
+pub use report::{BuildResult, StepReport};
+
+use crate::blobs::BlobStore;
+use crate::cache::LayerCache;
+use crate::context::BuildContext;
+use crate::fetch::LayerFetcher;
+use crate::isolation::{self, Isolation};
+use crate::layer::Layer;
+use crate::options::BuildOptions;
+use crate::output;
+use config::Scope;
+use kiln_common::dockerfile::Dockerfile;
+use kiln_common::image::Platform;
+use kiln_common::registry::Registry;
+use kiln_common::report::Report;
+use kiln_common::shell_lex::Lexer;
+use report::Counters;
+use stage::{Shared, StageOut};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One build: its private work directory, blob store and isolation.
+pub struct Builder {
+    opts: BuildOptions,
+    isolation: Box<dyn Isolation>,
+    /// Why this rung, for the log line.
+    isolation_reason: String,
+    /// Dropped after `isolation` (field order) and before `work`: a tmpfs
+    /// over the build directory, when the work dir cannot host an overlay.
+    _tmpfs: Option<isolation::probe::TmpfsMount>,
+    work: tempfile::TempDir,
+    fetcher: LayerFetcher,
+    platform: Platform,
+    cache: Option<Arc<LayerCache>>,
+    cache_writes: Mutex<Vec<tokio::task::JoinHandle<Result<u64, crate::cache::CacheError>>>>,
+    counters: Counters,
+    /// The previous build of the same destination, for miss explanations.
+    last_record: tokio::sync::OnceCell<Option<crate::cache::BuildRecord>>,
+    this_record: Mutex<Vec<crate::cache::RecordedStep>>,
+}
+
+/// Each build has its own directory: several builds in one process or
+/// container never see each other's files, and nothing needs --cleanup.
+fn work_dir(opts: &BuildOptions) -> Result<tempfile::TempDir, BuildError> {
+    let err = |source| BuildError::Work {
+        op: "creating the work directory in",
+        path: opts.work_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&opts.work_dir).map_err(err)?;
+    tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(&opts.work_dir)
+        .map_err(err)
+}
+
+impl Builder {
+    /// A build with the isolation `--isolation` selects here.
+    pub fn new(opts: BuildOptions, registry: Arc<Registry>) -> Result<Builder, BuildError> {
+        let env = isolation::precheck(opts.isolation)?;
+        let work = work_dir(&opts)?;
+        // Chosen before anything is written in the build directory: the
+        // namespaces rung may mount a tmpfs over it.
+        let selection = isolation::select(
+            opts.isolation,
+            &env,
+            work.path(),
+            &isolation::SelectOptions {
+                protected: protected_paths(&opts),
+                force: opts.force,
+            },
+        )?;
+        Self::assemble(opts, registry, work, selection)
+    }
+
+    /// A build whose RUN steps go through `isolation` (a fake in tests, or
+    /// one the caller chose).
+    pub fn with_isolation(
+        opts: BuildOptions,
+        registry: Arc<Registry>,
+        isolation: Box<dyn Isolation>,
+    ) -> Result<Builder, BuildError> {
+        let work = work_dir(&opts)?;
+        let selection = isolation::Selection {
+            isolation,
+            reason: "given by the caller".into(),
+            tmpfs: None,
+        };
+        Self::assemble(opts, registry, work, selection)
+    }
+
+    fn assemble(
+        opts: BuildOptions,
+        registry: Arc<Registry>,
+        work: tempfile::TempDir,
+        selection: isolation::Selection,
+    ) -> Result<Builder, BuildError> {
+        let store = BlobStore::open(&work.path().join("blobs"))?;
+        let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+        let cache = match &opts.cache {
+            Some(c) if !opts.single_snapshot => {
+                match LayerCache::open(&c.repo, registry.clone(), c.ttl) {
+                    Ok(lc) => Some(Arc::new(lc)),
+                    Err(e) => {
+                        tracing::warn!("layer cache disabled: {}", Report(&e));
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                tracing::warn!("--single-snapshot builds are not cached");
+                None
+            }
+            None => None,
+        };
+        let fetcher = LayerFetcher::new(registry, store, opts.image_fs_extract_retry);
+        Ok(Builder {
+            opts,
+            isolation: selection.isolation,
+            isolation_reason: selection.reason,
+            _tmpfs: selection.tmpfs,
+            work,
+            fetcher,
+            platform,
+            cache,
+            cache_writes: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+            last_record: tokio::sync::OnceCell::new(),
+            this_record: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn isolation_name(&self) -> &'static str {
+        self.isolation.name()
+    }
+
+    /// Why the rung was chosen: what made the stronger ones unavailable.
+    pub fn isolation_reason(&self) -> &str {
+        &self.isolation_reason
+    }
+
+    pub async fn build(&self) -> Result<BuildResult, BuildError> {
+        let started = Instant::now();
+        let mut ctx = BuildContext::prepare(
+            &self.opts.context,
+            self.opts.context_sub_path.as_deref(),
+            self.work.path(),
+        )
+        .await?;
+        let df_path = self.dockerfile_path(Some(&ctx.dir));
+        let df = Dockerfile::from_path(&df_path)?;
+        ctx.load_ignore(&df_path)?;
+        let file = df_path.display().to_string();
+        let target = match &self.opts.target {
+            Some(t) => df
+                .stage_index(t)
+                .ok_or_else(|| BuildError::NoTarget(t.clone()))?,
+            None => df.stages.len() - 1,
+        };
+        let lexer = Lexer::new(df.escape);
+        let scope = Scope {
+            lexer,
+            global: &[],
+            build_args: &self.opts.build_args,
+        };
+        let global = stages::global_args(&df, &scope, &self.platform, &file)?;
+        let needed = if self.opts.build_unused_stages {
+            (0..=target).collect()
+        } else {
+            stages::needed_stages(&df, target, &global, &lexer)
+        };
+        let shared = Shared {
+            df: &df,
+            global: &global,
+            lexer,
+            ctx: &ctx,
+            file: &file,
+        };
+        let mut outs: BTreeMap<usize, StageOut> = BTreeMap::new();
+        let mut steps = Vec::new();
+        for idx in needed {
+            let out = self
+                .build_stage(&shared, &df.stages[idx], &outs, &mut steps)
+                .await?;
+            outs.insert(idx, out);
+        }
+        let mut image = outs
+            .remove(&target)
+            .map(|o| o.image)
+            .ok_or_else(|| BuildError::NoTarget(target.to_string()))?;
+        // --label applies to the final image only.
+        let labels = image.config.config.labels.get_or_insert_with(BTreeMap::new);
+        for (k, v) in &self.opts.labels {
+            labels.insert(k.clone(), v.clone());
+        }
+        let out = &self.opts.output;
+        let written = output::write_image(self.fetcher.store(), &image, out.format)?;
+        let pushed = output::deliver(out, &self.fetcher, &image, &written).await?;
+        self.finish_cache_writes().await;
+        self.save_record().await;
+        let c = &self.counters;
+        if let Some(cache) = &self.cache {
+            cache
+                .report(
+                    c.hits.load(Ordering::Relaxed),
+                    c.misses.load(Ordering::Relaxed),
+                    c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+                )
+                .await;
+        }
+        let result = BuildResult {
+            manifest_digest: written.manifest_digest.clone(),
+            config_digest: written.config_digest.clone(),
+            media_type: written.media_type.clone(),
+            pushed,
+            steps,
+            seconds: started.elapsed().as_secs_f64(),
+            cache_hits: c.hits.load(Ordering::Relaxed),
+            cache_misses: c.misses.load(Ordering::Relaxed),
+            cache_errors: c.errors.load(Ordering::Relaxed),
+            bytes_pulled: self.fetcher.pulled(),
+            bytes_pushed_cache: c.pushed_cache.load(Ordering::Relaxed),
+        };
+        if let Some(p) = &self.opts.report_path {
+            let json = serde_json::to_vec_pretty(&result).unwrap_or_default();
+            std::fs::write(p, json).map_err(|source| BuildError::Work {
+                op: "writing the report",
+                path: p.clone(),
+                source,
+            })?;
+        }
+        Ok(result)
+    }
+
+    /// Whose build this is, for miss explanations: the first destination, else the Dockerfile.
+    fn record_name(&self) -> String {
+        self.opts
+            .output
+            .destinations
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("dockerfile:{}", self.dockerfile_path(None).display()))
+    }
+
+    async fn previous_record(&self) -> Option<&crate::cache::BuildRecord> {
+        let cache = self.cache.clone()?;
+        let name = self.record_name();
+        let dir = self.work_path().to_path_buf();
+        self.last_record
+            .get_or_init(|| async move { cache.load_record(&name, &dir).await })
+            .await
+            .as_ref()
+    }
+
+    async fn save_record(&self) {
+        let (Some(cache), Some(c)) = (&self.cache, &self.opts.cache) else {
+            return;
+        };
+        if !c.push {
+            return;
+        }
+        let steps = self
+            .this_record
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let record = crate::cache::BuildRecord {
+            format: crate::cache_key::CACHE_FORMAT.into(),
+            steps,
+        };
+        if let Err(e) = cache.store_record(&self.record_name(), &record).await {
+            tracing::warn!(
+                "could not record this build for miss explanations: {}",
+                Report(&e)
+            );
+        }
+    }
+
+    /// Writes an executed step's cache entry in the background; false when
+    /// entries are not written back (`--no-push-cache`).
+    fn store_entry(&self, planned: plan::Planned, layer: Option<&Layer>, started: Instant) -> bool {
+        let Some(cache) = self.cache.clone() else {
+            return false;
+        };
+        if !self.opts.cache.as_ref().is_some_and(|c| c.push) {
+            return false;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let blob = layer.map(|l| {
+            (
+                self.fetcher.store().path(&l.descriptor.digest),
+                l.descriptor.clone(),
+                l.diff_id.clone(),
+            )
+        });
+        let h = tokio::spawn(async move {
+            let lr = blob.as_ref().map(|(p, d, id)| (p.as_path(), d, id));
+            cache
+                .store(&planned.key, lr, planned.inputs, Some(seconds))
+                .await?;
+            Ok(blob.map(|(_, d, _)| d.size).unwrap_or(0))
+        });
+        if let Ok(mut v) = self.cache_writes.lock() {
+            v.push(h);
+        }
+        true
+    }
+
+    /// Waits for background cache writes; a failed write is a warning.
+    async fn finish_cache_writes(&self) {
+        let handles: Vec<_> = match self.cache_writes.lock() {
+            Ok(mut v) => v.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for h in handles {
+            match h.await {
+                Ok(Ok(n)) => {
+                    self.counters.pushed_cache.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("cache write failed (the build goes on): {}", Report(&e));
+                }
+                Err(e) => tracing::warn!("cache write task: {e}"),
+            }
+        }
+    }
+
+    /// `--dockerfile` as given when it exists, else inside the (prepared) context.
+    fn dockerfile_path(&self, ctx_dir: Option<&Path>) -> PathBuf {
+        let p = &self.opts.dockerfile;
+        if p.is_absolute() || p.exists() {
+            return p.clone();
+        }
+        let in_ctx = match ctx_dir {
+            Some(d) => d.join(p),
+            None => Path::new(&self.opts.context).join(p),
+        };
+        if in_ctx.exists() {
+            in_ctx
+        } else {
+            p.clone()
+        }
+    }
+
+    /// Creation times in config and history: the epoch with `--reproducible`.
+    fn timestamp(&self) -> String {
+        if self.opts.layer.reproducible {
+            "1970-01-01T00:00:00Z".to_string()
+        } else {
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        }
+    }
+
+    /// A fresh, empty root directory where the isolation wants roots.
+    fn new_root(&self, prefix: &str) -> Result<PathBuf, StepError> {
+        let parent = self.isolation.roots_dir().unwrap_or(self.work_path());
+        let root = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(parent)
+            .map_err(StepError::io("creating a root in", parent))?
+            .keep();
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(StepError::io("setting the mode of", &root))?;
+        Ok(root)
+    }
+
+    fn work_path(&self) -> &Path {
+        self.work.path()
+    }
+}
+
+/// What RUN must never see or change when it runs in the container's own
+/// root: Kiln's work directory, credentials, the warmed-image directory and
+/// `--ignore-path`.
+fn protected_paths(opts: &BuildOptions) -> Vec<PathBuf> {
+    let mut v = vec![opts.work_dir.clone()];
+    if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
+        v.push(PathBuf::from(d));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        v.push(PathBuf::from(h).join(".docker"));
+    }
+    v.extend(opts.cache_dir.iter().cloned());
+    v.extend(opts.ignore_paths.iter().cloned());
+    v.into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect()
+}

@@ -1,0 +1,72 @@
+//! What a build reports: per-step figures for the closing summary and the
+//! JSON report (`--report`), and the build's totals.
+
+use kiln_common::Digest;
+use std::sync::atomic::AtomicU64;
+
+/// Per-step figures for the closing summary and the JSON report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    pub stage: String,
+    pub line: usize,
+    pub instruction: String,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_digest: Option<Digest>,
+    pub layer_size: u64,
+    /// `hit`, `miss`, `uncached` (step not cacheable by flags) or absent (cache off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<Digest>,
+    /// Layer bytes downloaded during this step (base or cached layers it needed).
+    pub bytes_pulled: u64,
+    /// Layer bytes sent to the cache for this step.
+    pub bytes_pushed: u64,
+}
+
+impl StepReport {
+    pub fn new(stage: &str, line: usize, instruction: String, seconds: f64) -> StepReport {
+        StepReport {
+            stage: stage.to_string(),
+            line,
+            instruction,
+            seconds,
+            layer_digest: None,
+            layer_size: 0,
+            cache: None,
+            key: None,
+            bytes_pulled: 0,
+            bytes_pushed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildResult {
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub media_type: String,
+    pub pushed: Vec<String>,
+    pub steps: Vec<StepReport>,
+    pub seconds: f64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Lookups or writes the cache could not answer (each a warning).
+    pub cache_errors: u64,
+    /// Layer bytes downloaded (base and cached layers needed to execute steps).
+    pub bytes_pulled: u64,
+    /// Layer bytes uploaded to the cache.
+    pub bytes_pushed_cache: u64,
+}
+
+/// The build's running totals (steps of several stages add to them).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub hits: AtomicU64,
+    /// Execution time the hits' entries recorded, in milliseconds.
+    pub saved_ms: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+    pub pushed_cache: AtomicU64,
+}

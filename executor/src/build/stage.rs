@@ -1,0 +1,433 @@
+//! One stage, start to end: its base, the planned steps (a pure fold of
+//! [`StageConfig::apply`] over the instructions), the cache plan, then
+//! execution step by step.
+
+use super::config::{FsOp, Scope, StageConfig, Step};
+use super::copy_step::{self, Resolved};
+use super::error::{At, BuildError, StepError};
+use super::plan::{self, CachePlan, Decision, Planned};
+use super::report::StepReport;
+use super::Builder;
+use crate::cache::RecordedStep;
+use crate::cache_key;
+use crate::context::BuildContext;
+use crate::model::BuiltImage;
+use crate::snapshot::ScanIndex;
+use kiln_common::dockerfile::{Dockerfile, Instruction, Kind, Stage};
+use kiln_common::image::{ImageConfig, Platform};
+use kiln_common::shell_lex::Lexer;
+use kiln_common::Digest;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// A built stage, kept for later stages' `FROM` and `COPY --from`.
+pub(super) struct StageOut {
+    pub image: BuiltImage,
+    /// The stage's root (absent when never unpacked).
+    pub root: Option<PathBuf>,
+    pub base_name: String,
+    /// The last key of the stage's chain, where `FROM <stage>` continues.
+    pub final_key: Digest,
+}
+
+/// What the instructions of a stage share while they execute.
+pub(super) struct StageRun<'a> {
+    pub b: &'a Builder,
+    pub ctx: &'a BuildContext,
+    pub done: &'a BTreeMap<usize, StageOut>,
+    pub stage_name: String,
+    pub base_name: String,
+    /// Layers and history as executed (the config itself is [`StageConfig`]'s).
+    pub image: BuiltImage,
+    pub root: Option<PathBuf>,
+    pub scratch_n: usize,
+    /// `--single-snapshot`: the stage's root as it was before its steps.
+    pub single: Option<ScanIndex>,
+}
+
+/// One planned instruction.
+struct Entry<'i> {
+    ins: &'i Instruction,
+    step: Step,
+    /// COPY/ADD sources, resolved once for both the key and the copy.
+    sources: Vec<Resolved>,
+}
+
+/// The inputs of [`Builder::build_stage`] that stay the same for every stage.
+pub(super) struct Shared<'a> {
+    pub df: &'a Dockerfile,
+    pub global: &'a [(String, String)],
+    pub lexer: Lexer,
+    pub ctx: &'a BuildContext,
+    pub file: &'a str,
+}
+
+impl Builder {
+    pub(super) async fn build_stage(
+        &self,
+        sh: &Shared<'_>,
+        stage: &Stage,
+        done: &BTreeMap<usize, StageOut>,
+        steps: &mut Vec<StepReport>,
+    ) -> Result<StageOut, BuildError> {
+        let stage_name = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| stage.index.to_string());
+        let from_ins = Instruction {
+            line: stage.line,
+            original: format!("FROM {}", stage.base),
+            kind: Kind::Maintainer(String::new()),
+        };
+        let at_from = At {
+            file: sh.file,
+            ins: &from_ins,
+        };
+        let expand = |w: &str| {
+            sh.lexer
+                .process_word(w, &sh.global.to_vec())
+                .map_err(|source| {
+                    at_from.err(StepError::Expand {
+                        word: w.to_string(),
+                        source,
+                    })
+                })
+        };
+        let base_name = expand(&stage.base)?;
+        let platform = match &stage.platform {
+            Some(p) => Platform::parse(&expand(p)?).map_err(|e| {
+                at_from.err(StepError::Parse {
+                    what: "--platform".into(),
+                    source: Box::new(e),
+                })
+            })?,
+            None => self.platform.clone(),
+        };
+        tracing::info!("stage {stage_name}: FROM {base_name}");
+        let (mut image, base_id) = if base_name.eq_ignore_ascii_case("scratch") {
+            let img = BuiltImage {
+                config: ImageConfig::scratch(&platform),
+                layers: Vec::new(),
+            };
+            (img, "scratch".to_string())
+        } else if let Some(prev) = sh
+            .df
+            .stage_index(&base_name)
+            .filter(|i| *i < stage.index)
+            .and_then(|i| done.get(&i))
+        {
+            (prev.image.clone(), prev.final_key.to_string())
+        } else {
+            let (img, d) = self
+                .pull_base(&base_name, &platform)
+                .await
+                .map_err(|source| BuildError::BaseImage {
+                    image: base_name.clone(),
+                    stage: stage_name.clone(),
+                    source: Box::new(source),
+                })?;
+            (img, d.to_string())
+        };
+        let mut chain = cache_key::stage_start(
+            &base_id,
+            &platform.to_string(),
+            &format!(
+                "{}:{:?}:{}",
+                self.opts.layer.compression.name(),
+                self.opts.layer.level,
+                self.opts.layer.reproducible
+            ),
+        );
+        // History of the base stays; the config's creation time is ours, and
+        // so is its platform (the one we built for).
+        image.config.created = None;
+        image.config.os = platform.os.clone();
+        image.config.architecture = platform.architecture.clone();
+        image.config.variant = platform.variant.clone();
+        let triggers = onbuild_triggers(&mut image.config, stage.line, &base_name)
+            .map_err(|e| at_from.err(e))?;
+        let instructions: Vec<&Instruction> =
+            triggers.iter().chain(stage.instructions.iter()).collect();
+
+        // Plan: the config folded over every instruction, sources resolved.
+        let scope = Scope {
+            lexer: sh.lexer,
+            global: sh.global,
+            build_args: &self.opts.build_args,
+        };
+        let mut config = StageConfig::new(image.config.clone(), scope);
+        let stage_of = |f: &str| sh.df.stage_index(f).filter(|i| done.contains_key(i));
+        let mut entries = Vec::with_capacity(instructions.len());
+        for ins in &instructions {
+            let at = At { file: sh.file, ins };
+            let step = config.apply(ins).map_err(|e| at.err(e))?;
+            let sources = match &step {
+                Step::Fs(fs) => match &fs.op {
+                    FsOp::Copy(c) => {
+                        copy_step::resolve(c, sh.ctx, stage_of).map_err(|e| at.err(e))?
+                    }
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            entries.push(Entry { ins, step, sources });
+        }
+        let single = self.opts.single_snapshot;
+        let mut cache_plan = match (&self.cache, single) {
+            (Some(cache), false) => {
+                let mut planned = Vec::new();
+                let mut key = chain.clone();
+                for e in &entries {
+                    let Step::Fs(fs) = &e.step else { continue };
+                    let stage_key = |i: usize| {
+                        done.get(&i)
+                            .map(|o| o.final_key.clone())
+                            .unwrap_or_else(|| Digest::sha256_of(b""))
+                    };
+                    let (k, inputs) = plan::step_key(&key, fs, &e.sources, sh.ctx, stage_key)
+                        .map_err(|err| {
+                            At {
+                                file: sh.file,
+                                ins: e.ins,
+                            }
+                            .err(err)
+                        })?;
+                    key = k.clone();
+                    let c = self.opts.cache.as_ref();
+                    let cacheable = match fs.op {
+                        FsOp::Run(_) => c.is_none_or(|c| c.run_layers),
+                        FsOp::Copy(_) => c.is_none_or(|c| c.copy_layers),
+                        FsOp::MakeDirs(_) => true,
+                    };
+                    planned.push(Planned {
+                        key: k,
+                        inputs,
+                        cacheable,
+                    });
+                }
+                let mut p = CachePlan::new(planned);
+                let errors = p.lookup(cache).await;
+                self.counters.errors.fetch_add(errors, Ordering::Relaxed);
+                Some(p)
+            }
+            _ => None,
+        };
+
+        let mut run = StageRun {
+            b: self,
+            ctx: sh.ctx,
+            done,
+            stage_name: stage_name.clone(),
+            base_name: base_name.clone(),
+            image,
+            root: None,
+            scratch_n: 0,
+            single: None,
+        };
+        let needs_root = entries.iter().any(|e| matches!(e.step, Step::Fs(_)));
+        if needs_root && self.cache.is_none() {
+            // Unpacking the base is its own step in the report, so step times
+            // measure the step alone.
+            let t0 = Instant::now();
+            run.ensure_root().await.map_err(|e| at_from.err(e))?;
+            steps.push(StepReport::new(
+                &stage_name,
+                stage.line,
+                format!(
+                    "FROM {base_name} (unpack {} layers)",
+                    run.image.layers.len()
+                ),
+                t0.elapsed().as_secs_f64(),
+            ));
+        }
+        if single {
+            let root = run.ensure_root().await.map_err(|e| at_from.err(e))?;
+            let index =
+                ScanIndex::capture(&root).map_err(|e| at_from.err(StepError::Snapshot(e)))?;
+            run.single = Some(index);
+        }
+
+        let mut fs_idx = 0;
+        for e in &entries {
+            let at = At {
+                file: sh.file,
+                ins: e.ins,
+            };
+            let t0 = Instant::now();
+            let pulled_before = self.fetcher.pulled();
+            let created_by = e.ins.original.lines().next().unwrap_or("").to_string();
+            let mut report = StepReport::new(&stage_name, e.ins.line, created_by.clone(), 0.0);
+            let fs = match &e.step {
+                Step::Args => None,
+                Step::Config => {
+                    run.history(created_by.clone(), true);
+                    None
+                }
+                Step::Fs(fs) => Some(fs),
+            };
+            if let Some(fs) = fs {
+                let idx = fs_idx;
+                fs_idx += 1;
+                let mut decision = None;
+                if let Some(p) = &mut cache_plan {
+                    let planned = p.step(idx).cloned();
+                    if let Some(planned) = planned {
+                        chain = planned.key.clone();
+                        report.key = Some(planned.key.clone());
+                        if let Ok(mut rec) = self.this_record.lock() {
+                            rec.push(RecordedStep {
+                                stage: stage_name.clone(),
+                                index: idx,
+                                line: e.ins.line,
+                                key: planned.key.clone(),
+                                inputs: planned.inputs.clone(),
+                            });
+                        }
+                        let d = p.decide(idx);
+                        report.cache = Some(d.label().to_string());
+                        decision = Some((d, planned));
+                    }
+                }
+                let mut miss = None;
+                match decision {
+                    Some((Decision::Hit(hit), _)) => {
+                        let saved_ms = (hit.seconds * 1000.0) as u64;
+                        let layer = run
+                            .use_hit(created_by.clone(), *hit)
+                            .await
+                            .map_err(|e| at.err(e))?;
+                        if let Some((d, n)) = layer {
+                            report.layer_digest = Some(d);
+                            report.layer_size = n;
+                        }
+                        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .saved_ms
+                            .fetch_add(saved_ms, Ordering::Relaxed);
+                        report.bytes_pulled = self.fetcher.pulled() - pulled_before;
+                        report.seconds = t0.elapsed().as_secs_f64();
+                        log_step(&report);
+                        steps.push(report);
+                        continue;
+                    }
+                    Some((Decision::Miss { first }, planned)) => {
+                        if first {
+                            let why = plan::explain_miss(
+                                self.previous_record().await,
+                                &self.record_name(),
+                                &stage_name,
+                                idx,
+                                &planned.inputs,
+                            );
+                            tracing::info!(
+                                "[{stage_name}] first cache miss at line {}: {created_by} — {why}",
+                                e.ins.line,
+                            );
+                        }
+                        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                        miss = Some((planned, Instant::now()));
+                    }
+                    Some((Decision::Uncached, _)) | None => {}
+                }
+                let diff = match &fs.op {
+                    FsOp::Run(r) => run.run(r).await.map_err(|err| match err {
+                        StepError::Exit { code, tail } => BuildError::RunFailed {
+                            file: sh.file.to_string(),
+                            line: e.ins.line,
+                            command: r.shown.clone(),
+                            code,
+                            tail,
+                        },
+                        other => at.err(other),
+                    })?,
+                    FsOp::Copy(c) => run.copy(c, &e.sources).await.map_err(|e| at.err(e))?,
+                    FsOp::MakeDirs(p) => run.make_dirs(p).await.map_err(|e| at.err(e))?,
+                };
+                let layer = run
+                    .finish(diff, created_by.clone())
+                    .await
+                    .map_err(|e| at.err(e))?;
+                if let Some(l) = &layer {
+                    report.layer_digest = Some(l.descriptor.digest.clone());
+                    report.layer_size = l.descriptor.size;
+                }
+                if let Some((planned, started)) = miss {
+                    if self.store_entry(planned, layer.as_ref(), started) {
+                        report.bytes_pushed = report.layer_size;
+                    }
+                }
+            }
+            report.bytes_pulled = self.fetcher.pulled() - pulled_before;
+            report.seconds = t0.elapsed().as_secs_f64();
+            log_step(&report);
+            steps.push(report);
+        }
+        if let Some(index) = run.single.take() {
+            if let Some(root) = run.root.clone() {
+                let diff = index
+                    .diff(&root)
+                    .map_err(|e| at_from.err(StepError::Snapshot(e)))?;
+                run.commit_layer(&root, diff.with_parents(), "single snapshot of the stage")
+                    .map_err(|e| at_from.err(e))?;
+            }
+        }
+        // The config as the instructions left it; layers and history as executed.
+        let mut config = config.image;
+        config.history = std::mem::take(&mut run.image.config.history);
+        config.rootfs = std::mem::take(&mut run.image.config.rootfs);
+        config.created = Some(self.timestamp());
+        Ok(StageOut {
+            image: BuiltImage {
+                config,
+                layers: run.image.layers,
+            },
+            root: run.root,
+            base_name,
+            final_key: chain,
+        })
+    }
+}
+
+fn log_step(r: &StepReport) {
+    tracing::info!(
+        "[{}] {} ({:.2}s{}{})",
+        r.stage,
+        r.instruction,
+        r.seconds,
+        r.layer_digest
+            .as_ref()
+            .map(|_| format!(", layer {} bytes", r.layer_size))
+            .unwrap_or_default(),
+        r.cache
+            .as_ref()
+            .map(|c| format!(", cache {c}"))
+            .unwrap_or_default()
+    );
+}
+
+/// The base's ONBUILD triggers, parsed, taken out of the config (Docker
+/// does not pass them on), placed at the FROM line.
+fn onbuild_triggers(
+    config: &mut ImageConfig,
+    line: usize,
+    base_name: &str,
+) -> Result<Vec<Instruction>, StepError> {
+    let mut triggers = Vec::new();
+    for t in config.config.on_build.take().unwrap_or_default() {
+        let parsed = kiln_common::dockerfile::parse(
+            &format!("FROM scratch\n{t}\n"),
+            &format!("ONBUILD of {base_name}"),
+        )
+        .map_err(|e| StepError::Parse {
+            what: format!("ONBUILD trigger {t:?} of {base_name}"),
+            source: Box::new(e),
+        })?;
+        for mut ins in parsed.stages.into_iter().flat_map(|s| s.instructions) {
+            ins.line = line;
+            triggers.push(ins);
+        }
+    }
+    Ok(triggers)
+}

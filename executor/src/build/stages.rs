@@ -1,0 +1,105 @@
+//! Which stages a build needs and the variables every stage starts from —
+//! pure functions of the Dockerfile and the flags.
+
+use super::config::Scope;
+use super::error::{At, BuildError, StepError};
+use kiln_common::dockerfile::{Dockerfile, Kind};
+use kiln_common::image::Platform;
+use kiln_common::shell_lex::Lexer;
+use std::collections::BTreeSet;
+
+/// Global ARGs plus BuildKit's automatic platform args.
+pub fn global_args(
+    df: &Dockerfile,
+    scope: &Scope,
+    target: &Platform,
+    file: &str,
+) -> Result<Vec<(String, String)>, BuildError> {
+    let host = Platform::host();
+    let mut vars: Vec<(String, String)> = vec![
+        ("TARGETPLATFORM".into(), target.to_string()),
+        ("TARGETOS".into(), target.os.clone()),
+        ("TARGETARCH".into(), target.architecture.clone()),
+        (
+            "TARGETVARIANT".into(),
+            target.variant.clone().unwrap_or_default(),
+        ),
+        ("BUILDPLATFORM".into(), host.to_string()),
+        ("BUILDOS".into(), host.os.clone()),
+        ("BUILDARCH".into(), host.architecture.clone()),
+        (
+            "BUILDVARIANT".into(),
+            host.variant.clone().unwrap_or_default(),
+        ),
+    ];
+    for ins in &df.global_args {
+        if let Kind::Arg(list) = &ins.kind {
+            for (name, default) in list {
+                let v = match (scope.build_arg(name), default) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => scope.lexer.process_word(d, &vars).map_err(|source| {
+                        At { file, ins }.err(StepError::Expand {
+                            word: d.clone(),
+                            source,
+                        })
+                    })?,
+                    (None, None) => String::new(),
+                };
+                vars.push((name.clone(), v));
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// The stages the target needs: its FROM chain and COPY --from sources.
+pub fn needed_stages(
+    df: &Dockerfile,
+    target: usize,
+    global: &[(String, String)],
+    lexer: &Lexer,
+) -> Vec<usize> {
+    let mut need = BTreeSet::new();
+    let mut todo = vec![target];
+    let g = global.to_vec();
+    while let Some(i) = todo.pop() {
+        if !need.insert(i) {
+            continue;
+        }
+        let s = &df.stages[i];
+        let base = lexer.process_word(&s.base, &g).unwrap_or_default();
+        if let Some(j) = df.stage_index(&base).filter(|j| *j < i) {
+            todo.push(j);
+        }
+        for ins in &s.instructions {
+            if let Kind::Copy(c) = &ins.kind {
+                if let Some(from) = c.flags.get("from") {
+                    let from = lexer
+                        .process_word(from, &g)
+                        .unwrap_or_else(|_| from.to_string());
+                    if let Some(j) = df.stage_index(&from).filter(|j| *j < i) {
+                        todo.push(j);
+                    }
+                }
+            }
+        }
+    }
+    need.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unused_stages_are_skipped() {
+        let df = kiln_common::dockerfile::parse(
+            "FROM scratch AS a\nFROM scratch AS b\nFROM a AS c\nCOPY --from=b /x /x\nFROM scratch AS d\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let lexer = Lexer::new(df.escape);
+        assert_eq!(needed_stages(&df, 2, &[], &lexer), vec![0, 1, 2]);
+        assert_eq!(needed_stages(&df, 3, &[], &lexer), vec![3]);
+    }
+}

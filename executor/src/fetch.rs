@@ -1,0 +1,217 @@
+//! The one way a layer reaches the build's blob store, whatever its source,
+//! and the unpacking of layers into a root. Every source but the store itself
+//! is untrusted: registry blobs are hashed while they stream
+//! ([`Registry::fetch_blob_progress`]); blobs in shared directories are
+//! committed by [`commit_verified`]. The build, the cache hits and the
+//! outputs all go through [`LayerFetcher::ensure_local`], so no path hands
+//! on an unverified blob.
+
+use crate::blobs::BlobStore;
+use crate::extract::{self, ExtractError};
+use crate::model::{ImageLayer, LayerSource};
+use kiln_common::digest::{commit_verified, CommitError};
+use kiln_common::registry::{Registry, RegistryError};
+use kiln_common::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("layer {digest} is missing from the build's blob store")]
+    Missing { digest: Digest },
+    #[error("importing layer {digest} from {}", dir.display())]
+    Import {
+        digest: Digest,
+        dir: PathBuf,
+        #[source]
+        source: CommitError,
+    },
+    #[error("pulling layer {digest} from {image}")]
+    Pull {
+        digest: Digest,
+        image: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error("extracting layer {digest} of {image}")]
+    Extract {
+        digest: Digest,
+        image: String,
+        #[source]
+        source: Box<ExtractError>,
+    },
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FetchError {
+    /// The digest did not match: the source is corrupt or was tampered with.
+    pub fn is_mismatch(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Import {
+                source: CommitError::Mismatch { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// Brings layers into one build's blob store and counts what it downloads.
+pub struct LayerFetcher {
+    registry: Arc<Registry>,
+    store: BlobStore,
+    pulled: AtomicU64,
+    /// `--image-fs-extract-retry`: how often an extraction that failed on
+    /// I/O is tried again (a hostile entry never is).
+    extract_retries: u32,
+}
+
+impl LayerFetcher {
+    pub fn new(registry: Arc<Registry>, store: BlobStore, extract_retries: u32) -> LayerFetcher {
+        LayerFetcher {
+            registry,
+            store,
+            pulled: AtomicU64::new(0),
+            extract_retries,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    /// Layer bytes downloaded from registries so far.
+    pub fn pulled(&self) -> u64 {
+        self.pulled.load(Ordering::Relaxed)
+    }
+
+    /// The layer's blob in the build's store, verified; `progress` counts
+    /// downloaded bytes for a progress bar.
+    pub async fn ensure_local(
+        &self,
+        l: &ImageLayer,
+        progress: Option<&AtomicU64>,
+    ) -> Result<PathBuf, FetchError> {
+        let digest = &l.descriptor.digest;
+        let p = self.store.path(digest);
+        if p.is_file() {
+            return Ok(p);
+        }
+        match &l.source {
+            LayerSource::Local => Err(FetchError::Missing {
+                digest: digest.clone(),
+            }),
+            LayerSource::Path(dir) => {
+                let src = dir.join(digest.hex());
+                let (dir, src, dest, want) = (dir.clone(), src, p.clone(), digest.clone());
+                tokio::task::spawn_blocking(move || {
+                    commit_verified(&src, &dest, &want).map_err(|source| FetchError::Import {
+                        digest: want.clone(),
+                        dir,
+                        source,
+                    })
+                })
+                .await
+                .map_err(|e| FetchError::Io {
+                    op: "importing",
+                    path: p.clone(),
+                    source: std::io::Error::other(e),
+                })??;
+                Ok(p)
+            }
+            LayerSource::Remote(r) => {
+                self.pulled.fetch_add(l.descriptor.size, Ordering::Relaxed);
+                self.registry
+                    .fetch_blob_progress(r, &l.descriptor, &p, progress)
+                    .await
+                    .map_err(|source| FetchError::Pull {
+                        digest: digest.clone(),
+                        image: r.whole(),
+                        source: Box::new(source),
+                    })?;
+                Ok(p)
+            }
+        }
+    }
+
+    /// Fetches `layers` concurrently (with progress on a terminal) and
+    /// applies them in order to `root`.
+    pub async fn unpack(
+        &self,
+        root: &Path,
+        layers: &[ImageLayer],
+        image: &str,
+    ) -> Result<(), FetchError> {
+        let total: u64 = layers
+            .iter()
+            .filter(|l| !self.store.has(&l.descriptor.digest))
+            .map(|l| l.descriptor.size)
+            .sum();
+        let progress = crate::progress::Progress::start(&format!("pulling {image}"), total);
+        let fetches = layers
+            .iter()
+            .map(|l| self.ensure_local(l, progress.counter()));
+        let paths = futures_util::future::try_join_all(fetches).await;
+        progress.finish();
+        for (l, p) in layers.iter().zip(paths?) {
+            self.apply(root, l, &p, image).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one layer blob to a root. I/O failures are retried; a hostile
+    /// entry (a path or link leaving the root) never is.
+    pub async fn apply(
+        &self,
+        root: &Path,
+        l: &ImageLayer,
+        blob: &Path,
+        image: &str,
+    ) -> Result<(), FetchError> {
+        let mut attempt = 0;
+        loop {
+            let f = std::fs::File::open(blob).map_err(|source| FetchError::Io {
+                op: "opening",
+                path: blob.to_path_buf(),
+                source,
+            })?;
+            let root2 = root.to_path_buf();
+            let res = tokio::task::spawn_blocking(move || extract::apply_layer(&root2, f))
+                .await
+                .map_err(|e| FetchError::Io {
+                    op: "extracting",
+                    path: blob.to_path_buf(),
+                    source: std::io::Error::other(e),
+                })?;
+            match res {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < self.extract_retries && !e.is_hostile() => {
+                    attempt += 1;
+                    tracing::warn!(
+                        "extracting {}: {}; retrying",
+                        l.descriptor.digest,
+                        kiln_common::report::Report(&e)
+                    );
+                }
+                Err(source) => {
+                    return Err(FetchError::Extract {
+                        digest: l.descriptor.digest.clone(),
+                        image: image.to_string(),
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+    }
+}
