@@ -233,10 +233,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let message = kiln_common::report::Report(&self).to_string();
         if status.is_server_error() {
-            tracing::warn!("{code}: {self}");
+            tracing::warn!("{code}: {message}");
         }
-        let body = serde_json::json!({"errors": [{"code": code, "message": self.to_string()}]});
+        let body = serde_json::json!({"errors": [{"code": code, "message": message}]});
         let mut r = (
             status,
             [(header::CONTENT_TYPE, "application/json")],
@@ -813,7 +814,7 @@ async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResult {
             Err(StoreError::Storage(e)) => return Err(StoreError::Storage(e).into()),
             Err(e) => {
                 out.errors += 1;
-                tracing::warn!("lookup {repo}:{k}: {e}");
+                tracing::warn!("lookup {repo}:{k}: {}", kiln_common::report::Report(&e));
             }
         }
     }

@@ -311,7 +311,7 @@ async fn tag_closure(
             Err(StoreError::Storage(e)) => return Err(StoreError::Storage(e)),
             Err(e) => {
                 // A corrupt manifest keeps nothing alive; it is reported.
-                tracing::warn!("gc: {e}");
+                tracing::warn!("gc: {}", kiln_common::report::Report(&e));
                 continue;
             }
         };

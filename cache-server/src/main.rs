@@ -7,6 +7,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    kiln_common::tls::install_crypto_provider();
     let cli = cmd::Cli::parse();
     cmd::logging(&cli);
     if let Err(e) = cmd::run(cli).await {

@@ -32,7 +32,7 @@ pub enum ServerError {
     Upload(#[from] crate::uploads::UploadError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
-    #[error("listen on {addr}: {source}")]
+    #[error("listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -163,7 +163,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> Result<(), Ser
     tokio::select! {
         r = &mut served => {
             if let Ok(Err(e)) = r {
-                tracing::error!("server stopped: {e}");
+                tracing::error!("server stopped: {}", kiln_common::report::Report(&e));
             }
         }
         _ = cancel.cancelled() => {
@@ -201,7 +201,7 @@ fn spawn_background(
                 _ = cancel.cancelled() => return,
                 r = gc::collect(&app.store, &census) => {
                     if let Err(e) = r {
-                        tracing::warn!("startup census of the store failed: {e}");
+                        tracing::warn!("startup census of the store failed: {}", kiln_common::report::Report(&e));
                     }
                 }
             }
@@ -221,7 +221,7 @@ fn spawn_background(
                                 "gc: {} expired, {} evicted, {} manifests and {} blobs ({} bytes) deleted",
                                 r.tags_expired.len(), r.tags_evicted.len(), r.manifests_deleted, r.blobs_deleted, r.bytes_deleted
                             ),
-                            Err(e) => tracing::warn!("gc failed, will retry: {e}"),
+                            Err(e) => tracing::warn!("gc failed, will retry: {}", kiln_common::report::Report(&e)),
                         }
                     }
                 }

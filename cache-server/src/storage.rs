@@ -34,24 +34,25 @@ const PART_SIZE: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("storage {op} {path}: {source}")]
+    #[error("storage {op} {path}")]
     Backend {
         op: &'static str,
         path: String,
         source: object_store::Error,
     },
-    #[error("storage {path}: {source}")]
+    #[error("storage {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error(transparent)]
     Url(#[from] kiln_common::objstore::ObjStoreError),
-    #[error("upstream registry {op} {path}: {message}")]
+    #[error("upstream registry {op} {path}")]
     Upstream {
         op: &'static str,
         path: String,
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{op} is not supported by {backend}")]
     Unsupported { op: &'static str, backend: String },

@@ -368,7 +368,10 @@ impl Store {
                 Err(e @ TierError::Fetch(_))
                     if self.blob_size_uncached(repo, d).await?.is_none() =>
                 {
-                    tracing::debug!("blob {d} vanished while filling the disk tier: {e}");
+                    tracing::debug!(
+                        "blob {d} vanished while filling the disk tier: {}",
+                        kiln_common::report::Report(&e)
+                    );
                     return Ok(None);
                 }
                 Err(e) => {
@@ -381,7 +384,10 @@ impl Store {
                             result: "error".into(),
                         })
                         .inc();
-                    tracing::warn!("disk tier bypassed for {d}: {e}");
+                    tracing::warn!(
+                        "disk tier bypassed for {d}: {}",
+                        kiln_common::report::Report(&e)
+                    );
                 }
             }
         }
@@ -469,7 +475,7 @@ impl Store {
         let key = self.storage.blob_read_key(repo, d);
         let s = self
             .count_err("get", self.storage.get_stream(&key, None).await)
-            .map_err(|e| TierError::Fetch(e.to_string()))?;
+            .map_err(|e| TierError::Fetch(kiln_common::report::Report(&e).to_string()))?;
         let Some(mut s) = s else {
             return Err(TierError::Fetch(format!("blob {d} is gone from the store")));
         };
@@ -483,7 +489,7 @@ impl Store {
         while let Some(chunk) = s.next().await {
             let chunk = chunk.map_err(|e| {
                 self.metrics.backend_error("get");
-                TierError::Fetch(e.to_string())
+                TierError::Fetch(kiln_common::report::Report(&e).to_string())
             })?;
             h.update(&chunk);
             n += chunk.len() as u64;

@@ -78,7 +78,7 @@ impl MemoryTier {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
-    #[error("disk tier {path}: {source}")]
+    #[error("disk tier {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -219,7 +219,9 @@ impl DiskTier {
                 Ok(size)
             })
             .await
-            .map_err(|e: Arc<TierError>| TierError::Fetch(e.to_string()))?;
+            .map_err(|e: Arc<TierError>| {
+                TierError::Fetch(kiln_common::report::Report(&*e).to_string())
+            })?;
         // Whoever did not run the fetch shared someone else's.
         let _ = entry;
         let coalesced = !ran.load(Ordering::Relaxed);

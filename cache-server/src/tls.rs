@@ -20,7 +20,7 @@ pub struct TlsListener {
 
 impl TlsListener {
     pub fn new(tcp: TcpListener, cert: &Path, key: &Path) -> Result<TlsListener, ServerError> {
-        kiln_common::registry::install_crypto_provider();
+        kiln_common::tls::install_crypto_provider();
         let tls_err = |path: &Path, message: String| ServerError::Tls {
             path: path.to_path_buf(),
             message,

@@ -34,7 +34,7 @@ pub enum UploadError {
         declared: u64,
         actual: u64,
     },
-    #[error("staging {path}: {source}")]
+    #[error("staging {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

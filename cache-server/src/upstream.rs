@@ -68,7 +68,7 @@ impl RegistryBackend {
         let bad = |message: &str| StorageError::Upstream {
             op: "open",
             path: rest.to_string(),
-            message: message.to_string(),
+            source: message.to_string().into(),
         };
         let (target, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (host, base) = target
@@ -115,7 +115,7 @@ impl RegistryBackend {
         move |e| StorageError::Upstream {
             op,
             path: key.to_string(),
-            message: e.to_string(),
+            source: Box::new(e),
         }
     }
 
@@ -241,7 +241,7 @@ impl Backend for RegistryBackend {
                     StorageError::Upstream {
                         op: "put",
                         path: key.to_string(),
-                        message: e.to_string(),
+                        source: Box::new(e),
                     }
                 })?;
                 let r = self.reference(Some(&repo), None, Some(&d));
@@ -258,7 +258,7 @@ impl Backend for RegistryBackend {
                         return Err(StorageError::Upstream {
                             op: "mount",
                             path: key.to_string(),
-                            message: format!("the upstream declined to mount {b}"),
+                            source: format!("the upstream declined to mount {b}").into(),
                         });
                     }
                 }
@@ -275,7 +275,7 @@ impl Backend for RegistryBackend {
                     .ok_or_else(|| StorageError::Upstream {
                         op: "put",
                         path: key.to_string(),
-                        message: "tag body is not a digest".into(),
+                        source: "tag body is not a digest".into(),
                     })?;
                 let by_digest = self.reference(Some(&repo), None, Some(&d));
                 let (body, _) = self
@@ -286,7 +286,7 @@ impl Backend for RegistryBackend {
                     .ok_or_else(|| StorageError::Upstream {
                         op: "put",
                         path: key.to_string(),
-                        message: format!("manifest {d} is not upstream"),
+                        source: format!("manifest {d} is not upstream").into(),
                     })?;
                 let mt = media_type_of(&body);
                 let r = self.reference(Some(&repo), Some(&tag), None);
@@ -312,7 +312,7 @@ impl Backend for RegistryBackend {
                 .map_err(move |e| StorageError::Upstream {
                     op: "get",
                     path: path.clone(),
-                    message: e.to_string(),
+                    source: Box::new(e),
                 })
                 .boxed()
         }))

@@ -82,7 +82,7 @@ impl KilnClient {
     /// Asks `host` whether it is a Kiln cache server. `None` for any other
     /// registry, or when it cannot be asked (the caller then uses plain calls).
     pub async fn discover(registry: &Registry, host: &str) -> Option<KilnClient> {
-        crate::registry::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let opts = registry.options();
         let insecure = opts.insecure_hosts.iter().any(|h| h == "*" || h == host);
         let base = format!("{}://{host}", if insecure { "http" } else { "https" });

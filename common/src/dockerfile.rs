@@ -23,7 +23,7 @@ pub struct DockerfileError {
 pub enum ParseError {
     #[error(transparent)]
     Syntax(#[from] DockerfileError),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

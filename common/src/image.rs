@@ -22,12 +22,12 @@ pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("manifest {digest}: {source}")]
+    #[error("manifest {digest}")]
     BadManifest {
         digest: String,
         source: serde_json::Error,
     },
-    #[error("config {digest}: {source}")]
+    #[error("config {digest}")]
     BadConfig {
         digest: String,
         source: serde_json::Error,

@@ -24,12 +24,12 @@ pub const ANN_TOP: &str = "dev.kiln.warm.top-digest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("cache dir {path}: {source}")]
+    #[error("cache dir {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cache dir {path}: index.json: {source}")]
+    #[error("cache dir {path}: index.json")]
     Index {
         path: PathBuf,
         source: serde_json::Error,

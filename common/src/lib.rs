@@ -10,8 +10,11 @@ pub mod duration;
 pub mod image;
 pub mod layout;
 pub mod objstore;
+pub mod observability;
 pub mod registry;
 pub mod report;
 pub mod shell_lex;
+pub mod tls;
+pub mod units;
 
 pub use digest::Digest;

@@ -29,7 +29,7 @@ pub fn open(
     url: &str,
     patience: Patience,
 ) -> Result<(Arc<dyn ObjectStore>, ObjectPath), ObjStoreError> {
-    crate::registry::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     // Query options may carry secrets: errors name the URL without them.
     let shown = url.split('?').next().unwrap_or_default();
     let err = |message: String| ObjStoreError::Url {

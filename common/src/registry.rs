@@ -22,78 +22,163 @@ use std::time::Duration;
 pub enum RegistryError {
     #[error("invalid image reference {reference:?}: {message}")]
     BadReference { reference: String, message: String },
-    #[error("{reference}: {message}")]
-    Remote { reference: String, message: String },
-    /// HTTP 429: retried after what the registry's `Retry-After` asks.
-    #[error("{reference}: rate limited by the registry ({url}): {message}")]
-    RateLimited {
+    /// The registry (or the way to it) failed; `kind` says how, so callers
+    /// decide on it rather than on the text.
+    #[error("{reference}: {kind}")]
+    Remote {
         reference: String,
-        url: String,
-        message: String,
+        kind: RemoteKind,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    #[error("{reference}: {source}")]
+    #[error("{reference}")]
     Image {
         reference: String,
+        #[source]
         source: ImageError,
     },
-    #[error("{reference}: blob {digest}: {source}")]
+    #[error("{reference}: blob {digest}")]
     Digest {
         reference: String,
         digest: Digest,
+        #[source]
         source: DigestError,
     },
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
 }
 
+/// How a registry request failed, classified once from oci-client's typed
+/// errors (status codes and the distribution spec's error codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteKind {
+    /// The manifest, blob or repository does not exist.
+    NotFound,
+    /// No or wrong credentials.
+    Unauthorized,
+    /// Credentials accepted, access refused.
+    Denied,
+    /// HTTP 429 / TOOMANYREQUESTS: retried after what `Retry-After` asks
+    /// (the URL is where to ask).
+    RateLimited { url: String },
+    /// Connection, timeout, 5xx: worth retrying.
+    Transient,
+    /// Anything else: a protocol or content problem retrying will not fix.
+    Other,
+}
+
+impl std::fmt::Display for RemoteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteKind::NotFound => "not found",
+            RemoteKind::Unauthorized => "unauthorized",
+            RemoteKind::Denied => "access denied",
+            RemoteKind::RateLimited { .. } => "rate limited by the registry",
+            RemoteKind::Transient => "request failed",
+            RemoteKind::Other => "registry error",
+        })
+    }
+}
+
+impl RemoteKind {
+    /// Worth another attempt.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RemoteKind::Transient | RemoteKind::RateLimited { .. })
+    }
+
+    fn of(e: &(dyn std::error::Error + 'static)) -> RemoteKind {
+        use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+        let Some(oe) = e.downcast_ref::<E>() else {
+            return match e.downcast_ref::<reqwest::Error>() {
+                Some(r) if r.status().is_some_and(|s| !s.is_server_error()) => RemoteKind::Other,
+                _ => RemoteKind::Transient,
+            };
+        };
+        match oe {
+            E::ServerError { code: 429, url, .. } => RemoteKind::RateLimited { url: url.clone() },
+            E::ServerError { code: 404, .. } | E::ImageManifestNotFoundError(_) => {
+                RemoteKind::NotFound
+            }
+            E::ServerError { code: 401, .. }
+            | E::UnauthorizedError { .. }
+            | E::AuthenticationFailure(_) => RemoteKind::Unauthorized,
+            E::ServerError { code: 403, .. } => RemoteKind::Denied,
+            E::ServerError { code, .. } if *code >= 500 => RemoteKind::Transient,
+            E::ServerError { .. } => RemoteKind::Other,
+            E::RegistryError { envelope, url } => {
+                let codes: Vec<&C> = envelope.errors.iter().map(|x| &x.code).collect();
+                if codes.contains(&&C::Toomanyrequests) {
+                    RemoteKind::RateLimited { url: url.clone() }
+                } else if codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        C::ManifestUnknown
+                            | C::BlobUnknown
+                            | C::NameUnknown
+                            | C::NotFound
+                            | C::ManifestBlobUnknown
+                    )
+                }) {
+                    RemoteKind::NotFound
+                } else if codes.contains(&&C::Unauthorized) {
+                    RemoteKind::Unauthorized
+                } else if codes.contains(&&C::Denied) {
+                    RemoteKind::Denied
+                } else {
+                    RemoteKind::Other
+                }
+            }
+            E::RequestError(r) if r.status().is_some_and(|s| !s.is_server_error()) => {
+                RemoteKind::Other
+            }
+            E::RequestError(_) | E::IoError(_) => RemoteKind::Transient,
+            _ => RemoteKind::Other,
+        }
+    }
+}
+
 impl RegistryError {
-    fn remote(reference: &Reference, e: impl std::fmt::Display) -> Self {
+    /// A failure Kiln itself detected (no underlying error).
+    fn remote(reference: &Reference, kind: RemoteKind, what: impl std::fmt::Display) -> Self {
         RegistryError::Remote {
             reference: reference.whole(),
-            message: e.to_string(),
+            kind,
+            source: Some(what.to_string().into()),
         }
     }
 
-    /// Keeps the whole cause chain (e.g. "connection refused") in the message.
-    fn remote_err(reference: &Reference, e: &(dyn std::error::Error + 'static)) -> Self {
-        use oci_client::errors::{OciDistributionError as E, OciErrorCode};
-        let limited = match e.downcast_ref::<E>() {
-            Some(E::ServerError { code: 429, url, .. }) => Some(url.clone()),
-            Some(E::RegistryError { envelope, url })
-                if envelope
-                    .errors
-                    .iter()
-                    .any(|x| x.code == OciErrorCode::Toomanyrequests) =>
-            {
-                Some(url.clone())
-            }
-            _ => None,
-        };
-        if let Some(url) = limited {
-            return RegistryError::RateLimited {
-                reference: reference.whole(),
-                url,
-                message: e.to_string(),
-            };
-        }
-        let mut message = e.to_string();
-        let mut cur = e.source();
-        while let Some(s) = cur {
-            let m = s.to_string();
-            if !message.contains(&m) {
-                message.push_str(": ");
-                message.push_str(&m);
-            }
-            cur = s.source();
-        }
+    /// A client error, classified once; the error itself stays the source.
+    fn remote_err<E>(reference: &Reference, e: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let kind = RemoteKind::of(&e);
         RegistryError::Remote {
             reference: reference.whole(),
-            message,
+            kind,
+            source: Some(Box::new(e)),
+        }
+    }
+
+    /// The remote failure's kind, when this is one.
+    pub fn remote_kind(&self) -> Option<&RemoteKind> {
+        match self {
+            RegistryError::Remote { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+
+    fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Remote { kind, .. } => kind.is_transient(),
+            RegistryError::Io { .. } => true,
+            _ => false,
         }
     }
 }
@@ -139,12 +224,6 @@ pub struct Registry {
     auth_cache: Mutex<HashMap<String, RegistryAuth>>,
 }
 
-/// Installs the TLS crypto provider once per process (reqwest is built without
-/// one so that ring, not aws-lc, is compiled).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
     s.parse::<Reference>()
         .map_err(|e| RegistryError::BadReference {
@@ -162,7 +241,7 @@ const ACCEPT: &[&str] = &[
 
 impl Registry {
     pub fn new(opts: RegistryOptions, creds: DockerConfig) -> Registry {
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let config = ClientConfig {
             protocol: if opts.insecure_hosts.is_empty() {
                 ClientProtocol::Https
@@ -251,23 +330,24 @@ impl Registry {
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(e) if n < attempts && is_transient(&e) => {
+                Err(e) if n < attempts && e.is_transient() => {
                     n += 1;
-                    let wait = match &e {
-                        RegistryError::RateLimited { url, .. } => {
+                    let shown = crate::report::Report(&e).to_string();
+                    let wait = match e.remote_kind() {
+                        Some(RemoteKind::RateLimited { url }) => {
                             match self.retry_after(url).await {
                                 Some(w) => {
-                                    tracing::warn!("{e}; the registry asks to retry after {w:?} ({n}/{attempts})");
+                                    tracing::warn!("{shown}; the registry asks to retry after {w:?} ({n}/{attempts})");
                                     w
                                 }
                                 None => {
-                                    tracing::warn!("{e}; no Retry-After, retrying in {delay:?} ({n}/{attempts})");
+                                    tracing::warn!("{shown}; no Retry-After, retrying in {delay:?} ({n}/{attempts})");
                                     delay
                                 }
                             }
                         }
                         _ => {
-                            tracing::warn!("{e}; retrying in {delay:?} ({n}/{attempts})");
+                            tracing::warn!("{shown}; retrying in {delay:?} ({n}/{attempts})");
                             delay
                         }
                     };
@@ -343,13 +423,18 @@ impl Registry {
                 Ok(img) => return Ok(img),
                 Err(e) => {
                     if c != r {
-                        tracing::warn!("mirror {} failed: {e}", c.whole());
+                        tracing::warn!(
+                            "mirror {} failed: {}",
+                            c.whole(),
+                            crate::report::Report(&e)
+                        );
                     }
                     last = Some(e);
                 }
             }
         }
-        Err(last.unwrap_or_else(|| RegistryError::remote(&r, "no registry to try")))
+        Err(last
+            .unwrap_or_else(|| RegistryError::remote(&r, RemoteKind::Other, "no registry to try")))
     }
 
     async fn resolve_at(
@@ -362,7 +447,7 @@ impl Registry {
             .client
             .pull_manifest_raw(r, &auth, ACCEPT)
             .await
-            .map_err(|e| RegistryError::remote_err(r, &e))?;
+            .map_err(|e| RegistryError::remote_err(r, e))?;
         let digest = checked_manifest_digest(r, &bytes, &digest)?;
         let img_err = |source| RegistryError::Image {
             reference: r.whole(),
@@ -382,7 +467,7 @@ impl Registry {
                         .client
                         .pull_manifest_raw(&pr, &auth, ACCEPT)
                         .await
-                        .map_err(|e| RegistryError::remote_err(&pr, &e))?;
+                        .map_err(|e| RegistryError::remote_err(&pr, e))?;
                     let md = checked_manifest_digest(&pr, &mb, &md)?;
                     d.digest
                         .verify(&md)
@@ -396,6 +481,7 @@ impl Registry {
                         ManifestKind::Index(_) => {
                             return Err(RegistryError::remote(
                                 &pr,
+                                RemoteKind::Other,
                                 "nested image index is not supported",
                             ))
                         }
@@ -406,7 +492,7 @@ impl Registry {
         self.client
             .pull_blob(&at, manifest.config.digest.as_str(), &mut config_bytes)
             .await
-            .map_err(|e| RegistryError::remote_err(&at, &e))?;
+            .map_err(|e| RegistryError::remote_err(&at, e))?;
         manifest
             .config
             .digest
@@ -453,7 +539,7 @@ impl Registry {
                 Ok(Some((bytes.to_vec(), d)))
             }
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(RegistryError::remote_err(r, &e)),
+            Err(e) => Err(RegistryError::remote_err(r, e)),
         }
     }
 
@@ -468,7 +554,7 @@ impl Registry {
                 source,
             })?)),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(RegistryError::remote_err(r, &e)),
+            Err(e) => Err(RegistryError::remote_err(r, e)),
         }
     }
 
@@ -491,7 +577,7 @@ impl Registry {
                 self.client
                     .push_blob(r, data, d.as_str())
                     .await
-                    .map_err(|e| RegistryError::remote_err(r, &e))?;
+                    .map_err(|e| RegistryError::remote_err(r, e))?;
                 Ok(())
             }
         })
@@ -622,7 +708,9 @@ impl Registry {
         let got = self
             .blob_stream(r, &desc.digest, offset, None)
             .await?
-            .ok_or_else(|| RegistryError::remote(r, format!("blob {} not found", desc.digest)))?;
+            .ok_or_else(|| {
+                RegistryError::remote(r, RemoteKind::NotFound, format!("blob {}", desc.digest))
+            })?;
         if offset > 0 && got.partial {
             p.resumed = true;
         } else if offset > 0 {
@@ -678,7 +766,7 @@ impl Registry {
                 let len = s.content_length;
                 let stream = s
                     .stream
-                    .map(move |c| c.map_err(|e| RegistryError::remote_err(&reference, &e)))
+                    .map(move |c| c.map_err(|e| RegistryError::remote_err(&reference, e)))
                     .boxed();
                 Ok(Some(BlobStream {
                     len,
@@ -687,7 +775,7 @@ impl Registry {
                 }))
             }
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(RegistryError::remote_err(r, &e)),
+            Err(e) => Err(RegistryError::remote_err(r, e)),
         }
     }
 
@@ -697,7 +785,7 @@ impl Registry {
         match self.client.list_tags(r, &auth, None, None).await {
             Ok(t) => Ok(t.tags),
             Err(e) if is_not_found(&e) => Ok(Vec::new()),
-            Err(e) => Err(RegistryError::remote_err(r, &e)),
+            Err(e) => Err(RegistryError::remote_err(r, e)),
         }
     }
 
@@ -708,7 +796,7 @@ impl Registry {
         self.client
             .auth(r, &auth, RegistryOperation::Push)
             .await
-            .map_err(|e| RegistryError::remote_err(r, &e))?;
+            .map_err(|e| RegistryError::remote_err(r, e))?;
         Ok(())
     }
 
@@ -717,7 +805,7 @@ impl Registry {
         self.client
             .blob_exists(r, digest.as_str())
             .await
-            .map_err(|e| RegistryError::remote_err(r, &e))
+            .map_err(|e| RegistryError::remote_err(r, e))
     }
 
     /// Cross-repository mount; `Ok(false)` when the registry declined.
@@ -758,7 +846,7 @@ impl Registry {
             self.client
                 .push_blob_stream(r, stream, digest.as_str(), Some(size))
                 .await
-                .map_err(|e| RegistryError::remote_err(r, &e))?;
+                .map_err(|e| RegistryError::remote_err(r, e))?;
             Ok(())
         })
         .await
@@ -774,13 +862,13 @@ impl Registry {
         let body = bytes::Bytes::from(body);
         self.retry(self.opts.push_retries, || async {
             self.auth_push(r).await?;
-            let ct = media_type
-                .parse()
-                .map_err(|_| RegistryError::remote(r, format!("bad media type {media_type}")))?;
+            let ct = media_type.parse().map_err(|_| {
+                RegistryError::remote(r, RemoteKind::Other, format!("bad media type {media_type}"))
+            })?;
             self.client
                 .push_manifest_raw(r, body.clone(), ct)
                 .await
-                .map_err(|e| RegistryError::remote_err(r, &e))?;
+                .map_err(|e| RegistryError::remote_err(r, e))?;
             Ok(())
         })
         .await?;
@@ -937,45 +1025,54 @@ fn checked_manifest_digest(
     Ok(actual)
 }
 
-fn is_transient(e: &RegistryError) -> bool {
-    match e {
-        RegistryError::Remote { message, .. } => {
-            let m = message.to_ascii_lowercase();
-            !(m.contains("not found")
-                || m.contains("unauthorized")
-                || m.contains("denied")
-                || m.contains("manifest_unknown")
-                || m.contains("name_unknown"))
-        }
-        RegistryError::Io { .. } | RegistryError::RateLimited { .. } => true,
-        _ => false,
-    }
-}
-
-/// A plain HTTP PUT of text (Pushgateway metrics); errors carry the status.
-pub async fn http_put_text(url: &str, body: String) -> Result<(), String> {
-    install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let resp = client
-        .put(url)
-        .header("Content-Type", "text/plain; version=0.0.4")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("HTTP {}", resp.status()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_failures_are_classified_from_typed_errors() {
+        use oci_client::errors::{OciDistributionError as E, OciEnvelope, OciError, OciErrorCode};
+        let server = |code| E::ServerError {
+            code,
+            url: "http://r/v2/x".into(),
+            message: String::new(),
+        };
+        let envelope = |code| E::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError {
+                    code,
+                    message: "m".into(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: "http://r/v2/x".into(),
+        };
+        let r: Reference = "r/x:1".parse().unwrap();
+        let kind = |e: E| RegistryError::remote_err(&r, e).remote_kind().cloned();
+        assert_eq!(kind(server(404)), Some(RemoteKind::NotFound));
+        assert_eq!(kind(server(503)), Some(RemoteKind::Transient));
+        assert_eq!(kind(server(403)), Some(RemoteKind::Denied));
+        assert_eq!(
+            kind(server(429)),
+            Some(RemoteKind::RateLimited {
+                url: "http://r/v2/x".into()
+            })
+        );
+        assert_eq!(
+            kind(envelope(OciErrorCode::ManifestUnknown)),
+            Some(RemoteKind::NotFound)
+        );
+        assert_eq!(
+            kind(envelope(OciErrorCode::Unauthorized)),
+            Some(RemoteKind::Unauthorized)
+        );
+        let e = RegistryError::remote_err(&r, server(502));
+        assert!(e.is_transient());
+        assert!(!RegistryError::remote_err(&r, server(404)).is_transient());
+        // The message names the reference and the kind; the cause stays a source.
+        assert_eq!(e.to_string(), "docker.io/r/x:1: request failed");
+        assert!(crate::report::Report(&e).to_string().contains("code: 502"));
+    }
 
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {

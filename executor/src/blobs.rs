@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("blob store {path}: {source}")]
+    #[error("blob store {path}")]
     Io { path: PathBuf, source: io::Error },
 }
 

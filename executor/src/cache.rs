@@ -33,12 +33,12 @@ const ANN_SECONDS: &str = "dev.kiln.cache.seconds";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cache repository {repo}: {source}")]
+    #[error("cache repository {repo}")]
     Registry {
         repo: String,
         source: Box<RegistryError>,
     },
-    #[error("cache layout {path}: {source}")]
+    #[error("cache layout {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -244,7 +244,10 @@ impl LayerCache {
                 seconds_saved,
             };
             if let Err(e) = kiln.report(&r).await {
-                tracing::warn!("could not report build figures to the cache server: {e}");
+                tracing::warn!(
+                    "could not report build figures to the cache server: {}",
+                    kiln_common::report::Report(&e)
+                );
             }
         }
     }

@@ -23,7 +23,7 @@ const MAX_ITEMISED: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("hashing {path}: {source}")]
+    #[error("hashing {path}")]
     Io {
         path: std::path::PathBuf,
         source: std::io::Error,

@@ -11,9 +11,9 @@ use std::process::Command;
 pub enum ContextError {
     #[error("build context {context:?}: {message}")]
     Invalid { context: String, message: String },
-    #[error("build context {context:?}: {source}")]
+    #[error("build context {context:?}")]
     Io { context: String, source: io::Error },
-    #[error("build context {context:?}: unpacking: {source}")]
+    #[error("build context {context:?}: unpacking")]
     Unpack {
         context: String,
         source: crate::extract::ExtractError,

@@ -16,7 +16,7 @@ pub enum CopyError {
     NotFound { src: String, place: String },
     #[error("{0}")]
     Root(#[from] RootError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
         "when copying several sources, the destination {dest:?} must be a directory and end with /"

@@ -20,11 +20,11 @@ pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
-    #[error("layer entry {entry:?}: {source}")]
+    #[error("layer entry {entry:?}")]
     Path { entry: String, source: RootError },
     #[error("layer entry {entry:?}: hardlink to {target:?} leaves the root or is not a file")]
     BadLink { entry: String, target: String },
-    #[error("layer entry {entry:?}: {source}")]
+    #[error("layer entry {entry:?}")]
     Io { entry: String, source: io::Error },
     #[error("reading layer: {0}")]
     Read(io::Error),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    #[error("layer entry {path}: {source}")]
+    #[error("layer entry {path}")]
     Entry { path: PathBuf, source: io::Error },
     #[error("writing layer: {0}")]
     Write(io::Error),

@@ -5,6 +5,7 @@ mod cmd;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    kiln_common::tls::install_crypto_provider();
     let cli = cmd::Cli::parse();
     cmd::logging(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread()

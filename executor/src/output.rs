@@ -16,18 +16,18 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Blob(#[from] BlobError),
-    #[error("pushing to {destination}: {source}")]
+    #[error("pushing to {destination}")]
     Push {
         destination: String,
         source: RegistryError,
     },
     #[error(transparent)]
     Fetch(#[from] Box<FetchError>),
-    #[error("encoding {what}: {source}")]
+    #[error("encoding {what}")]
     Json {
         what: &'static str,
         source: serde_json::Error,

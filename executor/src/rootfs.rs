@@ -13,7 +13,7 @@ pub enum RootError {
     Escape { path: String },
     #[error("too many levels of symbolic links resolving {path:?}")]
     Loop { path: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

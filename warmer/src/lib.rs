@@ -19,11 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+pub mod pushgateway;
+pub use pushgateway::metrics_text;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    #[error("{image}: {source}")]
+    #[error("{image}")]
     Registry {
         image: String,
         source: Box<RegistryError>,
@@ -85,7 +88,7 @@ pub fn images_from_dockerfile(
                         Some(d) => lexer.process_word(d, &vars).map_err(|e| WarmError::From {
                             path: path.to_path_buf(),
                             line: ins.line,
-                            message: e.to_string(),
+                            message: kiln_common::report::Report(&e).to_string(),
                         })?,
                         None => String::new(),
                     },
@@ -102,7 +105,7 @@ pub fn images_from_dockerfile(
             .map_err(|e| WarmError::From {
                 path: path.to_path_buf(),
                 line: s.line,
-                message: e.to_string(),
+                message: kiln_common::report::Report(&e).to_string(),
             })?;
         let known_alias = aliases.contains(&base.to_ascii_lowercase());
         if !known_alias && !base.eq_ignore_ascii_case("scratch") && !out.contains(&base) {
@@ -161,7 +164,7 @@ pub async fn warm(
                 .await
                 {
                     report.status = "failed".into();
-                    report.error = Some(e.to_string());
+                    report.error = Some(kiln_common::report::Report(&e).to_string());
                 }
                 report.seconds = t0.elapsed().as_secs_f64();
                 report
@@ -180,7 +183,7 @@ pub async fn warm(
                 bytes_fetched: 0,
                 bytes_reused: 0,
                 seconds: 0.0,
-                error: Some(e.to_string()),
+                error: Some(kiln_common::report::Report(&e).to_string()),
             }),
         }
     }
@@ -344,7 +347,7 @@ pub async fn push_to(
             serde_json::from_slice(&mb).map_err(|e| WarmError::From {
                 path: dir.blob_path(&entry.manifest.digest),
                 line: 0,
-                message: e.to_string(),
+                message: kiln_common::report::Report(&e).to_string(),
             })?;
         for b in std::iter::once(&m.config).chain(m.layers.iter()) {
             if !registry.blob_exists(&dest, &b.digest).await.map_err(rerr)? {
@@ -361,42 +364,6 @@ pub async fn push_to(
         pushed.push(dest.whole());
     }
     Ok(pushed)
-}
-
-/// The run's figures in Prometheus' text format, for a Pushgateway.
-pub fn metrics_text(reports: &[ImageReport], retention: Option<&Retention>) -> String {
-    let mut by_status: std::collections::BTreeMap<&str, u64> = Default::default();
-    for r in reports {
-        *by_status.entry(r.status.as_str()).or_default() += 1;
-    }
-    let mut t = String::from("# TYPE kiln_warmer_images gauge\n");
-    for (s, n) in &by_status {
-        t.push_str(&format!("kiln_warmer_images{{status=\"{s}\"}} {n}\n"));
-    }
-    let fetched: u64 = reports.iter().map(|r| r.bytes_fetched).sum();
-    let reused: u64 = reports.iter().map(|r| r.bytes_reused).sum();
-    let secs: f64 = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
-    t.push_str(&format!(
-        "# TYPE kiln_warmer_bytes_fetched gauge\nkiln_warmer_bytes_fetched {fetched}\n"
-    ));
-    t.push_str(&format!(
-        "# TYPE kiln_warmer_bytes_reused gauge\nkiln_warmer_bytes_reused {reused}\n"
-    ));
-    t.push_str(&format!(
-        "# TYPE kiln_warmer_duration_seconds gauge\nkiln_warmer_duration_seconds {secs}\n"
-    ));
-    if let Some(r) = retention {
-        t.push_str(&format!(
-            "# TYPE kiln_warmer_removed_bytes gauge\nkiln_warmer_removed_bytes {}\n# TYPE kiln_warmer_removed_entries gauge\nkiln_warmer_removed_entries {}\n",
-            r.removed_bytes,
-            r.removed_entries.len()
-        ));
-    }
-    t.push_str(&format!(
-        "# TYPE kiln_warmer_last_run_timestamp_seconds gauge\nkiln_warmer_last_run_timestamp_seconds {}\n",
-        chrono::Utc::now().timestamp()
-    ));
-    t
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

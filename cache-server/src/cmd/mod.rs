@@ -7,8 +7,8 @@ mod serve;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use kiln_cache_server::gc::GcOptions;
-use kiln_cache_server::parse_size;
 use kiln_cache_server::server::ServerConfig;
+use kiln_common::units::parse_size;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -196,17 +196,14 @@ impl Common {
     }
 }
 
+/// Logging as every Kiln binary does it (`RUST_LOG` wins over `--verbosity`).
 pub fn logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.verbosity)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        b.json().init();
-    } else {
-        b.init();
-    }
+    kiln_common::observability::init(&kiln_common::observability::LogOptions {
+        level: cli.verbosity.clone(),
+        json: cli.log_json,
+        color: false,
+        timestamps: true,
+    });
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -70,7 +70,7 @@ pub fn sha(b: &[u8]) -> String {
 }
 
 pub fn client() -> reqwest::Client {
-    kiln_common::registry::install_crypto_provider();
+    kiln_common::tls::install_crypto_provider();
     reqwest::Client::new()
 }
 

@@ -289,7 +289,7 @@ impl StageRun<'_> {
             url: url.to_string(),
             source,
         };
-        kiln_common::registry::install_crypto_provider();
+        kiln_common::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .danger_accept_invalid_certs(self.b.opts.registry.skip_tls_verify)
             .build()

@@ -149,28 +149,15 @@ pub struct Cli {
     pub no_push_cache: Option<bool>,
 }
 
+/// Logging as every Kiln binary does it; kaniko's `--verbosity`,
+/// `--log-format` and `--log-timestamp` (`RUST_LOG` wins).
 pub fn logging(cli: &Cli) {
-    let level = match cli.verbosity.as_str() {
-        "fatal" | "panic" => "error",
-        l => l,
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},h2=warn,hyper=warn,reqwest=warn,rustls=warn"
-        ))
+    kiln_common::observability::init(&kiln_common::observability::LogOptions {
+        level: cli.verbosity.clone(),
+        json: cli.log_format == "json",
+        color: cli.log_format == "color",
+        timestamps: cli.log_timestamp.unwrap_or(false),
     });
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let ts = cli.log_timestamp.unwrap_or(false);
-    match (cli.log_format.as_str(), ts) {
-        ("json", _) => b.json().init(),
-        ("color", true) => b.with_ansi(true).init(),
-        ("color", false) => b.with_ansi(true).without_time().init(),
-        (_, true) => b.with_ansi(false).init(),
-        (_, false) => b.with_ansi(false).without_time().init(),
-    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
