@@ -8,7 +8,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use kiln_cache_server::api::Endpoint;
 use kiln_cache_server::metrics::Metrics;
-use kiln_cache_server::storage::Storage;
+
 use kiln_cache_server::store::{Lookup, Store, StoreConfig};
 use kiln_common::Digest;
 use std::sync::Arc;
@@ -24,7 +24,8 @@ fn manifest(config: &Digest, layer: &Digest) -> Vec<u8> {
 /// A store with one entry, its blobs committed the way uploads are.
 async fn store_with_entry(dir: &std::path::Path, tag_ttl: Duration) -> Store {
     let storage =
-        Storage::open(&format!("file://{}", dir.join("store").display())).expect("storage");
+        kiln_cache_server::backend::open(&format!("file://{}", dir.join("store").display()))
+            .expect("storage");
     let cfg = StoreConfig {
         tag_cache_ttl: tag_ttl,
         ..StoreConfig::default()

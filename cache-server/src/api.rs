@@ -196,7 +196,7 @@ impl ApiError {
         use UploadError as U;
         match self {
             ApiError::Store(e) => match e {
-                S::Storage(crate::storage::StorageError::Unsupported { .. }) => {
+                S::Storage(crate::backend::StorageError::Unsupported { .. }) => {
                     (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
                 }
                 S::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
@@ -272,7 +272,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         Err(e) => ("invalid", Err(e)),
     };
     let response = result.unwrap_or_else(IntoResponse::into_response);
-    let m = &app.store.metrics;
+    let m = &app.store.metrics();
     m.request_seconds
         .get_or_create(&RouteLabel {
             route: route.to_string(),
@@ -608,14 +608,14 @@ async fn finish_upload(app: &App, repo: &str, id: &str, d: &Digest, req: Request
         Ok(n) => n,
         Err(e) => {
             let _ = app.uploads.cancel(repo, id);
-            app.store.metrics.upload("aborted");
+            app.store.metrics().upload("aborted");
             return Err(e.into());
         }
     };
     if let Some(declared) = declared {
         if declared != n - before {
             let _ = app.uploads.cancel(repo, id);
-            app.store.metrics.upload("size_invalid");
+            app.store.metrics().upload("size_invalid");
             return Err(UploadError::SizeInvalid {
                 id: id.to_string(),
                 declared,
@@ -627,14 +627,14 @@ async fn finish_upload(app: &App, repo: &str, id: &str, d: &Digest, req: Request
     let staged = match app.uploads.finish(repo, id, d).await {
         Ok(s) => s,
         Err(e) => {
-            app.store.metrics.upload("digest_invalid");
+            app.store.metrics().upload("digest_invalid");
             return Err(e.into());
         }
     };
     app.store
         .commit_blob(&staged.digest, &staged.path, staged.size)
         .await?;
-    app.store.metrics.upload("committed");
+    app.store.metrics().upload("committed");
     Ok(blob_created(repo, d))
 }
 
@@ -675,7 +675,7 @@ async fn put_manifest(app: &App, repo: &str, reference: &str, req: Request) -> A
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let limit = app.store.cfg.max_manifest_bytes;
+    let limit = app.store.config().max_manifest_bytes;
     let bytes = axum::body::to_bytes(req.into_body(), limit + 1)
         .await
         .map_err(|_| StoreError::ManifestTooBig {
@@ -826,7 +826,7 @@ async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResult {
 async fn report(app: &App, caller: &Caller, req: Request) -> ApiResult {
     let r: BuildReport = json_body(req, 64 << 10, "REPORT_INVALID").await?;
     readable(app, caller, &r.repository)?;
-    let m = &app.store.metrics;
+    let m = &app.store.metrics();
     let label = |result: &str| crate::metrics::LookupLabel {
         repo: r.repository.clone(),
         result: result.to_string(),

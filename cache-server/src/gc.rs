@@ -8,8 +8,10 @@
 //! a manifest not written yet); and before deleting, everything written
 //! since the scan began is scanned again and its references kept.
 
-use crate::storage::{Meta, Storage};
-use crate::store::{referenced_blobs, referenced_manifests, Store, StoreError};
+use crate::backend::{Meta, StorageError};
+use crate::keys::{Key, Prefix};
+use crate::manifest::{referenced_blobs, referenced_manifests};
+use crate::store::{Store, StoreError};
 use kiln_common::Digest;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -44,18 +46,12 @@ struct Tag {
     meta: Meta,
 }
 
-fn split_repo_key<'a>(key: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
-    key.strip_prefix("repos/")?.split_once(marker)
-}
-
 pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreError> {
-    if !store.storage.has_times() {
-        return Err(StoreError::Storage(
-            crate::storage::StorageError::Unsupported {
-                op: "garbage collection (expiry is the upstream registry's own)",
-                backend: store.storage.describe(),
-            },
-        ));
+    if !store.keeps_times() {
+        return Err(StoreError::Storage(StorageError::Unsupported {
+            op: "garbage collection (expiry is the upstream registry's own)",
+            backend: store.describe(),
+        }));
     }
     let started = chrono::Utc::now();
     let grace = chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::hours(1));
@@ -68,16 +64,15 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         .iter()
         .map(|t| &t.meta)
         .chain(manifests.values())
-        .map(|m| (m.key.clone(), m.modified))
+        .map(|m| (m.key.to_string(), m.modified))
         .collect();
     let blobs: BTreeMap<Digest, Meta> = store
-        .storage
-        .list("blobs/sha256/")
+        .list(&Prefix::Blobs)
         .await?
         .into_iter()
-        .filter_map(|m| {
-            let hex = m.key.rsplit('/').next()?;
-            Some((format!("sha256:{hex}").parse().ok()?, m))
+        .filter_map(|m| match &m.key {
+            Key::Blob(d) => Some((d.clone(), m)),
+            _ => None,
         })
         .collect();
 
@@ -156,7 +151,7 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
     // first scan (new or rewritten objects), whatever the clocks say.
     let (tags2, manifests2) = scan_repos(store).await?;
     let seen: BTreeSet<(String, chrono::DateTime<chrono::Utc>)> = first_scan;
-    let is_new = |m: &Meta| !seen.contains(&(m.key.clone(), m.modified));
+    let is_new = |m: &Meta| !seen.contains(&(m.key.to_string(), m.modified));
     for t in tags2.iter().filter(|t| is_new(&t.meta)) {
         let (ms, bs) = tag_closure(store, &t.repo, &t.meta, &manifests2).await?;
         live_manifests.extend(ms.into_iter().map(|d| (t.repo.clone(), d)));
@@ -175,11 +170,8 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         if !live_manifests.contains(&(repo.clone(), d.clone())) {
             report.manifests_deleted += 1;
             if !opts.dry_run {
-                store
-                    .storage
-                    .delete(&Storage::manifest_key(repo, d))
-                    .await?;
-                store.metrics.gc_deleted("manifest", 1);
+                store.delete_object(&Key::manifest(repo, d)).await?;
+                store.metrics().gc_deleted("manifest", 1);
             }
         }
     }
@@ -193,14 +185,14 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         report.bytes_deleted += m.size;
         if !opts.dry_run {
             store.delete_blob(d).await?;
-            store.metrics.gc_deleted("blob", 1);
-            store.metrics.gc_deleted_bytes.inc_by(m.size);
+            store.metrics().gc_deleted("blob", 1);
+            store.metrics().gc_deleted_bytes.inc_by(m.size);
         }
     }
     if !opts.dry_run {
         let deleted_tags = (report.tags_expired.len() + report.tags_evicted.len()) as u64;
-        store.metrics.gc_deleted("tag", deleted_tags);
-        store.metrics.gc_runs.inc();
+        store.metrics().gc_deleted("tag", deleted_tags);
+        store.metrics().gc_runs.inc();
     }
     report.entries_kept = tags.len();
     report.tags_expired.sort();
@@ -215,9 +207,9 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
     } else {
         (report.bytes_kept, report.blobs_kept, report.entries_kept)
     };
-    store.metrics.stored_bytes.set(bytes as i64);
-    store.metrics.stored_blobs.set(blobs as i64);
-    store.metrics.stored_entries.set(entries as i64);
+    store.metrics().stored_bytes.set(bytes as i64);
+    store.metrics().stored_blobs.set(blobs as i64);
+    store.metrics().stored_entries.set(entries as i64);
     Ok(report)
 }
 
@@ -262,17 +254,17 @@ type Manifests = BTreeMap<(String, Digest), Meta>;
 async fn scan_repos(store: &Store) -> Result<(Vec<Tag>, Manifests), StoreError> {
     let mut tags = Vec::new();
     let mut manifests = BTreeMap::new();
-    for m in store.storage.list("repos/").await? {
-        if let Some((repo, name)) = split_repo_key(&m.key, "/_tags/") {
-            tags.push(Tag {
-                repo: repo.to_string(),
-                name: name.to_string(),
+    for m in store.list(&Prefix::Repos).await? {
+        match &m.key {
+            Key::Tag { repo, tag } => tags.push(Tag {
+                repo: repo.clone(),
+                name: tag.clone(),
                 meta: m.clone(),
-            });
-        } else if let Some((repo, hex)) = split_repo_key(&m.key, "/_manifests/") {
-            if let Ok(d) = format!("sha256:{hex}").parse::<Digest>() {
-                manifests.insert((repo.to_string(), d), m.clone());
+            }),
+            Key::Manifest { repo, digest } => {
+                manifests.insert((repo.clone(), digest.clone()), m.clone());
             }
+            _ => {}
         }
     }
     Ok((tags, manifests))
@@ -287,7 +279,7 @@ async fn tag_closure(
 ) -> Result<(Vec<Digest>, BTreeSet<Digest>), StoreError> {
     let mut out_m = Vec::new();
     let mut out_b = BTreeSet::new();
-    let Some((raw, _)) = store.storage.get_small(&tag.key).await? else {
+    let Some(raw) = store.read_small(&tag.key).await? else {
         return Ok((out_m, out_b));
     };
     let Some(root) = std::str::from_utf8(&raw)

@@ -5,14 +5,15 @@
 
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod gc;
+pub mod keys;
+pub mod manifest;
 pub mod metrics;
 pub mod server;
-pub mod storage;
 pub mod store;
 pub mod tiers;
 pub mod tls;
 pub mod uploads;
-pub mod upstream;
 
 pub use kiln_common::units::random_id;

@@ -7,7 +7,7 @@ use crate::api::{self, App};
 use crate::auth::Auth;
 use crate::gc::{self, GcOptions};
 use crate::metrics::Metrics;
-use crate::storage::Storage;
+
 use crate::store::{Store, StoreConfig};
 use crate::uploads::Uploads;
 use axum::extract::State;
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] crate::backend::StorageError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -37,8 +37,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS {path}: {message}")]
-    Tls { path: PathBuf, message: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ pub async fn open_store(
     cfg: &ServerConfig,
     metrics: Arc<Metrics>,
 ) -> Result<(Store, PathBuf), ServerError> {
-    let storage = Storage::open(&cfg.storage)?;
+    let storage = crate::backend::open(&cfg.storage)?;
     let data_dir = match (&cfg.data_dir, storage.local_root()) {
         (Some(d), _) => d.clone(),
         (None, Some(root)) => root.join(".kiln"),
@@ -99,11 +99,11 @@ pub async fn open_store(
 pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
     let (store, data_dir) = open_store(&cfg, metrics).await?;
-    match store.storage.probe().await {
-        Ok(()) => tracing::info!("storage {} reachable", store.storage.describe()),
+    match store.probe().await {
+        Ok(()) => tracing::info!("storage {} reachable", store.describe()),
         Err(e) => tracing::warn!(
             "storage {} not reachable yet ({e}); serving, /readyz reports it",
-            store.storage.describe()
+            store.describe()
         ),
     }
     let uploads = Uploads::open(&data_dir.join("uploads"))?;
@@ -135,10 +135,7 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> Result<(), Ser
         source,
     })?;
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    tracing::info!(
-        "serving {scheme}://{addr} from {}",
-        app.store.storage.describe()
-    );
+    tracing::info!("serving {scheme}://{addr} from {}", app.store.describe());
     // Tests and scripts read the bound port from this line.
     println!("listening on {addr}");
 
@@ -188,7 +185,7 @@ fn spawn_background(
 ) -> tokio::task::JoinHandle<()> {
     let gc = cfg
         .gc_interval
-        .filter(|_| app.store.storage.has_times())
+        .filter(|_| app.store.keeps_times())
         .map(|every| (every, cfg.gc.clone()));
     let census = GcOptions {
         dry_run: true,
@@ -196,7 +193,7 @@ fn spawn_background(
     };
     tokio::spawn(async move {
         // A dry run at startup fills the stored-bytes gauges before any GC.
-        if app.store.storage.has_times() {
+        if app.store.keeps_times() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = gc::collect(&app.store, &census) => {
@@ -236,20 +233,17 @@ async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.store.metrics.encode(),
+        app.store.metrics().encode(),
     )
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
-    match tokio::time::timeout(Duration::from_secs(2), app.store.storage.probe()).await {
+    match tokio::time::timeout(Duration::from_secs(2), app.store.probe()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready".to_string()),
-        Ok(Err(e)) => {
-            app.store.metrics.backend_error("probe");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("storage unavailable: {e}"),
-            )
-        }
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage unavailable: {}", kiln_common::report::Report(&e)),
+        ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "storage did not answer in 2s".to_string(),

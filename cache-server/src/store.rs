@@ -2,9 +2,11 @@
 //! blobs, cache-entry lookups with expiry. The HTTP layer (`api`) only parses
 //! requests and maps [`StoreError`]s to statuses.
 
+use crate::backend::{Backend, StorageError};
+use crate::keys::{Key, Prefix};
+use crate::manifest::{self, is_index, referenced_blobs, ManifestBlob, ManifestError};
 use crate::metrics::{Metrics, TierLabel};
-use crate::storage::{Storage, StorageError};
-use crate::tiers::{DiskTier, ManifestBlob, ManifestRefs, MemoryTier, TagEntry, TierError};
+use crate::tiers::{DiskTier, MemoryTier, TagEntry, TierError};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -82,45 +84,32 @@ pub struct BlobBody {
     pub stream: BoxStream<'static, Result<Bytes, std::io::Error>>,
 }
 
+/// The server's one view of what is stored. Its parts stay private: the
+/// HTTP layer, GC and start-up ask it by name (`tags`, `list`, `probe`, …)
+/// rather than reaching into the backend or the tiers.
 pub struct Store {
-    pub storage: Storage,
-    pub memory: MemoryTier,
+    storage: Box<dyn Backend>,
+    memory: MemoryTier,
     disk: Option<DiskTier>,
-    pub metrics: Arc<Metrics>,
-    pub cfg: StoreConfig,
+    metrics: Arc<Metrics>,
+    cfg: StoreConfig,
     /// Blobs recently seen to exist, with their size (positive answers only:
     /// a new upload must be visible at once).
-    known_blobs: moka::future::Cache<String, u64>,
+    known_blobs: moka::future::Cache<Key, u64>,
 }
 
-/// A stored manifest object (`<media type>\n<bytes>`), verified against `d`.
-pub fn parse_stored_manifest(
-    key: &str,
-    d: &Digest,
-    raw: &[u8],
-) -> Result<ManifestBlob, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        key: key.to_string(),
-        reason,
-    };
-    let nl = raw
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(|| corrupt("no media type line".into()))?;
-    let media_type = std::str::from_utf8(&raw[..nl])
-        .map_err(|e| corrupt(e.to_string()))?
-        .to_string();
-    let bytes = Bytes::copy_from_slice(&raw[nl + 1..]);
-    let actual = Digest::sha256_of(&bytes);
-    if &actual != d {
-        return Err(corrupt(format!("content hashes to {actual}")));
+impl From<ManifestError> for StoreError {
+    fn from(e: ManifestError) -> Self {
+        match e {
+            ManifestError::Invalid(m) => StoreError::ManifestInvalid(m),
+            ManifestError::Corrupt { key, reason } => StoreError::Corrupt { key, reason },
+        }
     }
-    Ok(ManifestBlob::new(media_type, bytes))
 }
 
 impl Store {
     pub async fn new(
-        storage: Storage,
+        storage: Box<dyn Backend>,
         cfg: StoreConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
@@ -143,6 +132,48 @@ impl Store {
         })
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// The backend's address without secrets, for logs.
+    pub fn describe(&self) -> String {
+        self.storage.describe()
+    }
+
+    /// Whether stored objects carry their last write time (expiry and GC need it).
+    pub fn keeps_times(&self) -> bool {
+        self.storage.has_times()
+    }
+
+    /// One cheap round trip to the backend (start-up check, `/readyz`).
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.count_err("probe", self.storage.probe().await)
+    }
+
+    /// Every stored object under `prefix`, with its size and time (GC).
+    pub(crate) async fn list(
+        &self,
+        prefix: &Prefix,
+    ) -> Result<Vec<crate::backend::Meta>, StorageError> {
+        self.count_err("list", self.storage.list(prefix).await)
+    }
+
+    /// A small object (tag, manifest) read straight from the backend (GC).
+    pub(crate) async fn read_small(&self, key: &Key) -> Result<Option<Bytes>, StorageError> {
+        let got = self.count_err("get", self.storage.get_small(key).await)?;
+        Ok(got.map(|(b, _)| b))
+    }
+
+    /// Deletes a manifest object by key (GC; tags pointing at it are gone).
+    pub(crate) async fn delete_object(&self, key: &Key) -> Result<(), StorageError> {
+        self.count_err("delete", self.storage.delete(key).await)
+    }
+
     fn count_err<T>(&self, op: &str, r: Result<T, StorageError>) -> Result<T, StorageError> {
         if r.is_err() {
             self.metrics.backend_error(op);
@@ -158,7 +189,7 @@ impl Store {
             return Ok(Some(e));
         }
         self.metrics.tier("memory", false);
-        let key = Storage::tag_key(repo, tag);
+        let key = Key::tag(repo, tag);
         let got = self.count_err("get", self.storage.get_small(&key).await)?;
         self.metrics.tier("store", got.is_some());
         let Some((bytes, meta)) = got else {
@@ -168,7 +199,7 @@ impl Store {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| StoreError::Corrupt {
-                key: key.clone(),
+                key: key.to_string(),
                 reason: "not a digest".into(),
             })?;
         let e = TagEntry {
@@ -195,14 +226,14 @@ impl Store {
             return Ok(None);
         }
         self.metrics.tier("memory", false);
-        let key = Storage::manifest_key(repo, d);
+        let key = Key::manifest(repo, d);
         let got = self.count_err("get", self.storage.get_small(&key).await)?;
         self.metrics.tier("store", got.is_some());
         let Some((raw, _)) = got else {
             return Ok(None);
         };
         self.metrics.bytes("store", "out", raw.len() as u64);
-        let m = Arc::new(parse_stored_manifest(&key, d, &raw)?);
+        let m = Arc::new(manifest::parse_stored(&key, d, &raw)?);
         self.memory.manifests.insert(d.clone(), m.clone()).await;
         self.remember_in_repo(repo, d).await;
         Ok(Some(m))
@@ -213,7 +244,7 @@ impl Store {
         if self.memory.tags.get(&k).await.is_some() {
             return Ok(true);
         }
-        let key = Storage::manifest_key(repo, d);
+        let key = Key::manifest(repo, d);
         let there = self
             .count_err("head", self.storage.head(&key).await)?
             .is_some();
@@ -300,7 +331,7 @@ impl Store {
             .tags
             .insert((repo.to_string(), tag.to_string()), fresh)
             .await;
-        let key = Storage::tag_key(repo, tag);
+        let key = Key::tag(repo, tag);
         let body = Bytes::from(e.digest.to_string());
         if let Err(err) = self.storage.put_small(&key, body).await {
             self.metrics.backend_error("put");
@@ -554,18 +585,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.count_err("put", self.storage.put_blob_file(d, staged).await)?;
         self.metrics.bytes("store", "in", size);
-        self.known_blobs.insert(Storage::blob_key(d), size).await;
+        self.known_blobs.insert(Key::Blob(d.clone()), size).await;
         Ok(())
     }
 
     pub async fn delete_blob(&self, d: &Digest) -> Result<(), StoreError> {
         // Only global keys are deleted (fronted registries refuse deletes).
-        self.known_blobs.invalidate(&Storage::blob_key(d)).await;
+        self.known_blobs.invalidate(&Key::Blob(d.clone())).await;
         if let Some(disk) = &self.disk {
             disk.remove(d).await;
         }
-        self.count_err("delete", self.storage.delete(&Storage::blob_key(d)).await)?;
-        self.known_blobs.invalidate(&Storage::blob_key(d)).await;
+        self.count_err("delete", self.storage.delete(&Key::Blob(d.clone())).await)?;
+        self.known_blobs.invalidate(&Key::Blob(d.clone())).await;
         Ok(())
     }
 
@@ -614,7 +645,7 @@ impl Store {
         }
         let blob = ManifestBlob::new(media_type.clone(), bytes.clone());
         if is_index(&media_type) {
-            for child in descriptors(&v, "manifests")? {
+            for child in manifest::descriptors(&v, "manifests")? {
                 if self.manifest(repo, &child).await?.is_none() {
                     return Err(StoreError::ManifestBlobUnknown { digest: child });
                 }
@@ -626,12 +657,9 @@ impl Store {
                 }
             }
         }
-        let mut obj = Vec::with_capacity(media_type.len() + 1 + bytes.len());
-        obj.extend_from_slice(media_type.as_bytes());
-        obj.push(b'\n');
-        obj.extend_from_slice(&bytes);
-        let mkey = Storage::manifest_key(repo, &d);
-        self.count_err("put", self.storage.put_small(&mkey, Bytes::from(obj)).await)?;
+        let obj = manifest::encode_stored(&media_type, &bytes);
+        let mkey = Key::manifest(repo, &d);
+        self.count_err("put", self.storage.put_small(&mkey, obj).await)?;
         self.metrics.bytes("store", "in", bytes.len() as u64);
         self.memory
             .manifests
@@ -639,7 +667,7 @@ impl Store {
             .await;
         self.remember_in_repo(repo, &d).await;
         if !reference.starts_with("sha256:") {
-            let tkey = Storage::tag_key(repo, reference);
+            let tkey = Key::tag(repo, reference);
             self.count_err(
                 "put",
                 self.storage
@@ -663,7 +691,7 @@ impl Store {
     /// Deletes a tag, or a manifest by digest together with its tags.
     pub async fn delete_manifest(&self, repo: &str, reference: &str) -> Result<bool, StoreError> {
         if let Ok(d) = reference.parse::<Digest>() {
-            let key = Storage::manifest_key(repo, &d);
+            let key = Key::manifest(repo, &d);
             if self
                 .count_err("head", self.storage.head(&key).await)?
                 .is_none()
@@ -692,10 +720,7 @@ impl Store {
     }
 
     pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
-        self.count_err(
-            "delete",
-            self.storage.delete(&Storage::tag_key(repo, tag)).await,
-        )?;
+        self.count_err("delete", self.storage.delete(&Key::tag(repo, tag)).await)?;
         self.memory
             .tags
             .invalidate(&(repo.to_string(), tag.to_string()))
@@ -704,12 +729,14 @@ impl Store {
     }
 
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = format!("repos/{repo}/_tags/");
+        let prefix = Prefix::Tags(repo.to_string());
         let mut v: Vec<String> = self
             .count_err("list", self.storage.list(&prefix).await)?
             .into_iter()
-            .filter_map(|m| m.key.strip_prefix(&prefix).map(str::to_string))
-            .filter(|t| !t.contains('/'))
+            .filter_map(|m| match m.key {
+                Key::Tag { repo: r, tag } if r == repo && !tag.contains('/') => Some(tag),
+                _ => None,
+            })
             .collect();
         v.sort();
         Ok(v)
@@ -718,87 +745,15 @@ impl Store {
     /// Repositories holding at least one manifest.
     pub async fn catalog(&self) -> Result<Vec<String>, StoreError> {
         let mut v: Vec<String> = self
-            .count_err("list", self.storage.list("repos/").await)?
+            .count_err("list", self.storage.list(&Prefix::Repos).await)?
             .into_iter()
-            .filter_map(|m| {
-                let rest = m.key.strip_prefix("repos/")?;
-                rest.split_once("/_manifests/").map(|(r, _)| r.to_string())
+            .filter_map(|m| match m.key {
+                Key::Manifest { repo, .. } => Some(repo),
+                _ => None,
             })
             .collect();
         v.sort();
         v.dedup();
         Ok(v)
-    }
-}
-
-pub fn is_index(media_type: &str) -> bool {
-    media_type == media::OCI_INDEX || media_type == media::DOCKER_LIST
-}
-
-fn descriptors(v: &serde_json::Value, field: &str) -> Result<Vec<Digest>, StoreError> {
-    let Some(list) = v.get(field) else {
-        return Ok(Vec::new());
-    };
-    let list = list
-        .as_array()
-        .ok_or_else(|| StoreError::ManifestInvalid(format!("{field} is not a list")))?;
-    list.iter()
-        .filter(|d| d.get("urls").is_none())
-        .map(|d| {
-            d.get("digest")
-                .and_then(|x| x.as_str())
-                .ok_or_else(|| {
-                    StoreError::ManifestInvalid(format!("a descriptor in {field} has no digest"))
-                })?
-                .parse()
-                .map_err(|e: kiln_common::digest::DigestError| {
-                    StoreError::ManifestInvalid(e.to_string())
-                })
-        })
-        .collect()
-}
-
-/// What a manifest refers to, parsed once per manifest held in memory.
-fn refs(m: &ManifestBlob) -> &Result<ManifestRefs, String> {
-    m.refs.get_or_init(|| {
-        let v: serde_json::Value = serde_json::from_slice(&m.bytes).map_err(|e| e.to_string())?;
-        let invalid = |e: StoreError| match e {
-            StoreError::ManifestInvalid(m) => m,
-            other => other.to_string(),
-        };
-        if is_index(&m.media_type) {
-            return Ok(ManifestRefs {
-                blobs: Vec::new(),
-                children: descriptors(&v, "manifests").map_err(invalid)?,
-            });
-        }
-        let config = v
-            .get("config")
-            .ok_or("image manifest without config")?
-            .get("digest")
-            .and_then(|x| x.as_str())
-            .ok_or("config has no digest")?;
-        let mut blobs = vec![config.parse::<Digest>().map_err(|e| e.to_string())?];
-        blobs.extend(descriptors(&v, "layers").map_err(invalid)?);
-        Ok(ManifestRefs {
-            blobs,
-            children: Vec::new(),
-        })
-    })
-}
-
-/// The blobs an image manifest needs (config and layers); none for an index.
-pub fn referenced_blobs(m: &ManifestBlob) -> Result<&[Digest], StoreError> {
-    match refs(m) {
-        Ok(r) => Ok(&r.blobs),
-        Err(e) => Err(StoreError::ManifestInvalid(e.clone())),
-    }
-}
-
-/// Child manifests an index refers to.
-pub fn referenced_manifests(m: &ManifestBlob) -> &[Digest] {
-    match refs(m) {
-        Ok(r) => &r.children,
-        Err(_) => &[],
     }
 }

@@ -2,41 +2,14 @@
 //! lookups, local disk for blobs. Both are caches: losing either loses no
 //! data, and an entry is only ever inserted once it has been verified.
 
+use crate::manifest::ManifestBlob;
 use crate::metrics::Metrics;
-use bytes::Bytes;
 use kiln_common::Digest;
 use moka::notification::RemovalCause;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A manifest as stored: its media type and exact bytes. What it refers
-/// to is parsed once, when first asked (every cache hit asks), and kept
-/// with it in the memory tier.
-#[derive(Debug)]
-pub struct ManifestBlob {
-    pub media_type: String,
-    pub bytes: Bytes,
-    /// Blobs (config, layers) and child manifests, or why they could not be read.
-    pub(crate) refs: std::sync::OnceLock<Result<ManifestRefs, String>>,
-}
-
-#[derive(Debug, Default)]
-pub struct ManifestRefs {
-    pub blobs: Vec<Digest>,
-    pub children: Vec<Digest>,
-}
-
-impl ManifestBlob {
-    pub fn new(media_type: String, bytes: Bytes) -> ManifestBlob {
-        ManifestBlob {
-            media_type,
-            bytes,
-            refs: std::sync::OnceLock::new(),
-        }
-    }
-}
 
 /// What a tag points at, and when the entry was last used.
 #[derive(Debug, Clone)]

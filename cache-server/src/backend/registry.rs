@@ -12,7 +12,8 @@
 //! Credentials come from the Docker config (`DOCKER_CONFIG`), as for the
 //! executor; `?insecure=true` reaches the upstream over plain HTTP.
 
-use crate::storage::{Backend, Meta, StorageError};
+use super::{Backend, Meta, StorageError};
+use crate::keys::{Key, Prefix};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
@@ -29,34 +30,9 @@ pub struct RegistryBackend {
     base: String,
 }
 
-enum Key {
-    Blob(Digest),
-    /// A blob asked for through a repository: looked for there first.
-    RepoBlob(String, Digest),
-    Manifest(String, Digest),
-    Tag(String, String),
-}
-
-fn parse_key(key: &str) -> Option<Key> {
-    if let Some(hex) = key.strip_prefix("blobs/sha256/") {
-        return format!("sha256:{hex}").parse().ok().map(Key::Blob);
-    }
-    let rest = key.strip_prefix("repos/")?;
-    if let Some((repo, hex)) = rest.split_once("/_blobs/") {
-        let d = format!("sha256:{hex}").parse().ok()?;
-        return Some(Key::RepoBlob(repo.to_string(), d));
-    }
-    if let Some((repo, hex)) = rest.split_once("/_manifests/") {
-        let d = format!("sha256:{hex}").parse().ok()?;
-        return Some(Key::Manifest(repo.to_string(), d));
-    }
-    let (repo, tag) = rest.split_once("/_tags/")?;
-    Some(Key::Tag(repo.to_string(), tag.to_string()))
-}
-
-fn now_meta(key: &str, size: u64) -> Meta {
+fn now_meta(key: &Key, size: u64) -> Meta {
     Meta {
-        key: key.to_string(),
+        key: key.clone(),
         size,
         modified: chrono::Utc::now(),
     }
@@ -111,7 +87,7 @@ impl RegistryBackend {
         }
     }
 
-    fn err<'a>(op: &'static str, key: &'a str) -> impl Fn(RegistryError) -> StorageError + 'a {
+    fn err<'a>(op: &'static str, key: &'a Key) -> impl Fn(RegistryError) -> StorageError + 'a {
         move |e| StorageError::Upstream {
             op,
             path: key.to_string(),
@@ -124,24 +100,23 @@ impl RegistryBackend {
     fn blob_places(&self, key: &Key) -> Vec<(Option<String>, Digest)> {
         match key {
             Key::Blob(d) => vec![(None, d.clone())],
-            Key::RepoBlob(r, d) => vec![(Some(r.clone()), d.clone()), (None, d.clone())],
+            Key::RepoBlob { repo, digest } => {
+                vec![(Some(repo.clone()), digest.clone()), (None, digest.clone())]
+            }
             _ => Vec::new(),
         }
     }
 
     async fn find_blob(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<&Range<u64>>,
     ) -> Result<Option<kiln_common::registry::BlobStream>, StorageError> {
-        let Some(k) = parse_key(key) else {
-            return Ok(None);
-        };
         let (offset, len) = match range {
             Some(r) => (r.start, Some(r.end - r.start)),
             None => (0, None),
         };
-        for (repo, d) in self.blob_places(&k) {
+        for (repo, d) in self.blob_places(key) {
             let r = self.reference(repo.as_deref(), None, Some(&d));
             let found = self
                 .registry
@@ -182,47 +157,45 @@ impl Backend for RegistryBackend {
         false
     }
 
-    fn blob_read_key(&self, repo: &str, d: &Digest) -> String {
-        format!("repos/{repo}/_blobs/{}", d.hex())
+    fn blob_read_key(&self, repo: &str, d: &Digest) -> Key {
+        Key::repo_blob(repo, d)
     }
 
-    async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError> {
-        match parse_key(key) {
-            Some(Key::Blob(_)) | Some(Key::RepoBlob(..)) => {
+    async fn head(&self, key: &Key) -> Result<Option<Meta>, StorageError> {
+        match key {
+            Key::Blob(_) | Key::RepoBlob { .. } => {
                 // A GET whose body is dropped unread: oci-client exposes no
                 // blob size by HEAD.
                 let s = self.find_blob(key, None).await?;
                 Ok(s.map(|b| now_meta(key, b.len.unwrap_or(0))))
             }
-            Some(Key::Manifest(..)) | Some(Key::Tag(..)) => {
+            Key::Manifest { .. } | Key::Tag { .. } => {
                 Ok(self.get_small(key).await?.map(|(b, m)| Meta {
                     size: b.len() as u64,
                     ..m
                 }))
             }
-            None => Ok(None),
+            Key::Probe => Ok(None),
         }
     }
 
-    async fn get_small(&self, key: &str) -> Result<Option<(Bytes, Meta)>, StorageError> {
-        match parse_key(key) {
-            Some(Key::Manifest(repo, d)) => {
-                let r = self.reference(Some(&repo), None, Some(&d));
+    async fn get_small(&self, key: &Key) -> Result<Option<(Bytes, Meta)>, StorageError> {
+        match key {
+            Key::Manifest { repo, digest } => {
+                let r = self.reference(Some(repo), None, Some(digest));
                 let got = self
                     .registry
                     .get_manifest(&r)
                     .await
                     .map_err(Self::err("get", key))?;
                 Ok(got.map(|(bytes, _)| {
-                    let mut obj = media_type_of(&bytes).into_bytes();
-                    obj.push(b'\n');
-                    obj.extend_from_slice(&bytes);
+                    let obj = crate::manifest::encode_stored(&media_type_of(&bytes), &bytes);
                     let n = obj.len() as u64;
-                    (Bytes::from(obj), now_meta(key, n))
+                    (obj, now_meta(key, n))
                 }))
             }
-            Some(Key::Tag(repo, tag)) => {
-                let r = self.reference(Some(&repo), Some(&tag), None);
+            Key::Tag { repo, tag } => {
+                let r = self.reference(Some(repo), Some(tag), None);
                 let got = self
                     .registry
                     .head_manifest(&r)
@@ -234,21 +207,21 @@ impl Backend for RegistryBackend {
         }
     }
 
-    async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
-        match parse_key(key) {
-            Some(Key::Manifest(repo, d)) => {
-                let blob = crate::store::parse_stored_manifest(key, &d, &bytes).map_err(|e| {
+    async fn put_small(&self, key: &Key, bytes: Bytes) -> Result<(), StorageError> {
+        match key {
+            Key::Manifest { repo, digest } => {
+                let blob = crate::manifest::parse_stored(key, digest, &bytes).map_err(|e| {
                     StorageError::Upstream {
                         op: "put",
                         path: key.to_string(),
                         source: Box::new(e),
                     }
                 })?;
-                let r = self.reference(Some(&repo), None, Some(&d));
+                let r = self.reference(Some(repo), None, Some(digest));
                 // The upstream checks that a manifest's blobs are in its
                 // repository: mount them from where blobs are kept.
                 let from = self.reference(None, None, None);
-                for b in crate::store::referenced_blobs(&blob).unwrap_or_default() {
+                for b in crate::manifest::referenced_blobs(&blob).unwrap_or_default() {
                     let mounted = self
                         .registry
                         .mount_blob(&r, &from, b)
@@ -268,7 +241,7 @@ impl Backend for RegistryBackend {
                     .map_err(Self::err("put", key))?;
                 Ok(())
             }
-            Some(Key::Tag(repo, tag)) => {
+            Key::Tag { repo, tag } => {
                 let d: Digest = std::str::from_utf8(&bytes)
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
@@ -277,7 +250,7 @@ impl Backend for RegistryBackend {
                         path: key.to_string(),
                         source: "tag body is not a digest".into(),
                     })?;
-                let by_digest = self.reference(Some(&repo), None, Some(&d));
+                let by_digest = self.reference(Some(repo), None, Some(&d));
                 let (body, _) = self
                     .registry
                     .get_manifest(&by_digest)
@@ -289,7 +262,7 @@ impl Backend for RegistryBackend {
                         source: format!("manifest {d} is not upstream").into(),
                     })?;
                 let mt = media_type_of(&body);
-                let r = self.reference(Some(&repo), Some(&tag), None);
+                let r = self.reference(Some(repo), Some(tag), None);
                 self.registry
                     .push_manifest(&r, body, &mt)
                     .await
@@ -302,7 +275,7 @@ impl Backend for RegistryBackend {
 
     async fn get_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<Range<u64>>,
     ) -> Result<Option<BoxStream<'static, Result<Bytes, StorageError>>>, StorageError> {
         let s = self.find_blob(key, range.as_ref()).await?;
@@ -319,7 +292,7 @@ impl Backend for RegistryBackend {
     }
 
     async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError> {
-        let key = crate::storage::Storage::blob_key(d);
+        let key = Key::Blob(d.clone());
         let size = tokio::fs::metadata(staged)
             .await
             .map_err(|source| StorageError::Io {
@@ -336,15 +309,12 @@ impl Backend for RegistryBackend {
         Ok(())
     }
 
-    async fn delete(&self, _key: &str) -> Result<(), StorageError> {
+    async fn delete(&self, _key: &Key) -> Result<(), StorageError> {
         Err(self.unsupported("delete"))
     }
 
-    async fn list(&self, sub: &str) -> Result<Vec<Meta>, StorageError> {
-        let Some(repo) = sub
-            .strip_prefix("repos/")
-            .and_then(|r| r.strip_suffix("/_tags/"))
-        else {
+    async fn list(&self, sub: &Prefix) -> Result<Vec<Meta>, StorageError> {
+        let Prefix::Tags(repo) = sub else {
             return Err(self.unsupported("listing"));
         };
         let r = self.reference(Some(repo), None, None);
@@ -352,10 +322,10 @@ impl Backend for RegistryBackend {
             .registry
             .list_tags(&r)
             .await
-            .map_err(Self::err("list", sub))?;
+            .map_err(Self::err("list", &Key::tag(repo, "")))?;
         Ok(tags
             .into_iter()
-            .map(|t| now_meta(&crate::storage::Storage::tag_key(repo, &t), 0))
+            .map(|t| now_meta(&Key::tag(repo, &t), 0))
             .collect())
     }
 
@@ -364,7 +334,7 @@ impl Backend for RegistryBackend {
         self.registry
             .head_manifest(&r)
             .await
-            .map_err(Self::err("probe", "/v2/"))?;
+            .map_err(Self::err("probe", &Key::Probe))?;
         Ok(())
     }
 }

@@ -1,21 +1,9 @@
-//! The remote store: the one truth every replica shares. Each replica's
-//! memory and disk tiers are caches of it, so several replicas over one
-//! bucket give the same answers.
-//!
-//! Layout under the prefix (names chosen so any object-store browser shows
-//! what is there):
-//! - `blobs/sha256/<hex>`: blob content, global and content-addressed;
-//! - `repos/<repo>/_manifests/<hex>`: `<media type>\n<manifest bytes>`;
-//! - `repos/<repo>/_tags/<tag>`: the tagged manifest's digest. The object's
-//!   last-modified time is the entry's last use: a hit rewrites it (at most
-//!   every `touch_after`), expiry and LRU eviction read it. No extra index
-//!   has to agree with the bucket.
-//!
-//! Two backends implement [`Backend`]: object stores (`file://`, `s3://`,
-//! `gs://`, `az://`, through `object_store`) and an existing registry
-//! (`registry://host/repo`, in `upstream`), which maps the same keys onto
-//! registry calls: read-through and write-through.
+//! Object stores as the backend: `file://`, `s3://`, `gs://`, `az://`
+//! through `object_store`. `file://` commits blobs by rename and serves
+//! them straight from disk.
 
+use super::{Backend, Meta, StorageError, PART_SIZE};
+use crate::keys::{Key, Prefix};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
@@ -29,43 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
-/// Objects above this size are uploaded in parts (S3's minimum part is 5 MiB).
-const PART_SIZE: usize = 16 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("storage {op} {path}")]
-    Backend {
-        op: &'static str,
-        path: String,
-        source: object_store::Error,
-    },
-    #[error("storage {path}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Url(#[from] kiln_common::objstore::ObjStoreError),
-    #[error("upstream registry {op} {path}")]
-    Upstream {
-        op: &'static str,
-        path: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{op} is not supported by {backend}")]
-    Unsupported { op: &'static str, backend: String },
-}
-
-/// One listed object.
-#[derive(Debug, Clone)]
-pub struct Meta {
-    pub key: String,
-    pub size: u64,
-    pub modified: chrono::DateTime<chrono::Utc>,
-}
-
 pub struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
@@ -73,86 +24,6 @@ pub struct ObjectBackend {
     /// by rename and served straight from disk.
     local_root: Option<PathBuf>,
     url: String,
-}
-
-/// Where the truth lives.
-///
-/// Semantics, for every method: a missing object is `Ok(None)` (`Ok(())` for
-/// a delete); `Err` means the backend could not answer: the caller counts
-/// it in `backend_errors` and answers 503, or treats a lookup as a miss,
-/// never silently. Writes are atomic: an object is wholly visible or not at
-/// all (object-store puts are; `file://` commits blobs by rename).
-#[async_trait::async_trait]
-pub trait Backend: Send + Sync {
-    /// The store's address without secrets, for logs.
-    fn describe(&self) -> String;
-    /// For `file://`: the directory, so blobs commit by rename and are
-    /// served straight from disk (no separate disk tier).
-    fn local_root(&self) -> Option<&Path> {
-        None
-    }
-    fn local_blob_path(&self, _d: &Digest) -> Option<PathBuf> {
-        None
-    }
-    /// The key to read a blob by when a request for it names `repo`. Blobs
-    /// are global in object stores; a fronted registry keeps them per
-    /// repository and looks in the named one first.
-    fn blob_read_key(&self, _repo: &str, d: &Digest) -> String {
-        Storage::blob_key(d)
-    }
-    /// Whether objects carry their last write time. Expiry, LRU eviction
-    /// and GC need it; without it entries stay until deleted.
-    fn has_times(&self) -> bool {
-        true
-    }
-    async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError>;
-    /// A small object (manifest, tag) read whole, with its metadata.
-    async fn get_small(&self, key: &str) -> Result<Option<(Bytes, Meta)>, StorageError>;
-    async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError>;
-    /// Streams a blob, or a range of it.
-    async fn get_stream(
-        &self,
-        key: &str,
-        range: Option<Range<u64>>,
-    ) -> Result<Option<BoxStream<'static, Result<Bytes, StorageError>>>, StorageError>;
-    /// Commits a staged, already verified blob file, consuming it.
-    async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError>;
-    async fn delete(&self, key: &str) -> Result<(), StorageError>;
-    /// Every object under `sub`.
-    async fn list(&self, sub: &str) -> Result<Vec<Meta>, StorageError>;
-    /// A cheap round trip that proves the backend answers (for `/readyz`).
-    async fn probe(&self) -> Result<(), StorageError>;
-}
-
-/// The backend a `--storage` URL names, and the key scheme shared by all.
-pub struct Storage(Box<dyn Backend>);
-
-impl std::ops::Deref for Storage {
-    type Target = dyn Backend;
-    fn deref(&self) -> &Self::Target {
-        self.0.as_ref()
-    }
-}
-
-impl Storage {
-    pub fn open(url: &str) -> Result<Storage, StorageError> {
-        if let Some(rest) = url.strip_prefix("registry://") {
-            return Ok(Storage(Box::new(crate::upstream::RegistryBackend::open(
-                rest,
-            )?)));
-        }
-        Ok(Storage(Box::new(ObjectBackend::open(url)?)))
-    }
-
-    pub fn blob_key(d: &Digest) -> String {
-        format!("blobs/sha256/{}", d.hex())
-    }
-    pub fn manifest_key(repo: &str, d: &Digest) -> String {
-        format!("repos/{repo}/_manifests/{}", d.hex())
-    }
-    pub fn tag_key(repo: &str, tag: &str) -> String {
-        format!("repos/{repo}/_tags/{tag}")
-    }
 }
 
 impl ObjectBackend {
@@ -191,7 +62,8 @@ impl ObjectBackend {
         }
     }
 
-    fn meta(&self, m: ObjectMeta) -> Meta {
+    /// The listed object as a key of the layout; `None` for a stray object.
+    fn meta(&self, m: ObjectMeta) -> Option<Meta> {
         let full = m.location.as_ref();
         let pre = self.prefix.as_ref();
         let key = if pre.is_empty() {
@@ -202,11 +74,11 @@ impl ObjectBackend {
                 .trim_start_matches('/')
                 .to_string()
         };
-        Meta {
-            key,
+        Some(Meta {
+            key: key.parse().ok()?,
             size: m.size,
             modified: m.last_modified,
-        }
+        })
     }
 }
 
@@ -228,50 +100,58 @@ impl Backend for ObjectBackend {
         for part in self.prefix.parts() {
             p.push(part.as_ref());
         }
-        Some(p.join("blobs/sha256").join(d.hex()))
+        Some(p.join(Key::Blob(d.clone()).to_string()))
     }
 
-    async fn head(&self, key: &str) -> Result<Option<Meta>, StorageError> {
-        match self.store.head(&self.path(key)).await {
-            Ok(m) => Ok(Some(self.meta(m))),
+    async fn head(&self, key: &Key) -> Result<Option<Meta>, StorageError> {
+        let name = key.to_string();
+        match self.store.head(&self.path(&name)).await {
+            Ok(m) => Ok(self.meta(m)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.backend("head", key)(e)),
+            Err(e) => Err(self.backend("head", &name)(e)),
         }
     }
 
     /// A small object (manifest, tag) read whole, with its metadata.
-    async fn get_small(&self, key: &str) -> Result<Option<(Bytes, Meta)>, StorageError> {
-        let r = match self.store.get(&self.path(key)).await {
+    async fn get_small(&self, key: &Key) -> Result<Option<(Bytes, Meta)>, StorageError> {
+        let name = key.to_string();
+        let r = match self.store.get(&self.path(&name)).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.backend("get", key)(e)),
+            Err(e) => return Err(self.backend("get", &name)(e)),
         };
-        let meta = self.meta(r.meta.clone());
-        let bytes = r.bytes().await.map_err(self.backend("get", key))?;
+        let meta = Meta {
+            key: key.clone(),
+            size: r.meta.size,
+            modified: r.meta.last_modified,
+        };
+        let bytes = r.bytes().await.map_err(self.backend("get", &name))?;
         Ok(Some((bytes, meta)))
     }
 
-    async fn put_small(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+    async fn put_small(&self, key: &Key, bytes: Bytes) -> Result<(), StorageError> {
+        let name = key.to_string();
         self.store
-            .put(&self.path(key), PutPayload::from_bytes(bytes))
+            .put(&self.path(&name), PutPayload::from_bytes(bytes))
             .await
             .map(|_| ())
-            .map_err(self.backend("put", key))
+            .map_err(self.backend("put", &name))
     }
 
     /// Streams part of a blob. `None` when absent.
     async fn get_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<Range<u64>>,
     ) -> Result<Option<BoxStream<'static, Result<Bytes, StorageError>>>, StorageError> {
         let opts = GetOptions {
             range: range.map(GetRange::Bounded),
             ..Default::default()
         };
-        match self.store.get_opts(&self.path(key), opts).await {
+        let name = key.to_string();
+        match self.store.get_opts(&self.path(&name), opts).await {
             Ok(r) => {
-                let path = key.to_string();
+                let path = name.clone();
                 Ok(Some(
                     r.into_stream()
                         .map_err(move |source| StorageError::Backend {
@@ -283,13 +163,13 @@ impl Backend for ObjectBackend {
                 ))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.backend("get", key)(e)),
+            Err(e) => Err(self.backend("get", &name)(e)),
         }
     }
 
     /// Commits a staged, already verified blob file. The file is consumed.
     async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError> {
-        let key = Storage::blob_key(d);
+        let key = Key::Blob(d.clone()).to_string();
         if let Some(dest) = self.local_blob_path(d) {
             let io = |source| StorageError::Io {
                 path: dest.clone(),
@@ -302,7 +182,7 @@ impl Backend for ObjectBackend {
                 return Ok(());
             }
             // Another filesystem: copy beside the destination, then rename.
-            let tmp = dest.with_extension(format!("tmp-{}", crate::random_id()));
+            let tmp = dest.with_extension(format!("tmp-{}", kiln_common::units::random_id()));
             tokio::fs::copy(staged, &tmp).await.map_err(io)?;
             let r = tokio::fs::rename(&tmp, &dest).await.map_err(io);
             let _ = tokio::fs::remove_file(staged).await;
@@ -352,23 +232,25 @@ impl Backend for ObjectBackend {
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        match self.store.delete(&self.path(key)).await {
+    async fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        let name = key.to_string();
+        match self.store.delete(&self.path(&name)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.backend("delete", key)(e)),
+            Err(e) => Err(self.backend("delete", &name)(e)),
         }
     }
 
     /// Every object under `sub` (relative to the prefix).
-    async fn list(&self, sub: &str) -> Result<Vec<Meta>, StorageError> {
-        let p = self.path(sub);
+    async fn list(&self, sub: &Prefix) -> Result<Vec<Meta>, StorageError> {
+        let name = sub.to_string();
+        let p = self.path(&name);
         let mut s = self.store.list(Some(&p));
         let mut out = Vec::new();
         while let Some(m) = s.next().await {
             match m {
-                Ok(m) => out.push(self.meta(m)),
+                Ok(m) => out.extend(self.meta(m)),
                 Err(object_store::Error::NotFound { .. }) => break,
-                Err(e) => return Err(self.backend("list", sub)(e)),
+                Err(e) => return Err(self.backend("list", &name)(e)),
             }
         }
         Ok(out)
@@ -376,6 +258,6 @@ impl Backend for ObjectBackend {
 
     /// A cheap round trip that proves the store answers (for `/readyz`).
     async fn probe(&self) -> Result<(), StorageError> {
-        self.head("kiln-probe").await.map(|_| ())
+        self.head(&Key::Probe).await.map(|_| ())
     }
 }

@@ -1,0 +1,181 @@
+//! The storage layout, spelled in one place: every object the server keeps
+//! is a [`Key`], every listing a [`Prefix`]. `Display` is the only code that
+//! writes a key and `FromStr` the only code that reads one back, so the
+//! backends, the store and GC cannot disagree about it (bazel-remote keeps
+//! its `cas/`/`ac/` layout the same way).
+//!
+//! - `blobs/sha256/<hex>`: blob content, global and content-addressed;
+//! - `repos/<repo>/_blobs/<hex>`: a blob as asked for through a repository
+//!   (object stores read the global key; a fronted registry looks in the
+//!   repository first);
+//! - `repos/<repo>/_manifests/<hex>`: `<media type>\n<manifest bytes>`
+//!   ([`crate::manifest`]);
+//! - `repos/<repo>/_tags/<tag>`: the tagged manifest's digest; the object's
+//!   last-modified time is the entry's last use.
+//!
+//! Repository names cannot have a component starting with `_`, so the
+//! `_blobs`/`_manifests`/`_tags` markers are unambiguous.
+
+use kiln_common::Digest;
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Blob(Digest),
+    RepoBlob {
+        repo: String,
+        digest: Digest,
+    },
+    Manifest {
+        repo: String,
+        digest: Digest,
+    },
+    Tag {
+        repo: String,
+        tag: String,
+    },
+    /// The object `/readyz` heads to prove the backend answers.
+    Probe,
+}
+
+/// A listing: everything under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prefix {
+    Blobs,
+    /// Every repository's manifests and tags.
+    Repos,
+    /// One repository's tags.
+    Tags(String),
+}
+
+impl Key {
+    pub fn tag(repo: &str, tag: &str) -> Key {
+        Key::Tag {
+            repo: repo.to_string(),
+            tag: tag.to_string(),
+        }
+    }
+
+    pub fn manifest(repo: &str, digest: &Digest) -> Key {
+        Key::Manifest {
+            repo: repo.to_string(),
+            digest: digest.clone(),
+        }
+    }
+
+    pub fn repo_blob(repo: &str, digest: &Digest) -> Key {
+        Key::RepoBlob {
+            repo: repo.to_string(),
+            digest: digest.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Blob(d) => write!(f, "blobs/sha256/{}", d.hex()),
+            Key::RepoBlob { repo, digest } => write!(f, "repos/{repo}/_blobs/{}", digest.hex()),
+            Key::Manifest { repo, digest } => {
+                write!(f, "repos/{repo}/_manifests/{}", digest.hex())
+            }
+            Key::Tag { repo, tag } => write!(f, "repos/{repo}/_tags/{tag}"),
+            Key::Probe => f.write_str("kiln-probe"),
+        }
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Prefix::Blobs => f.write_str("blobs/sha256/"),
+            Prefix::Repos => f.write_str("repos/"),
+            Prefix::Tags(repo) => write!(f, "repos/{repo}/_tags/"),
+        }
+    }
+}
+
+/// A string that is not a key of the layout (a stray object in the bucket).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a key of the storage layout")]
+pub struct NotAKey(String);
+
+fn digest(hex: &str, key: &str) -> Result<Digest, NotAKey> {
+    format!("sha256:{hex}")
+        .parse()
+        .map_err(|_| NotAKey(key.to_string()))
+}
+
+impl FromStr for Key {
+    type Err = NotAKey;
+    fn from_str(key: &str) -> Result<Key, NotAKey> {
+        if key == "kiln-probe" {
+            return Ok(Key::Probe);
+        }
+        if let Some(hex) = key.strip_prefix("blobs/sha256/") {
+            return digest(hex, key).map(Key::Blob);
+        }
+        let bad = || NotAKey(key.to_string());
+        let rest = key.strip_prefix("repos/").ok_or_else(bad)?;
+        let (repo, kind, name) = ["_blobs", "_manifests", "_tags"]
+            .iter()
+            .find_map(|m| {
+                let (repo, name) = rest.split_once(&format!("/{m}/"))?;
+                Some((repo, *m, name))
+            })
+            .ok_or_else(bad)?;
+        if repo.is_empty() || name.is_empty() {
+            return Err(bad());
+        }
+        let repo = repo.to_string();
+        Ok(match kind {
+            "_blobs" => Key::RepoBlob {
+                repo,
+                digest: digest(name, key)?,
+            },
+            "_manifests" => Key::Manifest {
+                repo,
+                digest: digest(name, key)?,
+            },
+            _ => Key::Tag {
+                repo,
+                tag: name.to_string(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let d = Digest::sha256_of(b"x");
+        for k in [
+            Key::Blob(d.clone()),
+            Key::repo_blob("a/b", &d),
+            Key::manifest("a/b", &d),
+            Key::tag("a/b", "v1.0"),
+            Key::Probe,
+        ] {
+            assert_eq!(k.to_string().parse::<Key>().unwrap(), k, "{k}");
+        }
+        assert_eq!(
+            Key::tag("team/app", "latest").to_string(),
+            "repos/team/app/_tags/latest"
+        );
+        assert!(Prefix::Tags("r".into())
+            .to_string()
+            .starts_with(&Prefix::Repos.to_string()));
+        for bad in [
+            "repos/x",
+            "blobs/sha256/zz",
+            "repos//_tags/t",
+            "other/thing",
+        ] {
+            assert!(bad.parse::<Key>().is_err(), "{bad}");
+        }
+    }
+}
