@@ -3,6 +3,12 @@
 //! Hand-written because no maintained crate handles the whole syntax users write:
 //! parser directives, a configurable escape character, comment lines inside
 //! continuations, JSON vs shell forms and heredocs (`RUN <<EOF`, `COPY <<EOF`).
+//!
+//! Longer than ~600 lines on purpose: logical-line assembly, heredoc bodies,
+//! flag parsing and the per-instruction forms are one grammar whose rules
+//! depend on each other (a heredoc ends a logical line; a directive is only a
+//! directive before the first instruction); split, each part would have to be
+//! read with the others anyway.
 //! Variable substitution is *not* done here: its values depend on ARG/ENV at
 //! each instruction, so the builder expands words with [`crate::shell_lex`].
 

@@ -323,12 +323,7 @@ fn base_tag_moving_to_a_new_digest_misses_at_the_first_step() {
 fn copy_from_an_earlier_stage_follows_that_stage() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {base} AS build\nCOPY lib/ /lib-src/\nRUN cat /lib-src/* > /built\nFROM {base}\nRUN echo start > /start\nCOPY --from=build /built /built\nRUN cat /built\n"),
-    );
+    let ctx = context_with(&format!("FROM {base} AS build\nCOPY lib/ /lib-src/\nRUN cat /lib-src/* > /built\nFROM {base}\nRUN echo start > /start\nCOPY --from=build /built /built\nRUN cat /built\n"));
     write(ctx.path(), "lib/x", "x1\n");
     let repo = format!("{}/cache-multi", reg.addr);
     cached_build(ctx.path(), &repo, &[]);
@@ -536,12 +531,9 @@ fn s3_behind_the_cache_server_stopping_mid_build_degrades_to_misses() {
         &["--tag-cache-ttl", "100ms"],
         &s3.env(),
     );
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {base}\nRUN echo a > /a\nRUN sleep 2\nCOPY f /f\nRUN cat /f > /g\n"),
-    );
+    let ctx = context_with(&format!(
+        "FROM {base}\nRUN echo a > /a\nRUN sleep 2\nCOPY f /f\nRUN cat /f > /g\n"
+    ));
     write(ctx.path(), "f", "1\n");
     let repo = format!("{}/cache", server.addr);
     let (first, _) = cached_build(ctx.path(), &repo, &[]);

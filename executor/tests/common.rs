@@ -30,6 +30,14 @@ pub fn must_build(context: &Path, work: &Path, args: &[&str]) -> String {
     err
 }
 
+/// A fresh build context holding only this Dockerfile (more files can be
+/// written into it).
+pub fn context_with(dockerfile: &str) -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), "Dockerfile", dockerfile);
+    ctx
+}
+
 pub fn write(dir: &Path, rel: &str, content: &str) {
     let p = dir.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();

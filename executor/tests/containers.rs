@@ -50,38 +50,10 @@ fn contexts(base: &str, names: &[&str], dir: &Path) {
             "config" => context_config(),
             "files" => context_files(200),
             "multistage" => context_multistage(),
-            "runenv" => {
-                let t = tempfile::tempdir().unwrap();
-                write(t.path(), "Dockerfile", RUN_ENV);
-                t
-            }
-            "leak" => {
-                let t = tempfile::tempdir().unwrap();
-                write(
-                    t.path(),
-                    "Dockerfile",
-                    "FROM {BASE}\nRUN echo a > /leak-a && mkdir -p /leak-dir\n",
-                );
-                t
-            }
-            "noleak" => {
-                let t = tempfile::tempdir().unwrap();
-                write(
-                    t.path(),
-                    "Dockerfile",
-                    "FROM {BASE}\nRUN test ! -e /leak-a && test ! -e /leak-dir && test ! -e /hi && test ! -e /app && test ! -e /started\n",
-                );
-                t
-            }
-            "slow" => {
-                let t = tempfile::tempdir().unwrap();
-                write(
-                    t.path(),
-                    "Dockerfile",
-                    "FROM {BASE}\nRUN touch /started && sleep 61\n",
-                );
-                t
-            }
+            "runenv" => context_with(RUN_ENV),
+            "leak" => context_with("FROM {BASE}\nRUN echo a > /leak-a && mkdir -p /leak-dir\n"),
+            "noleak" => context_with("FROM {BASE}\nRUN test ! -e /leak-a && test ! -e /leak-dir && test ! -e /hi && test ! -e /app && test ! -e /started\n"),
+            "slow" => context_with("FROM {BASE}\nRUN touch /started && sleep 61\n"),
             other => panic!("no context {other}"),
         };
         let to = dir.join(name);

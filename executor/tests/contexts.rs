@@ -8,12 +8,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 fn context_tarball(base: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let src = tempfile::tempdir().unwrap();
-    write(
-        src.path(),
-        "Dockerfile",
-        &format!("FROM {base}\nCOPY app/ /app/\nRUN cat /app/msg > /copied\n"),
-    );
+    let src = context_with(&format!(
+        "FROM {base}\nCOPY app/ /app/\nRUN cat /app/msg > /copied\n"
+    ));
     write(src.path(), "app/msg", "from an archive\n");
     let out = tempfile::tempdir().unwrap();
     let tgz = out.path().join("context.tar.gz");

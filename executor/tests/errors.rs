@@ -15,12 +15,7 @@ fn stderr_of(ctx: &std::path::Path, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn malformed_dockerfile_names_file_and_line() {
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        "FROM scratch\n# comment\nCOPY a \\\n  b\nFROOM x\n",
-    );
+    let ctx = context_with("FROM scratch\n# comment\nCOPY a \\\n  b\nFROOM x\n");
     let (ok, err) = stderr_of(ctx.path(), &["--no-push"]);
     assert!(!ok);
     assert!(err.contains("Dockerfile:5: FROOM"), "{err}");
@@ -30,12 +25,7 @@ fn malformed_dockerfile_names_file_and_line() {
 #[test]
 fn missing_base_image_and_unreachable_registry() {
     let reg = Registry::start();
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {}/nope:1\nRUN true\n", reg.addr),
-    );
+    let ctx = context_with(&format!("FROM {}/nope:1\nRUN true\n", reg.addr));
     let (ok, err) = stderr_of(ctx.path(), &["--no-push", "--insecure-pull"]);
     assert!(!ok);
     assert!(err.contains("nope:1") && err.contains("stage 0"), "{err}");
@@ -67,12 +57,9 @@ fn missing_base_image_and_unreachable_registry() {
 fn failing_run_reports_command_exit_code_and_output() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {base}\nRUN echo preparing && echo boom-detail >&2 && exit 7\n"),
-    );
+    let ctx = context_with(&format!(
+        "FROM {base}\nRUN echo preparing && echo boom-detail >&2 && exit 7\n"
+    ));
     let (ok, err) = stderr_of(ctx.path(), &["--no-push", "--insecure-pull"]);
     assert!(!ok);
     assert!(err.contains("Dockerfile:2"), "{err}");
@@ -156,12 +143,7 @@ fn hostile_layers_are_errors_not_writes() {
     for (name, layer) in cases {
         let dest = format!("{}/evil-{name}:1", reg.addr);
         push_raw_layers(&dest, &[layer]);
-        let ctx = tempfile::tempdir().unwrap();
-        write(
-            ctx.path(),
-            "Dockerfile",
-            &format!("FROM {dest}\nRUN true\n"),
-        );
+        let ctx = context_with(&format!("FROM {dest}\nRUN true\n"));
         let (ok, err) = stderr_of(ctx.path(), &["--no-push", "--insecure-pull"]);
         assert!(!ok, "{name}: a hostile layer must fail the build\n{err}");
         assert!(

@@ -8,14 +8,9 @@ use kiln_testkit::*;
 use std::process::Command;
 
 fn sample_context(base: &str) -> tempfile::TempDir {
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!(
+    let ctx = context_with(&format!(
             "FROM {base}\nCOPY app/ /app/\nRUN <<EOF\nset -e\necho built > /app/built.txt\nrm /var/log/old.log\nEOF\nCOPY <<-EOT /etc/app.conf\n\tname=$NAME\n\tEOT\nCOPY <<'RAW' /etc/raw.conf\nname=$NAME\nRAW\nRUN cat <<EOF > /app/fed.txt\nfed by the shell\nEOF\nENV NAME=kiln\nCMD [\"cat\", \"/app/built.txt\"]\n"
-        ),
-    );
+        ));
     write(ctx.path(), "app/main.sh", "echo main\n");
     ctx
 }
@@ -255,12 +250,7 @@ fn thousands_of_files_and_a_path_the_ci_workspace_also_uses() {
 fn progress_on_a_terminal_plain_lines_otherwise() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {base}\nRUN true\n"),
-    );
+    let ctx = context_with(&format!("FROM {base}\nRUN true\n"));
     let work = tempfile::tempdir().unwrap();
     // Not a terminal: no carriage returns, no escape codes.
     let plain = must_build(ctx.path(), work.path(), &["--no-push", "--insecure-pull"]);
@@ -286,12 +276,7 @@ fn progress_on_a_terminal_plain_lines_otherwise() {
 fn chroot_isolation_gives_the_same_image() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {base}\nRUN mkdir -p /opt/a && echo x > /opt/a/f && ln -s f /opt/a/l && rm /etc/os-release && chmod 0700 /opt/a\nUSER app\nRUN touch /home/app/mine\n"),
-    );
+    let ctx = context_with(&format!("FROM {base}\nRUN mkdir -p /opt/a && echo x > /opt/a/f && ln -s f /opt/a/l && rm /etc/os-release && chmod 0700 /opt/a\nUSER app\nRUN touch /home/app/mine\n"));
     let mut trees = Vec::new();
     for iso in ["chroot", "namespaces"] {
         let (log, img) = build_unpacked(

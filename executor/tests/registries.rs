@@ -19,12 +19,7 @@ fn credentials_come_from_docker_config_json() {
         &["--dest-creds", "kiln:s3cret"],
     );
 
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {base}\nRUN echo authed > /authed\n"),
-    );
+    let ctx = context_with(&format!("FROM {base}\nRUN echo authed > /authed\n"));
     let dest = format!("{}/private/app:1", reg.addr);
 
     // A push whose credentials come from `config` only.
@@ -149,12 +144,7 @@ fn manifest_lists_select_the_requested_platform() {
             platform.split('/').nth(1).unwrap()
         );
     }
-    let ctx = tempfile::tempdir().unwrap();
-    write(
-        ctx.path(),
-        "Dockerfile",
-        &format!("FROM {multi}\nCOPY f /f\n"),
-    );
+    let ctx = context_with(&format!("FROM {multi}\nCOPY f /f\n"));
     write(ctx.path(), "f", "f");
     let work = tempfile::tempdir().unwrap();
     let out = build(

@@ -50,12 +50,7 @@ async fn builds_from_the_warmed_directory_without_the_registry() {
     warm(&reg, cache.path(), &[pinned.clone(), tagged.clone()]).await;
 
     let build_with = |from: &str| {
-        let ctx = tempfile::tempdir().unwrap();
-        write(
-            ctx.path(),
-            "Dockerfile",
-            &format!("FROM {from}\nRUN echo warm > /w\n"),
-        );
+        let ctx = context_with(&format!("FROM {from}\nRUN echo warm > /w\n"));
         let (log, img) = build_unpacked(
             ctx.path(),
             &[
@@ -136,12 +131,7 @@ async fn a_tampered_warmed_layer_is_refused_on_every_path() {
         ("ENV A=1", vec!["--destination", &dest, "--insecure"]),
     ];
     for (step, args) in cases {
-        let ctx = tempfile::tempdir().unwrap();
-        write(
-            ctx.path(),
-            "Dockerfile",
-            &format!("FROM {pinned}\n{step}\n"),
-        );
+        let ctx = context_with(&format!("FROM {pinned}\n{step}\n"));
         let work = tempfile::tempdir().unwrap();
         let mut all = vec![
             "--insecure-pull",

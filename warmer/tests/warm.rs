@@ -93,12 +93,7 @@ fn shared_blobs_are_fetched_and_stored_once() {
     for i in &imgs {
         c.args(["--image", i]);
     }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&mut c);
     let dir = cache.path().join("cache");
     validate(&dir);
     all_blobs_verify(&dir);
@@ -300,12 +295,7 @@ fn warmed_images_reach_a_shared_registry_and_metrics_a_pushgateway() {
     for i in &imgs {
         c.args(["--image", i]);
     }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&mut c);
     // Every image is in the shared registry, identical to its source.
     for i in &imgs {
         let repo_tag = i.split_once('/').unwrap().1;
@@ -486,4 +476,14 @@ fn a_warmer_killed_mid_blob_resumes_where_it_stopped_on_the_next_run() {
     assert!(!partial.exists());
     all_blobs_verify(&cache);
     validate(&cache);
+}
+
+/// Runs a command that must succeed.
+fn succeeds(c: &mut std::process::Command) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

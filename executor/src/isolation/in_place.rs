@@ -4,6 +4,11 @@
 //! and a step sees the container's real `/proc`, `/dev`, `/sys`, DNS files
 //! and hostname, none of which is ever part of the image.
 //!
+//! Longer than ~600 lines on purpose: the stash, the per-step swap in and
+//! out, the scan and crash recovery share one invariant (every path is in
+//! exactly one of: the container, the stash, the root) and are only safe
+//! read together.
+//!
 //! How the container's files are kept safe, unlike kaniko (which deletes
 //! them and leaves the image's files behind for the next build):
 //!

@@ -1,0 +1,134 @@
+//! Manifests (GET/HEAD/PUT/DELETE), the tags list and the catalog.
+
+use super::http::{json_response, with_headers};
+use super::{ApiError, ApiResult, App};
+use crate::auth::{Access, Caller};
+use crate::store::{Lookup, StoreError};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use kiln_common::Digest;
+use std::collections::BTreeMap;
+
+pub(super) async fn get(app: &App, repo: &str, reference: &str, head: bool) -> ApiResult {
+    let unknown = || StoreError::ManifestUnknown {
+        repo: repo.to_string(),
+        reference: reference.to_string(),
+    };
+    let (d, m) = match reference.parse::<Digest>() {
+        Ok(d) => {
+            let m = app.store.manifest(repo, &d).await?.ok_or_else(unknown)?;
+            (d, m)
+        }
+        Err(_) => match app.store.lookup(repo, reference).await? {
+            Lookup::Hit(e, m) => (e.digest, m),
+            Lookup::Miss | Lookup::Expired => return Err(unknown().into()),
+        },
+    };
+    let headers = [
+        ("content-type", m.media_type.clone()),
+        ("docker-content-digest", d.to_string()),
+        ("content-length", m.bytes.len().to_string()),
+    ];
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(m.bytes.clone())
+    };
+    Ok(with_headers(
+        (StatusCode::OK, body).into_response(),
+        &headers,
+    ))
+}
+
+pub(super) async fn put(app: &App, repo: &str, reference: &str, req: Request) -> ApiResult {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let limit = app.store.config().max_manifest_bytes;
+    let bytes = axum::body::to_bytes(req.into_body(), limit + 1)
+        .await
+        .map_err(|_| StoreError::ManifestTooBig {
+            size: limit + 1,
+            limit,
+        })?;
+    let d = app
+        .store
+        .put_manifest(repo, reference, ct.as_deref(), bytes)
+        .await?;
+    Ok(with_headers(
+        StatusCode::CREATED.into_response(),
+        &[
+            ("location", format!("/v2/{repo}/manifests/{d}")),
+            ("docker-content-digest", d.to_string()),
+            ("content-length", "0".into()),
+        ],
+    ))
+}
+
+/// DELETE by digest (with the tags pointing at it) or by tag.
+pub(super) async fn delete(app: &App, repo: String, reference: String) -> ApiResult {
+    if app.store.delete_manifest(&repo, &reference).await? {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Err(StoreError::ManifestUnknown { repo, reference }.into())
+    }
+}
+
+/// The repositories this caller may read.
+pub(super) async fn catalog(app: &App, caller: &Caller) -> ApiResult {
+    let all = app.store.catalog().await?;
+    let visible: Vec<String> = all
+        .into_iter()
+        .filter(|r| app.auth.access(caller, Some(r)) >= Access::Read)
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"repositories": visible}),
+    ))
+}
+
+/// `GET /v2/<repo>/tags/list`, paginated with `n` and `last`.
+pub(super) async fn tags(app: &App, repo: &str, query: &BTreeMap<String, String>) -> ApiResult {
+    let mut tags = app.store.tags(repo).await?;
+    // A backend that cannot list repositories knows only tags.
+    let known = || async {
+        app.store
+            .catalog()
+            .await
+            .map(|c| c.binary_search(&repo.to_string()).is_ok())
+            .unwrap_or(false)
+    };
+    if tags.is_empty() && !known().await {
+        return Err(ApiError::Code(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            format!("repository {repo} unknown"),
+        ));
+    }
+    if let Some(last) = query.get("last") {
+        tags.retain(|t| t.as_str() > last.as_str());
+    }
+    let mut link = None;
+    if let Some(n) = query.get("n").and_then(|n| n.parse::<usize>().ok()) {
+        if tags.len() > n {
+            tags.truncate(n);
+            if let Some(l) = tags.last() {
+                link = Some(format!(
+                    "</v2/{repo}/tags/list?n={n}&last={l}>; rel=\"next\""
+                ));
+            }
+        }
+    }
+    let mut r = json_response(
+        StatusCode::OK,
+        &serde_json::json!({"name": repo, "tags": tags}),
+    );
+    if let Some(l) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert(header::LINK, l);
+    }
+    Ok(r)
+}

@@ -1,0 +1,173 @@
+//! Registry access over the OCI distribution API, through `oci-client`.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | [`Registry`], its options, credentials, mirrors and `--registry-map` candidates |
+//! | `error.rs` | [`RegistryError`] and [`RemoteKind`], classified once |
+//! | `retry.rs` | retries with backoff, `Retry-After` for 429 |
+//! | `resolve.rs` | references → platform manifest and config; manifests, tags |
+//! | `pull.rs` | blobs to files (resumable `.partial` under a flock) or streams |
+//! | `push.rs` | blob and manifest uploads, existence checks, cross-repo mounts |
+//!
+//! `Registry` adds what a builder needs on top of the client: credentials from
+//! config.json, per-host insecure (HTTP) access, mirrors and `--registry-map`,
+//! platform selection in indexes, retries with backoff, and blobs streamed to a
+//! temp file, verified, then renamed — never a whole layer in memory.
+
+mod error;
+mod pull;
+mod push;
+mod resolve;
+mod retry;
+
+pub use error::{RegistryError, RemoteKind};
+pub use pull::BlobStream;
+
+use crate::auth::{Credential, DockerConfig};
+use crate::digest::Digest;
+use crate::image;
+use crate::image::{ImageConfig, Manifest};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How to reach registries; the field names follow kaniko's flags.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Hosts reached over plain HTTP (`--insecure`, `--insecure-registry`, `--insecure-pull`).
+    pub insecure_hosts: Vec<String>,
+    /// Accept any TLS certificate (`--skip-tls-verify`, `--skip-tls-verify-pull`).
+    pub skip_tls_verify: bool,
+    /// `--registry-mirror`: tried first for Docker Hub images.
+    pub mirrors: Vec<String>,
+    /// `--registry-map original=replacement`: tried first for `original` images.
+    pub registry_map: HashMap<String, Vec<String>>,
+    /// Fall back to the original registry when mirrors fail (kaniko's default).
+    pub skip_default_registry_fallback: bool,
+    /// Extra attempts for pulls (`--image-download-retry`).
+    pub pull_retries: u32,
+    /// Extra attempts for pushes (`--push-retry`).
+    pub push_retries: u32,
+}
+
+/// A resolved platform image: its manifest and config, and where they came from.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference that answered (a mirror's, when one did).
+    pub reference: Reference,
+    pub manifest_digest: Digest,
+    pub index_digest: Option<Digest>,
+    pub manifest: Manifest,
+    /// The manifest exactly as served (its digest is `manifest_digest`).
+    pub manifest_bytes: Vec<u8>,
+    pub media_type: String,
+    pub config: ImageConfig,
+    pub config_bytes: Vec<u8>,
+}
+
+pub struct Registry {
+    client: Client,
+    opts: RegistryOptions,
+    creds: DockerConfig,
+    auth_cache: Mutex<HashMap<String, RegistryAuth>>,
+}
+
+pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
+    s.parse::<Reference>()
+        .map_err(|e| RegistryError::BadReference {
+            reference: s.to_string(),
+            message: e.to_string(),
+        })
+}
+
+pub(super) const ACCEPT: &[&str] = &[
+    image::OCI_MANIFEST,
+    image::DOCKER_MANIFEST,
+    image::OCI_INDEX,
+    image::DOCKER_LIST,
+];
+
+impl Registry {
+    pub fn new(opts: RegistryOptions, creds: DockerConfig) -> Registry {
+        crate::tls::install_crypto_provider();
+        let config = ClientConfig {
+            protocol: if opts.insecure_hosts.is_empty() {
+                ClientProtocol::Https
+            } else if opts.insecure_hosts.iter().any(|h| h == "*") {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::HttpsExcept(opts.insecure_hosts.clone())
+            },
+            accept_invalid_certificates: opts.skip_tls_verify,
+            connect_timeout: Some(Duration::from_secs(15)),
+            read_timeout: Some(Duration::from_secs(120)),
+            platform_resolver: None,
+            ..Default::default()
+        };
+        Registry {
+            client: Client::new(config),
+            opts,
+            creds,
+            auth_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn options(&self) -> &RegistryOptions {
+        &self.opts
+    }
+
+    /// The credential configured for `host` (for calls outside oci-client).
+    pub fn credential_for(&self, host: &str) -> Result<Credential, RegistryError> {
+        Ok(self.creds.credential_for(host)?)
+    }
+
+    pub(super) fn auth_for(&self, r: &Reference) -> Result<RegistryAuth, RegistryError> {
+        let host = r.resolve_registry().to_string();
+        if let Ok(cache) = self.auth_cache.lock() {
+            if let Some(a) = cache.get(&host) {
+                return Ok(a.clone());
+            }
+        }
+        let a = match self.creds.credential_for(r.registry())? {
+            Credential::Anonymous => RegistryAuth::Anonymous,
+            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
+            Credential::Token(t) => RegistryAuth::Bearer(t),
+        };
+        if let Ok(mut cache) = self.auth_cache.lock() {
+            cache.insert(host, a.clone());
+        }
+        Ok(a)
+    }
+
+    /// References to try for an image: mapped registries and mirrors first.
+    pub fn candidates(&self, r: &Reference) -> Vec<Reference> {
+        let mut out = Vec::new();
+        let mut hosts: Vec<String> = Vec::new();
+        if let Some(m) = self.opts.registry_map.get(r.registry()) {
+            hosts.extend(m.iter().cloned());
+        }
+        if r.registry() == "docker.io" {
+            hosts.extend(self.opts.mirrors.iter().cloned());
+        }
+        for h in hosts {
+            let (host, prefix) = match h.split_once('/') {
+                Some((a, b)) => (a.to_string(), format!("{b}/")),
+                None => (h.clone(), String::new()),
+            };
+            let repo = format!("{prefix}{}", r.repository());
+            let m = match (r.tag(), r.digest()) {
+                (_, Some(d)) => Reference::with_digest(host, repo, d.to_string()),
+                (Some(t), None) => Reference::with_tag(host, repo, t.to_string()),
+                (None, None) => Reference::with_tag(host, repo, "latest".into()),
+            };
+            out.push(m);
+        }
+        if out.is_empty() || !self.opts.skip_default_registry_fallback {
+            out.push(r.clone());
+        }
+        out
+    }
+}

@@ -1,0 +1,123 @@
+//! Uploads: blobs (skipped when present, mounted across repositories when
+//! possible, streamed from disk otherwise) and manifests.
+
+use super::pull::tokio_util_stream;
+use super::{Registry, RegistryError, RemoteKind};
+use crate::digest::Digest;
+use oci_client::{Reference, RegistryOperation};
+use std::path::Path;
+
+impl Registry {
+    /// Pushes a small blob held in memory (configs); layers use [`Self::push_blob_file`].
+    pub async fn push_blob_bytes(
+        &self,
+        r: &Reference,
+        data: &[u8],
+    ) -> Result<Digest, RegistryError> {
+        let digest = Digest::sha256_of(data);
+        if self.blob_exists(r, &digest).await? {
+            return Ok(digest);
+        }
+        let data = data.to_vec();
+        let d = digest.clone();
+        self.retry(self.opts.push_retries, || {
+            let data = data.clone();
+            let d = d.clone();
+            async move {
+                self.client
+                    .push_blob(r, data, d.as_str())
+                    .await
+                    .map_err(|e| RegistryError::remote_err(r, e))?;
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(digest)
+    }
+
+    /// Obtains push credentials (a bearer token with push scope, where the
+    /// registry uses tokens) for `r`'s repository.
+    pub(super) async fn auth_push(&self, r: &Reference) -> Result<(), RegistryError> {
+        let auth = self.auth_for(r)?;
+        self.client
+            .auth(r, &auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| RegistryError::remote_err(r, e))?;
+        Ok(())
+    }
+
+    pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+        self.auth_push(r).await?;
+        self.client
+            .blob_exists(r, digest.as_str())
+            .await
+            .map_err(|e| RegistryError::remote_err(r, e))
+    }
+
+    /// Cross-repository mount; `Ok(false)` when the registry declined.
+    pub async fn mount_blob(
+        &self,
+        r: &Reference,
+        from: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        if r.resolve_registry() != from.resolve_registry() {
+            return Ok(false);
+        }
+        self.auth_push(r).await?;
+        Ok(self
+            .client
+            .mount_blob(r, from, digest.as_str())
+            .await
+            .is_ok())
+    }
+
+    /// Streams a file as a blob (monolithic PUT with known size).
+    pub async fn push_blob_file(
+        &self,
+        r: &Reference,
+        path: &Path,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        self.retry(self.opts.push_retries, || async {
+            self.auth_push(r).await?;
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|source| RegistryError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            let stream = tokio_util_stream(file);
+            self.client
+                .push_blob_stream(r, stream, digest.as_str(), Some(size))
+                .await
+                .map_err(|e| RegistryError::remote_err(r, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn push_manifest(
+        &self,
+        r: &Reference,
+        body: Vec<u8>,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let digest = Digest::sha256_of(&body);
+        let body = bytes::Bytes::from(body);
+        self.retry(self.opts.push_retries, || async {
+            self.auth_push(r).await?;
+            let ct = media_type.parse().map_err(|_| {
+                RegistryError::remote(r, RemoteKind::Other, format!("bad media type {media_type}"))
+            })?;
+            self.client
+                .push_manifest_raw(r, body.clone(), ct)
+                .await
+                .map_err(|e| RegistryError::remote_err(r, e))?;
+            Ok(())
+        })
+        .await?;
+        Ok(digest)
+    }
+}
