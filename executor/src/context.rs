@@ -40,6 +40,7 @@ impl BuildContext {
     pub async fn prepare(
         spec: &str,
         sub_path: Option<&str>,
+        git: &GitOptions,
         work: &Path,
     ) -> Result<BuildContext, ContextError> {
         let io_err = |source| ContextError::Io {
@@ -67,7 +68,7 @@ impl BuildContext {
                 .prefix("context-")
                 .tempdir_in(work)
                 .map_err(io_err)?;
-            git_clone(spec, rest, t.path())?;
+            git_clone(spec, rest, git, t.path())?;
             (t.path().to_path_buf(), Some(t))
         } else if spec.starts_with("s3://")
             || spec.starts_with("gs://")
@@ -163,12 +164,49 @@ async fn fetch_object(spec: &str, dest: &Path) -> Result<(), ContextError> {
     Ok(())
 }
 
+/// kaniko's `--git` options for git contexts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GitOptions {
+    /// Used when the context URL names no ref.
+    pub branch: Option<String>,
+    pub single_branch: bool,
+    pub recurse_submodules: bool,
+}
+
+impl std::str::FromStr for GitOptions {
+    type Err = String;
+    /// `branch=main,single-branch=true,recurse-submodules=false`, as kaniko.
+    fn from_str(s: &str) -> Result<GitOptions, String> {
+        let mut g = GitOptions::default();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected key=value"))?;
+            let yes = || match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "t" => Ok(true),
+                "false" | "0" | "f" => Ok(false),
+                _ => Err(format!("{k}={v:?}: expected true or false")),
+            };
+            match k {
+                "branch" => g.branch = Some(v.to_string()),
+                "single-branch" => g.single_branch = yes()?,
+                "recurse-submodules" => g.recurse_submodules = yes()?,
+                _ => return Err(format!("unknown --git option {k:?}")),
+            }
+        }
+        Ok(g)
+    }
+}
+
 /// kaniko's git context: `git://host/org/repo.git#ref#commit`; a token comes
 /// from `GIT_TOKEN`, or `GIT_USERNAME` / `GIT_PASSWORD`.
-fn git_clone(spec: &str, rest: &str, dest: &Path) -> Result<(), ContextError> {
+fn git_clone(spec: &str, rest: &str, git: &GitOptions, dest: &Path) -> Result<(), ContextError> {
     let mut parts = rest.split('#');
     let repo = parts.next().unwrap_or_default();
-    let reference = parts.next().filter(|s| !s.is_empty());
+    let reference = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .or(git.branch.as_deref());
     let commit = parts.next().filter(|s| !s.is_empty());
     let user = std::env::var("GIT_USERNAME").ok();
     let secret = std::env::var("GIT_TOKEN")
@@ -187,6 +225,11 @@ fn git_clone(spec: &str, rest: &str, dest: &Path) -> Result<(), ContextError> {
     clone.arg("clone").arg("--quiet");
     if commit.is_none() {
         clone.arg("--depth=1");
+    } else if git.single_branch {
+        clone.arg("--single-branch");
+    }
+    if git.recurse_submodules {
+        clone.arg("--recurse-submodules");
     }
     if let Some(r) = reference {
         clone.arg("--branch").arg(
@@ -218,4 +261,20 @@ fn git_clone(spec: &str, rest: &str, dest: &Path) -> Result<(), ContextError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_options_parse_like_kaniko() {
+        let g: GitOptions = "branch=release,single-branch=true,recurse-submodules=1"
+            .parse()
+            .unwrap();
+        assert_eq!(g.branch.as_deref(), Some("release"));
+        assert!(g.single_branch && g.recurse_submodules);
+        assert!("depth=1".parse::<GitOptions>().is_err());
+        assert!("single-branch=maybe".parse::<GitOptions>().is_err());
+    }
 }

@@ -16,6 +16,7 @@ pub mod dockerignore;
 pub mod extract;
 pub mod fetch;
 pub mod isolation;
+pub mod kaniko_flags;
 pub mod layer;
 pub mod model;
 pub mod options;

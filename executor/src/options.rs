@@ -12,6 +12,10 @@ pub struct BuildOptions {
     /// `--context`: a directory, `tar://…`, `git://…`, `dir://…`.
     pub context: String,
     pub context_sub_path: Option<String>,
+    /// `--git`: branch and clone options for `git://` contexts.
+    pub git: crate::context::GitOptions,
+    /// `--dryrun`: plan, then stop.
+    pub dry_run: bool,
     /// `--dockerfile`: as given, else relative to the context.
     pub dockerfile: PathBuf,
     pub target: Option<String>,
@@ -79,4 +83,8 @@ pub struct OutputOptions {
     pub image_name_with_digest_file: Option<PathBuf>,
     pub image_name_tag_with_digest_file: Option<PathBuf>,
     pub format: ImageFormat,
+    /// `--annotation`: on the image manifest.
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// `--push-ignore-immutable-tag-errors`.
+    pub ignore_immutable_tags: bool,
 }

@@ -54,9 +54,9 @@ pub struct WrittenImage {
 pub fn write_image(
     store: &BlobStore,
     img: &BuiltImage,
-    format: ImageFormat,
+    out: &OutputOptions,
 ) -> Result<WrittenImage, OutputError> {
-    let docker = format == ImageFormat::Docker;
+    let docker = out.format == ImageFormat::Docker;
     let mut config = img.config.clone();
     config.rootfs.kind = "layers".into();
     config.rootfs.diff_ids = img.layers.iter().map(|l| l.diff_id.clone()).collect();
@@ -86,7 +86,7 @@ pub fn write_image(
         media_type: Some(media_type.to_string()),
         config: Descriptor::new(config_type, config_digest.clone(), config_size),
         layers,
-        annotations: None,
+        annotations: (!out.annotations.is_empty()).then(|| out.annotations.clone()),
     };
     let bytes = serde_json::to_vec(&manifest).map_err(|source| OutputError::Json {
         what: "manifest",
@@ -126,7 +126,7 @@ pub async fn deliver(
     let mut pushed = Vec::new();
     if !opts.no_push {
         for dest in &opts.destinations {
-            push(fetcher, img, w, dest).await?;
+            push(fetcher, img, w, dest, opts.ignore_immutable_tags).await?;
             let name = dest
                 .rsplit_once(':')
                 .filter(|(_, t)| !t.contains('/'))
@@ -184,6 +184,7 @@ async fn push(
     img: &BuiltImage,
     w: &WrittenImage,
     dest: &str,
+    ignore_immutable_tags: bool,
 ) -> Result<(), OutputError> {
     let perr = |source| OutputError::Push {
         destination: dest.to_string(),
@@ -241,11 +242,22 @@ async fn push(
             .await
             .map_err(perr)?;
     }
-    registry
+    match registry
         .push_manifest(&r, w.manifest.clone(), &w.media_type)
         .await
-        .map_err(perr)?;
-    Ok(())
+    {
+        Err(e)
+            if ignore_immutable_tags
+                && e.remote_kind() == Some(&kiln_common::registry::RemoteKind::TagRefused) =>
+        {
+            tracing::warn!(
+                "{dest}: {} (ignored: --push-ignore-immutable-tag-errors)",
+                kiln_common::report::Report(&e)
+            );
+            Ok(())
+        }
+        r => r.map(|_| ()).map_err(perr),
+    }
 }
 
 async fn write_oci_layout(

@@ -44,6 +44,15 @@ impl Registry {
 
     /// A registry that requires basic auth (htpasswd, bcrypt) for `(user, password)`.
     pub fn start_with_auth(auth: Option<(&str, &str)>) -> Registry {
+        Self::start_with(auth, None)
+    }
+
+    /// A registry serving HTTPS with this certificate and key (PEM).
+    pub fn start_tls(cert: &Path, key: &Path) -> Registry {
+        Self::start_with(None, Some((cert, key)))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("config.yml");
         let mut auth_cfg = String::new();
@@ -56,10 +65,19 @@ impl Registry {
                 hp.display()
             );
         }
+        let tls_cfg = tls
+            .map(|(c, k)| {
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    c.display(),
+                    k.display()
+                )
+            })
+            .unwrap_or_default();
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{auth_cfg}",
+                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{tls_cfg}{auth_cfg}",
                 dir.path().join("data").display()
             ),
         )
@@ -78,7 +96,7 @@ impl Registry {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(i) = text.find("listening on ") {
                 let rest = &text[i + "listening on ".len()..];
-                let end = rest.find(['"', ' ', '\n']).unwrap_or(rest.len());
+                let end = rest.find(['"', ' ', ',', '\n']).unwrap_or(rest.len());
                 break rest[..end].to_string();
             }
             if Instant::now() > deadline {
@@ -1121,3 +1139,64 @@ impl Drop for RateLimitProxy {
 
 mod docker;
 pub use docker::DockerEngine;
+
+/// A private CA and a server certificate it signed for 127.0.0.1 and
+/// localhost, made with openssl: `(dir, ca.pem, server.pem, server.key)`.
+pub fn private_ca() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    let ossl = |args: &[&str]| {
+        run(Command::new("openssl").args(args).current_dir(dir.path()));
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Kiln test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    ossl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        p("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("san");
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    let (ca, cert, key) = (p("ca.pem"), p("server.pem"), p("server.key"));
+    (dir, ca, cert, key)
+}

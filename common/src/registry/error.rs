@@ -52,6 +52,9 @@ pub enum RemoteKind {
     Unauthorized,
     /// Credentials accepted, access refused.
     Denied,
+    /// The registry refuses to move the tag (an immutable tag, as ECR's
+    /// `TAG_INVALID` or Harbor's immutability rules).
+    TagRefused,
     /// HTTP 429 / TOOMANYREQUESTS: retried after what `Retry-After` asks
     /// (the URL is where to ask).
     RateLimited { url: String },
@@ -67,6 +70,7 @@ impl std::fmt::Display for RemoteKind {
             RemoteKind::NotFound => "not found",
             RemoteKind::Unauthorized => "unauthorized",
             RemoteKind::Denied => "access denied",
+            RemoteKind::TagRefused => "the registry refuses to overwrite the tag",
             RemoteKind::RateLimited { .. } => "rate limited by the registry",
             RemoteKind::Transient => "request failed",
             RemoteKind::Other => "registry error",
@@ -116,6 +120,8 @@ impl RemoteKind {
                     RemoteKind::NotFound
                 } else if codes.contains(&&C::Unauthorized) {
                     RemoteKind::Unauthorized
+                } else if codes.contains(&&C::TagInvalid) {
+                    RemoteKind::TagRefused
                 } else if codes.contains(&&C::Denied) {
                     RemoteKind::Denied
                 } else {
@@ -211,6 +217,10 @@ mod tests {
         assert_eq!(
             kind(envelope(OciErrorCode::ManifestUnknown)),
             Some(RemoteKind::NotFound)
+        );
+        assert_eq!(
+            kind(envelope(OciErrorCode::TagInvalid)),
+            Some(RemoteKind::TagRefused)
         );
         assert_eq!(
             kind(envelope(OciErrorCode::Unauthorized)),

@@ -27,10 +27,11 @@ use crate::auth::{Credential, DockerConfig};
 use crate::digest::Digest;
 use crate::image;
 use crate::image::{ImageConfig, Manifest};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -51,6 +52,13 @@ pub struct RegistryOptions {
     pub pull_retries: u32,
     /// Extra attempts for pushes (`--push-retry`).
     pub push_retries: u32,
+    /// CAs trusted for one host, beside the system's (`--registry-certificate host=ca.pem`).
+    pub host_cas: HashMap<String, Vec<PathBuf>>,
+    /// Hosts whose certificates are not verified (`--skip-tls-verify-registry`).
+    pub skip_verify_hosts: Vec<String>,
+    /// Docker's and containerd's per-registry directory (`/etc/docker/certs.d`):
+    /// `<dir>/<host>/*.crt` are trusted for that host.
+    pub certs_d: Option<PathBuf>,
 }
 
 /// A resolved platform image: its manifest and config, and where they came from.
@@ -69,10 +77,32 @@ pub struct ResolvedImage {
 }
 
 pub struct Registry {
+    /// For hosts without TLS settings of their own.
     client: Client,
+    /// Per host, decided once: its own client (own CAs, or verification
+    /// skipped), or `None` for the shared one.
+    host_clients: Mutex<HashMap<String, Option<Client>>>,
     opts: RegistryOptions,
     creds: DockerConfig,
     auth_cache: Mutex<HashMap<String, RegistryAuth>>,
+}
+
+/// The client settings every host starts from.
+fn client_config(opts: &RegistryOptions) -> ClientConfig {
+    ClientConfig {
+        protocol: if opts.insecure_hosts.is_empty() {
+            ClientProtocol::Https
+        } else if opts.insecure_hosts.iter().any(|h| h == "*") {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::HttpsExcept(opts.insecure_hosts.clone())
+        },
+        accept_invalid_certificates: opts.skip_tls_verify,
+        connect_timeout: Some(Duration::from_secs(15)),
+        read_timeout: Some(Duration::from_secs(120)),
+        platform_resolver: None,
+        ..Default::default()
+    }
 }
 
 pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
@@ -93,26 +123,72 @@ pub(super) const ACCEPT: &[&str] = &[
 impl Registry {
     pub fn new(opts: RegistryOptions, creds: DockerConfig) -> Registry {
         crate::tls::install_crypto_provider();
-        let config = ClientConfig {
-            protocol: if opts.insecure_hosts.is_empty() {
-                ClientProtocol::Https
-            } else if opts.insecure_hosts.iter().any(|h| h == "*") {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::HttpsExcept(opts.insecure_hosts.clone())
-            },
-            accept_invalid_certificates: opts.skip_tls_verify,
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(120)),
-            platform_resolver: None,
-            ..Default::default()
-        };
         Registry {
-            client: Client::new(config),
+            client: Client::new(client_config(&opts)),
+            host_clients: Mutex::new(HashMap::new()),
             opts,
             creds,
             auth_cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The client for `r`'s registry: its own when the host has CAs
+    /// (`--registry-certificate`, certs.d) or skips verification.
+    pub(super) fn client(&self, r: &Reference) -> Result<Client, RegistryError> {
+        let host = r.resolve_registry();
+        let mut clients = self.host_clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(host) {
+            return Ok(c.clone().unwrap_or_else(|| self.client.clone()));
+        }
+        let cas = self.host_cas(host)?;
+        let skip = self.opts.skip_verify_hosts.iter().any(|h| h == host);
+        let own = if cas.is_empty() && !skip {
+            None
+        } else {
+            let mut config = client_config(&self.opts);
+            config.accept_invalid_certificates |= skip;
+            config.extra_root_certificates = cas;
+            Some(Client::try_from(config).map_err(|e| RegistryError::remote_err(r, e))?)
+        };
+        clients.insert(host.to_string(), own.clone());
+        Ok(own.unwrap_or_else(|| self.client.clone()))
+    }
+
+    /// The CA certificates trusted for `host` beyond the system's.
+    fn host_cas(&self, host: &str) -> Result<Vec<Certificate>, RegistryError> {
+        let mut files: Vec<PathBuf> = self.opts.host_cas.get(host).cloned().unwrap_or_default();
+        if let Some(dir) = &self.opts.certs_d {
+            // Docker names the directory `host:port`, containerd may use `host`.
+            for d in [
+                dir.join(host),
+                dir.join(host.split(':').next().unwrap_or(host)),
+            ] {
+                let Ok(entries) = std::fs::read_dir(&d) else {
+                    continue;
+                };
+                let mut found: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+                    .collect();
+                found.sort();
+                files.extend(found);
+            }
+        }
+        files.dedup();
+        files
+            .into_iter()
+            .map(|path| {
+                let data = std::fs::read(&path).map_err(|source| RegistryError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data,
+                })
+            })
+            .collect()
     }
 
     pub fn options(&self) -> &RegistryOptions {

@@ -169,13 +169,13 @@ impl Registry {
         use oci_client::client::BlobResponse;
         let mut partial = false;
         let auth = self.auth_for(r)?;
-        self.client
+        self.client(r)?
             .store_auth_if_needed(r.resolve_registry(), &auth)
             .await;
         let res = if offset == 0 && length.is_none() {
-            self.client.pull_blob_stream(r, digest.as_str()).await
+            self.client(r)?.pull_blob_stream(r, digest.as_str()).await
         } else {
-            self.client
+            self.client(r)?
                 .pull_blob_stream_partial(r, digest.as_str(), offset, length)
                 .await
                 .map(|b| match b {

@@ -24,7 +24,7 @@ impl Registry {
             let data = data.clone();
             let d = d.clone();
             async move {
-                self.client
+                self.client(r)?
                     .push_blob(r, data, d.as_str())
                     .await
                     .map_err(|e| RegistryError::remote_err(r, e))?;
@@ -39,7 +39,7 @@ impl Registry {
     /// registry uses tokens) for `r`'s repository.
     pub(super) async fn auth_push(&self, r: &Reference) -> Result<(), RegistryError> {
         let auth = self.auth_for(r)?;
-        self.client
+        self.client(r)?
             .auth(r, &auth, RegistryOperation::Push)
             .await
             .map_err(|e| RegistryError::remote_err(r, e))?;
@@ -48,7 +48,7 @@ impl Registry {
 
     pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
         self.auth_push(r).await?;
-        self.client
+        self.client(r)?
             .blob_exists(r, digest.as_str())
             .await
             .map_err(|e| RegistryError::remote_err(r, e))
@@ -66,7 +66,7 @@ impl Registry {
         }
         self.auth_push(r).await?;
         Ok(self
-            .client
+            .client(r)?
             .mount_blob(r, from, digest.as_str())
             .await
             .is_ok())
@@ -89,7 +89,7 @@ impl Registry {
                     source,
                 })?;
             let stream = tokio_util_stream(file);
-            self.client
+            self.client(r)?
                 .push_blob_stream(r, stream, digest.as_str(), Some(size))
                 .await
                 .map_err(|e| RegistryError::remote_err(r, e))?;
@@ -111,7 +111,7 @@ impl Registry {
             let ct = media_type.parse().map_err(|_| {
                 RegistryError::remote(r, RemoteKind::Other, format!("bad media type {media_type}"))
             })?;
-            self.client
+            self.client(r)?
                 .push_manifest_raw(r, body.clone(), ct)
                 .await
                 .map_err(|e| RegistryError::remote_err(r, e))?;

@@ -44,7 +44,7 @@ impl Registry {
     ) -> Result<ResolvedImage, RegistryError> {
         let auth = self.auth_for(r)?;
         let (bytes, digest) = self
-            .client
+            .client(r)?
             .pull_manifest_raw(r, &auth, ACCEPT)
             .await
             .map_err(|e| RegistryError::remote_err(r, e))?;
@@ -64,7 +64,7 @@ impl Registry {
                         d.digest.to_string(),
                     );
                     let (mb, md) = self
-                        .client
+                        .client(&pr)?
                         .pull_manifest_raw(&pr, &auth, ACCEPT)
                         .await
                         .map_err(|e| RegistryError::remote_err(&pr, e))?;
@@ -89,7 +89,7 @@ impl Registry {
                 }
             };
         let mut config_bytes = Vec::new();
-        self.client
+        self.client(&at)?
             .pull_blob(&at, manifest.config.digest.as_str(), &mut config_bytes)
             .await
             .map_err(|e| RegistryError::remote_err(&at, e))?;
@@ -133,7 +133,7 @@ impl Registry {
         r: &Reference,
     ) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
         let auth = self.auth_for(r)?;
-        match self.client.pull_manifest_raw(r, &auth, ACCEPT).await {
+        match self.client(r)?.pull_manifest_raw(r, &auth, ACCEPT).await {
             Ok((bytes, _)) => {
                 let d = checked_manifest_digest(r, &bytes, "")?;
                 Ok(Some((bytes.to_vec(), d)))
@@ -147,7 +147,7 @@ impl Registry {
     /// pull). `Ok(None)` when the registry says it does not exist.
     pub async fn head_manifest(&self, r: &Reference) -> Result<Option<Digest>, RegistryError> {
         let auth = self.auth_for(r)?;
-        match self.client.fetch_manifest_digest(r, &auth).await {
+        match self.client(r)?.fetch_manifest_digest(r, &auth).await {
             Ok(d) => Ok(Some(d.parse().map_err(|source| RegistryError::Digest {
                 reference: r.whole(),
                 digest: Digest::sha256_of(b""),
@@ -161,7 +161,7 @@ impl Registry {
     /// The repository's tags; empty when the repository does not exist.
     pub async fn list_tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
         let auth = self.auth_for(r)?;
-        match self.client.list_tags(r, &auth, None, None).await {
+        match self.client(r)?.list_tags(r, &auth, None, None).await {
             Ok(t) => Ok(t.tags),
             Err(e) if RemoteKind::of(&e) == RemoteKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(RegistryError::remote_err(r, e)),

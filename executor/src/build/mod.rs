@@ -11,11 +11,13 @@
 //! | `stage.rs` | one stage, start to end (the driver) |
 //! | `exec.rs` | the root: unpack, RUN, directories, layers, hits |
 //! | `copy_step.rs` | COPY/ADD: sources resolved once, then copied |
+//! | `dry_run.rs` | `--dryrun`: the plan without pulling or executing |
 //! | `report.rs`, `error.rs` | what a build reports; its errors |
 
 mod base;
 pub mod config;
 mod copy_step;
+mod dry_run;
 mod error;
 mod exec;
 mod plan;
@@ -173,6 +175,7 @@ impl Builder {
         let mut ctx = BuildContext::prepare(
             &self.opts.context,
             self.opts.context_sub_path.as_deref(),
+            &self.opts.git,
             self.work.path(),
         )
         .await?;
@@ -223,7 +226,7 @@ impl Builder {
             labels.insert(k.clone(), v.clone());
         }
         let out = &self.opts.output;
-        let written = output::write_image(self.fetcher.store(), &image, out.format)?;
+        let written = output::write_image(self.fetcher.store(), &image, out)?;
         let pushed = output::deliver(out, &self.fetcher, &image, &written).await?;
         self.finish_cache_writes().await;
         self.save_record().await;

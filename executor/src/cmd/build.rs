@@ -23,6 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let no_push = cli.no_push.unwrap_or(false);
     if cli.destination.is_empty()
         && !no_push
+        && !cli.dryrun.unwrap_or(false)
         && cli.tar_path.is_none()
         && cli.oci_layout_path.is_none()
     {
@@ -63,11 +64,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         skip_default_registry_fallback: cli.skip_default_registry_fallback.unwrap_or(false),
         pull_retries: cli.image_download_retry,
         push_retries: cli.push_retry,
+        host_cas: host_cas(&cli.registry_certificate)?,
+        skip_verify_hosts: cli.skip_tls_verify_registry.clone(),
+        certs_d: Some("/etc/docker/certs.d".into()),
     };
     let insecure_pull = cli.insecure_pull.unwrap_or(false);
     let opts = BuildOptions {
-        context: cli.context.trim_start_matches("dir://").to_string(),
+        context: context_of(&cli),
         context_sub_path: cli.context_sub_path.clone(),
+        git: cli
+            .git
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("--git")?
+            .unwrap_or_default(),
+        dry_run: cli.dryrun.unwrap_or(false),
         dockerfile: cli.dockerfile.clone(),
         target: cli.target.clone(),
         build_args: cli
@@ -98,6 +111,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             image_name_with_digest_file: cli.image_name_with_digest_file.clone(),
             image_name_tag_with_digest_file: cli.image_name_tag_with_digest_file.clone(),
             format,
+            annotations: cli
+                .annotation
+                .iter()
+                .map(|a| kv(a, "--annotation"))
+                .collect::<anyhow::Result<_>>()?,
+            ignore_immutable_tags: cli.push_ignore_immutable_tag_errors.unwrap_or(false),
         },
         layer: LayerOptions {
             compression,
@@ -128,6 +147,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match builder.isolation_reason() {
         "" => tracing::info!("isolation: {}", builder.isolation_name()),
         why => tracing::info!("isolation: {} ({why})", builder.isolation_name()),
+    }
+    if builder.dry_run() {
+        for line in builder.plan().await? {
+            println!("{line}");
+        }
+        return Ok(());
     }
     let result = builder.build().await?;
     eprintln!("\nSummary ({:.1}s):", result.seconds);
@@ -166,15 +191,19 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
     if !cli.cache.unwrap_or(false) {
         return Ok(None);
     }
-    let repo = match &cli.cache_repo {
-        Some(r) => r.clone(),
-        None => {
-            let d = cli
-                .destination
-                .first()
-                .context("--cache needs --cache-repo or a --destination to derive it from")?;
+    let repo = match (&cli.cache_repo, cli.destination.first()) {
+        (Some(r), _) => r.clone(),
+        (None, Some(d)) => {
             let r = parse_reference(d)?;
             format!("{}/{}/cache", r.registry(), r.repository())
+        }
+        // kaniko's docs pair `--cache=true --cache-dir=… --no-push` for
+        // warmed bases: build, uncached, and say so once.
+        (None, None) => {
+            tracing::warn!(
+                "--cache: no --cache-repo and no --destination to derive one from; layers are not cached"
+            );
+            return Ok(None);
         }
     };
     let ttl = kiln_common::duration::parse(&cli.cache_ttl).context("--cache-ttl")?;
@@ -185,6 +214,33 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
         copy_layers: cli.cache_copy_layers,
         push: !cli.no_push_cache.unwrap_or(false),
     }))
+}
+
+/// `--registry-certificate host=/path/ca.pem`, repeatable; a host may have several.
+fn host_cas(flags: &[String]) -> anyhow::Result<HashMap<String, Vec<std::path::PathBuf>>> {
+    let mut m: HashMap<String, Vec<std::path::PathBuf>> = HashMap::new();
+    for f in flags {
+        let (host, path) = kv(f, "--registry-certificate")?;
+        let path = std::path::PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "--registry-certificate {f:?}: {} is not a file",
+                path.display()
+            );
+        }
+        m.entry(host).or_default().push(path);
+    }
+    Ok(m)
+}
+
+/// `--context`, or the context `--bucket` names: kaniko reads
+/// `gs://<bucket>/context.tar.gz` for a bare bucket name.
+fn context_of(cli: &Cli) -> String {
+    match &cli.bucket {
+        Some(b) if b.contains("://") => b.clone(),
+        Some(b) => format!("gs://{}/context.tar.gz", b.trim_end_matches('/')),
+        None => cli.context.trim_start_matches("dir://").to_string(),
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -6,11 +6,18 @@ mod build;
 use clap::Parser;
 use std::path::PathBuf;
 
+/// kaniko's boolean spellings (pflag's `true/false/1/0/t/f`, any case) and more.
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "executor",
     version,
-    about = "Build container images from Dockerfiles without a daemon"
+    about = "Build container images from Dockerfiles without a daemon",
+    // kaniko (pflag) takes the last value of a flag given twice.
+    args_override_self = true
 )]
 pub struct Cli {
     /// Build context: a directory, tar://<path|stdin>, git://<repo>#<ref>#<commit>, dir://<path>.
@@ -35,13 +42,13 @@ pub struct Cli {
     #[arg(long)]
     pub label: Vec<String>,
     /// Build for this platform (os/arch[/variant]).
-    #[arg(long)]
+    #[arg(long, alias = "customPlatform")]
     pub custom_platform: Option<String>,
     /// Build but do not push.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_push: Option<bool>,
     /// Write a docker-archive tarball here.
-    #[arg(long)]
+    #[arg(long, alias = "tarPath")]
     pub tar_path: Option<PathBuf>,
     /// Write an OCI image layout here.
     #[arg(long)]
@@ -58,10 +65,10 @@ pub struct Cli {
     #[arg(long)]
     pub compression_level: Option<i32>,
     /// Strip timestamps so that identical inputs give identical digests.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub reproducible: Option<bool>,
     /// One layer per stage instead of one per step.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub single_snapshot: Option<bool>,
     /// RUN isolation: auto (the strongest that works here), namespaces (alias oci;
     /// needs CAP_SYS_ADMIN), in-place (alias kaniko; builds in the container's own
@@ -74,23 +81,23 @@ pub struct Cli {
     #[arg(long)]
     pub ignore_path: Vec<PathBuf>,
     /// Build in the container's own root even where no container is detected.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub force: Option<bool>,
     /// Where builds keep their private work directories.
     #[arg(long, env = "KILN_DIR", default_value = "/tmp/kiln")]
     pub kaniko_dir: PathBuf,
     /// Push to registries over plain HTTP.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub insecure: Option<bool>,
     /// Pull from registries over plain HTTP.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub insecure_pull: Option<bool>,
     /// A registry reached over plain HTTP (repeatable).
     #[arg(long)]
     pub insecure_registry: Vec<String>,
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub skip_tls_verify: Option<bool>,
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub skip_tls_verify_pull: Option<bool>,
     /// Mirror for Docker Hub images (repeatable).
     #[arg(long)]
@@ -98,7 +105,7 @@ pub struct Cli {
     /// original=replacement[;replacement] registry mapping (repeatable).
     #[arg(long)]
     pub registry_map: Vec<String>,
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub skip_default_registry_fallback: Option<bool>,
     #[arg(long, default_value_t = 0)]
     pub push_retry: u32,
@@ -110,7 +117,7 @@ pub struct Cli {
     #[arg(long, default_value = "oci")]
     pub image_format: String,
     /// Build stages the target does not need too.
-    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub skip_unused_stages: bool,
     /// Write a JSON build report here.
     #[arg(long)]
@@ -121,13 +128,13 @@ pub struct Cli {
     /// Log format: text, color or json.
     #[arg(long, default_value = "text")]
     pub log_format: String,
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub log_timestamp: Option<bool>,
     /// Accepted for kaniko compatibility: Kiln builds never touch the builder's own filesystem.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub cleanup: Option<bool>,
     /// Use the shared layer cache.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub cache: Option<bool>,
     /// Cache repository (default `<first destination>/cache`); `oci:/path` for a local OCI layout.
     #[arg(long)]
@@ -136,16 +143,66 @@ pub struct Cli {
     #[arg(long, default_value = "336h")]
     pub cache_ttl: String,
     /// Cache RUN steps.
-    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub cache_run_layers: bool,
     /// Cache COPY/ADD steps (kaniko's default is false; Kiln's keys cover file content, so true is safe).
-    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub cache_copy_layers: bool,
     /// Directory of base images warmed by `warmer` (used before pulling).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// GCS bucket holding the context as `context.tar.gz` (or a full URL).
+    #[arg(short = 'b', long)]
+    pub bucket: Option<String>,
+    /// `branch=…,single-branch=…,recurse-submodules=…` for git contexts.
+    #[arg(long)]
+    pub git: Option<String>,
+    /// Manifest annotation KEY=VALUE (repeatable).
+    #[arg(long)]
+    pub annotation: Vec<String>,
+    /// Trust this CA for a registry: `host=/path/ca.pem` (repeatable).
+    #[arg(long)]
+    pub registry_certificate: Vec<String>,
+    /// Client certificate for a registry: `host=/path/cert.pem,/path/key.pem` (repeatable).
+    #[arg(long)]
+    pub registry_client_cert: Vec<String>,
+    /// Skip TLS verification for this registry only (repeatable).
+    #[arg(long)]
+    pub skip_tls_verify_registry: Vec<String>,
+    /// A push refused because the tag is immutable is a warning, not a failure.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
+    pub push_ignore_immutable_tag_errors: Option<bool>,
+    /// Parse and plan the build, then stop: nothing is pulled, built or pushed.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
+    pub dryrun: Option<bool>,
+    /// Accepted for kaniko compatibility (see the README's flag table).
+    #[arg(long, alias = "snapshotMode", hide = true)]
+    pub snapshot_mode: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub use_new_run: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub compressed_caching: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub ignore_var_run: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub whitelist_var_run: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub force_build_metadata: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub skip_push_permission_check: Option<bool>,
+    #[arg(long, hide = true)]
+    pub credential_helpers: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub materialize: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub pre_cleanup: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
+    pub preserve_context: Option<bool>,
+    /// Refused: needs `RUN --mount=type=secret` (see the README's flag table).
+    #[arg(long, hide = true)]
+    pub secret: Vec<String>,
     /// Read the cache but never write to it.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_push_cache: Option<bool>,
 }
 
@@ -160,6 +217,84 @@ pub fn logging(cli: &Cli) {
     });
 }
 
+/// Refuses what must not be ignored (exit 2, as any usage error) and says,
+/// once per flag, which kaniko flags are accepted without effect.
+pub fn check_kaniko_flags(cli: &Cli) {
+    use kiln_executor::kaniko_flags::{lookup, Support};
+    let given = [
+        ("snapshot-mode", cli.snapshot_mode.is_some()),
+        ("use-new-run", cli.use_new_run.is_some()),
+        ("compressed-caching", cli.compressed_caching.is_some()),
+        ("ignore-var-run", cli.ignore_var_run.is_some()),
+        ("whitelist-var-run", cli.whitelist_var_run.is_some()),
+        ("force-build-metadata", cli.force_build_metadata.is_some()),
+        (
+            "skip-push-permission-check",
+            cli.skip_push_permission_check.is_some(),
+        ),
+        ("credential-helpers", cli.credential_helpers.is_some()),
+        ("materialize", cli.materialize.is_some()),
+        ("pre-cleanup", cli.pre_cleanup.is_some()),
+        ("preserve-context", cli.preserve_context.is_some()),
+        ("cleanup", cli.cleanup.is_some()),
+        ("secret", !cli.secret.is_empty()),
+        ("registry-client-cert", !cli.registry_client_cert.is_empty()),
+    ];
+    for (name, on) in given {
+        let Some(k) = lookup(name).filter(|_| on) else {
+            continue;
+        };
+        match k.support {
+            Support::Refused => {
+                use clap::CommandFactory;
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("--{name} is refused: {}", k.note),
+                    )
+                    .exit()
+            }
+            Support::Notice => tracing::info!("--{name}: accepted, no effect: {}", k.note),
+            Support::Implemented => {}
+        }
+    }
+    if let Some(m) = &cli.snapshot_mode {
+        if !matches!(m.as_str(), "full" | "redo" | "time") {
+            use clap::CommandFactory;
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("--snapshot-mode {m:?}: expected full, redo or time"),
+                )
+                .exit()
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     build::run(cli).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+    use kiln_executor::kaniko_flags::KANIKO_FLAGS;
+
+    /// The table and the command line cannot drift apart.
+    #[test]
+    fn every_kaniko_flag_is_on_the_command_line() {
+        let cmd = Cli::command();
+        for k in KANIKO_FLAGS {
+            let defined = cmd.get_arguments().any(|a| {
+                a.get_long() == Some(k.name)
+                    || a.get_all_aliases().is_some_and(|al| al.contains(&k.name))
+            });
+            assert!(
+                defined,
+                "--{} is in the table but not on the command line",
+                k.name
+            );
+        }
+    }
 }
