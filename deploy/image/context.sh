@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Lays out the build context of deploy/Containerfile from binaries built on
+# this machine: no network, no toolchain image. Each binary gets the shared
+# libraries it links beside it (interpreter and rpath set by patchelf), so it
+# needs nothing from the root it runs in — which the in-place rung moves aside
+# during RUN, as kaniko's static binary needs nothing either.
+#
+#   deploy/image/context.sh OUT [BINARIES_DIR]     (default: target/release)
+#   executor --context OUT --dockerfile deploy/Containerfile --destination REPO/kiln:TAG
+#   … --target debug          (busybox under /busybox, on PATH)
+#   … --target cache-server
+set -euo pipefail
+out=${1:?usage: context.sh OUT [BINARIES_DIR]}
+bins=${2:-target/release}
+for b in executor warmer cache-server; do
+  [ -x "$bins/$b" ] || { echo "context.sh: $bins/$b missing (cargo build --release)" >&2; exit 1; }
+done
+rm -rf "$out"
+mkdir -p "$out/kaniko/lib" "$out/kaniko/ssl/certs" "$out/kaniko/.docker" "$out/busybox" \
+  "$out/server/kiln/lib" "$out/server/etc/ssl/certs"
+
+# place BINARY DEST_DIR LIB_DIR_IN_IMAGE LIB_DIR_IN_CONTEXT
+place() {
+  local bin=$1 dest=$2 inimg=$3 libdir=$4 interp=""
+  cp "$bin" "$dest/"
+  for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+    cp -L "$lib" "$libdir/"
+    case "$(basename "$lib")" in ld-linux*) interp="$inimg/$(basename "$lib")" ;; esac
+  done
+  [ -n "$interp" ] || { echo "context.sh: no dynamic loader found for $bin" >&2; exit 1; }
+  patchelf --set-interpreter "$interp" --set-rpath "$inimg" "$dest/$(basename "$bin")"
+}
+place "$bins/executor" "$out/kaniko" /kaniko/lib "$out/kaniko/lib"
+place "$bins/warmer" "$out/kaniko" /kaniko/lib "$out/kaniko/lib"
+place "$bins/cache-server" "$out/server/kiln" /kiln/lib "$out/server/kiln/lib"
+
+bundle=/etc/ssl/certs/ca-certificates.crt
+cp -L "$bundle" "$out/kaniko/ssl/certs/ca-certificates.crt"
+cp -L "$bundle" "$out/server/etc/ssl/certs/ca-certificates.crt"
+
+# The debug variant's shell and tools, as kaniko's: busybox-static.
+cp /bin/busybox "$out/busybox/busybox"
+for applet in $("$out/busybox/busybox" --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$out/busybox/$applet"
+done
+echo "$out"

@@ -1,0 +1,190 @@
+//! Kiln's own image, laid out as kaniko's: built by Kiln from this
+//! machine's binaries (`deploy/image/context.sh` + `deploy/Containerfile`,
+//! no network), loaded into a real Docker Engine, and driven the way the
+//! seeds' pipelines drive kaniko's `:debug` image — an idle container
+//! (`/busybox/cat`) with credentials mounted at `/kaniko/.docker`, and two
+//! builds in a row with `--cleanup && mkdir -p /workspace`.
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The image context from the binaries of this build (debug ones here).
+fn image_context() -> tempfile::TempDir {
+    let bins = Path::new(env!("CARGO_BIN_EXE_executor")).parent().unwrap();
+    for b in ["warmer", "cache-server"] {
+        assert!(
+            bins.join(b).exists(),
+            "{b} is not built beside the executor: run the workspace's tests"
+        );
+    }
+    let t = tempfile::tempdir().unwrap();
+    run(Command::new("bash")
+        .arg(repo().join("deploy/image/context.sh"))
+        .arg(t.path().join("ctx"))
+        .arg(bins));
+    t
+}
+
+fn inspect(engine: &DockerEngine, image: &str, format: &str) -> String {
+    run(engine
+        .cmd()
+        .args(["image", "inspect", "--format", format, image]))
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn kilns_image_runs_the_seeds_pipelines() {
+    let ctx = image_context();
+    let ctx_dir = ctx.path().join("ctx");
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let containerfile = repo().join("deploy/Containerfile");
+    for (target, tag) in [("debug", "kiln:debug"), ("executor", "kiln:latest")] {
+        let tar = out.path().join(format!("{target}.tar"));
+        must_build(
+            &ctx_dir,
+            work.path(),
+            &[
+                "--dockerfile",
+                containerfile.to_str().unwrap(),
+                "--target",
+                target,
+                "--no-push",
+                "--destination",
+                tag,
+                "--tar-path",
+                tar.to_str().unwrap(),
+            ],
+        );
+    }
+    let engine = DockerEngine::start();
+    for target in ["debug", "executor"] {
+        run(engine
+            .cmd()
+            .arg("load")
+            .arg("-i")
+            .arg(out.path().join(format!("{target}.tar"))));
+    }
+
+    // kaniko's layout and environment; the default target has no shell.
+    for image in ["kiln:latest", "kiln:debug"] {
+        assert_eq!(
+            inspect(
+                &engine,
+                image,
+                "{{json .Config.Entrypoint}} {{.Config.WorkingDir}}"
+            ),
+            r#"["/kaniko/executor"] /workspace"#
+        );
+        let env = inspect(&engine, image, "{{json .Config.Env}}");
+        for want in [
+            "DOCKER_CONFIG=/kaniko/.docker/",
+            "SSL_CERT_DIR=/kaniko/ssl/certs",
+        ] {
+            assert!(env.contains(want), "{image}: {env}");
+        }
+    }
+    let help =
+        run(engine
+            .cmd()
+            .args(["run", "--rm", "--network", "host", "kiln:latest", "--help"]));
+    assert!(help.contains("--destination"), "{help}");
+    let no_shell = engine
+        .cmd()
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--entrypoint",
+            "/busybox/sh",
+        ])
+        .args(["kiln:latest", "-c", "true"])
+        .output()
+        .unwrap();
+    assert!(!no_shell.status.success(), "the default target has a shell");
+
+    // A base image, and a destination that wants the credentials mounted
+    // at /kaniko/.docker/config.json.
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:base");
+    let dest_reg = Registry::start_with_auth(Some(("ci", "s3cret")));
+    let docker_cfg = tempfile::tempdir().unwrap();
+    std::fs::write(
+        docker_cfg.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"Y2k6czNjcmV0"}}}}}}"#,
+            dest_reg.addr
+        ),
+    )
+    .unwrap();
+    let app = context_with(&format!(
+        "FROM {base}\nRUN test ! -e /leak && echo built > /leak\nCOPY app.txt /app.txt\n"
+    ));
+    write(app.path(), "app.txt", "app\n");
+
+    // The Jenkins agent pod: an idle container, steps run in it with sh.
+    let id = run(engine
+        .cmd()
+        .args([
+            "run",
+            "-d",
+            "-i",
+            "--network",
+            "host",
+            "--entrypoint",
+            "/busybox/cat",
+        ])
+        .arg("-v")
+        .arg(format!("{}:/src:ro", app.path().display()))
+        .arg("-v")
+        .arg(format!(
+            "{}:/kaniko/.docker:ro",
+            docker_cfg.path().display()
+        ))
+        .arg("kiln:debug"))
+    .trim()
+    .to_string();
+    for tag in ["latest", "v2"] {
+        let step = format!(
+            "/kaniko/executor --context /src --dockerfile /src/Dockerfile \
+             --destination {}/app:{tag} --insecure --insecure-pull --cleanup && mkdir -p /workspace",
+            dest_reg.addr
+        );
+        let o = engine
+            .cmd()
+            .args(["exec", &id, "sh", "-c", &step])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{tag}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for tag in ["latest", "v2"] {
+        let img = unpack_with(
+            &format!("docker://{}/app:{tag}", dest_reg.addr),
+            &["--src-creds", "ci:s3cret"],
+        );
+        assert_eq!(
+            std::fs::read_to_string(img.rootfs().join("leak")).unwrap(),
+            "built\n"
+        );
+    }
+    // The container is as it was: no build's files left in it.
+    let left = run(engine.cmd().args(["exec", &id, "ls", "-A", "/"]));
+    assert!(
+        !left.contains("leak") && !left.contains("app.txt"),
+        "{left}"
+    );
+}
