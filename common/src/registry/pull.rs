@@ -69,7 +69,7 @@ impl Registry {
             written: start,
             resumed: false,
         });
-        self.retry(self.opts.pull_retries, || async {
+        self.retry("pulling a layer", self.opts.pull_retries, || async {
             let mut p = partial.lock().await;
             self.fetch_more(r, desc, &mut p, dest, progress).await
         })

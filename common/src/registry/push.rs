@@ -20,7 +20,7 @@ impl Registry {
         }
         let data = data.to_vec();
         let d = digest.clone();
-        self.retry(self.opts.push_retries, || {
+        self.retry("uploading a blob", self.opts.push_retries, || {
             let data = data.clone();
             let d = d.clone();
             async move {
@@ -47,11 +47,14 @@ impl Registry {
     }
 
     pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
-        self.auth_push(r).await?;
-        self.client(r)?
-            .blob_exists(r, digest.as_str())
-            .await
-            .map_err(|e| RegistryError::remote_err(r, e))
+        self.retry("checking for a blob", self.opts.push_retries, || async {
+            self.auth_push(r).await?;
+            self.client(r)?
+                .blob_exists(r, digest.as_str())
+                .await
+                .map_err(|e| RegistryError::remote_err(r, e))
+        })
+        .await
     }
 
     /// Cross-repository mount; `Ok(false)` when the registry declined.
@@ -64,12 +67,22 @@ impl Registry {
         if r.resolve_registry() != from.resolve_registry() {
             return Ok(false);
         }
-        self.auth_push(r).await?;
-        Ok(self
-            .client(r)?
-            .mount_blob(r, from, digest.as_str())
-            .await
-            .is_ok())
+        // A refusal means "upload it instead"; a broken connection is retried.
+        self.retry("mounting a blob", self.opts.push_retries, || async {
+            self.auth_push(r).await?;
+            match self.client(r)?.mount_blob(r, from, digest.as_str()).await {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    let e = RegistryError::remote_err(r, e);
+                    if e.is_transient() {
+                        Err(e)
+                    } else {
+                        Ok(false)
+                    }
+                }
+            }
+        })
+        .await
     }
 
     /// Streams a file as a blob (monolithic PUT with known size).
@@ -80,7 +93,7 @@ impl Registry {
         digest: &Digest,
         size: u64,
     ) -> Result<(), RegistryError> {
-        self.retry(self.opts.push_retries, || async {
+        self.retry("uploading a layer", self.opts.push_retries, || async {
             self.auth_push(r).await?;
             let file = tokio::fs::File::open(path)
                 .await
@@ -106,7 +119,7 @@ impl Registry {
     ) -> Result<Digest, RegistryError> {
         let digest = Digest::sha256_of(&body);
         let body = bytes::Bytes::from(body);
-        self.retry(self.opts.push_retries, || async {
+        self.retry("pushing the manifest", self.opts.push_retries, || async {
             self.auth_push(r).await?;
             let ct = media_type.parse().map_err(|_| {
                 RegistryError::remote(r, RemoteKind::Other, format!("bad media type {media_type}"))

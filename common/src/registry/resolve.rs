@@ -17,7 +17,9 @@ impl Registry {
         let mut last = None;
         for c in self.candidates(&r) {
             match self
-                .retry(self.opts.pull_retries, || self.resolve_at(&c, platform))
+                .retry("resolving the image", self.opts.pull_retries, || {
+                    self.resolve_at(&c, platform)
+                })
                 .await
             {
                 Ok(img) => return Ok(img),
@@ -132,15 +134,18 @@ impl Registry {
         &self,
         r: &Reference,
     ) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
-        let auth = self.auth_for(r)?;
-        match self.client(r)?.pull_manifest_raw(r, &auth, ACCEPT).await {
-            Ok((bytes, _)) => {
-                let d = checked_manifest_digest(r, &bytes, "")?;
-                Ok(Some((bytes.to_vec(), d)))
+        self.retry("getting a manifest", self.opts.pull_retries, || async {
+            let auth = self.auth_for(r)?;
+            match self.client(r)?.pull_manifest_raw(r, &auth, ACCEPT).await {
+                Ok((bytes, _)) => {
+                    let d = checked_manifest_digest(r, &bytes, "")?;
+                    Ok(Some((bytes.to_vec(), d)))
+                }
+                Err(e) if RemoteKind::of(&e) == RemoteKind::NotFound => Ok(None),
+                Err(e) => Err(RegistryError::remote_err(r, e)),
             }
-            Err(e) if RemoteKind::of(&e) == RemoteKind::NotFound => Ok(None),
-            Err(e) => Err(RegistryError::remote_err(r, e)),
-        }
+        })
+        .await
     }
 
     /// The digest a tag points to, by HEAD (which Docker Hub does not count as a

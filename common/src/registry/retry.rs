@@ -6,7 +6,14 @@ use crate::auth::Credential;
 use std::time::Duration;
 
 impl Registry {
-    pub(super) async fn retry<T, F, Fut>(&self, attempts: u32, mut f: F) -> Result<T, RegistryError>
+    /// Runs `f` until it succeeds, fails for good, or `attempts` extra tries
+    /// are spent; each retry is logged naming `op` and the cause.
+    pub(super) async fn retry<T, F, Fut>(
+        &self,
+        op: &str,
+        attempts: u32,
+        mut f: F,
+    ) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
@@ -23,17 +30,17 @@ impl Registry {
                         Some(RemoteKind::RateLimited { url }) => {
                             match self.retry_after(url).await {
                                 Some(w) => {
-                                    tracing::warn!("{shown}; the registry asks to retry after {w:?} ({n}/{attempts})");
+                                    tracing::warn!("{op}: {shown}; the registry asks to retry after {w:?} ({n}/{attempts})");
                                     w
                                 }
                                 None => {
-                                    tracing::warn!("{shown}; no Retry-After, retrying in {delay:?} ({n}/{attempts})");
+                                    tracing::warn!("{op}: {shown}; no Retry-After, retrying in {delay:?} ({n}/{attempts})");
                                     delay
                                 }
                             }
                         }
                         _ => {
-                            tracing::warn!("{shown}; retrying in {delay:?} ({n}/{attempts})");
+                            tracing::warn!("{op}: {shown}; retrying in {delay:?} ({n}/{attempts})");
                             delay
                         }
                     };

@@ -1,0 +1,103 @@
+//! Retries where CI pods see resets: a connection cut at each point of a
+//! pull (`--image-download-retry`) and of a push (`--push-retry`), through
+//! a proxy in front of a real docker-registry. Each build succeeds, the cut
+//! request was really made again, and the log names the operation retried.
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+
+#[test]
+fn a_reset_at_each_point_of_pull_and_push_is_retried() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "base:1");
+    let raw = run(std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{base}")));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let config = m["config"]["digest"].as_str().unwrap().to_string();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    // (what is cut, the request it matches, bytes let through, log words)
+    let points: [(&str, String, usize, &str); 7] = [
+        (
+            "manifest",
+            "GET /v2/base/manifests/1".into(),
+            0,
+            "resolving the image",
+        ),
+        (
+            "config",
+            format!("GET /v2/base/blobs/{config}"),
+            0,
+            "resolving the image",
+        ),
+        (
+            "layer mid-way",
+            format!("GET /v2/base/blobs/{layer}"),
+            200_000,
+            "pulling a layer",
+        ),
+        (
+            "existence check",
+            "HEAD /v2/{repo}/blobs/".into(),
+            0,
+            "checking for a blob",
+        ),
+        ("mount", "mount=".into(), 0, "mounting a blob"),
+        (
+            "upload",
+            "PUT /v2/{repo}/blobs/uploads/".into(),
+            0,
+            "uploading a",
+        ),
+        (
+            "manifest push",
+            "PUT /v2/{repo}/manifests/".into(),
+            0,
+            "pushing the manifest",
+        ),
+    ];
+    for (i, (what, needle, after, op)) in points.iter().enumerate() {
+        // A fresh repository each time: nothing of an earlier push is there.
+        let repo = format!("app{i}");
+        let needle = &needle.replace("{repo}", &repo);
+        let proxy = CuttingProxy::start(&reg.addr, needle, *after);
+        let ctx = context_with(&format!(
+            "FROM {}/base:1\nRUN echo {i} > /step\n",
+            proxy.addr
+        ));
+        let work = tempfile::tempdir().unwrap();
+        let dest = format!("{}/{repo}:1", proxy.addr);
+        let out = build(
+            ctx.path(),
+            work.path(),
+            &[
+                "--destination",
+                &dest,
+                "--insecure",
+                "--insecure-pull",
+                "--push-retry=2",
+                "--image-download-retry=2",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: the build failed:\n{err}");
+        let seen = proxy
+            .requests()
+            .iter()
+            .filter(|r| r.contains(needle.as_str()))
+            .count();
+        assert!(
+            seen >= 2,
+            "{what}: {needle:?} was asked {seen} times:\n{err}"
+        );
+        assert!(
+            err.contains(op),
+            "{what}: no retry line naming {op:?}:\n{err}"
+        );
+        let pushed = run(std::process::Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{}/{repo}:1", reg.addr)));
+        assert!(pushed.contains("\"Digest\""), "{what}: {pushed}");
+    }
+}
