@@ -77,6 +77,59 @@ fn credentials_come_from_docker_config_json() {
         std::fs::read_to_string(img.rootfs().join("authed")).unwrap(),
         "authed\n"
     );
+
+    // No credentials in the file at all: `credHelpers` for this host, then
+    // a `credsStore` for everything — helper programs found on PATH, as
+    // Docker runs them (`docker-credential-<name> get`, host on stdin).
+    let bin = tempfile::tempdir().unwrap();
+    let asked = bin.path().join("asked");
+    let helper = format!(
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread host\necho \"$host\" >> {}\n\
+         echo '{{\"ServerURL\":\"'$host'\",\"Username\":\"kiln\",\"Secret\":\"s3cret\"}}'\n",
+        asked.display()
+    );
+    for name in ["docker-credential-kilntest", "docker-credential-kilnstore"] {
+        let p = bin.path().join(name);
+        std::fs::write(&p, &helper).unwrap();
+        run(Command::new("chmod").arg("755").arg(&p));
+    }
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    for file in [
+        format!(r#"{{"credHelpers":{{"{}":"kilntest"}}}}"#, reg.addr),
+        r#"{"credsStore":"kilnstore"}"#.to_string(),
+    ] {
+        let cfg = tempfile::tempdir().unwrap();
+        std::fs::write(cfg.path().join("config.json"), &file).unwrap();
+        let _ = std::fs::remove_file(&asked);
+        let out = executor()
+            .env("DOCKER_CONFIG", cfg.path())
+            .env("HOME", cfg.path())
+            .env("PATH", &path)
+            .arg("--context")
+            .arg(ctx.path())
+            .args([
+                "--destination",
+                &dest,
+                "--insecure",
+                "--insecure-pull",
+                "--kaniko-dir",
+            ])
+            .arg(work.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{file}: {err}");
+        assert!(!err.contains("s3cret"), "credentials must never be logged");
+        let asked = std::fs::read_to_string(&asked).unwrap_or_default();
+        assert!(
+            asked.contains(&reg.addr),
+            "{file}: the helper was not asked: {asked:?}"
+        );
+    }
 }
 
 #[test]
