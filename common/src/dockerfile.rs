@@ -434,7 +434,7 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                 }
                 Kind::Run {
                     flags,
-                    cmd: parse_cmd(rest),
+                    cmd: parse_cmd(rest).map_err(e)?,
                     heredocs,
                 }
             }
@@ -452,7 +452,7 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                     ]
                 };
                 let (flags, rest) = parse_flags(args, allowed).map_err(e)?;
-                let (mut words, json) = match json_array(rest) {
+                let (mut words, json) = match json_array(rest).map_err(e)? {
                     Some(v) => (v, true),
                     None => (lex(lexer.split_raw(rest))?, false),
                 };
@@ -480,13 +480,13 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
             "STOPSIGNAL" => Kind::StopSignal(one_arg(args).map_err(e)?),
             "MAINTAINER" => Kind::Maintainer(nonempty(args).map_err(e)?),
             "EXPOSE" => Kind::Expose(lex(lexer.split_raw(nonempty(args).map_err(e)?.as_str()))?),
-            "VOLUME" => Kind::Volume(match json_array(args) {
+            "VOLUME" => Kind::Volume(match json_array(args).map_err(e)? {
                 Some(v) => v,
                 None => lex(lexer.split_raw(nonempty(args).map_err(e)?.as_str()))?,
             }),
-            "ENTRYPOINT" => Kind::Entrypoint(parse_cmd(args)),
-            "CMD" => Kind::Cmd(parse_cmd(args)),
-            "SHELL" => match json_array(args) {
+            "ENTRYPOINT" => Kind::Entrypoint(parse_cmd(args).map_err(e)?),
+            "CMD" => Kind::Cmd(parse_cmd(args).map_err(e)?),
+            "SHELL" => match json_array(args).map_err(e)? {
                 Some(v) if !v.is_empty() => Kind::Shell(v),
                 _ => return Err(e("SHELL requires the arguments to be in JSON form".into())),
             },
@@ -514,7 +514,7 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
                 } else if word.eq_ignore_ascii_case("CMD") && !tail.is_empty() {
                     Kind::Healthcheck(HealthcheckSpec {
                         flags,
-                        cmd: Some(parse_cmd(tail)),
+                        cmd: Some(parse_cmd(tail).map_err(e)?),
                     })
                 } else {
                     return Err(e(
@@ -605,19 +605,37 @@ fn parse_flags<'a>(args: &'a str, allowed: &[&str]) -> Result<(Flags, &'a str), 
     Ok((flags, rest))
 }
 
-fn json_array(args: &str) -> Option<Vec<String>> {
-    let t = args.trim();
+/// The exec (JSON) form, by BuildKit's rule (`parseJSON` in its
+/// `line_parsers.go`): the first JSON value of the line is decoded and any
+/// text after it ignored (`CMD ["x"] # note` is `["x"]`); an array holding
+/// something other than strings is an error; anything that does not decode
+/// as an array is the shell form (`None`).
+fn json_array(args: &str) -> Result<Option<Vec<String>>, String> {
+    let t = args.trim_start();
     if !t.starts_with('[') {
-        return None;
+        return Ok(None);
     }
-    serde_json::from_str::<Vec<String>>(t).ok()
+    let first = serde_json::Deserializer::from_str(t)
+        .into_iter::<serde_json::Value>()
+        .next();
+    let Some(Ok(serde_json::Value::Array(items))) = first else {
+        return Ok(None);
+    };
+    items
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            other => Err(format!("the JSON form must hold only strings, not {other}")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
-fn parse_cmd(args: &str) -> Cmd {
-    match json_array(args) {
+fn parse_cmd(args: &str) -> Result<Cmd, String> {
+    Ok(match json_array(args)? {
         Some(v) => Cmd::Exec(v),
         None => Cmd::Shell(args.to_string()),
-    }
+    })
 }
 
 /// ENV/LABEL: `key=value ...` or the legacy `key value` form.
@@ -719,6 +737,22 @@ fn heredoc_markers(args: &str) -> Vec<(String, bool, bool)> {
 
 #[cfg(test)]
 mod tests {
+    /// BuildKit decodes the first JSON value and ignores what follows;
+    /// non-string elements are an error; an invalid array is shell form.
+    #[test]
+    fn json_form_follows_buildkit() {
+        let df = parse(
+            "FROM scratch\nCMD [\"a\", \"b\"] # a comment\nENTRYPOINT [\"x\"] trailing\nRUN [not json]\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let ins = &df.stages[0].instructions;
+        assert!(matches!(&ins[0].kind, Kind::Cmd(Cmd::Exec(v)) if v == &["a", "b"]));
+        assert!(matches!(&ins[1].kind, Kind::Entrypoint(Cmd::Exec(v)) if v == &["x"]));
+        assert!(matches!(&ins[2].kind, Kind::Run { cmd: Cmd::Shell(s), .. } if s == "[not json]"));
+        assert!(parse("FROM scratch\nCMD [1, 2]\n", "Dockerfile").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -16,7 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// Bumped whenever the encoding or the meaning of a field changes.
-pub const CACHE_FORMAT: &str = "kiln-cache-v1";
+pub const CACHE_FORMAT: &str = "kiln-cache-v2";
 
 /// Up to this many entries of a copied tree are listed in a key's inputs.
 const MAX_ITEMISED: usize = 500;

@@ -84,7 +84,8 @@ pub fn match_sources(
     Ok(found)
 }
 
-fn has_magic(s: &str) -> bool {
+/// Whether a COPY source is a pattern (Go `filepath.Match` syntax).
+pub fn has_magic(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 

@@ -27,7 +27,18 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", kiln_common::report::Report(&*e));
-            std::process::ExitCode::FAILURE
+            exit_code(&e)
         }
+    }
+}
+
+/// A failed RUN's own exit code, as Docker, kaniko and buildah exit with
+/// it (CI scripts branch on it); 1 for every other failure.
+fn exit_code(e: &anyhow::Error) -> std::process::ExitCode {
+    match e.downcast_ref::<kiln_executor::BuildError>() {
+        Some(kiln_executor::BuildError::RunFailed { code, .. }) if (1..=255).contains(code) => {
+            std::process::ExitCode::from(*code as u8)
+        }
+        _ => std::process::ExitCode::FAILURE,
     }
 }

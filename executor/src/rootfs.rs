@@ -163,6 +163,26 @@ pub fn lookup_user(root: &Path, spec: &str) -> Result<(u32, u32), RootError> {
     Ok((uid, gid))
 }
 
+/// The home directory Docker gives RUN when the config sets no `HOME`: the
+/// user's passwd entry, else `/` (moby's `oci.WithUser` / BuildKit).
+pub fn home_of(root: &Path, spec: &str) -> String {
+    let user = spec.split(':').next().unwrap_or(spec);
+    let passwd = read_db(root, "etc/passwd");
+    let entry = match user.parse::<u32>() {
+        Ok(n) => passwd
+            .iter()
+            .find(|f| f.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(n)),
+        Err(_) => passwd
+            .iter()
+            .find(|f| f.first().map(String::as_str) == Some(user)),
+    };
+    entry
+        .and_then(|f| f.get(5))
+        .filter(|h| !h.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "/".to_string())
+}
+
 fn read_db(root: &Path, rel: &str) -> Vec<Vec<String>> {
     // Resolve inside the root: /etc may itself be a symlink in an image.
     let Ok(p) = resolve(root, rel, true) else {

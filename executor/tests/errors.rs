@@ -65,6 +65,16 @@ fn failing_run_reports_command_exit_code_and_output() {
     assert!(err.contains("Dockerfile:2"), "{err}");
     assert!(err.contains("exit code 7"), "{err}");
     assert!(err.contains("boom-detail"), "{err}");
+
+    // The executor exits with the RUN's own code, as Docker, kaniko and
+    // buildah do (CI scripts branch on it); other failures exit 1.
+    let work = tempfile::tempdir().unwrap();
+    let ctx = context_with(&format!("FROM {base}\nRUN exit 42\n"));
+    let out = build(ctx.path(), work.path(), &["--no-push", "--insecure-pull"]);
+    assert_eq!(out.status.code(), Some(42));
+    let ctx = context_with("FROM scratch\nCOPY missing /x\n");
+    let out = build(ctx.path(), work.path(), &["--no-push"]);
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
@@ -213,4 +223,31 @@ fn absolute_symlinks_in_layers_stay_inside_the_root() {
         std::fs::read_to_string(img.rootfs().join("tmp").join(&marker)).unwrap(),
         "inside"
     );
+}
+
+/// ADD <url>: a 404 fails the build naming the URL and the status;
+/// `--checksum` must match what was downloaded.
+#[test]
+fn add_url_failures_name_the_url() {
+    let http = StaticHttp::start(&[("f.txt", "content\n")]);
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("{}/missing.txt", http.url);
+    let ctx = context_with(&format!("FROM scratch\nADD {url} /m\n"));
+    let (ok, err) = stderr_of(ctx.path(), &["--no-push"]);
+    assert!(!ok);
+    assert!(err.contains(&url) && err.contains("404"), "{err}");
+    let good = "sha256:434728a410a78f56fc1b5899c3593436e61ab0c731e9072d95e96db290205e53";
+    let bad = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    for (sum, builds) in [(good, true), (bad, false)] {
+        let ctx = context_with(&format!(
+            "FROM scratch\nADD --checksum={sum} {}/f.txt /f\n",
+            http.url
+        ));
+        let out = build(ctx.path(), work.path(), &["--no-push"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), builds, "{sum}: {err}");
+        if !builds {
+            assert!(err.contains("--checksum"), "{err}");
+        }
+    }
 }

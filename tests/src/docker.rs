@@ -63,6 +63,11 @@ impl DockerEngine {
         d
     }
 
+    /// The engine's API socket (for raw API calls such as BuildKit builds).
+    pub fn socket(&self) -> &Path {
+        &self.sock
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
     }

@@ -1200,3 +1200,56 @@ pub fn private_ca() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let (ca, cert, key) = (p("ca.pem"), p("server.pem"), p("server.key"));
     (dir, ca, cert, key)
 }
+
+/// A static HTTP server on loopback (python's `http.server`, which sends
+/// `Last-Modified` from each file's mtime) serving `files`; for ADD <url>.
+pub struct StaticHttp {
+    child: Child,
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl StaticHttp {
+    pub fn start(files: &[(&str, &str)]) -> StaticHttp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("file");
+        }
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        StaticHttp {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    /// Where the served files are.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for StaticHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

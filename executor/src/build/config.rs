@@ -19,7 +19,7 @@ pub enum Step {
     /// Only the config changed: one empty history entry.
     Config,
     /// The root changes (or may): a layer, or an empty history entry.
-    Fs(FsStep),
+    Fs(Box<FsStep>),
 }
 
 /// A filesystem step with its inputs resolved against the config in effect.
@@ -36,8 +36,12 @@ pub struct FsStep {
 pub enum FsOp {
     Run(RunStep),
     Copy(CopyStep),
-    /// WORKDIR and VOLUME: directories that must exist (root-owned, 0755).
-    MakeDirs(Vec<String>),
+    /// WORKDIR: directories that must exist (0755), owned by the USER in
+    /// effect (`None`: root).
+    MakeDirs {
+        paths: Vec<String>,
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +70,8 @@ pub struct CopyStep {
     pub chmod: Option<u32>,
     /// `--from`: a stage name or index, or an image reference.
     pub from: Option<String>,
+    /// ADD `--checksum`: what a downloaded URL must hash to.
+    pub checksum: Option<kiln_common::Digest>,
     pub sources: Vec<CopySource>,
 }
 
@@ -134,9 +140,15 @@ impl<'a> StageConfig<'a> {
     }
 
     fn word(&self, w: &str) -> Result<String, StepError> {
+        self.word_in(w, &self.vars())
+    }
+
+    /// Expansion against a fixed set of variables: an instruction with
+    /// several pairs sees the values from before it (Docker's ENV rule).
+    fn word_in(&self, w: &str, vars: &[(String, String)]) -> Result<String, StepError> {
         self.scope
             .lexer
-            .process_word(w, &self.vars())
+            .process_word(w, &vars.to_vec())
             .map_err(|source| StepError::Expand {
                 word: w.to_string(),
                 source,
@@ -157,11 +169,15 @@ impl<'a> StageConfig<'a> {
         let c = &mut self.image.config;
         match &ins.kind {
             Kind::Arg(list) => {
+                let before = self.vars();
+                let mut declared = Vec::new();
                 for (name, default) in list {
+                    // `ARG ${name}=…`: the name is expanded too, as Docker does.
+                    let name = &self.word_in(name, &before)?;
                     let v = match self.scope.build_arg(name) {
                         Some(v) => v,
                         None => match default {
-                            Some(d) => self.word(d)?,
+                            Some(d) => self.word_in(d, &before)?,
                             None => self
                                 .scope
                                 .global
@@ -172,23 +188,32 @@ impl<'a> StageConfig<'a> {
                                 .unwrap_or_default(),
                         },
                     };
-                    self.args.retain(|(k, _)| k != name);
-                    self.args.push((name.clone(), v));
+                    declared.push((name.clone(), v));
+                }
+                for (name, v) in declared {
+                    self.args.retain(|(k, _)| *k != name);
+                    self.args.push((name, v));
                 }
                 return Ok(Step::Args);
             }
             Kind::Env(pairs) => {
+                let before = self.vars();
+                let mut set = Vec::new();
                 for (k, v) in pairs {
-                    let (k, v) = (self.word(k)?, self.word(v)?);
+                    set.push((self.word_in(k, &before)?, self.word_in(v, &before)?));
+                }
+                for (k, v) in set {
                     self.image.config.set_env(&k, &v);
                 }
             }
             Kind::Label(pairs) => {
+                let before = self.vars();
+                let mut set = Vec::new();
                 for (k, v) in pairs {
-                    let (k, v) = (self.word(k)?, self.word(v)?);
-                    let labels = self.image.config.labels.get_or_insert_with(BTreeMap::new);
-                    labels.insert(k, v);
+                    set.push((self.word_in(k, &before)?, self.word_in(v, &before)?));
                 }
+                let labels = self.image.config.labels.get_or_insert_with(BTreeMap::new);
+                labels.extend(set);
             }
             Kind::Maintainer(m) => self.image.author = Some(m.clone()),
             Kind::User(u) => {
@@ -241,7 +266,8 @@ impl<'a> StageConfig<'a> {
                 c.healthcheck = Some(hc);
             }
             Kind::Volume(vols) => {
-                let mut paths = Vec::new();
+                // BuildKit (Docker's builder): VOLUME only declares; it
+                // creates no directory, and later RUN writes under it stay.
                 for v in vols {
                     let v = self.word(v)?;
                     if v.is_empty() {
@@ -250,11 +276,8 @@ impl<'a> StageConfig<'a> {
                         ));
                     }
                     let volumes = self.image.config.volumes.get_or_insert_with(BTreeMap::new);
-                    volumes.insert(v.clone(), serde_json::json!({}));
-                    paths.push(v);
+                    volumes.insert(v, serde_json::json!({}));
                 }
-                // Like kaniko and buildah, the mount point exists in the image.
-                return Ok(self.fs_step(ins, FsOp::MakeDirs(paths)));
             }
             Kind::Workdir(w) => {
                 let w = self.word(w)?;
@@ -265,7 +288,12 @@ impl<'a> StageConfig<'a> {
                 };
                 let new = normalize_abs(&new);
                 self.image.config.working_dir = Some(new.clone());
-                return Ok(self.fs_step(ins, FsOp::MakeDirs(vec![new])));
+                let user = self.image.config.user.clone().filter(|u| !u.is_empty());
+                let op = FsOp::MakeDirs {
+                    paths: vec![new],
+                    user,
+                };
+                return Ok(self.fs_step(ins, op));
             }
             Kind::Run { cmd, heredocs, .. } => {
                 let run = self.run_step(cmd, heredocs)?;
@@ -284,11 +312,11 @@ impl<'a> StageConfig<'a> {
     }
 
     fn fs_step(&self, ins: &Instruction, op: FsOp) -> Step {
-        Step::Fs(FsStep {
+        Step::Fs(Box::new(FsStep {
             keyword: ins.kind.keyword(),
             config_json: serde_json::to_string(&self.image.config).unwrap_or_default(),
             op,
-        })
+        }))
     }
 
     fn shell(&self) -> Vec<String> {
@@ -363,7 +391,7 @@ impl<'a> StageConfig<'a> {
         let dest_raw = self.word(&spec.dest)?;
         let dest = copy_dest(&dest_raw, &self.working_dir());
         let mut key_flags = Vec::new();
-        for f in ["chown", "chmod", "link"] {
+        for f in ["chown", "chmod", "link", "checksum"] {
             if spec.flags.has(f) {
                 key_flags.push((f, self.word(spec.flags.get(f).unwrap_or("true"))?));
             }
@@ -376,6 +404,12 @@ impl<'a> StageConfig<'a> {
             None => None,
         };
         let from = spec.flags.get("from").map(|f| self.word(f)).transpose()?;
+        let checksum = match spec.flags.get("checksum") {
+            Some(c) => Some(self.word(c)?.parse().map_err(|_| {
+                StepError::Invalid(format!("invalid --checksum {c:?}: expected sha256:<hex>"))
+            })?),
+            None => None,
+        };
         let mut sources = Vec::new();
         for src in &spec.srcs {
             if let Some(h) = heredoc_for(src, &spec.heredocs) {
@@ -410,6 +444,7 @@ impl<'a> StageConfig<'a> {
             chown,
             chmod,
             from,
+            checksum,
             sources,
         })
     }
@@ -529,6 +564,14 @@ mod tests {
     use super::*;
     use kiln_common::dockerfile::parse;
 
+    /// The filesystem operation a step asks for.
+    fn fs(s: &Step) -> &FsOp {
+        match s {
+            Step::Fs(f) => &f.op,
+            other => panic!("not a filesystem step: {other:?}"),
+        }
+    }
+
     fn steps(df: &str, build_args: &[(String, Option<String>)]) -> (Vec<Step>, ImageConfig) {
         let df = parse(df, "Dockerfile").unwrap();
         let scope = Scope {
@@ -565,27 +608,76 @@ mod tests {
         assert_eq!(img.config.env_pairs()[0], ("A".into(), "7".into()));
         // CMD set in this stage survives ENTRYPOINT.
         assert_eq!(img.config.cmd, Some(vec!["c".to_string()]));
-        let Step::Fs(FsStep {
-            op: FsOp::Run(run), ..
-        }) = &steps[5]
-        else {
-            panic!("RUN is a filesystem step: {:?}", steps[5]);
+        let FsOp::Run(run) = fs(&steps[5]) else {
+            panic!("unexpected step {:?}", steps[5]);
         };
         assert_eq!(run.user, "app");
         assert_eq!(run.cwd, "/w/sub");
         assert_eq!(run.build_args, vec!["V=7".to_string()]);
         assert!(run.env.contains(&("A".into(), "7".into())));
-        let Step::Fs(FsStep {
-            op: FsOp::Copy(copy),
-            ..
-        }) = &steps[6]
-        else {
-            panic!("COPY is a filesystem step");
+        let FsOp::Copy(copy) = fs(&steps[6]) else {
+            panic!("unexpected step {:?}", steps[6]);
         };
         assert_eq!(copy.dest, "/w/sub/b/");
         assert_eq!(copy.chmod, Some(0o640));
         assert!(matches!(steps[0], Step::Args));
         assert!(matches!(steps[1], Step::Config));
+    }
+
+    /// Docker's ENV reference: "the values from before the instruction";
+    /// the same for LABEL and ARG. `ARG ${name}=…` expands the name.
+    #[test]
+    fn one_instruction_sees_the_values_from_before_it() {
+        let (steps, img) = steps(
+            "FROM scratch\nENV a=one\nENV a=two b=$a\nLABEL x=$a y=$b\nARG n=file3\n\
+             ARG ${n}=copied.txt p=$n\nUSER alice\nWORKDIR /w\nVOLUME /v\n",
+            &[],
+        );
+        let env = img.config.env_pairs();
+        assert!(env.contains(&("a".into(), "two".into())));
+        assert!(env.contains(&("b".into(), "one".into())), "{env:?}");
+        let labels = img.config.labels.clone().unwrap();
+        assert_eq!(labels["x"], "two");
+        assert_eq!(labels["y"], "one");
+        // ARG file3=copied.txt and p from the ARG before.
+        let FsOp::MakeDirs { paths, user } = fs(&steps[6]) else {
+            panic!("unexpected step {:?}", steps[6]);
+        };
+        assert_eq!(
+            (paths.as_slice(), user.as_deref()),
+            (&["/w".to_string()][..], Some("alice"))
+        );
+        // BuildKit: VOLUME only declares (no directory, no layer).
+        assert!(matches!(steps[7], Step::Config), "{:?}", steps[7]);
+        assert!(img.config.volumes.unwrap().contains_key("/v"));
+    }
+
+    #[test]
+    fn arg_names_expand() {
+        let df = parse(
+            "FROM scratch\nARG n=file3\nARG ${n}=copied.txt p=$n\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let scope = Scope {
+            lexer: Lexer::new(df.escape),
+            global: &[],
+            build_args: &[],
+        };
+        let mut cfg = StageConfig::new(ImageConfig::default(), scope);
+        for i in &df.stages[0].instructions {
+            cfg.apply(i).unwrap();
+        }
+        assert!(
+            cfg.args.contains(&("file3".into(), "copied.txt".into())),
+            "{:?}",
+            cfg.args
+        );
+        assert!(
+            cfg.args.contains(&("p".into(), "file3".into())),
+            "{:?}",
+            cfg.args
+        );
     }
 
     #[test]

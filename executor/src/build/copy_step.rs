@@ -46,6 +46,9 @@ pub fn resolve(
     let from = step.from.as_deref();
     let stage = from.and_then(&stage_of);
     let mut out = Vec::new();
+    // Docker: a pattern matching nothing is fine while another source of
+    // the instruction matches; only when nothing matches at all is it an error.
+    let mut unmatched = None;
     for s in &step.sources {
         out.push(match (s, from, stage) {
             (CopySource::Heredoc { name, content }, _, _) => Resolved::Heredoc {
@@ -62,17 +65,34 @@ pub fn resolve(
                 src: p.clone(),
             },
             (CopySource::Path(p), None, _) => {
-                let m = copy::match_sources(&ctx.dir, p, Some(&ctx.ignore), "the build context")
-                    .map_err(StepError::Copy)?;
-                if (step.sources.len() > 1 || m.len() > 1) && !step.dest.ends_with('/') {
-                    return Err(StepError::Invalid(format!(
-                        "when copying several sources, the destination {:?} must end with /",
-                        step.dest_raw
-                    )));
+                match copy::match_sources(&ctx.dir, p, Some(&ctx.ignore), "the build context") {
+                    Ok(m) => Resolved::Context(m),
+                    Err(e @ copy::CopyError::NotFound { .. }) if copy::has_magic(p) => {
+                        unmatched.get_or_insert(e);
+                        Resolved::Context(Vec::new())
+                    }
+                    Err(e) => return Err(StepError::Copy(e)),
                 }
-                Resolved::Context(m)
             }
         });
+    }
+    let matched: usize = out
+        .iter()
+        .map(|r| match r {
+            Resolved::Context(m) => m.len(),
+            _ => 1,
+        })
+        .sum();
+    if matched == 0 {
+        if let Some(e) = unmatched {
+            return Err(StepError::Copy(e));
+        }
+    }
+    if (step.sources.len() > 1 || matched > 1) && !step.dest.ends_with('/') {
+        return Err(StepError::Invalid(format!(
+            "when copying several sources, the destination {:?} must end with /",
+            step.dest_raw
+        )));
     }
     Ok(out)
 }
@@ -166,7 +186,9 @@ impl StageRun<'_> {
                         .map_err(StepError::Copy)?;
                 }
                 Resolved::Url(url) => {
-                    self.add_url(&root, url, dest, &opts, &mut diff).await?;
+                    let want = step.checksum.as_ref();
+                    self.add_url(&root, url, dest, want, &opts, &mut diff)
+                        .await?;
                 }
                 Resolved::Stage { src, .. } | Resolved::Image { src, .. } => {
                     let fr = match &from_root {
@@ -276,12 +298,15 @@ impl StageRun<'_> {
         copy::copy_sources(root, tmp.path(), &m, &dest, None, &o, diff).map_err(StepError::Copy)
     }
 
-    /// ADD of a URL: downloaded into the work directory, then placed.
+    /// ADD of a URL: downloaded into the work directory (hashed while it
+    /// streams, checked against `--checksum`), then placed with the mtime of
+    /// the response's `Last-Modified`, as Docker documents.
     async fn add_url(
         &self,
         root: &Path,
         url: &str,
         dest: &str,
+        checksum: Option<&Digest>,
         opts: &CopyOptions,
         diff: &mut Diff,
     ) -> Result<(), StepError> {
@@ -301,13 +326,19 @@ impl StageRun<'_> {
                 status: resp.status().as_u16(),
             });
         }
+        let modified = resp
+            .headers()
+            .get(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok());
         let work = self.b.work_path();
         let tmp = tempfile::NamedTempFile::new_in(work)
             .map_err(StepError::io("creating a file in", work))?;
-        {
+        let got = {
             use futures_util::StreamExt;
             use std::io::Write;
-            let mut f = std::io::BufWriter::new(tmp.as_file());
+            let mut f =
+                kiln_common::digest::HashingWriter::new(std::io::BufWriter::new(tmp.as_file()));
             let mut s = resp.bytes_stream();
             while let Some(chunk) = s.next().await {
                 let chunk = chunk.map_err(download)?;
@@ -315,6 +346,15 @@ impl StageRun<'_> {
                     .map_err(StepError::io("writing", tmp.path()))?;
             }
             f.flush().map_err(StepError::io("writing", tmp.path()))?;
+            let (_, got, _) = f.finish();
+            got
+        };
+        if let Some(want) = checksum {
+            if &got != want {
+                return Err(StepError::Invalid(format!(
+                    "{url} hashes to {got}, --checksum expects {want}"
+                )));
+            }
         }
         let name = url
             .split(['?', '#'])
@@ -343,6 +383,11 @@ impl StageRun<'_> {
             std::os::unix::fs::PermissionsExt::from_mode(opts.chmod.unwrap_or(0o600)),
         )
         .map_err(StepError::io("setting the mode of", &target))?;
+        if let Some(t) = modified {
+            let ft = filetime::FileTime::from_unix_time(t.timestamp(), 0);
+            filetime::set_file_mtime(&target, ft)
+                .map_err(StepError::io("setting the mtime of", &target))?;
+        }
         diff.add(
             target.strip_prefix(root).unwrap_or(&target).to_path_buf(),
             Change::Add,

@@ -81,7 +81,7 @@ impl Builder {
                         FsOp::Copy(c) => {
                             format!("copy {} source(s) to {}", c.sources.len(), c.dest)
                         }
-                        FsOp::MakeDirs(d) => format!("directories {}", d.join(" ")),
+                        FsOp::MakeDirs { paths, .. } => format!("directories {}", paths.join(" ")),
                     },
                 };
                 let first = ins.original.lines().next().unwrap_or("");

@@ -91,12 +91,25 @@ impl StageRun<'_> {
         self.commit_layer(&root, diff.with_parents(), &created_by)
     }
 
-    /// WORKDIR and VOLUME: create missing directories (root-owned, 0755).
-    pub(super) async fn make_dirs(&mut self, paths: &[String]) -> Result<Diff, StepError> {
+    /// WORKDIR: create missing directories (0755), owned by `user` as
+    /// BuildKit, kaniko and buildah do (root when no USER is set).
+    pub(super) async fn make_dirs(
+        &mut self,
+        paths: &[String],
+        user: Option<&str>,
+    ) -> Result<Diff, StepError> {
         let root = self.ensure_root().await?;
         let mut diff = Diff::default();
+        let (uid, gid) = match user {
+            Some(u) => rootfs::lookup_user(&root, u).map_err(|source| StepError::Root {
+                op: "looking up user",
+                path: u.to_string(),
+                source,
+            })?,
+            None => (0, 0),
+        };
         let opts = CopyOptions {
-            owner: Owner::Fixed(0, 0),
+            owner: Owner::Fixed(uid, gid),
             chmod: None,
         };
         for p in paths {
@@ -119,9 +132,14 @@ impl StageRun<'_> {
                 path: step.user.clone(),
                 source,
             })?;
+        let mut env = step.env.clone();
+        if !env.iter().any(|(k, _)| k == "HOME") {
+            // Docker: HOME from the user's passwd entry when ENV sets none.
+            env.push(("HOME".into(), rootfs::home_of(&root, &step.user)));
+        }
         let spec = RunSpec {
             args: step.argv.clone(),
-            env: step.env.clone(),
+            env,
             cwd: step.cwd.clone(),
             uid,
             gid,

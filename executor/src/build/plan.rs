@@ -130,7 +130,7 @@ pub fn step_key(
             k.list("build-args", &run.build_args);
         }
         FsOp::Copy(copy) => copy_step::key_fields(&mut k, copy, sources, ctx, stage_key)?,
-        FsOp::MakeDirs(_) => {}
+        FsOp::MakeDirs { .. } => {}
     }
     Ok(k.finish())
 }

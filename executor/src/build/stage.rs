@@ -199,7 +199,7 @@ impl Builder {
                     let cacheable = match fs.op {
                         FsOp::Run(_) => c.is_none_or(|c| c.run_layers),
                         FsOp::Copy(_) => c.is_none_or(|c| c.copy_layers),
-                        FsOp::MakeDirs(_) => true,
+                        FsOp::MakeDirs { .. } => true,
                     };
                     planned.push(Planned {
                         key: k,
@@ -343,7 +343,10 @@ impl Builder {
                         other => at.err(other),
                     })?,
                     FsOp::Copy(c) => run.copy(c, &e.sources).await.map_err(|e| at.err(e))?,
-                    FsOp::MakeDirs(p) => run.make_dirs(p).await.map_err(|e| at.err(e))?,
+                    FsOp::MakeDirs { paths, user } => run
+                        .make_dirs(paths, user.as_deref())
+                        .await
+                        .map_err(|e| at.err(e))?,
                 };
                 let layer = run
                     .finish(diff, created_by.clone())
