@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod breaker;
 pub mod gc;
 pub mod keys;
 pub mod manifest;

@@ -86,6 +86,10 @@ pub struct Metrics {
     pub request_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub responses: Family<StatusLabel, Counter>,
     pub backend_errors: Family<OpLabel, Counter>,
+    /// Backend calls that hit their deadline.
+    pub backend_timeouts: Counter,
+    /// 1 while the backend is skipped after repeated timeouts.
+    pub backend_circuit_open: Gauge,
     pub evictions: Family<TierLabel, Counter>,
     pub coalesced: Family<TierLabel, Counter>,
     pub uploads: Family<KindLabel, Counter>,
@@ -118,6 +122,8 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency),
             responses: Family::default(),
             backend_errors: Family::default(),
+            backend_timeouts: Counter::default(),
+            backend_circuit_open: Gauge::default(),
             evictions: Family::default(),
             coalesced: Family::default(),
             uploads: Family::default(),
@@ -165,6 +171,16 @@ impl Metrics {
             "backend_errors",
             "Remote store operations that failed, by operation",
             m.backend_errors.clone(),
+        );
+        registry.register(
+            "backend_timeouts",
+            "Backend calls that did not answer within their deadline",
+            m.backend_timeouts.clone(),
+        );
+        registry.register(
+            "backend_circuit_open",
+            "1 while the backend is skipped after repeated timeouts",
+            m.backend_circuit_open.clone(),
         );
         registry.register(
             "evictions",

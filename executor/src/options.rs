@@ -59,6 +59,12 @@ pub struct CacheOptions {
     pub copy_layers: bool,
     /// Write entries back (`--no-push-cache` turns this off).
     pub push: bool,
+    /// `--cache-lookup-timeout`: a lookup (and a record read) not answered
+    /// by then is a miss.
+    pub lookup_timeout: std::time::Duration,
+    /// `--cache-push-timeout`: the longest the build waits at its end for
+    /// entries still being written; what is not saved by then is listed.
+    pub push_timeout: std::time::Duration,
 }
 
 /// The manifest and media-type family of the image (`--image-format`): one

@@ -112,6 +112,15 @@ impl Registry {
         }
     }
 
+    /// SIGSTOP: connections are accepted, nothing is answered (a hung registry).
+    pub fn freeze(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    pub fn thaw(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
     /// The registry's log so far (access lines included), to count requests.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -676,6 +685,15 @@ s3.create_bucket(Bucket=bucket)\n";
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: connections are accepted, nothing is answered (a brownout).
+    pub fn freeze(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    pub fn thaw(&self) {
+        signal(self.child.id(), "CONT");
     }
 
     /// Environment for a client of this server (object_store reads it).
@@ -1252,4 +1270,10 @@ impl Drop for StaticHttp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn signal(pid: u32, sig: &str) {
+    run(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string()));
 }

@@ -51,6 +51,13 @@ pub enum StorageError {
     },
     #[error("{op} is not supported by {backend}")]
     Unsupported { op: &'static str, backend: String },
+    #[error("storage {op} {path}")]
+    Unavailable {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: crate::breaker::GuardError,
+    },
 }
 
 /// One listed object.

@@ -105,6 +105,15 @@ pub struct Common {
     /// How long in-flight requests may take to finish at shutdown [default: 30s].
     #[arg(long, env = "KILN_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
+    /// Deadline of a small backend call; a lookup past it answers 503 [default: 10s].
+    #[arg(long, env = "KILN_BACKEND_TIMEOUT")]
+    pub backend_timeout: Option<String>,
+    /// Deadline of a blob upload or listing [default: 10m].
+    #[arg(long, env = "KILN_TRANSFER_TIMEOUT")]
+    pub transfer_timeout: Option<String>,
+    /// After repeated backend timeouts, skip the backend for this long [default: 30s].
+    #[arg(long, env = "KILN_BREAKER_COOL_OFF")]
+    pub breaker_cool_off: Option<String>,
 }
 
 impl Common {
@@ -137,7 +146,10 @@ impl Common {
             tls_key,
             max_manifest_size,
             tag_cache_ttl,
-            shutdown_timeout
+            shutdown_timeout,
+            backend_timeout,
+            transfer_timeout,
+            breaker_cool_off
         );
         Ok(self)
     }
@@ -177,6 +189,9 @@ impl Common {
         cfg.store.touch_after = dur("touch-after", c.touch_after, "10m")?;
         cfg.store.tag_cache_ttl = dur("tag-cache-ttl", c.tag_cache_ttl, "5s")?;
         cfg.shutdown_timeout = dur("shutdown-timeout", c.shutdown_timeout, "30s")?;
+        cfg.store.backend_timeout = dur("backend-timeout", c.backend_timeout, "10s")?;
+        cfg.store.transfer_timeout = dur("transfer-timeout", c.transfer_timeout, "10m")?;
+        cfg.store.breaker_cool_off = dur("breaker-cool-off", c.breaker_cool_off, "30s")?;
         cfg.gc = GcOptions {
             ttl: cfg.store.ttl,
             max_size: c

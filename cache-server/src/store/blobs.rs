@@ -10,7 +10,7 @@ impl Store {
         if let Some(s) = self.known_blobs.get(&key).await {
             return Ok(Some(s));
         }
-        let m = self.count_err("head", self.storage.head(&key).await)?;
+        let m = self.call("head", self.storage.head(&key)).await?;
         if let Some(m) = &m {
             self.known_blobs.insert(key, m.size).await;
         }
@@ -111,7 +111,9 @@ impl Store {
         range: Option<Range<u64>>,
     ) -> Result<Option<BlobBody>, StoreError> {
         let key = self.storage.blob_read_key(repo, d);
-        let Some(s) = self.count_err("get", self.storage.get_stream(&key, range.clone()).await)?
+        let Some(s) = self
+            .call("get", self.storage.get_stream(&key, range.clone()))
+            .await?
         else {
             return Ok(None);
         };
@@ -174,7 +176,8 @@ impl Store {
     ) -> Result<(), TierError> {
         let key = self.storage.blob_read_key(repo, d);
         let s = self
-            .count_err("get", self.storage.get_stream(&key, None).await)
+            .call("get", self.storage.get_stream(&key, None))
+            .await
             .map_err(|e| TierError::Fetch(kiln_common::report::Report(&e).to_string()))?;
         let Some(mut s) = s else {
             return Err(TierError::Fetch(format!("blob {d} is gone from the store")));
@@ -252,7 +255,8 @@ impl Store {
         staged: &Path,
         size: u64,
     ) -> Result<(), StoreError> {
-        self.count_err("put", self.storage.put_blob_file(d, staged).await)?;
+        self.call("put_blob", self.storage.put_blob_file(d, staged))
+            .await?;
         self.metrics.bytes("store", "in", size);
         self.known_blobs.insert(Key::Blob(d.clone()), size).await;
         Ok(())
@@ -264,7 +268,8 @@ impl Store {
         if let Some(disk) = &self.disk {
             disk.remove(d).await;
         }
-        self.count_err("delete", self.storage.delete(&Key::Blob(d.clone())).await)?;
+        self.call("delete", self.storage.delete(&Key::Blob(d.clone())))
+            .await?;
         self.known_blobs.invalidate(&Key::Blob(d.clone())).await;
         Ok(())
     }

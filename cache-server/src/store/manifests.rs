@@ -22,7 +22,7 @@ impl Store {
         }
         self.metrics.tier("memory", false);
         let key = Key::manifest(repo, d);
-        let got = self.count_err("get", self.storage.get_small(&key).await)?;
+        let got = self.call("get", self.storage.get_small(&key)).await?;
         self.metrics.tier("store", got.is_some());
         let Some((raw, _)) = got else {
             return Ok(None);
@@ -40,9 +40,7 @@ impl Store {
             return Ok(true);
         }
         let key = Key::manifest(repo, d);
-        let there = self
-            .count_err("head", self.storage.head(&key).await)?
-            .is_some();
+        let there = self.call("head", self.storage.head(&key)).await?.is_some();
         if there {
             self.remember_in_repo(repo, d).await;
         }
@@ -122,7 +120,7 @@ impl Store {
         }
         let obj = manifest::encode_stored(&media_type, &bytes);
         let mkey = Key::manifest(repo, &d);
-        self.count_err("put", self.storage.put_small(&mkey, obj).await)?;
+        self.call("put", self.storage.put_small(&mkey, obj)).await?;
         self.metrics.bytes("store", "in", bytes.len() as u64);
         self.memory
             .manifests
@@ -131,12 +129,11 @@ impl Store {
         self.remember_in_repo(repo, &d).await;
         if !reference.starts_with("sha256:") {
             let tkey = Key::tag(repo, reference);
-            self.count_err(
+            self.call(
                 "put",
-                self.storage
-                    .put_small(&tkey, Bytes::from(d.to_string()))
-                    .await,
-            )?;
+                self.storage.put_small(&tkey, Bytes::from(d.to_string())),
+            )
+            .await?;
             self.memory
                 .tags
                 .insert(
@@ -155,10 +152,7 @@ impl Store {
     pub async fn delete_manifest(&self, repo: &str, reference: &str) -> Result<bool, StoreError> {
         if let Ok(d) = reference.parse::<Digest>() {
             let key = Key::manifest(repo, &d);
-            if self
-                .count_err("head", self.storage.head(&key).await)?
-                .is_none()
-            {
+            if self.call("head", self.storage.head(&key)).await?.is_none() {
                 return Ok(false);
             }
             for t in self.tags(repo).await? {
@@ -168,7 +162,7 @@ impl Store {
                     }
                 }
             }
-            self.count_err("delete", self.storage.delete(&key).await)?;
+            self.call("delete", self.storage.delete(&key)).await?;
             self.memory
                 .tags
                 .invalidate(&(repo.to_string(), format!("@{}", d.hex())))
@@ -185,7 +179,8 @@ impl Store {
     /// Repositories holding at least one manifest.
     pub async fn catalog(&self) -> Result<Vec<String>, StoreError> {
         let mut v: Vec<String> = self
-            .count_err("list", self.storage.list(&Prefix::Repos).await)?
+            .call("list", self.storage.list(&Prefix::Repos))
+            .await?
             .into_iter()
             .filter_map(|m| match m.key {
                 Key::Manifest { repo, .. } => Some(repo),

@@ -63,6 +63,12 @@ pub struct StoreConfig {
     /// Local blob tier; `None` for `file://`, whose store is already local.
     pub disk_dir: Option<std::path::PathBuf>,
     pub disk_bytes: u64,
+    /// Deadline of a small backend call (tags, manifests, heads, deletes).
+    pub backend_timeout: Duration,
+    /// Deadline of a blob upload or a listing.
+    pub transfer_timeout: Duration,
+    /// How long the backend is skipped after repeated timeouts.
+    pub breaker_cool_off: Duration,
 }
 
 impl Default for StoreConfig {
@@ -73,6 +79,9 @@ impl Default for StoreConfig {
             max_manifest_bytes: 4 << 20,
             memory_bytes: 256 << 20,
             tag_cache_ttl: Duration::from_secs(5),
+            backend_timeout: Duration::from_secs(10),
+            transfer_timeout: Duration::from_secs(600),
+            breaker_cool_off: Duration::from_secs(30),
             disk_dir: None,
             disk_bytes: 20 << 30,
         }
@@ -102,6 +111,7 @@ pub struct Store {
     disk: Option<DiskTier>,
     metrics: Arc<Metrics>,
     cfg: StoreConfig,
+    breaker: crate::breaker::Breaker,
     /// Blobs recently seen to exist, with their size (positive answers only:
     /// a new upload must be visible at once).
     known_blobs: moka::future::Cache<Key, u64>,
@@ -137,6 +147,11 @@ impl Store {
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            breaker: crate::breaker::Breaker::new(
+                cfg.backend_timeout,
+                cfg.transfer_timeout,
+                cfg.breaker_cool_off,
+            ),
             cfg,
         })
     }
@@ -161,7 +176,7 @@ impl Store {
 
     /// One cheap round trip to the backend (start-up check, `/readyz`).
     pub async fn probe(&self) -> Result<(), StorageError> {
-        self.count_err("probe", self.storage.probe().await)
+        self.call("probe", self.storage.probe()).await
     }
 
     /// Every stored object under `prefix`, with its size and time (GC).
@@ -169,18 +184,53 @@ impl Store {
         &self,
         prefix: &Prefix,
     ) -> Result<Vec<crate::backend::Meta>, StorageError> {
-        self.count_err("list", self.storage.list(prefix).await)
+        self.call("list", self.storage.list(prefix)).await
     }
 
     /// A small object (tag, manifest) read straight from the backend (GC).
     pub(crate) async fn read_small(&self, key: &Key) -> Result<Option<Bytes>, StorageError> {
-        let got = self.count_err("get", self.storage.get_small(key).await)?;
+        let got = self.call("get", self.storage.get_small(key)).await?;
         Ok(got.map(|(b, _)| b))
     }
 
     /// Deletes a manifest object by key (GC; tags pointing at it are gone).
     pub(crate) async fn delete_object(&self, key: &Key) -> Result<(), StorageError> {
-        self.count_err("delete", self.storage.delete(key).await)
+        self.call("delete", self.storage.delete(key)).await
+    }
+
+    /// One backend call under its deadline and the breaker; every failure
+    /// is counted in `backend_errors`.
+    pub(super) async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let deadline = match op {
+            "put_blob" | "list" => self.breaker.transfer,
+            _ => self.breaker.meta,
+        };
+        let r = match self.breaker.call(op, deadline, fut).await {
+            Ok(r) => r,
+            Err(source) => {
+                if matches!(source, crate::breaker::GuardError::Timeout { .. }) {
+                    self.metrics.backend_timeouts.inc();
+                }
+                Err(StorageError::Unavailable {
+                    op,
+                    path: self.storage.describe(),
+                    source,
+                })
+            }
+        };
+        self.metrics
+            .backend_circuit_open
+            .set(i64::from(self.breaker.open_for().is_some()));
+        self.count_err(op, r)
+    }
+
+    /// How long the backend is still skipped, when the breaker is open.
+    pub fn backend_skipped_for(&self) -> Option<Duration> {
+        self.breaker.open_for()
     }
 
     pub(super) fn count_err<T>(

@@ -14,7 +14,7 @@ impl Store {
         }
         self.metrics.tier("memory", false);
         let key = Key::tag(repo, tag);
-        let got = self.count_err("get", self.storage.get_small(&key).await)?;
+        let got = self.call("get", self.storage.get_small(&key)).await?;
         self.metrics.tier("store", got.is_some());
         let Some((bytes, meta)) = got else {
             return Ok(None);
@@ -99,14 +99,17 @@ impl Store {
             .await;
         let key = Key::tag(repo, tag);
         let body = Bytes::from(e.digest.to_string());
-        if let Err(err) = self.storage.put_small(&key, body).await {
-            self.metrics.backend_error("put");
-            tracing::warn!("could not refresh {key}: {err}");
+        if let Err(err) = self.call("put", self.storage.put_small(&key, body)).await {
+            tracing::warn!(
+                "could not refresh {key}: {}",
+                kiln_common::report::Report(&err)
+            );
         }
     }
 
     pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<(), StoreError> {
-        self.count_err("delete", self.storage.delete(&Key::tag(repo, tag)).await)?;
+        self.call("delete", self.storage.delete(&Key::tag(repo, tag)))
+            .await?;
         self.memory
             .tags
             .invalidate(&(repo.to_string(), tag.to_string()))
@@ -117,7 +120,8 @@ impl Store {
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>, StoreError> {
         let prefix = Prefix::Tags(repo.to_string());
         let mut v: Vec<String> = self
-            .count_err("list", self.storage.list(&prefix).await)?
+            .call("list", self.storage.list(&prefix))
+            .await?
             .into_iter()
             .filter_map(|m| match m.key {
                 Key::Tag { repo: r, tag } if r == repo && !tag.contains('/') => Some(tag),

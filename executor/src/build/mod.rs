@@ -63,12 +63,15 @@ pub struct Builder {
     fetcher: LayerFetcher,
     platform: Platform,
     cache: Option<Arc<LayerCache>>,
-    cache_writes: Mutex<Vec<tokio::task::JoinHandle<Result<u64, crate::cache::CacheError>>>>,
+    /// Background entry writes, by key.
+    cache_writes: Mutex<Vec<(kiln_common::Digest, CacheWrite)>>,
     counters: Counters,
     /// The previous build of the same destination, for miss explanations.
     last_record: tokio::sync::OnceCell<Option<crate::cache::BuildRecord>>,
     this_record: Mutex<Vec<crate::cache::RecordedStep>>,
 }
+
+type CacheWrite = tokio::task::JoinHandle<Result<u64, crate::cache::CacheError>>;
 
 /// Each build has its own directory: several builds in one process or
 /// container never see each other's files, and nothing needs --cleanup.
@@ -211,10 +214,20 @@ impl Builder {
         let mut outs: BTreeMap<usize, StageOut> = BTreeMap::new();
         let mut steps = Vec::new();
         for idx in needed {
-            let out = self
+            match self
                 .build_stage(&shared, &df.stages[idx], &outs, &mut steps)
-                .await?;
-            outs.insert(idx, out);
+                .await
+            {
+                Ok(out) => {
+                    outs.insert(idx, out);
+                }
+                Err(e) => {
+                    // The steps that did complete keep their cache entries:
+                    // the retry starts where this build failed.
+                    self.finish_cache_writes().await;
+                    return Err(e);
+                }
+            }
         }
         let mut image = outs
             .remove(&target)
@@ -232,13 +245,17 @@ impl Builder {
         self.save_record().await;
         let c = &self.counters;
         if let Some(cache) = &self.cache {
-            cache
-                .report(
-                    c.hits.load(Ordering::Relaxed),
-                    c.misses.load(Ordering::Relaxed),
-                    c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-                )
-                .await;
+            let report = cache.report(
+                c.hits.load(Ordering::Relaxed),
+                c.misses.load(Ordering::Relaxed),
+                c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            );
+            if tokio::time::timeout(self.lookup_timeout(), report)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the cache server did not take the build's figures in time");
+            }
         }
         let result = BuildResult {
             manifest_digest: written.manifest_digest.clone(),
@@ -274,12 +291,24 @@ impl Builder {
             .unwrap_or_else(|| format!("dockerfile:{}", self.dockerfile_path(None).display()))
     }
 
+    /// A lookup's deadline (`--cache-lookup-timeout`).
+    fn lookup_timeout(&self) -> std::time::Duration {
+        self.opts
+            .cache
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(10), |c| c.lookup_timeout)
+    }
+
     async fn previous_record(&self) -> Option<&crate::cache::BuildRecord> {
         let cache = self.cache.clone()?;
         let name = self.record_name();
         let dir = self.work_path().to_path_buf();
+        let deadline = self.lookup_timeout();
         self.last_record
-            .get_or_init(|| async move { cache.load_record(&name, &dir).await })
+            .get_or_init(|| async move {
+                let load = cache.load_record(&name, &dir);
+                tokio::time::timeout(deadline, load).await.ok().flatten()
+            })
             .await
             .as_ref()
     }
@@ -300,11 +329,18 @@ impl Builder {
             format: crate::cache_key::CACHE_FORMAT.into(),
             steps,
         };
-        if let Err(e) = cache.store_record(&self.record_name(), &record).await {
-            tracing::warn!(
+        let name = self.record_name();
+        let store = cache.store_record(&name, &record);
+        match tokio::time::timeout(c.push_timeout, store).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
                 "could not record this build for miss explanations: {}",
                 Report(&e)
-            );
+            ),
+            Err(_) => tracing::warn!(
+                "the cache did not take this build's record within {:?}",
+                c.push_timeout
+            ),
         }
     }
 
@@ -325,6 +361,7 @@ impl Builder {
                 l.diff_id.clone(),
             )
         });
+        let key = planned.key.clone();
         let h = tokio::spawn(async move {
             let lr = blob.as_ref().map(|(p, d, id)| (p.as_path(), d, id));
             cache
@@ -333,19 +370,36 @@ impl Builder {
             Ok(blob.map(|(_, d, _)| d.size).unwrap_or(0))
         });
         if let Ok(mut v) = self.cache_writes.lock() {
-            v.push(h);
+            v.push((key, h));
         }
         true
     }
 
-    /// Waits for background cache writes; a failed write is a warning.
+    /// Waits for background cache writes, at most `--cache-push-timeout`
+    /// in all: a failed write is a warning, and so are the writes still
+    /// running at the deadline (they are abandoned and listed).
     async fn finish_cache_writes(&self) {
         let handles: Vec<_> = match self.cache_writes.lock() {
             Ok(mut v) => v.drain(..).collect(),
             Err(_) => Vec::new(),
         };
-        for h in handles {
-            match h.await {
+        let limit = self
+            .opts
+            .cache
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(60), |c| c.push_timeout);
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut unsaved = Vec::new();
+        for (key, mut h) in handles {
+            let res = match tokio::time::timeout_at(deadline, &mut h).await {
+                Ok(r) => r,
+                Err(_) => {
+                    h.abort();
+                    unsaved.push(key);
+                    continue;
+                }
+            };
+            match res {
                 Ok(Ok(n)) => {
                     self.counters.pushed_cache.fetch_add(n, Ordering::Relaxed);
                 }
@@ -355,6 +409,18 @@ impl Builder {
                 }
                 Err(e) => tracing::warn!("cache write task: {e}"),
             }
+        }
+        if !unsaved.is_empty() {
+            self.counters
+                .errors
+                .fetch_add(unsaved.len() as u64, Ordering::Relaxed);
+            let keys: Vec<String> = unsaved.iter().map(|k| k.to_string()).collect();
+            tracing::warn!(
+                "{} cache entries were not saved within --cache-push-timeout={limit:?} \
+                 (the build goes on without them): {}",
+                keys.len(),
+                keys.join(", ")
+            );
         }
     }
 

@@ -61,7 +61,7 @@ impl CachePlan {
 
     /// Looks every cacheable key up concurrently; returns how many lookups
     /// failed (each is a miss and a warning, never a failed build).
-    pub async fn lookup(&mut self, cache: &LayerCache) -> u64 {
+    pub async fn lookup(&mut self, cache: &LayerCache, deadline: std::time::Duration) -> u64 {
         let wanted: Vec<(usize, Digest)> = self
             .steps
             .iter()
@@ -70,8 +70,18 @@ impl CachePlan {
             .map(|(i, p)| (i, p.key.clone()))
             .collect();
         let keys: Vec<Digest> = wanted.iter().map(|(_, k)| k.clone()).collect();
+        if keys.is_empty() {
+            return 0;
+        }
+        let Ok(results) = tokio::time::timeout(deadline, cache.lookup_many(&keys)).await else {
+            tracing::warn!(
+                "the cache did not answer {} lookups within {deadline:?}: they are misses",
+                keys.len()
+            );
+            return 1;
+        };
         let mut errors = 0;
-        for ((i, _), r) in wanted.into_iter().zip(cache.lookup_many(&keys).await) {
+        for ((i, _), r) in wanted.into_iter().zip(results) {
             match r {
                 Ok(Some(h)) => {
                     self.hits.insert(i, h);

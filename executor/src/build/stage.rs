@@ -208,7 +208,12 @@ impl Builder {
                     });
                 }
                 let mut p = CachePlan::new(planned);
-                let errors = p.lookup(cache).await;
+                let deadline = self
+                    .opts
+                    .cache
+                    .as_ref()
+                    .map_or(std::time::Duration::from_secs(10), |c| c.lookup_timeout);
+                let errors = p.lookup(cache, deadline).await;
                 self.counters.errors.fetch_add(errors, Ordering::Relaxed);
                 Some(p)
             }

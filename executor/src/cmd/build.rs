@@ -213,6 +213,10 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
         run_layers: cli.cache_run_layers,
         copy_layers: cli.cache_copy_layers,
         push: !cli.no_push_cache.unwrap_or(false),
+        lookup_timeout: kiln_common::duration::parse(&cli.cache_lookup_timeout)
+            .context("--cache-lookup-timeout")?,
+        push_timeout: kiln_common::duration::parse(&cli.cache_push_timeout)
+            .context("--cache-push-timeout")?,
     }))
 }
 

@@ -201,6 +201,13 @@ pub struct Cli {
     /// Refused: needs `RUN --mount=type=secret` (see the README's flag table).
     #[arg(long, hide = true)]
     pub secret: Vec<String>,
+    /// A cache lookup not answered within this is a miss (the build goes on).
+    #[arg(long, default_value = "10s")]
+    pub cache_lookup_timeout: String,
+    /// The longest the build waits at its end for cache entries still being
+    /// written; entries not saved by then are listed in a warning.
+    #[arg(long, default_value = "60s")]
+    pub cache_push_timeout: String,
     /// Read the cache but never write to it.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_push_cache: Option<bool>,
