@@ -122,7 +122,7 @@ pub const KANIKO_FLAGS: &[KanikoFlag] = &[
     f("log-timestamp", I, "", &["--log-timestamp"]),
     f("annotation", I, "`key=value` on the image manifest", &["--annotation", "org.opencontainers.image.source=https://example.com"]),
     f("credential-helpers", N, "credentials come from the Docker config (`auths`, `credHelpers`, `credsStore`); helper programs it names are run from `PATH`", &["--credential-helpers=ecr-login"]),
-    f("secret", R, "`--secret` feeds `RUN --mount=type=secret`, which Kiln does not build yet; building without the secret would be wrong", &["--secret", "id=token,src={dir}/token"]),
+    f("secret", I, "`id=…,src=<file>` or `id=…,env=<VAR>` (BuildKit's syntax) for `RUN --mount=type=secret`; the value never reaches a layer, the config, the cache key, a report or a log", &["--secret", "id=token,src={dir}/token"]),
     f("dryrun", I, "parses the Dockerfile and plans every stage (ARGs, config, steps), then stops: nothing pulled, built or pushed", &["--dryrun"]),
     f("materialize", N, "Kiln's result does not depend on whether cached layers are unpacked; the root is unpacked exactly when a step needs it", &["--materialize"]),
     f("pre-cleanup", N, "each build starts in a fresh private directory; the in-place rung recovers a crashed build's files before starting", &["--pre-cleanup"]),

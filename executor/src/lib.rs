@@ -24,6 +24,7 @@ pub mod output;
 pub mod progress;
 pub mod rootfs;
 pub mod snapshot;
+mod tree;
 
 pub use build::{BuildError, BuildResult, Builder};
 pub use options::{BuildOptions, CacheOptions};

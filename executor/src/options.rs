@@ -16,6 +16,8 @@ pub struct BuildOptions {
     pub git: crate::context::GitOptions,
     /// `--dryrun`: plan, then stop.
     pub dry_run: bool,
+    /// `--secret id=…,src=…|env=…`: what `RUN --mount=type=secret` reads.
+    pub secrets: std::collections::BTreeMap<String, crate::build::SecretSource>,
     /// `--dockerfile`: as given, else relative to the context.
     pub dockerfile: PathBuf,
     pub target: Option<String>,

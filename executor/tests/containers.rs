@@ -25,6 +25,26 @@ RUN test -f /etc/resolv.conf && grep -q localhost /etc/hosts && test -n "$(hostn
 RUN echo written > /etc/resolv.conf.copy && mkdir -p /app && echo a > /app/a && rm /var/log/old.log
 "#;
 
+/// `RUN --mount` of every type: staged in the root the rung runs in, and
+/// nothing of it left in the image or in the container.
+const MOUNTS: &str = r#"FROM {BASE}
+RUN --mount=type=cache,target=/var/log,id=logs sh -c 'ls /var/log > /seen-logs; echo x >> /var/log/runs'
+RUN --mount=type=secret,id=tok test -s /run/secrets/tok && echo file-ok > /secret-file
+RUN --mount=type=bind,source=data,target=/mnt/data cat /mnt/data/f > /bound
+RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/y && ls /scratch > /tmpfs-seen'
+"#;
+
+/// Flags a context needs, its files under `ctx_root`.
+fn extra_args(name: &str, ctx_root: &str) -> Vec<String> {
+    match name {
+        "mounts" => vec![
+            "--secret".into(),
+            format!("id=tok,src={ctx_root}/mounts/token"),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 /// The container's view of `/` outside Kiln's directories and mounts: type,
 /// mode, owner and mtime of every entry, and the content of every file.
 /// (Directory sizes are left out: on overlayfs they count internal entries.)
@@ -51,6 +71,12 @@ fn contexts(base: &str, names: &[&str], dir: &Path) {
             "files" => context_files(200),
             "multistage" => context_multistage(),
             "runenv" => context_with(RUN_ENV),
+            "mounts" => {
+                let c = context_with(MOUNTS);
+                write(c.path(), "data/f", "bound\n");
+                write(c.path(), "token", "kiln-container-secret\n");
+                c
+            }
             "leak" => context_with("FROM {BASE}\nRUN echo a > /leak-a && mkdir -p /leak-dir\n"),
             "noleak" => context_with("FROM {BASE}\nRUN test ! -e /leak-a && test ! -e /leak-dir && test ! -e /hi && test ! -e /app && test ! -e /started\n"),
             "slow" => context_with("FROM {BASE}\nRUN touch /started && sleep 61\n"),
@@ -70,10 +96,10 @@ fn setup(names: &[&str]) -> Fixture {
     contexts(&base, names, ctx_dir.path());
     let mut reference = BTreeMap::new();
     for name in names {
-        let (log, img) = build_unpacked(
-            &ctx_dir.path().join(name),
-            &["--no-push", "--insecure-pull", "--isolation", "namespaces"],
-        );
+        let extra = extra_args(name, ctx_dir.path().to_str().unwrap());
+        let mut args = vec!["--no-push", "--insecure-pull", "--isolation", "namespaces"];
+        args.extend(extra.iter().map(String::as_str));
+        let (log, img) = build_unpacked(&ctx_dir.path().join(name), &args);
         assert!(log.contains("isolation: namespaces"), "{log}");
         reference.insert(name.to_string(), tree(&img.rootfs()));
     }
@@ -198,7 +224,9 @@ fn matrix(f: &Fixture, caps: &[&str], rung: &str, names: &[&str]) {
     let id = f.container(caps, out.path());
     let before = f.snapshot(&id);
     for name in names {
-        let (ok, log) = f.build(&id, name, &[]);
+        let extra = extra_args(name, "/ctx");
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (ok, log) = f.build(&id, name, &extra);
         assert!(ok, "{name} under {caps:?} failed:\n{log}");
         assert!(log.contains(&format!("isolation: {rung}")), "{log}");
         f.assert_same(out.path(), name, rung);
@@ -241,7 +269,15 @@ const CRIO_CAPS: [&str; 20] = [
 
 #[test]
 fn engine_default_capabilities_build_in_place() {
-    let names = ["runenv", "config", "files", "multistage", "leak", "noleak"];
+    let names = [
+        "runenv",
+        "config",
+        "files",
+        "multistage",
+        "leak",
+        "noleak",
+        "mounts",
+    ];
     let f = setup(&names);
     matrix(&f, &[], "in-place", &names);
     // The reason names what made the full rung unavailable.
@@ -279,7 +315,7 @@ fn sys_admin_with_work_dir_on_overlay_uses_the_full_rung() {
 #[test]
 fn read_only_root_builds_with_chroot() {
     // Without /proc, the RUN-environment Dockerfile cannot pass here.
-    let names = ["config", "files", "multistage"];
+    let names = ["config", "files", "multistage", "mounts"];
     let f = setup(&names);
     matrix(
         &f,

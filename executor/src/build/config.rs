@@ -55,6 +55,8 @@ pub struct RunStep {
     pub cwd: String,
     /// The stage's ARGs as `name=value`: RUN sees them, so the key covers them.
     pub build_args: Vec<String>,
+    /// `RUN --mount=…`, in order.
+    pub mounts: Vec<super::mount_spec::MountSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -295,8 +297,12 @@ impl<'a> StageConfig<'a> {
                 };
                 return Ok(self.fs_step(ins, op));
             }
-            Kind::Run { cmd, heredocs, .. } => {
-                let run = self.run_step(cmd, heredocs)?;
+            Kind::Run {
+                cmd,
+                heredocs,
+                flags,
+            } => {
+                let run = self.run_step(cmd, heredocs, flags)?;
                 return Ok(self.fs_step(ins, FsOp::Run(run)));
             }
             Kind::Copy(spec) => {
@@ -338,7 +344,42 @@ impl<'a> StageConfig<'a> {
         }
     }
 
-    fn run_step(&self, cmd: &Cmd, heredocs: &[Heredoc]) -> Result<RunStep, StepError> {
+    fn run_step(
+        &self,
+        cmd: &Cmd,
+        heredocs: &[Heredoc],
+        flags: &kiln_common::dockerfile::Flags,
+    ) -> Result<RunStep, StepError> {
+        let mut mounts = Vec::new();
+        for m in flags.all("mount") {
+            mounts.push(super::mount_spec::parse(&self.word(m)?)?);
+        }
+        match flags
+            .get("network")
+            .map(|n| self.word(n))
+            .transpose()?
+            .as_deref()
+        {
+            None | Some("default") | Some("host") => {}
+            Some(other) => {
+                return Err(StepError::Invalid(format!(
+                    "RUN --network={other} is not built (default and host are)"
+                )))
+            }
+        }
+        match flags
+            .get("security")
+            .map(|n| self.word(n))
+            .transpose()?
+            .as_deref()
+        {
+            None | Some("sandbox") => {}
+            Some(other) => {
+                return Err(StepError::Invalid(format!(
+                    "RUN --security={other} is not built (sandbox is)"
+                )))
+            }
+        }
         let (argv, shown) = match cmd {
             Cmd::Exec(v) if v.is_empty() => {
                 return Err(StepError::Invalid("RUN with an empty command".into()))
@@ -365,6 +406,7 @@ impl<'a> StageConfig<'a> {
             user,
             cwd: self.working_dir(),
             build_args: self.args.iter().map(|(a, b)| format!("{a}={b}")).collect(),
+            mounts,
         })
     }
 

@@ -111,6 +111,17 @@ pub fn key_fields(
     for (f, v) in &step.key_flags {
         k.field(f, v);
     }
+    source_fields(k, sources, ctx, stage_key)
+}
+
+/// Each resolved source's key field (heredoc body, URL, source stage's key,
+/// image name, or the hash of the context tree it matched).
+pub fn source_fields(
+    k: &mut KeyBuilder,
+    sources: &[Resolved],
+    ctx: &BuildContext,
+    stage_key: impl Fn(usize) -> Digest,
+) -> Result<(), StepError> {
     for s in sources {
         match s {
             Resolved::Heredoc { name, content } => {
@@ -229,7 +240,7 @@ impl StageRun<'_> {
 
     /// The root a `--from` source reads: the stage's own root when it has
     /// one, else its (or the image's) layers unpacked afresh.
-    async fn source_root(&self, s: &Resolved) -> Result<PathBuf, StepError> {
+    pub(super) async fn source_root(&self, s: &Resolved) -> Result<PathBuf, StepError> {
         match s {
             Resolved::Stage { index, .. } => match self.done.get(index) {
                 Some(out) => match &out.root {

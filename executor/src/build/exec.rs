@@ -123,8 +123,13 @@ impl StageRun<'_> {
         Ok(diff)
     }
 
-    /// Runs a RUN's command in the root through the build's isolation.
-    pub(super) async fn run(&mut self, step: &RunStep) -> Result<Diff, StepError> {
+    /// Runs a RUN's command in the root through the build's isolation,
+    /// with its mounts staged for the duration (`mounts.rs`).
+    pub(super) async fn run(
+        &mut self,
+        step: &RunStep,
+        binds: &[super::copy_step::Resolved],
+    ) -> Result<Diff, StepError> {
         let root = self.ensure_root().await?;
         let (uid, gid) =
             rootfs::lookup_user(&root, &step.user).map_err(|source| StepError::Root {
@@ -137,6 +142,8 @@ impl StageRun<'_> {
             // Docker: HOME from the user's passwd entry when ENV sets none.
             env.push(("HOME".into(), rootfs::home_of(&root, &step.user)));
         }
+        let staged = self.stage_mounts(&root, &step.mounts, binds).await?;
+        env.extend(staged.env.iter().cloned());
         let spec = RunSpec {
             args: step.argv.clone(),
             env,
@@ -145,11 +152,24 @@ impl StageRun<'_> {
             gid,
             hostname: "kiln".into(),
         };
-        let scratch = self.scratch()?;
+        let scratch = match self.scratch() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.unstage_mounts(staged, None);
+                return Err(e);
+            }
+        };
         let isolation = &*self.b.isolation;
-        let outcome = tokio::task::block_in_place(|| isolation.run(&root, &scratch, &spec))
-            .map_err(StepError::Isolation)?;
+        let result = tokio::task::block_in_place(|| isolation.run(&root, &scratch, &spec));
         let _ = std::fs::remove_dir_all(&scratch);
+        let mut outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = self.unstage_mounts(staged, None);
+                return Err(StepError::Isolation(e));
+            }
+        };
+        self.unstage_mounts(staged, Some(&mut outcome.diff))?;
         if !outcome.status.success() {
             return Err(StepError::Exit {
                 code: outcome.status.code().unwrap_or(-1),

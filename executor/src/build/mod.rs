@@ -11,6 +11,7 @@
 //! | `stage.rs` | one stage, start to end (the driver) |
 //! | `exec.rs` | the root: unpack, RUN, directories, layers, hits |
 //! | `copy_step.rs` | COPY/ADD: sources resolved once, then copied |
+//! | `mount_spec.rs`, `mounts.rs` | `RUN --mount`: parsed (pure), then staged into the root |
 //! | `dry_run.rs` | `--dryrun`: the plan without pulling or executing |
 //! | `report.rs`, `error.rs` | what a build reports; its errors |
 
@@ -20,12 +21,15 @@ mod copy_step;
 mod dry_run;
 mod error;
 mod exec;
+mod mount_spec;
+mod mounts;
 mod plan;
 mod report;
 mod stage;
 mod stages;
 
 pub use error::{BuildError, StepError};
+pub use mounts::SecretSource;
 pub use report::{BuildResult, StepReport};
 
 use crate::blobs::BlobStore;

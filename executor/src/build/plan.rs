@@ -138,6 +138,12 @@ pub fn step_key(
         FsOp::Run(run) => {
             k.list("argv", &run.argv);
             k.list("build-args", &run.build_args);
+            if !run.mounts.is_empty() {
+                let m: Vec<String> = run.mounts.iter().map(|m| m.key_text()).collect();
+                k.list("mounts", &m);
+                // What bind mounts read is part of the key, as for COPY.
+                copy_step::source_fields(&mut k, sources, ctx, stage_key)?;
+            }
         }
         FsOp::Copy(copy) => copy_step::key_fields(&mut k, copy, sources, ctx, stage_key)?,
         FsOp::MakeDirs { .. } => {}

@@ -168,6 +168,8 @@ impl Builder {
                     FsOp::Copy(c) => {
                         copy_step::resolve(c, sh.ctx, stage_of).map_err(|e| at.err(e))?
                     }
+                    FsOp::Run(r) => super::mounts::resolve_binds(&r.mounts, sh.ctx, stage_of)
+                        .map_err(|e| at.err(e))?,
                     _ => Vec::new(),
                 },
                 _ => Vec::new(),
@@ -337,7 +339,7 @@ impl Builder {
                     Some((Decision::Uncached, _)) | None => {}
                 }
                 let diff = match &fs.op {
-                    FsOp::Run(r) => run.run(r).await.map_err(|err| match err {
+                    FsOp::Run(r) => run.run(r, &e.sources).await.map_err(|err| match err {
                         StepError::Exit { code, tail } => BuildError::RunFailed {
                             file: sh.file.to_string(),
                             line: e.ins.line,

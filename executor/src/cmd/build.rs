@@ -81,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("--git")?
             .unwrap_or_default(),
         dry_run: cli.dryrun.unwrap_or(false),
+        secrets: secrets(&cli.secret)?,
         dockerfile: cli.dockerfile.clone(),
         target: cli.target.clone(),
         build_args: cli
@@ -218,6 +219,35 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
         push_timeout: kiln_common::duration::parse(&cli.cache_push_timeout)
             .context("--cache-push-timeout")?,
     }))
+}
+
+/// `--secret id=…[,src=<file>|,env=<VAR>]`, BuildKit's syntax; with
+/// neither, the environment variable named like the id.
+fn secrets(
+    flags: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, kiln_executor::build::SecretSource>> {
+    use kiln_executor::build::SecretSource;
+    let mut out = std::collections::BTreeMap::new();
+    for f in flags {
+        let mut id = None;
+        let mut source = None;
+        for part in f.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .with_context(|| format!("--secret {f:?}: expected id=…,src=… or id=…,env=…"))?;
+            match k {
+                "id" => id = Some(v.to_string()),
+                "src" | "source" => source = Some(SecretSource::File(v.into())),
+                "env" => source = Some(SecretSource::Env(v.to_string())),
+                "type" if v == "file" || v == "env" => {}
+                _ => bail!("--secret {f:?}: unknown option {k:?}"),
+            }
+        }
+        let id = id.with_context(|| format!("--secret {f:?}: no id"))?;
+        let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
+        out.insert(id, source);
+    }
+    Ok(out)
 }
 
 /// `--registry-certificate host=/path/ca.pem`, repeatable; a host may have several.

@@ -198,8 +198,8 @@ pub struct Cli {
     pub pre_cleanup: Option<bool>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
     pub preserve_context: Option<bool>,
-    /// Refused: needs `RUN --mount=type=secret` (see the README's flag table).
-    #[arg(long, hide = true)]
+    /// A secret for `RUN --mount=type=secret`: `id=…,src=<file>` or `id=…,env=<VAR>` (repeatable).
+    #[arg(long)]
     pub secret: Vec<String>,
     /// A cache lookup not answered within this is a miss (the build goes on).
     #[arg(long, default_value = "10s")]
@@ -244,7 +244,6 @@ pub fn check_kaniko_flags(cli: &Cli) {
         ("pre-cleanup", cli.pre_cleanup.is_some()),
         ("preserve-context", cli.preserve_context.is_some()),
         ("cleanup", cli.cleanup.is_some()),
-        ("secret", !cli.secret.is_empty()),
         ("registry-client-cert", !cli.registry_client_cert.is_empty()),
     ];
     for (name, on) in given {

@@ -40,9 +40,10 @@ use super::spawn::{command_in, spawn_and_wait};
 use super::{Isolation, IsolationError, RunOutcome, RunSpec, SelectOptions};
 use crate::extract::remove_any;
 use crate::snapshot::ScanIndex;
+use crate::tree::{copy_entry, copy_meta, mkdir_like, set_mtime, sorted_entries};
 use std::collections::BTreeSet;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -606,63 +607,6 @@ fn restore(stash: &Path, to: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Copies one entry (not its children) with its mode, owner and times.
-fn copy_entry(src: &Path, dst: &Path) -> io::Result<()> {
-    let m = std::fs::symlink_metadata(src)?;
-    if std::fs::symlink_metadata(dst).is_ok() && !m.is_dir() {
-        remove_any(dst)?;
-    }
-    let ft = m.file_type();
-    if ft.is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)?;
-        std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))?;
-        return set_mtime(dst, &m);
-    }
-    if ft.is_dir() {
-        if std::fs::symlink_metadata(dst).is_err() {
-            std::fs::create_dir(dst)?;
-        }
-    } else if ft.is_file() {
-        std::fs::copy(src, dst)?;
-    } else {
-        // fifos and devices: recreated by type.
-        nix::sys::stat::mknod(
-            dst,
-            nix::sys::stat::SFlag::from_bits_truncate(m.mode() & libc::S_IFMT),
-            nix::sys::stat::Mode::from_bits_truncate(m.mode() & 0o7777),
-            m.rdev(),
-        )
-        .map_err(io::Error::from)?;
-    }
-    copy_meta(dst, &m)
-}
-
-fn sorted_entries(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
-    v.sort();
-    Ok(v)
-}
-
-fn mkdir_like(p: &Path, m: &std::fs::Metadata) -> io::Result<()> {
-    std::fs::create_dir(p)?;
-    copy_meta(p, m)
-}
-
-/// Gives directory `p` the mode, owner and times of `m`.
-fn copy_meta(p: &Path, m: &std::fs::Metadata) -> io::Result<()> {
-    std::os::unix::fs::lchown(p, Some(m.uid()), Some(m.gid()))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
-    set_mtime(p, m)
-}
-
-fn set_mtime(p: &Path, m: &std::fs::Metadata) -> io::Result<()> {
-    let t = filetime::FileTime::from_last_modification_time(m);
-    let a = filetime::FileTime::from_last_access_time(m);
-    filetime::set_symlink_file_times(p, a, t)
 }
 
 #[cfg(test)]

@@ -1,0 +1,269 @@
+//! `RUN --mount=…` as BuildKit's Dockerfile reference defines it, parsed
+//! into a [`MountSpec`] — pure; staging the mount into a root is
+//! `mounts.rs`'s job. Unknown types and options are errors, never ignored:
+//! a mount silently dropped builds a different image than the one asked for.
+
+use super::error::StepError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountKind {
+    /// A directory kept between builds (and, with a shared cache, between
+    /// pods); never part of a layer or of the cache key.
+    Cache { id: String, sharing: Sharing },
+    /// A file from `--secret`; its value never reaches a layer, the config,
+    /// the history, the cache key, a report or a log.
+    Secret {
+        id: String,
+        required: bool,
+        /// `env=VAR`: exposed as an environment variable instead of (or as
+        /// well as) a file.
+        env: Option<String>,
+    },
+    /// Content of the context, a stage or an image, read-only unless `rw`
+    /// (and then writes are discarded); part of the cache key.
+    Bind {
+        from: Option<String>,
+        source: String,
+    },
+    /// An empty directory, discarded.
+    Tmpfs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub kind: MountKind,
+    /// Absolute path in the image; `None` only for an env-only secret.
+    pub target: Option<String>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub readonly: bool,
+}
+
+impl MountSpec {
+    /// What the cache key hashes: the options, never a secret's value or a
+    /// cache's content (bind content is hashed separately).
+    pub fn key_text(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+fn bad(m: String) -> StepError {
+    StepError::Invalid(m)
+}
+
+/// Parses one `--mount` value (already word-expanded).
+pub fn parse(spec: &str) -> Result<MountSpec, StepError> {
+    let mut kv: Vec<(String, Option<String>)> = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some((k, v)) => kv.push((k.to_ascii_lowercase(), Some(v.to_string()))),
+            None => kv.push((part.to_ascii_lowercase(), None)),
+        }
+    }
+    let get = |names: &[&str]| {
+        kv.iter()
+            .rev()
+            .find(|(k, _)| names.contains(&k.as_str()))
+            .map(|(_, v)| v.clone().unwrap_or_else(|| "true".into()))
+    };
+    let kind = get(&["type"]).unwrap_or_else(|| "bind".into());
+    let allowed: &[&str] = match kind.as_str() {
+        "cache" => &[
+            "type",
+            "id",
+            "target",
+            "dst",
+            "destination",
+            "sharing",
+            "from",
+            "source",
+            "src",
+            "mode",
+            "uid",
+            "gid",
+            "ro",
+            "readonly",
+            "rw",
+            "readwrite",
+        ],
+        "secret" => &[
+            "type",
+            "id",
+            "target",
+            "dst",
+            "destination",
+            "required",
+            "mode",
+            "uid",
+            "gid",
+            "env",
+        ],
+        "bind" => &[
+            "type",
+            "target",
+            "dst",
+            "destination",
+            "source",
+            "src",
+            "from",
+            "ro",
+            "readonly",
+            "rw",
+            "readwrite",
+        ],
+        "tmpfs" => &["type", "target", "dst", "destination", "size"],
+        "ssh" => {
+            return Err(bad(
+                "--mount=type=ssh is not built yet (no SSH agent forwarding)".into(),
+            ))
+        }
+        other => return Err(bad(format!("unknown mount type {other:?}"))),
+    };
+    if let Some((k, _)) = kv.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        return Err(bad(format!("--mount=type={kind}: unknown option {k:?}")));
+    }
+    let flag = |names: &[&str]| -> Result<bool, StepError> {
+        match get(names).as_deref() {
+            None => Ok(false),
+            Some("true" | "1" | "") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(v) => Err(bad(format!(
+                "--mount {}={v:?}: expected true or false",
+                names[0]
+            ))),
+        }
+    };
+    let number = |name: &str, radix: u32| -> Result<Option<u32>, StepError> {
+        get(&[name])
+            .map(|v| {
+                u32::from_str_radix(&v, radix)
+                    .map_err(|_| bad(format!("--mount {name}={v:?}: not a number")))
+            })
+            .transpose()
+    };
+    let target = get(&["target", "dst", "destination"]);
+    if let Some(t) = &target {
+        if !t.starts_with('/') {
+            return Err(bad(format!(
+                "--mount target {t:?} must be an absolute path"
+            )));
+        }
+    }
+    let source = get(&["source", "src"]);
+    let rw = flag(&["rw", "readwrite"])?;
+    let ro = flag(&["ro", "readonly"])?;
+    let kind = match kind.as_str() {
+        "cache" => {
+            if source.is_some() || get(&["from"]).is_some() {
+                return Err(bad(
+                    "--mount=type=cache with from/source (a seeded cache) is not built yet".into(),
+                ));
+            }
+            let target = target
+                .clone()
+                .ok_or_else(|| bad("--mount=type=cache needs a target".into()))?;
+            let sharing = match get(&["sharing"]).as_deref() {
+                None | Some("shared") => Sharing::Shared,
+                Some("private") => Sharing::Private,
+                Some("locked") => Sharing::Locked,
+                Some(s) => {
+                    return Err(bad(format!(
+                        "--mount sharing={s:?}: expected shared, private or locked"
+                    )))
+                }
+            };
+            MountKind::Cache {
+                id: get(&["id"]).unwrap_or(target),
+                sharing,
+            }
+        }
+        "secret" => {
+            let env = get(&["env"]);
+            let id = get(&["id"])
+                .or_else(|| {
+                    target
+                        .as_ref()
+                        .and_then(|t| t.rsplit('/').next().map(String::from))
+                })
+                .ok_or_else(|| bad("--mount=type=secret needs an id or a target".into()))?;
+            MountKind::Secret {
+                id,
+                required: flag(&["required"])?,
+                env,
+            }
+        }
+        "bind" => {
+            if target.is_none() {
+                return Err(bad("--mount=type=bind needs a target".into()));
+            }
+            MountKind::Bind {
+                from: get(&["from"]),
+                source: source.unwrap_or_else(|| "/".into()),
+            }
+        }
+        _ => {
+            if target.is_none() {
+                return Err(bad("--mount=type=tmpfs needs a target".into()));
+            }
+            MountKind::Tmpfs
+        }
+    };
+    let target = match (&kind, target) {
+        (MountKind::Secret { id, env: None, .. }, None) => Some(format!("/run/secrets/{id}")),
+        (_, t) => t,
+    };
+    let readonly = match kind {
+        MountKind::Bind { .. } => !rw,
+        _ => ro,
+    };
+    Ok(MountSpec {
+        kind,
+        target,
+        mode: number("mode", 8)?,
+        uid: number("uid", 10)?,
+        gid: number("gid", 10)?,
+        readonly,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buildkit_options() {
+        let m = parse("type=cache,target=/root/.cache,sharing=locked,uid=1000,mode=0755").unwrap();
+        assert_eq!(
+            m.kind,
+            MountKind::Cache {
+                id: "/root/.cache".into(),
+                sharing: Sharing::Locked
+            }
+        );
+        assert_eq!((m.uid, m.mode), (Some(1000), Some(0o755)));
+        let s = parse("type=secret,id=token").unwrap();
+        assert_eq!(s.target.as_deref(), Some("/run/secrets/token"));
+        let e = parse("type=secret,id=token,env=TOKEN").unwrap();
+        assert_eq!(e.target, None);
+        let b = parse("target=/src,from=build,source=/out").unwrap();
+        assert!(b.readonly);
+        assert!(!parse("type=bind,target=/src,rw").unwrap().readonly);
+        for wrong in [
+            "type=cache",
+            "type=cache,target=/c,colour=blue",
+            "type=volume,target=/v",
+            "type=tmpfs,target=relative",
+            "type=ssh",
+        ] {
+            assert!(parse(wrong).is_err(), "{wrong}");
+        }
+    }
+}

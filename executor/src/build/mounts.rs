@@ -1,0 +1,341 @@
+//! `RUN --mount` staged into the step's root: the same on every isolation
+//! rung, since none needs to mount anything. Before the command runs, each
+//! mount's content is put at its target (what was there is set aside, and
+//! missing parents are created as stubs); after it — also when it failed —
+//! cache content is moved back to the cache, everything else is removed,
+//! what was there is put back, stubs go, and every path under a target is
+//! dropped from the step's diff, so no mount's content reaches a layer.
+//!
+//! Cache mounts live in `<--kaniko-dir>/cache-mounts/`, kept between builds
+//! that share the directory (a pod's emptyDir, a CI runner's disk).
+
+use super::copy_step::Resolved;
+use super::error::StepError;
+use super::mount_spec::{MountKind, MountSpec, Sharing};
+use super::stage::StageRun;
+use crate::context::BuildContext;
+use crate::copy;
+use crate::extract::remove_any;
+use crate::snapshot::Diff;
+use crate::tree::{copy_tree, move_tree};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Where a `--secret` comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// The sources bind mounts read, resolved once (before the key), in the
+/// order of the step's bind mounts.
+pub fn resolve_binds(
+    mounts: &[MountSpec],
+    ctx: &BuildContext,
+    stage_of: impl Fn(&str) -> Option<usize>,
+) -> Result<Vec<Resolved>, StepError> {
+    let mut out = Vec::new();
+    for m in mounts {
+        let MountKind::Bind { from, source } = &m.kind else {
+            continue;
+        };
+        out.push(match from {
+            None => Resolved::Context(
+                copy::match_sources(&ctx.dir, source, Some(&ctx.ignore), "the build context")
+                    .map_err(StepError::Copy)?,
+            ),
+            Some(f) => match stage_of(f) {
+                Some(index) => Resolved::Stage {
+                    index,
+                    src: source.clone(),
+                },
+                None => {
+                    return Err(StepError::Invalid(format!(
+                        "--mount=type=bind,from={f}: binding from an image is not built yet \
+                         (a stage of this Dockerfile is)"
+                    )))
+                }
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// One mount as staged, to be undone.
+struct Staged {
+    /// Inside the root, resolved (symlinks followed within it).
+    full: PathBuf,
+    /// Relative to the root, for the diff.
+    rel: PathBuf,
+    /// What the image had at the target, set aside beside the root.
+    shadow: Option<PathBuf>,
+    /// Parent directories created for the target (deepest last), with
+    /// their paths relative to the root.
+    stubs: Vec<(PathBuf, PathBuf)>,
+    /// A cache mount's directory, where the content goes back.
+    cache: Option<PathBuf>,
+    /// Held for `sharing=locked` (and `private`) until the content is back.
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// The mounts of one RUN while it runs.
+pub(super) struct StagedMounts {
+    items: Vec<Staged>,
+    /// `env=` secrets, for the command's environment only.
+    pub env: Vec<(String, String)>,
+}
+
+fn io(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> StepError {
+    StepError::io(op, p)
+}
+
+impl StageRun<'_> {
+    /// Puts every mount of a RUN in place in `root`.
+    pub(super) async fn stage_mounts(
+        &mut self,
+        root: &Path,
+        mounts: &[MountSpec],
+        binds: &[Resolved],
+    ) -> Result<StagedMounts, StepError> {
+        let mut staged = StagedMounts {
+            items: Vec::new(),
+            env: Vec::new(),
+        };
+        let mut binds = binds.iter();
+        for (n, m) in mounts.iter().enumerate() {
+            let r = self.stage_one(root, n, m, &mut binds, &mut staged).await;
+            if let Err(e) = r {
+                // Undo what was already staged before failing.
+                let _ = self.unstage_mounts(staged, None);
+                return Err(e);
+            }
+        }
+        Ok(staged)
+    }
+
+    async fn stage_one<'r>(
+        &mut self,
+        root: &Path,
+        n: usize,
+        m: &MountSpec,
+        binds: &mut impl Iterator<Item = &'r Resolved>,
+        staged: &mut StagedMounts,
+    ) -> Result<(), StepError> {
+        if let MountKind::Secret { id, required, env } = &m.kind {
+            let value = match self.b.opts.secrets.get(id) {
+                Some(SecretSource::File(p)) => {
+                    Some(std::fs::read(p).map_err(io("reading the secret", p))?)
+                }
+                Some(SecretSource::Env(v)) => std::env::var_os(v).map(|v| v.into_encoded_bytes()),
+                None => None,
+            };
+            let Some(value) = value else {
+                if *required {
+                    return Err(StepError::Invalid(format!(
+                        "secret {id:?} is required and was not given (--secret id={id},src=…)"
+                    )));
+                }
+                return Ok(());
+            };
+            if let Some(var) = env {
+                staged
+                    .env
+                    .push((var.clone(), String::from_utf8_lossy(&value).into_owned()));
+            }
+            let Some(target) = &m.target else {
+                return Ok(());
+            };
+            let mut s = self.prepare_target(root, n, target)?;
+            std::fs::write(&s.full, &value).map_err(io("writing a secret into", &s.full))?;
+            let mode = m.mode.unwrap_or(0o400);
+            std::fs::set_permissions(&s.full, std::fs::Permissions::from_mode(mode))
+                .map_err(io("setting the mode of", &s.full))?;
+            let _ = std::os::unix::fs::lchown(&s.full, m.uid.or(Some(0)), m.gid.or(Some(0)));
+            s.cache = None;
+            staged.items.push(s);
+            return Ok(());
+        }
+        let Some(target) = &m.target else {
+            return Ok(());
+        };
+        let mut s = self.prepare_target(root, n, target)?;
+        match &m.kind {
+            MountKind::Cache { id, sharing } => {
+                let (dir, lock) = self.cache_dir(id, sharing)?;
+                if dir.exists() {
+                    move_tree(&dir, &s.full).map_err(io("restoring the cache mount", &dir))?;
+                } else {
+                    std::fs::create_dir(&s.full).map_err(io("creating", &s.full))?;
+                    let mode = m.mode.unwrap_or(0o755);
+                    std::fs::set_permissions(&s.full, std::fs::Permissions::from_mode(mode))
+                        .map_err(io("setting the mode of", &s.full))?;
+                    let _ = std::os::unix::fs::lchown(&s.full, m.uid, m.gid);
+                }
+                s.cache = Some(dir);
+                s._lock = lock;
+            }
+            MountKind::Bind { .. } => {
+                let src = match binds.next() {
+                    Some(Resolved::Context(found)) => found
+                        .first()
+                        .map(|f| f.path.clone())
+                        .ok_or_else(|| StepError::Invalid("bind source matched nothing".into()))?,
+                    Some(s @ Resolved::Stage { src, .. }) => {
+                        let stage_root = self.source_root(s).await?;
+                        crate::rootfs::resolve(&stage_root, src, true).map_err(|source| {
+                            StepError::Root {
+                                op: "resolving the bind source",
+                                path: src.clone(),
+                                source,
+                            }
+                        })?
+                    }
+                    _ => return Err(StepError::Invalid("bind source not resolved".into())),
+                };
+                copy_tree(&src, &s.full).map_err(io("binding", &src))?;
+            }
+            MountKind::Tmpfs => {
+                std::fs::create_dir(&s.full).map_err(io("creating", &s.full))?;
+                std::fs::set_permissions(&s.full, std::fs::Permissions::from_mode(0o1777))
+                    .map_err(io("setting the mode of", &s.full))?;
+            }
+            MountKind::Secret { .. } => {}
+        }
+        staged.items.push(s);
+        Ok(())
+    }
+
+    /// Makes room at `target`: missing parents become stubs, what is there
+    /// is set aside beside the root.
+    fn prepare_target(&mut self, root: &Path, n: usize, target: &str) -> Result<Staged, StepError> {
+        let full =
+            crate::rootfs::resolve(root, target, false).map_err(|source| StepError::Root {
+                op: "resolving the mount target",
+                path: target.to_string(),
+                source,
+            })?;
+        let rel = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
+        let mut stubs = Vec::new();
+        let mut missing = Vec::new();
+        let mut cur = full.parent();
+        while let Some(p) = cur {
+            if p == root || p.exists() {
+                break;
+            }
+            missing.push(p.to_path_buf());
+            cur = p.parent();
+        }
+        for p in missing.into_iter().rev() {
+            std::fs::create_dir(&p).map_err(io("creating", &p))?;
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+            stubs.push((p, rel));
+        }
+        let shadow = if std::fs::symlink_metadata(&full).is_ok() {
+            self.scratch_n += 1;
+            let parent = root.parent().unwrap_or(root);
+            let aside = parent.join(format!(".mount-shadow-{}-{n}", self.scratch_n));
+            std::fs::rename(&full, &aside).map_err(io("setting aside", &full))?;
+            Some(aside)
+        } else {
+            None
+        };
+        Ok(Staged {
+            full,
+            rel,
+            shadow,
+            stubs,
+            cache: None,
+            _lock: None,
+        })
+    }
+
+    /// The directory a cache mount's content lives in between builds, and
+    /// the lock `sharing` asks for.
+    fn cache_dir(
+        &self,
+        id: &str,
+        sharing: &Sharing,
+    ) -> Result<(PathBuf, Option<nix::fcntl::Flock<std::fs::File>>), StepError> {
+        use nix::fcntl::{Flock, FlockArg};
+        let base = self.b.opts.work_dir.join("cache-mounts");
+        std::fs::create_dir_all(&base).map_err(io("creating", &base))?;
+        let name = kiln_common::Digest::sha256_of(id.as_bytes());
+        let dir = base.join(name.hex());
+        if *sharing == Sharing::Shared {
+            return Ok((dir, None));
+        }
+        let lock_path = base.join(format!("{}.lock", name.hex()));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("opening", &lock_path))?;
+        let how = if *sharing == Sharing::Locked {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        match Flock::lock(f, how) {
+            Ok(l) => Ok((dir, Some(l))),
+            // `private`: another build holds it; this one gets its own,
+            // discarded afterwards.
+            Err(_) => {
+                let own = tempfile::Builder::new()
+                    .prefix("cache-private-")
+                    .tempdir_in(&base)
+                    .map_err(io("creating", &base))?
+                    .keep();
+                let _ = std::fs::remove_dir(&own);
+                Ok((own, None))
+            }
+        }
+    }
+
+    /// Undoes [`Self::stage_mounts`] and drops the mounts from `diff`:
+    /// everything under a target, and the stubs that end up removed.
+    pub(super) fn unstage_mounts(
+        &self,
+        staged: StagedMounts,
+        diff: Option<&mut Diff>,
+    ) -> Result<(), StepError> {
+        let mut first_err = None;
+        let mut targets: Vec<PathBuf> = Vec::new();
+        let mut removed_stubs: Vec<PathBuf> = Vec::new();
+        for s in staged.items.into_iter().rev() {
+            let r = (|| -> Result<(), StepError> {
+                match &s.cache {
+                    Some(dir) => {
+                        remove_any(dir).map_err(io("replacing", dir))?;
+                        move_tree(&s.full, dir).map_err(io("saving the cache mount", dir))?;
+                    }
+                    None => remove_any(&s.full).map_err(io("removing", &s.full))?,
+                }
+                if let Some(aside) = &s.shadow {
+                    std::fs::rename(aside, &s.full).map_err(io("putting back", &s.full))?;
+                }
+                Ok(())
+            })();
+            // A stub the command left empty goes; one it filled stays.
+            for (full, rel) in s.stubs.iter().rev() {
+                if std::fs::remove_dir(full).is_ok() {
+                    removed_stubs.push(rel.clone());
+                }
+            }
+            targets.push(s.rel.clone());
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(diff) = diff {
+            diff.changes.retain(|p, _| {
+                !removed_stubs.contains(p) && !targets.iter().any(|t| p.starts_with(t))
+            });
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

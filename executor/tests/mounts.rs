@@ -1,0 +1,146 @@
+//! `RUN --mount` with BuildKit's semantics: cache mounts kept between
+//! builds and never in a layer, secrets that appear nowhere but in the
+//! command's view, bind mounts from the context, tmpfs; a mount shadows
+//! what the image has at its target and leaves it untouched. (The same
+//! Dockerfile runs on the in-place rung in `containers.rs`.)
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+
+fn token() -> String {
+    format!("kiln-secret-{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                todo.push(p);
+            } else if m.is_file() {
+                let bytes = std::fs::read(&p).unwrap();
+                // Layers are compressed: look inside them too.
+                let plain = {
+                    let mut v = Vec::new();
+                    let _ = std::io::Read::read_to_end(
+                        &mut flate2::read::MultiGzDecoder::new(&bytes[..]),
+                        &mut v,
+                    );
+                    v
+                };
+                if [bytes.as_slice(), plain.as_slice()]
+                    .iter()
+                    .any(|b| b.windows(needle.len()).any(|w| w == needle))
+                {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn mounts_follow_buildkit_and_leave_nothing_behind() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let secret = token();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("token");
+    std::fs::write(&secret_file, &secret).unwrap();
+    let ctx = context_with(&format!(
+        r#"FROM {base}
+RUN --mount=type=cache,target=/var/log,id=logs sh -c 'ls /var/log > /seen-logs; date +%N >> /var/log/runs'
+RUN --mount=type=secret,id=tok test "$(cat /run/secrets/tok)" = "$(cat /run/secrets/tok)" && test -s /run/secrets/tok && echo file-ok > /secret-file
+RUN --mount=type=secret,id=tok,env=TOK sh -c 'test -n "$TOK" && echo env-ok > /secret-env'
+RUN --mount=type=bind,source=data,target=/mnt/data cat /mnt/data/f > /bound && echo changed > /mnt/data/f
+RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/y && ls /scratch > /tmpfs-seen'
+"#
+    ));
+    write(ctx.path(), "data/f", "from the context\n");
+    let work = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("oci");
+    let report = out.path().join("report.json");
+    let secret_flag = format!("id=tok,src={}", secret_file.display());
+    let args = [
+        "--no-push",
+        "--insecure-pull",
+        "-v",
+        "trace",
+        "--secret",
+        secret_flag.as_str(),
+        "--oci-layout-path",
+        layout.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    let log1 = must_build(ctx.path(), work.path(), &args);
+    // The same work dir (a pod's emptyDir): the cache mount is kept.
+    let log2 = must_build(ctx.path(), work.path(), &args);
+    let img = unpack(&format!("oci:{}:latest", layout.display()));
+    let root = img.rootfs();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+
+    // Cache: the second build saw the first one's file; the image keeps its
+    // own /var/log, untouched, and no cache content.
+    assert!(read("seen-logs").contains("runs"), "{}", read("seen-logs"));
+    assert!(!read("seen-logs").contains("old.log"));
+    assert_eq!(read("var/log/old.log"), "old\n");
+    assert!(!root.join("var/log/runs").exists());
+    // Secrets: the command saw them; the image has no /run/secrets.
+    assert_eq!(read("secret-file"), "file-ok\n");
+    assert_eq!(read("secret-env"), "env-ok\n");
+    assert!(!root.join("run/secrets").exists());
+    // Bind: content read, writes discarded, no mount point left.
+    assert_eq!(read("bound"), "from the context\n");
+    assert!(!root.join("mnt").exists());
+    assert_eq!(
+        std::fs::read_to_string(ctx.path().join("data/f")).unwrap(),
+        "from the context\n"
+    );
+    // tmpfs: empty at start, gone after.
+    assert_eq!(read("tmpfs-seen"), "y\n");
+    assert!(!root.join("scratch").exists());
+
+    // The secret's value is nowhere: blobs, layout, report, logs at trace.
+    let found = files_containing(out.path(), secret.as_bytes());
+    assert!(found.is_empty(), "secret found in {found:?}");
+    for log in [&log1, &log2] {
+        assert!(!log.contains(&secret), "secret in the log");
+    }
+}
+
+#[test]
+fn mount_errors_name_the_line() {
+    let ctx = context_with("FROM scratch\nENV A=1\nRUN --mount=type=volume,target=/v true\n");
+    let work = tempfile::tempdir().unwrap();
+    let out = build(ctx.path(), work.path(), &["--no-push"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Dockerfile:3") && err.contains("volume"),
+        "{err}"
+    );
+    let ctx = context_with("FROM scratch\nRUN --mount=type=secret,id=missing,required=true true\n");
+    let out = build(ctx.path(), work.path(), &["--no-push"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("missing"),
+        "{err}"
+    );
+}
