@@ -52,9 +52,9 @@ impl Compression {
         level: Option<i32>,
     ) -> io::Result<Box<dyn FinishWrite<W> + 'a>> {
         Ok(match self {
-            Compression::Gzip => Box::new(flate2::write::GzEncoder::new(
+            Compression::Gzip => Box::new(crate::pgzip::ParallelGzip::new(
                 w,
-                flate2::Compression::new(level.unwrap_or(6).clamp(0, 9) as u32),
+                level.unwrap_or(6).clamp(0, 9) as u32,
             )),
             Compression::Zstd => {
                 Box::new(zstd::stream::write::Encoder::new(w, level.unwrap_or(3))?)
@@ -67,12 +67,6 @@ impl Compression {
 /// An encoder that can be finished to get the inner writer back.
 pub trait FinishWrite<W>: Write {
     fn finish_box(self: Box<Self>) -> io::Result<W>;
-}
-
-impl<W: Write> FinishWrite<W> for flate2::write::GzEncoder<W> {
-    fn finish_box(self: Box<Self>) -> io::Result<W> {
-        self.finish()
-    }
 }
 
 impl<'a, W: Write> FinishWrite<W> for zstd::stream::write::Encoder<'a, W> {

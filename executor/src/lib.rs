@@ -21,6 +21,7 @@ pub mod layer;
 pub mod model;
 pub mod options;
 pub mod output;
+mod pgzip;
 pub mod progress;
 pub mod rootfs;
 pub mod snapshot;
