@@ -46,3 +46,18 @@ pub fn ensure_ca_roots() -> Option<String> {
         )),
     }
 }
+
+/// What every binary does first: the crypto provider, then the CA check
+/// (before any thread starts). Log the returned warning with [`warn`] once
+/// logging is set up.
+pub fn startup() -> Option<String> {
+    install_crypto_provider();
+    ensure_ca_roots()
+}
+
+/// Logs [`startup`]'s warning, if any.
+pub fn warn(no_ca: Option<String>) {
+    if let Some(w) = no_ca {
+        tracing::warn!("{w}");
+    }
+}

@@ -49,11 +49,8 @@ const fn online(
     sample: &'static [&'static str],
 ) -> KanikoFlag {
     KanikoFlag {
-        name,
-        support,
-        note,
-        sample,
         builds_offline: false,
+        ..f(name, support, note, sample)
     }
 }
 

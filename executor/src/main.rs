@@ -5,13 +5,10 @@ mod cmd;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    kiln_common::tls::install_crypto_provider();
-    let no_ca = kiln_common::tls::ensure_ca_roots();
+    let no_ca = kiln_common::tls::startup();
     let cli = cmd::Cli::parse();
     cmd::logging(&cli);
-    if let Some(w) = no_ca {
-        tracing::warn!("{w}");
-    }
+    kiln_common::tls::warn(no_ca);
     cmd::check_kaniko_flags(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -269,18 +269,6 @@ mod tests {
         gz
     }
 
-    fn noise(n: usize) -> Vec<u8> {
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn one_valid_gzip_stream_whatever_the_data() {
         roundtrip(b"", 6);
@@ -300,7 +288,7 @@ mod tests {
             one.len()
         );
         // Random bytes are stored, barely larger than themselves.
-        let random = noise(3 << 20);
+        let random = kiln_testkit::noise(7, 3 << 20);
         let gz = roundtrip(&random, 6);
         assert!(gz.len() < random.len() + random.len() / 100);
         // Mixed, and the same bytes always give the same stream.

@@ -73,11 +73,7 @@ fn frozen_s3_under_the_cache_server_degrades_to_misses() {
     let repo = format!("{}/cache/app", server.addr);
 
     let (out, _, _) = cached(app(&base, "warm").path(), &repo);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     s3.freeze();
     let (out, took, report) = cached(app(&base, "frozen").path(), &repo);
@@ -104,11 +100,7 @@ fn frozen_s3_under_the_cache_server_degrades_to_misses() {
     std::thread::sleep(Duration::from_secs(5));
     let ctx = app(&base, "back");
     let (out, _, _) = cached(ctx.path(), &repo);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let (out, _, report) = cached(ctx.path(), &repo);
     assert!(out.status.success());
     assert_eq!(report["cache_hits"], 3, "{report}");
@@ -121,11 +113,7 @@ fn a_frozen_registry_as_cache_repo_degrades_to_misses() {
     let cache = Registry::start();
     let repo = format!("{}/cache/app", cache.addr);
     let (out, _, _) = cached(app(&base, "warm").path(), &repo);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     cache.freeze();
     let (out, took, report) = cached(app(&base, "frozen").path(), &repo);
@@ -156,11 +144,7 @@ fn a_failed_build_keeps_the_entries_of_its_completed_steps() {
     assert_eq!(out.status.code(), Some(3));
     write(ctx.path(), "Dockerfile", &df("echo d > /d"));
     let (out, _, report) = cached(ctx.path(), &repo);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(report["cache_hits"], 3, "{report}");
     assert_eq!(report["cache_misses"], 1, "{report}");
 }

@@ -23,6 +23,15 @@ pub fn build(context: &Path, work: &Path, args: &[&str]) -> Output {
     c.output().expect("run executor")
 }
 
+/// Asserts that a finished command succeeded, showing its stderr if not.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn must_build(context: &Path, work: &Path, args: &[&str]) -> String {
     let out = build(context, work, args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -172,4 +181,42 @@ RUN cat /result/all.txt
     );
     write(ctx.path(), "keep/important.log", "kept\n");
     ctx
+}
+
+/// The config fields the comparisons look at; buildah's comparison leaves
+/// out the last three (Docker's own fields, which it does not keep).
+pub const CONFIG_FIELDS: [&str; 12] = [
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "Labels",
+    "ExposedPorts",
+    "Volumes",
+    "StopSignal",
+    "Healthcheck",
+    "Shell",
+    "OnBuild",
+];
+
+/// The config fields a Dockerfile sets, normalised for comparing builders:
+/// empty and absent are the same; buildah's version label is dropped.
+pub fn config_fields(v: &serde_json::Value, fields: &[&str]) -> serde_json::Value {
+    let c = &v["config"];
+    let mut out = serde_json::Map::new();
+    for k in fields {
+        let mut val = c.get(*k).cloned().unwrap_or(serde_json::Value::Null);
+        if let Some(m) = val.as_object_mut() {
+            m.remove("io.buildah.version");
+        }
+        let val = match &val {
+            serde_json::Value::String(s) if s.is_empty() => serde_json::Value::Null,
+            serde_json::Value::Object(m) if m.is_empty() => serde_json::Value::Null,
+            serde_json::Value::Array(a) if a.is_empty() => serde_json::Value::Null,
+            _ => val,
+        };
+        out.insert(k.to_string(), val);
+    }
+    serde_json::Value::Object(out)
 }

@@ -176,7 +176,7 @@ impl Fixture {
 
     fn snapshot(&self, id: &str) -> String {
         let o = self.exec(id, &["sh", "-c", SNAPSHOT]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_ok(&o);
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 

@@ -46,11 +46,7 @@ fn tar_contexts_from_a_file_and_from_stdin() {
         .arg("--oci-layout-path")
         .arg(&layout);
     let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     check(&layout);
 
     let layout = dir.path().join("oci2");
@@ -75,11 +71,7 @@ fn tar_contexts_from_a_file_and_from_stdin() {
         .write_all(&std::fs::read(&tgz).unwrap())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     check(&layout);
 }
 
@@ -105,11 +97,7 @@ fn s3_context_through_a_real_s3_api() {
     .arg(&layout)
     .envs(s3.env());
     let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     check(&layout);
 
     // A missing object is a clear error naming the context.

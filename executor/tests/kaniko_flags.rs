@@ -134,11 +134,7 @@ fn dryrun_plans_without_building() {
         &["--dryrun", "--oci-layout-path", layout.to_str().unwrap()],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(stdout.contains("stage base: FROM scratch"), "{stdout}");
     assert!(
         stdout.contains("line 5: COPY f . → copy 1 source(s) to /app/"),

@@ -126,21 +126,23 @@ RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/y && ls /scratch
 
 #[test]
 fn mount_errors_name_the_line() {
-    let ctx = context_with("FROM scratch\nENV A=1\nRUN --mount=type=volume,target=/v true\n");
     let work = tempfile::tempdir().unwrap();
-    let out = build(ctx.path(), work.path(), &["--no-push"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("Dockerfile:3") && err.contains("volume"),
-        "{err}"
-    );
-    let ctx = context_with("FROM scratch\nRUN --mount=type=secret,id=missing,required=true true\n");
-    let out = build(ctx.path(), work.path(), &["--no-push"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("Dockerfile:2") && err.contains("missing"),
-        "{err}"
-    );
+    for (df, line, word) in [
+        (
+            "FROM scratch\nENV A=1\nRUN --mount=type=volume,target=/v true\n",
+            "Dockerfile:3",
+            "volume",
+        ),
+        (
+            "FROM scratch\nRUN --mount=type=secret,id=missing,required=true true\n",
+            "Dockerfile:2",
+            "missing",
+        ),
+    ] {
+        let ctx = context_with(df);
+        let out = build(ctx.path(), work.path(), &["--no-push"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(line) && err.contains(word), "{err}");
+    }
 }

@@ -24,10 +24,12 @@ fn credentials_come_from_docker_config_json() {
 
     // A push whose credentials come from `config` only.
     let work = tempfile::tempdir().unwrap();
-    let push = |config: &std::path::Path| {
+    let path_env = std::env::var("PATH").unwrap();
+    let push_with_path = |config: &std::path::Path, path: &str| {
         executor()
             .env("DOCKER_CONFIG", config)
             .env("HOME", config)
+            .env("PATH", path)
             .arg("--context")
             .arg(ctx.path())
             .args([
@@ -41,6 +43,7 @@ fn credentials_come_from_docker_config_json() {
             .output()
             .unwrap()
     };
+    let push = |config: &std::path::Path| push_with_path(config, &path_env);
 
     // Without credentials: a clear refusal.
     let empty = tempfile::tempdir().unwrap();
@@ -105,22 +108,7 @@ fn credentials_come_from_docker_config_json() {
         let cfg = tempfile::tempdir().unwrap();
         std::fs::write(cfg.path().join("config.json"), &file).unwrap();
         let _ = std::fs::remove_file(&asked);
-        let out = executor()
-            .env("DOCKER_CONFIG", cfg.path())
-            .env("HOME", cfg.path())
-            .env("PATH", &path)
-            .arg("--context")
-            .arg(ctx.path())
-            .args([
-                "--destination",
-                &dest,
-                "--insecure",
-                "--insecure-pull",
-                "--kaniko-dir",
-            ])
-            .arg(work.path())
-            .output()
-            .unwrap();
+        let out = push_with_path(cfg.path(), &path);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{file}: {err}");
         assert!(!err.contains("s3cret"), "credentials must never be logged");

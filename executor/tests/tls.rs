@@ -106,30 +106,26 @@ fn no_ca_bundle_is_a_warning_not_a_panic() {
     let base = push_busybox(&reg, "busybox:plain");
     let ctx = context_with(&format!("FROM {base}\nRUN echo ok > /ok\n"));
     let work = tempfile::tempdir().unwrap();
-    let out = executor()
-        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
-        .env("SSL_CERT_DIR", "/nonexistent")
-        .env("KILN_DIR", work.path())
-        .arg("--context")
-        .arg(ctx.path())
-        .args(["--no-push", "--insecure-pull"])
-        .output()
-        .unwrap();
+    // The executor where no CA bundle can be found.
+    let no_ca = |ctx: &std::path::Path, args: &[&str]| {
+        executor()
+            .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+            .env("SSL_CERT_DIR", "/nonexistent")
+            .env("KILN_DIR", work.path())
+            .arg("--context")
+            .arg(ctx)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = no_ca(ctx.path(), &["--no-push", "--insecure-pull"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("no CA certificates found").count(), 1, "{err}");
 
     let (_dir, _ca, tls, tls_base) = tls_registry();
     let ctx = context_with(&format!("FROM {tls_base}\n"));
-    let out = executor()
-        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
-        .env("SSL_CERT_DIR", "/nonexistent")
-        .env("KILN_DIR", work.path())
-        .arg("--context")
-        .arg(ctx.path())
-        .arg("--no-push")
-        .output()
-        .unwrap();
+    let out = no_ca(ctx.path(), &["--no-push"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&tls.addr), "{err}");

@@ -7,13 +7,10 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    kiln_common::tls::install_crypto_provider();
-    let no_ca = kiln_common::tls::ensure_ca_roots();
+    let no_ca = kiln_common::tls::startup();
     let cli = cmd::Cli::parse();
     cmd::logging(&cli);
-    if let Some(w) = no_ca {
-        tracing::warn!("{w}");
-    }
+    kiln_common::tls::warn(no_ca);
     match cmd::run(cli).await {
         Ok(code) => code,
         Err(e) => {

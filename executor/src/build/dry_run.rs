@@ -5,11 +5,8 @@
 
 use super::config::{FsOp, Scope, StageConfig, Step};
 use super::error::{At, BuildError};
-use super::{stages, Builder};
-use crate::context::BuildContext;
-use kiln_common::dockerfile::Dockerfile;
+use super::Builder;
 use kiln_common::image::ImageConfig;
-use kiln_common::shell_lex::Lexer;
 use std::collections::BTreeMap;
 
 impl Builder {
@@ -19,41 +16,16 @@ impl Builder {
 
     /// The build's plan, one line per stage and step.
     pub async fn plan(&self) -> Result<Vec<String>, BuildError> {
-        let ctx = BuildContext::prepare(
-            &self.opts.context,
-            self.opts.context_sub_path.as_deref(),
-            &self.opts.git,
-            self.work.path(),
-        )
-        .await?;
-        let df_path = self.dockerfile_path(Some(&ctx.dir));
-        let df = Dockerfile::from_path(&df_path)?;
-        let file = df_path.display().to_string();
-        let target = match &self.opts.target {
-            Some(t) => df
-                .stage_index(t)
-                .ok_or_else(|| BuildError::NoTarget(t.clone()))?,
-            None => df.stages.len() - 1,
-        };
-        let lexer = Lexer::new(df.escape);
+        let p = self.parse().await?;
+        let (df, file, lexer, global) = (&p.df, &p.file, p.lexer, &p.global);
         let scope = Scope {
             lexer,
-            global: &[],
+            global,
             build_args: &self.opts.build_args,
-        };
-        let global = stages::global_args(&df, &scope, &self.platform, &file)?;
-        let needed = if self.opts.build_unused_stages {
-            (0..=target).collect()
-        } else {
-            stages::needed_stages(&df, target, &global, &lexer)
-        };
-        let scope = Scope {
-            global: &global,
-            ..scope
         };
         let mut configs: BTreeMap<usize, ImageConfig> = BTreeMap::new();
         let mut out = Vec::new();
-        for idx in needed {
+        for &idx in &p.needed {
             let stage = &df.stages[idx];
             let base = lexer
                 .process_word(&stage.base, &global.to_vec())
@@ -71,9 +43,7 @@ impl Builder {
             let base_config = from_stage.unwrap_or_else(|| ImageConfig::scratch(&self.platform));
             let mut config = StageConfig::new(base_config, scope);
             for ins in &stage.instructions {
-                let step = config
-                    .apply(ins)
-                    .map_err(|e| At { file: &file, ins }.err(e))?;
+                let step = config.apply(ins).map_err(|e| At { file, ins }.err(e))?;
                 let what = match step {
                     Step::Args | Step::Config => "config".to_string(),
                     Step::Fs(fs) => match fs.op {

@@ -75,6 +75,17 @@ pub struct Builder {
     this_record: Mutex<Vec<crate::cache::RecordedStep>>,
 }
 
+/// What [`Builder::parse`] gives a build and a dry run.
+struct Parsed {
+    ctx: BuildContext,
+    df: Dockerfile,
+    file: String,
+    lexer: Lexer,
+    global: Vec<(String, String)>,
+    target: usize,
+    needed: Vec<usize>,
+}
+
 type CacheWrite = tokio::task::JoinHandle<Result<u64, crate::cache::CacheError>>;
 
 /// Each build has its own directory: several builds in one process or
@@ -179,45 +190,18 @@ impl Builder {
 
     pub async fn build(&self) -> Result<BuildResult, BuildError> {
         let started = Instant::now();
-        let mut ctx = BuildContext::prepare(
-            &self.opts.context,
-            self.opts.context_sub_path.as_deref(),
-            &self.opts.git,
-            self.work.path(),
-        )
-        .await?;
-        let df_path = self.dockerfile_path(Some(&ctx.dir));
-        let df = Dockerfile::from_path(&df_path)?;
-        ctx.load_ignore(&df_path)?;
-        let file = df_path.display().to_string();
-        let target = match &self.opts.target {
-            Some(t) => df
-                .stage_index(t)
-                .ok_or_else(|| BuildError::NoTarget(t.clone()))?,
-            None => df.stages.len() - 1,
-        };
-        let lexer = Lexer::new(df.escape);
-        let scope = Scope {
-            lexer,
-            global: &[],
-            build_args: &self.opts.build_args,
-        };
-        let global = stages::global_args(&df, &scope, &self.platform, &file)?;
-        let needed = if self.opts.build_unused_stages {
-            (0..=target).collect()
-        } else {
-            stages::needed_stages(&df, target, &global, &lexer)
-        };
+        let p = self.parse().await?;
+        let (df, target) = (&p.df, p.target);
         let shared = Shared {
-            df: &df,
-            global: &global,
-            lexer,
-            ctx: &ctx,
-            file: &file,
+            df,
+            global: &p.global,
+            lexer: p.lexer,
+            ctx: &p.ctx,
+            file: &p.file,
         };
         let mut outs: BTreeMap<usize, StageOut> = BTreeMap::new();
         let mut steps = Vec::new();
-        for idx in needed {
+        for &idx in &p.needed {
             match self
                 .build_stage(&shared, &df.stages[idx], &outs, &mut steps)
                 .await
@@ -283,6 +267,49 @@ impl Builder {
             })?;
         }
         Ok(result)
+    }
+
+    /// The context prepared, the Dockerfile parsed, its global ARGs and the
+    /// stages the target needs: what a build and a dry run start from.
+    async fn parse(&self) -> Result<Parsed, BuildError> {
+        let mut ctx = BuildContext::prepare(
+            &self.opts.context,
+            self.opts.context_sub_path.as_deref(),
+            &self.opts.git,
+            self.work.path(),
+        )
+        .await?;
+        let df_path = self.dockerfile_path(Some(&ctx.dir));
+        let df = Dockerfile::from_path(&df_path)?;
+        ctx.load_ignore(&df_path)?;
+        let file = df_path.display().to_string();
+        let target = match &self.opts.target {
+            Some(t) => df
+                .stage_index(t)
+                .ok_or_else(|| BuildError::NoTarget(t.clone()))?,
+            None => df.stages.len() - 1,
+        };
+        let lexer = Lexer::new(df.escape);
+        let scope = Scope {
+            lexer,
+            global: &[],
+            build_args: &self.opts.build_args,
+        };
+        let global = stages::global_args(&df, &scope, &self.platform, &file)?;
+        let needed = if self.opts.build_unused_stages {
+            (0..=target).collect()
+        } else {
+            stages::needed_stages(&df, target, &global, &lexer)
+        };
+        Ok(Parsed {
+            ctx,
+            df,
+            file,
+            lexer,
+            global,
+            target,
+            needed,
+        })
     }
 
     /// Whose build this is, for miss explanations: the first destination, else the Dockerfile.
