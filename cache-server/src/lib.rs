@@ -4,17 +4,17 @@
 //! executors, and Prometheus metrics. See ARCHITECTURE.md for the data flow.
 
 pub mod api;
-pub mod auth;
+pub(crate) mod auth;
 pub mod backend;
-pub mod breaker;
+pub(crate) mod breaker;
 pub mod gc;
-pub mod keys;
-pub mod manifest;
+pub(crate) mod keys;
+pub(crate) mod manifest;
 pub mod metrics;
 pub mod server;
 pub mod store;
-pub mod tiers;
-pub mod tls;
-pub mod uploads;
+pub(crate) mod tiers;
+pub(crate) mod tls;
+pub(crate) mod uploads;
 
-pub use kiln_common::units::random_id;
+pub(crate) use kiln_common::units::random_id;

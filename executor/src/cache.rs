@@ -53,7 +53,6 @@ pub struct CacheHit {
     pub key: Digest,
     /// `None` when the step changed no file.
     pub layer: Option<(Descriptor, Digest, LayerSource)>,
-    pub created: chrono::DateTime<chrono::Utc>,
     /// Execution time of the step that made the entry (0 if unknown).
     pub seconds: f64,
 }
@@ -301,7 +300,6 @@ impl LayerCache {
         Ok(Some(CacheHit {
             key: key.clone(),
             layer,
-            created,
             seconds,
         }))
     }

@@ -62,10 +62,6 @@ impl DockerIgnore {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
     /// Whether a context-relative path is excluded. A path is matched by a
     /// pattern when the pattern matches it or any of its parent directories.
     pub fn excluded(&self, rel: &str) -> bool {

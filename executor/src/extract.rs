@@ -12,7 +12,7 @@ use nix::unistd::{mkfifo, Gid, Uid};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -281,9 +281,4 @@ fn clear_dir_except(dir: &Path, keep: &HashSet<PathBuf>) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Device and inode of a path, used to keep hardlink groups.
-pub fn dev_ino(m: &std::fs::Metadata) -> (u64, u64) {
-    (m.dev(), m.ino())
 }

@@ -4,26 +4,31 @@
 //! [`extract`] into a private root; RUN through [`isolation`], COPY/ADD through
 //! [`copy`]; each step's [`snapshot::Diff`] written by [`layer`] into the
 //! [`blobs`] store) → [`output`] (registries, OCI layout, docker archive).
+//!
+//! The public surface is what the binary, the tests and the benches use:
+//! [`Builder`] with [`BuildOptions`], the [`isolation`] seam, the layer
+//! writer and its options, and kaniko's flag table; everything else is
+//! crate-private.
 
 pub mod blobs;
 pub mod build;
-pub mod cache;
-pub mod cache_key;
+pub(crate) mod cache;
+pub(crate) mod cache_key;
 pub mod compression;
-pub mod context;
-pub mod copy;
-pub mod dockerignore;
-pub mod extract;
-pub mod fetch;
+pub(crate) mod context;
+pub(crate) mod copy;
+pub(crate) mod dockerignore;
+pub(crate) mod extract;
+pub(crate) mod fetch;
 pub mod isolation;
 pub mod kaniko_flags;
 pub mod layer;
-pub mod model;
+pub(crate) mod model;
 pub mod options;
-pub mod output;
+pub(crate) mod output;
 mod pgzip;
-pub mod progress;
-pub mod rootfs;
+pub(crate) mod progress;
+pub(crate) mod rootfs;
 pub mod snapshot;
 mod tree;
 

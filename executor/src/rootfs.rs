@@ -2,7 +2,6 @@
 //! image or a Dockerfile goes through [`resolve`], so that no `..`, absolute
 //! symlink or symlink chain can move it outside the root.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -194,21 +193,6 @@ fn read_db(root: &Path, rel: &str) -> Vec<Vec<String>> {
         .filter(|l| !l.starts_with('#'))
         .map(|l| l.split(':').map(str::to_string).collect())
         .collect()
-}
-
-/// Caches user lookups per build step (COPY of thousands of files with --chown).
-#[derive(Default)]
-pub struct UserCache(HashMap<String, (u32, u32)>);
-
-impl UserCache {
-    pub fn get(&mut self, root: &Path, spec: &str) -> Result<(u32, u32), RootError> {
-        if let Some(v) = self.0.get(spec) {
-            return Ok(*v);
-        }
-        let v = lookup_user(root, spec)?;
-        self.0.insert(spec.to_string(), v);
-        Ok(v)
-    }
 }
 
 #[cfg(test)]
