@@ -1,9 +1,9 @@
 //! Kiln's executor: builds an image from a Dockerfile without a daemon.
 //!
-//! Data flow: [`context`] → [`build`] (per stage: base layers unpacked by
-//! [`extract`] into a private root; RUN through [`isolation`], COPY/ADD through
-//! [`copy`]; each step's [`snapshot::Diff`] written by [`layer`] into the
-//! [`blobs`] store) → [`output`] (registries, OCI layout, docker archive).
+//! Data flow: `context` → [`build`] (per stage: base layers unpacked by
+//! `extract` into a private root; RUN through [`isolation`], COPY/ADD through
+//! `copy`; each step's [`snapshot::Diff`] written by [`layer`] into the
+//! [`blobs`] store) → `output` (registries, OCI layout, docker archive).
 //!
 //! The public surface is what the binary, the tests and the benches use:
 //! [`Builder`] with [`BuildOptions`], the [`isolation`] seam, the layer
