@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 pub struct Chroot {
     mknod: bool,
+    /// Landlock's absence is said once per build, not once per step.
+    landlock_warned: std::sync::atomic::AtomicBool,
 }
 
 impl Chroot {
@@ -30,6 +32,18 @@ impl Chroot {
             .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_NODEV));
         Chroot {
             mknod: env.has_cap(CAP_MKNOD) && !nodev,
+            landlock_warned: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn warn_once(&self, e: &std::io::Error) {
+        if !self
+            .landlock_warned
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "Landlock is not available ({e}): a RUN step as root could leave its chroot"
+            );
         }
     }
 }
@@ -168,7 +182,20 @@ impl Isolation for Chroot {
         let setup = IsolationError::setup(root);
         let provided = Provided::install(root, scratch, spec, self.mknod).map_err(setup)?;
         let index = ScanIndex::capture_filtered(root, &provided_path)?;
-        let spawned = spawn_and_wait(command_in(spec, Some(root)), &spec.args[0]);
+        // A root step could leave the chroot; Landlock keeps it in its root.
+        let confinement = match spec.uid {
+            0 => match super::landlock::Confinement::beneath(root) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.warn_once(&e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let fd = confinement.as_ref().map(|c| c.raw());
+        let spawned = spawn_and_wait(command_in(spec, Some(root), fd), &spec.args[0]);
+        drop(confinement);
         let diff = index.diff_filtered(root, &provided_path);
         provided.remove().map_err(setup)?;
         let (status, tail) = spawned?;

@@ -23,6 +23,7 @@
 
 mod chroot;
 mod in_place;
+mod landlock;
 mod namespaces;
 pub mod probe;
 mod provided;

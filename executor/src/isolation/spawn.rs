@@ -80,8 +80,13 @@ pub(super) fn base_command(spec: &RunSpec) -> Command {
 }
 
 /// The step's command, started in `root` by `chroot(2)` when given (else in
-/// this process's `/`), in its working directory, as its user.
-pub(super) fn command_in(spec: &RunSpec, root: Option<&Path>) -> Command {
+/// this process's `/`), in its working directory, as its user, and confined
+/// by a Landlock ruleset when one is given.
+pub(super) fn command_in(
+    spec: &RunSpec,
+    root: Option<&Path>,
+    landlock: Option<std::os::fd::RawFd>,
+) -> Command {
     let mut cmd = base_command(spec);
     let root = root.map(Path::to_path_buf);
     let cwd = spec.cwd.clone();
@@ -93,7 +98,11 @@ pub(super) fn command_in(spec: &RunSpec, root: Option<&Path>) -> Command {
                 chroot(r).map_err(io::Error::from)?;
             }
             chdir(cwd.as_str()).map_err(io::Error::from)?;
-            drop_privileges(uid, gid)
+            drop_privileges(uid, gid)?;
+            if let Some(fd) = landlock {
+                super::landlock::restrict_self(fd)?;
+            }
+            Ok(())
         });
     }
     cmd
