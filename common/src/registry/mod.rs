@@ -166,6 +166,13 @@ impl Registry {
                 let Ok(entries) = std::fs::read_dir(&d) else {
                     continue;
                 };
+                if d.join("client.cert").exists() {
+                    tracing::warn!(
+                        "{}: client certificates are not supported (oci-client cannot present one); \
+                         the registry may refuse the connection",
+                        d.display()
+                    );
+                }
                 let mut found: Vec<PathBuf> = entries
                     .flatten()
                     .map(|e| e.path())
