@@ -116,6 +116,14 @@ impl LayerCache {
         })
     }
 
+    /// The registry and repository behind a registry cache (`None` for `oci:`).
+    pub fn registry_repo(&self) -> Option<(Arc<Registry>, Reference)> {
+        match self {
+            LayerCache::Registry { registry, repo, .. } => Some((registry.clone(), repo.clone())),
+            LayerCache::Layout { .. } => None,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             LayerCache::Registry { repo, .. } => {

@@ -14,6 +14,7 @@ pub mod blobs;
 pub mod build;
 pub(crate) mod cache;
 pub(crate) mod cache_key;
+pub(crate) mod cache_mounts;
 pub mod compression;
 pub(crate) mod context;
 pub(crate) mod copy;

@@ -16,6 +16,10 @@ pub struct BuildOptions {
     pub git: crate::context::GitOptions,
     /// `--dryrun`: plan, then stop.
     pub dry_run: bool,
+    /// `--cache-mounts`.
+    pub cache_mounts: CacheMounts,
+    /// `--cache-mount-scope`: which shared copy of a cache mount (e.g. a branch).
+    pub mount_scope: String,
     /// `--secret id=…,src=…|env=…`: what `RUN --mount=type=secret` reads.
     pub secrets: std::collections::BTreeMap<String, crate::build::SecretSource>,
     /// `--dockerfile`: as given, else relative to the context.
@@ -67,6 +71,19 @@ pub struct CacheOptions {
     /// `--cache-push-timeout`: the longest the build waits at its end for
     /// entries still being written; what is not saved by then is listed.
     pub push_timeout: std::time::Duration,
+}
+
+/// `--cache-mounts`: where `RUN --mount=type=cache` content lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheMounts {
+    /// In the work directory, and with `--cache` on a registry, restored
+    /// from and saved to the cache repository.
+    #[default]
+    Shared,
+    /// In the work directory only.
+    Local,
+    /// Empty for every RUN, kept nowhere.
+    Off,
 }
 
 /// The manifest and media-type family of the image (`--image-format`): one

@@ -146,3 +146,68 @@ fn mount_errors_name_the_line() {
         assert!(err.contains(line) && err.contains(word), "{err}");
     }
 }
+
+/// Shared cache mounts: a "package manager" RUN fetches what its cache
+/// mount lacks. Pod A (fresh work dir) fetches everything and saves the
+/// mount to the cache repository; pod B (fresh work dir, a change above the
+/// RUN so it runs again) restores it and fetches nothing; pod C needs one
+/// more file and uploads only that one.
+#[test]
+fn cache_mounts_follow_the_build_from_pod_to_pod() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let files: Vec<(String, String)> = (1..=21)
+        .map(|i| (format!("f{i}"), format!("package {i}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let http = StaticHttp::start(&refs);
+    let cache = Registry::start();
+    let repo = format!("{}/cache/app", cache.addr);
+    let pod = |stamp: &str, n: u32| {
+        let ctx = context_with(&format!(
+            "FROM {base}\nENV STAMP={stamp}\n\
+             RUN --mount=type=cache,target=/var/cache/pkgs sh -c 'for i in $(seq 1 {n}); do \
+             [ -f /var/cache/pkgs/f$i ] || wget -q -O /var/cache/pkgs/f$i {}/f$i; done; \
+             cat /var/cache/pkgs/f{n} > /last'\n",
+            http.url
+        ));
+        let work = tempfile::tempdir().unwrap();
+        let report = work.path().join("report.json");
+        let before = http.gets();
+        let w2 = tempfile::tempdir().unwrap();
+        must_build(
+            ctx.path(),
+            w2.path(),
+            &[
+                "--no-push",
+                "--insecure-pull",
+                "--insecure-registry",
+                &cache.addr,
+                "--cache",
+                "--cache-repo",
+                &repo,
+                "--report",
+                report.to_str().unwrap(),
+            ],
+        );
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        (http.gets() - before, r["cache_mounts"][0].clone())
+    };
+    let (fetched, m) = pod("a", 20);
+    assert_eq!(fetched, 20, "{m}");
+    assert_eq!(m["saved_files"], 20, "{m}");
+    let (fetched, m) = pod("b", 20);
+    assert_eq!(fetched, 0, "pod B fetched again: {m}");
+    assert_eq!(
+        (m["restored_files"].as_u64(), m["unchanged"].as_bool()),
+        (Some(20), Some(true)),
+        "{m}"
+    );
+    let (fetched, m) = pod("c", 21);
+    assert_eq!(fetched, 1, "{m}");
+    assert_eq!(m["saved_files"], 1, "only the new file is uploaded: {m}");
+}

@@ -1225,6 +1225,7 @@ pub struct StaticHttp {
     child: Child,
     pub url: String,
     dir: tempfile::TempDir,
+    log: tempfile::NamedTempFile,
 }
 
 impl StaticHttp {
@@ -1234,6 +1235,7 @@ impl StaticHttp {
             std::fs::write(dir.path().join(name), content).expect("file");
         }
         let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log");
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -1244,7 +1246,7 @@ impl StaticHttp {
             ])
             .current_dir(dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().expect("log"))
             .spawn()
             .expect("python3");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1256,7 +1258,16 @@ impl StaticHttp {
             child,
             url: format!("http://127.0.0.1:{port}"),
             dir,
+            log,
         }
+    }
+
+    /// GET requests answered so far.
+    pub fn gets(&self) -> usize {
+        std::fs::read_to_string(self.log.path())
+            .unwrap_or_default()
+            .matches("\"GET ")
+            .count()
     }
 
     /// Where the served files are.

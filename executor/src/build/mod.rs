@@ -73,6 +73,11 @@ pub struct Builder {
     /// The previous build of the same destination, for miss explanations.
     last_record: tokio::sync::OnceCell<Option<crate::cache::BuildRecord>>,
     this_record: Mutex<Vec<crate::cache::RecordedStep>>,
+    /// Shared cache mounts (`--cache-mounts=shared` with a registry cache).
+    mount_cache: Option<crate::cache_mounts::MountCache>,
+    /// Cache mounts this build used, by id: their directory and what was
+    /// restored into it (a save compares against it).
+    mounts_used: Mutex<BTreeMap<String, mounts::MountUse>>,
 }
 
 /// What [`Builder::parse`] gives a build and a dry run.
@@ -162,6 +167,12 @@ impl Builder {
             }
             None => None,
         };
+        let mount_cache = match (&cache, opts.cache_mounts) {
+            (Some(c), crate::options::CacheMounts::Shared) => c
+                .registry_repo()
+                .map(|(r, repo)| crate::cache_mounts::MountCache::new(r, repo, &opts.mount_scope)),
+            _ => None,
+        };
         let fetcher = LayerFetcher::new(registry, store, opts.image_fs_extract_retry);
         Ok(Builder {
             opts,
@@ -176,6 +187,8 @@ impl Builder {
             counters: Counters::default(),
             last_record: tokio::sync::OnceCell::new(),
             this_record: Mutex::new(Vec::new()),
+            mount_cache,
+            mounts_used: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -230,6 +243,7 @@ impl Builder {
         let written = output::write_image(self.fetcher.store(), &image, out)?;
         let pushed = output::deliver(out, &self.fetcher, &image, &written).await?;
         self.finish_cache_writes().await;
+        let mounts = self.save_cache_mounts().await;
         self.save_record().await;
         let c = &self.counters;
         if let Some(cache) = &self.cache {
@@ -257,6 +271,7 @@ impl Builder {
             cache_errors: c.errors.load(Ordering::Relaxed),
             bytes_pulled: self.fetcher.pulled(),
             bytes_pushed_cache: c.pushed_cache.load(Ordering::Relaxed),
+            cache_mounts: mounts,
         };
         if let Some(p) = &self.opts.report_path {
             let json = serde_json::to_vec_pretty(&result).unwrap_or_default();

@@ -21,6 +21,15 @@ use crate::tree::{copy_tree, move_tree};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// A cache mount a build used.
+#[derive(Debug, Clone, Default)]
+pub struct MountUse {
+    pub dir: PathBuf,
+    /// The listing restored from the shared cache (`None`: local content).
+    pub restored: Option<Vec<crate::cache_mounts::Entry>>,
+    pub report: super::report::MountReport,
+}
+
 /// Where a `--secret` comes from.
 #[derive(Debug, Clone)]
 pub enum SecretSource {
@@ -163,6 +172,7 @@ impl StageRun<'_> {
         match &m.kind {
             MountKind::Cache { id, sharing } => {
                 let (dir, lock) = self.cache_dir(id, sharing)?;
+                self.b.restore_cache_mount(id, &dir).await;
                 if dir.exists() {
                     move_tree(&dir, &s.full).map_err(io("restoring the cache mount", &dir))?;
                 } else {
@@ -260,6 +270,16 @@ impl StageRun<'_> {
         use nix::fcntl::{Flock, FlockArg};
         let base = self.b.opts.work_dir.join("cache-mounts");
         std::fs::create_dir_all(&base).map_err(io("creating", &base))?;
+        if self.b.opts.cache_mounts == crate::options::CacheMounts::Off {
+            // Empty for this RUN, kept nowhere (the directory does not exist).
+            let own = tempfile::Builder::new()
+                .prefix("cache-off-")
+                .tempdir_in(&base)
+                .map_err(io("creating", &base))?
+                .keep();
+            let _ = std::fs::remove_dir(&own);
+            return Ok((own, None));
+        }
         let name = kiln_common::Digest::sha256_of(id.as_bytes());
         let dir = base.join(name.hex());
         if *sharing == Sharing::Shared {
@@ -337,5 +357,115 @@ impl StageRun<'_> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+impl super::Builder {
+    /// The first time a build uses cache mount `id` and the work directory
+    /// has no copy: restore it from the shared cache. A failure is a
+    /// warning (the mount starts empty), never a failed build.
+    pub(super) async fn restore_cache_mount(&self, id: &str, dir: &Path) {
+        let first = self
+            .mounts_used
+            .lock()
+            .map(|mut m| {
+                let new = !m.contains_key(id);
+                m.entry(id.to_string()).or_insert_with(|| MountUse {
+                    dir: dir.to_path_buf(),
+                    report: super::report::MountReport {
+                        id: id.to_string(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                });
+                new
+            })
+            .unwrap_or(false);
+        let Some(shared) = &self.mount_cache else {
+            return;
+        };
+        if !first || dir.exists() {
+            return;
+        }
+        let staging = dir.with_extension("restoring");
+        let _ = remove_any(&staging);
+        if let Err(e) = std::fs::create_dir_all(&staging) {
+            tracing::warn!("cache mount {id:?}: {e}");
+            return;
+        }
+        let deadline = self.lookup_timeout() * 6;
+        match tokio::time::timeout(deadline, shared.restore(id, &staging)).await {
+            Ok(Ok(Some((entries, moved)))) => {
+                if std::fs::rename(&staging, dir).is_ok() {
+                    tracing::info!(
+                        "cache mount {id:?}: restored {} files ({} bytes) from the shared cache",
+                        moved.files,
+                        moved.bytes
+                    );
+                    if let Ok(mut m) = self.mounts_used.lock() {
+                        if let Some(u) = m.get_mut(id) {
+                            u.restored = Some(entries);
+                            u.report.restored_files = moved.files;
+                            u.report.restored_bytes = moved.bytes;
+                        }
+                    }
+                }
+            }
+            Ok(Ok(None)) => tracing::info!("cache mount {id:?}: nothing shared yet"),
+            Ok(Err(e)) => tracing::warn!(
+                "cache mount {id:?} not restored (it starts empty): {}",
+                kiln_common::report::Report(&e)
+            ),
+            Err(_) => tracing::warn!("cache mount {id:?}: restore took over {deadline:?}"),
+        }
+        let _ = remove_any(&staging);
+    }
+
+    /// After the build: each shared cache mount that changed is saved (only
+    /// what the repository lacks is uploaded), within `--cache-push-timeout`.
+    pub(super) async fn save_cache_mounts(&self) -> Vec<super::report::MountReport> {
+        let used: Vec<MountUse> = self
+            .mounts_used
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let Some(shared) = &self.mount_cache else {
+            return Vec::new();
+        };
+        let push = self.opts.cache.as_ref().is_some_and(|c| c.push);
+        let deadline = self
+            .opts
+            .cache
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(60), |c| c.push_timeout);
+        let mut out = Vec::new();
+        for mut u in used {
+            let id = u.report.id.clone();
+            let now = crate::cache_mounts::listing(&u.dir).unwrap_or_default();
+            if u.restored.as_ref() == Some(&now) || !push {
+                u.report.unchanged = u.restored.as_ref() == Some(&now);
+                out.push(u.report);
+                continue;
+            }
+            let known = u.restored.clone().unwrap_or_default();
+            match tokio::time::timeout(deadline, shared.save(&id, &u.dir, &known)).await {
+                Ok(Ok(moved)) => {
+                    tracing::info!(
+                        "cache mount {id:?}: saved, {} files ({} bytes) uploaded",
+                        moved.files,
+                        moved.bytes
+                    );
+                    u.report.saved_files = moved.files;
+                    u.report.saved_bytes = moved.bytes;
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    "cache mount {id:?} not saved: {}",
+                    kiln_common::report::Report(&e)
+                ),
+                Err(_) => tracing::warn!("cache mount {id:?} not saved within {deadline:?}"),
+            }
+            out.push(u.report);
+        }
+        out
     }
 }

@@ -58,6 +58,20 @@ pub struct BuildResult {
     pub bytes_pulled: u64,
     /// Layer bytes uploaded to the cache.
     pub bytes_pushed_cache: u64,
+    /// Shared cache mounts: what was restored and saved, per mount id.
+    pub cache_mounts: Vec<MountReport>,
+}
+
+/// One shared cache mount's traffic in a build.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MountReport {
+    pub id: String,
+    pub restored_files: u64,
+    pub restored_bytes: u64,
+    pub saved_files: u64,
+    pub saved_bytes: u64,
+    /// Unchanged since it was restored: nothing to save.
+    pub unchanged: bool,
 }
 
 /// The build's running totals (steps of several stages add to them).

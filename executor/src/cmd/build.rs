@@ -6,7 +6,7 @@ use kiln_common::auth::DockerConfig;
 use kiln_common::image::Platform;
 use kiln_common::registry::{parse_reference, Registry, RegistryOptions};
 use kiln_executor::layer::LayerOptions;
-use kiln_executor::options::{ImageFormat, OutputOptions};
+use kiln_executor::options::{CacheMounts, ImageFormat, OutputOptions};
 use kiln_executor::{BuildOptions, Builder};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +81,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("--git")?
             .unwrap_or_default(),
         dry_run: cli.dryrun.unwrap_or(false),
+        cache_mounts: match cli.cache_mounts.as_str() {
+            "shared" => CacheMounts::Shared,
+            "local" => CacheMounts::Local,
+            "off" => CacheMounts::Off,
+            m => bail!("--cache-mounts {m:?}: expected shared, local or off"),
+        },
+        mount_scope: cli.cache_mount_scope.clone(),
         secrets: secrets(&cli.secret)?,
         dockerfile: cli.dockerfile.clone(),
         target: cli.target.clone(),

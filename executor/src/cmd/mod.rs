@@ -208,6 +208,13 @@ pub struct Cli {
     /// written; entries not saved by then are listed in a warning.
     #[arg(long, default_value = "60s")]
     pub cache_push_timeout: String,
+    /// Cache mounts: `shared` (restored from and saved to the cache repo
+    /// when it is a registry), `local` (the work directory only) or `off`.
+    #[arg(long, default_value = "shared")]
+    pub cache_mounts: String,
+    /// Which shared copy of each cache mount to use (e.g. the branch).
+    #[arg(long, default_value = "default")]
+    pub cache_mount_scope: String,
     /// Read the cache but never write to it.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_push_cache: Option<bool>,
