@@ -14,6 +14,7 @@
 //! verified when restored; the tag is pushed last, so a reader sees a
 //! previous complete save or this one, never a partial one.
 
+use futures_util::{StreamExt, TryStreamExt};
 use kiln_common::digest::{digest_file, Digest};
 use kiln_common::image::{Descriptor, Manifest};
 use kiln_common::registry::{Registry, RegistryError};
@@ -26,6 +27,8 @@ const FORMAT: &str = "kiln-cache-mount-v1";
 const CONFIG_TYPE: &str = "application/vnd.kiln.cache-mount.config.v1+json";
 const FILE_TYPE: &str = "application/vnd.kiln.cache-mount.file";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Files fetched at once when restoring; each is one small request.
+const RESTORE_CONCURRENCY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountCacheError {
@@ -150,35 +153,50 @@ impl MountCache {
                 source,
             })?;
         let sizes: BTreeMap<&Digest, u64> = m.layers.iter().map(|d| (&d.digest, d.size)).collect();
-        let mut moved = Moved::default();
-        for e in &listing.entries {
+        let safe: Vec<&Entry> = listing
+            .entries
+            .iter()
+            .filter(|e| !e.path.split('/').any(|c| c == ".." || c.is_empty()))
+            .collect();
+        // Directories and links first, so files can land in any order.
+        for e in safe.iter().filter(|e| e.kind != 'f') {
             let p = dir.join(&e.path);
-            if !p.starts_with(dir) || e.path.split('/').any(|c| c == "..") {
-                continue;
+            match (e.kind, &e.target) {
+                ('d', _) => std::fs::create_dir_all(&p).map_err(io("creating", &p))?,
+                ('l', Some(t)) => std::os::unix::fs::symlink(t, &p).map_err(io("linking", &p))?,
+                _ => {}
             }
-            match e.kind {
-                'd' => std::fs::create_dir_all(&p).map_err(io("creating", &p))?,
-                'l' => {
-                    if let Some(t) = &e.target {
-                        std::os::unix::fs::symlink(t, &p).map_err(io("linking", &p))?;
-                    }
-                }
-                _ => {
-                    let Some(d) = &e.digest else { continue };
-                    let desc =
-                        Descriptor::new(FILE_TYPE, d.clone(), *sizes.get(d).unwrap_or(&e.size));
-                    self.registry
-                        .fetch_blob(&tag, &desc, &p)
-                        .await
-                        .map_err(self.reg_err(id))?;
-                    moved.files += 1;
-                    moved.bytes += e.size;
-                }
+        }
+        // Files are independent small requests: fetched concurrently, each
+        // verified against its digest by `fetch_blob`.
+        let files = safe
+            .iter()
+            .filter(|e| e.kind == 'f')
+            .filter_map(|e| e.digest.as_ref().map(|d| (e, d)));
+        let fetches = futures_util::stream::iter(files.map(|(e, d)| {
+            let desc = Descriptor::new(FILE_TYPE, d.clone(), *sizes.get(d).unwrap_or(&e.size));
+            let p = dir.join(&e.path);
+            let tag = &tag;
+            async move {
+                self.registry
+                    .fetch_blob(tag, &desc, &p)
+                    .await
+                    .map_err(self.reg_err(id))?;
+                Ok::<u64, MountCacheError>(e.size)
             }
-            if e.kind != 'l' {
-                let _ = std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid));
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode));
-            }
+        }))
+        .buffer_unordered(RESTORE_CONCURRENCY);
+        let sizes: Vec<u64> = fetches.try_collect().await?;
+        let moved = Moved {
+            files: sizes.len() as u64,
+            bytes: sizes.iter().sum(),
+        };
+        // Owners and modes last: a read-only directory must not refuse the
+        // files restored into it.
+        for e in safe.iter().rev().filter(|e| e.kind != 'l') {
+            let p = dir.join(&e.path);
+            let _ = std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid));
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode));
         }
         Ok(Some((listing.entries, moved)))
     }
