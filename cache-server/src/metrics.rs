@@ -69,6 +69,12 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub repo: String,
+    pub step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RepoLabel {
     pub repo: String,
 }
@@ -102,6 +108,7 @@ pub struct Metrics {
     pub build_steps: Family<LookupLabel, Counter>,
     pub build_seconds_saved: Family<RepoLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub builds: Family<RepoLabel, Counter>,
+    pub build_first_miss: Family<StepLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -136,6 +143,7 @@ impl Metrics {
             build_steps: Family::default(),
             build_seconds_saved: Family::default(),
             builds: Family::default(),
+            build_first_miss: Family::default(),
         };
         registry.register(
             "lookups",
@@ -238,6 +246,11 @@ impl Metrics {
             m.build_seconds_saved.clone(),
         );
         registry.register("builds", "Builds executors reported", m.builds.clone());
+        registry.register(
+            "build_first_miss",
+            "Builds whose first cache miss was this step (`line N INSTRUCTION`): a step that is the first miss of every build busts the cache",
+            m.build_first_miss.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -242,13 +242,20 @@ impl LayerCache {
     }
 
     /// Tells a Kiln cache server how this build used it (for its metrics).
-    pub async fn report(&self, hits: u64, misses: u64, seconds_saved: f64) {
+    pub async fn report(
+        &self,
+        hits: u64,
+        misses: u64,
+        seconds_saved: f64,
+        first_miss: Option<&crate::build::FirstMiss>,
+    ) {
         if let (Some(kiln), LayerCache::Registry { repo, .. }) = (self.kiln().await, self) {
             let r = BuildReport {
                 repository: repo.repository().to_string(),
                 hits,
                 misses,
                 seconds_saved,
+                first_miss: first_miss.map(|m| crate::summary::step_name(m.line, &m.instruction)),
             };
             if let Err(e) = kiln.report(&r).await {
                 tracing::warn!(

@@ -31,6 +31,7 @@ mod pgzip;
 pub(crate) mod progress;
 pub(crate) mod rootfs;
 pub mod snapshot;
+pub mod summary;
 mod tree;
 
 pub use build::{BuildError, BuildResult, Builder};

@@ -136,5 +136,16 @@ pub(super) async fn report(app: &App, caller: &Caller, req: Request) -> ApiResul
             .inc_by(r.seconds_saved);
     }
     m.builds.get_or_create(&repo).inc();
+    if let Some(step) = &r.first_miss {
+        // Bounded like a label should be: the executor sends `line N …`
+        // shortened; anything longer is cut here too.
+        let step: String = step.chars().take(80).collect();
+        m.build_first_miss
+            .get_or_create(&crate::metrics::StepLabel {
+                repo: r.repository.clone(),
+                step,
+            })
+            .inc();
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -30,7 +30,7 @@ mod stages;
 
 pub use error::{BuildError, StepError};
 pub use mounts::SecretSource;
-pub use report::{BuildResult, StepReport};
+pub use report::{BuildResult, FirstMiss, StepReport};
 
 use crate::blobs::BlobStore;
 use crate::cache::LayerCache;
@@ -246,11 +246,18 @@ impl Builder {
         let mounts = self.save_cache_mounts().await;
         self.save_record().await;
         let c = &self.counters;
+        let seconds_saved = c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let first_miss = c
+            .first_miss
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if let Some(cache) = &self.cache {
             let report = cache.report(
                 c.hits.load(Ordering::Relaxed),
                 c.misses.load(Ordering::Relaxed),
-                c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+                seconds_saved,
+                first_miss.as_ref(),
             );
             if tokio::time::timeout(self.lookup_timeout(), report)
                 .await
@@ -272,6 +279,8 @@ impl Builder {
             bytes_pulled: self.fetcher.pulled(),
             bytes_pushed_cache: c.pushed_cache.load(Ordering::Relaxed),
             cache_mounts: mounts,
+            seconds_saved,
+            first_miss,
         };
         if let Some(p) = &self.opts.report_path {
             let json = serde_json::to_vec_pretty(&result).unwrap_or_default();

@@ -60,6 +60,22 @@ pub struct BuildResult {
     pub bytes_pushed_cache: u64,
     /// Shared cache mounts: what was restored and saved, per mount id.
     pub cache_mounts: Vec<MountReport>,
+    /// Execution time the hits' entries recorded: what the cache saved.
+    pub seconds_saved: f64,
+    /// The first step that missed the cache, and why; what a CI log
+    /// reader wants to know first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_miss: Option<FirstMiss>,
+}
+
+/// The first cache miss of a build.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FirstMiss {
+    pub stage: String,
+    pub line: usize,
+    pub instruction: String,
+    /// What changed since the last recorded build, as far as the cache can tell.
+    pub why: String,
 }
 
 /// One shared cache mount's traffic in a build.
@@ -83,4 +99,19 @@ pub(super) struct Counters {
     pub misses: AtomicU64,
     pub errors: AtomicU64,
     pub pushed_cache: AtomicU64,
+    /// The lowest-numbered first miss among the stages (stages may run
+    /// concurrently, so "first" is by position, not by time).
+    pub first_miss: std::sync::Mutex<Option<FirstMiss>>,
+}
+
+impl Counters {
+    pub fn record_first_miss(&self, miss: FirstMiss) {
+        let mut slot = self
+            .first_miss
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_none_or(|m| miss.line < m.line) {
+            *slot = Some(miss);
+        }
+    }
 }

@@ -6,7 +6,7 @@ use super::config::{FsOp, Scope, StageConfig, Step};
 use super::copy_step::{self, Resolved};
 use super::error::{At, BuildError, StepError};
 use super::plan::{self, CachePlan, Decision, Planned};
-use super::report::StepReport;
+use super::report::{FirstMiss, StepReport};
 use super::Builder;
 use crate::cache::RecordedStep;
 use crate::cache_key;
@@ -332,6 +332,12 @@ impl Builder {
                                 "[{stage_name}] first cache miss at line {}: {created_by} — {why}",
                                 e.ins.line,
                             );
+                            self.counters.record_first_miss(FirstMiss {
+                                stage: stage_name.to_string(),
+                                line: e.ins.line,
+                                instruction: created_by.clone(),
+                                why,
+                            });
                         }
                         self.counters.misses.fetch_add(1, Ordering::Relaxed);
                         miss = Some((planned, Instant::now()));

@@ -188,11 +188,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             result.bytes_pushed_cache
         );
     }
+    eprintln!("  {}", kiln_executor::summary::one_line(&result));
     eprintln!("  image {}", result.manifest_digest);
     for p in &result.pushed {
         eprintln!("  pushed {p}");
     }
+    if let Some(path) = &cli.summary_file {
+        write_summary(path, &result)?;
+    }
     Ok(())
+}
+
+/// Markdown is appended (GitHub's `$GITHUB_STEP_SUMMARY` collects several
+/// steps' sections); JUnit XML replaces the file.
+fn write_summary(path: &std::path::Path, r: &kiln_executor::BuildResult) -> anyhow::Result<()> {
+    use std::io::Write;
+    let text = kiln_executor::summary::render_for(path, r);
+    let xml = path.extension().is_some_and(|e| e == "xml");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!xml)
+        .truncate(xml)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing the summary {}", path.display()))
 }
 
 fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions>> {

@@ -122,6 +122,12 @@ pub struct Cli {
     /// Write a JSON build report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+
+    /// Write the build's summary here for the CI's run page: Markdown
+    /// (appended; pass `$GITHUB_STEP_SUMMARY`), or JUnit XML when the name
+    /// ends in `.xml`.
+    #[arg(long, value_name = "PATH")]
+    pub summary_file: Option<PathBuf>,
     /// Log level: trace, debug, info, warn, error, fatal, panic.
     #[arg(short = 'v', long, default_value = "info")]
     pub verbosity: String,
