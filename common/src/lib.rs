@@ -11,6 +11,7 @@ pub mod image;
 pub mod layout;
 pub mod objstore;
 pub mod observability;
+pub mod pushgateway;
 pub mod registry;
 pub mod report;
 pub mod shell_lex;

@@ -1,20 +1,8 @@
-//! Pushing a run's figures to a Prometheus Pushgateway: a cron job's
-//! metrics outlive the job there.
+//! The warmer's figures in Prometheus' text format, for a Pushgateway
+//! (`kiln_common::pushgateway::push`): a cron job's metrics outlive the
+//! job there.
 
 use crate::{ImageReport, Retention};
-use std::time::Duration;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PushError {
-    #[error("pushing metrics to {url}")]
-    Request {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("pushing metrics to {url}: HTTP {status}")]
-    Status { url: String, status: u16 },
-}
 
 /// The run's figures in Prometheus' text format, for a Pushgateway.
 pub fn metrics_text(reports: &[ImageReport], retention: Option<&Retention>) -> String {
@@ -50,32 +38,4 @@ pub fn metrics_text(reports: &[ImageReport], retention: Option<&Retention>) -> S
         chrono::Utc::now().timestamp()
     ));
     t
-}
-
-/// PUTs `body` (Prometheus text format) to `url`.
-pub async fn push(url: &str, body: String) -> Result<(), PushError> {
-    kiln_common::tls::install_crypto_provider();
-    let err = |source| PushError::Request {
-        url: url.to_string(),
-        source,
-    };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .map_err(err)?;
-    let resp = client
-        .put(url)
-        .header("Content-Type", "text/plain; version=0.0.4")
-        .body(body)
-        .send()
-        .await
-        .map_err(err)?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(PushError::Status {
-            url: url.to_string(),
-            status: resp.status().as_u16(),
-        })
-    }
 }

@@ -40,6 +40,10 @@ pub enum Command {
         /// Report what would be deleted without deleting anything.
         #[arg(long)]
         dry_run: bool,
+        /// Push the run's figures to this Prometheus Pushgateway (job
+        /// `kiln-cache-gc`): a CronJob's metrics, and "GC has not run" alerts.
+        #[arg(long, env = "KILN_PUSHGATEWAY")]
+        pushgateway: Option<String>,
     },
 }
 
@@ -224,6 +228,10 @@ pub fn logging(cli: &Cli) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(c) => serve::run(c.into_config()?).await,
-        Command::Gc { common, dry_run } => gc::run(common.into_config()?, dry_run).await,
+        Command::Gc {
+            common,
+            dry_run,
+            pushgateway,
+        } => gc::run(common.into_config()?, dry_run, pushgateway.as_deref()).await,
     }
 }

@@ -140,9 +140,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     if let Some(gw) = &cli.pushgateway {
-        let url = format!("{}/metrics/job/kiln-warmer", gw.trim_end_matches('/'));
+        let url = kiln_common::pushgateway::job_url(gw, "kiln-warmer");
         let body = kiln_warmer::metrics_text(&reports, retention.as_ref());
-        if let Err(e) = kiln_warmer::pushgateway::push(&url, body).await {
+        if let Err(e) =
+            kiln_common::pushgateway::push(&url, body, kiln_common::pushgateway::Mode::Replace)
+                .await
+        {
             eprintln!("  {} (metrics not pushed)", Report(&e));
         }
     }
