@@ -193,6 +193,10 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         let deleted_tags = (report.tags_expired.len() + report.tags_evicted.len()) as u64;
         store.metrics().gc_deleted("tag", deleted_tags);
         store.metrics().gc_runs.inc();
+        store
+            .metrics()
+            .gc_last_success
+            .set(chrono::Utc::now().timestamp());
     }
     report.entries_kept = tags.len();
     report.tags_expired.sort();

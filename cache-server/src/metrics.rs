@@ -100,6 +100,10 @@ pub struct Metrics {
     pub coalesced: Family<TierLabel, Counter>,
     pub uploads: Family<KindLabel, Counter>,
     pub gc_runs: Counter,
+    pub gc_failures: Counter,
+    /// Same name as `cache-server gc --pushgateway` pushes: one alert
+    /// covers GC in the server and GC as a CronJob.
+    pub gc_last_success: Gauge,
     pub gc_deleted: Family<KindLabel, Counter>,
     pub gc_deleted_bytes: Counter,
     pub stored_bytes: Gauge,
@@ -135,6 +139,8 @@ impl Metrics {
             coalesced: Family::default(),
             uploads: Family::default(),
             gc_runs: Counter::default(),
+            gc_failures: Counter::default(),
+            gc_last_success: Gauge::default(),
             gc_deleted: Family::default(),
             gc_deleted_bytes: Counter::default(),
             stored_bytes: Gauge::default(),
@@ -209,6 +215,16 @@ impl Metrics {
             "gc_runs",
             "Garbage collections completed",
             m.gc_runs.clone(),
+        );
+        registry.register(
+            "gc_failures",
+            "Garbage collections that failed (the server retries at the next interval)",
+            m.gc_failures.clone(),
+        );
+        registry.register(
+            "gc_last_success_timestamp_seconds",
+            "When the last garbage collection completed (Unix time)",
+            m.gc_last_success.clone(),
         );
         registry.register(
             "gc_deleted",

@@ -218,7 +218,10 @@ fn spawn_background(
                                 "gc: {} expired, {} evicted, {} manifests and {} blobs ({} bytes) deleted",
                                 r.tags_expired.len(), r.tags_evicted.len(), r.manifests_deleted, r.blobs_deleted, r.bytes_deleted
                             ),
-                            Err(e) => tracing::warn!("gc failed, will retry: {}", kiln_common::report::Report(&e)),
+                            Err(e) => {
+                                app.store.metrics().gc_failures.inc();
+                                tracing::warn!("gc failed, will retry: {}", kiln_common::report::Report(&e));
+                            }
                         }
                     }
                 }
