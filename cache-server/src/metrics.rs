@@ -89,6 +89,9 @@ pub struct Metrics {
     pub tier_requests: Family<TierResultLabel, Counter>,
     pub tier_bytes: Family<TierBytesLabel, Counter>,
     pub tier_stored_bytes: Family<TierLabel, Gauge>,
+    pub tier_capacity_bytes: Family<TierLabel, Gauge>,
+    /// `--max-size`, the store's budget that GC keeps it under (0: none).
+    pub store_budget_bytes: Gauge,
     pub request_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub responses: Family<StatusLabel, Counter>,
     pub backend_errors: Family<OpLabel, Counter>,
@@ -112,6 +115,7 @@ pub struct Metrics {
     pub build_steps: Family<LookupLabel, Counter>,
     pub build_seconds_saved: Family<RepoLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub builds: Family<RepoLabel, Counter>,
+    pub build_bytes_saved: Family<RepoLabel, Counter>,
     pub build_first_miss: Family<StepLabel, Counter>,
 }
 
@@ -144,11 +148,14 @@ impl Metrics {
             gc_deleted: Family::default(),
             gc_deleted_bytes: Counter::default(),
             stored_bytes: Gauge::default(),
+            tier_capacity_bytes: Family::default(),
+            store_budget_bytes: Gauge::default(),
             stored_blobs: Gauge::default(),
             stored_entries: Gauge::default(),
             build_steps: Family::default(),
             build_seconds_saved: Family::default(),
             builds: Family::default(),
+            build_bytes_saved: Family::default(),
             build_first_miss: Family::default(),
         };
         registry.register(
@@ -170,6 +177,16 @@ impl Metrics {
             "tier_stored_bytes",
             "Bytes currently held by a local tier",
             m.tier_stored_bytes.clone(),
+        );
+        registry.register(
+            "tier_capacity_bytes",
+            "What a local tier may hold before it evicts",
+            m.tier_capacity_bytes.clone(),
+        );
+        registry.register(
+            "store_budget_bytes",
+            "The store's size budget (--max-size) that GC enforces; 0 when there is none",
+            m.store_budget_bytes.clone(),
         );
         registry.register(
             "request_duration_seconds",
@@ -262,6 +279,11 @@ impl Metrics {
             m.build_seconds_saved.clone(),
         );
         registry.register("builds", "Builds executors reported", m.builds.clone());
+        registry.register(
+            "build_bytes_saved",
+            "Layer bytes executors report their cache hits reused (not built or pushed again)",
+            m.build_bytes_saved.clone(),
+        );
         registry.register(
             "build_first_miss",
             "Builds whose first cache miss was this step (`line N INSTRUCTION`): a step that is the first miss of every build busts the cache",

@@ -90,6 +90,11 @@ pub async fn open_store(
         (None, Some(root)) => root.join(".kiln"),
         (None, None) => std::env::temp_dir().join("kiln-cache-server"),
     };
+    metrics.store_budget_bytes.set(
+        cfg.gc
+            .max_size
+            .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+    );
     let mut store_cfg = cfg.store.clone();
     store_cfg.disk_dir = Some(data_dir.join("blobs"));
     let store = Store::new(storage, store_cfg, metrics).await?;

@@ -80,6 +80,15 @@ impl DiskTier {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let evict_dir = dir.to_path_buf();
+        metrics
+            .tier_capacity_bytes
+            .get_or_create(&crate::metrics::TierLabel::disk())
+            .set(i64::try_from(cap).unwrap_or(i64::MAX));
+        // Exported from the start (0), not only after the first blob.
+        metrics
+            .tier_stored_bytes
+            .get_or_create(&crate::metrics::TierLabel::disk())
+            .set(0);
         let m = metrics.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(cap / 1024)

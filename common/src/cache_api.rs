@@ -47,6 +47,9 @@ pub struct BuildReport {
     pub misses: u64,
     #[serde(default)]
     pub seconds_saved: f64,
+    /// Layer bytes the build's hits reused.
+    #[serde(default)]
+    pub bytes_saved: u64,
     /// The build's first missing step as `line N INSTRUCTION` (shortened):
     /// a step that is the first miss of every build is a cache buster.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -247,6 +247,7 @@ impl LayerCache {
         hits: u64,
         misses: u64,
         seconds_saved: f64,
+        bytes_saved: u64,
         first_miss: Option<&crate::build::FirstMiss>,
     ) {
         if let (Some(kiln), LayerCache::Registry { repo, .. }) = (self.kiln().await, self) {
@@ -255,6 +256,7 @@ impl LayerCache {
                 hits,
                 misses,
                 seconds_saved,
+                bytes_saved,
                 first_miss: first_miss.map(|m| crate::summary::step_name(m.line, &m.instruction)),
             };
             if let Err(e) = kiln.report(&r).await {

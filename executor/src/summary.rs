@@ -147,6 +147,7 @@ mod tests {
             bytes_pushed_cache: 0,
             cache_mounts: Vec::new(),
             seconds_saved: 41.04,
+            bytes_saved: 0,
             first_miss: first,
         }
     }

@@ -1157,6 +1157,8 @@ impl Drop for RateLimitProxy {
 
 mod docker;
 pub use docker::DockerEngine;
+mod prom;
+pub use prom::{Prometheus, Pushgateway};
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and
 /// localhost, made with openssl: `(dir, ca.pem, server.pem, server.key)`.

@@ -263,22 +263,7 @@ fn warmed_images_reach_a_shared_registry_and_metrics_a_pushgateway() {
     let reg = Registry::start();
     let shared = Registry::start();
     let imgs = images(&reg);
-    // A real Pushgateway on a free loopback port.
-    let port = free_port();
-    let mut gw = Command::new("prometheus-pushgateway")
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus-pushgateway (Debian package)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pushgateway did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let gw = Pushgateway::start();
     let cache = tempfile::tempdir().unwrap();
     let mut c = warmer();
     c.arg("--cache-dir")
@@ -291,7 +276,7 @@ fn warmed_images_reach_a_shared_registry_and_metrics_a_pushgateway() {
             &format!("{}/mirror", shared.addr),
         ])
         .arg("--pushgateway")
-        .arg(format!("http://127.0.0.1:{port}"));
+        .arg(&gw.url);
     for i in &imgs {
         c.args(["--image", i]);
     }
@@ -309,9 +294,7 @@ fn warmed_images_reach_a_shared_registry_and_metrics_a_pushgateway() {
     }
     let metrics = run(Command::new("curl")
         .args(["-sf"])
-        .arg(format!("http://127.0.0.1:{port}/metrics")));
-    let _ = gw.kill();
-    let _ = gw.wait();
+        .arg(format!("{}/metrics", gw.url)));
     assert!(
         metrics.contains("kiln_warmer_images{") && metrics.contains("status=\"fetched\""),
         "{metrics}"

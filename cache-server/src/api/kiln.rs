@@ -136,6 +136,9 @@ pub(super) async fn report(app: &App, caller: &Caller, req: Request) -> ApiResul
             .inc_by(r.seconds_saved);
     }
     m.builds.get_or_create(&repo).inc();
+    m.build_bytes_saved
+        .get_or_create(&repo)
+        .inc_by(r.bytes_saved);
     if let Some(step) = &r.first_miss {
         // Bounded like a label should be: the executor sends `line N …`
         // shortened; anything longer is cut here too.

@@ -247,6 +247,7 @@ impl Builder {
         self.save_record().await;
         let c = &self.counters;
         let seconds_saved = c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let bytes_saved = c.saved_bytes.load(Ordering::Relaxed);
         let first_miss = c
             .first_miss
             .lock()
@@ -257,6 +258,7 @@ impl Builder {
                 c.hits.load(Ordering::Relaxed),
                 c.misses.load(Ordering::Relaxed),
                 seconds_saved,
+                bytes_saved,
                 first_miss.as_ref(),
             );
             if tokio::time::timeout(self.lookup_timeout(), report)
@@ -280,6 +282,7 @@ impl Builder {
             bytes_pushed_cache: c.pushed_cache.load(Ordering::Relaxed),
             cache_mounts: mounts,
             seconds_saved,
+            bytes_saved,
             first_miss,
         };
         if let Some(p) = &self.opts.report_path {

@@ -62,6 +62,8 @@ pub struct BuildResult {
     pub cache_mounts: Vec<MountReport>,
     /// Execution time the hits' entries recorded: what the cache saved.
     pub seconds_saved: f64,
+    /// Layer bytes of the hits: built and pushed no more.
+    pub bytes_saved: u64,
     /// The first step that missed the cache, and why; what a CI log
     /// reader wants to know first.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +98,8 @@ pub(super) struct Counters {
     pub hits: AtomicU64,
     /// Execution time the hits' entries recorded, in milliseconds.
     pub saved_ms: AtomicU64,
+    /// Layer bytes the hits reused instead of building and pushing again.
+    pub saved_bytes: AtomicU64,
     pub misses: AtomicU64,
     pub errors: AtomicU64,
     pub pushed_cache: AtomicU64,

@@ -308,6 +308,7 @@ impl Builder {
                         if let Some((d, n)) = layer {
                             report.layer_digest = Some(d);
                             report.layer_size = n;
+                            self.counters.saved_bytes.fetch_add(n, Ordering::Relaxed);
                         }
                         self.counters.hits.fetch_add(1, Ordering::Relaxed);
                         self.counters
