@@ -220,3 +220,47 @@ pub fn config_fields(v: &serde_json::Value, fields: &[&str]) -> serde_json::Valu
     }
     serde_json::Value::Object(out)
 }
+
+/// Kiln's own images, built by Kiln from this build's binaries
+/// (`deploy/image/context.sh` + `deploy/Containerfile`, no network): one
+/// `docker save`-style tar per target, `<dir>/<target>.tar`, tagged `tag`.
+pub fn kiln_image_tars(targets: &[(&str, &str)]) -> tempfile::TempDir {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bins = Path::new(env!("CARGO_BIN_EXE_executor")).parent().unwrap();
+    for b in ["warmer", "cache-server"] {
+        assert!(
+            bins.join(b).exists(),
+            "{b} is not built beside the executor: run the workspace's tests"
+        );
+    }
+    let out = tempfile::tempdir().unwrap();
+    let ctx = out.path().join("ctx");
+    kiln_testkit::run(
+        Command::new("bash")
+            .arg(repo.join("deploy/image/context.sh"))
+            .arg(&ctx)
+            .arg(bins),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let containerfile = repo.join("deploy/Containerfile");
+    for (target, tag) in targets {
+        let tar = out.path().join(format!("{target}.tar"));
+        must_build(
+            &ctx,
+            work.path(),
+            &[
+                "--dockerfile",
+                containerfile.to_str().unwrap(),
+                "--target",
+                target,
+                "--no-push",
+                "--destination",
+                tag,
+                "--tar-path",
+                tar.to_str().unwrap(),
+            ],
+        );
+    }
+    let _ = std::fs::remove_dir_all(&ctx);
+    out
+}

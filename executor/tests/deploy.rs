@@ -109,6 +109,12 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
                     "{dir}: {name} adds capabilities"
                 );
                 assert_ne!(c["securityContext"]["privileged"], true, "{dir}: {name}");
+                // Every image name is resolved by the kustomization.
+                let image = c["image"].as_str().unwrap_or_default();
+                assert!(
+                    image.contains('/') && image.contains(':'),
+                    "{dir}: {name}: {image}"
+                );
             }
         }
     }
@@ -417,4 +423,446 @@ fn every_dashboard_panel_answers_from_a_real_prometheus() {
         "count(kiln:cache_hit_ratio:rate1h{repo=\"team/app/cache\"})",
         1.0,
     );
+}
+
+/// Where a pod's volumes come from when the test runs its containers: a
+/// host directory per volume name (emptyDir, PVC, secret), or — for a
+/// ConfigMap volume — the rendered ConfigMap's data written to one.
+struct Volumes {
+    dir: tempfile::TempDir,
+}
+
+impl Volumes {
+    fn new() -> Volumes {
+        Volumes {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The host directory of volume `name`, made writable for any uid
+    /// (fsGroup's job in a cluster).
+    fn path(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        if !p.exists() {
+            std::fs::create_dir_all(&p).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        }
+        p
+    }
+
+    /// Fills each ConfigMap volume of `spec` from the rendered `docs`.
+    fn config_maps(&self, spec: &Value, docs: &[Value]) {
+        for v in spec["volumes"].as_array().into_iter().flatten() {
+            if let Some(cm) = v["configMap"]["name"].as_str() {
+                let data = &find(docs, "ConfigMap", cm)["data"];
+                for (k, val) in data.as_object().unwrap() {
+                    std::fs::write(
+                        self.path(v["name"].as_str().unwrap()).join(k),
+                        val.as_str().unwrap(),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// `docker run` for one container of a pod spec, as the kubelet would run
+/// it: command → entrypoint, args, env, workingDir, the pod's and the
+/// container's securityContext (user, read-only root, dropped
+/// capabilities, no new privileges), volume mounts; the host's network
+/// with the Services' names resolving to loopback. `args` replaces the
+/// container's args when given (the one substitution a test states).
+fn docker_run(
+    engine: &DockerEngine,
+    spec: &Value,
+    container: &str,
+    vols: &Volumes,
+    extra_env: &[(&str, String)],
+    args: Option<Vec<String>>,
+    detach: bool,
+) -> std::process::Output {
+    let c = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == container)
+        .unwrap_or_else(|| panic!("no container {container}"));
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut d = engine.cmd();
+    d.args(["run", "--network", "host"]);
+    d.arg(if detach { "-di" } else { "--rm" });
+    for host in [
+        "kiln-cache.kiln.svc",
+        "prometheus-pushgateway.monitoring.svc",
+    ] {
+        d.arg("--add-host").arg(format!("{host}:127.0.0.1"));
+    }
+    let psc = &spec["securityContext"];
+    let csc = &c["securityContext"];
+    let pick = |k: &str| csc[k].as_u64().or_else(|| psc[k].as_u64());
+    if let Some(uid) = pick("runAsUser") {
+        let gid = pick("runAsGroup").unwrap_or(uid);
+        d.arg("--user").arg(format!("{uid}:{gid}"));
+    }
+    if csc["readOnlyRootFilesystem"] == true {
+        d.arg("--read-only");
+    }
+    for cap in strs(&csc["capabilities"]["drop"]) {
+        d.arg("--cap-drop").arg(cap);
+    }
+    if csc["allowPrivilegeEscalation"] == false {
+        d.args(["--security-opt", "no-new-privileges"]);
+    }
+    if let Some(w) = c["workingDir"].as_str() {
+        d.arg("-w").arg(w);
+    }
+    for e in c["env"].as_array().into_iter().flatten() {
+        d.arg("-e").arg(format!(
+            "{}={}",
+            e["name"].as_str().unwrap(),
+            e["value"].as_str().unwrap_or_default()
+        ));
+    }
+    for (k, v) in extra_env {
+        d.arg("-e").arg(format!("{k}={v}"));
+    }
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let host = vols.path(m["name"].as_str().unwrap());
+        let ro = if m["readOnly"] == true { ":ro" } else { "" };
+        d.arg("-v").arg(format!(
+            "{}:{}{ro}",
+            host.display(),
+            m["mountPath"].as_str().unwrap()
+        ));
+    }
+    let command = strs(&c["command"]);
+    if let Some(entry) = command.first() {
+        d.arg("--entrypoint").arg(entry);
+    }
+    d.arg(c["image"].as_str().unwrap());
+    d.args(command.iter().skip(1));
+    d.args(args.unwrap_or_else(|| strs(&c["args"])));
+    d.output().unwrap()
+}
+
+fn ok(what: &str, o: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{what}:\n{text}");
+    text
+}
+
+fn http_status(url: &str) -> String {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn wait_http_ok(url: &str, what: &str, engine: &DockerEngine, id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while http_status(url) != "200" {
+        if std::time::Instant::now() > deadline {
+            let logs = engine.cmd().args(["logs", id]).output().unwrap();
+            panic!(
+                "{what}: {url} not 200\n{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// The rendered manifests, run: each container with its exact image,
+/// command, args, env, user, read-only root and mounts, in a real Docker
+/// Engine, from images Kiln built of this build's binaries, against moto S3
+/// and docker-registry-compatible servers on loopback. What the test must
+/// stand in for, and nothing else: IRSA (static keys and moto's endpoint
+/// are added to the environment), the pushgateway and Services (their
+/// names resolve to loopback), the warmer's image list (ConfigMap data
+/// naming a loopback image; `--insecure-pull` added for it), the build
+/// Job's checkout (the test fills /workspace) and its `--destination`
+/// (registry.example.com → the cache server, a registry too).
+#[test]
+fn the_manifests_run_in_docker_engine() {
+    // Kiln's images under the names the overlays give them.
+    let tars = kiln_image_tars(&[
+        ("executor", "kiln:executor"),
+        ("debug", "kiln:debug"),
+        ("cache-server", "kiln:cache-server"),
+    ]);
+    let engine = DockerEngine::start();
+    let (_, s3_docs) = render("overlays/s3");
+    let (_, warmer_docs) = render("overlays/warmer");
+    let (_, ci_docs) = render("ci");
+    let image_of = |docs: &[Value], kind: &str, name: &str| -> String {
+        let d = find(docs, kind, name);
+        pod_spec(d)["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for (target, image) in [
+        (
+            "cache-server",
+            image_of(&s3_docs, "Deployment", "kiln-cache"),
+        ),
+        ("executor", image_of(&warmer_docs, "CronJob", "kiln-warmer")),
+        ("debug", image_of(&ci_docs, "Job", "kiln-build")),
+    ] {
+        run(engine
+            .cmd()
+            .arg("load")
+            .arg("-i")
+            .arg(tars.path().join(format!("{target}.tar"))));
+        run(engine
+            .cmd()
+            .args(["tag", &format!("kiln:{target}"), &image]));
+    }
+
+    // The stores and the pushgateway where the manifests expect them.
+    let s3 = S3Server::start();
+    s3.create_bucket("ci-build-cache");
+    let mut gw = Command::new("prometheus-pushgateway")
+        .arg("--web.listen-address=127.0.0.1:9091")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus-pushgateway");
+    let s3_env: Vec<(&str, String)> = s3
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("REGION"))
+        .collect();
+
+    // The cache server of the s3 overlay: up, ready, serving /v2/.
+    let server_vols = Volumes::new();
+    let dep = find(&s3_docs, "Deployment", "kiln-cache");
+    let server_id = ok(
+        "cache server",
+        &docker_run(
+            &engine,
+            pod_spec(dep),
+            "cache-server",
+            &server_vols,
+            &s3_env,
+            None,
+            true,
+        ),
+    )
+    .trim()
+    .to_string();
+    wait_http_ok(
+        "http://127.0.0.1:5000/readyz",
+        "cache server",
+        &engine,
+        &server_id,
+    );
+    assert_eq!(http_status("http://127.0.0.1:5000/v2/"), "200");
+    let user = run(engine.cmd().args([
+        "inspect",
+        "--format",
+        "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+        &server_id,
+    ]));
+    assert_eq!(user.trim(), "65534:65534 true");
+
+    // A base image in the cache server (a registry too), for the warmer
+    // and the builds.
+    let base = push_busybox_to("127.0.0.1:5000", "base/busybox:1");
+    let base_in_cluster = base.replace("127.0.0.1:5000", "kiln-cache.kiln.svc:5000");
+
+    // The warmer CronJob fills its volume; its figures reach the gateway.
+    let warm_vols = Volumes::new();
+    let cron = find(&warmer_docs, "CronJob", "kiln-warmer");
+    let spec = pod_spec(cron);
+    warm_vols.config_maps(spec, &warmer_docs);
+    std::fs::write(
+        warm_vols.path("images").join("images.txt"),
+        format!("{base_in_cluster}\n"),
+    )
+    .unwrap();
+    let mut args: Vec<String> = spec["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    args.push("--insecure-pull".into());
+    ok(
+        "warmer job",
+        &docker_run(&engine, spec, "warmer", &warm_vols, &[], Some(args), false),
+    );
+    let last: Value = serde_json::from_slice(
+        &std::fs::read(warm_vols.path("cache").join(".last-warm.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["images"][0]["status"], "fetched", "{last}");
+    let pushed = run(Command::new("curl").args(["-sf", "http://127.0.0.1:9091/metrics"]));
+    assert!(
+        pushed.contains("kiln_warmer_last_run_timestamp_seconds"),
+        "{pushed}"
+    );
+
+    // The build Job: exactly its args but the destination, through the
+    // cache server; twice, the second from the cache.
+    let job = find(&ci_docs, "Job", "kiln-build");
+    let spec = pod_spec(job);
+    let job_vols = Volumes::new();
+    let ws = job_vols.path("workspace");
+    write(
+        &ws,
+        "Dockerfile",
+        &format!("FROM {base_in_cluster}\nRUN echo built > /built\nCOPY app.txt /app.txt\n"),
+    );
+    write(&ws, "app.txt", "app\n");
+    let args: Vec<String> = spec["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .map(|a| {
+            if a.starts_with("--destination=") {
+                "--destination=kiln-cache.kiln.svc:5000/example/app:latest".to_string()
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    for round in 0..2 {
+        let out = ok(
+            "build job",
+            &docker_run(
+                &engine,
+                spec,
+                "kiln",
+                &job_vols,
+                &[],
+                Some(args.clone()),
+                false,
+            ),
+        );
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(ws.join("kiln-report.json")).unwrap()).unwrap();
+        if round == 1 {
+            assert_eq!(r["cache_misses"], 0, "{out}");
+            assert!(r["cache_hits"].as_u64().unwrap() >= 2, "{r}");
+            assert!(out.contains("steps from cache"), "{out}");
+        }
+    }
+    let img = unpack("docker://127.0.0.1:5000/example/app:latest");
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("built")).unwrap(),
+        "built\n"
+    );
+
+    // The Jenkins agent pod: idles, then a pipeline step runs $KILN_BUILD
+    // with the warmer's volume as --cache-dir: the base comes from there.
+    let pod = find(&ci_docs, "Pod", "kiln-agent");
+    let spec = pod_spec(pod);
+    let agent_vols = Volumes::new();
+    std::fs::remove_dir(agent_vols.dir.path().join("base-images")).ok();
+    std::os::unix::fs::symlink(
+        warm_vols.path("cache"),
+        agent_vols.dir.path().join("base-images"),
+    )
+    .unwrap();
+    let ws = agent_vols.path("workspace");
+    write(
+        &ws,
+        "src/Dockerfile",
+        &format!("FROM {base_in_cluster}\nRUN echo agent > /agent\n"),
+    );
+    let id = ok(
+        "agent pod",
+        &docker_run(&engine, spec, "kiln", &agent_vols, &[], None, true),
+    )
+    .trim()
+    .to_string();
+    let step = "$KILN_BUILD --context=/home/jenkins/agent/src --destination=kiln-cache.kiln.svc:5000/example/agent:1";
+    let o = engine
+        .cmd()
+        .args(["exec", &id, "/busybox/sh", "-c", step])
+        .output()
+        .unwrap();
+    let out = ok("pipeline step", &o);
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(ws.join("kiln-report.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["bytes_pulled"], 0,
+        "the base came from the warmed volume: {out}"
+    );
+    let junit = std::fs::read_to_string(ws.join("kiln-summary.xml")).unwrap();
+    assert!(
+        junit.contains("<testcase ") && junit.contains("RUN echo agent"),
+        "{junit}"
+    );
+
+    // The GC CronJob runs to completion against the same bucket and pushes
+    // its figures.
+    let gc = find(&s3_docs, "CronJob", "kiln-cache-gc");
+    ok(
+        "gc job",
+        &docker_run(
+            &engine,
+            pod_spec(gc),
+            "gc",
+            &Volumes::new(),
+            &s3_env,
+            None,
+            false,
+        ),
+    );
+    let pushed = run(Command::new("curl").args(["-sf", "http://127.0.0.1:9091/metrics"]));
+    assert!(
+        pushed.contains("kiln_cache_gc_last_success_timestamp_seconds{"),
+        "{pushed}"
+    );
+
+    // The file overlay's server starts and is ready on its volume.
+    run(engine.cmd().args(["rm", "-f", &id, &server_id]));
+    let (_, file_docs) = render("overlays/file");
+    let dep = find(&file_docs, "Deployment", "kiln-cache");
+    let file_vols = Volumes::new();
+    let id = ok(
+        "file server",
+        &docker_run(
+            &engine,
+            pod_spec(dep),
+            "cache-server",
+            &file_vols,
+            &[],
+            None,
+            true,
+        ),
+    )
+    .trim()
+    .to_string();
+    wait_http_ok(
+        "http://127.0.0.1:5000/readyz",
+        "file-overlay server",
+        &engine,
+        &id,
+    );
+    run(engine.cmd().args(["rm", "-f", &id]));
+    let _ = gw.kill();
+    let _ = gw.wait();
 }

@@ -8,29 +8,6 @@
 mod common;
 use common::*;
 use kiln_testkit::*;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The image context from the binaries of this build (debug ones here).
-fn image_context() -> tempfile::TempDir {
-    let bins = Path::new(env!("CARGO_BIN_EXE_executor")).parent().unwrap();
-    for b in ["warmer", "cache-server"] {
-        assert!(
-            bins.join(b).exists(),
-            "{b} is not built beside the executor: run the workspace's tests"
-        );
-    }
-    let t = tempfile::tempdir().unwrap();
-    run(Command::new("bash")
-        .arg(repo().join("deploy/image/context.sh"))
-        .arg(t.path().join("ctx"))
-        .arg(bins));
-    t
-}
 
 fn inspect(engine: &DockerEngine, image: &str, format: &str) -> String {
     run(engine
@@ -42,29 +19,7 @@ fn inspect(engine: &DockerEngine, image: &str, format: &str) -> String {
 
 #[test]
 fn kilns_image_runs_the_seeds_pipelines() {
-    let ctx = image_context();
-    let ctx_dir = ctx.path().join("ctx");
-    let out = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let containerfile = repo().join("deploy/Containerfile");
-    for (target, tag) in [("debug", "kiln:debug"), ("executor", "kiln:latest")] {
-        let tar = out.path().join(format!("{target}.tar"));
-        must_build(
-            &ctx_dir,
-            work.path(),
-            &[
-                "--dockerfile",
-                containerfile.to_str().unwrap(),
-                "--target",
-                target,
-                "--no-push",
-                "--destination",
-                tag,
-                "--tar-path",
-                tar.to_str().unwrap(),
-            ],
-        );
-    }
+    let out = kiln_image_tars(&[("debug", "kiln:debug"), ("executor", "kiln:latest")]);
     let engine = DockerEngine::start();
     for target in ["debug", "executor"] {
         run(engine

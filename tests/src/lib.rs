@@ -223,9 +223,15 @@ pub fn push_rootfs_with(rootfs: &Path, dest: &str, cmd: &[&str], skopeo_flags: &
 
 /// Makes and pushes the busybox base image; returns its reference.
 pub fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
+    push_busybox_to(&reg.addr, repo_tag)
+}
+
+/// [`push_busybox`] to any registry at `addr` (plain HTTP), such as the
+/// cache server.
+pub fn push_busybox_to(addr: &str, repo_tag: &str) -> String {
     let t = tempfile::tempdir().unwrap();
     busybox_rootfs(t.path());
-    let r = format!("{}/{repo_tag}", reg.addr);
+    let r = format!("{addr}/{repo_tag}");
     push_rootfs(t.path(), &r, &["sh"]);
     r
 }
