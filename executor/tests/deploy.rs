@@ -3,7 +3,8 @@
 //! (`kubernetes-validate --strict`), the Prometheus rules pass `promtool`
 //! and its unit tests, and every Grafana panel's query answers from a real
 //! Prometheus that scrapes a real cache server while builds run through it
-//! — with the hit ratio the builds' `--report` files give.
+//! — with the hit ratio the builds' `--report` files give; and the
+//! manifests' (and GitLab's job's) containers run in Docker Engine.
 
 mod common;
 use common::*;
@@ -814,6 +815,68 @@ fn the_manifests_run_in_docker_engine() {
     assert!(
         junit.contains("<testcase ") && junit.contains("RUN echo agent"),
         "{junit}"
+    );
+
+    // GitLab's job (deploy/ci/gitlab-ci.yml) as its runner runs it: the
+    // job's image with its entrypoint cleared, the script in `sh`, the
+    // job's and GitLab's predefined variables.
+    let gitlab_yaml = std::fs::read_to_string(repo().join("deploy/ci/gitlab-ci.yml")).unwrap();
+    let mut py = Command::new("python3");
+    py.args([
+        "-c",
+        "import sys, yaml, json; print(json.dumps(yaml.safe_load(sys.stdin)))",
+    ]);
+    let gitlab: Value = serde_json::from_str(&pipe(&mut py, &gitlab_yaml)).unwrap();
+    let gjob = &gitlab["build"];
+    let project = tempfile::tempdir().unwrap();
+    write(
+        project.path(),
+        "Dockerfile",
+        &format!("FROM {base_in_cluster}\nRUN echo gitlab > /gitlab\n"),
+    );
+    let script: Vec<&str> = gjob["script"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let mut d = engine.cmd();
+    d.args([
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--add-host",
+        "kiln-cache.kiln.svc:127.0.0.1",
+        "--entrypoint",
+        "",
+    ]);
+    for (k, v) in gjob["variables"].as_object().unwrap() {
+        d.arg("-e").arg(format!("{k}={}", v.as_str().unwrap()));
+    }
+    for kv in [
+        "CI_PROJECT_DIR=/builds/group/app",
+        "CI_PROJECT_PATH=group/app",
+        "CI_REGISTRY=kiln-cache.kiln.svc:5000",
+        "CI_REGISTRY_IMAGE=kiln-cache.kiln.svc:5000/group/app",
+        "CI_REGISTRY_USER=gitlab-ci-token",
+        "CI_REGISTRY_PASSWORD=job-token",
+        "CI_COMMIT_SHORT_SHA=abc1234",
+    ] {
+        d.arg("-e").arg(kv);
+    }
+    d.arg("-v")
+        .arg(format!("{}:/builds/group/app", project.path().display()));
+    d.arg(gjob["image"]["name"].as_str().unwrap());
+    d.args(["sh", "-c", &format!("set -e\n{}", script.join("\n"))]);
+    let out = ok("gitlab job", &d.output().unwrap());
+    let junit_name = gjob["artifacts"]["reports"]["junit"].as_str().unwrap();
+    let junit = std::fs::read_to_string(project.path().join(junit_name)).unwrap();
+    assert!(junit.contains("RUN echo gitlab"), "{junit}\n{out}");
+    let img = unpack("docker://127.0.0.1:5000/group/app:abc1234");
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("gitlab")).unwrap(),
+        "gitlab\n"
     );
 
     // The GC CronJob runs to completion against the same bucket and pushes
