@@ -554,6 +554,12 @@ fn docker_run(
     d.output().unwrap()
 }
 
+/// A file of an image in a registry, as skopeo and umoci see it.
+fn file_in(image: &str, path: &str) -> String {
+    let img = unpack(&format!("docker://{image}"));
+    std::fs::read_to_string(img.rootfs().join(path)).unwrap()
+}
+
 fn ok(what: &str, o: &std::process::Output) -> String {
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{what}:\n{text}");
@@ -590,6 +596,21 @@ fn wait_http_ok(url: &str, what: &str, engine: &DockerEngine, id: &str) {
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+}
+
+/// Starts a cache server pod's container detached and waits until it is
+/// ready on the manifests' port; its container id.
+fn start_server(
+    engine: &DockerEngine,
+    spec: &Value,
+    vols: &Volumes,
+    env: &[(&str, String)],
+    what: &str,
+) -> String {
+    let out = docker_run(engine, spec, "cache-server", vols, env, None, true);
+    let id = ok(what, &out).trim().to_string();
+    wait_http_ok("http://127.0.0.1:5000/readyz", what, engine, &id);
+    id
 }
 
 /// The rendered manifests, run: each container with its exact image,
@@ -657,26 +678,7 @@ fn the_manifests_run_in_docker_engine() {
     // The cache server of the s3 overlay: up, ready, serving /v2/.
     let server_vols = Volumes::new();
     let dep = find(&s3_docs, "Deployment", "kiln-cache");
-    let server_id = ok(
-        "cache server",
-        &docker_run(
-            &engine,
-            pod_spec(dep),
-            "cache-server",
-            &server_vols,
-            &s3_env,
-            None,
-            true,
-        ),
-    )
-    .trim()
-    .to_string();
-    wait_http_ok(
-        "http://127.0.0.1:5000/readyz",
-        "cache server",
-        &engine,
-        &server_id,
-    );
+    let server_id = start_server(&engine, pod_spec(dep), &server_vols, &s3_env, "s3 overlay");
     assert_eq!(http_status("http://127.0.0.1:5000/v2/"), "200");
     let user = run(engine.cmd().args([
         "inspect",
@@ -769,9 +771,8 @@ fn the_manifests_run_in_docker_engine() {
             assert!(out.contains("steps from cache"), "{out}");
         }
     }
-    let img = unpack("docker://127.0.0.1:5000/example/app:latest");
     assert_eq!(
-        std::fs::read_to_string(img.rootfs().join("built")).unwrap(),
+        file_in("127.0.0.1:5000/example/app:latest", "built"),
         "built\n"
     );
 
@@ -873,9 +874,8 @@ fn the_manifests_run_in_docker_engine() {
     let junit_name = gjob["artifacts"]["reports"]["junit"].as_str().unwrap();
     let junit = std::fs::read_to_string(project.path().join(junit_name)).unwrap();
     assert!(junit.contains("RUN echo gitlab"), "{junit}\n{out}");
-    let img = unpack("docker://127.0.0.1:5000/group/app:abc1234");
     assert_eq!(
-        std::fs::read_to_string(img.rootfs().join("gitlab")).unwrap(),
+        file_in("127.0.0.1:5000/group/app:abc1234", "gitlab"),
         "gitlab\n"
     );
 
@@ -905,26 +905,7 @@ fn the_manifests_run_in_docker_engine() {
     let (_, file_docs) = render("overlays/file");
     let dep = find(&file_docs, "Deployment", "kiln-cache");
     let file_vols = Volumes::new();
-    let id = ok(
-        "file server",
-        &docker_run(
-            &engine,
-            pod_spec(dep),
-            "cache-server",
-            &file_vols,
-            &[],
-            None,
-            true,
-        ),
-    )
-    .trim()
-    .to_string();
-    wait_http_ok(
-        "http://127.0.0.1:5000/readyz",
-        "file-overlay server",
-        &engine,
-        &id,
-    );
+    let id = start_server(&engine, pod_spec(dep), &file_vols, &[], "file overlay");
     run(engine.cmd().args(["rm", "-f", &id]));
     let _ = gw.kill();
     let _ = gw.wait();
