@@ -663,12 +663,7 @@ fn the_manifests_run_in_docker_engine() {
     // The stores and the pushgateway where the manifests expect them.
     let s3 = S3Server::start();
     s3.create_bucket("ci-build-cache");
-    let mut gw = Command::new("prometheus-pushgateway")
-        .arg("--web.listen-address=127.0.0.1:9091")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus-pushgateway");
+    let gw = Pushgateway::start_on(9091);
     let s3_env: Vec<(&str, String)> = s3
         .env()
         .into_iter()
@@ -719,7 +714,9 @@ fn the_manifests_run_in_docker_engine() {
     )
     .unwrap();
     assert_eq!(last["images"][0]["status"], "fetched", "{last}");
-    let pushed = run(Command::new("curl").args(["-sf", "http://127.0.0.1:9091/metrics"]));
+    let pushed = run(Command::new("curl")
+        .arg("-sf")
+        .arg(format!("{}/metrics", gw.url)));
     assert!(
         pushed.contains("kiln_warmer_last_run_timestamp_seconds"),
         "{pushed}"
@@ -781,7 +778,6 @@ fn the_manifests_run_in_docker_engine() {
     let pod = find(&ci_docs, "Pod", "kiln-agent");
     let spec = pod_spec(pod);
     let agent_vols = Volumes::new();
-    std::fs::remove_dir(agent_vols.dir.path().join("base-images")).ok();
     std::os::unix::fs::symlink(
         warm_vols.path("cache"),
         agent_vols.dir.path().join("base-images"),
@@ -894,7 +890,9 @@ fn the_manifests_run_in_docker_engine() {
             false,
         ),
     );
-    let pushed = run(Command::new("curl").args(["-sf", "http://127.0.0.1:9091/metrics"]));
+    let pushed = run(Command::new("curl")
+        .arg("-sf")
+        .arg(format!("{}/metrics", gw.url)));
     assert!(
         pushed.contains("kiln_cache_gc_last_success_timestamp_seconds{"),
         "{pushed}"
@@ -907,6 +905,4 @@ fn the_manifests_run_in_docker_engine() {
     let file_vols = Volumes::new();
     let id = start_server(&engine, pod_spec(dep), &file_vols, &[], "file overlay");
     run(engine.cmd().args(["rm", "-f", &id]));
-    let _ = gw.kill();
-    let _ = gw.wait();
 }

@@ -602,6 +602,16 @@ pub fn push_raw_layers(dest: &str, layers: &[Vec<u8>]) {
         .arg(format!("docker://{dest}")));
 }
 
+/// Waits until something listens on loopback `port`; panics naming `what`
+/// after `limit`.
+pub fn wait_for_port(port: u16, what: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A free loopback port (bound by the kernel, then released for a server
 /// that cannot report the port it picked itself).
 pub fn free_port() -> u16 {
@@ -638,11 +648,7 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("moto_server must be installed (pip install 'moto[server]')");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(port, "moto_server", Duration::from_secs(30));
         S3Server {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -1257,11 +1263,7 @@ impl StaticHttp {
             .stderr(log.reopen().expect("log"))
             .spawn()
             .expect("python3");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "http.server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(port, "http.server", Duration::from_secs(10));
         StaticHttp {
             child,
             url: format!("http://127.0.0.1:{port}"),

@@ -2,18 +2,10 @@
 //! server that scrapes given targets every second and loads given rule
 //! files — Debian's `prometheus` and `prometheus-pushgateway` packages.
 
-use crate::free_port;
+use crate::{free_port, wait_for_port};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// `prometheus-pushgateway` on a free loopback port. Killed in `Drop`.
 pub struct Pushgateway {
@@ -23,14 +15,19 @@ pub struct Pushgateway {
 
 impl Pushgateway {
     pub fn start() -> Pushgateway {
-        let port = free_port();
+        Pushgateway::start_on(free_port())
+    }
+
+    /// On a given port, for configuration that names it (a manifest's
+    /// `prometheus-pushgateway…:9091`).
+    pub fn start_on(port: u16) -> Pushgateway {
         let child = Command::new("prometheus-pushgateway")
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus-pushgateway (Debian package)");
-        wait_for_port(port, "pushgateway");
+        wait_for_port(port, "pushgateway", Duration::from_secs(30));
         Pushgateway {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -90,7 +87,7 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("prometheus (Debian package)");
-        wait_for_port(port, "prometheus");
+        wait_for_port(port, "prometheus", Duration::from_secs(30));
         Prometheus {
             child,
             url: format!("http://127.0.0.1:{port}"),
