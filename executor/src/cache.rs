@@ -242,22 +242,18 @@ impl LayerCache {
     }
 
     /// Tells a Kiln cache server how this build used it (for its metrics).
-    pub async fn report(
-        &self,
-        hits: u64,
-        misses: u64,
-        seconds_saved: f64,
-        bytes_saved: u64,
-        first_miss: Option<&crate::build::FirstMiss>,
-    ) {
+    pub async fn report(&self, result: &crate::build::BuildResult) {
         if let (Some(kiln), LayerCache::Registry { repo, .. }) = (self.kiln().await, self) {
             let r = BuildReport {
                 repository: repo.repository().to_string(),
-                hits,
-                misses,
-                seconds_saved,
-                bytes_saved,
-                first_miss: first_miss.map(|m| crate::summary::step_name(m.line, &m.instruction)),
+                hits: result.cache_hits,
+                misses: result.cache_misses,
+                seconds_saved: result.seconds_saved,
+                bytes_saved: result.bytes_saved,
+                first_miss: result
+                    .first_miss
+                    .as_ref()
+                    .map(|m| crate::summary::step_name(m.line, &m.instruction)),
             };
             if let Err(e) = kiln.report(&r).await {
                 tracing::warn!(

@@ -186,10 +186,10 @@ impl MountCache {
             }
         }))
         .buffer_unordered(RESTORE_CONCURRENCY);
-        let sizes: Vec<u64> = fetches.try_collect().await?;
+        let fetched: Vec<u64> = fetches.try_collect().await?;
         let moved = Moved {
-            files: sizes.len() as u64,
-            bytes: sizes.iter().sum(),
+            files: fetched.len() as u64,
+            bytes: fetched.iter().sum(),
         };
         // Owners and modes last: a read-only directory must not refuse the
         // files restored into it.

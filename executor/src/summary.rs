@@ -86,11 +86,34 @@ pub fn junit(r: &BuildResult) -> String {
     s
 }
 
-/// Which format a summary file gets: JUnit for `.xml`, else Markdown.
-pub fn render_for(path: &std::path::Path, r: &BuildResult) -> String {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("xml") => junit(r),
-        _ => markdown(r),
+/// The format of a `--summary-file`, chosen by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryFormat {
+    /// Appended: GitHub's `$GITHUB_STEP_SUMMARY` collects several steps'
+    /// sections.
+    Markdown,
+    /// For a name ending in `.xml`; replaces the file.
+    Junit,
+}
+
+impl SummaryFormat {
+    pub fn for_path(path: &std::path::Path) -> SummaryFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("xml") => SummaryFormat::Junit,
+            _ => SummaryFormat::Markdown,
+        }
+    }
+
+    pub fn render(self, r: &BuildResult) -> String {
+        match self {
+            SummaryFormat::Junit => junit(r),
+            SummaryFormat::Markdown => markdown(r),
+        }
+    }
+
+    /// Whether the file is appended to rather than replaced.
+    pub fn appends(self) -> bool {
+        self == SummaryFormat::Markdown
     }
 }
 
@@ -183,8 +206,10 @@ mod tests {
         assert!(x.contains("name=\"line 9 COPY package.json ./ # &lt;x&gt; &amp; &quot;y&quot;\""));
         assert!(x.contains("<property name=\"cache\" value=\"miss\"/>"));
         assert_eq!(x.matches("<testcase ").count(), 1);
-        assert!(render_for(std::path::Path::new("a/junit.xml"), &r).starts_with("<?xml"));
-        assert!(render_for(std::path::Path::new("summary.md"), &r).starts_with("### Kiln"));
+        let xml = SummaryFormat::for_path(std::path::Path::new("a/junit.xml"));
+        assert!(xml.render(&r).starts_with("<?xml") && !xml.appends());
+        let md = SummaryFormat::for_path(std::path::Path::new("summary.md"));
+        assert!(md.render(&r).starts_with("### Kiln") && md.appends());
     }
 
     #[test]

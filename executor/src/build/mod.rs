@@ -246,45 +246,37 @@ impl Builder {
         let mounts = self.save_cache_mounts().await;
         self.save_record().await;
         let c = &self.counters;
-        let seconds_saved = c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-        let bytes_saved = c.saved_bytes.load(Ordering::Relaxed);
-        let first_miss = c
-            .first_miss
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(cache) = &self.cache {
-            let report = cache.report(
-                c.hits.load(Ordering::Relaxed),
-                c.misses.load(Ordering::Relaxed),
-                seconds_saved,
-                bytes_saved,
-                first_miss.as_ref(),
-            );
-            if tokio::time::timeout(self.lookup_timeout(), report)
-                .await
-                .is_err()
-            {
-                tracing::warn!("the cache server did not take the build's figures in time");
-            }
-        }
-        let result = BuildResult {
+        let mut result = BuildResult {
             manifest_digest: written.manifest_digest.clone(),
             config_digest: written.config_digest.clone(),
             media_type: written.media_type.clone(),
             pushed,
             steps,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: 0.0,
             cache_hits: c.hits.load(Ordering::Relaxed),
             cache_misses: c.misses.load(Ordering::Relaxed),
             cache_errors: c.errors.load(Ordering::Relaxed),
             bytes_pulled: self.fetcher.pulled(),
             bytes_pushed_cache: c.pushed_cache.load(Ordering::Relaxed),
             cache_mounts: mounts,
-            seconds_saved,
-            bytes_saved,
-            first_miss,
+            seconds_saved: c.saved_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            bytes_saved: c.saved_bytes.load(Ordering::Relaxed),
+            first_miss: c
+                .first_miss
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         };
+        if let Some(cache) = &self.cache {
+            if tokio::time::timeout(self.lookup_timeout(), cache.report(&result))
+                .await
+                .is_err()
+            {
+                tracing::warn!("the cache server did not take the build's figures in time");
+            }
+        }
+        // The build's time includes handing its figures to the cache server.
+        result.seconds = started.elapsed().as_secs_f64();
         if let Some(p) = &self.opts.report_path {
             let json = serde_json::to_vec_pretty(&result).unwrap_or_default();
             std::fs::write(p, json).map_err(|source| BuildError::Work {

@@ -199,17 +199,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Markdown is appended (GitHub's `$GITHUB_STEP_SUMMARY` collects several
-/// steps' sections); JUnit XML replaces the file.
 fn write_summary(path: &std::path::Path, r: &kiln_executor::BuildResult) -> anyhow::Result<()> {
     use std::io::Write;
-    let text = kiln_executor::summary::render_for(path, r);
-    let xml = path.extension().is_some_and(|e| e == "xml");
+    let format = kiln_executor::summary::SummaryFormat::for_path(path);
+    let text = format.render(r);
     std::fs::OpenOptions::new()
         .create(true)
         .write(true)
-        .append(!xml)
-        .truncate(xml)
+        .append(format.appends())
+        .truncate(!format.appends())
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .with_context(|| format!("writing the summary {}", path.display()))
