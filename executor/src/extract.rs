@@ -60,17 +60,35 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// What a `.wh.` entry means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whiteouts {
+    /// Delete what it names in the root below (applying a layer to a root).
+    Apply,
+    /// Nothing: an ordinary file name (plain archives).
+    Literal,
+    /// Keep it in overlayfs's own format (a 0/0 character device, an
+    /// `opaque` xattr), so that the extracted layer can be a lower directory.
+    Overlay,
+}
+
 /// Applies the layer read from `r` to `root`.
 pub fn apply_layer<R: Read>(root: &Path, r: R) -> Result<ExtractStats, ExtractError> {
-    apply(root, r, true)
+    apply(root, r, Whiteouts::Apply)
 }
 
 /// Unpacks a plain archive (ADD, `tar://` contexts): `.wh.` names are files.
 pub fn apply_archive<R: Read>(root: &Path, r: R) -> Result<ExtractStats, ExtractError> {
-    apply(root, r, false)
+    apply(root, r, Whiteouts::Literal)
 }
 
-fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, ExtractError> {
+/// Extracts one layer on its own into the empty directory `dir`, whiteouts
+/// kept as overlayfs reads them (needs root: device nodes, `trusted.` xattrs).
+pub fn extract_overlay_layer<R: Read>(dir: &Path, r: R) -> Result<ExtractStats, ExtractError> {
+    apply(dir, r, Whiteouts::Overlay)
+}
+
+fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStats, ExtractError> {
     let is_root = Uid::effective().is_root();
     let mut counter = CountingReader {
         inner: decompress(r).map_err(ExtractError::Read)?,
@@ -105,9 +123,11 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: bool) -> Result<ExtractStats, Ex
 
             if let Some(hidden) = base
                 .strip_prefix(WHITEOUT_PREFIX.as_bytes())
-                .filter(|_| whiteouts)
+                .filter(|_| whiteouts != Whiteouts::Literal)
             {
-                if base == OPAQUE_MARKER.as_bytes() {
+                if whiteouts == Whiteouts::Overlay {
+                    overlay_whiteout(&parent, &base, hidden).map_err(io_err)?;
+                } else if base == OPAQUE_MARKER.as_bytes() {
                     clear_dir_except(&parent, &created).map_err(io_err)?;
                 } else {
                     let victim = parent.join(std::ffi::OsStr::from_bytes(hidden));
@@ -256,6 +276,24 @@ fn set_metadata(
         filetime::set_symlink_file_times(p, ft, ft)?;
     }
     Ok(())
+}
+
+/// The overlayfs form of a whiteout in `parent`: an opaque directory is
+/// marked with `trusted.overlay.opaque=y`, a removed name is a 0/0 device.
+fn overlay_whiteout(parent: &Path, base: &[u8], hidden: &[u8]) -> io::Result<()> {
+    std::fs::create_dir_all(parent)?;
+    if base == OPAQUE_MARKER.as_bytes() {
+        return xattr::set(parent, "trusted.overlay.opaque", b"y");
+    }
+    let victim = parent.join(std::ffi::OsStr::from_bytes(hidden));
+    remove_any(&victim)?;
+    mknod(
+        &victim,
+        SFlag::S_IFCHR,
+        Mode::empty(),
+        nix::sys::stat::makedev(0, 0),
+    )
+    .map_err(io::Error::from)
 }
 
 /// Removes a file, symlink or directory tree; a missing path is fine.

@@ -10,6 +10,11 @@ fn main() -> std::process::ExitCode {
     cmd::logging(&cli);
     kiln_common::tls::warn(no_ca);
     cmd::check_kaniko_flags(&cli);
+    // Before any thread exists: mounts the build makes (a stacked root, a
+    // tmpfs over the work dir) then die with the process, however it ends.
+    if let Err(e) = kiln_executor::lowers::private_mount_namespace() {
+        tracing::debug!("no private mount namespace ({e}): mounts are unmounted on exit");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -85,9 +85,11 @@ impl Diff {
 const OVL_OPAQUE: &str = "trusted.overlay.opaque";
 
 /// Reads an overlay upper dir into a diff, then moves its content into `root`
-/// (renames within one filesystem: cheap, hardlinks preserved).
+/// (renames within one filesystem: cheap, hardlinks preserved; a copy when
+/// the root is an overlay mount of its own, see [`crate::lowers`]).
 pub fn merge_upper(upper: &Path, root: &Path) -> Result<Diff, SnapshotError> {
     let mut diff = Diff::default();
+    let mut links = HashMap::new();
     walk_upper(upper, Path::new(""), &mut diff)?;
     // Apply in path order: parents first.
     let mut skip_under: Option<PathBuf> = None;
@@ -104,7 +106,7 @@ pub fn merge_upper(upper: &Path, root: &Path) -> Result<Diff, SnapshotError> {
             Change::Delete => remove_any(&dst).map_err(io_err(&dst))?,
             Change::Opaque => {
                 remove_any(&dst).map_err(io_err(&dst))?;
-                std::fs::rename(&src, &dst).map_err(io_err(&dst))?;
+                move_into(&src, &dst, &mut links).map_err(io_err(&dst))?;
                 strip_overlay_xattrs_tree(&dst);
                 skip_under = Some(rel.clone());
             }
@@ -115,7 +117,7 @@ pub fn merge_upper(upper: &Path, root: &Path) -> Result<Diff, SnapshotError> {
                     copy_dir_metadata(&src, &dst, &sm).map_err(io_err(&dst))?;
                 } else {
                     remove_any(&dst).map_err(io_err(&dst))?;
-                    std::fs::rename(&src, &dst).map_err(io_err(&dst))?;
+                    move_into(&src, &dst, &mut links).map_err(io_err(&dst))?;
                     strip_overlay_xattrs_tree(&dst);
                     if sm.is_dir() {
                         skip_under = Some(rel.clone());
@@ -125,6 +127,78 @@ pub fn merge_upper(upper: &Path, root: &Path) -> Result<Diff, SnapshotError> {
         }
     }
     Ok(diff)
+}
+
+/// Hardlinked files already copied, by (device, inode): their first copy.
+type Links = HashMap<(u64, u64), PathBuf>;
+
+/// Moves `src` to `dst`: a rename, or where they are on different
+/// filesystems a copy that keeps owners, modes, times, xattrs (overlayfs's
+/// own excepted) and the hardlinks among the moved files.
+fn move_into(src: &Path, dst: &Path, links: &mut Links) -> io::Result<()> {
+    match std::fs::rename(src, dst) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_tree(src, dst, links),
+        r => r,
+    }
+}
+
+fn copy_tree(src: &Path, dst: &Path, links: &mut Links) -> io::Result<()> {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::symlink_metadata(src)?;
+    let ft = m.file_type();
+    if ft.is_file() && m.nlink() > 1 {
+        if let Some(first) = links.get(&(m.dev(), m.ino())) {
+            return std::fs::hard_link(first, dst);
+        }
+        links.insert((m.dev(), m.ino()), dst.to_path_buf());
+    }
+    if ft.is_dir() {
+        std::fs::create_dir(dst)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()), links)?;
+        }
+    } else if ft.is_file() {
+        std::fs::copy(src, dst)?;
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)?;
+    } else {
+        let kind = if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else if ft.is_block_device() {
+            SFlag::S_IFBLK
+        } else if ft.is_fifo() {
+            SFlag::S_IFIFO
+        } else {
+            SFlag::S_IFSOCK
+        };
+        mknod(dst, kind, Mode::from_bits_truncate(m.mode()), m.rdev()).map_err(io::Error::from)?;
+    }
+    if let Ok(names) = xattr::list(src) {
+        for n in names {
+            if n.to_string_lossy().starts_with("trusted.overlay.") {
+                continue;
+            }
+            if let Ok(Some(v)) = xattr::get(src, &n) {
+                xattr::set(dst, &n, &v)?;
+            }
+        }
+    }
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        dst,
+        Some(nix::unistd::Uid::from_raw(m.uid())),
+        Some(nix::unistd::Gid::from_raw(m.gid())),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)?;
+    if !ft.is_symlink() {
+        // After chown, which clears setuid bits.
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    }
+    let t = filetime::FileTime::from_last_modification_time(&m);
+    filetime::set_symlink_file_times(dst, t, t)
 }
 
 fn walk_upper(upper: &Path, rel: &Path, diff: &mut Diff) -> Result<(), SnapshotError> {

@@ -10,6 +10,10 @@ use kiln_testkit::*;
 use std::sync::Arc;
 
 async fn warm(reg: &Registry, dir: &std::path::Path, images: &[String]) {
+    warm_with(reg, dir, images, false).await
+}
+
+async fn warm_with(reg: &Registry, dir: &std::path::Path, images: &[String], extract_layers: bool) {
     let client = Arc::new(Client::new(
         RegistryOptions {
             insecure_hosts: vec![reg.addr.clone()],
@@ -25,6 +29,7 @@ async fn warm(reg: &Registry, dir: &std::path::Path, images: &[String]) {
         force: false,
         jobs: 2,
         layer_jobs: 4,
+        extract_layers,
     };
     let r = kiln_warmer::warm(client, &opts).await.unwrap();
     assert!(r.iter().all(|i| i.status == "fetched"), "{r:?}");
@@ -158,6 +163,117 @@ async fn a_tampered_warmed_layer_is_refused_on_every_path() {
         .output()
         .unwrap();
     assert!(!pushed.status.success(), "the image was pushed");
+}
+
+/// Warmed layers kept extracted: the build stacks its root on them (nothing
+/// of the base unpacked), sees the image Docker would (whiteouts of upper
+/// layers applied), and nothing it does reaches the shared directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_stacked_on_extracted_warmed_layers_builds_the_same_image_and_changes_none() {
+    let reg = Registry::start();
+    let busybox = push_busybox(&reg, "busybox:stack");
+    // A base of three layers whose last one deletes a file and a directory.
+    let base2 = format!("{}/stack-base:2", reg.addr);
+    let base3 = format!("{}/stack-base:3", reg.addr);
+    for (df, dest) in [
+        (
+            format!(
+                "FROM {busybox}\nRUN mkdir -p /data/keep /data/gone && echo a > /data/gone/a \
+                 && echo b > /data/b && echo k > /data/keep/k\n"
+            ),
+            &base2,
+        ),
+        (
+            format!("FROM {base2}\nRUN rm -rf /data/gone /data/b\n"),
+            &base3,
+        ),
+    ] {
+        let ctx = context_with(&df);
+        let work = tempfile::tempdir().unwrap();
+        must_build(
+            ctx.path(),
+            work.path(),
+            &["--destination", dest, "--insecure", "--insecure-pull"],
+        );
+    }
+    let cache = tempfile::tempdir().unwrap();
+    warm_with(&reg, cache.path(), std::slice::from_ref(&base3), true).await;
+    let extracted = kiln_executor::lowers::extracted_dir(cache.path());
+    let before = tree(&extracted);
+    let dirs: Vec<String> = std::fs::read_dir(&extracted)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let config = unpack(&format!("docker://{base3}")).config;
+    let mut ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d.as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_string()
+        })
+        .collect();
+    let top = extracted.join(&ids[2]);
+    ids.sort();
+    let mut dirs_sorted = dirs.clone();
+    dirs_sorted.sort();
+    assert_eq!(
+        dirs_sorted, ids,
+        "one directory per layer, named by diff id"
+    );
+    // The top layer keeps its whiteouts as overlayfs reads them.
+    for gone in ["data/gone", "data/b"] {
+        let m = std::fs::symlink_metadata(top.join(gone)).unwrap();
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())
+                && std::os::unix::fs::MetadataExt::rdev(&m) == 0,
+            "{gone} is a 0/0 whiteout device in the top layer"
+        );
+    }
+
+    let df = format!(
+        "FROM {base3}\nRUN test ! -e /data/gone && test ! -e /data/b && cat /data/keep/k > /seen \
+         && rm /data/keep/k && echo changed > /bin/busybox-note && rm -rf /bin\n\
+         COPY f /data/keep/f\n"
+    );
+    let ctx = context_with(&df);
+    write(ctx.path(), "f", "copied\n");
+    let (log, stacked) = build_unpacked(
+        ctx.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        log.contains("root stacked on 3 warmed layer(s) of 3"),
+        "the base was not stacked:\n{log}"
+    );
+    let (log, unpacked) = build_unpacked(ctx.path(), &["--no-push", "--insecure-pull"]);
+    assert!(!log.contains("root stacked"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(stacked.rootfs().join("seen")).unwrap(),
+        "k\n"
+    );
+    // Same paths, kinds, modes, owners, contents and hardlinks as the build
+    // that unpacked the base.
+    let diffs = tree_diffs(
+        &tree(&stacked.rootfs()),
+        &tree(&unpacked.rootfs()),
+        ("stacked", "unpacked"),
+    );
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    assert!(!stacked.rootfs().join("bin").exists());
+    assert_eq!(
+        tree(&extracted),
+        before,
+        "the build changed the shared extracted layers"
+    );
 }
 
 fn walkdir_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {

@@ -33,6 +33,12 @@ pub enum WarmError {
     },
     #[error(transparent)]
     Dockerfile(#[from] kiln_common::dockerfile::ParseError),
+    #[error("keeping the layers of {image} extracted")]
+    Extract {
+        image: String,
+        #[source]
+        source: Box<kiln_executor::lowers::LowerError>,
+    },
     #[error("{path}:{line}: {message}")]
     From {
         path: PathBuf,
@@ -53,6 +59,9 @@ pub struct WarmOptions {
     pub jobs: usize,
     /// Layer downloads at once, across all images.
     pub layer_jobs: usize,
+    /// Also keep every layer extracted (`extracted/sha256/<diff id>`), for
+    /// builds that stack their root on them ([`kiln_executor::lowers`]).
+    pub extract_layers: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -65,6 +74,9 @@ pub struct ImageReport {
     pub manifest: Option<Digest>,
     pub bytes_fetched: u64,
     pub bytes_reused: u64,
+    /// Layers extracted by this run (`--extract-layers`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub layers_extracted: usize,
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -149,10 +161,11 @@ pub async fn warm(
                     manifest: None,
                     bytes_fetched: 0,
                     bytes_reused: 0,
+                    layers_extracted: 0,
                     seconds: 0.0,
                     error: None,
                 };
-                if let Err(e) = warm_one(
+                let mut res = warm_one(
                     &registry,
                     &dir,
                     &layers,
@@ -161,8 +174,19 @@ pub async fn warm(
                     &opts,
                     &mut report,
                 )
-                .await
-                {
+                .await;
+                if let (Ok(()), true, Some(m)) = (&res, opts.extract_layers, &report.manifest) {
+                    match layers.extract_all(&dir, m).await {
+                        Ok(n) => report.layers_extracted = n,
+                        Err(source) => {
+                            res = Err(WarmError::Extract {
+                                image: image.clone(),
+                                source: Box::new(source),
+                            })
+                        }
+                    }
+                }
+                if let Err(e) = res {
                     report.status = "failed".into();
                     report.error = Some(kiln_common::report::Report(&e).to_string());
                 }
@@ -182,6 +206,7 @@ pub async fn warm(
                 manifest: None,
                 bytes_fetched: 0,
                 bytes_reused: 0,
+                layers_extracted: 0,
                 seconds: 0.0,
                 error: Some(kiln_common::report::Report(&e).to_string()),
             }),
@@ -218,6 +243,63 @@ impl Fetcher {
         registry.fetch_blob(r, l, &dir.blob_path(&l.digest)).await?;
         Ok((l.size, 0))
     }
+
+    /// Keeps every layer of the warmed manifest `m` extracted; a layer is
+    /// extracted once however many images share it. Returns how many this
+    /// call extracted.
+    async fn extract_all(
+        &self,
+        dir: &Arc<CacheDir>,
+        m: &Digest,
+    ) -> Result<usize, kiln_executor::lowers::LowerError> {
+        use kiln_executor::lowers::{extract_layer, LowerError};
+        let read = |d: &Digest| -> Result<Vec<u8>, LowerError> {
+            dir.read_blob(d).map_err(|e| LowerError::Io {
+                op: "reading",
+                path: dir.blob_path(d),
+                source: std::io::Error::other(e),
+            })
+        };
+        let decode = |d: &Digest| {
+            let path = dir.blob_path(d);
+            move |e: serde_json::Error| LowerError::Io {
+                op: "decoding",
+                path,
+                source: std::io::Error::other(e),
+            }
+        };
+        let manifest: kiln_common::image::Manifest =
+            serde_json::from_slice(&read(m)?).map_err(decode(m))?;
+        let c = &manifest.config.digest;
+        let config: kiln_common::image::ImageConfig =
+            serde_json::from_slice(&read(c)?).map_err(decode(c))?;
+        let mut n = 0;
+        for (l, id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            let gate = {
+                let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                m.entry(id.clone()).or_default().clone()
+            };
+            let _one = gate.lock().await;
+            let (root, blob, id) = (
+                dir.root().to_path_buf(),
+                dir.blob_path(&l.digest),
+                id.clone(),
+            );
+            let did = tokio::task::spawn_blocking(move || extract_layer(&root, &blob, &id))
+                .await
+                .map_err(|e| LowerError::Io {
+                    op: "extracting",
+                    path: dir.blob_path(&l.digest),
+                    source: std::io::Error::other(e),
+                })??;
+            n += usize::from(did);
+        }
+        Ok(n)
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 async fn warm_one(
@@ -371,6 +453,8 @@ pub struct Retention {
     pub removed_entries: Vec<String>,
     pub removed_blobs: usize,
     pub removed_bytes: u64,
+    /// Extracted layers removed with the last image that used them.
+    pub removed_extracted: usize,
 }
 
 /// `--keep-unused-for` and `--max-size`, then removal of blobs no kept entry
@@ -422,13 +506,16 @@ pub fn retain(
     if !dry_run && !drop.is_empty() {
         lock.remove_entries(|e| drop.contains(&(e.reference.clone(), e.platform.to_string())))?;
     }
-    let keep = referenced(
-        &dir,
-        &dir.entries()?
-            .into_iter()
-            .filter(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
-            .collect::<Vec<_>>(),
-    );
+    let kept: Vec<_> = dir
+        .entries()?
+        .into_iter()
+        .filter(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
+        .collect();
+    let keep = referenced(&dir, &kept);
+    let keep_ids = referenced_diff_ids(&dir, &kept);
+    out.removed_extracted =
+        kiln_executor::lowers::retain(cache_dir, |hex| keep_ids.contains(hex), grace, dry_run)
+            .len();
     let blobs = dir.blobs();
     let rd = std::fs::read_dir(&blobs).map_err(|source| LayoutError::Io {
         path: blobs.clone(),
@@ -465,6 +552,26 @@ fn referenced(dir: &CacheDir, entries: &[kiln_common::layout::WarmEntry]) -> Has
                     keep.insert(l.digest.hex().to_string());
                 }
             }
+        }
+    }
+    keep
+}
+
+/// The diff ids (hex) of every layer of `entries`: their extracted copies.
+fn referenced_diff_ids(
+    dir: &CacheDir,
+    entries: &[kiln_common::layout::WarmEntry],
+) -> HashSet<String> {
+    let mut keep = HashSet::new();
+    for e in entries {
+        let config = dir
+            .read_blob(&e.manifest.digest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<kiln_common::image::Manifest>(&b).ok())
+            .and_then(|m| dir.read_blob(&m.config.digest).ok())
+            .and_then(|b| serde_json::from_slice::<kiln_common::image::ImageConfig>(&b).ok());
+        for id in config.into_iter().flat_map(|c| c.rootfs.diff_ids) {
+            keep.insert(id.hex().to_string());
         }
     }
     keep

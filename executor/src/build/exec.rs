@@ -23,9 +23,10 @@ impl StageRun<'_> {
             return Ok(r.clone());
         }
         let root = self.b.new_root("rootfs-")?;
+        let stacked = self.b.stack_warmed(&root, &self.image.layers);
         self.b
             .fetcher
-            .unpack(&root, &self.image.layers, &self.base_name)
+            .unpack(&root, &self.image.layers[stacked..], &self.base_name)
             .await
             .map_err(StepError::from)?;
         self.root = Some(root.clone());

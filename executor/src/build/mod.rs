@@ -60,6 +60,9 @@ pub struct Builder {
     isolation: Box<dyn Isolation>,
     /// Why this rung, for the log line.
     isolation_reason: String,
+    /// Roots mounted over warmed, extracted layers ([`crate::lowers`]);
+    /// unmounted (field order) before the tmpfs below and the work dir go.
+    stacked: Mutex<Vec<crate::lowers::StackedRoot>>,
     /// Dropped after `isolation` (field order) and before `work`: a tmpfs
     /// over the build directory, when the work dir cannot host an overlay.
     _tmpfs: Option<isolation::probe::TmpfsMount>,
@@ -178,6 +181,7 @@ impl Builder {
             opts,
             isolation: selection.isolation,
             isolation_reason: selection.reason,
+            stacked: Mutex::new(Vec::new()),
             _tmpfs: selection.tmpfs,
             work,
             fetcher,
@@ -511,6 +515,56 @@ impl Builder {
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .map_err(StepError::io("setting the mode of", &root))?;
         Ok(root)
+    }
+
+    /// Mounts `root` (new and empty) over the warmed directory's extracted
+    /// copies of the bottom `layers`, where the isolation allows a stacked
+    /// root; returns how many layers are thereby in place (0: unpack all).
+    fn stack_warmed(&self, root: &Path, layers: &[crate::model::ImageLayer]) -> usize {
+        let Some(cache_dir) = &self.opts.cache_dir else {
+            return 0;
+        };
+        if !self.isolation.stacks_on_overlay() {
+            return 0;
+        }
+        let ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let lowers = crate::lowers::available(cache_dir, &ids);
+        if lowers.is_empty() {
+            return 0;
+        }
+        let name = root.file_name().unwrap_or_default().to_string_lossy();
+        let upper = self.work_path().join(format!("{name}.upper"));
+        let work = self.work_path().join(format!("{name}.work"));
+        let mounted = [&upper, &work]
+            .iter()
+            .try_for_each(std::fs::create_dir)
+            .map_err(|source| crate::lowers::LowerError::Io {
+                op: "creating",
+                path: upper.clone(),
+                source,
+            })
+            .and_then(|()| crate::lowers::mount_stacked(root, &upper, &work, &lowers));
+        match mounted {
+            Ok(guard) => {
+                tracing::info!(
+                    "root stacked on {} warmed layer(s) of {}: nothing of them unpacked",
+                    lowers.len(),
+                    layers.len()
+                );
+                self.stacked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(guard);
+                lowers.len()
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "unpacking the base instead: {}",
+                    kiln_common::report::Report(&e)
+                );
+                0
+            }
+        }
     }
 
     fn work_path(&self) -> &Path {

@@ -112,6 +112,13 @@ pub trait Isolation: Send + Sync {
     fn roots_dir(&self) -> Option<&Path> {
         None
     }
+    /// Whether `root` may itself be an overlay mount (warmed layers stacked
+    /// under the build's upper dir, [`crate::lowers`]): true where RUN runs
+    /// in an overlay of its own above the root, whose changes are then
+    /// copied into it rather than renamed.
+    fn stacks_on_overlay(&self) -> bool {
+        false
+    }
 }
 
 /// `--isolation`: which rung to use.

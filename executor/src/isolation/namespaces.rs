@@ -47,6 +47,10 @@ impl Isolation for Namespaces {
         "namespaces"
     }
 
+    fn stacks_on_overlay(&self) -> bool {
+        true
+    }
+
     fn run(
         &self,
         root: &Path,

@@ -38,6 +38,12 @@ pub struct Cli {
     /// Refetch everything.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Also keep every layer extracted under `extracted/sha256/<diff id>`,
+    /// verified against the image's config: builds with the namespaces
+    /// isolation stack their root on these instead of unpacking the base.
+    /// Needs root (owners, whiteouts as overlayfs keeps them).
+    #[arg(long)]
+    pub extract_layers: bool,
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
     #[arg(long, default_value_t = 8)]

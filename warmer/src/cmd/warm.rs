@@ -41,6 +41,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         images.extend(images_from_dockerfile(d, &build_args)?);
     }
     images.dedup();
+    if cli.extract_layers && !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!("--extract-layers needs root: layers keep their owners and device whiteouts");
+    }
     let platforms = if cli.platform.is_empty() {
         vec![Platform::host()]
     } else {
@@ -71,6 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         force: cli.force,
         jobs: cli.jobs,
         layer_jobs: cli.layer_jobs,
+        extract_layers: cli.extract_layers,
     };
     let reports = warm(registry.clone(), &opts).await?;
     if let Some(target) = &cli.cache_server {
@@ -130,10 +134,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             "removed"
         };
         eprintln!(
-            "  retention {verb} {} entries, {} blobs, {} bytes",
+            "  retention {verb} {} entries, {} blobs, {} bytes, {} extracted layers",
             ret.removed_entries.len(),
             ret.removed_blobs,
-            ret.removed_bytes
+            ret.removed_bytes,
+            ret.removed_extracted
         );
         for e in &ret.removed_entries {
             eprintln!("    {e}");

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Kiln against BuildKit (the Docker Engine's own builder, Debian's docker.io,
+# inline cache in the registry) on a fresh runner each time, with the byte
+# floor of the same machine measured in the same run (issue 16).
+#
+# Base: one layer of 20,000 files (~210 MB). Dockerfile: a small RUN, a COPY
+# of 300 files, a RUN writing 48 MB, a RUN reading the copied files. Every
+# build pushes its image to a loopback docker-registry. "Fresh runner" means:
+# Kiln with a new work dir, BuildKit with a pruned daemon (no images, no build
+# cache). Everything on tmpfs; tools alternated; medians.
+#
+#   bash benches/buildkit.sh [runs]      (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-3}"
+bash .ci/setup >/dev/null
+cargo build --release -q -p kiln-executor --bin executor -p kiln-warmer --bin warmer
+EXE="$PWD/target/release/executor"
+WARMER="$PWD/target/release/warmer"
+SHM=$(mktemp -d /dev/shm/kb.XXXXXX)
+DOCKER=(/usr/bin/docker -H "unix://$SHM/d.sock")
+cleanup() {
+  "${DOCKER[@]}" system prune -af >/dev/null 2>&1 || true
+  [ -f "$SHM/d.pid" ] && kill "$(cat "$SHM/d.pid")" 2>/dev/null && sleep 2
+  kill "${REG_PID:-}" 2>/dev/null || true
+  grep -o " $SHM[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$SHM"
+}
+trap cleanup EXIT
+. benches/lib.sh
+start_registry
+
+dockerd --data-root "$SHM/data" --exec-root "$SHM/exec" --pidfile "$SHM/d.pid" -H "unix://$SHM/d.sock" \
+  --bridge=none --iptables=false --ip-masq=false >"$SHM/dockerd.log" 2>&1 &
+for _ in $(seq 150); do "${DOCKER[@]}" version >/dev/null 2>&1 && break; sleep 0.2; done
+"${DOCKER[@]}" version >/dev/null || { cat "$SHM/dockerd.log"; exit 1; }
+
+echo "preparing the base (20,000 files, one layer) on $REG ..."
+B="$SHM/base"
+mkdir -p "$B/rootfs/bin" "$B/rootfs/etc" "$B/rootfs/tmp"
+cp /bin/busybox "$B/rootfs/bin/busybox"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$B/rootfs/bin/$a"; done
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$B/rootfs/etc/passwd"
+printf 'root:x:0:\n' > "$B/rootfs/etc/group"
+python3 - "$B/rootfs/usr/lib/data" <<'PY'
+import os, random, sys
+# Half text-like (compressible), half random: an ordinary distribution's mix.
+root, rnd = sys.argv[1], random.Random(16)
+words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9))) for _ in range(4000)]
+for i in range(20000):
+    d = os.path.join(root, f"d{i % 200}", f"e{i % 10}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i}"), "wb") as f:
+        if i % 2:
+            f.write(os.urandom(10500))
+        else:
+            f.write(b" ".join(rnd.choice(words) for _ in range(1800))[:10500])
+PY
+umoci init --layout "$B/layout" >/dev/null
+umoci new --image "$B/layout:b" >/dev/null
+umoci unpack --image "$B/layout:b" "$B/bundle" >/dev/null
+cp -a "$B/rootfs/." "$B/bundle/rootfs/"
+umoci repack --image "$B/layout:b" "$B/bundle" >/dev/null
+umoci config --image "$B/layout:b" --config.env PATH=/bin >/dev/null
+skopeo copy -q --dest-tls-verify=false "oci:$B/layout:b" "docker://$REG/base:latest"
+tar -C "$B/rootfs" -cf "$SHM/base.tar" .
+rm -rf "$B"
+
+CTX="$SHM/ctx"
+mkdir -p "$CTX/src"
+for i in $(seq 300); do head -c 2000 /dev/urandom | base64 > "$CTX/src/file$i.txt"; done
+cat > "$CTX/Dockerfile" <<EOF
+FROM $REG/base:latest
+RUN echo small > /small
+COPY src/ /app/src/
+RUN dd if=/dev/urandom of=/data.bin bs=1M count=48 2>/dev/null
+RUN cat /app/src/* | wc -c > /app/count
+EOF
+
+kiln() { # label cache-repo [extra flags] -> seconds; a fresh work dir (a new runner)
+  local w="$SHM/kiln-work" t0 t1 repo=$2
+  shift 2
+  rm -rf "$w"; mkdir -p "$w"
+  t0=$(now)
+  KILN_DIR="$w" "$EXE" --context "$CTX" --destination "$REG/kout:latest" --insecure --insecure-pull \
+    --cache --cache-repo "$REG/$repo" --kaniko-dir "$w" --report "$SHM/report.json" "$@" >"$SHM/kiln.log" 2>&1 \
+    || { cat "$SHM/kiln.log"; exit 1; }
+  t1=$(now); echo "$t1 - $t0" | bc
+}
+buildkit() { # image -> seconds; a pruned daemon (a new runner), inline cache from the registry
+  local img=$1 t0 t1 q
+  "${DOCKER[@]}" system prune -af >/dev/null; "${DOCKER[@]}" builder prune -af >/dev/null
+  q="version=2&networkmode=host&t=$img&cachefrom=%5B%22$img%22%5D&buildargs=%7B%22BUILDKIT_INLINE_CACHE%22%3A%221%22%7D"
+  t0=$(now)
+  tar -C "$CTX" -cf - . | curl -sS --unix-socket "$SHM/d.sock" -X POST -H "Content-Type: application/x-tar" \
+    --data-binary @- "http://localhost/v1.41/build?$q" > "$SHM/bk.log"
+  if grep -q '"error' "$SHM/bk.log"; then cat "$SHM/bk.log"; exit 1; fi
+  "${DOCKER[@]}" push -q "$img" >/dev/null
+  t1=$(now); echo "$t1 - $t0" | bc
+}
+step() { # report -> seconds of the named step prefix
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(s["seconds"] for s in r["steps"] if s["instruction"].startswith(sys.argv[2])))' "$SHM/report.json" "$1"
+}
+row() { # label kiln-file bk-file
+  local K B
+  K=$(median < "$2"); B=$(median < "$3")
+  printf '| %s | %.2f s | %.2f s | %.3f |\n' "$1" "$K" "$B" "$(echo "$K / $B" | bc -l)" | tee -a "$SHM/table"
+}
+: > "$SHM/table"
+
+echo "cold: empty cache, fresh runner ($RUNS runs each, alternating)"
+: > "$SHM/kc"; : > "$SHM/bc"; : > "$SHM/kc-from"; : > "$SHM/kc-run"
+for i in $(seq "$RUNS"); do
+  kiln cold "kcold-$i" >> "$SHM/kc"
+  step FROM >> "$SHM/kc-from"; step "RUN dd" >> "$SHM/kc-run"
+  buildkit "$REG/bkcold$i:latest" >> "$SHM/bc"
+done
+echo "  kiln: FROM $(median < "$SHM/kc-from") s, 48 MB RUN $(median < "$SHM/kc-run") s (medians, --report)"
+
+echo "fully cached, fresh runner"
+kiln warm kwarm >/dev/null
+buildkit "$REG/bkwarm:latest" >/dev/null
+: > "$SHM/kw"; : > "$SHM/bw"
+for _ in $(seq "$RUNS"); do
+  kiln warm kwarm >> "$SHM/kw"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["cache_misses"]==0, r' "$SHM/report.json"
+  buildkit "$REG/bkwarm:latest" >> "$SHM/bw"
+done
+
+echo "one copied file changed, fresh runner"
+: > "$SHM/k1"; : > "$SHM/b1"; : > "$SHM/k1w"
+rm -rf "$SHM/warm"
+"$WARMER" --cache-dir "$SHM/warm" --insecure-pull --image "$REG/base:latest" >/dev/null 2>&1
+cp "$CTX/src/file1.txt" "$SHM/file1.orig"
+for i in $(seq "$RUNS"); do
+  echo "change $i $RANDOM" > "$CTX/src/file1.txt"
+  kiln one kwarm >> "$SHM/k1"
+  echo "change $i $RANDOM warm" > "$CTX/src/file1.txt"
+  kiln one-warm kwarm --cache-dir "$SHM/warm" >> "$SHM/k1w"
+  echo "change $i $RANDOM bk" > "$CTX/src/file1.txt"
+  buildkit "$REG/bkwarm:latest" >> "$SHM/b1"
+done
+cp "$SHM/file1.orig" "$CTX/src/file1.txt"
+
+echo "floor: the same bytes through the minimal tools, same machine, same run"
+BLOB=$(find "$SHM/registry" -path '*/blobs/sha256/*/data' -size +100M | head -1)
+BIG=$(head -c 50331648 /dev/urandom | tee "$SHM/48m" | wc -c)
+floor() { # label command... -> seconds (median of 3)
+  local l=$1 f="$SHM/floor-$1"; shift
+  : > "$f"
+  for _ in 1 2 3; do rm -rf "$SHM/fx"; mkdir -p "$SHM/fx"; t0=$(now); "$@" >/dev/null; t1=$(now); echo "$t1 - $t0" | bc >> "$f"; done
+  median < "$f"
+}
+F_XFER=$(floor xfer curl -sS -o /dev/null "http://$REG/v2/base/blobs/sha256:$(basename "$(dirname "$BLOB")")")
+F_GUNZIP=$(floor gunzip sh -c "gzip -dc < '$BLOB'")
+F_SHA=$(floor sha sh -c "openssl dgst -sha256 '$BLOB'")
+F_TARX=$(floor tarx tar -C "$SHM/fx" -xf "$SHM/base.tar")
+if command -v pigz >/dev/null; then GZ=(pigz -6 -c); else GZ=(gzip -6 -c); fi
+F_GZ48=$(floor gz48 sh -c "${GZ[*]} < '$SHM/48m'")
+F_PUSH48=$(floor push48 curl -sS -o /dev/null -X POST --data-binary "@$SHM/48m" "http://$REG/v2/floor/blobs/uploads/")
+# Cold floor: fetch and unpack the base (transfer, gunzip, files written),
+# compress and send the 48 MB layer; hashing runs beside these.
+F_COLD=$(echo "$F_XFER + $F_GUNZIP + $F_TARX + $F_GZ48 + $F_PUSH48" | bc)
+# One file changed: only the layers from the change on are rebuilt, but the
+# RUN after it needs the base's files (unpacked) and the 48 MB layer again.
+F_ONE=$F_COLD
+# With a warmed, pre-extracted base nothing of the base is moved.
+F_ONEW=$(echo "$F_GZ48 + $F_PUSH48" | bc)
+printf '  transfer %s s, gunzip %s s, sha256 %s s, tar -x %s s (base: %s bytes); %s of 48 MB %s s; upload of 48 MB %s s\n' \
+  "$F_XFER" "$F_GUNZIP" "$F_SHA" "$F_TARX" "$(stat -c %s "$BLOB")" "${GZ[0]}" "$F_GZ48" "$F_PUSH48"
+
+echo
+echo "| scenario | Kiln | BuildKit | ratio | floor | Kiln ÷ floor |"
+echo "|---|---|---|---|---|---|"
+fl() { printf '%.2f s | %.1f' "$2" "$(echo "$(median < "$1") / $2" | bc -l)"; }
+K=$(median < "$SHM/kc"); B=$(median < "$SHM/bc")
+printf '| cold | %.2f s | %.2f s | %.3f | %s |\n' "$K" "$B" "$(echo "$K / $B" | bc -l)" "$(fl "$SHM/kc" "$F_COLD")"
+K=$(median < "$SHM/kw"); B=$(median < "$SHM/bw")
+printf '| fully cached | %.2f s | %.2f s | %.3f | — | — |\n' "$K" "$B" "$(echo "$K / $B" | bc -l)"
+K=$(median < "$SHM/k1"); B=$(median < "$SHM/b1")
+printf '| one file changed | %.2f s | %.2f s | %.3f | %s |\n' "$K" "$B" "$(echo "$K / $B" | bc -l)" "$(fl "$SHM/k1" "$F_ONE")"
+K=$(median < "$SHM/k1w")
+printf '| one file changed, warmed base | %.2f s | %.2f s | %.3f | %s |\n' "$K" "$B" "$(echo "$K / $B" | bc -l)" "$(fl "$SHM/k1w" "$F_ONEW")"
+echo
+echo "raw: kiln cold $(tr '\n' ' ' < "$SHM/kc")| bk cold $(tr '\n' ' ' < "$SHM/bc")| kiln cached $(tr '\n' ' ' < "$SHM/kw")| bk cached $(tr '\n' ' ' < "$SHM/bw")| kiln one $(tr '\n' ' ' < "$SHM/k1")| kiln one warmed $(tr '\n' ' ' < "$SHM/k1w")| bk one $(tr '\n' ' ' < "$SHM/b1")"

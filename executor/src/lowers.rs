@@ -1,0 +1,260 @@
+//! Warmed base layers kept extracted, used as overlay lower directories.
+//!
+//! Unpacking a base image is most of a cold build's cost, and all of it for a
+//! build that changes one file. The warmer (`--extract-layers`) can keep each
+//! base layer extracted in the shared cache directory under
+//! `extracted/sha256/<diff id>`: written into a temporary directory, its
+//! uncompressed stream hashed while extracted and compared with the image
+//! config's diff id, then renamed into place — so a directory under a diff id
+//! is complete and verified, or absent. Whiteouts are kept in overlayfs's own
+//! format, so the directories stack as they are.
+//!
+//! A build whose isolation runs RUN in an overlay above the root
+//! ([`crate::isolation::Isolation::stacks_on_overlay`]) then mounts its root
+//! as an overlay of those directories (read-only lowers: nothing the build
+//! does reaches them) under an upper directory of its own, and unpacks only
+//! the layers that are not there. Where anything of that cannot be done, the
+//! build unpacks as before.
+
+use crate::extract::{self, ExtractError};
+use kiln_common::digest::HashingReader;
+use kiln_common::Digest;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LowerError {
+    #[error("extracting layer {diff_id} from {}", blob.display())]
+    Extract {
+        diff_id: Digest,
+        blob: PathBuf,
+        #[source]
+        source: ExtractError,
+    },
+    #[error("layer {} unpacks to {actual}, but its image's config says {expected}", blob.display())]
+    Mismatch {
+        blob: PathBuf,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mounting the warmed layers as the root {}", root.display())]
+    Mount {
+        root: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LowerError + 'a {
+    move |source| LowerError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a cache directory keeps extracted layers.
+pub fn extracted_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("extracted").join("sha256")
+}
+
+/// The directory of the layer whose uncompressed digest is `diff_id`.
+pub fn layer_dir(cache_dir: &Path, diff_id: &Digest) -> PathBuf {
+    extracted_dir(cache_dir).join(diff_id.hex())
+}
+
+/// Extracts the layer blob at `blob` as `diff_id` into `cache_dir`, unless
+/// it is there. Returns whether it extracted. Needs root (owners, device
+/// whiteouts, `trusted.` xattrs).
+pub fn extract_layer(cache_dir: &Path, blob: &Path, diff_id: &Digest) -> Result<bool, LowerError> {
+    let dest = layer_dir(cache_dir, diff_id);
+    if dest.is_dir() {
+        return Ok(false);
+    }
+    let parent = extracted_dir(cache_dir);
+    std::fs::create_dir_all(&parent).map_err(io_err("creating", &parent))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempdir_in(&parent)
+        .map_err(io_err("creating a directory in", &parent))?;
+    let f = std::fs::File::open(blob).map_err(io_err("opening", blob))?;
+    let mut hashed =
+        HashingReader::new(crate::compression::decompress(f).map_err(io_err("reading", blob))?);
+    extract::extract_overlay_layer(tmp.path(), &mut hashed).map_err(|source| {
+        LowerError::Extract {
+            diff_id: diff_id.clone(),
+            blob: blob.to_path_buf(),
+            source,
+        }
+    })?;
+    // The tar's end may leave padding unread; the diff id covers it all.
+    io::copy(&mut hashed, &mut io::sink()).map_err(io_err("reading", blob))?;
+    let (actual, _) = hashed.finish();
+    if &actual != diff_id {
+        return Err(LowerError::Mismatch {
+            blob: blob.to_path_buf(),
+            expected: diff_id.clone(),
+            actual,
+        });
+    }
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(io_err("setting the mode of", tmp.path()))?;
+    let tmp = tmp.keep();
+    match std::fs::rename(&tmp, &dest) {
+        Ok(()) => Ok(true),
+        // Another warmer finished the same layer first: keep theirs.
+        Err(_) if dest.is_dir() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(io_err("renaming into", &dest)(e))
+        }
+    }
+}
+
+/// Removes extracted layers whose diff id `keep` does not accept, and
+/// interrupted extractions (`.tmp-*`) older than `grace`. Returns the names
+/// removed (or, with `dry_run`, that would be).
+pub fn retain(
+    cache_dir: &Path,
+    keep: impl Fn(&str) -> bool,
+    grace: std::time::Duration,
+    dry_run: bool,
+) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(extracted_dir(cache_dir)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let young = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|a| a < grace);
+        if young || (!name.starts_with(".tmp-") && keep(&name)) {
+            continue;
+        }
+        if dry_run || std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+/// The extracted directories for the bottom layers of an image, bottom
+/// first, as far as they go without a gap. Directories on overlayfs are not
+/// offered: a root stacked on them could not carry RUN's own overlay (the
+/// kernel allows two levels).
+pub fn available(cache_dir: &Path, diff_ids: &[Digest]) -> Vec<PathBuf> {
+    let on_overlay = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+            .unwrap_or(true)
+    };
+    let mut out = Vec::new();
+    for id in diff_ids {
+        let d = layer_dir(cache_dir, id);
+        if !d.is_dir() || on_overlay(&d) {
+            break;
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// A root mounted as an overlay of warmed layers; unmounted when dropped.
+#[derive(Debug)]
+pub struct StackedRoot {
+    root: PathBuf,
+}
+
+impl Drop for StackedRoot {
+    fn drop(&mut self) {
+        if let Err(e) = umount2(&self.root, MntFlags::MNT_DETACH) {
+            tracing::warn!("unmounting the root {}: {e}", self.root.display());
+        }
+    }
+}
+
+/// Mounts `root` as an overlay: `lowers` (bottom first) read-only below,
+/// `upper` and `work` (empty, on one filesystem) the build's own.
+pub fn mount_stacked(
+    root: &Path,
+    upper: &Path,
+    work: &Path,
+    lowers: &[PathBuf],
+) -> Result<StackedRoot, LowerError> {
+    let bad = |p: &Path| {
+        p.as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .any(|b| matches!(b, b':' | b',' | b'\\'))
+    };
+    let err = |source| LowerError::Mount {
+        root: root.to_path_buf(),
+        source,
+    };
+    // The option string separates layers with ':' and options with ','.
+    if lowers.is_empty() || lowers.iter().any(|p| bad(p)) || bad(upper) || bad(work) {
+        return Err(err(nix::Error::EINVAL));
+    }
+    let lowerdir: Vec<String> = lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(err)?;
+    Ok(StackedRoot {
+        root: root.to_path_buf(),
+    })
+}
+
+/// Makes this process's mounts its own (a new mount namespace whose mounts do
+/// not propagate back), so that a mount it makes cannot outlive it even when
+/// it is killed. Best effort, and only while the process has one thread:
+/// a mount namespace is per thread until then.
+pub fn private_mount_namespace() -> Result<(), nix::Error> {
+    let original = std::fs::File::open("/proc/self/ns/mnt").map_err(|_| nix::Error::ENOENT)?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    let slave = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    );
+    if let Err(e) = slave {
+        // Mounts that would propagate back are worse than none of our own.
+        nix::sched::setns(&original, nix::sched::CloneFlags::CLONE_NEWNS)?;
+        return Err(e);
+    }
+    Ok(())
+}
