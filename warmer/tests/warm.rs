@@ -52,14 +52,7 @@ fn push_with_noise(dest: &str, seed: u64, len: usize) {
 
 /// The digest of an image's first layer, as skopeo reads it.
 fn first_layer(reference: &str) -> String {
-    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{reference}"))))
-    .unwrap();
-    manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    first_layer_of(reference, 0)
 }
 
 /// The GET requests for `blob` a proxy forwarded, their heads lower-cased.
@@ -469,4 +462,150 @@ fn succeeds(c: &mut std::process::Command) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The diff ids (hex) of `reference`'s layers, from its config.
+fn diff_ids(reference: &str) -> Vec<String> {
+    let config: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+        .args(["inspect", "--config", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))))
+    .unwrap();
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d.as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_string()
+        })
+        .collect()
+}
+
+fn extracted(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(kiln_executor::lowers::extracted_dir(dir))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `--extract-layers`: a layer shared by several images is extracted once,
+/// a layer whose content does not match its diff id never appears (nor a
+/// partial directory), and retention removes a layer's directory with the
+/// last image that uses it.
+#[test]
+fn extracted_layers_are_verified_shared_and_retained_with_their_images() {
+    let reg = Registry::start();
+    let imgs = images(&reg);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("cache");
+    let report = cache.path().join("report.json");
+    let mut c = warmer();
+    c.arg("--cache-dir")
+        .arg(&dir)
+        .args(["--insecure-pull", "--extract-layers", "--report"])
+        .arg(&report);
+    for i in &imgs {
+        c.args(["--image", i]);
+    }
+    succeeds(&mut c);
+    let ids: Vec<Vec<String>> = imgs.iter().map(|i| diff_ids(i)).collect();
+    let mut all: Vec<String> = ids.iter().flatten().cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(extracted(&dir), all, "one directory per distinct layer");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let n: u64 = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["layers_extracted"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(n as usize, all.len(), "the shared base extracted once: {r}");
+    let one_file = kiln_executor::lowers::layer_dir(
+        &dir,
+        &format!("sha256:{}", ids[1].last().unwrap())
+            .parse()
+            .unwrap(),
+    )
+    .join("one");
+    assert_eq!(std::fs::read_to_string(&one_file).unwrap(), "one");
+
+    // "one" was used by a build just now; the others were never used.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let d = kiln_common::layout::CacheDir::open(&dir).unwrap();
+    d.lock()
+        .unwrap()
+        .touch(&imgs[1], &kiln_common::image::Platform::host())
+        .unwrap();
+    let done = kiln_warmer::retain(
+        &dir,
+        Some(std::time::Duration::from_millis(500)),
+        None,
+        std::time::Duration::ZERO,
+        false,
+    )
+    .unwrap();
+    assert_eq!(done.removed_extracted, 1, "only two's own layer: {done:?}");
+    let mut kept = ids[1].clone();
+    kept.sort();
+    assert_eq!(extracted(&dir), kept);
+
+    // "one"'s own layer blob replaced by a valid tar of other content.
+    let own = first_layer_of(&imgs[1], 1);
+    let blob = dir
+        .join("blobs/sha256")
+        .join(own.trim_start_matches("sha256:"));
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::write(
+        &blob,
+        raw_tar(&[RawEntry {
+            name: "evil",
+            kind: b'0',
+            link: "",
+            data: b"not the layer",
+        }]),
+    )
+    .unwrap();
+    let layer_dir = one_file.parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&layer_dir).unwrap();
+    let out = warmer()
+        .arg("--cache-dir")
+        .arg(&dir)
+        .args(["--insecure-pull", "--extract-layers", "--image", &imgs[1]])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("unpacks to") && log.contains(ids[1].last().unwrap()),
+        "the error names the mismatch:\n{log}"
+    );
+    assert!(
+        !layer_dir.exists(),
+        "a layer that failed its diff id appeared"
+    );
+    assert_eq!(
+        extracted(&dir),
+        vec![ids[1][0].clone()],
+        "no partial directory"
+    );
+}
+
+/// The digest of an image's layer `i`, as skopeo reads it.
+fn first_layer_of(reference: &str, i: usize) -> String {
+    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))))
+    .unwrap();
+    manifest["layers"][i]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
