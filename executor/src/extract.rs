@@ -7,8 +7,10 @@
 
 use crate::compression::decompress;
 use crate::rootfs::{self, RootError};
+use kiln_common::Digest;
 use nix::sys::stat::{mknod, Mode, SFlag};
 use nix::unistd::{mkfifo, Gid, Uid};
+use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -73,29 +75,142 @@ enum Whiteouts {
 }
 
 /// Applies the layer read from `r` to `root`.
-pub fn apply_layer<R: Read>(root: &Path, r: R) -> Result<ExtractStats, ExtractError> {
-    apply(root, r, Whiteouts::Apply)
+pub fn apply_layer<R: Read + Send>(root: &Path, r: R) -> Result<ExtractStats, ExtractError> {
+    apply_read_ahead(root, r, Whiteouts::Apply, false).map(|(stats, _)| stats)
 }
 
 /// Unpacks a plain archive (ADD, `tar://` contexts): `.wh.` names are files.
 pub fn apply_archive<R: Read>(root: &Path, r: R) -> Result<ExtractStats, ExtractError> {
-    apply(root, r, Whiteouts::Literal)
+    apply(
+        root,
+        decompress(r).map_err(ExtractError::Read)?,
+        Whiteouts::Literal,
+    )
 }
 
 /// Extracts one layer on its own into the empty directory `dir`, whiteouts
 /// kept as overlayfs reads them (needs root: device nodes, `trusted.` xattrs).
-pub fn extract_overlay_layer<R: Read>(dir: &Path, r: R) -> Result<ExtractStats, ExtractError> {
-    apply(dir, r, Whiteouts::Overlay)
+/// Returns the digest of the uncompressed stream (the layer's diff id).
+pub fn extract_overlay_layer<R: Read + Send>(
+    dir: &Path,
+    r: R,
+) -> Result<(ExtractStats, Digest), ExtractError> {
+    let (stats, digest) = apply_read_ahead(dir, r, Whiteouts::Overlay, true)?;
+    let digest = digest.ok_or_else(|| {
+        ExtractError::Read(io::Error::other("the stream ended before it was hashed"))
+    })?;
+    Ok((stats, digest))
 }
 
+/// Bytes inflated per message between the two threads of an extraction.
+const CHUNK: usize = 256 << 10;
+
+/// [`apply`] with the stream decompressed (and, with `hash`, its
+/// uncompressed bytes hashed) on a thread of its own: inflating and writing
+/// files then use two cores instead of taking turns on one.
+fn apply_read_ahead<R: Read + Send>(
+    root: &Path,
+    r: R,
+    whiteouts: Whiteouts,
+    hash: bool,
+) -> Result<(ExtractStats, Option<Digest>), ExtractError> {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+        let producer = s.spawn(move || -> Option<Digest> {
+            let mut hasher = hash.then(Sha256::new);
+            let mut d = match decompress(r) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return None;
+                }
+            };
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = match read_full(&mut d, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return None;
+                    }
+                };
+                if n == 0 {
+                    return hasher.map(|h| Digest::from_sha256(h.finalize().into()));
+                }
+                buf.truncate(n);
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&buf);
+                }
+                if tx.send(Ok(buf)).is_err() {
+                    return None;
+                }
+            }
+        });
+        let mut chunks = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        let stats = apply(root, &mut chunks, whiteouts)?;
+        // Past the tar's end marker: the padding belongs to the diff id too.
+        io::copy(&mut chunks, &mut io::sink()).map_err(ExtractError::Read)?;
+        drop(chunks);
+        let digest = producer.join().map_err(|_| {
+            ExtractError::Read(io::Error::other("the decompressing thread panicked"))
+        })?;
+        Ok((stats, digest))
+    })
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The consuming end of [`apply_read_ahead`]'s channel.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Applies a decompressed tar stream.
 fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStats, ExtractError> {
     let is_root = Uid::effective().is_root();
-    let mut counter = CountingReader {
-        inner: decompress(r).map_err(ExtractError::Read)?,
-        n: 0,
-    };
+    let mut counter = CountingReader { inner: r, n: 0 };
     let mut stats = ExtractStats::default();
     let mut created: HashSet<PathBuf> = HashSet::new();
+    // Parent directories already resolved (and present), by layer path: each
+    // costs an lstat per component otherwise. Anything that removes an entry
+    // or adds a symlink may change a resolution, and empties it.
+    let mut parents: std::collections::HashMap<PathBuf, PathBuf> = Default::default();
     // Directory times are set last: writing children would change them.
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
     {
@@ -118,8 +233,12 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                 continue; // the root itself ("./")
             };
             let parent_rel: PathBuf = comps[..comps.len() - 1].iter().collect();
-            let parent =
-                rootfs::resolve(root, &parent_rel.to_string_lossy(), true).map_err(path_err)?;
+            let parent = match parents.get(&parent_rel) {
+                Some(p) => p.clone(),
+                None => {
+                    rootfs::resolve(root, &parent_rel.to_string_lossy(), true).map_err(path_err)?
+                }
+            };
 
             if let Some(hidden) = base
                 .strip_prefix(WHITEOUT_PREFIX.as_bytes())
@@ -133,9 +252,13 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                     let victim = parent.join(std::ffi::OsStr::from_bytes(hidden));
                     remove_any(&victim).map_err(io_err)?;
                 }
+                parents.clear();
                 continue;
             }
-            std::fs::create_dir_all(&parent).map_err(io_err)?;
+            if !parents.contains_key(&parent_rel) {
+                std::fs::create_dir_all(&parent).map_err(io_err)?;
+                parents.insert(parent_rel, parent.clone());
+            }
             let target = parent.join(std::ffi::OsStr::from_bytes(&base));
             let header = entry.header().clone();
             let kind = header.entry_type();
@@ -144,6 +267,7 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
             if let Some(m) = &existing {
                 if !(m.is_dir() && kind.is_dir()) {
                     remove_any(&target).map_err(io_err)?;
+                    parents.clear();
                 }
             }
             let mode = header.mode().map_err(io_err)? & 0o7777;
@@ -174,6 +298,7 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                         .into_owned();
                     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target)
                         .map_err(io_err)?;
+                    parents.clear();
                 }
                 tar::EntryType::Link => {
                     let link = entry

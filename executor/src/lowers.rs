@@ -17,7 +17,6 @@
 //! build unpacks as before.
 
 use crate::extract::{self, ExtractError};
-use kiln_common::digest::HashingReader;
 use kiln_common::Digest;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::io;
@@ -86,18 +85,12 @@ pub fn extract_layer(cache_dir: &Path, blob: &Path, diff_id: &Digest) -> Result<
         .tempdir_in(&parent)
         .map_err(io_err("creating a directory in", &parent))?;
     let f = std::fs::File::open(blob).map_err(io_err("opening", blob))?;
-    let mut hashed =
-        HashingReader::new(crate::compression::decompress(f).map_err(io_err("reading", blob))?);
-    extract::extract_overlay_layer(tmp.path(), &mut hashed).map_err(|source| {
-        LowerError::Extract {
+    let (_, actual) =
+        extract::extract_overlay_layer(tmp.path(), f).map_err(|source| LowerError::Extract {
             diff_id: diff_id.clone(),
             blob: blob.to_path_buf(),
             source,
-        }
-    })?;
-    // The tar's end may leave padding unread; the diff id covers it all.
-    io::copy(&mut hashed, &mut io::sink()).map_err(io_err("reading", blob))?;
-    let (actual, _) = hashed.finish();
+        })?;
     if &actual != diff_id {
         return Err(LowerError::Mismatch {
             blob: blob.to_path_buf(),

@@ -10,6 +10,7 @@ use kiln_common::digest::HashingWriter;
 use kiln_common::image::{self, Descriptor, Index, Manifest};
 use kiln_common::registry::{parse_reference, RegistryError};
 use kiln_common::Digest;
+use oci_client::Reference;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -122,11 +123,20 @@ pub async fn deliver(
     fetcher: &LayerFetcher,
     img: &BuiltImage,
     w: &WrittenImage,
+    cache_repo: Option<&Reference>,
 ) -> Result<Vec<String>, OutputError> {
     let mut pushed = Vec::new();
     if !opts.no_push {
         for dest in &opts.destinations {
-            push(fetcher, img, w, dest, opts.ignore_immutable_tags).await?;
+            push(
+                fetcher,
+                img,
+                w,
+                dest,
+                cache_repo,
+                opts.ignore_immutable_tags,
+            )
+            .await?;
             let name = dest
                 .rsplit_once(':')
                 .filter(|(_, t)| !t.contains('/'))
@@ -184,6 +194,7 @@ async fn push(
     img: &BuiltImage,
     w: &WrittenImage,
     dest: &str,
+    cache_repo: Option<&Reference>,
     ignore_immutable_tags: bool,
 ) -> Result<(), OutputError> {
     let perr = |source| OutputError::Push {
@@ -193,9 +204,15 @@ async fn push(
     let (registry, store) = (fetcher.registry(), fetcher.store());
     let r = parse_reference(dest).map_err(perr)?;
     // Layers concurrently: skip what the registry has, mount what a base
-    // repository on the same registry has, stream the rest from disk.
+    // repository or the cache repository (whose writes are finished by
+    // now) on the same registry has, stream the rest from disk.
     let uploads = img.layers.iter().map(|l| {
         let r = r.clone();
+        let from = match &l.source {
+            LayerSource::Remote(from) => Some(from),
+            _ => cache_repo,
+        }
+        .filter(|f| f.resolve_registry() == r.resolve_registry());
         async move {
             if registry
                 .blob_exists(&r, &l.descriptor.digest)
@@ -205,7 +222,7 @@ async fn push(
                 tracing::debug!("{dest}: layer {} already present", l.descriptor.digest);
                 return Ok(());
             }
-            if let LayerSource::Remote(from) = &l.source {
+            if let Some(from) = from {
                 if registry
                     .mount_blob(&r, from, &l.descriptor.digest)
                     .await

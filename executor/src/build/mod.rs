@@ -245,8 +245,18 @@ impl Builder {
         }
         let out = &self.opts.output;
         let written = output::write_image(self.fetcher.store(), &image, out)?;
-        let pushed = output::deliver(out, &self.fetcher, &image, &written).await?;
+        // The cache's layer uploads first: the push then mounts those layers
+        // from the cache repository instead of sending them a second time.
         self.finish_cache_writes().await;
+        let cache_repo = self.cache.as_ref().and_then(|c| c.registry_repo());
+        let pushed = output::deliver(
+            out,
+            &self.fetcher,
+            &image,
+            &written,
+            cache_repo.as_ref().map(|(_, r)| r),
+        )
+        .await?;
         let mounts = self.save_cache_mounts().await;
         self.save_record().await;
         let c = &self.counters;
