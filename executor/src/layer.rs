@@ -46,7 +46,7 @@ pub fn write_layer(
     store: &BlobStore,
     opts: &LayerOptions,
 ) -> Result<Layer, LayerError> {
-    let blob = store.writer()?;
+    let blob = crate::pipe::ThreadedWriter::new(store.writer()?);
     let enc = opts
         .compression
         .encoder(blob, opts.level)
@@ -81,7 +81,7 @@ pub fn write_layer(
     let tar_hash = tb.into_inner().map_err(LayerError::Write)?;
     let (enc, diff_id, uncompressed_size) = tar_hash.finish();
     let blob = enc.finish_box().map_err(LayerError::Write)?;
-    let (digest, size) = blob.commit()?;
+    let (digest, size) = blob.finish().map_err(LayerError::Write)?.commit()?;
     Ok(Layer {
         descriptor: Descriptor::new(
             opts.compression

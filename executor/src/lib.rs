@@ -29,6 +29,7 @@ pub(crate) mod model;
 pub mod options;
 pub(crate) mod output;
 mod pgzip;
+mod pipe;
 pub(crate) mod progress;
 pub(crate) mod rootfs;
 pub mod snapshot;

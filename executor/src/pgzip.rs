@@ -38,11 +38,11 @@ pub struct ParallelGzip<W: Write> {
     tail: Vec<u8>,
     next_index: u64,
     next_to_write: u64,
-    done: BTreeMap<u64, io::Result<Vec<u8>>>,
+    done: BTreeMap<u64, io::Result<(Vec<u8>, Crc)>>,
     in_flight: usize,
     max_in_flight: usize,
     jobs: Option<mpsc::Sender<Job>>,
-    results: mpsc::Receiver<(u64, io::Result<Vec<u8>>)>,
+    results: mpsc::Receiver<(u64, io::Result<(Vec<u8>, Crc)>)>,
     workers: Vec<JoinHandle<()>>,
     header_written: bool,
 }
@@ -65,7 +65,12 @@ impl<W: Write> ParallelGzip<W> {
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    let out = deflate_block(&job, level);
+                    // Each block's CRC on its worker; they combine in order.
+                    let out = deflate_block(&job, level).map(|d| {
+                        let mut crc = Crc::new();
+                        crc.update(&job.data);
+                        (d, crc)
+                    });
                     if tx.send((job.index, out)).is_err() {
                         return;
                     }
@@ -81,7 +86,7 @@ impl<W: Write> ParallelGzip<W> {
             next_to_write: 0,
             done: BTreeMap::new(),
             in_flight: 0,
-            max_in_flight: threads * 2,
+            max_in_flight: threads * 8,
             jobs: Some(job_tx),
             results: res_rx,
             workers,
@@ -142,7 +147,8 @@ impl<W: Write> ParallelGzip<W> {
         self.done.insert(i, out);
         self.header()?;
         while let Some(out) = self.done.remove(&self.next_to_write) {
-            let bytes = out?;
+            let (bytes, crc) = out?;
+            self.crc.combine(&crc);
             self.inner()?.write_all(&bytes)?;
             self.next_to_write += 1;
         }
@@ -167,7 +173,6 @@ impl<W: Write> ParallelGzip<W> {
 
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.crc.update(buf);
         let mut rest = buf;
         while !rest.is_empty() {
             let room = BLOCK - self.block.len();
