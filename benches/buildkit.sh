@@ -166,7 +166,14 @@ F_SHA=$(floor sha sh -c "openssl dgst -sha256 '$BLOB'")
 F_TARX=$(floor tarx tar -C "$SHM/fx" -xf "$SHM/base.tar")
 if command -v pigz >/dev/null; then GZ=(pigz -6 -c); else GZ=(gzip -6 -c); fi
 F_GZ48=$(floor gz48 sh -c "${GZ[*]} < '$SHM/48m'")
-F_PUSH48=$(floor push48 curl -sS -o /dev/null -X POST --data-binary "@$SHM/48m" "http://$REG/v2/floor/blobs/uploads/")
+upload48() { # a monolithic upload as the distribution spec has it: POST, then PUT with the digest
+  local loc
+  loc=$(curl -sS -D - -o /dev/null -X POST "http://$REG/v2/floor/blobs/uploads/" | grep -i '^location:' | cut -d' ' -f2 | tr -d '\r')
+  case "$loc" in http*) ;; *) loc="http://$REG$loc" ;; esac
+  curl -sS -o /dev/null -X PUT -H "Content-Type: application/octet-stream" --data-binary "@$SHM/48m" "$loc&digest=sha256:$D48"
+}
+D48=$(sha256sum "$SHM/48m" | cut -d' ' -f1)
+F_PUSH48=$(floor push48 upload48)
 # Cold floor: fetch and unpack the base (transfer, gunzip, files written),
 # compress and send the 48 MB layer; hashing runs beside these.
 F_COLD=$(echo "$F_XFER + $F_GUNZIP + $F_TARX + $F_GZ48 + $F_PUSH48" | bc)

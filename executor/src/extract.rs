@@ -255,9 +255,9 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                 parents.clear();
                 continue;
             }
-            if !parents.contains_key(&parent_rel) {
+            if let std::collections::hash_map::Entry::Vacant(e) = parents.entry(parent_rel) {
                 std::fs::create_dir_all(&parent).map_err(io_err)?;
-                parents.insert(parent_rel, parent.clone());
+                e.insert(parent.clone());
             }
             let target = parent.join(std::ffi::OsStr::from_bytes(&base));
             let header = entry.header().clone();

@@ -29,7 +29,7 @@ pub enum LowerError {
         diff_id: Digest,
         blob: PathBuf,
         #[source]
-        source: ExtractError,
+        source: Box<ExtractError>,
     },
     #[error("layer {} unpacks to {actual}, but its image's config says {expected}", blob.display())]
     Mismatch {
@@ -89,7 +89,7 @@ pub fn extract_layer(cache_dir: &Path, blob: &Path, diff_id: &Digest) -> Result<
         extract::extract_overlay_layer(tmp.path(), f).map_err(|source| LowerError::Extract {
             diff_id: diff_id.clone(),
             blob: blob.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
     if &actual != diff_id {
         return Err(LowerError::Mismatch {

@@ -22,6 +22,9 @@ const DICT: usize = 32 << 10;
 /// How much of a block the incompressibility trial looks at.
 const TRIAL: usize = 8 << 10;
 
+/// A deflated block and the CRC of its input, or why it failed.
+type Deflated = io::Result<(Vec<u8>, Crc)>;
+
 struct Job {
     index: u64,
     dict: Vec<u8>,
@@ -38,11 +41,11 @@ pub struct ParallelGzip<W: Write> {
     tail: Vec<u8>,
     next_index: u64,
     next_to_write: u64,
-    done: BTreeMap<u64, io::Result<(Vec<u8>, Crc)>>,
+    done: BTreeMap<u64, Deflated>,
     in_flight: usize,
     max_in_flight: usize,
     jobs: Option<mpsc::Sender<Job>>,
-    results: mpsc::Receiver<(u64, io::Result<(Vec<u8>, Crc)>)>,
+    results: mpsc::Receiver<(u64, Deflated)>,
     workers: Vec<JoinHandle<()>>,
     header_written: bool,
 }
