@@ -36,35 +36,7 @@ for _ in $(seq 150); do "${DOCKER[@]}" version >/dev/null 2>&1 && break; sleep 0
 "${DOCKER[@]}" version >/dev/null || { cat "$SHM/dockerd.log"; exit 1; }
 
 echo "preparing the base (20,000 files, one layer) on $REG ..."
-B="$SHM/base"
-mkdir -p "$B/rootfs/bin" "$B/rootfs/etc" "$B/rootfs/tmp"
-cp /bin/busybox "$B/rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$B/rootfs/bin/$a"; done
-printf 'root:x:0:0:root:/root:/bin/sh\n' > "$B/rootfs/etc/passwd"
-printf 'root:x:0:\n' > "$B/rootfs/etc/group"
-python3 - "$B/rootfs/usr/lib/data" <<'PY'
-import os, random, sys
-# Half text-like (compressible), half random: an ordinary distribution's mix.
-root, rnd = sys.argv[1], random.Random(16)
-words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9))) for _ in range(4000)]
-for i in range(20000):
-    d = os.path.join(root, f"d{i % 200}", f"e{i % 10}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i}"), "wb") as f:
-        if i % 2:
-            f.write(os.urandom(10500))
-        else:
-            f.write(b" ".join(rnd.choice(words) for _ in range(1800))[:10500])
-PY
-umoci init --layout "$B/layout" >/dev/null
-umoci new --image "$B/layout:b" >/dev/null
-umoci unpack --image "$B/layout:b" "$B/bundle" >/dev/null
-cp -a "$B/rootfs/." "$B/bundle/rootfs/"
-umoci repack --image "$B/layout:b" "$B/bundle" >/dev/null
-umoci config --image "$B/layout:b" --config.env PATH=/bin >/dev/null
-skopeo copy -q --dest-tls-verify=false "oci:$B/layout:b" "docker://$REG/base:latest"
-tar -C "$B/rootfs" -cf "$SHM/base.tar" .
-rm -rf "$B"
+KEEP_TAR="$SHM/base.tar" make_base base 20000 mixed
 
 CTX="$SHM/ctx"
 mkdir -p "$CTX/src"

@@ -18,22 +18,32 @@ EOF
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-# Base images: busybox-static plus N small files, pushed with umoci + skopeo.
-make_base() { # name files
-  local name=$1 files=$2 dir="$SHM/base-$1"
+# Base images: busybox-static plus N small files ("text", the default) or N
+# files of 10.5 KB, half text and half random ("mixed": an ordinary
+# distribution's compressibility), pushed with umoci + skopeo. With
+# KEEP_TAR=path the root is also left there as an uncompressed tar.
+make_base() { # name files [text|mixed]
+  local name=$1 files=$2 kind=${3:-text} dir="$SHM/base-$1"
   mkdir -p "$dir/rootfs/bin" "$dir/rootfs/etc" "$dir/rootfs/tmp"
   cp /bin/busybox "$dir/rootfs/bin/busybox"
   for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$dir/rootfs/bin/$a"; done
   printf 'root:x:0:0:root:/root:/bin/sh\n' > "$dir/rootfs/etc/passwd"
   printf 'root:x:0:\n' > "$dir/rootfs/etc/group"
-  python3 - "$dir/rootfs/usr/share/data" "$files" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
+  python3 - "$dir/rootfs/usr/share/data" "$files" "$kind" <<'PY'
+import os, random, sys
+root, n, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rnd = random.Random(16)
+words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9))) for _ in range(4000)]
 for i in range(n):
     d = os.path.join(root, f"d{i % 200}", f"e{i % 10}")
     os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i}"), "w") as f:
-        f.write(f"file {i}\n")
+    with open(os.path.join(d, f"f{i}"), "wb") as f:
+        if kind == "text":
+            f.write(f"file {i}\n".encode())
+        elif i % 2:
+            f.write(os.urandom(10500))
+        else:
+            f.write(b" ".join(rnd.choice(words) for _ in range(1800))[:10500])
 PY
   umoci init --layout "$dir/layout" >/dev/null
   umoci new --image "$dir/layout:b" >/dev/null
@@ -42,5 +52,6 @@ PY
   umoci repack --image "$dir/layout:b" "$dir/bundle" >/dev/null
   umoci config --image "$dir/layout:b" --config.env PATH=/bin >/dev/null
   skopeo copy -q --dest-tls-verify=false "oci:$dir/layout:b" "docker://$REG/$name:latest"
+  if [ -n "${KEEP_TAR:-}" ]; then tar -C "$dir/rootfs" -cf "$KEEP_TAR" .; fi
   rm -rf "$dir"
 }

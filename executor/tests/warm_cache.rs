@@ -204,18 +204,7 @@ async fn a_root_stacked_on_extracted_warmed_layers_builds_the_same_image_and_cha
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    let config = unpack(&format!("docker://{base3}")).config;
-    let mut ids: Vec<String> = config["rootfs"]["diff_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            d.as_str()
-                .unwrap()
-                .trim_start_matches("sha256:")
-                .to_string()
-        })
-        .collect();
+    let mut ids = diff_ids(&format!("docker://{base3}"));
     let top = extracted.join(&ids[2]);
     ids.sort();
     let mut dirs_sorted = dirs.clone();

@@ -602,6 +602,26 @@ pub fn push_raw_layers(dest: &str, layers: &[Vec<u8>]) {
         .arg(format!("docker://{dest}")));
 }
 
+/// The diff ids (hex, without `sha256:`) of an image's layers, from its
+/// config as skopeo reads it (`docker://…`, `oci:…`).
+pub fn diff_ids(image: &str) -> Vec<String> {
+    let config: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+        .args(["inspect", "--config", "--tls-verify=false"])
+        .arg(image)))
+    .unwrap();
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d.as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_string()
+        })
+        .collect()
+}
+
 /// Waits until something listens on loopback `port`; panics naming `what`
 /// after `limit`.
 pub fn wait_for_port(port: u16, what: &str, limit: Duration) {

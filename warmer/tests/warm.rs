@@ -199,6 +199,28 @@ fn concurrent_and_interrupted_warmers_leave_a_valid_directory() {
     );
 }
 
+/// `image` is used by a build a second after the warmer ran; the others
+/// stay unused.
+fn used_by_a_build_a_second_later(dir: &Path, image: &str) {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let d = kiln_common::layout::CacheDir::open(dir).unwrap();
+    d.lock()
+        .unwrap()
+        .touch(image, &kiln_common::image::Platform::host())
+        .unwrap();
+}
+
+fn retain_unused_for_half_a_second(dir: &Path, dry_run: bool) -> kiln_warmer::Retention {
+    kiln_warmer::retain(
+        dir,
+        Some(std::time::Duration::from_millis(500)),
+        None,
+        std::time::Duration::ZERO,
+        dry_run,
+    )
+    .unwrap()
+}
+
 #[test]
 fn retention_removes_exactly_the_unused() {
     let reg = Registry::start();
@@ -212,33 +234,16 @@ fn retention_removes_exactly_the_unused() {
     }
     assert!(c.output().unwrap().status.success());
     let d = kiln_common::layout::CacheDir::open(&dir).unwrap();
-    let p = kiln_common::image::Platform::host();
-    // "one" was used by a build just now; the others were never used.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    d.lock().unwrap().touch(&imgs[1], &p).unwrap();
+    used_by_a_build_a_second_later(&dir, &imgs[1]);
     let blobs_before = std::fs::read_dir(d.blobs()).unwrap().count();
-    let dry = kiln_warmer::retain(
-        &dir,
-        Some(std::time::Duration::from_millis(500)),
-        None,
-        std::time::Duration::ZERO,
-        true,
-    )
-    .unwrap();
+    let dry = retain_unused_for_half_a_second(&dir, true);
     assert_eq!(dry.removed_entries.len(), 2, "{dry:?}");
     assert_eq!(
         std::fs::read_dir(d.blobs()).unwrap().count(),
         blobs_before,
         "--dry-run removed something"
     );
-    let done = kiln_warmer::retain(
-        &dir,
-        Some(std::time::Duration::from_millis(500)),
-        None,
-        std::time::Duration::ZERO,
-        false,
-    )
-    .unwrap();
+    let done = retain_unused_for_half_a_second(&dir, false);
     assert_eq!(done.removed_entries, dry.removed_entries);
     let left = d.entries().unwrap();
     assert_eq!(left.len(), 1);
@@ -464,25 +469,6 @@ fn succeeds(c: &mut std::process::Command) {
     );
 }
 
-/// The diff ids (hex) of `reference`'s layers, from its config.
-fn diff_ids(reference: &str) -> Vec<String> {
-    let config: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
-        .args(["inspect", "--config", "--tls-verify=false"])
-        .arg(format!("docker://{reference}"))))
-    .unwrap();
-    config["rootfs"]["diff_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            d.as_str()
-                .unwrap()
-                .trim_start_matches("sha256:")
-                .to_string()
-        })
-        .collect()
-}
-
 fn extracted(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(kiln_executor::lowers::extracted_dir(dir))
         .map(|rd| {
@@ -514,7 +500,10 @@ fn extracted_layers_are_verified_shared_and_retained_with_their_images() {
         c.args(["--image", i]);
     }
     succeeds(&mut c);
-    let ids: Vec<Vec<String>> = imgs.iter().map(|i| diff_ids(i)).collect();
+    let ids: Vec<Vec<String>> = imgs
+        .iter()
+        .map(|i| diff_ids(&format!("docker://{i}")))
+        .collect();
     let mut all: Vec<String> = ids.iter().flatten().cloned().collect();
     all.sort();
     all.dedup();
@@ -537,21 +526,8 @@ fn extracted_layers_are_verified_shared_and_retained_with_their_images() {
     .join("one");
     assert_eq!(std::fs::read_to_string(&one_file).unwrap(), "one");
 
-    // "one" was used by a build just now; the others were never used.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let d = kiln_common::layout::CacheDir::open(&dir).unwrap();
-    d.lock()
-        .unwrap()
-        .touch(&imgs[1], &kiln_common::image::Platform::host())
-        .unwrap();
-    let done = kiln_warmer::retain(
-        &dir,
-        Some(std::time::Duration::from_millis(500)),
-        None,
-        std::time::Duration::ZERO,
-        false,
-    )
-    .unwrap();
+    used_by_a_build_a_second_later(&dir, &imgs[1]);
+    let done = retain_unused_for_half_a_second(&dir, false);
     assert_eq!(done.removed_extracted, 1, "only two's own layer: {done:?}");
     let mut kept = ids[1].clone();
     kept.sort();
