@@ -235,7 +235,8 @@ pub fn mount_stacked(
 /// it is killed. Best effort, and only while the process has one thread:
 /// a mount namespace is per thread until then.
 pub fn private_mount_namespace() -> Result<(), nix::Error> {
-    let original = std::fs::File::open("/proc/self/ns/mnt").map_err(|_| nix::Error::ENOENT)?;
+    let original = std::fs::File::open("/proc/self/ns/mnt")
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
     let slave = mount(
         None::<&str>,

@@ -72,14 +72,9 @@ impl<W: Write + Send + 'static> ThreadedWriter<W> {
 
 impl<W: Write + Send + 'static> Write for ThreadedWriter<W> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        if self.buf.len() + b.len() > BATCH {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= BATCH {
             self.send()?;
-        }
-        if b.len() >= BATCH {
-            self.buf.extend_from_slice(b);
-            self.send()?;
-        } else {
-            self.buf.extend_from_slice(b);
         }
         Ok(b.len())
     }

@@ -175,16 +175,7 @@ fn copy_tree(src: &Path, dst: &Path, links: &mut Links) -> io::Result<()> {
         };
         mknod(dst, kind, Mode::from_bits_truncate(m.mode()), m.rdev()).map_err(io::Error::from)?;
     }
-    if let Ok(names) = xattr::list(src) {
-        for n in names {
-            if n.to_string_lossy().starts_with("trusted.overlay.") {
-                continue;
-            }
-            if let Ok(Some(v)) = xattr::get(src, &n) {
-                xattr::set(dst, &n, &v)?;
-            }
-        }
-    }
+    copy_xattrs(src, dst)?;
     nix::unistd::fchownat(
         nix::fcntl::AT_FDCWD,
         dst,
@@ -237,18 +228,26 @@ fn copy_dir_metadata(src: &Path, dst: &Path, sm: &std::fs::Metadata) -> io::Resu
         Some(nix::unistd::Gid::from_raw(sm.gid())),
     );
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(sm.mode() & 0o7777))?;
-    if let Ok(names) = xattr::list(src) {
-        for n in names {
-            if n.to_string_lossy().starts_with("trusted.overlay.") {
-                continue;
-            }
-            if let Ok(Some(v)) = xattr::get(src, &n) {
-                let _ = xattr::set(dst, &n, &v);
+    let _ = copy_xattrs(src, dst);
+    let t = filetime::FileTime::from_last_modification_time(sm);
+    filetime::set_file_times(dst, t, t)
+}
+
+/// Copies `src`'s xattrs to `dst`, overlayfs's own (`trusted.overlay.*`)
+/// excepted. Every one is tried; the first failure is returned.
+fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
+    let mut first = Ok(());
+    for n in xattr::list(src).into_iter().flatten() {
+        if n.to_string_lossy().starts_with("trusted.overlay.") {
+            continue;
+        }
+        if let Ok(Some(v)) = xattr::get(src, &n) {
+            if let Err(e) = xattr::set(dst, &n, &v) {
+                first = first.and(Err(e));
             }
         }
     }
-    let t = filetime::FileTime::from_last_modification_time(sm);
-    filetime::set_file_times(dst, t, t)
+    first
 }
 
 fn strip_overlay_xattrs_tree(p: &Path) {

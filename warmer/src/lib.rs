@@ -39,6 +39,13 @@ pub enum WarmError {
         #[source]
         source: Box<kiln_executor::lowers::LowerError>,
     },
+    #[error("decoding warmed {what} {digest}")]
+    Decode {
+        what: &'static str,
+        digest: Digest,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{path}:{line}: {message}")]
     From {
         path: PathBuf,
@@ -176,14 +183,9 @@ pub async fn warm(
                 )
                 .await;
                 if let (Ok(()), true, Some(m)) = (&res, opts.extract_layers, &report.manifest) {
-                    match layers.extract_all(&dir, m).await {
+                    match layers.extract_all(&dir, &image, m).await {
                         Ok(n) => report.layers_extracted = n,
-                        Err(source) => {
-                            res = Err(WarmError::Extract {
-                                image: image.clone(),
-                                source: Box::new(source),
-                            })
-                        }
+                        Err(e) => res = Err(e),
                     }
                 }
                 if let Err(e) = res {
@@ -231,10 +233,7 @@ impl Fetcher {
         r: &oci_client::Reference,
         l: &Descriptor,
     ) -> Result<(u64, u64), RegistryError> {
-        let gate = {
-            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            m.entry(l.digest.clone()).or_default().clone()
-        };
+        let gate = self.gate(&l.digest);
         let _one = gate.lock().await;
         if dir.has_blob(&l.digest) {
             return Ok((0, l.size));
@@ -244,41 +243,31 @@ impl Fetcher {
         Ok((l.size, 0))
     }
 
-    /// Keeps every layer of the warmed manifest `m` extracted; a layer is
-    /// extracted once however many images share it. Returns how many this
-    /// call extracted.
+    /// The lock that makes concurrent requests for one digest (a blob to
+    /// fetch, a diff id to extract) wait for a single worker.
+    fn gate(&self, d: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(d.clone()).or_default().clone()
+    }
+
+    /// Keeps every layer of `image`'s warmed manifest `m` extracted; a layer
+    /// is extracted once however many images share it. Returns how many
+    /// this call extracted.
     async fn extract_all(
         &self,
         dir: &Arc<CacheDir>,
+        image: &str,
         m: &Digest,
-    ) -> Result<usize, kiln_executor::lowers::LowerError> {
+    ) -> Result<usize, WarmError> {
         use kiln_executor::lowers::{extract_layer, LowerError};
-        let read = |d: &Digest| -> Result<Vec<u8>, LowerError> {
-            dir.read_blob(d).map_err(|e| LowerError::Io {
-                op: "reading",
-                path: dir.blob_path(d),
-                source: std::io::Error::other(e),
-            })
+        let failed = |source| WarmError::Extract {
+            image: image.to_string(),
+            source: Box::new(source),
         };
-        let decode = |d: &Digest| {
-            let path = dir.blob_path(d);
-            move |e: serde_json::Error| LowerError::Io {
-                op: "decoding",
-                path,
-                source: std::io::Error::other(e),
-            }
-        };
-        let manifest: kiln_common::image::Manifest =
-            serde_json::from_slice(&read(m)?).map_err(decode(m))?;
-        let c = &manifest.config.digest;
-        let config: kiln_common::image::ImageConfig =
-            serde_json::from_slice(&read(c)?).map_err(decode(c))?;
+        let (manifest, config) = warmed_image(dir, m)?;
         let mut n = 0;
         for (l, id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-            let gate = {
-                let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                m.entry(id.clone()).or_default().clone()
-            };
+            let gate = self.gate(id);
             let _one = gate.lock().await;
             let (root, blob, id) = (
                 dir.root().to_path_buf(),
@@ -287,15 +276,44 @@ impl Fetcher {
             );
             let did = tokio::task::spawn_blocking(move || extract_layer(&root, &blob, &id))
                 .await
-                .map_err(|e| LowerError::Io {
-                    op: "extracting",
-                    path: dir.blob_path(&l.digest),
-                    source: std::io::Error::other(e),
-                })??;
+                .map_err(|e| {
+                    failed(LowerError::Io {
+                        op: "extracting",
+                        path: dir.blob_path(&l.digest),
+                        source: std::io::Error::other(e),
+                    })
+                })?
+                .map_err(failed)?;
             n += usize::from(did);
         }
         Ok(n)
     }
+}
+
+/// A warmed image's manifest and config, read (and verified) from `dir`.
+fn warmed_image(
+    dir: &CacheDir,
+    m: &Digest,
+) -> Result<
+    (
+        kiln_common::image::Manifest,
+        kiln_common::image::ImageConfig,
+    ),
+    WarmError,
+> {
+    let decode = |what, digest: &Digest| {
+        let digest = digest.clone();
+        move |source| WarmError::Decode {
+            what,
+            digest,
+            source,
+        }
+    };
+    let manifest: kiln_common::image::Manifest =
+        serde_json::from_slice(&dir.read_blob(m)?).map_err(decode("manifest", m))?;
+    let c = &manifest.config.digest;
+    let config = serde_json::from_slice(&dir.read_blob(c)?).map_err(decode("config", c))?;
+    Ok((manifest, config))
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -564,12 +582,7 @@ fn referenced_diff_ids(
 ) -> HashSet<String> {
     let mut keep = HashSet::new();
     for e in entries {
-        let config = dir
-            .read_blob(&e.manifest.digest)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<kiln_common::image::Manifest>(&b).ok())
-            .and_then(|m| dir.read_blob(&m.config.digest).ok())
-            .and_then(|b| serde_json::from_slice::<kiln_common::image::ImageConfig>(&b).ok());
+        let config = warmed_image(dir, &e.manifest.digest).ok().map(|(_, c)| c);
         for id in config.into_iter().flat_map(|c| c.rootfs.diff_ids) {
             keep.insert(id.hex().to_string());
         }

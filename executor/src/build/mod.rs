@@ -546,12 +546,13 @@ impl Builder {
         let upper = self.work_path().join(format!("{name}.upper"));
         let work = self.work_path().join(format!("{name}.work"));
         let mounted = [&upper, &work]
-            .iter()
-            .try_for_each(std::fs::create_dir)
-            .map_err(|source| crate::lowers::LowerError::Io {
-                op: "creating",
-                path: upper.clone(),
-                source,
+            .into_iter()
+            .try_for_each(|d| {
+                std::fs::create_dir(d).map_err(|source| crate::lowers::LowerError::Io {
+                    op: "creating",
+                    path: d.clone(),
+                    source,
+                })
             })
             .and_then(|()| crate::lowers::mount_stacked(root, &upper, &work, &lowers));
         match mounted {
