@@ -17,8 +17,9 @@
 //! build unpacks as before.
 
 use crate::extract::{self, ExtractError};
+use crate::isolation::probe::Mounted;
 use kiln_common::Digest;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -170,28 +171,15 @@ pub fn available(cache_dir: &Path, diff_ids: &[Digest]) -> Vec<PathBuf> {
     out
 }
 
-/// A root mounted as an overlay of warmed layers; unmounted when dropped.
-#[derive(Debug)]
-pub struct StackedRoot {
-    root: PathBuf,
-}
-
-impl Drop for StackedRoot {
-    fn drop(&mut self) {
-        if let Err(e) = umount2(&self.root, MntFlags::MNT_DETACH) {
-            tracing::warn!("unmounting the root {}: {e}", self.root.display());
-        }
-    }
-}
-
 /// Mounts `root` as an overlay: `lowers` (bottom first) read-only below,
-/// `upper` and `work` (empty, on one filesystem) the build's own.
+/// `upper` and `work` (empty, on one filesystem) the build's own; the
+/// returned guard unmounts it.
 pub fn mount_stacked(
     root: &Path,
     upper: &Path,
     work: &Path,
     lowers: &[PathBuf],
-) -> Result<StackedRoot, LowerError> {
+) -> Result<Mounted, LowerError> {
     let bad = |p: &Path| {
         p.as_os_str()
             .as_encoded_bytes()
@@ -225,9 +213,7 @@ pub fn mount_stacked(
         Some(opts.as_str()),
     )
     .map_err(err)?;
-    Ok(StackedRoot {
-        root: root.to_path_buf(),
-    })
+    Ok(Mounted::new(root, "the stacked root"))
 }
 
 /// Makes this process's mounts its own (a new mount namespace whose mounts do

@@ -62,10 +62,10 @@ pub struct Builder {
     isolation_reason: String,
     /// Roots mounted over warmed, extracted layers ([`crate::lowers`]);
     /// unmounted (field order) before the tmpfs below and the work dir go.
-    stacked: Mutex<Vec<crate::lowers::StackedRoot>>,
+    stacked: Mutex<Vec<crate::isolation::probe::Mounted>>,
     /// Dropped after `isolation` (field order) and before `work`: a tmpfs
     /// over the build directory, when the work dir cannot host an overlay.
-    _tmpfs: Option<isolation::probe::TmpfsMount>,
+    _tmpfs: Option<isolation::probe::Mounted>,
     work: tempfile::TempDir,
     fetcher: LayerFetcher,
     platform: Platform,

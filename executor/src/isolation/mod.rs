@@ -162,7 +162,7 @@ pub struct Selection {
     pub reason: String,
     /// A tmpfs mounted over the build directory for the overlay's upper
     /// dirs; unmounted when dropped.
-    pub tmpfs: Option<probe::TmpfsMount>,
+    pub tmpfs: Option<probe::Mounted>,
 }
 
 /// Reads what this process may do and fails before anything is written when

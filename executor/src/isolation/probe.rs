@@ -80,17 +80,30 @@ fn errno_name(e: nix::errno::Errno) -> String {
     format!("{e:?}")
 }
 
-/// A tmpfs this process mounted over a build directory; unmounted (lazily:
-/// nothing may still use it after the build) when dropped.
+/// A mount this process made for a build (a tmpfs over the build
+/// directory, a root stacked on warmed layers); unmounted (lazily: nothing
+/// may still use it after the build) when dropped.
 #[derive(Debug)]
-pub struct TmpfsMount {
+pub struct Mounted {
     path: PathBuf,
+    /// What it is, for the warning if unmounting fails.
+    what: &'static str,
 }
 
-impl Drop for TmpfsMount {
+impl Mounted {
+    /// Takes charge of the mount just made at `path`.
+    pub(crate) fn new(path: &Path, what: &'static str) -> Mounted {
+        Mounted {
+            path: path.to_path_buf(),
+            what,
+        }
+    }
+}
+
+impl Drop for Mounted {
     fn drop(&mut self) {
         if let Err(e) = umount2(&self.path, MntFlags::MNT_DETACH) {
-            tracing::warn!("unmounting the build's tmpfs {}: {e}", self.path.display());
+            tracing::warn!("unmounting {} {}: {e}", self.what, self.path.display());
         }
     }
 }
@@ -104,7 +117,7 @@ fn fs_type(p: &Path) -> Option<i64> {
 /// Checks that namespaces and an overlay with its upper dir in `build_dir`
 /// work. When `build_dir` is on overlayfs, mounts a tmpfs over it first (an
 /// overlay's upper dir cannot live on overlayfs) and returns that mount.
-pub fn namespaces(build_dir: &Path, env: &Environment) -> Result<Option<TmpfsMount>, String> {
+pub fn namespaces(build_dir: &Path, env: &Environment) -> Result<Option<Mounted>, String> {
     let on_overlay = fs_type(build_dir) == Some(OVERLAYFS_SUPER_MAGIC);
     if on_overlay {
         // Try namespaces alone first: their refusal is the better reason.
@@ -124,9 +137,7 @@ pub fn namespaces(build_dir: &Path, env: &Environment) -> Result<Option<TmpfsMou
                 errno_name(e)
             )
         })?;
-        let guard = TmpfsMount {
-            path: build_dir.to_path_buf(),
-        };
+        let guard = Mounted::new(build_dir, "the build's tmpfs");
         overlay_probe(Some(build_dir), env)?;
         return Ok(Some(guard));
     }
