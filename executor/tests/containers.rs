@@ -34,6 +34,15 @@ RUN --mount=type=bind,source=data,target=/mnt/data cat /mnt/data/f > /bound
 RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/y && ls /scratch > /tmpfs-seen'
 "#;
 
+/// `RUN --network`: the default reaches a server on the host's loopback;
+/// `none` reaches nothing (its own namespace on the full rung, a seccomp
+/// filter on the others); `host` is the default again.
+const NETWORK: &str = r#"FROM {BASE}
+RUN wget -q -O /online {HTTP}/f
+RUN --network=none sh -c 'if wget -q -O /dev/null {HTTP}/f; then echo reached the network; exit 1; fi; echo offline > /offline'
+RUN --network=host wget -q -O /host {HTTP}/f
+"#;
+
 /// Flags a context needs, its files under `ctx_root`.
 fn extra_args(name: &str, ctx_root: &str) -> Vec<String> {
     match name {
@@ -54,6 +63,8 @@ const SNAPSHOT: &str = "P='-path /kiln -prune -o -path /ctx -prune -o -path /out
 
 struct Fixture {
     engine: DockerEngine,
+    /// What the "network" context fetches.
+    http: StaticHttp,
     base: String,
     _reg: Registry,
     /// Contexts by name, under one directory mounted at /ctx.
@@ -64,13 +75,14 @@ struct Fixture {
 
 const IMAGE: &str = "kiln-executor-test:1";
 
-fn contexts(base: &str, names: &[&str], dir: &Path) {
+fn contexts(base: &str, http: &str, names: &[&str], dir: &Path) {
     for name in names {
         let ctx = match *name {
             "config" => context_config(),
             "files" => context_files(200),
             "multistage" => context_multistage(),
             "runenv" => context_with(RUN_ENV),
+            "network" => context_with(NETWORK),
             "mounts" => {
                 let c = context_with(MOUNTS);
                 write(c.path(), "data/f", "bound\n");
@@ -85,15 +97,16 @@ fn contexts(base: &str, names: &[&str], dir: &Path) {
         let to = dir.join(name);
         run(Command::new("cp").arg("-a").arg(ctx.path()).arg(&to));
         let df = std::fs::read_to_string(to.join("Dockerfile")).unwrap();
-        std::fs::write(to.join("Dockerfile"), df.replace("{BASE}", base)).unwrap();
+        std::fs::write(to.join("Dockerfile"), df.replace("{BASE}", base).replace("{HTTP}", http)).unwrap();
     }
 }
 
 fn setup(names: &[&str]) -> Fixture {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
+    let http = StaticHttp::start(&[("f", "online\n")]);
     let ctx_dir = tempfile::tempdir().unwrap();
-    contexts(&base, names, ctx_dir.path());
+    contexts(&base, &http.url, names, ctx_dir.path());
     let mut reference = BTreeMap::new();
     for name in names {
         let extra = extra_args(name, ctx_dir.path().to_str().unwrap());
@@ -111,6 +124,7 @@ fn setup(names: &[&str]) -> Fixture {
     );
     Fixture {
         engine,
+        http,
         base,
         _reg: reg,
         ctx_dir,
@@ -277,6 +291,7 @@ fn engine_default_capabilities_build_in_place() {
         "leak",
         "noleak",
         "mounts",
+        "network",
     ];
     let f = setup(&names);
     matrix(&f, &[], "in-place", &names);
@@ -315,7 +330,7 @@ fn sys_admin_with_work_dir_on_overlay_uses_the_full_rung() {
 #[test]
 fn read_only_root_builds_with_chroot() {
     // Without /proc, the RUN-environment Dockerfile cannot pass here.
-    let names = ["config", "files", "multistage", "mounts"];
+    let names = ["config", "files", "multistage", "mounts", "network"];
     let f = setup(&names);
     let caps = ["--read-only", "--tmpfs", "/kiln/work:exec,mode=755"];
     matrix(&f, &caps, "chroot", &names);
@@ -349,7 +364,7 @@ fn non_root_without_user_namespaces_gets_one_clear_error() {
 fn a_killed_in_place_build_is_put_back_by_the_next_one() {
     let names = ["noleak", "slow"];
     let f = setup(&names[..1]);
-    contexts(&f.base, &names[1..], f.ctx_dir.path());
+    contexts(&f.base, &f.http.url, &names[1..], f.ctx_dir.path());
     let out = out_dir();
     let id = f.container(&[], out.path());
     // Credentials in the container's own root ($HOME/.docker): the dead build

@@ -57,6 +57,9 @@ pub struct RunStep {
     pub build_args: Vec<String>,
     /// `RUN --mount=…`, in order.
     pub mounts: Vec<super::mount_spec::MountSpec>,
+    /// `RUN --network=…`: part of the key (a step without network can
+    /// produce something else), as in BuildKit.
+    pub network: crate::isolation::Network,
 }
 
 #[derive(Debug, Clone)]
@@ -354,19 +357,10 @@ impl<'a> StageConfig<'a> {
         for m in flags.all("mount") {
             mounts.push(super::mount_spec::parse(&self.word(m)?)?);
         }
-        match flags
-            .get("network")
-            .map(|n| self.word(n))
-            .transpose()?
-            .as_deref()
-        {
-            None | Some("default") | Some("host") => {}
-            Some(other) => {
-                return Err(StepError::Invalid(format!(
-                    "RUN --network={other} is not built (default and host are)"
-                )))
-            }
-        }
+        let network = match flags.get("network") {
+            Some(n) => self.word(n)?.parse().map_err(StepError::Invalid)?,
+            None => crate::isolation::Network::Default,
+        };
         match flags
             .get("security")
             .map(|n| self.word(n))
@@ -407,6 +401,7 @@ impl<'a> StageConfig<'a> {
             cwd: self.working_dir(),
             build_args: self.args.iter().map(|(a, b)| format!("{a}={b}")).collect(),
             mounts,
+            network,
         })
     }
 

@@ -152,6 +152,7 @@ impl StageRun<'_> {
             uid,
             gid,
             hostname: "kiln".into(),
+            network: step.network,
         };
         let scratch = match self.scratch() {
             Ok(s) => s,

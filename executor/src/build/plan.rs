@@ -138,6 +138,9 @@ pub fn step_key(
         FsOp::Run(run) => {
             k.list("argv", &run.argv);
             k.list("build-args", &run.build_args);
+            if run.network == crate::isolation::Network::None {
+                k.field("network", "none");
+            }
             if !run.mounts.is_empty() {
                 let m: Vec<String> = run.mounts.iter().map(|m| m.key_text()).collect();
                 k.list("mounts", &m);

@@ -436,7 +436,7 @@ impl InPlace {
     fn run_swapped(&self, root: &Path, spec: &RunSpec) -> Result<RunOutcome, IsolationError> {
         let skip = self.skip_filter();
         let index = ScanIndex::capture_filtered(Path::new("/"), &skip)?;
-        let (status, tail) = spawn_and_wait(command_in(spec, None, None), &spec.args[0])?;
+        let (status, tail) = spawn_and_wait(command_in(spec, None, None)?, &spec.args[0])?;
         let diff = index.diff_filtered(Path::new("/"), &skip)?;
         if diff
             .changes

@@ -25,6 +25,7 @@ mod chroot;
 mod in_place;
 mod landlock;
 mod namespaces;
+mod network;
 pub mod probe;
 mod provided;
 mod spawn;
@@ -32,6 +33,7 @@ mod spawn;
 pub use chroot::Chroot;
 pub use in_place::{recover as recover_crashed_in_place, InPlace};
 pub use namespaces::Namespaces;
+pub use network::Network;
 pub use probe::Environment;
 
 use crate::snapshot::{Diff, SnapshotError};
@@ -81,6 +83,8 @@ pub struct RunSpec {
     pub uid: u32,
     pub gid: u32,
     pub hostname: String,
+    /// `RUN --network`; `None` is enforced on every rung (`network.rs`).
+    pub network: Network,
 }
 
 #[derive(Debug)]

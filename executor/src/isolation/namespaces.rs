@@ -1,9 +1,11 @@
-//! The full rung: new mount, pid, uts and ipc namespaces; the root is the
+//! The full rung: new mount, pid, uts and ipc namespaces (and a network
+//! namespace with only loopback for `--network=none`); the root is the
 //! lower layer of an overlay whose upper directory *is* the step's diff, so
 //! snapshot cost follows the size of the change. /proc, a minimal /dev, a
 //! read-only /sys, /etc/hosts, /etc/resolv.conf and /etc/hostname are
 //! provided by mounts that never reach the image.
 
+use super::network::{loopback_up, Network};
 use super::provided::{etc_files, DEVICES};
 use super::spawn::{base_command, drop_privileges, spawn_and_wait};
 use super::{Isolation, IsolationError, RunOutcome, RunSpec};
@@ -77,6 +79,11 @@ impl Isolation for Namespaces {
         let cwd = spec.cwd.clone();
         let hostname = spec.hostname.clone();
         let (uid, gid) = (spec.uid, spec.gid);
+        // `--network=none`: a network namespace of its own, loopback only.
+        let net = match spec.network {
+            Network::None => CloneFlags::CLONE_NEWNET,
+            Network::Default => CloneFlags::empty(),
+        };
         // SAFETY: between fork and exec this closure only makes system calls;
         // the intermediate process waits for the namespace's init and exits.
         unsafe {
@@ -85,9 +92,13 @@ impl Isolation for Namespaces {
                     CloneFlags::CLONE_NEWNS
                         | CloneFlags::CLONE_NEWPID
                         | CloneFlags::CLONE_NEWUTS
-                        | CloneFlags::CLONE_NEWIPC,
+                        | CloneFlags::CLONE_NEWIPC
+                        | net,
                 )
                 .map_err(io::Error::from)?;
+                if !net.is_empty() {
+                    loopback_up()?;
+                }
                 mount(
                     None::<&str>,
                     "/",

@@ -1,12 +1,13 @@
 //! Starting the step's command and collecting its output, shared by all rungs.
 
+use super::network::{Network, NoNetwork};
 use super::IsolationError;
 use super::RunSpec;
 use nix::unistd::{chdir, chroot, setgid, setgroups, setuid, Gid, Uid};
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -80,13 +81,22 @@ pub(super) fn base_command(spec: &RunSpec) -> Command {
 }
 
 /// The step's command, started in `root` by `chroot(2)` when given (else in
-/// this process's `/`), in its working directory, as its user, and confined
-/// by a Landlock ruleset when one is given.
+/// this process's `/`), in its working directory, as its user, confined by a
+/// Landlock ruleset when one is given, and without network sockets for
+/// `--network=none` (a seccomp filter: these rungs cannot make a network
+/// namespace).
 pub(super) fn command_in(
     spec: &RunSpec,
     root: Option<&Path>,
     landlock: Option<std::os::fd::RawFd>,
-) -> Command {
+) -> Result<Command, IsolationError> {
+    let no_network = match spec.network {
+        Network::None => Some(NoNetwork::compile().map_err(|source| IsolationError::Setup {
+            path: PathBuf::from("seccomp filter for --network=none"),
+            source,
+        })?),
+        Network::Default => None,
+    };
     let mut cmd = base_command(spec);
     let root = root.map(Path::to_path_buf);
     let cwd = spec.cwd.clone();
@@ -98,6 +108,11 @@ pub(super) fn command_in(
                 chroot(r).map_err(io::Error::from)?;
             }
             chdir(cwd.as_str()).map_err(io::Error::from)?;
+            // Before dropping root: with CAP_SYS_ADMIN the filter needs no
+            // `no_new_privs`.
+            if let Some(f) = &no_network {
+                f.install()?;
+            }
             drop_privileges(uid, gid)?;
             if let Some(fd) = landlock {
                 super::landlock::restrict_self(fd)?;
@@ -105,7 +120,7 @@ pub(super) fn command_in(
             Ok(())
         });
     }
-    cmd
+    Ok(cmd)
 }
 
 pub(super) fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
