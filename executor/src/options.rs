@@ -22,6 +22,8 @@ pub struct BuildOptions {
     pub mount_scope: String,
     /// `--secret id=…,src=…|env=…`: what `RUN --mount=type=secret` reads.
     pub secrets: std::collections::BTreeMap<String, crate::build::SecretSource>,
+    /// `--ssh id=<socket>`: the SSH agents `RUN --mount=type=ssh` reaches.
+    pub ssh: std::collections::BTreeMap<String, PathBuf>,
     /// `--dockerfile`: as given, else relative to the context.
     pub dockerfile: PathBuf,
     pub target: Option<String>,

@@ -43,6 +43,12 @@ RUN --network=none sh -c 'if wget -q -O /dev/null {HTTP}/f; then echo reached th
 RUN --network=host wget -q -O /host {HTTP}/f
 "#;
 
+/// `RUN --mount=type=ssh`: the step reaches a real agent on the test
+/// machine (its socket in the context's directory) through the relay.
+const SSH: &str = r#"FROM {BASE}
+RUN --mount=type=bind,source=agent-keys,target=/usr/local/bin/agent-keys --mount=type=ssh sh -c 'agent-keys > /keys && test "$(cat /keys)" = 1'
+"#;
+
 /// Flags a context needs, its files under `ctx_root`.
 fn extra_args(name: &str, ctx_root: &str) -> Vec<String> {
     match name {
@@ -50,6 +56,7 @@ fn extra_args(name: &str, ctx_root: &str) -> Vec<String> {
             "--secret".into(),
             format!("id=tok,src={ctx_root}/mounts/token"),
         ],
+        "ssh" => vec!["--ssh".into(), format!("default={ctx_root}/ssh/agent.sock")],
         _ => Vec::new(),
     }
 }
@@ -65,6 +72,8 @@ struct Fixture {
     engine: DockerEngine,
     /// What the "network" context fetches.
     http: StaticHttp,
+    /// The agent the "ssh" context reaches.
+    _agent: Option<SshAgent>,
     base: String,
     _reg: Registry,
     /// Contexts by name, under one directory mounted at /ctx.
@@ -83,6 +92,11 @@ fn contexts(base: &str, http: &str, names: &[&str], dir: &Path) {
             "multistage" => context_multistage(),
             "runenv" => context_with(RUN_ENV),
             "network" => context_with(NETWORK),
+            "ssh" => {
+                let c = context_with(SSH);
+                agent_keys_binary(&c.path().join("agent-keys"));
+                c
+            }
             "mounts" => {
                 let c = context_with(MOUNTS);
                 write(c.path(), "data/f", "bound\n");
@@ -97,7 +111,11 @@ fn contexts(base: &str, http: &str, names: &[&str], dir: &Path) {
         let to = dir.join(name);
         run(Command::new("cp").arg("-a").arg(ctx.path()).arg(&to));
         let df = std::fs::read_to_string(to.join("Dockerfile")).unwrap();
-        std::fs::write(to.join("Dockerfile"), df.replace("{BASE}", base).replace("{HTTP}", http)).unwrap();
+        std::fs::write(
+            to.join("Dockerfile"),
+            df.replace("{BASE}", base).replace("{HTTP}", http),
+        )
+        .unwrap();
     }
 }
 
@@ -107,6 +125,9 @@ fn setup(names: &[&str]) -> Fixture {
     let http = StaticHttp::start(&[("f", "online\n")]);
     let ctx_dir = tempfile::tempdir().unwrap();
     contexts(&base, &http.url, names, ctx_dir.path());
+    let agent = names
+        .contains(&"ssh")
+        .then(|| SshAgent::start(&ctx_dir.path().join("ssh/agent.sock")));
     let mut reference = BTreeMap::new();
     for name in names {
         let extra = extra_args(name, ctx_dir.path().to_str().unwrap());
@@ -125,6 +146,7 @@ fn setup(names: &[&str]) -> Fixture {
     Fixture {
         engine,
         http,
+        _agent: agent,
         base,
         _reg: reg,
         ctx_dir,
@@ -292,6 +314,7 @@ fn engine_default_capabilities_build_in_place() {
         "noleak",
         "mounts",
         "network",
+        "ssh",
     ];
     let f = setup(&names);
     matrix(&f, &[], "in-place", &names);
@@ -330,7 +353,7 @@ fn sys_admin_with_work_dir_on_overlay_uses_the_full_rung() {
 #[test]
 fn read_only_root_builds_with_chroot() {
     // Without /proc, the RUN-environment Dockerfile cannot pass here.
-    let names = ["config", "files", "multistage", "mounts", "network"];
+    let names = ["config", "files", "multistage", "mounts", "network", "ssh"];
     let f = setup(&names);
     let caps = ["--read-only", "--tmpfs", "/kiln/work:exec,mode=755"];
     matrix(&f, &caps, "chroot", &names);

@@ -211,3 +211,80 @@ fn cache_mounts_follow_the_build_from_pod_to_pod() {
     assert_eq!(fetched, 1, "{m}");
     assert_eq!(m["saved_files"], 1, "only the new file is uploaded: {m}");
 }
+
+/// `RUN --mount=type=ssh` against a real `ssh-agent`: the step lists the
+/// agent's key through `SSH_AUTH_SOCK` (BuildKit's default target), a
+/// second agent id at a target of its own; nothing of either is left in
+/// the image, its config or any artifact; without `--ssh` a required mount
+/// fails naming the line and an optional one is simply absent.
+#[test]
+fn ssh_mounts_reach_the_agent_and_leave_nothing() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let sockets = tempfile::tempdir().unwrap();
+    let agent = SshAgent::start(&sockets.path().join("agent.sock"));
+    let ctx = context_with(&format!(
+        r#"FROM {base}
+RUN --mount=type=bind,source=agent-keys,target=/usr/local/bin/agent-keys --mount=type=ssh sh -c 'agent-keys > /keys && echo "$SSH_AUTH_SOCK" > /sock-path'
+RUN --mount=type=bind,source=agent-keys,target=/usr/local/bin/agent-keys --mount=type=ssh,id=deploy,target=/tmp/deploy.sock,mode=0660 sh -c 'agent-keys > /deploy-keys && stat -c %a /tmp/deploy.sock > /deploy-mode'
+RUN --mount=type=ssh,id=absent sh -c 'test -z "$SSH_AUTH_SOCK" && echo none > /absent'
+RUN test ! -e /run/buildkit && test ! -e /tmp/deploy.sock
+"#
+    ));
+    agent_keys_binary(&ctx.path().join("agent-keys"));
+    let work = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("oci");
+    let report = out.path().join("report.json");
+    let deploy = format!("deploy={}", agent.socket.display());
+    let mut exe = executor();
+    exe.arg("--context")
+        .arg(ctx.path())
+        .arg("--kaniko-dir")
+        .arg(work.path())
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .args([
+            "--no-push",
+            "--insecure-pull",
+            "-v",
+            "trace",
+            "--ssh",
+            "default",
+            "--ssh",
+            &deploy,
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+    let o = exe.output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{log}");
+    let img = unpack(&format!("oci:{}:latest", layout.display()));
+    let root = img.rootfs();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    assert_eq!(read("keys"), "1\n", "{log}");
+    assert_eq!(read("sock-path"), "/run/buildkit/ssh_agent.0\n");
+    assert_eq!(read("deploy-keys"), "1\n");
+    assert_eq!(read("deploy-mode"), "660\n");
+    assert_eq!(read("absent"), "none\n");
+    assert!(!root.join("run/buildkit").exists() && !root.join("usr/local/bin/agent-keys").exists());
+    assert!(!img.run_config()["Env"]
+        .to_string()
+        .contains("SSH_AUTH_SOCK"));
+    let key_line = agent.private_key.lines().nth(1).unwrap();
+    assert!(files_containing(out.path(), key_line.as_bytes()).is_empty());
+    assert!(!log.contains(key_line));
+
+    // Without --ssh: `required` fails naming the line.
+    let ctx = context_with(&format!(
+        "FROM {base}\nRUN true\nRUN --mount=type=ssh,required=true true\n"
+    ));
+    let out = build(ctx.path(), work.path(), &["--no-push", "--insecure-pull"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Dockerfile:3") && err.contains("--ssh default"),
+        "{err}"
+    );
+}

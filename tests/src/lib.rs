@@ -1190,7 +1190,9 @@ impl Drop for RateLimitProxy {
 mod docker;
 pub use docker::DockerEngine;
 mod prom;
+mod ssh;
 pub use prom::{Prometheus, Pushgateway};
+pub use ssh::{agent_keys_binary, SshAgent};
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and
 /// localhost, made with openssl: `(dir, ca.pem, server.pem, server.key)`.

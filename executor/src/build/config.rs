@@ -353,10 +353,12 @@ impl<'a> StageConfig<'a> {
         heredocs: &[Heredoc],
         flags: &kiln_common::dockerfile::Flags,
     ) -> Result<RunStep, StepError> {
-        let mut mounts = Vec::new();
-        for m in flags.all("mount") {
-            mounts.push(super::mount_spec::parse(&self.word(m)?)?);
-        }
+        let words = flags
+            .all("mount")
+            .into_iter()
+            .map(|m| self.word(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mounts = super::mount_spec::parse_all(words.iter().map(String::as_str))?;
         let network = match flags.get("network") {
             Some(n) => self.word(n)?.parse().map_err(StepError::Invalid)?,
             None => crate::isolation::Network::Default,

@@ -153,6 +153,7 @@ impl StageRun<'_> {
             gid,
             hostname: "kiln".into(),
             network: step.network,
+            sockets: staged.sockets.clone(),
         };
         let scratch = match self.scratch() {
             Ok(s) => s,

@@ -15,6 +15,7 @@
 //! | `dry_run.rs` | `--dryrun`: the plan without pulling or executing |
 //! | `report.rs`, `error.rs` | what a build reports; its errors |
 
+mod agent;
 mod base;
 pub mod config;
 mod copy_step;

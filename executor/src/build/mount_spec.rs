@@ -34,6 +34,10 @@ pub enum MountKind {
     },
     /// An empty directory, discarded.
     Tmpfs,
+    /// A socket relaying to the SSH agent given with `--ssh <id>=…`; the
+    /// step's `SSH_AUTH_SOCK` points at the first one. Never in a layer or
+    /// the cache key (BuildKit's rule: a changed key does not rebuild).
+    Ssh { id: String, required: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +61,26 @@ impl MountSpec {
 
 fn bad(m: String) -> StepError {
     StepError::Invalid(m)
+}
+
+/// Parses every `--mount` of one RUN (already word-expanded). An SSH mount
+/// without a target gets BuildKit's `/run/buildkit/ssh_agent.<N>`, N
+/// counting the RUN's SSH mounts.
+pub fn parse_all<'a>(
+    specs: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<MountSpec>, StepError> {
+    let mut out = Vec::new();
+    let mut ssh = 0;
+    for spec in specs {
+        let mut m = parse(spec)?;
+        if matches!(m.kind, MountKind::Ssh { .. }) {
+            m.target
+                .get_or_insert_with(|| format!("/run/buildkit/ssh_agent.{ssh}"));
+            ssh += 1;
+        }
+        out.push(m);
+    }
+    Ok(out)
 }
 
 /// Parses one `--mount` value (already word-expanded).
@@ -120,11 +144,17 @@ pub fn parse(spec: &str) -> Result<MountSpec, StepError> {
             "readwrite",
         ],
         "tmpfs" => &["type", "target", "dst", "destination", "size"],
-        "ssh" => {
-            return Err(bad(
-                "--mount=type=ssh is not built yet (no SSH agent forwarding)".into(),
-            ))
-        }
+        "ssh" => &[
+            "type",
+            "id",
+            "target",
+            "dst",
+            "destination",
+            "required",
+            "mode",
+            "uid",
+            "gid",
+        ],
         other => return Err(bad(format!("unknown mount type {other:?}"))),
     };
     if let Some((k, _)) = kv.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
@@ -209,6 +239,10 @@ pub fn parse(spec: &str) -> Result<MountSpec, StepError> {
                 source: source.unwrap_or_else(|| "/".into()),
             }
         }
+        "ssh" => MountKind::Ssh {
+            id: get(&["id"]).unwrap_or_else(|| "default".into()),
+            required: flag(&["required"])?,
+        },
         _ => {
             if target.is_none() {
                 return Err(bad("--mount=type=tmpfs needs a target".into()));
@@ -256,12 +290,28 @@ mod tests {
         let b = parse("target=/src,from=build,source=/out").unwrap();
         assert!(b.readonly);
         assert!(!parse("type=bind,target=/src,rw").unwrap().readonly);
+        let ssh = parse_all(["type=ssh", "type=ssh,id=gh,required", "type=ssh,target=/a"]).unwrap();
+        assert_eq!(
+            ssh.iter().map(|m| m.target.as_deref()).collect::<Vec<_>>(),
+            [
+                Some("/run/buildkit/ssh_agent.0"),
+                Some("/run/buildkit/ssh_agent.1"),
+                Some("/a")
+            ]
+        );
+        assert_eq!(
+            ssh[1].kind,
+            MountKind::Ssh {
+                id: "gh".into(),
+                required: true
+            }
+        );
         for wrong in [
             "type=cache",
             "type=cache,target=/c,colour=blue",
             "type=volume,target=/v",
             "type=tmpfs,target=relative",
-            "type=ssh",
+            "type=ssh,env=X",
         ] {
             assert!(parse(wrong).is_err(), "{wrong}");
         }

@@ -86,13 +86,17 @@ struct Staged {
     cache: Option<PathBuf>,
     /// Held for `sharing=locked` (and `private`) until the content is back.
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// An SSH mount's relay, stopped before its socket is removed.
+    relay: Option<super::agent::AgentRelay>,
 }
 
 /// The mounts of one RUN while it runs.
 pub(super) struct StagedMounts {
     items: Vec<Staged>,
-    /// `env=` secrets, for the command's environment only.
+    /// `env=` secrets and `SSH_AUTH_SOCK`, for the command's environment only.
     pub env: Vec<(String, String)>,
+    /// Live sockets in the root (SSH relays), as absolute paths in the image.
+    pub sockets: Vec<String>,
 }
 
 fn io(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> StepError {
@@ -110,6 +114,7 @@ impl StageRun<'_> {
         let mut staged = StagedMounts {
             items: Vec::new(),
             env: Vec::new(),
+            sockets: Vec::new(),
         };
         let mut binds = binds.iter();
         for (n, m) in mounts.iter().enumerate() {
@@ -165,6 +170,9 @@ impl StageRun<'_> {
             staged.items.push(s);
             return Ok(());
         }
+        if let MountKind::Ssh { id, required } = &m.kind {
+            return self.stage_ssh(root, n, m, id, *required, staged);
+        }
         let Some(target) = &m.target else {
             return Ok(());
         };
@@ -210,8 +218,44 @@ impl StageRun<'_> {
                 std::fs::set_permissions(&s.full, std::fs::Permissions::from_mode(0o1777))
                     .map_err(io("setting the mode of", &s.full))?;
             }
-            MountKind::Secret { .. } => {}
+            MountKind::Secret { .. } | MountKind::Ssh { .. } => {}
         }
+        staged.items.push(s);
+        Ok(())
+    }
+
+    /// An SSH mount: a relay to the agent `--ssh <id>=…` named, listening
+    /// at the target with the mount's mode and owner; the first one is the
+    /// step's `SSH_AUTH_SOCK`.
+    fn stage_ssh(
+        &mut self,
+        root: &Path,
+        n: usize,
+        m: &MountSpec,
+        id: &str,
+        required: bool,
+        staged: &mut StagedMounts,
+    ) -> Result<(), StepError> {
+        let (Some(agent), Some(target)) = (self.b.opts.ssh.get(id), &m.target) else {
+            if required {
+                return Err(StepError::Invalid(format!(
+                    "SSH agent {id:?} is required and was not given (--ssh {id}=<socket>)"
+                )));
+            }
+            return Ok(());
+        };
+        let mut s = self.prepare_target(root, n, target)?;
+        let relay = super::agent::AgentRelay::start(&s.full, agent)
+            .map_err(io("listening for the SSH agent at", &s.full))?;
+        s.relay = Some(relay);
+        let mode = m.mode.unwrap_or(0o600);
+        std::fs::set_permissions(&s.full, std::fs::Permissions::from_mode(mode))
+            .map_err(io("setting the mode of", &s.full))?;
+        let _ = std::os::unix::fs::lchown(&s.full, m.uid.or(Some(0)), m.gid.or(Some(0)));
+        if !staged.env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
+            staged.env.push(("SSH_AUTH_SOCK".into(), target.clone()));
+        }
+        staged.sockets.push(target.clone());
         staged.items.push(s);
         Ok(())
     }
@@ -257,6 +301,7 @@ impl StageRun<'_> {
             stubs,
             cache: None,
             _lock: None,
+            relay: None,
         })
     }
 
@@ -323,7 +368,8 @@ impl StageRun<'_> {
         let mut first_err = None;
         let mut targets: Vec<PathBuf> = Vec::new();
         let mut removed_stubs: Vec<PathBuf> = Vec::new();
-        for s in staged.items.into_iter().rev() {
+        for mut s in staged.items.into_iter().rev() {
+            drop(s.relay.take());
             let r = (|| -> Result<(), StepError> {
                 match &s.cache {
                     Some(dir) => {

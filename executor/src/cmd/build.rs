@@ -89,6 +89,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         mount_scope: cli.cache_mount_scope.clone(),
         secrets: secrets(&cli.secret)?,
+        ssh: ssh_agents(&cli.ssh)?,
         dockerfile: cli.dockerfile.clone(),
         target: cli.target.clone(),
         build_args: cli
@@ -271,6 +272,39 @@ fn secrets(
         let id = id.with_context(|| format!("--secret {f:?}: no id"))?;
         let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
         out.insert(id, source);
+    }
+    Ok(out)
+}
+
+/// `--ssh <id>[=<socket>]`, BuildKit's syntax; without a socket, the
+/// agent at `$SSH_AUTH_SOCK`. Only agent sockets: BuildKit also takes key
+/// files and runs an agent of its own, which Kiln does not.
+fn ssh_agents(
+    flags: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, std::path::PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = std::collections::BTreeMap::new();
+    for f in flags {
+        let (id, path) = match f.split_once('=') {
+            Some((id, p)) => (id, std::path::PathBuf::from(p)),
+            None => (
+                f.as_str(),
+                std::env::var_os("SSH_AUTH_SOCK")
+                    .map(std::path::PathBuf::from)
+                    .with_context(|| {
+                        format!("--ssh {f}: no socket given and SSH_AUTH_SOCK is not set")
+                    })?,
+            ),
+        };
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("--ssh {f}: reading {}", path.display()))?;
+        if !meta.file_type().is_socket() {
+            bail!(
+                "--ssh {f}: {} is not an agent socket (key files are not supported:                  load them with ssh-add and pass the agent's socket)",
+                path.display()
+            );
+        }
+        out.insert(id.to_string(), path);
     }
     Ok(out)
 }

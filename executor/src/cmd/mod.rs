@@ -207,6 +207,10 @@ pub struct Cli {
     /// A secret for `RUN --mount=type=secret`: `id=…,src=<file>` or `id=…,env=<VAR>` (repeatable).
     #[arg(long)]
     pub secret: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh`: `default` (the agent at
+    /// `$SSH_AUTH_SOCK`) or `<id>=<socket>` (repeatable; BuildKit's syntax).
+    #[arg(long)]
+    pub ssh: Vec<String>,
     /// A cache lookup not answered within this is a miss (the build goes on).
     #[arg(long, default_value = "10s")]
     pub cache_lookup_timeout: String,

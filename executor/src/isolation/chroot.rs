@@ -194,7 +194,8 @@ impl Isolation for Chroot {
             _ => None,
         };
         let fd = confinement.as_ref().map(|c| c.raw());
-        let spawned = command_in(spec, Some(root), fd).and_then(|c| spawn_and_wait(c, &spec.args[0]));
+        let spawned =
+            command_in(spec, Some(root), fd).and_then(|c| spawn_and_wait(c, &spec.args[0]));
         drop(confinement);
         let diff = index.diff_filtered(root, &provided_path);
         provided.remove().map_err(setup)?;

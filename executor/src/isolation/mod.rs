@@ -85,6 +85,11 @@ pub struct RunSpec {
     pub hostname: String,
     /// `RUN --network`; `None` is enforced on every rung (`network.rs`).
     pub network: Network,
+    /// Unix sockets listening in the root (absolute paths in the image):
+    /// a rung that runs the step on another view of the root must keep
+    /// them connectable (overlayfs does not pass a lower layer's socket
+    /// through).
+    pub sockets: Vec<String>,
 }
 
 #[derive(Debug)]

@@ -75,6 +75,15 @@ impl Isolation for Namespaces {
             work.display()
         );
         let files = scratch.join("files");
+        // Each live socket, bound from the root over its overlay view.
+        let sockets: Vec<(PathBuf, PathBuf)> = spec
+            .sockets
+            .iter()
+            .map(|s| {
+                let rel = s.trim_start_matches('/');
+                (root.join(rel), merged.join(rel))
+            })
+            .collect();
         let mut cmd = base_command(spec);
         let cwd = spec.cwd.clone();
         let hostname = spec.hostname.clone();
@@ -214,6 +223,16 @@ impl Isolation for Namespaces {
                     mount(
                         Some(files.join(f).as_path()),
                         &merged.join("etc").join(f),
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .map_err(io::Error::from)?;
+                }
+                for (from, to) in &sockets {
+                    mount(
+                        Some(from.as_path()),
+                        to,
                         None::<&str>,
                         MsFlags::MS_BIND,
                         None::<&str>,

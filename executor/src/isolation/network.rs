@@ -61,13 +61,9 @@ impl NoNetwork {
         let invalid = |e: seccompiler::BackendError| io::Error::new(io::ErrorKind::InvalidInput, e);
         let mut socket_rules = Vec::new();
         for domain in [libc::AF_INET, libc::AF_INET6, libc::AF_PACKET] {
-            let cond = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                domain as u64,
-            )
-            .map_err(invalid)?;
+            let cond =
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, domain as u64)
+                    .map_err(invalid)?;
             socket_rules.push(SeccompRule::new(vec![cond]).map_err(invalid)?);
         }
         let rules = BTreeMap::from([

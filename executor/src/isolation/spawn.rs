@@ -91,10 +91,12 @@ pub(super) fn command_in(
     landlock: Option<std::os::fd::RawFd>,
 ) -> Result<Command, IsolationError> {
     let no_network = match spec.network {
-        Network::None => Some(NoNetwork::compile().map_err(|source| IsolationError::Setup {
-            path: PathBuf::from("seccomp filter for --network=none"),
-            source,
-        })?),
+        Network::None => Some(
+            NoNetwork::compile().map_err(|source| IsolationError::Setup {
+                path: PathBuf::from("seccomp filter for --network=none"),
+                source,
+            })?,
+        ),
         Network::Default => None,
     };
     let mut cmd = base_command(spec);
