@@ -177,7 +177,7 @@ const BUILDKIT_LEFTOVERS: &[&str] = &["dev", "proc", "sys"];
 /// What differs between the two images; empty when they match.
 /// Empty mount-point directories BuildKit v0.8 (this engine's) leaves for
 /// `RUN --mount` targets; BuildKit removes them since v0.10, as Kiln does.
-const MOUNT_STUBS: &[&str] = &["mnt/data", "mnt", "scratch"];
+const MOUNT_STUBS: &[&str] = &["mnt/data", "mnt", "scratch", "seeded", "img-etc"];
 
 fn differences(p: &Pair) -> Vec<String> {
     let a = tree(&p.kiln.rootfs());
@@ -356,6 +356,18 @@ fn kiln_matches_buildkit() {
          RUN --mount=type=cache,target=/var/log,id=logs sh -c 'ls /var/log > /seen-logs; echo x >> /var/log/runs'\n\
          RUN --mount=type=bind,source=data,target=/mnt/data cat /mnt/data/f > /bound\n\
          RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/y && ls /scratch > /tmpfs-seen'\n",
+        &[],
+    );
+    // Mount sources beyond the context: a cache mount seeded from a stage
+    // (`from`/`source`), a bind mount of an image's directory.
+    case(
+        "mount sources",
+        mounts.path(),
+        "FROM {BASE} AS seed\n\
+         RUN mkdir -p /seed && echo seeded > /seed/s\n\
+         FROM {BASE}\n\
+         RUN --mount=type=cache,target=/seeded,id=seeded,from=seed,source=/seed cat /seeded/s > /from-cache\n\
+         RUN --mount=type=bind,from={BASE},source=/etc,target=/img-etc ls /img-etc > /bound-image\n",
         &[],
     );
     // ONBUILD triggers of a stage run where a later stage builds on it.

@@ -16,7 +16,15 @@ pub enum Sharing {
 pub enum MountKind {
     /// A directory kept between builds (and, with a shared cache, between
     /// pods); never part of a layer or of the cache key.
-    Cache { id: String, sharing: Sharing },
+    ///
+    /// `from`/`source`: a stage or image whose path seeds the cache the
+    /// first time it is created (BuildKit's "base of the cache mount").
+    Cache {
+        id: String,
+        sharing: Sharing,
+        from: Option<String>,
+        source: Option<String>,
+    },
     /// A file from `--secret`; its value never reaches a layer, the config,
     /// the history, the cache key, a report or a log.
     Secret {
@@ -192,9 +200,10 @@ pub fn parse(spec: &str) -> Result<MountSpec, StepError> {
     let ro = flag(&["ro", "readonly"])?;
     let kind = match kind.as_str() {
         "cache" => {
-            if source.is_some() || get(&["from"]).is_some() {
+            let from = get(&["from"]);
+            if source.is_some() && from.is_none() {
                 return Err(bad(
-                    "--mount=type=cache with from/source (a seeded cache) is not built yet".into(),
+                    "--mount=type=cache: source= needs from=<stage or image>".into(),
                 ));
             }
             let target = target
@@ -213,6 +222,8 @@ pub fn parse(spec: &str) -> Result<MountSpec, StepError> {
             MountKind::Cache {
                 id: get(&["id"]).unwrap_or(target),
                 sharing,
+                from,
+                source: source.clone(),
             }
         }
         "secret" => {
@@ -279,7 +290,9 @@ mod tests {
             m.kind,
             MountKind::Cache {
                 id: "/root/.cache".into(),
-                sharing: Sharing::Locked
+                sharing: Sharing::Locked,
+                from: None,
+                source: None,
             }
         );
         assert_eq!((m.uid, m.mode), (Some(1000), Some(0o755)));

@@ -37,8 +37,10 @@ pub enum SecretSource {
     Env(String),
 }
 
-/// The sources bind mounts read, resolved once (before the key), in the
-/// order of the step's bind mounts.
+/// The content a mount reads — a bind mount's source, or the seed of a
+/// cache mount with `from=` — resolved once (before the key, which covers
+/// it as for COPY), in the order of the step's mounts: from the context, a
+/// stage of this Dockerfile, or else an image of that name.
 pub fn resolve_binds(
     mounts: &[MountSpec],
     ctx: &BuildContext,
@@ -46,8 +48,14 @@ pub fn resolve_binds(
 ) -> Result<Vec<Resolved>, StepError> {
     let mut out = Vec::new();
     for m in mounts {
-        let MountKind::Bind { from, source } = &m.kind else {
-            continue;
+        let (from, source) = match &m.kind {
+            MountKind::Bind { from, source } => (from.as_deref(), source.as_str()),
+            MountKind::Cache {
+                from: Some(f),
+                source,
+                ..
+            } => (Some(f.as_str()), source.as_deref().unwrap_or("/")),
+            _ => continue,
         };
         out.push(match from {
             None => Resolved::Context(
@@ -57,14 +65,12 @@ pub fn resolve_binds(
             Some(f) => match stage_of(f) {
                 Some(index) => Resolved::Stage {
                     index,
-                    src: source.clone(),
+                    src: source.to_string(),
                 },
-                None => {
-                    return Err(StepError::Invalid(format!(
-                        "--mount=type=bind,from={f}: binding from an image is not built yet \
-                         (a stage of this Dockerfile is)"
-                    )))
-                }
+                None => Resolved::Image {
+                    name: f.to_string(),
+                    src: source.to_string(),
+                },
             },
         });
     }
@@ -178,11 +184,18 @@ impl StageRun<'_> {
         };
         let mut s = self.prepare_target(root, n, target)?;
         match &m.kind {
-            MountKind::Cache { id, sharing } => {
+            MountKind::Cache {
+                id, sharing, from, ..
+            } => {
                 let (dir, lock) = self.cache_dir(id, sharing)?;
                 self.b.restore_cache_mount(id, &dir).await;
+                let seed = from.as_ref().and_then(|_| binds.next());
                 if dir.exists() {
                     move_tree(&dir, &s.full).map_err(io("restoring the cache mount", &dir))?;
+                } else if seed.is_some() {
+                    // A new cache starts as a copy of its `from`.
+                    let seed = self.mount_source(seed).await?;
+                    copy_tree(&seed, &s.full).map_err(io("seeding the cache mount from", &seed))?;
                 } else {
                     std::fs::create_dir(&s.full).map_err(io("creating", &s.full))?;
                     let mode = m.mode.unwrap_or(0o755);
@@ -194,23 +207,7 @@ impl StageRun<'_> {
                 s._lock = lock;
             }
             MountKind::Bind { .. } => {
-                let src = match binds.next() {
-                    Some(Resolved::Context(found)) => found
-                        .first()
-                        .map(|f| f.path.clone())
-                        .ok_or_else(|| StepError::Invalid("bind source matched nothing".into()))?,
-                    Some(s @ Resolved::Stage { src, .. }) => {
-                        let stage_root = self.source_root(s).await?;
-                        crate::rootfs::resolve(&stage_root, src, true).map_err(|source| {
-                            StepError::Root {
-                                op: "resolving the bind source",
-                                path: src.clone(),
-                                source,
-                            }
-                        })?
-                    }
-                    _ => return Err(StepError::Invalid("bind source not resolved".into())),
-                };
+                let src = self.mount_source(binds.next()).await?;
                 copy_tree(&src, &s.full).map_err(io("binding", &src))?;
             }
             MountKind::Tmpfs => {
@@ -258,6 +255,26 @@ impl StageRun<'_> {
         staged.sockets.push(target.clone());
         staged.items.push(s);
         Ok(())
+    }
+
+    /// Where a resolved mount source is on disk: in the context, or in the
+    /// root of the stage or image it names.
+    async fn mount_source(&self, resolved: Option<&Resolved>) -> Result<PathBuf, StepError> {
+        match resolved {
+            Some(Resolved::Context(found)) => found
+                .first()
+                .map(|f| f.path.clone())
+                .ok_or_else(|| StepError::Invalid("mount source matched nothing".into())),
+            Some(s @ (Resolved::Stage { src, .. } | Resolved::Image { src, .. })) => {
+                let root = self.source_root(s).await?;
+                crate::rootfs::resolve(&root, src, true).map_err(|source| StepError::Root {
+                    op: "resolving the mount source",
+                    path: src.clone(),
+                    source,
+                })
+            }
+            _ => Err(StepError::Invalid("mount source not resolved".into())),
+        }
     }
 
     /// Makes room at `target`: missing parents become stubs, what is there

@@ -3,6 +3,7 @@
 
 use super::config::Scope;
 use super::error::{At, BuildError, StepError};
+use super::mount_spec::MountKind;
 use kiln_common::dockerfile::{Dockerfile, Kind};
 use kiln_common::image::Platform;
 use kiln_common::shell_lex::Lexer;
@@ -52,7 +53,8 @@ pub fn global_args(
     Ok(vars)
 }
 
-/// The stages the target needs: its FROM chain and COPY --from sources.
+/// The stages the target needs: its FROM chain, COPY --from sources and
+/// the stages RUN mounts read.
 pub fn needed_stages(
     df: &Dockerfile,
     target: usize,
@@ -71,15 +73,26 @@ pub fn needed_stages(
         if let Some(j) = df.stage_index(&base).filter(|j| *j < i) {
             todo.push(j);
         }
+        let expand = |w: &str| lexer.process_word(w, &g).unwrap_or_else(|_| w.to_string());
         for ins in &s.instructions {
-            if let Kind::Copy(c) = &ins.kind {
-                if let Some(from) = c.flags.get("from") {
-                    let from = lexer
-                        .process_word(from, &g)
-                        .unwrap_or_else(|_| from.to_string());
-                    if let Some(j) = df.stage_index(&from).filter(|j| *j < i) {
-                        todo.push(j);
-                    }
+            let froms: Vec<String> = match &ins.kind {
+                Kind::Copy(c) => c.flags.get("from").map(expand).into_iter().collect(),
+                // `RUN --mount=…,from=<stage>` (bind, or a cache's seed); a
+                // mount that does not parse fails later, naming its line.
+                Kind::Run { flags, .. } => flags
+                    .all("mount")
+                    .into_iter()
+                    .filter_map(|m| super::mount_spec::parse(&expand(m)).ok())
+                    .filter_map(|m| match m.kind {
+                        MountKind::Bind { from, .. } | MountKind::Cache { from, .. } => from,
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for from in froms {
+                if let Some(j) = df.stage_index(&from).filter(|j| *j < i) {
+                    todo.push(j);
                 }
             }
         }
@@ -101,5 +114,12 @@ mod tests {
         let lexer = Lexer::new(df.escape);
         assert_eq!(needed_stages(&df, 2, &[], &lexer), vec![0, 1, 2]);
         assert_eq!(needed_stages(&df, 3, &[], &lexer), vec![3]);
+        let df = kiln_common::dockerfile::parse(
+            "FROM scratch AS a\nFROM scratch AS b\nFROM scratch AS c\n\
+             RUN --mount=from=a,target=/a --mount=type=cache,target=/c,from=b true\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        assert_eq!(needed_stages(&df, 2, &[], &lexer), vec![0, 1, 2]);
     }
 }
