@@ -20,6 +20,9 @@ pub struct BuildOptions {
     pub cache_mounts: CacheMounts,
     /// `--cache-mount-scope`: which shared copy of a cache mount (e.g. a branch).
     pub mount_scope: String,
+    /// `--cache-mount-max-size`: a cache mount larger than this is not
+    /// saved to the shared cache (0: no cap).
+    pub cache_mount_max_size: u64,
     /// `--secret id=…,src=…|env=…`: what `RUN --mount=type=secret` reads.
     pub secrets: std::collections::BTreeMap<String, crate::build::SecretSource>,
     /// `--ssh id=<socket>`: the SSH agents `RUN --mount=type=ssh` reaches.

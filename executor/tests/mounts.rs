@@ -156,7 +156,7 @@ fn mount_errors_name_the_line() {
 fn cache_mounts_follow_the_build_from_pod_to_pod() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let files: Vec<(String, String)> = (1..=21)
+    let files: Vec<(String, String)> = (1..=22)
         .map(|i| (format!("f{i}"), format!("package {i}\n")))
         .collect();
     let refs: Vec<(&str, &str)> = files
@@ -166,7 +166,7 @@ fn cache_mounts_follow_the_build_from_pod_to_pod() {
     let http = StaticHttp::start(&refs);
     let cache = Registry::start();
     let repo = format!("{}/cache/app", cache.addr);
-    let pod = |stamp: &str, n: u32| {
+    let pod = |stamp: &str, n: u32, extra: &[&str]| {
         let ctx = context_with(&format!(
             "FROM {base}\nENV STAMP={stamp}\n\
              RUN --mount=type=cache,target=/var/cache/pkgs sh -c 'for i in $(seq 1 {n}); do \
@@ -191,23 +191,37 @@ fn cache_mounts_follow_the_build_from_pod_to_pod() {
                 &repo,
                 "--report",
                 report.to_str().unwrap(),
-            ],
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
         );
         let r: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
         (http.gets() - before, r["cache_mounts"][0].clone())
     };
-    let (fetched, m) = pod("a", 20);
+    let (fetched, m) = pod("a", 20, &[]);
     assert_eq!(fetched, 20, "{m}");
     assert_eq!(m["saved_files"], 20, "{m}");
-    let (fetched, m) = pod("b", 20);
+    assert!(m["save_seconds"].as_f64().unwrap() > 0.0, "{m}");
+    let (fetched, m) = pod("b", 20, &[]);
     assert_eq!(fetched, 0, "pod B fetched again: {m}");
     assert_eq!(
         (m["restored_files"].as_u64(), m["unchanged"].as_bool()),
         (Some(20), Some(true)),
         "{m}"
     );
-    let (fetched, m) = pod("c", 21);
+    assert!(m["restore_seconds"].as_f64().unwrap() > 0.0, "{m}");
+    // Over the size cap: kept locally, not saved, and the report says why.
+    let (fetched, m) = pod("d", 22, &["--cache-mount-max-size", "100B"]);
+    assert_eq!(fetched, 2, "{m}");
+    assert_eq!(m["saved_files"], 0, "{m}");
+    assert!(
+        m["not_saved"].as_str().unwrap().contains("--cache-mount-max-size"),
+        "{m}"
+    );
+    let (fetched, m) = pod("c", 21, &[]);
     assert_eq!(fetched, 1, "{m}");
     assert_eq!(m["saved_files"], 1, "only the new file is uploaded: {m}");
 }

@@ -457,7 +457,14 @@ impl super::Builder {
             return;
         }
         let deadline = self.lookup_timeout() * 6;
-        match tokio::time::timeout(deadline, shared.restore(id, &staging)).await {
+        let started = std::time::Instant::now();
+        let restored = tokio::time::timeout(deadline, shared.restore(id, &staging)).await;
+        if let Ok(mut m) = self.mounts_used.lock() {
+            if let Some(u) = m.get_mut(id) {
+                u.report.restore_seconds = started.elapsed().as_secs_f64();
+            }
+        }
+        match restored {
             Ok(Ok(Some((entries, moved)))) => {
                 if std::fs::rename(&staging, dir).is_ok() {
                     tracing::info!(
@@ -510,8 +517,22 @@ impl super::Builder {
                 out.push(u.report);
                 continue;
             }
+            let size: u64 = now.iter().map(|e| e.size).sum();
+            let cap = self.opts.cache_mount_max_size;
+            if cap > 0 && size > cap {
+                let why = format!(
+                    "{size} bytes, over --cache-mount-max-size ({cap} bytes); kept locally"
+                );
+                tracing::warn!("cache mount {id:?} not saved: {why}");
+                u.report.not_saved = Some(why);
+                out.push(u.report);
+                continue;
+            }
             let known = u.restored.clone().unwrap_or_default();
-            match tokio::time::timeout(deadline, shared.save(&id, &u.dir, &known)).await {
+            let started = std::time::Instant::now();
+            let saved = tokio::time::timeout(deadline, shared.save(&id, &u.dir, &known)).await;
+            u.report.save_seconds = started.elapsed().as_secs_f64();
+            match saved {
                 Ok(Ok(moved)) => {
                     tracing::info!(
                         "cache mount {id:?}: saved, {} files ({} bytes) uploaded",
@@ -521,11 +542,16 @@ impl super::Builder {
                     u.report.saved_files = moved.files;
                     u.report.saved_bytes = moved.bytes;
                 }
-                Ok(Err(e)) => tracing::warn!(
-                    "cache mount {id:?} not saved: {}",
-                    kiln_common::report::Report(&e)
-                ),
-                Err(_) => tracing::warn!("cache mount {id:?} not saved within {deadline:?}"),
+                Ok(Err(e)) => {
+                    let why = kiln_common::report::Report(&e).to_string();
+                    tracing::warn!("cache mount {id:?} not saved: {why}");
+                    u.report.not_saved = Some(why);
+                }
+                Err(_) => {
+                    let why = format!("not saved within --cache-push-timeout ({deadline:?})");
+                    tracing::warn!("cache mount {id:?} {why}");
+                    u.report.not_saved = Some(why);
+                }
             }
             out.push(u.report);
         }

@@ -90,6 +90,13 @@ pub struct MountReport {
     pub saved_bytes: u64,
     /// Unchanged since it was restored: nothing to save.
     pub unchanged: bool,
+    /// Seconds spent restoring it and saving it.
+    pub restore_seconds: f64,
+    pub save_seconds: f64,
+    /// Why a changed mount was not saved (over the size cap, an error, the
+    /// deadline); `None` when saved or unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_saved: Option<String>,
 }
 
 /// The build's running totals (steps of several stages add to them).

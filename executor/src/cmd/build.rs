@@ -88,6 +88,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             m => bail!("--cache-mounts {m:?}: expected shared, local or off"),
         },
         mount_scope: cli.cache_mount_scope.clone(),
+        cache_mount_max_size: kiln_common::units::parse_size(&cli.cache_mount_max_size)
+            .with_context(|| {
+                format!(
+                    "--cache-mount-max-size {:?}: expected a size such as 4GiB",
+                    cli.cache_mount_max_size
+                )
+            })?,
         secrets: secrets(&cli.secret)?,
         ssh: ssh_agents(&cli.ssh)?,
         dockerfile: cli.dockerfile.clone(),

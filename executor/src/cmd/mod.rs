@@ -225,6 +225,10 @@ pub struct Cli {
     /// Which shared copy of each cache mount to use (e.g. the branch).
     #[arg(long, default_value = "default")]
     pub cache_mount_scope: String,
+    /// A cache mount larger than this is kept locally but not saved to the
+    /// shared cache (`4GiB`, `500MB`, …; `0`: no cap).
+    #[arg(long, default_value = "4GiB")]
+    pub cache_mount_max_size: String,
     /// Read the cache but never write to it.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_push_cache: Option<bool>,
