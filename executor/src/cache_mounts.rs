@@ -27,8 +27,8 @@ const FORMAT: &str = "kiln-cache-mount-v1";
 const CONFIG_TYPE: &str = "application/vnd.kiln.cache-mount.config.v1+json";
 const FILE_TYPE: &str = "application/vnd.kiln.cache-mount.file";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Files fetched at once when restoring; each is one small request.
-const RESTORE_CONCURRENCY: usize = 16;
+/// Files fetched or uploaded at once; each is one small request.
+const TRANSFER_CONCURRENCY: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountCacheError {
@@ -185,7 +185,7 @@ impl MountCache {
                 Ok::<u64, MountCacheError>(e.size)
             }
         }))
-        .buffer_unordered(RESTORE_CONCURRENCY);
+        .buffer_unordered(TRANSFER_CONCURRENCY);
         let fetched: Vec<u64> = fetches.try_collect().await?;
         let moved = Moved {
             files: fetched.len() as u64,
@@ -212,31 +212,49 @@ impl MountCache {
     ) -> Result<Moved, MountCacheError> {
         let entries = listing(dir)?;
         let tag = self.tag(id);
-        let mut have: BTreeSet<Digest> = known.iter().filter_map(|e| e.digest.clone()).collect();
-        let mut moved = Moved::default();
+        let known: BTreeSet<&Digest> = known.iter().filter_map(|e| e.digest.as_ref()).collect();
+        // One upload per distinct content the last restore did not list.
         let mut layers: BTreeMap<Digest, u64> = BTreeMap::new();
+        let mut new: BTreeMap<&Digest, &Entry> = BTreeMap::new();
         for e in &entries {
             let Some(d) = &e.digest else { continue };
             layers.insert(d.clone(), e.size);
-            if have.contains(d) {
-                continue;
+            if !known.contains(d) {
+                new.entry(d).or_insert(e);
             }
-            let present = self
-                .registry
-                .blob_exists(&tag, d)
-                .await
-                .map_err(self.reg_err(id))?;
-            if !present {
-                let p = dir.join(&e.path);
-                self.registry
-                    .push_blob_file(&tag, &p, d, e.size)
+        }
+        tracing::info!(
+            "cache mount {id:?}: saving ({} files to check or upload)",
+            new.len()
+        );
+        // Independent small requests, as in `restore`: concurrent. The tag
+        // is pushed only after every blob is in, so a save cut short leaves
+        // the previous one readable.
+        let uploads = futures_util::stream::iter(new.into_iter().map(|(d, e)| {
+            let tag = &tag;
+            async move {
+                let present = self
+                    .registry
+                    .blob_exists(tag, d)
                     .await
                     .map_err(self.reg_err(id))?;
-                moved.files += 1;
-                moved.bytes += e.size;
+                if present {
+                    return Ok::<Option<u64>, MountCacheError>(None);
+                }
+                let p = dir.join(&e.path);
+                self.registry
+                    .push_blob_file(tag, &p, d, e.size)
+                    .await
+                    .map_err(self.reg_err(id))?;
+                Ok(Some(e.size))
             }
-            have.insert(d.clone());
-        }
+        }))
+        .buffer_unordered(TRANSFER_CONCURRENCY);
+        let uploaded: Vec<Option<u64>> = uploads.try_collect().await?;
+        let moved = Moved {
+            files: uploaded.iter().flatten().count() as u64,
+            bytes: uploaded.iter().flatten().sum(),
+        };
         let listing = serde_json::to_vec(&Listing {
             format: FORMAT.into(),
             entries,

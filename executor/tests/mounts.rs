@@ -302,3 +302,79 @@ RUN test ! -e /run/buildkit && test ! -e /tmp/deploy.sock
         "{err}"
     );
 }
+
+/// A pod killed (SIGKILL) while it saves a cache mount: the previous save
+/// stays whole and readable, since the tag that names a save is pushed only
+/// after all its files are in.
+#[test]
+fn a_save_killed_midway_leaves_the_previous_one_readable() {
+    use std::io::BufRead;
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let cache = Registry::start();
+    let repo = format!("{}/cache/app", cache.addr);
+    let args = |report: &std::path::Path| -> Vec<String> {
+        [
+            "--no-push",
+            "--insecure-pull",
+            "--insecure-registry",
+            &cache.addr,
+            "--cache",
+            "--cache-repo",
+            &repo,
+            "--report",
+            report.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let pod = |run: &str| {
+        let ctx = context_with(&format!(
+            "FROM {base}\nRUN --mount=type=cache,target=/c {run}\n"
+        ));
+        let work = tempfile::tempdir().unwrap();
+        let report = work.path().join("report.json");
+        let mut c = executor();
+        c.arg("--context")
+            .arg(ctx.path())
+            .arg("--kaniko-dir")
+            .arg(work.path().join("k"))
+            .args(args(&report));
+        (ctx, work, report, c)
+    };
+    let (_c, _w, report, mut a) = pod("sh -c 'echo one > /c/marker'");
+    assert_ok(&a.output().unwrap());
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["cache_mounts"][0]["saved_files"], 1, "{r}");
+
+    // Pod B writes 75 MB of new content and is killed as its save starts.
+    let (_c, _w, _r, mut b) = pod(
+        "sh -c 'echo two > /c/marker; i=0; while [ $i -lt 300 ]; do \
+         head -c 262144 /dev/urandom > /c/big$i; i=$((i+1)); done'",
+    );
+    let mut child = b
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("executor");
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        let saving = line.contains("saving (");
+        seen.push(line);
+        if saving {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "pod B was not killed:\n{}", seen.join("\n"));
+    assert!(!seen.iter().any(|l| l.contains(": saved,")), "{seen:?}");
+
+    // Pod C, fresh: restores pod A's save, whole.
+    let (_c, _w, report, mut c) = pod("sh -c 'cat /c/marker > /seen && ls /c | wc -l > /count'");
+    assert_ok(&c.output().unwrap());
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["cache_mounts"][0]["restored_files"], 1, "{r}");
+}
