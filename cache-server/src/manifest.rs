@@ -45,6 +45,23 @@ impl ManifestBlob {
     }
 }
 
+/// What an image manifest's layers add up to, in bytes (0 for anything
+/// that is not one): a shared cache mount's files.
+pub fn layer_bytes(bytes: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Layers {
+        #[serde(default)]
+        layers: Vec<Sized>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Sized {
+        size: u64,
+    }
+    serde_json::from_slice::<Layers>(bytes)
+        .map(|m| m.layers.iter().map(|l| l.size).sum())
+        .unwrap_or(0)
+}
+
 /// The stored object for a manifest.
 pub fn encode_stored(media_type: &str, bytes: &[u8]) -> Bytes {
     let mut obj = Vec::with_capacity(media_type.len() + 1 + bytes.len());

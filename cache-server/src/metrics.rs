@@ -16,6 +16,29 @@ pub struct LookupLabel {
     pub result: String,
 }
 
+/// A shared cache mount's scope (`--cache-mount-scope`) in a repository.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MountLabel {
+    pub repo: String,
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MountResultLabel {
+    pub repo: String,
+    pub scope: String,
+    pub result: String,
+}
+
+/// The scope of a shared cache mount's tag, `mount-<scope>-<hash>` as the
+/// executor names them (the scope made tag-safe); `None` for other tags.
+pub fn mount_scope(tag: &str) -> Option<&str> {
+    let rest = tag.strip_prefix("mount-")?;
+    let (scope, hash) = rest.rsplit_once('-')?;
+    (hash.len() == 40 && hash.bytes().all(|b| b.is_ascii_hexdigit()) && !scope.is_empty())
+        .then_some(scope)
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabel {
     pub tier: String,
@@ -117,6 +140,10 @@ pub struct Metrics {
     pub builds: Family<RepoLabel, Counter>,
     pub build_bytes_saved: Family<RepoLabel, Counter>,
     pub build_first_miss: Family<StepLabel, Counter>,
+    pub mount_restores: Family<MountResultLabel, Counter>,
+    pub mount_restored_bytes: Family<MountLabel, Counter>,
+    pub mount_saves: Family<MountLabel, Counter>,
+    pub mount_size: Family<MountLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -157,6 +184,10 @@ impl Metrics {
             builds: Family::default(),
             build_bytes_saved: Family::default(),
             build_first_miss: Family::default(),
+            mount_restores: Family::default(),
+            mount_restored_bytes: Family::default(),
+            mount_saves: Family::default(),
+            mount_size: Family::default(),
         };
         registry.register(
             "lookups",
@@ -289,7 +320,57 @@ impl Metrics {
             "Builds whose first cache miss was this step (`line N INSTRUCTION`): a step that is the first miss of every build busts the cache",
             m.build_first_miss.clone(),
         );
+        registry.register(
+            "mount_restores",
+            "Shared cache mounts asked for by executors, by repository, scope (--cache-mount-scope) and result: hit, miss",
+            m.mount_restores.clone(),
+        );
+        registry.register(
+            "mount_restored_bytes",
+            "Bytes of the shared cache mounts executors restored (the files the saved listing names), by repository and scope",
+            m.mount_restored_bytes.clone(),
+        );
+        registry.register(
+            "mount_saves",
+            "Shared cache mounts saved by executors, by repository and scope",
+            m.mount_saves.clone(),
+        );
+        registry.register(
+            "mount_size_bytes",
+            "Bytes of the last shared cache mount saved, by repository and scope",
+            m.mount_size.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A shared cache mount's manifest was asked for (GET by tag).
+    pub fn mount_restore(&self, repo: &str, scope: &str, bytes: Option<u64>) {
+        let label = MountLabel {
+            repo: repo.to_string(),
+            scope: scope.to_string(),
+        };
+        self.mount_restores
+            .get_or_create(&MountResultLabel {
+                repo: label.repo.clone(),
+                scope: label.scope.clone(),
+                result: if bytes.is_some() { "hit" } else { "miss" }.to_string(),
+            })
+            .inc();
+        if let Some(b) = bytes {
+            self.mount_restored_bytes.get_or_create(&label).inc_by(b);
+        }
+    }
+
+    /// A shared cache mount was saved (its manifest PUT by tag).
+    pub fn mount_save(&self, repo: &str, scope: &str, bytes: u64) {
+        let label = MountLabel {
+            repo: repo.to_string(),
+            scope: scope.to_string(),
+        };
+        self.mount_saves.get_or_create(&label).inc();
+        self.mount_size
+            .get_or_create(&label)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn lookup(&self, repo: &str, result: &str) {
@@ -347,5 +428,22 @@ impl Metrics {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_tags_name_their_scope() {
+        let h = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            mount_scope(&format!("mount-feature-x-{h}")),
+            Some("feature-x")
+        );
+        assert_eq!(mount_scope(&format!("mount-{h}")), None);
+        assert_eq!(mount_scope("mount-main-123"), None);
+        assert_eq!(mount_scope(&format!("cache-main-{h}")), None);
     }
 }

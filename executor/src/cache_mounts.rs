@@ -100,12 +100,15 @@ impl MountCache {
         }
     }
 
+    /// `mount-<scope>-<hash of scope and id>`: the scope readable (made
+    /// tag-safe, at most 40 characters) so that tag lists and the cache
+    /// server's metrics can tell scopes apart; the hash keeps ids apart.
     fn tag(&self, id: &str) -> Reference {
         let name = Digest::sha256_of(format!("{}\0{id}", self.scope).as_bytes());
         Reference::with_tag(
             self.repo.registry().to_string(),
             self.repo.repository().to_string(),
-            format!("mount-{}", &name.hex()[..40]),
+            format!("mount-{}-{}", tag_safe(&self.scope), &name.hex()[..40]),
         )
     }
 
@@ -284,6 +287,23 @@ impl MountCache {
     }
 }
 
+/// A scope as a tag fragment: ASCII letters, digits, `.` and `_` kept,
+/// anything else `-`, at most 40 characters, never empty.
+fn tag_safe(scope: &str) -> String {
+    let s: String = scope
+        .chars()
+        .take(40)
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' => c,
+            _ => '-',
+        })
+        .collect();
+    match s.trim_matches(|c| c == '-' || c == '.') {
+        "" => "default".into(),
+        t => t.to_string(),
+    }
+}
+
 fn io(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> MountCacheError {
     let path = p.to_path_buf();
     move |source| MountCacheError::Io { op, path, source }
@@ -344,6 +364,14 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<(), MountCacheE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_become_tag_fragments() {
+        assert_eq!(tag_safe("feature/login-form"), "feature-login-form");
+        assert_eq!(tag_safe("main"), "main");
+        assert_eq!(tag_safe("//"), "default");
+        assert_eq!(tag_safe(&"x".repeat(90)).len(), 40);
+    }
 
     #[test]
     fn listings_are_sorted_and_hash_files() {

@@ -136,18 +136,6 @@ fn first_reexecuted_step_follows_docker_cache_rules() {
     }
 }
 
-/// Kiln's cache server binary, built beside this crate's by
-/// `cargo nextest run --workspace` (or `cargo build --workspace`).
-fn cache_server_bin() -> std::path::PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_executor")).with_file_name("cache-server");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace first",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn the_same_rules_hold_with_the_kiln_cache_server_and_its_batch_lookup() {
     let reg = Registry::start();

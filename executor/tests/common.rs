@@ -264,3 +264,15 @@ pub fn kiln_image_tars(targets: &[(&str, &str)]) -> tempfile::TempDir {
     let _ = std::fs::remove_dir_all(&ctx);
     out
 }
+
+/// Kiln's cache server binary, built beside this crate's by
+/// `cargo nextest run --workspace` (or `cargo build --workspace`).
+pub fn cache_server_bin() -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_executor")).with_file_name("cache-server");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace first",
+        p.display()
+    );
+    p
+}

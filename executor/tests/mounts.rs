@@ -218,7 +218,10 @@ fn cache_mounts_follow_the_build_from_pod_to_pod() {
     assert_eq!(fetched, 2, "{m}");
     assert_eq!(m["saved_files"], 0, "{m}");
     assert!(
-        m["not_saved"].as_str().unwrap().contains("--cache-mount-max-size"),
+        m["not_saved"]
+            .as_str()
+            .unwrap()
+            .contains("--cache-mount-max-size"),
         "{m}"
     );
     let (fetched, m) = pod("c", 21, &[]);
@@ -369,7 +372,11 @@ fn a_save_killed_midway_leaves_the_previous_one_readable() {
         }
     }
     let status = child.wait().unwrap();
-    assert!(!status.success(), "pod B was not killed:\n{}", seen.join("\n"));
+    assert!(
+        !status.success(),
+        "pod B was not killed:\n{}",
+        seen.join("\n")
+    );
     assert!(!seen.iter().any(|l| l.contains(": saved,")), "{seen:?}");
 
     // Pod C, fresh: restores pod A's save, whole.
@@ -377,4 +384,78 @@ fn a_save_killed_midway_leaves_the_previous_one_readable() {
     assert_ok(&c.output().unwrap());
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["cache_mounts"][0]["restored_files"], 1, "{r}");
+}
+
+/// Through Kiln's cache server: a cache mount saved under a scope and
+/// restored by the next pod shows in the server's metrics by scope.
+#[test]
+fn the_cache_server_counts_cache_mounts_by_scope() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let server = CacheServer::start(&cache_server_bin(), None, &[], &[]);
+    let repo = format!("{}/cache/app", server.addr);
+    let ctx = context_with(&format!(
+        "FROM {base}\nARG STAMP\n\
+         RUN --mount=type=cache,target=/c sh -c 'test -f /c/f || head -c 1000 /dev/zero > /c/f'\n"
+    ));
+    for stamp in ["a", "b"] {
+        let work = tempfile::tempdir().unwrap();
+        must_build(
+            ctx.path(),
+            work.path(),
+            &[
+                "--no-push",
+                "--insecure-pull",
+                "--insecure-registry",
+                &server.addr,
+                "--cache",
+                "--cache-repo",
+                &repo,
+                "--cache-mount-scope",
+                "feature/x",
+                "--build-arg",
+                &format!("STAMP={stamp}"),
+            ],
+        );
+    }
+    let m = server.metrics();
+    let scoped = ["repo=\"cache/app\"", "scope=\"feature-x\""];
+    let with = |extra: &'static str| {
+        let mut l = scoped.to_vec();
+        l.push(extra);
+        l
+    };
+    assert_eq!(
+        metric_sum(
+            &m,
+            "kiln_cache_mount_restores_total",
+            &with("result=\"miss\"")
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "kiln_cache_mount_restores_total",
+            &with("result=\"hit\"")
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "kiln_cache_mount_saves_total", &scoped),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "kiln_cache_mount_restored_bytes_total", &scoped),
+        1000.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "kiln_cache_mount_size_bytes", &scoped),
+        1000.0,
+        "{m}"
+    );
 }

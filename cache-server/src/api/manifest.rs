@@ -21,10 +21,24 @@ pub(super) async fn get(app: &App, repo: &str, reference: &str, head: bool) -> A
             let m = app.store.manifest(repo, &d).await?.ok_or_else(unknown)?;
             (d, m)
         }
-        Err(_) => match app.store.lookup(repo, reference).await? {
-            Lookup::Hit(e, m) => (e.digest, m),
-            Lookup::Miss | Lookup::Expired => return Err(unknown().into()),
-        },
+        Err(_) => {
+            let scope = crate::metrics::mount_scope(reference).filter(|_| !head);
+            match app.store.lookup(repo, reference).await? {
+                Lookup::Hit(e, m) => {
+                    if let Some(scope) = scope {
+                        let bytes = crate::manifest::layer_bytes(&m.bytes);
+                        app.store.metrics().mount_restore(repo, scope, Some(bytes));
+                    }
+                    (e.digest, m)
+                }
+                Lookup::Miss | Lookup::Expired => {
+                    if let Some(scope) = scope {
+                        app.store.metrics().mount_restore(repo, scope, None);
+                    }
+                    return Err(unknown().into());
+                }
+            }
+        }
     };
     let headers = [
         ("content-type", m.media_type.clone()),
@@ -55,10 +69,15 @@ pub(super) async fn put(app: &App, repo: &str, reference: &str, req: Request) ->
             size: limit + 1,
             limit,
         })?;
+    let mount = crate::metrics::mount_scope(reference)
+        .map(|scope| (scope, crate::manifest::layer_bytes(&bytes)));
     let d = app
         .store
         .put_manifest(repo, reference, ct.as_deref(), bytes)
         .await?;
+    if let Some((scope, size)) = mount {
+        app.store.metrics().mount_save(repo, scope, size);
+    }
     Ok(with_headers(
         StatusCode::CREATED.into_response(),
         &[
