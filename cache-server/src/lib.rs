@@ -9,7 +9,7 @@ pub mod backend;
 pub(crate) mod breaker;
 pub mod gc;
 pub(crate) mod keys;
-pub(crate) mod manifest;
+pub mod manifest;
 pub mod metrics;
 pub mod server;
 pub mod store;

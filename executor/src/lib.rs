@@ -13,12 +13,12 @@
 pub mod blobs;
 pub mod build;
 pub(crate) mod cache;
-pub(crate) mod cache_key;
+pub mod cache_key;
 pub(crate) mod cache_mounts;
 pub mod compression;
 pub(crate) mod context;
 pub(crate) mod copy;
-pub(crate) mod dockerignore;
+pub mod dockerignore;
 pub mod extract;
 pub(crate) mod fetch;
 pub mod isolation;

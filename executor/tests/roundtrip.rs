@@ -1,0 +1,166 @@
+//! Property tests (issue 14) on the library, no binaries: a layer written
+//! from any tree extracts to the same tree, a layer of deletions removes
+//! exactly what it lists, for every compression; cache keys are stable and
+//! field boundaries matter.
+
+use kiln_common::Digest;
+use kiln_executor::blobs::BlobStore;
+use kiln_executor::cache_key::KeyBuilder;
+use kiln_executor::compression::Compression;
+use kiln_executor::layer::{write_layer, LayerOptions};
+use kiln_executor::snapshot::{Change, Diff};
+use kiln_testkit::{tree, tree_diffs};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+enum Node {
+    File(Vec<u8>, u32),
+    Link(String),
+    Dir(u32),
+}
+
+/// Trees of up to 24 entries, three levels deep, from a small alphabet of
+/// names (so paths collide and nest), with files, symlinks and directories.
+fn trees() -> impl Strategy<Value = BTreeMap<String, Node>> {
+    let name = prop::sample::select(vec!["a", "b", "c", "d.txt", "e e", "ü", ".wh", "f"]);
+    let path = prop::collection::vec(name, 1..=3).prop_map(|v| v.join("/"));
+    let node = prop_oneof![
+        (
+            prop::collection::vec(any::<u8>(), 0..3000),
+            prop::sample::select(vec![0o644u32, 0o755, 0o600, 0o4755])
+        )
+            .prop_map(|(c, m)| Node::File(c, m)),
+        prop::sample::select(vec!["a", "/etc/passwd", "../../x", "b/c"])
+            .prop_map(|t| Node::Link(t.to_string())),
+        prop::sample::select(vec![0o755u32, 0o700, 0o1777]).prop_map(Node::Dir),
+    ];
+    prop::collection::btree_map(path, node, 0..24)
+}
+
+/// Writes the tree under `root`, skipping entries whose parent became a
+/// file or link; returns what was written.
+fn materialize(root: &Path, t: &BTreeMap<String, Node>) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut written = Vec::new();
+    for (rel, node) in t {
+        let p = root.join(rel);
+        let parent = p.parent().unwrap();
+        if std::fs::create_dir_all(parent).is_err() || std::fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        let ok = match node {
+            Node::File(c, m) => std::fs::write(&p, c)
+                .and_then(|_| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*m))),
+            Node::Link(to) => std::os::unix::fs::symlink(to, &p),
+            Node::Dir(m) => std::fs::create_dir(&p)
+                .and_then(|_| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*m))),
+        };
+        if ok.is_ok() {
+            written.push(PathBuf::from(rel));
+        }
+    }
+    written
+}
+
+/// Every path under `root`, relative, parents first.
+fn all_paths(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap().flatten() {
+            let r = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                todo.push(r.clone());
+            }
+            out.push(r);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn layer_of(root: &Path, diff: &Diff, store: &BlobStore, c: Compression) -> PathBuf {
+    let opts = LayerOptions {
+        compression: c,
+        ..Default::default()
+    };
+    let l = write_layer(root, diff, store, &opts).unwrap();
+    store.path(&l.descriptor.digest)
+}
+
+fn apply(root: &Path, blob: &Path) {
+    let f = std::fs::File::open(blob).unwrap();
+    kiln_executor::extract::apply_layer(root, f).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn layers_round_trip(t in trees(), deleted in prop::collection::vec(any::<prop::sample::Index>(), 0..4), zstd in any::<bool>()) {
+        let c = if zstd { Compression::Zstd } else { Compression::Gzip };
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        materialize(&src, &t);
+        let mut diff = Diff::default();
+        for p in all_paths(&src) {
+            diff.add(p, Change::Add);
+        }
+        apply(&dst, &layer_of(&src, &diff, &store, c));
+        let d = tree_diffs(&tree(&dst), &tree(&src), ("extracted", "written"));
+        prop_assert!(d.is_empty(), "{}", d.join("\n"));
+
+        // A second layer that deletes some paths.
+        let paths = all_paths(&src);
+        let mut gone = Diff::default();
+        if !paths.is_empty() {
+            for i in &deleted {
+                let p = i.get(&paths).clone();
+                if gone.changes.keys().any(|g| p.starts_with(g)) || std::fs::symlink_metadata(src.join(&p)).is_err() {
+                    continue;
+                }
+                kiln_executor::extract::remove_any(&src.join(&p)).unwrap();
+                gone.changes.retain(|k, _| !k.starts_with(&p));
+                gone.add(p, Change::Delete);
+            }
+        }
+        apply(&dst, &layer_of(&src, &gone, &store, c));
+        let d = tree_diffs(&tree(&dst), &tree(&src), ("after deletions", "expected"));
+        prop_assert!(d.is_empty(), "{}", d.join("\n"));
+    }
+
+    #[test]
+    fn keys_are_stable_and_boundaries_count(fields in prop::collection::vec(("[a-z]{0,4}", "[a-z ]{0,6}"), 1..6), cut in 1usize..4) {
+        let prev = Digest::sha256_of(b"prev");
+        let key = |f: &[(String, String)]| {
+            let mut k = KeyBuilder::new(&prev);
+            for (n, v) in f {
+                k.field(n, v);
+            }
+            k.finish().0
+        };
+        prop_assert_eq!(key(&fields), key(&fields));
+        // Moving characters from one value to the next name changes the key.
+        let (n, v) = fields[0].clone();
+        if v.len() >= cut {
+            let mut moved = fields.clone();
+            moved[0] = (n, v[..v.len() - cut].to_string());
+            moved.insert(1, (v[v.len() - cut..].to_string(), String::new()));
+            prop_assert_ne!(key(&fields), key(&moved));
+        }
+        // A list is not the same as its items as fields.
+        let items: Vec<String> = fields.iter().map(|(_, v)| v.clone()).collect();
+        let mut a = KeyBuilder::new(&prev);
+        a.list("l", &items);
+        let mut b = KeyBuilder::new(&prev);
+        for i in &items {
+            b.field("item", i);
+        }
+        prop_assert_ne!(a.finish().0, b.finish().0);
+    }
+}
