@@ -13,6 +13,10 @@
 //! - `repos/<repo>/_tags/<tag>`: the tagged manifest's digest; the object's
 //!   last-modified time is the entry's last use.
 //!
+//! - `_uploads/<session>/<offset>`: one chunk of an upload session, from
+//!   byte `<offset>` (20 digits, so names sort by offset), kept in the
+//!   store so any replica can continue or finish the session;
+//!
 //! Repository names cannot have a component starting with `_`, so the
 //! `_blobs`/`_manifests`/`_tags` markers are unambiguous.
 
@@ -37,6 +41,11 @@ pub enum Key {
     },
     /// The object `/readyz` heads to prove the backend answers.
     Probe,
+    /// A chunk of upload session `id` starting at byte `offset`.
+    UploadPart {
+        id: String,
+        offset: u64,
+    },
 }
 
 /// A listing: everything under it.
@@ -47,6 +56,10 @@ pub enum Prefix {
     Repos,
     /// One repository's tags.
     Tags(String),
+    /// Every upload session's chunks.
+    Uploads,
+    /// One upload session's chunks.
+    Upload(String),
 }
 
 impl Key {
@@ -82,6 +95,7 @@ impl fmt::Display for Key {
             }
             Key::Tag { repo, tag } => write!(f, "repos/{repo}/_tags/{tag}"),
             Key::Probe => f.write_str("kiln-probe"),
+            Key::UploadPart { id, offset } => write!(f, "_uploads/{id}/{offset:020}"),
         }
     }
 }
@@ -92,6 +106,8 @@ impl fmt::Display for Prefix {
             Prefix::Blobs => f.write_str("blobs/sha256/"),
             Prefix::Repos => f.write_str("repos/"),
             Prefix::Tags(repo) => write!(f, "repos/{repo}/_tags/"),
+            Prefix::Uploads => f.write_str("_uploads/"),
+            Prefix::Upload(id) => write!(f, "_uploads/{id}/"),
         }
     }
 }
@@ -117,6 +133,18 @@ impl FromStr for Key {
             return digest(hex, key).map(Key::Blob);
         }
         let bad = || NotAKey(key.to_string());
+        if let Some(rest) = key.strip_prefix("_uploads/") {
+            let (id, offset) = rest.split_once('/').ok_or_else(bad)?;
+            let valid_id =
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            return match (valid_id, offset.len() == 20, offset.parse::<u64>()) {
+                (true, true, Ok(offset)) => Ok(Key::UploadPart {
+                    id: id.to_string(),
+                    offset,
+                }),
+                _ => Err(bad()),
+            };
+        }
         let rest = key.strip_prefix("repos/").ok_or_else(bad)?;
         let (repo, kind, name) = ["_blobs", "_manifests", "_tags"]
             .iter()
@@ -159,9 +187,19 @@ mod tests {
             Key::manifest("a/b", &d),
             Key::tag("a/b", "v1.0"),
             Key::Probe,
+            Key::UploadPart {
+                id: "0a1b-c2".into(),
+                offset: 5 << 20,
+            },
         ] {
             assert_eq!(k.to_string().parse::<Key>().unwrap(), k, "{k}");
         }
+        assert!(Key::UploadPart {
+            id: "s".into(),
+            offset: 9
+        }
+        .to_string()
+        .starts_with(&Prefix::Upload("s".into()).to_string()));
         assert_eq!(
             Key::tag("team/app", "latest").to_string(),
             "repos/team/app/_tags/latest"
@@ -174,6 +212,9 @@ mod tests {
             "blobs/sha256/zz",
             "repos//_tags/t",
             "other/thing",
+            "_uploads/x/12",
+            "_uploads//00000000000000000001",
+            "_uploads/a/b/00000000000000000001",
         ] {
             assert!(bad.parse::<Key>().is_err(), "{bad}");
         }

@@ -111,7 +111,15 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> Result<(), Ser
             store.describe()
         ),
     }
-    let uploads = Uploads::open(&data_dir.join("uploads"))?;
+    let uploads = Uploads::open(&data_dir.join("uploads"), store.shares_uploads())?;
+    tracing::info!(
+        "upload sessions: {}",
+        if store.shares_uploads() {
+            "kept in the store (any replica continues them)"
+        } else {
+            "kept in this process (chunked uploads need session affinity)"
+        }
+    );
     let auth = match &cfg.auth_file {
         Some(p) => Auth::load(p)?,
         None => Auth::open(),
@@ -215,7 +223,7 @@ fn spawn_background(
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = sweep.tick() => app.uploads.sweep(),
+                _ = sweep.tick() => app.uploads.sweep(&app.store).await,
                 _ = gc_tick.tick(), if gc.is_some() => {
                     if let Some((_, opts)) = &gc {
                         match gc::collect(&app.store, opts).await {

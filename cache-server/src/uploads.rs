@@ -1,9 +1,23 @@
-//! Blob upload sessions (monolithic and chunked). Bytes are staged in a
-//! local file and hashed as they arrive; nothing reaches the store until the
-//! client's digest matches, and then it is committed in one atomic step. A
-//! dropped connection or a crash leaves only a staging file, which is never
-//! served and is swept at startup and when a session goes stale.
+//! Blob upload sessions (monolithic and chunked). Nothing reaches the store
+//! until the client's digest matches, and then it is committed in one
+//! atomic step; a dropped connection or a crash leaves only staging data,
+//! which is never served and is swept when a session goes stale.
+//!
+//! Where a session's state lives depends on the backend
+//! ([`crate::backend::Backend::shares_uploads`]):
+//! - **shared** (object stores): each PATCHed chunk is stored in the backend
+//!   under the session ([`crate::store`]'s `parts`), so any replica can take
+//!   the next request — no session affinity. The closing PUT reads the
+//!   chunks back in order, hashing them with its own body into a local
+//!   staging file. A session id carries a short hash of its repository, so
+//!   a replica that never saw the session can still refuse it under
+//!   another repository. Monolithic uploads (the usual case) store nothing
+//!   extra: their one body goes straight to staging.
+//! - **local** (a fronted registry, which cannot hold chunks): bytes are
+//!   staged in this process's directory and hashed as they arrive; the
+//!   session lives in its memory, so chunked uploads need affinity.
 
+use crate::store::Store;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use kiln_common::Digest;
@@ -39,6 +53,12 @@ pub enum UploadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("upload {id}: the store")]
+    Storage {
+        id: String,
+        #[source]
+        source: crate::backend::StorageError,
+    },
 }
 
 struct Session {
@@ -58,6 +78,8 @@ pub struct Staged {
 
 pub struct Uploads {
     dir: PathBuf,
+    /// Sessions live in the store (see the module's note).
+    shared: bool,
     /// Held while this process runs: staging dirs whose lock is free
     /// belong to a process that is gone.
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -69,7 +91,7 @@ impl Uploads {
     /// Opens a staging directory of this process's own under `root`, and
     /// removes those of processes that are gone (their lock is free), so
     /// several servers may share one data directory.
-    pub fn open(root: &Path) -> Result<Uploads, UploadError> {
+    pub fn open(root: &Path, shared: bool) -> Result<Uploads, UploadError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| UploadError::Io { path, source }
@@ -96,6 +118,7 @@ impl Uploads {
             .map_err(|(_, e)| io(&lock_path)(e.into()))?;
         Ok(Uploads {
             dir,
+            shared,
             _lock: lock,
             sessions: Mutex::new(HashMap::new()),
             stale_after: Duration::from_secs(3600),
@@ -109,6 +132,9 @@ impl Uploads {
     }
 
     pub fn start(&self, repo: &str) -> Result<String, UploadError> {
+        if self.shared {
+            return Ok(format!("{}-{}", crate::random_id(), repo_tag(repo)));
+        }
         let id = crate::random_id();
         let path = self.dir.join(&id);
         std::fs::File::create(&path).map_err(|source| UploadError::Io {
@@ -142,13 +168,35 @@ impl Uploads {
     }
 
     /// Bytes received so far.
-    pub async fn offset(&self, repo: &str, id: &str) -> Result<u64, UploadError> {
+    pub async fn offset(&self, store: &Store, repo: &str, id: &str) -> Result<u64, UploadError> {
+        if self.shared {
+            return self.shared_offset(store, repo, id).await;
+        }
         Ok(self.get(repo, id)?.lock().await.size)
     }
 
-    /// Appends a chunk. `start` is the client's Content-Range start, checked
-    /// against what has been received.
+    /// Appends a chunk (PATCH); returns the bytes received in all. `start`
+    /// is the client's Content-Range start, checked against what has been
+    /// received.
     pub async fn append<S, E>(
+        &self,
+        store: &Store,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if self.shared {
+            return self.shared_append(store, repo, id, start, body).await;
+        }
+        self.local_append(repo, id, start, body).await
+    }
+
+    async fn local_append<S, E>(
         &self,
         repo: &str,
         id: &str,
@@ -211,9 +259,62 @@ impl Uploads {
         Ok(s.size)
     }
 
-    /// Ends a session: the content must hash to `digest`. On a mismatch the
-    /// staged bytes are discarded.
-    pub async fn finish(
+    /// Ends a session with the closing request's `body` (empty for a
+    /// chunked upload's PUT): everything received must hash to `digest`,
+    /// and the body must be as long as `declared` (its Content-Length). On
+    /// a mismatch the session is discarded. After the caller committed the
+    /// staged file it calls [`Self::committed`].
+    pub async fn finish<S, E>(
+        &self,
+        store: &Store,
+        repo: &str,
+        id: &str,
+        digest: &Digest,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<Staged, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if self.shared {
+            return self
+                .shared_finish(store, repo, id, digest, declared, body)
+                .await;
+        }
+        let before = self.offset(store, repo, id).await?;
+        let n = match self.local_append(repo, id, None, body).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.local_cancel(repo, id);
+                return Err(e);
+            }
+        };
+        if let Some(declared) = declared.filter(|d| *d != n - before) {
+            let _ = self.local_cancel(repo, id);
+            return Err(UploadError::SizeInvalid {
+                id: id.to_string(),
+                declared,
+                actual: n - before,
+            });
+        }
+        self.local_finish(repo, id, digest).await
+    }
+
+    /// The staged file of a finished session was committed: a shared
+    /// session's chunks can go.
+    pub async fn committed(&self, store: &Store, id: &str) {
+        if self.shared {
+            if let Err(e) = store.delete_upload(id).await {
+                tracing::warn!(
+                    "upload {id}: chunks left for the sweep: {}",
+                    kiln_common::report::Report(&e)
+                );
+            }
+        }
+    }
+
+    async fn local_finish(
         &self,
         repo: &str,
         id: &str,
@@ -246,7 +347,17 @@ impl Uploads {
         })
     }
 
-    pub fn cancel(&self, repo: &str, id: &str) -> Result<(), UploadError> {
+    pub async fn cancel(&self, store: &Store, repo: &str, id: &str) -> Result<(), UploadError> {
+        if self.shared {
+            if !owns(repo, id) {
+                return Err(UploadError::Unknown(id.to_string()));
+            }
+            return store.delete_upload(id).await.map_err(storage(id));
+        }
+        self.local_cancel(repo, id)
+    }
+
+    fn local_cancel(&self, repo: &str, id: &str) -> Result<(), UploadError> {
         let s = self.get(repo, id)?;
         self.sessions().remove(id);
         if let Ok(s) = s.try_lock() {
@@ -255,8 +366,23 @@ impl Uploads {
         Ok(())
     }
 
-    /// Drops sessions no client has touched for an hour.
-    pub fn sweep(&self) {
+    /// Drops sessions no client has touched for an hour (in the store too,
+    /// for shared sessions: any replica may sweep them).
+    pub async fn sweep(&self, store: &Store) {
+        if self.shared {
+            match store.sweep_uploads(self.stale_after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("swept {n} abandoned upload sessions"),
+                Err(e) => tracing::warn!(
+                    "sweeping upload sessions: {}",
+                    kiln_common::report::Report(&e)
+                ),
+            }
+        }
+        self.local_sweep();
+    }
+
+    fn local_sweep(&self) {
         let stale: Vec<(String, Arc<tokio::sync::Mutex<Session>>)> = self
             .sessions()
             .iter()
@@ -276,5 +402,235 @@ impl Uploads {
 
     pub fn active(&self) -> usize {
         self.sessions().len()
+    }
+}
+
+/// The part of a shared session id that names its repository.
+fn repo_tag(repo: &str) -> String {
+    Digest::sha256_of(repo.as_bytes()).hex()[..8].to_string()
+}
+
+/// Whether shared session `id` was started in `repo`.
+fn owns(repo: &str, id: &str) -> bool {
+    id.rsplit_once('-')
+        .is_some_and(|(_, tag)| tag == repo_tag(repo))
+}
+
+fn storage(id: &str) -> impl FnOnce(crate::backend::StorageError) -> UploadError + '_ {
+    move |source| UploadError::Storage {
+        id: id.to_string(),
+        source,
+    }
+}
+
+/// Writes a body to `f`, feeding `hasher` when given; returns its length.
+async fn copy_body<S, E>(
+    id: &str,
+    path: &Path,
+    f: &mut tokio::fs::File,
+    mut hasher: Option<&mut Sha256>,
+    mut body: S,
+) -> Result<u64, UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| UploadError::Body {
+            id: id.to_string(),
+            message: e.to_string(),
+        })?;
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&chunk);
+        }
+        n += chunk.len() as u64;
+        f.write_all(&chunk)
+            .await
+            .map_err(|source| UploadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(n)
+}
+
+/// Shared sessions: the state is the list of chunks in the store.
+impl Uploads {
+    fn staging_file(&self) -> PathBuf {
+        self.dir.join(format!("shared-{}", crate::random_id()))
+    }
+
+    async fn shared_offset(&self, store: &Store, repo: &str, id: &str) -> Result<u64, UploadError> {
+        if !owns(repo, id) {
+            return Err(UploadError::Unknown(id.to_string()));
+        }
+        let parts = store.upload_parts(id).await.map_err(storage(id))?;
+        let mut end = 0;
+        for p in parts {
+            if p.offset != end {
+                // Only a client writing two chunks at once makes a gap.
+                return Err(UploadError::RangeInvalid {
+                    id: id.to_string(),
+                    expected: end,
+                    got: p.offset,
+                });
+            }
+            end += p.size;
+        }
+        Ok(end)
+    }
+
+    async fn shared_append<S, E>(
+        &self,
+        store: &Store,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<u64, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let offset = self.shared_offset(store, repo, id).await?;
+        if let Some(start) = start.filter(|s| *s != offset) {
+            return Err(UploadError::RangeInvalid {
+                id: id.to_string(),
+                expected: offset,
+                got: start,
+            });
+        }
+        let path = self.staging_file();
+        let io = |source| UploadError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = tokio::fs::File::create(&path).await.map_err(io)?;
+        let copied = copy_body(id, &path, &mut f, None, body).await;
+        let n = match copied {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
+        };
+        f.flush().await.map_err(io)?;
+        drop(f);
+        if n == 0 {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Ok(offset);
+        }
+        let stored = store.put_upload_part(id, offset, &path).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        stored.map_err(storage(id))?;
+        Ok(offset + n)
+    }
+
+    async fn shared_finish<S, E>(
+        &self,
+        store: &Store,
+        repo: &str,
+        id: &str,
+        digest: &Digest,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<Staged, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if !owns(repo, id) {
+            return Err(UploadError::Unknown(id.to_string()));
+        }
+        let path = self.staging_file();
+        let r = self
+            .shared_stage(store, id, &path, digest, declared, body)
+            .await;
+        if r.is_err() {
+            let _ = tokio::fs::remove_file(&path).await;
+            if !matches!(r, Err(UploadError::Storage { .. })) {
+                // A bad upload is discarded, as a local one is.
+                let _ = store.delete_upload(id).await;
+            }
+        }
+        r
+    }
+
+    /// The chunks in order, then the closing body, into `path`, hashed.
+    async fn shared_stage<S, E>(
+        &self,
+        store: &Store,
+        id: &str,
+        path: &Path,
+        digest: &Digest,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<Staged, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let io = |source| UploadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = tokio::fs::File::create(path).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        for p in store.upload_parts(id).await.map_err(storage(id))? {
+            if p.offset != size {
+                return Err(UploadError::RangeInvalid {
+                    id: id.to_string(),
+                    expected: size,
+                    got: p.offset,
+                });
+            }
+            let stream = store
+                .upload_part(id, p.offset)
+                .await
+                .map_err(storage(id))?
+                .ok_or_else(|| UploadError::Unknown(id.to_string()))?;
+            size += copy_body(id, path, &mut f, Some(&mut hasher), stream).await?;
+        }
+        let n = copy_body(id, path, &mut f, Some(&mut hasher), body).await?;
+        if let Some(declared) = declared.filter(|d| *d != n) {
+            return Err(UploadError::SizeInvalid {
+                id: id.to_string(),
+                declared,
+                actual: n,
+            });
+        }
+        size += n;
+        let actual = Digest::from_sha256(hasher.finalize().into());
+        if &actual != digest {
+            return Err(UploadError::DigestInvalid {
+                id: id.to_string(),
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        f.flush().await.map_err(io)?;
+        f.sync_all().await.map_err(io)?;
+        Ok(Staged {
+            path: path.to_path_buf(),
+            digest: actual,
+            size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_ids_name_their_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = Uploads::open(dir.path(), true).unwrap();
+        let id = u.start("team/app").unwrap();
+        assert!(owns("team/app", &id));
+        assert!(!owns("team/other", &id));
+        assert!(!owns("team/app", "no-dash-tag"));
     }
 }

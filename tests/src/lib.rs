@@ -1189,7 +1189,9 @@ impl Drop for RateLimitProxy {
 
 mod docker;
 pub use docker::DockerEngine;
+mod nginx;
 mod prom;
+pub use nginx::RoundRobin;
 mod ssh;
 pub use prom::{Prometheus, Pushgateway};
 pub use ssh::{agent_keys_binary, SshAgent};

@@ -91,7 +91,8 @@ impl Endpoint {
             if id.is_empty() {
                 return Ok(Endpoint::UploadStart { repo });
             }
-            if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // Hex, and for sessions kept in the store `<hex>-<hex>`.
+            if !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') || id.len() > 80 {
                 return Err(ApiError::Upload(UploadError::Unknown(id.to_string())));
             }
             return Ok(Endpoint::Upload {

@@ -57,6 +57,7 @@ impl ApiError {
                 U::DigestInvalid { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
                 U::SizeInvalid { .. } => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
                 U::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+                U::Storage { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             },
             ApiError::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             ApiError::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),

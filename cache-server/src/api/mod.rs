@@ -117,7 +117,7 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
         (Endpoint::Upload { repo, id }, Method::PUT) => {
             upload::put(app, &repo, &id, &query, req).await
         }
-        (Endpoint::Upload { repo, id }, Method::DELETE) => upload::cancel(app, &repo, &id),
+        (Endpoint::Upload { repo, id }, Method::DELETE) => upload::cancel(app, &repo, &id).await,
         (Endpoint::Tags { repo }, Method::GET) => manifest::tags(app, &repo, &query).await,
         _ => Err(ApiError::Unsupported),
     }

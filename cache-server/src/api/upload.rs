@@ -39,7 +39,7 @@ pub(super) async fn start(
 }
 
 pub(super) async fn status(app: &App, repo: &str, id: &str) -> ApiResult {
-    let n = app.uploads.offset(repo, id).await?;
+    let n = app.uploads.offset(&app.store, repo, id).await?;
     let mut r = upload_accepted(repo, id, n);
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
@@ -53,10 +53,11 @@ pub(super) async fn patch(app: &App, repo: &str, id: String, req: Request) -> Ap
         .and_then(|v| v.to_str().ok())
         .map(parse_content_range)
         .transpose()?;
-    let before = app.uploads.offset(repo, &id).await?;
+    let before = app.uploads.offset(&app.store, repo, &id).await?;
     let n = app
         .uploads
         .append(
+            &app.store,
             repo,
             &id,
             range.map(|r| r.0),
@@ -65,7 +66,7 @@ pub(super) async fn patch(app: &App, repo: &str, id: String, req: Request) -> Ap
         .await?;
     if let Some((start, end)) = range {
         if end + 1 - start != n - before {
-            app.uploads.cancel(repo, &id)?;
+            app.uploads.cancel(&app.store, repo, &id).await?;
             return Err(UploadError::SizeInvalid {
                 id,
                 declared: end + 1 - start,
@@ -92,8 +93,8 @@ pub(super) async fn put(
     finish_upload(app, repo, id, &d, req).await
 }
 
-pub(super) fn cancel(app: &App, repo: &str, id: &str) -> ApiResult {
-    app.uploads.cancel(repo, id)?;
+pub(super) async fn cancel(app: &App, repo: &str, id: &str) -> ApiResult {
+    app.uploads.cancel(&app.store, repo, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -103,41 +104,32 @@ async fn finish_upload(app: &App, repo: &str, id: &str, d: &Digest, req: Request
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let before = app.uploads.offset(repo, id).await?;
-    let appended = app
+    let finished = app
         .uploads
-        .append(repo, id, None, req.into_body().into_data_stream())
+        .finish(
+            &app.store,
+            repo,
+            id,
+            d,
+            declared,
+            req.into_body().into_data_stream(),
+        )
         .await;
-    let n = match appended {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = app.uploads.cancel(repo, id);
-            app.store.metrics().upload("aborted");
-            return Err(e.into());
-        }
-    };
-    if let Some(declared) = declared {
-        if declared != n - before {
-            let _ = app.uploads.cancel(repo, id);
-            app.store.metrics().upload("size_invalid");
-            return Err(UploadError::SizeInvalid {
-                id: id.to_string(),
-                declared,
-                actual: n - before,
-            }
-            .into());
-        }
-    }
-    let staged = match app.uploads.finish(repo, id, d).await {
+    let staged = match finished {
         Ok(s) => s,
         Err(e) => {
-            app.store.metrics().upload("digest_invalid");
+            app.store.metrics().upload(match e {
+                UploadError::DigestInvalid { .. } => "digest_invalid",
+                UploadError::SizeInvalid { .. } => "size_invalid",
+                _ => "aborted",
+            });
             return Err(e.into());
         }
     };
     app.store
         .commit_blob(&staged.digest, &staged.path, staged.size)
         .await?;
+    app.uploads.committed(&app.store, id).await;
     app.store.metrics().upload("committed");
     Ok(blob_created(repo, d))
 }

@@ -110,6 +110,19 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<BoxStream<'static, Result<Bytes, StorageError>>>, StorageError>;
     /// Commits a staged, already verified blob file, consuming it.
     async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError>;
+    /// Whether upload sessions can keep their chunks here
+    /// ([`Key::UploadPart`]), so that any replica can continue one. A
+    /// fronted registry cannot: its sessions stay in one replica's memory.
+    fn shares_uploads(&self) -> bool {
+        false
+    }
+    /// Stores a file under any key, atomically, consuming it (upload chunks).
+    async fn put_file(&self, _key: &Key, _staged: &Path) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported {
+            op: "storing upload chunks",
+            backend: self.describe(),
+        })
+    }
     async fn delete(&self, key: &Key) -> Result<(), StorageError>;
     /// Every object under `sub`.
     async fn list(&self, sub: &Prefix) -> Result<Vec<Meta>, StorageError>;

@@ -41,6 +41,16 @@ impl ObjectBackend {
         })
     }
 
+    /// Where an object lives on this machine's disk, for `file://`.
+    fn local_path(&self, key: &Key) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        let mut p = root.clone();
+        for part in self.prefix.parts() {
+            p.push(part.as_ref());
+        }
+        Some(p.join(key.to_string()))
+    }
+
     fn path(&self, key: &str) -> ObjectPath {
         let mut p = self.prefix.clone();
         for part in key.split('/').filter(|s| !s.is_empty()) {
@@ -95,12 +105,11 @@ impl Backend for ObjectBackend {
 
     /// Where a blob lives on this machine's disk, for `file://`.
     fn local_blob_path(&self, d: &Digest) -> Option<PathBuf> {
-        let root = self.local_root.as_ref()?;
-        let mut p = root.clone();
-        for part in self.prefix.parts() {
-            p.push(part.as_ref());
-        }
-        Some(p.join(Key::Blob(d.clone()).to_string()))
+        self.local_path(&Key::Blob(d.clone()))
+    }
+
+    fn shares_uploads(&self) -> bool {
+        true
     }
 
     async fn head(&self, key: &Key) -> Result<Option<Meta>, StorageError> {
@@ -169,8 +178,15 @@ impl Backend for ObjectBackend {
 
     /// Commits a staged, already verified blob file. The file is consumed.
     async fn put_blob_file(&self, d: &Digest, staged: &Path) -> Result<(), StorageError> {
-        let key = Key::Blob(d.clone()).to_string();
-        if let Some(dest) = self.local_blob_path(d) {
+        self.put_file(&Key::Blob(d.clone()), staged).await
+    }
+
+    /// Stores a file under `key` atomically (rename on `file://`, a single
+    /// or multipart put elsewhere). The file is consumed.
+    async fn put_file(&self, key: &Key, staged: &Path) -> Result<(), StorageError> {
+        let local = self.local_path(key);
+        let key = key.to_string();
+        if let Some(dest) = local {
             let io = |source| StorageError::Io {
                 path: dest.clone(),
                 source,

@@ -175,7 +175,7 @@ impl Backend for RegistryBackend {
                     ..m
                 }))
             }
-            Key::Probe => Ok(None),
+            Key::Probe | Key::UploadPart { .. } => Ok(None),
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod blobs;
 mod manifests;
+mod parts;
 mod tags;
 
 use crate::backend::{Backend, StorageError};
