@@ -23,9 +23,11 @@ fn manifest(config: &Digest, layer: &Digest) -> Vec<u8> {
 
 /// A store with one entry, its blobs committed the way uploads are.
 async fn store_with_entry(dir: &std::path::Path, tag_ttl: Duration) -> Store {
-    let storage =
-        kiln_cache_server::backend::open(&format!("file://{}", dir.join("store").display()))
-            .expect("storage");
+    let storage = kiln_cache_server::backend::open(
+        &format!("file://{}", dir.join("store").display()),
+        Default::default(),
+    )
+    .expect("storage");
     let cfg = StoreConfig {
         tag_cache_ttl: tag_ttl,
         ..StoreConfig::default()

@@ -84,7 +84,13 @@ pub async fn open_store(
     cfg: &ServerConfig,
     metrics: Arc<Metrics>,
 ) -> Result<(Store, PathBuf), ServerError> {
-    let storage = crate::backend::open(&cfg.storage)?;
+    let storage = crate::backend::open(
+        &cfg.storage,
+        crate::backend::Deadlines {
+            stall: cfg.store.transfer_stall_timeout,
+            total: cfg.store.transfer_timeout,
+        },
+    )?;
     let data_dir = match (&cfg.data_dir, storage.local_root()) {
         (Some(d), _) => d.clone(),
         (None, Some(root)) => root.join(".kiln"),

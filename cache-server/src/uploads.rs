@@ -57,7 +57,7 @@ pub enum UploadError {
     Storage {
         id: String,
         #[source]
-        source: crate::backend::StorageError,
+        source: Box<crate::backend::StorageError>,
     },
 }
 
@@ -419,7 +419,7 @@ fn owns(repo: &str, id: &str) -> bool {
 fn storage(id: &str) -> impl FnOnce(crate::backend::StorageError) -> UploadError + '_ {
     move |source| UploadError::Storage {
         id: id.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 

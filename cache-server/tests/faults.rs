@@ -445,3 +445,63 @@ fn graceful_shutdown_lets_an_in_flight_upload_finish() {
 }
 
 use futures_util::StreamExt;
+
+/// S3 that sends part of a blob and then hangs (connection open, nothing
+/// more, for 120 s): the read is abandoned after `--transfer-stall-timeout`
+/// and retried, so the client gets the whole, verified blob in seconds —
+/// not after the proxy's two minutes or the ten-minute total deadline.
+#[test]
+fn a_stalled_store_read_is_abandoned_after_the_stall_timeout() {
+    let s3 = S3Server::start();
+    s3.create_bucket("kiln");
+    let data = noise(3, 4 << 20);
+    let d = sha(&data);
+    // Written straight to moto; read through a proxy that stalls the
+    // first GET of that blob after 256 KiB.
+    let writer = CacheServer::start(bin(), Some("s3://kiln/cache"), &[], &s3.env());
+    assert_eq!(rt().block_on(put_blob(&writer.url(), "c/app", &data)), 201);
+    let needle = format!(
+        "GET /kiln/cache/blobs/sha256/{}",
+        d.trim_start_matches("sha256:")
+    );
+    let proxy = CuttingProxy::stalling(
+        s3.endpoint.trim_start_matches("http://"),
+        &needle,
+        256 << 10,
+    );
+    let env: Vec<(&str, String)> = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| match k {
+            "AWS_ENDPOINT" => (k, format!("http://{}", proxy.addr)),
+            _ => (k, v),
+        })
+        .collect();
+    let reader = CacheServer::start(
+        bin(),
+        Some("s3://kiln/cache"),
+        &[
+            "--transfer-stall-timeout",
+            "2s",
+            "--transfer-timeout",
+            "10m",
+        ],
+        &env,
+    );
+    rt().block_on(async {
+        let t = Instant::now();
+        let (status, _, body) = get(&format!("{}/v2/c/app/blobs/{d}", reader.url())).await;
+        assert_eq!((status, body == data), (200, true));
+        // A failure-detection bound, far below the proxy's 120 s stall.
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    });
+    let gets = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.contains(&needle))
+        .count();
+    assert!(
+        gets >= 2,
+        "the stalled read was not abandoned and retried: {gets} GETs"
+    );
+}

@@ -20,7 +20,13 @@ pub enum ObjStoreError {
 #[derive(Debug, Clone, Copy)]
 pub enum Patience {
     Patient,
-    Quick,
+    /// For a server answering clients: few, quick retries; a request ends
+    /// after `total`, and a response that makes no progress for `stall`
+    /// (a hung store: connections accepted, nothing answered) fails then.
+    Quick {
+        stall: Duration,
+        total: Duration,
+    },
 }
 
 /// Opens the store named by `url` and returns it with the key prefix below
@@ -72,11 +78,15 @@ pub fn open(
     }
     let retry = match patience {
         Patience::Patient => RetryConfig::default(),
-        Patience::Quick => {
+        Patience::Quick { stall, total } => {
             // As config keys, not ClientOptions, which would replace what
             // from_env() read (AWS_ALLOW_HTTP among it). URL options win.
             options.insert(0, ("connect_timeout".into(), "2s".into()));
-            options.insert(1, ("timeout".into(), "120s".into()));
+            options.insert(1, ("timeout".into(), format!("{}ms", total.as_millis())));
+            options.insert(
+                2,
+                ("read_timeout".into(), format!("{}ms", stall.as_millis())),
+            );
             RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(50),

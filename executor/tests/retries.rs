@@ -101,3 +101,47 @@ fn a_reset_at_each_point_of_pull_and_push_is_retried() {
         assert!(pushed.contains("\"Digest\""), "{what}: {pushed}");
     }
 }
+
+/// A registry that sends part of a layer and then hangs (the connection
+/// open, nothing more for two minutes): the pull gives up on that response
+/// after `--transfer-stall-timeout`, retries, and the build succeeds in
+/// seconds.
+#[test]
+fn a_stalled_layer_download_is_abandoned_and_retried() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "base:1");
+    let raw = run(std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{base}")));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let needle = format!("GET /v2/base/blobs/{layer}");
+    let proxy = CuttingProxy::stalling(&reg.addr, &needle, 200_000);
+    let ctx = context_with(&format!("FROM {}/base:1\nRUN echo ok > /ok\n", proxy.addr));
+    let work = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let out = build(
+        ctx.path(),
+        work.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--image-download-retry=2",
+            "--transfer-stall-timeout=2s",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // A failure-detection bound, far below the proxy's 120 s stall.
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(40),
+        "{:?}",
+        t.elapsed()
+    );
+    let gets = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.contains(&needle))
+        .count();
+    assert!(gets >= 2, "{gets} GETs of the layer:\n{err}");
+}

@@ -130,10 +130,27 @@ pub trait Backend: Send + Sync {
     async fn probe(&self) -> Result<(), StorageError>;
 }
 
-/// The backend a `--storage` URL names.
-pub fn open(url: &str) -> Result<Box<dyn Backend>, StorageError> {
-    if let Some(rest) = url.strip_prefix("registry://") {
-        return Ok(Box::new(registry::RegistryBackend::open(rest)?));
+/// How long a backend's transfers may take: no progress for `stall` fails
+/// one (a store that accepts and then hangs); `total` bounds any request.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub stall: std::time::Duration,
+    pub total: std::time::Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            stall: std::time::Duration::from_secs(30),
+            total: std::time::Duration::from_secs(600),
+        }
     }
-    Ok(Box::new(ObjectBackend::open(url)?))
+}
+
+/// The backend a `--storage` URL names.
+pub fn open(url: &str, deadlines: Deadlines) -> Result<Box<dyn Backend>, StorageError> {
+    if let Some(rest) = url.strip_prefix("registry://") {
+        return Ok(Box::new(registry::RegistryBackend::open(rest, deadlines)?));
+    }
+    Ok(Box::new(ObjectBackend::open(url, deadlines)?))
 }

@@ -27,9 +27,12 @@ pub struct ObjectBackend {
 }
 
 impl ObjectBackend {
-    pub fn open(url: &str) -> Result<ObjectBackend, StorageError> {
-        let (store, prefix) =
-            kiln_common::objstore::open(url, kiln_common::objstore::Patience::Quick)?;
+    pub fn open(url: &str, deadlines: super::Deadlines) -> Result<ObjectBackend, StorageError> {
+        let patience = kiln_common::objstore::Patience::Quick {
+            stall: deadlines.stall,
+            total: deadlines.total,
+        };
+        let (store, prefix) = kiln_common::objstore::open(url, patience)?;
         let local_root = url
             .strip_prefix("file://")
             .map(|p| PathBuf::from(p.split('?').next().unwrap_or(p)));

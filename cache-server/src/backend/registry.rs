@@ -40,7 +40,7 @@ fn now_meta(key: &Key, size: u64) -> Meta {
 
 impl RegistryBackend {
     /// `rest` is `host/repo[?insecure=true]`.
-    pub fn open(rest: &str) -> Result<RegistryBackend, StorageError> {
+    pub fn open(rest: &str, deadlines: super::Deadlines) -> Result<RegistryBackend, StorageError> {
         let bad = |message: &str| StorageError::Upstream {
             op: "open",
             path: rest.to_string(),
@@ -60,6 +60,7 @@ impl RegistryBackend {
             } else {
                 Vec::new()
             },
+            stall_timeout: Some(deadlines.stall),
             ..Default::default()
         };
         let creds = DockerConfig::load_default().map_err(|e| bad(&e.to_string()))?;

@@ -115,6 +115,10 @@ pub struct Common {
     /// Deadline of a blob upload or listing [default: 10m].
     #[arg(long, env = "KILN_TRANSFER_TIMEOUT")]
     pub transfer_timeout: Option<String>,
+    /// A blob transfer from the backend that makes no progress for this
+    /// long fails (a store that accepts and then hangs) [default: 30s].
+    #[arg(long, env = "KILN_TRANSFER_STALL_TIMEOUT")]
+    pub transfer_stall_timeout: Option<String>,
     /// After repeated backend timeouts, skip the backend for this long [default: 30s].
     #[arg(long, env = "KILN_BREAKER_COOL_OFF")]
     pub breaker_cool_off: Option<String>,
@@ -153,6 +157,7 @@ impl Common {
             shutdown_timeout,
             backend_timeout,
             transfer_timeout,
+            transfer_stall_timeout,
             breaker_cool_off
         );
         Ok(self)
@@ -195,6 +200,8 @@ impl Common {
         cfg.shutdown_timeout = dur("shutdown-timeout", c.shutdown_timeout, "30s")?;
         cfg.store.backend_timeout = dur("backend-timeout", c.backend_timeout, "10s")?;
         cfg.store.transfer_timeout = dur("transfer-timeout", c.transfer_timeout, "10m")?;
+        cfg.store.transfer_stall_timeout =
+            dur("transfer-stall-timeout", c.transfer_stall_timeout, "30s")?;
         cfg.store.breaker_cool_off = dur("breaker-cool-off", c.breaker_cool_off, "30s")?;
         cfg.gc = GcOptions {
             ttl: cfg.store.ttl,

@@ -68,6 +68,8 @@ pub struct StoreConfig {
     pub backend_timeout: Duration,
     /// Deadline of a blob upload or a listing.
     pub transfer_timeout: Duration,
+    /// No progress for this long fails a backend transfer.
+    pub transfer_stall_timeout: Duration,
     /// How long the backend is skipped after repeated timeouts.
     pub breaker_cool_off: Duration,
 }
@@ -82,6 +84,7 @@ impl Default for StoreConfig {
             tag_cache_ttl: Duration::from_secs(5),
             backend_timeout: Duration::from_secs(10),
             transfer_timeout: Duration::from_secs(600),
+            transfer_stall_timeout: Duration::from_secs(30),
             breaker_cool_off: Duration::from_secs(30),
             disk_dir: None,
             disk_bytes: 20 << 30,

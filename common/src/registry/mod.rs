@@ -59,6 +59,10 @@ pub struct RegistryOptions {
     /// Docker's and containerd's per-registry directory (`/etc/docker/certs.d`):
     /// `<dir>/<host>/*.crt` are trusted for that host.
     pub certs_d: Option<PathBuf>,
+    /// A response that makes no progress for this long fails (and is
+    /// retried where the call retries): a registry that accepts and then
+    /// hangs. `None`: two minutes.
+    pub stall_timeout: Option<Duration>,
 }
 
 /// A resolved platform image: its manifest and config, and where they came from.
@@ -99,7 +103,7 @@ fn client_config(opts: &RegistryOptions) -> ClientConfig {
         },
         accept_invalid_certificates: opts.skip_tls_verify,
         connect_timeout: Some(Duration::from_secs(15)),
-        read_timeout: Some(Duration::from_secs(120)),
+        read_timeout: Some(opts.stall_timeout.unwrap_or(Duration::from_secs(120))),
         platform_resolver: None,
         ..Default::default()
     }

@@ -67,6 +67,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         host_cas: host_cas(&cli.registry_certificate)?,
         skip_verify_hosts: cli.skip_tls_verify_registry.clone(),
         certs_d: Some("/etc/docker/certs.d".into()),
+        stall_timeout: Some(
+            kiln_common::duration::parse(&cli.transfer_stall_timeout)
+                .context("--transfer-stall-timeout")?,
+        ),
     };
     let insecure_pull = cli.insecure_pull.unwrap_or(false);
     let opts = BuildOptions {

@@ -214,6 +214,11 @@ pub struct Cli {
     /// A cache lookup not answered within this is a miss (the build goes on).
     #[arg(long, default_value = "10s")]
     pub cache_lookup_timeout: String,
+    /// A registry transfer (pull, push, cache) that makes no progress for
+    /// this long fails and is retried where the call retries (a registry
+    /// that accepts and then hangs).
+    #[arg(long, default_value = "30s")]
+    pub transfer_stall_timeout: String,
     /// The longest the build waits at its end for cache entries still being
     /// written; entries not saved by then are listed in a warning.
     #[arg(long, default_value = "60s")]
