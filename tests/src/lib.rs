@@ -714,6 +714,37 @@ s3.create_bucket(Bucket=bucket)\n";
             .arg(bucket));
     }
 
+    /// Reads every object under `prefix` in `bucket` back with boto3 and
+    /// checks that each `…/sha256/<hex>` blob hashes to its name; returns
+    /// (blobs checked, keys of the ones that do not match).
+    pub fn verify_blobs(&self, bucket: &str, prefix: &str) -> (usize, Vec<String>) {
+        const SCRIPT: &str = r#"import sys, boto3, hashlib
+endpoint, bucket, prefix = sys.argv[1:4]
+s3 = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')
+n, bad = 0, []
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix):
+    for o in page.get('Contents', []):
+        k = o['Key']
+        if '/blobs/sha256/' not in k:
+            continue
+        n += 1
+        h = hashlib.sha256(s3.get_object(Bucket=bucket, Key=k)['Body'].read()).hexdigest()
+        if h != k.rsplit('/', 1)[1]:
+            bad.append(k)
+print(n)
+print('\n'.join(bad))
+"#;
+        let out = run(Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&self.endpoint)
+            .arg(bucket)
+            .arg(prefix));
+        let mut lines = out.lines();
+        let n = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        (n, lines.filter(|l| !l.is_empty()).map(String::from).collect())
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
