@@ -20,7 +20,7 @@ for t in "${targets[@]}"; do
   # -jobs/-workers 1: the machine has two cores and the other one builds.
   if cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
       -timeout=10 -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then status=ok; else status=FAILED; fi
-  runs=$(grep -o 'Done [0-9]* runs' "$log" | awk '{print $2}' | tail -1)
+  runs=$(grep -o 'Done [0-9]* runs' "$log" | awk '{print $2}' | tail -1 || true)
   crashes=$(find "artifacts/$t" -type f | wc -l)
   printf '%-13s %s  %s runs in %ss, corpus %s inputs, %s crash files\n' "$t" "$status" "${runs:-?}" "$secs" \
     "$(find "corpus/$t" -type f | wc -l)" "$crashes"

@@ -62,7 +62,12 @@ fn round(contexts: &[tempfile::TempDir], registry: &str, repo: &str) -> Round {
                 .arg(ctx.path())
                 .arg("--kaniko-dir")
                 .arg(work.path().join("k"))
-                .args(["--no-push", "--insecure-pull", "--insecure-registry", registry])
+                .args([
+                    "--no-push",
+                    "--insecure-pull",
+                    "--insecure-registry",
+                    registry,
+                ])
                 .args(["--cache", "--cache-repo", repo, "--report"])
                 .arg(&report)
                 .stdout(std::process::Stdio::null())
@@ -80,7 +85,8 @@ fn round(contexts: &[tempfile::TempDir], registry: &str, repo: &str) -> Round {
             "build {i} failed under load:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
         hits += r["cache_hits"].as_u64().unwrap();
         misses += r["cache_misses"].as_u64().unwrap();
     }
@@ -96,7 +102,8 @@ fn lookup_p99(servers: &[&CacheServer]) -> f64 {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for s in servers {
         for line in s.metrics().lines() {
-            let Some(rest) = line.strip_prefix("kiln_cache_request_duration_seconds_bucket{") else {
+            let Some(rest) = line.strip_prefix("kiln_cache_request_duration_seconds_bucket{")
+            else {
                 continue;
             };
             if !rest.contains("route=\"kiln_lookup\"") {
@@ -105,7 +112,11 @@ fn lookup_p99(servers: &[&CacheServer]) -> f64 {
             let le = rest.split("le=\"").nth(1).and_then(|x| x.split('"').next());
             let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
             if let (Some(le), Some(count)) = (le, count) {
-                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
                 match buckets.iter_mut().find(|(l, _)| *l == le) {
                     Some(b) => b.1 += count,
                     None => buckets.push((le, count)),
@@ -124,7 +135,12 @@ fn lookup_p99(servers: &[&CacheServer]) -> f64 {
 fn steps(servers: &[&CacheServer], result: &str) -> u64 {
     servers
         .iter()
-        .map(|s| s.metric("kiln_cache_build_steps_total", &[&format!("result=\"{result}\"")]))
+        .map(|s| {
+            s.metric(
+                "kiln_cache_build_steps_total",
+                &[&format!("result=\"{result}\"")],
+            )
+        })
         .sum::<f64>() as u64
 }
 
@@ -136,7 +152,9 @@ fn load(replicas: usize) {
     let refs: Vec<&CacheServer> = servers.iter().collect();
     let addrs: Vec<&str> = servers.iter().map(|s| s.addr.as_str()).collect();
     let lb = (replicas > 1).then(|| RoundRobin::start(&addrs));
-    let front = lb.as_ref().map_or(servers[0].addr.clone(), |l| l.addr.clone());
+    let front = lb
+        .as_ref()
+        .map_or(servers[0].addr.clone(), |l| l.addr.clone());
     let repo = format!("{front}/cache/load");
     let ctxs = contexts(&base);
 

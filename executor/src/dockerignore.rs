@@ -123,66 +123,137 @@ fn prefix_compatible(pat: &[String], dir: &[&str]) -> bool {
     }
 }
 
+/// Whether the pattern's segments match the path's, `**` matching any
+/// number of segments. Dynamic programming over (pattern, path) positions:
+/// several `**` cost O(segments × depth), never backtracking (a fuzzed
+/// `.dockerignore` of many `**` took exponential time before).
 fn match_segments(pat: &[String], path: &[&str]) -> bool {
-    match pat.first() {
-        None => path.is_empty(),
-        Some(s) if s == "**" => (0..=path.len()).any(|k| match_segments(&pat[1..], &path[k..])),
-        Some(s) => {
-            !path.is_empty() && glob_segment(s, path[0]) && match_segments(&pat[1..], &path[1..])
+    // ok[j]: the pattern so far matches the first j path segments.
+    let mut ok = vec![false; path.len() + 1];
+    ok[0] = true;
+    for seg in pat {
+        let mut next = vec![false; path.len() + 1];
+        if seg == "**" {
+            let mut any = false;
+            for j in 0..=path.len() {
+                any |= ok[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 1..=path.len() {
+                next[j] = ok[j - 1] && glob_segment(seg, path[j - 1]);
+            }
+        }
+        ok = next;
+    }
+    ok[path.len()]
+}
+
+/// One element of a segment pattern.
+enum Tok {
+    Star,
+    Any,
+    Lit(char),
+    /// `[...]`: ranges, negated with `^` or `!`.
+    Class(Vec<(char, char)>, bool),
+}
+
+impl Tok {
+    fn matches(&self, c: char) -> bool {
+        match self {
+            Tok::Star | Tok::Any => true,
+            Tok::Lit(l) => *l == c,
+            Tok::Class(ranges, negate) => {
+                ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negate
+            }
         }
     }
 }
 
-/// Go's `filepath.Match` for one path segment: `*`, `?`, `[...]`, `\` escapes.
+/// The pattern as tokens; `None` for an unterminated class, which never
+/// matches (Go's `filepath.Match` calls it a bad pattern).
+fn tokens(p: &[char]) -> Option<Vec<Tok>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            // Consecutive stars are one star.
+            '*' if matches!(out.last(), Some(Tok::Star)) => {}
+            '*' => out.push(Tok::Star),
+            '?' => out.push(Tok::Any),
+            '[' => {
+                i += 1;
+                let negate = p.get(i).is_some_and(|&c| c == '^' || c == '!');
+                if negate {
+                    i += 1;
+                }
+                let mut ranges = Vec::new();
+                let mut first = true;
+                while i < p.len() && (p[i] != ']' || first) {
+                    first = false;
+                    let mut lo = p[i];
+                    if lo == '\\' && i + 1 < p.len() {
+                        i += 1;
+                        lo = p[i];
+                    }
+                    let mut hi = lo;
+                    if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+                        hi = p[i + 2];
+                        i += 2;
+                    }
+                    ranges.push((lo, hi));
+                    i += 1;
+                }
+                if i >= p.len() {
+                    return None;
+                }
+                out.push(Tok::Class(ranges, negate));
+            }
+            '\\' if i + 1 < p.len() => {
+                i += 1;
+                out.push(Tok::Lit(p[i]));
+            }
+            c => out.push(Tok::Lit(c)),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+/// Go's `filepath.Match` for one path segment: `*`, `?`, `[...]`, `\`
+/// escapes. Matched with one remembered star (the classic two-pointer
+/// walk), so time is O(pattern × name) whatever the stars: a fuzzed
+/// pattern of many stars took exponential time with backtracking.
 pub fn glob_segment(pat: &str, name: &str) -> bool {
     let p: Vec<char> = pat.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    glob_at(&p, &n)
-}
-
-fn glob_at(p: &[char], n: &[char]) -> bool {
-    if p.is_empty() {
-        return n.is_empty();
-    }
-    match p[0] {
-        '*' => (0..=n.len()).any(|k| glob_at(&p[1..], &n[k..])),
-        '?' => !n.is_empty() && glob_at(&p[1..], &n[1..]),
-        '[' => {
-            if n.is_empty() {
-                return false;
+    let Some(t) = tokens(&p) else {
+        return false;
+    };
+    let (mut ti, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match t.get(ti) {
+            Some(Tok::Star) => {
+                star = Some((ti, ni));
+                ti += 1;
             }
-            let mut i = 1;
-            let negate = p.get(1).is_some_and(|&c| c == '^' || c == '!');
-            if negate {
-                i += 1;
+            Some(tok) if tok.matches(n[ni]) => {
+                ti += 1;
+                ni += 1;
             }
-            let mut matched = false;
-            let mut first = true;
-            while i < p.len() && (p[i] != ']' || first) {
-                first = false;
-                let mut lo = p[i];
-                if lo == '\\' && i + 1 < p.len() {
-                    i += 1;
-                    lo = p[i];
+            _ => match star {
+                // Let the last star take one more character and retry.
+                Some((st, sn)) => {
+                    ti = st + 1;
+                    ni = sn + 1;
+                    star = Some((st, sn + 1));
                 }
-                let mut hi = lo;
-                if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-                    hi = p[i + 2];
-                    i += 2;
-                }
-                if lo <= n[0] && n[0] <= hi {
-                    matched = true;
-                }
-                i += 1;
-            }
-            if i >= p.len() {
-                return false; // unterminated class never matches
-            }
-            matched != negate && glob_at(&p[i + 1..], &n[1..])
+                None => return false,
+            },
         }
-        '\\' if p.len() > 1 => !n.is_empty() && n[0] == p[1] && glob_at(&p[2..], &n[1..]),
-        c => !n.is_empty() && n[0] == c && glob_at(&p[1..], &n[1..]),
     }
+    t[ti..].iter().all(|tok| matches!(tok, Tok::Star))
 }
 
 #[cfg(test)]
@@ -230,5 +301,73 @@ mod tests {
         assert!(!glob_segment("a[!0-9]", "a5"));
         assert!(glob_segment("\\*", "*"));
         assert!(!glob_segment("\\*", "a"));
+    }
+
+    /// Found by `cargo fuzz` (fuzz/artifacts/dockerignore): patterns of many
+    /// stars, or many `**` segments, took exponential time. Each of these
+    /// finishes at once now (a regression would hang the suite).
+    #[test]
+    fn many_stars_and_double_stars_do_not_backtrack() {
+        // The fuzzer's input as it found it: patterns, a NUL, a path.
+        let found = include_bytes!("../../fuzz/regressions/dockerignore-timeout-many-stars");
+        let text = String::from_utf8_lossy(found);
+        let (patterns, path) = text.split_once('\0').unwrap_or((&text, ""));
+        let di = DockerIgnore::parse(patterns);
+        let _ = (di.excluded(path), di.may_reinclude_under(path));
+        let stars = format!("{}.{}\u{10}", "*".repeat(58), "*".repeat(20));
+        assert!(!glob_segment(&stars, &"*".repeat(40)));
+        assert!(glob_segment(&"*a".repeat(30), &"a".repeat(60)));
+        assert!(!glob_segment(
+            &"*a".repeat(30),
+            &format!("{}b", "a".repeat(60))
+        ));
+        let deep = vec!["x"; 40].join("/");
+        let di = DockerIgnore::parse(&format!("{}y", "**/x/".repeat(20)));
+        assert!(!di.excluded(&deep));
+        assert!(di.excluded(&format!("{deep}/y")));
+    }
+
+    /// The non-backtracking matchers agree with the plain recursive
+    /// definition (kept here as the reference) on small random inputs.
+    mod reference {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn glob_ref(p: &[char], n: &[char]) -> bool {
+            match p.first() {
+                None => n.is_empty(),
+                Some('*') => (0..=n.len()).any(|k| glob_ref(&p[1..], &n[k..])),
+                Some('?') => !n.is_empty() && glob_ref(&p[1..], &n[1..]),
+                Some(&c) => !n.is_empty() && n[0] == c && glob_ref(&p[1..], &n[1..]),
+            }
+        }
+
+        fn segments_ref(pat: &[&str], path: &[&str]) -> bool {
+            match pat.first() {
+                None => path.is_empty(),
+                Some(&"**") => (0..=path.len()).any(|k| segments_ref(&pat[1..], &path[k..])),
+                Some(s) => {
+                    !path.is_empty()
+                        && glob_segment(s, path[0])
+                        && segments_ref(&pat[1..], &path[1..])
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn globs_agree(p in "[ab*?]{0,8}", n in "[ab]{0,8}") {
+                let (pc, nc): (Vec<char>, Vec<char>) = (p.chars().collect(), n.chars().collect());
+                prop_assert_eq!(glob_segment(&p, &n), glob_ref(&pc, &nc));
+            }
+
+            #[test]
+            fn segments_agree(pat in prop::collection::vec("a|b|\\*|\\*\\*", 0..6), path in prop::collection::vec("a|b", 0..6)) {
+                let pat: Vec<String> = pat;
+                let refs: Vec<&str> = pat.iter().map(String::as_str).collect();
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                prop_assert_eq!(match_segments(&pat, &path), segments_ref(&refs, &path));
+            }
+        }
     }
 }

@@ -741,8 +741,14 @@ print('\n'.join(bad))
             .arg(bucket)
             .arg(prefix));
         let mut lines = out.lines();
-        let n = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
-        (n, lines.filter(|l| !l.is_empty()).map(String::from).collect())
+        let n = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        (
+            n,
+            lines.filter(|l| !l.is_empty()).map(String::from).collect(),
+        )
     }
 
     pub fn stop(&mut self) {
