@@ -60,14 +60,15 @@ pull() { # ref → seconds
 }
 
 T_KILN=$(run_build "127.0.0.1:$port/app/big:1")
-EXE_RSS_KILN=$(( $(cat "$SHM/exe.rss") / 1024 ))
+EXE_RSS_KILN=$(( $(tail -1 "$SHM/exe.rss") / 1024 ))
 P_KILN=$(pull "127.0.0.1:$port/app/big:1")
 T_REG=$(run_build "$REG/app/big:1")
-EXE_RSS_REG=$(( $(cat "$SHM/exe.rss") / 1024 ))
+EXE_RSS_REG=$(( $(tail -1 "$SHM/exe.rss") / 1024 ))
 P_REG=$(pull "$REG/app/big:1")
 
-kill -TERM "$SRV_PID"; wait "$SRV_PID" 2>/dev/null || true
-SRV_RSS=$(( $(cat "$SHM/srv.rss") / 1024 ))
+# TERM the server (the child of /usr/bin/time), which then reports its peak.
+pkill -TERM -P "$SRV_PID"; wait "$SRV_PID" 2>/dev/null || true
+SRV_RSS=$(( $(tail -1 "$SHM/srv.rss") / 1024 ))
 REG_RSS=$(( $(ps -o rss= -p "$REG_PID" 2>/dev/null || echo 0) / 1024 ))
 REG_HWM=$(( $(grep VmHWM "/proc/$REG_PID/status" | awk '{print $2}') / 1024 ))
 
