@@ -33,7 +33,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// `Content-Range: <start>-<end>` of a chunked upload (inclusive end).
-pub(super) fn parse_content_range(v: &str) -> Result<(u64, u64), ApiError> {
+pub fn parse_content_range(v: &str) -> Result<(u64, u64), ApiError> {
     let v = v
         .trim()
         .trim_start_matches("bytes")
@@ -61,7 +61,7 @@ pub(super) fn parse_content_range(v: &str) -> Result<(u64, u64), ApiError> {
 }
 
 /// `Range: bytes=<start>-[<end>]` of a blob read.
-pub(super) fn parse_range(v: &str, size: u64) -> Result<std::ops::Range<u64>, ApiError> {
+pub fn parse_range(v: &str, size: u64) -> Result<std::ops::Range<u64>, ApiError> {
     let bad = || ApiError::RangeInvalid { size };
     let spec = v.trim().strip_prefix("bytes=").ok_or_else(bad)?;
     if spec.contains(',') {

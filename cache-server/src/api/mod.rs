@@ -23,6 +23,8 @@ mod manifest;
 mod upload;
 
 pub use endpoint::{valid_repo, Endpoint};
+/// Header parsers, public for the fuzz targets.
+pub use http::{parse_content_range, parse_range};
 pub use error::ApiError;
 
 use crate::auth::{Access, Auth, Caller};

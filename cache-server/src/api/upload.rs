@@ -65,11 +65,13 @@ pub(super) async fn patch(app: &App, repo: &str, id: String, req: Request) -> Ap
         )
         .await?;
     if let Some((start, end)) = range {
-        if end + 1 - start != n - before {
+        // `end` is inclusive and may be u64::MAX: no overflow on hostile input.
+        let declared = (end - start).saturating_add(1);
+        if declared != n - before {
             app.uploads.cancel(&app.store, repo, &id).await?;
             return Err(UploadError::SizeInvalid {
                 id,
-                declared: end + 1 - start,
+                declared,
                 actual: n - before,
             }
             .into());
