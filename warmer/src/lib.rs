@@ -505,9 +505,11 @@ pub fn retain(
         }
     }
     if let Some(max) = max_size {
-        // Least recently used first, until the blobs the rest need fit.
+        // Least recently used first, until the blobs and extracted layers
+        // the rest need fit. Extracted directories are measured once.
         entries.sort_by_key(|e| last(e));
-        while referenced_size(&dir, &entries, &drop) > max {
+        let extracted = extracted_sizes(cache_dir);
+        while referenced_size(&dir, &entries, &drop, &extracted) > max {
             match entries
                 .iter()
                 .find(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
@@ -590,21 +592,56 @@ fn referenced_diff_ids(
     keep
 }
 
+/// What the entries not in `drop` occupy: their blobs, and the extracted
+/// copies of their layers (`extracted`: bytes per diff id).
 fn referenced_size(
     dir: &CacheDir,
     entries: &[kiln_common::layout::WarmEntry],
     drop: &HashSet<(String, String)>,
+    extracted: &std::collections::HashMap<String, u64>,
 ) -> u64 {
     let kept: Vec<_> = entries
         .iter()
         .filter(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
         .cloned()
         .collect();
-    referenced(dir, &kept)
+    let blobs: u64 = referenced(dir, &kept)
         .iter()
         .filter_map(|h| std::fs::metadata(dir.blobs().join(h)).ok())
         .map(|m| m.len())
-        .sum()
+        .sum();
+    let unpacked: u64 = referenced_diff_ids(dir, &kept)
+        .iter()
+        .filter_map(|id| extracted.get(id))
+        .sum();
+    blobs + unpacked
+}
+
+/// Bytes of each extracted layer directory (regular files' lengths), by
+/// diff id; empty when nothing is extracted.
+fn extracted_sizes(cache_dir: &Path) -> std::collections::HashMap<String, u64> {
+    fn du(p: &Path) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        rd.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => du(&e.path()),
+                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => 0,
+            })
+            .sum()
+    }
+    let root = kiln_executor::lowers::extracted_dir(cache_dir);
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return Default::default();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (!name.starts_with(".tmp-")).then(|| (name, du(&e.path())))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -585,3 +585,45 @@ fn first_layer_of(reference: &str, i: usize) -> String {
         .unwrap()
         .to_string()
 }
+
+/// `--max-size` counts extracted layers too: a budget that the blobs fit
+/// but the blobs and their extracted copies do not drops an image.
+#[test]
+fn max_size_counts_extracted_layers() {
+    let reg = Registry::start();
+    let imgs = images(&reg);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("cache");
+    let mut c = warmer();
+    c.arg("--cache-dir")
+        .arg(&dir)
+        .args(["--insecure-pull", "--extract-layers"]);
+    for i in &imgs {
+        c.args(["--image", i]);
+    }
+    succeeds(&mut c);
+    fn bytes(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let t = e.file_type().unwrap();
+                if t.is_dir() {
+                    bytes(&e.path())
+                } else if t.is_file() {
+                    e.metadata().unwrap().len()
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+    let blobs = bytes(&dir.join("blobs/sha256"));
+    let unpacked = bytes(&kiln_executor::lowers::extracted_dir(&dir));
+    assert!(unpacked > 0);
+    let grace = std::time::Duration::ZERO;
+    let fits = kiln_warmer::retain(&dir, None, Some(blobs + unpacked), grace, true).unwrap();
+    assert!(fits.removed_entries.is_empty(), "{fits:?}");
+    let over = kiln_warmer::retain(&dir, None, Some(blobs + unpacked - 1), grace, true).unwrap();
+    assert!(!over.removed_entries.is_empty(), "{over:?}");
+}

@@ -23,9 +23,9 @@ mod manifest;
 mod upload;
 
 pub use endpoint::{valid_repo, Endpoint};
+pub use error::ApiError;
 /// Header parsers, public for the fuzz targets.
 pub use http::{parse_content_range, parse_range};
-pub use error::ApiError;
 
 use crate::auth::{Access, Auth, Caller};
 use crate::metrics::{RouteLabel, StatusLabel};
