@@ -201,7 +201,7 @@ impl Uploads {
         repo: &str,
         id: &str,
         start: Option<u64>,
-        mut body: S,
+        body: S,
     ) -> Result<u64, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -232,26 +232,17 @@ impl Uploads {
         // the session's size and hash always describe the staged bytes.
         let before = s.size;
         let mut hasher = s.hasher.clone();
-        let mut n = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    drop(f);
-                    let _ = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| f.set_len(before));
-                    return Err(UploadError::Body {
-                        id: id.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            };
-            hasher.update(&chunk);
-            n += chunk.len() as u64;
-            f.write_all(&chunk).await.map_err(io)?;
-        }
+        let n = match copy_body(id, &path, &mut f, Some(&mut hasher), body).await {
+            Ok(n) => n,
+            Err(e) => {
+                drop(f);
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(before));
+                return Err(e);
+            }
+        };
         f.flush().await.map_err(io)?;
         s.hasher = hasher;
         s.size += n;

@@ -10,7 +10,6 @@
 mod common;
 use common::*;
 use kiln_testkit::*;
-use std::process::Command;
 use std::time::Instant;
 
 const BUILDS: usize = 20;
@@ -50,26 +49,13 @@ struct Round {
 
 /// Runs every build at once against `repo`; panics naming any that failed.
 fn round(contexts: &[tempfile::TempDir], registry: &str, repo: &str) -> Round {
-    let exe = bin().with_file_name("executor");
     let t = Instant::now();
     let children: Vec<_> = contexts
         .iter()
         .map(|ctx| {
             let work = tempfile::tempdir().unwrap();
             let report = work.path().join("report.json");
-            let child = Command::new(&exe)
-                .arg("--context")
-                .arg(ctx.path())
-                .arg("--kaniko-dir")
-                .arg(work.path().join("k"))
-                .args([
-                    "--no-push",
-                    "--insecure-pull",
-                    "--insecure-registry",
-                    registry,
-                ])
-                .args(["--cache", "--cache-repo", repo, "--report"])
-                .arg(&report)
+            let child = executor_build(ctx.path(), work.path(), registry, repo, &report)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .spawn()

@@ -7,16 +7,21 @@ mod common;
 use common::*;
 use kiln_testkit::*;
 
+/// The digests of an image's config and first layer, as skopeo reads them.
+fn config_and_layer(image: &str) -> (String, String) {
+    let raw = run(std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image}")));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let digest = |v: &serde_json::Value| v["digest"].as_str().unwrap().to_string();
+    (digest(&m["config"]), digest(&m["layers"][0]))
+}
+
 #[test]
 fn a_reset_at_each_point_of_pull_and_push_is_retried() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "base:1");
-    let raw = run(std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{base}")));
-    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let config = m["config"]["digest"].as_str().unwrap().to_string();
-    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let (config, layer) = config_and_layer(&base);
     // (what is cut, the request it matches, bytes let through, log words)
     let points: [(&str, String, usize, &str); 7] = [
         (
@@ -110,11 +115,7 @@ fn a_reset_at_each_point_of_pull_and_push_is_retried() {
 fn a_stalled_layer_download_is_abandoned_and_retried() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "base:1");
-    let raw = run(std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{base}")));
-    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let (_, layer) = config_and_layer(&base);
     let needle = format!("GET /v2/base/blobs/{layer}");
     let proxy = CuttingProxy::stalling(&reg.addr, &needle, 200_000);
     let ctx = context_with(&format!("FROM {}/base:1\nRUN echo ok > /ok\n", proxy.addr));

@@ -223,3 +223,51 @@ pub async fn patch_chunks(
     }
     Ok(loc)
 }
+
+/// `POST /v2/<repo>/blobs/uploads/`: the new session's location.
+pub async fn start_upload(url: &str, repo: &str) -> String {
+    let r = client()
+        .post(format!("{url}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// The closing `PUT <location>?digest=…` with no body: its status and body.
+pub async fn finish_upload(url: &str, loc: &str, digest: &str) -> (u16, String) {
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = client()
+        .put(format!("{url}{loc}{sep}digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// The executor built beside the server (`cargo nextest run --workspace`
+/// builds both), building `ctx` with `--cache` into `repo` on `registry`
+/// (plain HTTP) and writing its `--report`.
+pub fn executor_build(
+    ctx: &Path,
+    work: &Path,
+    registry: &str,
+    repo: &str,
+    report: &Path,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(bin().with_file_name("executor"));
+    c.arg("--context")
+        .arg(ctx)
+        .arg("--kaniko-dir")
+        .arg(work.join("k"))
+        .args([
+            "--no-push",
+            "--insecure-pull",
+            "--insecure-registry",
+            registry,
+        ])
+        .args(["--cache", "--cache-repo", repo, "--report"])
+        .arg(report);
+    c
+}
