@@ -68,6 +68,7 @@ RUN --mount=type=secret,id=tok test "$(cat /run/secrets/tok)" = "$(cat /run/secr
 RUN --mount=type=secret,id=tok,env=TOK sh -c 'test -n "$TOK" && echo env-ok > /secret-env'
 RUN --mount=type=bind,source=data,target=/mnt/data cat /mnt/data/f > /bound && echo changed > /mnt/data/f
 RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/y && ls /scratch > /tmpfs-seen'
+RUN --mount=type=tmpfs,target=/small,size=1m sh -c 'if head -c 2000000 /dev/zero > /small/big; then exit 1; fi; rm /small/big; head -c 500000 /dev/zero > /small/fits && echo limited > /tmpfs-limit'
 "#
     ));
     write(ctx.path(), "data/f", "from the context\n");
@@ -115,6 +116,9 @@ RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/y && ls /scratch
     // tmpfs: empty at start, gone after.
     assert_eq!(read("tmpfs-seen"), "y\n");
     assert!(!root.join("scratch").exists());
+    // tmpfs size: a real limit on the namespaces rung (this machine's).
+    assert_eq!(read("tmpfs-limit"), "limited\n");
+    assert!(!root.join("small").exists());
 
     // The secret's value is nowhere: blobs, layout, report, logs at trace.
     let found = files_containing(out.path(), secret.as_bytes());

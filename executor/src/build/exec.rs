@@ -154,6 +154,7 @@ impl StageRun<'_> {
             hostname: "kiln".into(),
             network: step.network,
             sockets: staged.sockets.clone(),
+            tmpfs: staged.tmpfs.clone(),
         };
         let scratch = match self.scratch() {
             Ok(s) => s,

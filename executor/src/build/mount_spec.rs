@@ -40,8 +40,9 @@ pub enum MountKind {
         from: Option<String>,
         source: String,
     },
-    /// An empty directory, discarded.
-    Tmpfs,
+    /// An empty directory, discarded; `size` (bytes) is a real tmpfs limit
+    /// where the rung can mount one (namespaces).
+    Tmpfs { size: Option<u64> },
     /// A socket relaying to the SSH agent given with `--ssh <id>=…`; the
     /// step's `SSH_AUTH_SOCK` points at the first one. Never in a layer or
     /// the cache key (BuildKit's rule: a changed key does not rebuild).
@@ -258,7 +259,19 @@ pub fn parse(spec: &str) -> Result<MountSpec, StepError> {
             if target.is_none() {
                 return Err(bad("--mount=type=tmpfs needs a target".into()));
             }
-            MountKind::Tmpfs
+            let size = get(&["size"])
+                .map(|v| {
+                    // BuildKit reads sizes with binary units (`64m` = 64 MiB).
+                    let v = v.trim().to_ascii_lowercase();
+                    let binary = match v.strip_suffix('b').unwrap_or(&v) {
+                        n if n.ends_with(['k', 'm', 'g', 't']) => format!("{n}i"),
+                        n => n.to_string(),
+                    };
+                    kiln_common::units::parse_size(&binary)
+                        .ok_or_else(|| bad(format!("--mount=type=tmpfs size={v:?}: not a size")))
+                })
+                .transpose()?;
+            MountKind::Tmpfs { size }
         }
     };
     let target = match (&kind, target) {
@@ -300,6 +313,13 @@ mod tests {
         assert_eq!(s.target.as_deref(), Some("/run/secrets/token"));
         let e = parse("type=secret,id=token,env=TOKEN").unwrap();
         assert_eq!(e.target, None);
+        assert_eq!(
+            parse("type=tmpfs,target=/t,size=64m").unwrap().kind,
+            MountKind::Tmpfs {
+                size: Some(64 << 20)
+            }
+        );
+        assert!(parse("type=tmpfs,target=/t,size=lots").is_err());
         let b = parse("target=/src,from=build,source=/out").unwrap();
         assert!(b.readonly);
         assert!(!parse("type=bind,target=/src,rw").unwrap().readonly);

@@ -103,6 +103,13 @@ pub(super) struct StagedMounts {
     pub env: Vec<(String, String)>,
     /// Live sockets in the root (SSH relays), as absolute paths in the image.
     pub sockets: Vec<String>,
+    /// tmpfs mounts (target, size limit) for a rung that can mount them.
+    pub tmpfs: Vec<(String, Option<u64>)>,
+}
+
+/// A resolved root-relative path as an absolute path in the image.
+fn in_image(rel: &Path) -> String {
+    format!("/{}", rel.display())
 }
 
 fn io(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> StepError {
@@ -121,6 +128,7 @@ impl StageRun<'_> {
             items: Vec::new(),
             env: Vec::new(),
             sockets: Vec::new(),
+            tmpfs: Vec::new(),
         };
         let mut binds = binds.iter();
         for (n, m) in mounts.iter().enumerate() {
@@ -210,7 +218,10 @@ impl StageRun<'_> {
                 let src = self.mount_source(binds.next()).await?;
                 copy_tree(&src, &s.full).map_err(io("binding", &src))?;
             }
-            MountKind::Tmpfs => {
+            MountKind::Tmpfs { size } => {
+                // The resolved path: mounting follows symlinks, and one in the
+                // image must not point the mount outside the root.
+                staged.tmpfs.push((in_image(&s.rel), *size));
                 std::fs::create_dir(&s.full).map_err(io("creating", &s.full))?;
                 std::fs::set_permissions(&s.full, std::fs::Permissions::from_mode(0o1777))
                     .map_err(io("setting the mode of", &s.full))?;
@@ -252,7 +263,7 @@ impl StageRun<'_> {
         if !staged.env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
             staged.env.push(("SSH_AUTH_SOCK".into(), target.clone()));
         }
-        staged.sockets.push(target.clone());
+        staged.sockets.push(in_image(&s.rel));
         staged.items.push(s);
         Ok(())
     }

@@ -90,6 +90,11 @@ pub struct RunSpec {
     /// them connectable (overlayfs does not pass a lower layer's socket
     /// through).
     pub sockets: Vec<String>,
+    /// `RUN --mount=type=tmpfs` targets (absolute, present in the root as
+    /// empty directories) and their size limits: a rung that can mount
+    /// puts a real tmpfs there; the others leave the directory, which the
+    /// build drops from the diff either way.
+    pub tmpfs: Vec<(String, Option<u64>)>,
 }
 
 #[derive(Debug)]

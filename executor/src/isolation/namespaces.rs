@@ -84,6 +84,17 @@ impl Isolation for Namespaces {
                 (root.join(rel), merged.join(rel))
             })
             .collect();
+        let tmpfs: Vec<(PathBuf, String)> = spec
+            .tmpfs
+            .iter()
+            .map(|(t, size)| {
+                let opts = match size {
+                    Some(n) => format!("mode=1777,size={n}"),
+                    None => "mode=1777".to_string(),
+                };
+                (merged.join(t.trim_start_matches('/')), opts)
+            })
+            .collect();
         let mut cmd = base_command(spec);
         let cwd = spec.cwd.clone();
         let hostname = spec.hostname.clone();
@@ -236,6 +247,16 @@ impl Isolation for Namespaces {
                         None::<&str>,
                         MsFlags::MS_BIND,
                         None::<&str>,
+                    )
+                    .map_err(io::Error::from)?;
+                }
+                for (at, opts) in &tmpfs {
+                    mount(
+                        Some("tmpfs"),
+                        at,
+                        Some("tmpfs"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                        Some(opts.as_str()),
                     )
                     .map_err(io::Error::from)?;
                 }
