@@ -51,12 +51,21 @@ pub fn parse(s: &str) -> Result<Duration, DurationError> {
         total += value * secs;
         rest = &rest[u..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // A value no Duration holds (found by fuzzing: `22…226d` panicked).
+    Duration::try_from_secs_f64(total).map_err(|_| err("out of range"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo fuzz` (fuzz/regressions/units-huge-duration).
+    #[test]
+    fn out_of_range_is_an_error_not_a_panic() {
+        let found = include_str!("../../fuzz/regressions/units-huge-duration");
+        assert_eq!(parse(found).unwrap_err().reason, "out of range");
+        assert!(parse("1e400s").is_err());
+    }
 
     #[test]
     fn go_durations() {
