@@ -1,7 +1,7 @@
 //! Two cache-server replicas over one moto bucket behind nginx, which sends
 //! every request to the next replica in turn: upload sessions live in the
 //! store, so no request needs to land where the session began — chunked
-//! uploads, skopeo pushes and executor builds all succeed, and a replica
+//! uploads, skopeo and buildah pushes and executor builds all succeed, and a replica
 //! killed mid-upload loses nothing (the other one finishes the session).
 
 mod common;
@@ -61,6 +61,47 @@ fn replicas_need_no_session_affinity() {
         .args(["copy", "--quiet", "--src-tls-verify=false"])
         .arg(format!("docker://{}/team/busybox:1", lb.addr))
         .arg(format!("oci:{}:1", out.path().display())));
+
+    // buildah through the balancer: an image of its own (new blobs, so they
+    // really go through upload sessions).
+    let committed = |servers: [&CacheServer; 2]| -> f64 {
+        servers
+            .iter()
+            .map(|s| {
+                metric_sum(
+                    &s.metrics(),
+                    "kiln_cache_uploads_total",
+                    &["kind=\"committed\""],
+                )
+            })
+            .sum()
+    };
+    let before = committed([&one, &two]);
+    let buildah = Buildah::new();
+    let ctr = run(buildah.cmd().args(["from", "scratch"]));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), noise(9, 3 << 20)).unwrap();
+    run(buildah
+        .cmd()
+        .args(["copy", ctr.trim()])
+        .arg(file.path())
+        .arg("/data"));
+    run(buildah
+        .cmd()
+        .args(["commit", "--quiet", ctr.trim(), "localhost/plain:1"]));
+    run(buildah
+        .cmd()
+        .args(["push", "--quiet", "--tls-verify=false", "localhost/plain:1"])
+        .arg(format!("docker://{}/team/plain:1", lb.addr)));
+    assert!(
+        committed([&one, &two]) >= before + 2.0,
+        "buildah uploaded nothing"
+    );
+    let back = tempfile::tempdir().unwrap();
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/team/plain:1", lb.addr))
+        .arg(format!("oci:{}:1", back.path().display())));
 
     // Executor builds with the balancer as cache repo: the second is all hits.
     let exe = bin().with_file_name("executor");
