@@ -82,6 +82,8 @@ pub struct MountCache {
     registry: std::sync::Arc<Registry>,
     repo: Reference,
     scope: String,
+    /// The build's target platform (`os/arch[/variant]`), part of the key.
+    platform: String,
 }
 
 /// What a restore or a save moved.
@@ -92,19 +94,26 @@ pub struct Moved {
 }
 
 impl MountCache {
-    pub fn new(registry: std::sync::Arc<Registry>, repo: Reference, scope: &str) -> MountCache {
+    pub fn new(
+        registry: std::sync::Arc<Registry>,
+        repo: Reference,
+        scope: &str,
+        platform: &kiln_common::image::Platform,
+    ) -> MountCache {
         MountCache {
             registry,
             repo,
             scope: scope.to_string(),
+            platform: platform.to_string(),
         }
     }
 
-    /// `mount-<scope>-<hash of scope and id>`: the scope readable (made
-    /// tag-safe, at most 40 characters) so that tag lists and the cache
-    /// server's metrics can tell scopes apart; the hash keeps ids apart.
+    /// `mount-<scope>-<hash of scope, platform and id>`: the scope readable
+    /// (made tag-safe, at most 40 characters) so that tag lists and the
+    /// cache server's metrics can tell scopes apart; the hash keeps ids and
+    /// platforms apart (a cache of arm64 binaries is no use to amd64).
     fn tag(&self, id: &str) -> Reference {
-        let name = Digest::sha256_of(format!("{}\0{id}", self.scope).as_bytes());
+        let name = Digest::sha256_of(format!("{}\0{}\0{id}", self.scope, self.platform).as_bytes());
         Reference::with_tag(
             self.repo.registry().to_string(),
             self.repo.repository().to_string(),
@@ -364,6 +373,29 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<(), MountCacheE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platforms_and_scopes_get_their_own_copies() {
+        let registry = std::sync::Arc::new(Registry::new(
+            Default::default(),
+            kiln_common::auth::DockerConfig::default(),
+        ));
+        let repo: Reference = "127.0.0.1:5000/cache/app".parse().unwrap();
+        let cache = |scope: &str, platform: &str| {
+            MountCache::new(
+                registry.clone(),
+                repo.clone(),
+                scope,
+                &kiln_common::image::Platform::parse(platform).unwrap(),
+            )
+        };
+        let amd = cache("main", "linux/amd64").tag("/root/.cache");
+        assert_eq!(amd, cache("main", "linux/amd64").tag("/root/.cache"));
+        assert_ne!(amd, cache("main", "linux/arm64").tag("/root/.cache"));
+        assert_ne!(amd, cache("dev", "linux/amd64").tag("/root/.cache"));
+        assert_ne!(amd, cache("main", "linux/amd64").tag("/root/.npm"));
+        assert!(amd.tag().unwrap().starts_with("mount-main-"));
+    }
 
     #[test]
     fn scopes_become_tag_fragments() {

@@ -172,9 +172,9 @@ impl Builder {
             None => None,
         };
         let mount_cache = match (&cache, opts.cache_mounts) {
-            (Some(c), crate::options::CacheMounts::Shared) => c
-                .registry_repo()
-                .map(|(r, repo)| crate::cache_mounts::MountCache::new(r, repo, &opts.mount_scope)),
+            (Some(c), crate::options::CacheMounts::Shared) => c.registry_repo().map(|(r, repo)| {
+                crate::cache_mounts::MountCache::new(r, repo, &opts.mount_scope, &platform)
+            }),
             _ => None,
         };
         let fetcher = LayerFetcher::new(registry, store, opts.image_fs_extract_retry);
