@@ -88,6 +88,20 @@ impl Prometheus {
             .spawn()
             .expect("prometheus (Debian package)");
         wait_for_port(port, "prometheus", Duration::from_secs(30));
+        // It listens before its storage is open and answers 503 until then.
+        let ready = format!("http://127.0.0.1:{port}/-/ready");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !Command::new("curl")
+            .args(["-sf", "--max-time", "2", "-o", "/dev/null", &ready])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "prometheus never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Prometheus {
             child,
             url: format!("http://127.0.0.1:{port}"),
