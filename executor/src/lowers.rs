@@ -82,7 +82,7 @@ pub fn extract_layer(cache_dir: &Path, blob: &Path, diff_id: &Digest) -> Result<
     let parent = extracted_dir(cache_dir);
     std::fs::create_dir_all(&parent).map_err(io_err("creating", &parent))?;
     let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(TMP_PREFIX)
         .tempdir_in(&parent)
         .map_err(io_err("creating a directory in", &parent))?;
     let f = std::fs::File::open(blob).map_err(io_err("opening", blob))?;
@@ -119,6 +119,37 @@ pub fn extract_layer(cache_dir: &Path, blob: &Path, diff_id: &Digest) -> Result<
     }
 }
 
+/// An extraction in progress (or interrupted) is a directory named so; it
+/// becomes `<diff id hex>` only once complete and verified.
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Bytes of each complete extracted layer (its regular files' lengths), by
+/// diff id (hex); empty when nothing is extracted. For the warmer's
+/// `--max-size`, which counts them with the blobs they came from.
+pub fn sizes(cache_dir: &Path) -> std::collections::HashMap<String, u64> {
+    fn du(p: &Path) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        rd.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => du(&e.path()),
+                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => 0,
+            })
+            .sum()
+    }
+    let Ok(rd) = std::fs::read_dir(extracted_dir(cache_dir)) else {
+        return Default::default();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (!name.starts_with(TMP_PREFIX)).then(|| (name, du(&e.path())))
+        })
+        .collect()
+}
+
 /// Removes extracted layers whose diff id `keep` does not accept, and
 /// interrupted extractions (`.tmp-*`) older than `grace`. Returns the names
 /// removed (or, with `dry_run`, that would be).
@@ -140,7 +171,7 @@ pub fn retain(
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.elapsed().ok())
             .is_none_or(|a| a < grace);
-        if young || (!name.starts_with(".tmp-") && keep(&name)) {
+        if young || (!name.starts_with(TMP_PREFIX) && keep(&name)) {
             continue;
         }
         if dry_run || std::fs::remove_dir_all(e.path()).is_ok() {

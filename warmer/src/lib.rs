@@ -506,10 +506,12 @@ pub fn retain(
     }
     if let Some(max) = max_size {
         // Least recently used first, until the blobs and extracted layers
-        // the rest need fit. Extracted directories are measured once.
+        // the rest need fit. What each entry needs is read, and extracted
+        // directories are measured, once.
         entries.sort_by_key(|e| last(e));
-        let extracted = extracted_sizes(cache_dir);
-        while referenced_size(&dir, &entries, &drop, &extracted) > max {
+        let extracted = kiln_executor::lowers::sizes(cache_dir);
+        let needs: Vec<Footprint> = entries.iter().map(|e| footprint(&dir, e)).collect();
+        while referenced_size(&dir, &entries, &needs, &drop, &extracted) > max {
             match entries
                 .iter()
                 .find(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
@@ -592,56 +594,46 @@ fn referenced_diff_ids(
     keep
 }
 
+/// What one warmed image needs on disk: its blobs and the extracted copies
+/// of its layers (hex names).
+struct Footprint {
+    blobs: HashSet<String>,
+    layers: HashSet<String>,
+}
+
+fn footprint(dir: &CacheDir, e: &kiln_common::layout::WarmEntry) -> Footprint {
+    let one = std::slice::from_ref(e);
+    Footprint {
+        blobs: referenced(dir, one),
+        layers: referenced_diff_ids(dir, one),
+    }
+}
+
 /// What the entries not in `drop` occupy: their blobs, and the extracted
-/// copies of their layers (`extracted`: bytes per diff id).
+/// copies of their layers (`extracted`: bytes per diff id); shared ones
+/// once. `needs` is each entry's footprint, in the order of `entries`.
 fn referenced_size(
     dir: &CacheDir,
     entries: &[kiln_common::layout::WarmEntry],
+    needs: &[Footprint],
     drop: &HashSet<(String, String)>,
     extracted: &std::collections::HashMap<String, u64>,
 ) -> u64 {
-    let kept: Vec<_> = entries
+    let kept: Vec<&Footprint> = entries
         .iter()
-        .filter(|e| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
-        .cloned()
+        .zip(needs)
+        .filter(|(e, _)| !drop.contains(&(e.reference.clone(), e.platform.to_string())))
+        .map(|(_, n)| n)
         .collect();
-    let blobs: u64 = referenced(dir, &kept)
+    let blobs: HashSet<&String> = kept.iter().flat_map(|n| &n.blobs).collect();
+    let layers: HashSet<&String> = kept.iter().flat_map(|n| &n.layers).collect();
+    let blob_bytes: u64 = blobs
         .iter()
         .filter_map(|h| std::fs::metadata(dir.blobs().join(h)).ok())
         .map(|m| m.len())
         .sum();
-    let unpacked: u64 = referenced_diff_ids(dir, &kept)
-        .iter()
-        .filter_map(|id| extracted.get(id))
-        .sum();
-    blobs + unpacked
-}
-
-/// Bytes of each extracted layer directory (regular files' lengths), by
-/// diff id; empty when nothing is extracted.
-fn extracted_sizes(cache_dir: &Path) -> std::collections::HashMap<String, u64> {
-    fn du(p: &Path) -> u64 {
-        let Ok(rd) = std::fs::read_dir(p) else {
-            return 0;
-        };
-        rd.flatten()
-            .map(|e| match e.file_type() {
-                Ok(t) if t.is_dir() => du(&e.path()),
-                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => 0,
-            })
-            .sum()
-    }
-    let root = kiln_executor::lowers::extracted_dir(cache_dir);
-    let Ok(rd) = std::fs::read_dir(&root) else {
-        return Default::default();
-    };
-    rd.flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (!name.starts_with(".tmp-")).then(|| (name, du(&e.path())))
-        })
-        .collect()
+    let layer_bytes: u64 = layers.iter().filter_map(|id| extracted.get(*id)).sum();
+    blob_bytes + layer_bytes
 }
 
 #[cfg(test)]

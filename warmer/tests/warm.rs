@@ -78,16 +78,8 @@ fn shared_blobs_are_fetched_and_stored_once() {
     let cache = tempfile::tempdir().unwrap();
     let report = cache.path().join("report.json");
     let before = reg.log().len();
-    let mut c = warmer();
-    c.arg("--cache-dir")
-        .arg(cache.path().join("cache"))
-        .args(["--insecure-pull", "--report"])
-        .arg(&report);
-    for i in &imgs {
-        c.args(["--image", i]);
-    }
-    succeeds(&mut c);
     let dir = cache.path().join("cache");
+    warm_all(&dir, &imgs, &["--report", report.to_str().unwrap()]);
     validate(&dir);
     all_blobs_verify(&dir);
     let log = reg.log()[before..].to_string();
@@ -141,12 +133,7 @@ fn shared_blobs_are_fetched_and_stored_once() {
     }
     // A second run within the TTL makes no registry call at all.
     let before = reg.log().len();
-    let mut c = warmer();
-    c.arg("--cache-dir").arg(&dir).arg("--insecure-pull");
-    for i in &imgs {
-        c.args(["--image", i]);
-    }
-    assert!(c.output().unwrap().status.success());
+    warm_all(&dir, &imgs, &[]);
     assert!(
         !reg.log()[before..].contains("GET /v2/"),
         "fresh entries must not be fetched again"
@@ -227,12 +214,7 @@ fn retention_removes_exactly_the_unused() {
     let imgs = images(&reg);
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().join("cache");
-    let mut c = warmer();
-    c.arg("--cache-dir").arg(&dir).arg("--insecure-pull");
-    for i in &imgs {
-        c.args(["--image", i]);
-    }
-    assert!(c.output().unwrap().status.success());
+    warm_all(&dir, &imgs, &[]);
     let d = kiln_common::layout::CacheDir::open(&dir).unwrap();
     used_by_a_build_a_second_later(&dir, &imgs[1]);
     let blobs_before = std::fs::read_dir(d.blobs()).unwrap().count();
@@ -459,6 +441,20 @@ fn a_warmer_killed_mid_blob_resumes_where_it_stopped_on_the_next_run() {
     validate(&cache);
 }
 
+/// Warms every image of `imgs` into `dir` in one run with `extra` flags;
+/// the run must succeed.
+fn warm_all(dir: &Path, imgs: &[String], extra: &[&str]) {
+    let mut c = warmer();
+    c.arg("--cache-dir")
+        .arg(dir)
+        .arg("--insecure-pull")
+        .args(extra);
+    for i in imgs {
+        c.args(["--image", i]);
+    }
+    succeeds(&mut c);
+}
+
 /// Runs a command that must succeed.
 fn succeeds(c: &mut std::process::Command) {
     let out = c.output().unwrap();
@@ -491,15 +487,11 @@ fn extracted_layers_are_verified_shared_and_retained_with_their_images() {
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().join("cache");
     let report = cache.path().join("report.json");
-    let mut c = warmer();
-    c.arg("--cache-dir")
-        .arg(&dir)
-        .args(["--insecure-pull", "--extract-layers", "--report"])
-        .arg(&report);
-    for i in &imgs {
-        c.args(["--image", i]);
-    }
-    succeeds(&mut c);
+    warm_all(
+        &dir,
+        &imgs,
+        &["--extract-layers", "--report", report.to_str().unwrap()],
+    );
     let ids: Vec<Vec<String>> = imgs
         .iter()
         .map(|i| diff_ids(&format!("docker://{i}")))
@@ -594,14 +586,7 @@ fn max_size_counts_extracted_layers() {
     let imgs = images(&reg);
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().join("cache");
-    let mut c = warmer();
-    c.arg("--cache-dir")
-        .arg(&dir)
-        .args(["--insecure-pull", "--extract-layers"]);
-    for i in &imgs {
-        c.args(["--image", i]);
-    }
-    succeeds(&mut c);
+    warm_all(&dir, &imgs, &["--extract-layers"]);
     fn bytes(p: &Path) -> u64 {
         std::fs::read_dir(p)
             .unwrap()
