@@ -7,7 +7,7 @@ use super::endpoint::valid_repo;
 use super::http::{parse_content_range, with_headers};
 use super::{ApiError, ApiResult, App};
 use crate::auth::{Access, Caller};
-use crate::uploads::UploadError;
+use crate::uploads::{check_size, UploadError};
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -53,7 +53,6 @@ pub(super) async fn patch(app: &App, repo: &str, id: String, req: Request) -> Ap
         .and_then(|v| v.to_str().ok())
         .map(parse_content_range)
         .transpose()?;
-    let before = app.uploads.offset(&app.store, repo, &id).await?;
     let n = app
         .uploads
         .append(
@@ -65,16 +64,13 @@ pub(super) async fn patch(app: &App, repo: &str, id: String, req: Request) -> Ap
         )
         .await?;
     if let Some((start, end)) = range {
-        // `end` is inclusive and may be u64::MAX: no overflow on hostile input.
+        // `append` checked that the chunk starts at `start`, where the
+        // session was. `end` is inclusive and may be u64::MAX: no overflow
+        // on hostile input.
         let declared = (end - start).saturating_add(1);
-        if declared != n - before {
+        if let Err(e) = check_size(&id, Some(declared), n - start) {
             app.uploads.cancel(&app.store, repo, &id).await?;
-            return Err(UploadError::SizeInvalid {
-                id,
-                declared,
-                actual: n - before,
-            }
-            .into());
+            return Err(e.into());
         }
     }
     Ok(upload_accepted(repo, &id, n))

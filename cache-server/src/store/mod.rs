@@ -10,6 +10,7 @@
 mod blobs;
 mod manifests;
 mod parts;
+pub(crate) use parts::Part;
 mod tags;
 
 use crate::backend::{Backend, StorageError};

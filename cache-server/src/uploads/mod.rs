@@ -283,13 +283,9 @@ impl Uploads {
                 return Err(e);
             }
         };
-        if let Some(declared) = declared.filter(|d| *d != n - before) {
+        if let Err(e) = check_size(id, declared, n - before) {
             let _ = self.local_cancel(repo, id);
-            return Err(UploadError::SizeInvalid {
-                id: id.to_string(),
-                declared,
-                actual: n - before,
-            });
+            return Err(e);
         }
         self.local_finish(repo, id, digest).await
     }
@@ -396,6 +392,36 @@ impl Uploads {
     pub fn active(&self) -> usize {
         self.sessions().len()
     }
+}
+
+/// A request body must be as long as its headers declared (`None`: no
+/// declaration).
+pub fn check_size(id: &str, declared: Option<u64>, actual: u64) -> Result<(), UploadError> {
+    match declared {
+        Some(declared) if declared != actual => Err(UploadError::SizeInvalid {
+            id: id.to_string(),
+            declared,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Where a session's stored chunks end; they must follow each other
+/// without a gap (only a client writing two chunks at once makes one).
+fn chunks_end(id: &str, parts: &[crate::store::Part]) -> Result<u64, UploadError> {
+    let mut end = 0;
+    for p in parts {
+        if p.offset != end {
+            return Err(UploadError::RangeInvalid {
+                id: id.to_string(),
+                expected: end,
+                got: p.offset,
+            });
+        }
+        end += p.size;
+    }
+    Ok(end)
 }
 
 /// The part of a shared session id that names its repository.

@@ -2,7 +2,7 @@
 //! list of its chunks in the store, so any replica continues it. See the
 //! parent module's note.
 
-use super::{copy_body, owns, storage, Staged, UploadError, Uploads};
+use super::{check_size, chunks_end, copy_body, owns, storage, Staged, UploadError, Uploads};
 use crate::store::Store;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -26,19 +26,7 @@ impl Uploads {
             return Err(UploadError::Unknown(id.to_string()));
         }
         let parts = store.upload_parts(id).await.map_err(storage(id))?;
-        let mut end = 0;
-        for p in parts {
-            if p.offset != end {
-                // Only a client writing two chunks at once makes a gap.
-                return Err(UploadError::RangeInvalid {
-                    id: id.to_string(),
-                    expected: end,
-                    got: p.offset,
-                });
-            }
-            end += p.size;
-        }
-        Ok(end)
+        chunks_end(id, &parts)
     }
 
     pub(super) async fn shared_append<S, E>(
@@ -137,15 +125,10 @@ impl Uploads {
         };
         let mut f = tokio::fs::File::create(path).await.map_err(io)?;
         let mut hasher = Sha256::new();
+        let parts = store.upload_parts(id).await.map_err(storage(id))?;
+        chunks_end(id, &parts)?;
         let mut size = 0u64;
-        for p in store.upload_parts(id).await.map_err(storage(id))? {
-            if p.offset != size {
-                return Err(UploadError::RangeInvalid {
-                    id: id.to_string(),
-                    expected: size,
-                    got: p.offset,
-                });
-            }
+        for p in parts {
             let stream = store
                 .upload_part(id, p.offset)
                 .await
@@ -154,13 +137,7 @@ impl Uploads {
             size += copy_body(id, path, &mut f, Some(&mut hasher), stream).await?;
         }
         let n = copy_body(id, path, &mut f, Some(&mut hasher), body).await?;
-        if let Some(declared) = declared.filter(|d| *d != n) {
-            return Err(UploadError::SizeInvalid {
-                id: id.to_string(),
-                declared,
-                actual: n,
-            });
-        }
+        check_size(id, declared, n)?;
         size += n;
         let actual = Digest::from_sha256(hasher.finalize().into());
         if &actual != digest {
