@@ -144,13 +144,7 @@ fn chunked_upload_range_mount_tags_delete(b: Backend) {
         let data = noise(1, 5 << 20);
         let d = sha(&data);
         let c = client();
-        let r = c
-            .post(format!("{url}/v2/a/b/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
-        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        let loc = start_upload(&url, "a/b").await;
         let loc = patch_chunks(&url, loc, &data, 2 << 20, std::time::Duration::ZERO)
             .await
             .unwrap();

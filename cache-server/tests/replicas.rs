@@ -29,24 +29,12 @@ fn replicas_need_no_session_affinity() {
         // Five chunks through the balancer: they alternate replicas.
         let data = noise(7, 5 << 20);
         let d = sha(&data);
-        let c = client();
-        let r = c
-            .post(format!("{url}/v2/team/app/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
-        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        let loc = start_upload(&url, "team/app").await;
         let loc = patch_chunks(&url, loc, &data, 1 << 20, std::time::Duration::ZERO)
             .await
             .unwrap();
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let r = c
-            .put(format!("{url}{loc}{sep}digest={d}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+        let (status, body) = finish_upload(&url, &loc, &d).await;
+        assert_eq!(status, 201, "{body}");
         for s in [&one, &two] {
             let (status, _, body) = get(&format!("{}/v2/team/app/blobs/{d}", s.url())).await;
             assert_eq!((status, body == data), (200, true), "on {}", s.addr);
@@ -104,7 +92,6 @@ fn replicas_need_no_session_affinity() {
         .arg(format!("oci:{}:1", back.path().display())));
 
     // Executor builds with the balancer as cache repo: the second is all hits.
-    let exe = bin().with_file_name("executor");
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
@@ -115,22 +102,8 @@ fn replicas_need_no_session_affinity() {
     for _ in 0..2 {
         let work = tempfile::tempdir().unwrap();
         let report = work.path().join("report.json");
-        let o = Command::new(&exe)
-            .arg("--context")
-            .arg(ctx.path())
-            .arg("--kaniko-dir")
-            .arg(work.path().join("k"))
-            .args([
-                "--no-push",
-                "--insecure-pull",
-                "--insecure-registry",
-                &lb.addr,
-                "--cache",
-            ])
-            .arg("--cache-repo")
-            .arg(format!("{}/cache/app", lb.addr))
-            .arg("--report")
-            .arg(&report)
+        let repo = format!("{}/cache/app", lb.addr);
+        let o = executor_build(ctx.path(), work.path(), &lb.addr, &repo, &report)
             .output()
             .expect("executor (built with the workspace)");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -146,12 +119,7 @@ fn replicas_need_no_session_affinity() {
         let data = noise(8, 3 << 20);
         let d = sha(&data);
         let c = client();
-        let r = c
-            .post(format!("{url}/v2/team/app/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        let loc = start_upload(&url, "team/app").await;
         let (first, rest) = data.split_at(1 << 20);
         let loc = patch_chunks(&url, loc, first, 1 << 20, std::time::Duration::ZERO)
             .await
@@ -169,13 +137,8 @@ fn replicas_need_no_session_affinity() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
         let loc = r.headers()["location"].to_str().unwrap().to_string();
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let r = c
-            .put(format!("{url}{loc}{sep}digest={d}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+        let (status, body) = finish_upload(&url, &loc, &d).await;
+        assert_eq!(status, 201, "{body}");
         let (status, _, body) = get(&format!("{}/v2/team/app/blobs/{d}", two.url())).await;
         assert_eq!((status, body == data), (200, true));
     });
