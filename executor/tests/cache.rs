@@ -81,24 +81,7 @@ impl Report {
 }
 
 fn cached_build(ctx: &Path, cache_repo: &str, extra: &[&str]) -> (Report, String) {
-    let work = tempfile::tempdir().unwrap();
-    let report = work.path().join("report.json");
-    let mut args = vec![
-        "--no-push",
-        "--insecure-pull",
-        "--insecure-registry",
-        cache_repo.split('/').next().unwrap(),
-        "--cache",
-        "--cache-repo",
-        cache_repo,
-        "--report",
-    ];
-    let report_s = report.to_str().unwrap().to_string();
-    args.push(&report_s);
-    args.extend_from_slice(extra);
-    let w2 = tempfile::tempdir().unwrap();
-    let log = must_build(ctx, w2.path(), &args);
-    let json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (json, log) = cached_build_report(ctx, cache_repo, extra);
     (Report { json }, log)
 }
 

@@ -276,3 +276,32 @@ pub fn cache_server_bin() -> std::path::PathBuf {
     );
     p
 }
+
+/// A build in a fresh work directory, `--no-push`, with `--cache` into
+/// `cache_repo` (its registry reached over plain HTTP) and `extra` flags;
+/// returns its `--report` and its log.
+pub fn cached_build_report(
+    ctx: &Path,
+    cache_repo: &str,
+    extra: &[&str],
+) -> (serde_json::Value, String) {
+    let work = tempfile::tempdir().unwrap();
+    let report = work.path().join("report.json");
+    let mut args = vec![
+        "--no-push",
+        "--insecure-pull",
+        "--insecure-registry",
+        cache_repo.split('/').next().unwrap(),
+        "--cache",
+        "--cache-repo",
+        cache_repo,
+        "--report",
+    ];
+    let report_s = report.to_str().unwrap().to_string();
+    args.push(&report_s);
+    args.extend_from_slice(extra);
+    let w2 = tempfile::tempdir().unwrap();
+    let log = must_build(ctx, w2.path(), &args);
+    let json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (json, log)
+}

@@ -178,31 +178,8 @@ fn cache_mounts_follow_the_build_from_pod_to_pod() {
              cat /var/cache/pkgs/f{n} > /last'\n",
             http.url
         ));
-        let work = tempfile::tempdir().unwrap();
-        let report = work.path().join("report.json");
         let before = http.gets();
-        let w2 = tempfile::tempdir().unwrap();
-        must_build(
-            ctx.path(),
-            w2.path(),
-            &[
-                "--no-push",
-                "--insecure-pull",
-                "--insecure-registry",
-                &cache.addr,
-                "--cache",
-                "--cache-repo",
-                &repo,
-                "--report",
-                report.to_str().unwrap(),
-            ]
-            .iter()
-            .chain(extra)
-            .copied()
-            .collect::<Vec<_>>(),
-        );
-        let r: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let (r, _) = cached_build_report(ctx.path(), &repo, extra);
         (http.gets() - before, r["cache_mounts"][0].clone())
     };
     let (fetched, m) = pod("a", 20, &[]);
@@ -403,24 +380,9 @@ fn the_cache_server_counts_cache_mounts_by_scope() {
          RUN --mount=type=cache,target=/c sh -c 'test -f /c/f || head -c 1000 /dev/zero > /c/f'\n"
     ));
     for stamp in ["a", "b"] {
-        let work = tempfile::tempdir().unwrap();
-        must_build(
-            ctx.path(),
-            work.path(),
-            &[
-                "--no-push",
-                "--insecure-pull",
-                "--insecure-registry",
-                &server.addr,
-                "--cache",
-                "--cache-repo",
-                &repo,
-                "--cache-mount-scope",
-                "feature/x",
-                "--build-arg",
-                &format!("STAMP={stamp}"),
-            ],
-        );
+        let arg = format!("STAMP={stamp}");
+        let scope = ["--cache-mount-scope", "feature/x", "--build-arg", &arg];
+        cached_build_report(ctx.path(), &repo, &scope);
     }
     let m = server.metrics();
     let scoped = ["repo=\"cache/app\"", "scope=\"feature-x\""];
