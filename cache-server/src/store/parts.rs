@@ -85,26 +85,71 @@ impl Store {
     }
 
     /// Deletes the chunks of every session whose newest chunk is older than
-    /// `stale_after` (a client that went away). Returns how many sessions.
+    /// `stale_after` (a client that went away), from one listing. Returns
+    /// how many sessions.
     pub(crate) async fn sweep_uploads(&self, stale_after: Duration) -> Result<usize, StorageError> {
         let listed = self.list(&Prefix::Uploads).await?;
-        let mut newest: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
-        for m in &listed {
+        let mut sessions: BTreeMap<String, (chrono::DateTime<chrono::Utc>, Vec<Key>)> =
+            BTreeMap::new();
+        for m in listed {
             if let Key::UploadPart { id, .. } = &m.key {
-                let e = newest.entry(id.clone()).or_insert(m.modified);
-                *e = (*e).max(m.modified);
+                let e = sessions
+                    .entry(id.clone())
+                    .or_insert((m.modified, Vec::new()));
+                e.0 = e.0.max(m.modified);
+                e.1.push(m.key);
             }
         }
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::hours(1));
-        let stale: Vec<String> = newest
-            .into_iter()
-            .filter(|(_, t)| *t < cutoff)
-            .map(|(id, _)| id)
-            .collect();
-        for id in &stale {
-            self.delete_upload(id).await?;
+        let mut swept = 0;
+        for (newest, keys) in sessions.into_values() {
+            if newest >= cutoff {
+                continue;
+            }
+            for key in &keys {
+                self.call("delete", self.storage.delete(key)).await?;
+            }
+            swept += 1;
         }
-        Ok(stale.len())
+        Ok(swept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Chunks of a stale session go, a live session's stay, from one sweep;
+    /// a session's offsets come back in order.
+    #[tokio::test]
+    async fn sweep_removes_only_stale_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("store").display());
+        let backend = crate::backend::open(&url, Default::default()).unwrap();
+        let store = Store::new(backend, Default::default(), Arc::new(Default::default()))
+            .await
+            .unwrap();
+        for (id, offset) in [("old", 0), ("old", 3), ("live", 0)] {
+            let f = dir.path().join(format!("chunk-{id}-{offset}"));
+            std::fs::write(&f, "abc").unwrap();
+            store.put_upload_part(id, offset, &f).await.unwrap();
+        }
+        let offsets = |parts: Vec<Part>| parts.iter().map(|p| p.offset).collect::<Vec<_>>();
+        assert_eq!(offsets(store.upload_parts("old").await.unwrap()), [0, 3]);
+        // Age the "old" session's chunks by two hours.
+        let old = dir.path().join("store/_uploads/old");
+        let then = filetime::FileTime::from_unix_time(chrono::Utc::now().timestamp() - 7200, 0);
+        for e in std::fs::read_dir(&old).unwrap().flatten() {
+            filetime::set_file_mtime(e.path(), then).unwrap();
+        }
+        let swept = store
+            .sweep_uploads(Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(swept, 1);
+        assert!(store.upload_parts("old").await.unwrap().is_empty());
+        assert_eq!(offsets(store.upload_parts("live").await.unwrap()), [0]);
     }
 }
