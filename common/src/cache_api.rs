@@ -93,13 +93,8 @@ impl KilnClient {
         let opts = registry.options();
         let insecure = opts.insecure_hosts.iter().any(|h| h == "*" || h == host);
         let base = format!("{}://{host}", if insecure { "http" } else { "https" });
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .tls_danger_accept_invalid_certs(opts.skip_tls_verify)
-            .build()
-            .ok()?;
-        let auth = match registry.credential_for(host) {
+        let http = registry.http_client(host, Duration::from_secs(30)).ok()?;
+        let auth = match registry.credential_for(host).await {
             Ok(Credential::Basic { username, password }) => {
                 use base64::Engine;
                 Some(format!(

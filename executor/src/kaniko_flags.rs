@@ -54,7 +54,7 @@ const fn online(
     }
 }
 
-use Support::{Implemented as I, Notice as N, Refused as R};
+use Support::{Implemented as I, Notice as N};
 
 pub const KANIKO_FLAGS: &[KanikoFlag] = &[
     f("dockerfile", I, "", &["--dockerfile", "Dockerfile"]),
@@ -93,7 +93,7 @@ pub const KANIKO_FLAGS: &[KanikoFlag] = &[
     f("insecure-registry", I, "", &["--insecure-registry", "localhost:5000"]),
     f("skip-tls-verify-registry", I, "that host's certificate is not verified; others still are", &["--skip-tls-verify-registry", "localhost:5000"]),
     f("registry-certificate", I, "`host=ca.pem`: that CA is trusted for that host (beside the system's roots); `/etc/docker/certs.d/<host>/*.crt` too", &["--registry-certificate", "localhost:5000={dir}/ca.pem"]),
-    f("registry-client-cert", R, "mutual TLS is not built: oci-client, Kiln's registry client, cannot present a client certificate, so the registry would refuse the connection later and less clearly", &["--registry-client-cert", "localhost:5000={dir}/cert.pem,{dir}/key.pem"]),
+    f("registry-client-cert", I, "`host=cert.pem,key.pem`: presented to that host (mutual TLS); `/etc/docker/certs.d/<host>/client.cert` and `client.key` too", &["--registry-client-cert", "localhost:5000={dir}/cert.pem,{dir}/key.pem"]),
     f("registry-mirror", I, "", &["--registry-mirror", "mirror.example.com"]),
     f("registry-map", I, "", &["--registry-map", "index.docker.io=mirror.example.com"]),
     f("skip-default-registry-fallback", I, "", &["--skip-default-registry-fallback"]),
@@ -118,7 +118,7 @@ pub const KANIKO_FLAGS: &[KanikoFlag] = &[
     f("log-format", I, "`text`, `color` or `json`", &["--log-format=json"]),
     f("log-timestamp", I, "", &["--log-timestamp"]),
     f("annotation", I, "`key=value` on the image manifest", &["--annotation", "org.opencontainers.image.source=https://example.com"]),
-    f("credential-helpers", N, "credentials come from the Docker config (`auths`, `credHelpers`, `credsStore`); helper programs it names are run from `PATH`", &["--credential-helpers=ecr-login"]),
+    f("credential-helpers", I, "built-in logins tried after config.json: `env` (`KANIKO_<HOST>_USER`/`_PASSWORD`), `google`, `ecr`, `acr`, `gitlab` (default: all; empty: none); config.json's `credHelpers` naming `ecr-login`, `gcr`, `acr-env` or `gitlabci` use them when that program is not on `PATH`", &["--credential-helpers=ecr"]),
     f("secret", I, "`id=…,src=<file>` or `id=…,env=<VAR>` (BuildKit's syntax) for `RUN --mount=type=secret`; the value never reaches a layer, the config, the cache key, a report or a log", &["--secret", "id=token,src={dir}/token"]),
     f("dryrun", I, "parses the Dockerfile and plans every stage (ARGs, config, steps), then stops: nothing pulled, built or pushed", &["--dryrun"]),
     f("materialize", N, "Kiln's result does not depend on whether cached layers are unpacked; the root is unpacked exactly when a step needs it", &["--materialize"]),

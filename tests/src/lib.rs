@@ -49,10 +49,19 @@ impl Registry {
 
     /// A registry serving HTTPS with this certificate and key (PEM).
     pub fn start_tls(cert: &Path, key: &Path) -> Registry {
-        Self::start_with(None, Some((cert, key)))
+        Self::start_with(None, Some((cert, key, None)))
     }
 
-    fn start_with(auth: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> Registry {
+    /// A registry serving HTTPS that refuses any client without a
+    /// certificate issued by `client_ca` (mutual TLS).
+    pub fn start_mtls(cert: &Path, key: &Path, client_ca: &Path) -> Registry {
+        Self::start_with(None, Some((cert, key, Some(client_ca))))
+    }
+
+    fn start_with(
+        auth: Option<(&str, &str)>,
+        tls: Option<(&Path, &Path, Option<&Path>)>,
+    ) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("config.yml");
         let mut auth_cfg = String::new();
@@ -66,9 +75,12 @@ impl Registry {
             );
         }
         let tls_cfg = tls
-            .map(|(c, k)| {
+            .map(|(c, k, client_ca)| {
+                let clientcas = client_ca
+                    .map(|ca| format!("    clientcas:\n      - {}\n", ca.display()))
+                    .unwrap_or_default();
                 format!(
-                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    "  tls:\n    certificate: {}\n    key: {}\n{clientcas}",
                     c.display(),
                     k.display()
                 )
@@ -654,16 +666,55 @@ impl S3Server {
 
     /// On a given port: to bring the "same" S3 back after an outage.
     pub fn start_on(port: u16) -> S3Server {
-        // `python3 -m moto.server` is moto_server without relying on PATH shims.
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
+        Self::start_with(port, None)
+    }
+
+    /// Serving HTTPS with this certificate and key (PEM): for clients that
+    /// refuse plain HTTP, as object_store's STS client does.
+    pub fn start_tls(cert: &Path, key: &Path) -> S3Server {
+        Self::start_with(free_port(), Some((cert, key)))
+    }
+
+    fn start_with(port: u16, tls: Option<(&Path, &Path)>) -> S3Server {
+        /// moto's own server app, over TLS. moto picks the service of an
+        /// unsigned request from a form body, and object_store sends its
+        /// STS call (AssumeRoleWithWebIdentity, unsigned by design) as a
+        /// query string, which AWS accepts too; the only addition moves
+        /// that query into the body so moto routes it. moto answers it.
+        const TLS_SCRIPT: &str = r#"import io, sys
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
+port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+app = DomainDispatcherApplication(create_backend_app)
+def routed(environ, start_response):
+    if 'Action=AssumeRoleWithWebIdentity' in environ.get('QUERY_STRING', ''):
+        body = environ['QUERY_STRING'].encode()
+        environ.update({'QUERY_STRING': '', 'CONTENT_TYPE': 'application/x-www-form-urlencoded',
+                        'CONTENT_LENGTH': str(len(body)), 'wsgi.input': io.BytesIO(body)})
+    return app(environ, start_response)
+run_simple('127.0.0.1', port, routed, threaded=True, ssl_context=(cert, key))
+"#;
+        let mut cmd = Command::new("python3");
+        match tls {
+            Some((cert, key)) => {
+                cmd.args(["-c", TLS_SCRIPT, &port.to_string()])
+                    .arg(cert)
+                    .arg(key);
+            }
+            // `python3 -m moto.server` is moto_server without relying on PATH shims.
+            None => {
+                cmd.args([
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ]);
+            }
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -671,7 +722,7 @@ impl S3Server {
         wait_for_port(port, "moto_server", Duration::from_secs(30));
         S3Server {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
         }
     }
 
@@ -1234,6 +1285,49 @@ pub use prom::{Prometheus, Pushgateway};
 pub use ssh::{agent_keys_binary, SshAgent};
 
 /// A private CA and a server certificate it signed for 127.0.0.1 and
+/// A client certificate issued by [`private_ca`]'s CA (in its `dir`), for
+/// mutual TLS: `(client.pem, client.key)`.
+pub fn client_certificate(ca_dir: &Path) -> (PathBuf, PathBuf) {
+    let ossl = |args: &[&str]| {
+        run(Command::new("openssl").args(args).current_dir(ca_dir));
+    };
+    ossl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=kiln-builder",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+    ]);
+    std::fs::write(
+        ca_dir.join("client.ext"),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("client.ext");
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client.pem",
+    ]);
+    (ca_dir.join("client.pem"), ca_dir.join("client.key"))
+}
+
 /// localhost, made with openssl: `(dir, ca.pem, server.pem, server.key)`.
 pub fn private_ca() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -40,6 +40,8 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    ClientCert(#[from] super::ClientCertError),
 }
 
 /// How a registry request failed, classified once from oci-client's typed
@@ -84,12 +86,23 @@ impl RemoteKind {
         matches!(self, RemoteKind::Transient | RemoteKind::RateLimited { .. })
     }
 
+    /// A plain HTTP failure: by its status, or a connection problem.
+    fn of_http(r: &reqwest::Error) -> RemoteKind {
+        match r.status().map(|s| s.as_u16()) {
+            Some(401) => RemoteKind::Unauthorized,
+            Some(403) => RemoteKind::Denied,
+            Some(404) => RemoteKind::NotFound,
+            Some(s) if s < 500 => RemoteKind::Other,
+            _ => RemoteKind::Transient,
+        }
+    }
+
     pub(crate) fn of(e: &(dyn std::error::Error + 'static)) -> RemoteKind {
         use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
         let Some(oe) = e.downcast_ref::<E>() else {
             return match e.downcast_ref::<reqwest::Error>() {
-                Some(r) if r.status().is_some_and(|s| !s.is_server_error()) => RemoteKind::Other,
-                _ => RemoteKind::Transient,
+                Some(r) => Self::of_http(r),
+                None => RemoteKind::Transient,
             };
         };
         match oe {
@@ -128,10 +141,8 @@ impl RemoteKind {
                     RemoteKind::Other
                 }
             }
-            E::RequestError(r) if r.status().is_some_and(|s| !s.is_server_error()) => {
-                RemoteKind::Other
-            }
-            E::RequestError(_) | E::IoError(_) => RemoteKind::Transient,
+            E::RequestError(r) => Self::of_http(r),
+            E::IoError(_) => RemoteKind::Transient,
             _ => RemoteKind::Other,
         }
     }

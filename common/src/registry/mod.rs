@@ -8,22 +8,25 @@
 //! | `resolve.rs` | references → platform manifest and config; manifests, tags |
 //! | `pull.rs` | blobs to files (resumable `.partial` under a flock) or streams |
 //! | `push.rs` | blob and manifest uploads, existence checks, cross-repo mounts |
+//! | `client_cert.rs` | client certificates (mutual TLS) through a loopback relay |
 //!
 //! `Registry` adds what a builder needs on top of the client: credentials from
 //! config.json, per-host insecure (HTTP) access, mirrors and `--registry-map`,
 //! platform selection in indexes, retries with backoff, and blobs streamed to a
 //! temp file, verified, then renamed — never a whole layer in memory.
 
+mod client_cert;
 mod error;
 mod pull;
 mod push;
 mod resolve;
 mod retry;
 
+pub use client_cert::{ClientCert, ClientCertError};
 pub use error::{RegistryError, RemoteKind};
 pub use pull::BlobStream;
 
-use crate::auth::{Credential, DockerConfig};
+use crate::auth::{Credential, DockerConfig, Keychain, Provider, RegistryHttp};
 use crate::digest::Digest;
 use crate::image;
 use crate::image::{ImageConfig, Manifest};
@@ -56,13 +59,34 @@ pub struct RegistryOptions {
     pub host_cas: HashMap<String, Vec<PathBuf>>,
     /// Hosts whose certificates are not verified (`--skip-tls-verify-registry`).
     pub skip_verify_hosts: Vec<String>,
+    /// The client certificate presented to one host
+    /// (`--registry-client-cert host=cert.pem,key.pem`).
+    pub client_certs: HashMap<String, ClientCert>,
     /// Docker's and containerd's per-registry directory (`/etc/docker/certs.d`):
-    /// `<dir>/<host>/*.crt` are trusted for that host.
+    /// `<dir>/<host>/*.crt` are trusted for that host, and
+    /// `client.cert`/`client.key` are presented to it.
     pub certs_d: Option<PathBuf>,
+    /// The built-in logins tried for hosts config.json says nothing about
+    /// (`--credential-helpers`); `None`: all of them.
+    pub logins: Option<Vec<Provider>>,
     /// A response that makes no progress for this long fails (and is
     /// retried where the call retries): a registry that accepts and then
     /// hangs. `None`: two minutes.
     pub stall_timeout: Option<Duration>,
+}
+
+/// One host's TLS settings beyond the shared client's.
+struct HostTls {
+    /// PEM files' contents.
+    cas: Vec<Vec<u8>>,
+    skip_verify: bool,
+    client_cert: Option<ClientCert>,
+}
+
+impl HostTls {
+    fn is_default(&self) -> bool {
+        self.cas.is_empty() && !self.skip_verify && self.client_cert.is_none()
+    }
 }
 
 /// A resolved platform image: its manifest and config, and where they came from.
@@ -87,8 +111,7 @@ pub struct Registry {
     /// skipped), or `None` for the shared one.
     host_clients: Mutex<HashMap<String, Option<Client>>>,
     opts: RegistryOptions,
-    creds: DockerConfig,
-    auth_cache: Mutex<HashMap<String, RegistryAuth>>,
+    keys: Keychain,
 }
 
 /// The client settings every host starts from.
@@ -127,40 +150,112 @@ pub(super) const ACCEPT: &[&str] = &[
 impl Registry {
     pub fn new(opts: RegistryOptions, creds: DockerConfig) -> Registry {
         crate::tls::install_crypto_provider();
+        let opts_logins = opts
+            .logins
+            .clone()
+            .unwrap_or_else(|| Provider::DEFAULT.to_vec());
         Registry {
             client: Client::new(client_config(&opts)),
             host_clients: Mutex::new(HashMap::new()),
             opts,
-            creds,
-            auth_cache: Mutex::new(HashMap::new()),
+            keys: Keychain::new(creds, opts_logins),
         }
     }
 
     /// The client for `r`'s registry: its own when the host has CAs
-    /// (`--registry-certificate`, certs.d) or skips verification.
+    /// (`--registry-certificate`, certs.d), skips verification, or needs a
+    /// client certificate (then through [`client_cert`]'s relay).
     pub(super) fn client(&self, r: &Reference) -> Result<Client, RegistryError> {
         let host = r.resolve_registry();
         let mut clients = self.host_clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(host) {
             return Ok(c.clone().unwrap_or_else(|| self.client.clone()));
         }
-        let cas = self.host_cas(host)?;
-        let skip = self.opts.skip_verify_hosts.iter().any(|h| h == host);
-        let own = if cas.is_empty() && !skip {
+        let tls = self.host_tls(host)?;
+        let own = if tls.is_default() {
             None
         } else {
             let mut config = client_config(&self.opts);
-            config.accept_invalid_certificates |= skip;
-            config.extra_root_certificates = cas;
+            config.accept_invalid_certificates |= tls.skip_verify;
+            config.extra_root_certificates = tls
+                .cas
+                .iter()
+                .map(|pem| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect();
+            if tls.client_cert.is_some() {
+                let upstream = self.http_client_with(host, &tls, None)?;
+                let relay = client_cert::Relay::start(host, upstream)?;
+                config.http_proxy = Some(relay.proxy_url);
+                config.protocol = match config.protocol {
+                    ClientProtocol::Https => ClientProtocol::HttpsExcept(vec![host.to_string()]),
+                    ClientProtocol::HttpsExcept(mut v) => {
+                        v.push(host.to_string());
+                        ClientProtocol::HttpsExcept(v)
+                    }
+                    ClientProtocol::Http => ClientProtocol::Http,
+                };
+            }
             Some(Client::try_from(config).map_err(|e| RegistryError::remote_err(r, e))?)
         };
         clients.insert(host.to_string(), own.clone());
         Ok(own.unwrap_or_else(|| self.client.clone()))
     }
 
-    /// The CA certificates trusted for `host` beyond the system's.
-    fn host_cas(&self, host: &str) -> Result<Vec<Certificate>, RegistryError> {
+    /// A plain HTTP client for calls to `host` outside oci-client, with the
+    /// host's TLS settings: CAs, verification, client certificate.
+    pub fn http_client(
+        &self,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Client, RegistryError> {
+        let tls = self.host_tls(host)?;
+        self.http_client_with(host, &tls, Some(timeout))
+    }
+
+    fn http_client_with(
+        &self,
+        host: &str,
+        tls: &HostTls,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Client, RegistryError> {
+        crate::tls::install_crypto_provider();
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(self.opts.stall_timeout.unwrap_or(Duration::from_secs(120)))
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_danger_accept_invalid_certs(self.opts.skip_tls_verify || tls.skip_verify);
+        if let Some(t) = timeout {
+            b = b.timeout(t);
+        }
+        let mut roots = Vec::new();
+        for pem in &tls.cas {
+            roots.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                RegistryError::Remote {
+                    reference: host.to_string(),
+                    kind: RemoteKind::Other,
+                    source: Some(Box::new(e)),
+                }
+            })?);
+        }
+        b = b.tls_certs_merge(roots);
+        if let Some(cc) = &tls.client_cert {
+            b = b.identity(cc.identity(host)?);
+        }
+        b.build().map_err(|e| RegistryError::Remote {
+            reference: host.to_string(),
+            kind: RemoteKind::Other,
+            source: Some(Box::new(e)),
+        })
+    }
+
+    /// What `host` needs beyond the shared client: CAs beside the system's,
+    /// skipped verification, a client certificate.
+    fn host_tls(&self, host: &str) -> Result<HostTls, RegistryError> {
         let mut files: Vec<PathBuf> = self.opts.host_cas.get(host).cloned().unwrap_or_default();
+        let mut client_cert = self.opts.client_certs.get(host).cloned();
         if let Some(dir) = &self.opts.certs_d {
             // Docker names the directory `host:port`, containerd may use `host`.
             for d in [
@@ -170,12 +265,9 @@ impl Registry {
                 let Ok(entries) = std::fs::read_dir(&d) else {
                     continue;
                 };
-                if d.join("client.cert").exists() {
-                    tracing::warn!(
-                        "{}: client certificates are not supported (oci-client cannot present one); \
-                         the registry may refuse the connection",
-                        d.display()
-                    );
+                let (cert, key) = (d.join("client.cert"), d.join("client.key"));
+                if client_cert.is_none() && cert.is_file() && key.is_file() {
+                    client_cert = Some(ClientCert { cert, key });
                 }
                 let mut found: Vec<PathBuf> = entries
                     .flatten()
@@ -187,46 +279,51 @@ impl Registry {
             }
         }
         files.dedup();
-        files
+        let cas = files
             .into_iter()
             .map(|path| {
-                let data = std::fs::read(&path).map_err(|source| RegistryError::Io {
+                std::fs::read(&path).map_err(|source| RegistryError::Io {
                     path: path.clone(),
                     source,
-                })?;
-                Ok(Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data,
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(HostTls {
+            cas,
+            skip_verify: self.opts.skip_verify_hosts.iter().any(|h| h == host),
+            client_cert,
+        })
     }
 
     pub fn options(&self) -> &RegistryOptions {
         &self.opts
     }
 
-    /// The credential configured for `host` (for calls outside oci-client).
-    pub fn credential_for(&self, host: &str) -> Result<Credential, RegistryError> {
-        Ok(self.creds.credential_for(host)?)
+    /// The credential for `host`: config.json, then the built-in logins.
+    pub async fn credential_for(&self, host: &str) -> Result<Credential, RegistryError> {
+        if let Some(c) = self.keys.cached(host) {
+            return Ok(c);
+        }
+        let client = self.http_client(host, Duration::from_secs(30))?;
+        let insecure = self
+            .opts
+            .insecure_hosts
+            .iter()
+            .any(|h| h == "*" || h == host);
+        let base = format!("{}://{host}", if insecure { "http" } else { "https" });
+        let http = RegistryHttp {
+            base: &base,
+            client: &client,
+        };
+        Ok(self.keys.credential_for(host, &http).await?)
     }
 
-    pub(super) fn auth_for(&self, r: &Reference) -> Result<RegistryAuth, RegistryError> {
-        let host = r.resolve_registry().to_string();
-        if let Ok(cache) = self.auth_cache.lock() {
-            if let Some(a) = cache.get(&host) {
-                return Ok(a.clone());
-            }
-        }
-        let a = match self.creds.credential_for(r.registry())? {
+    pub(super) async fn auth_for(&self, r: &Reference) -> Result<RegistryAuth, RegistryError> {
+        Ok(match self.credential_for(r.registry()).await? {
             Credential::Anonymous => RegistryAuth::Anonymous,
             Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
             Credential::Token(t) => RegistryAuth::Bearer(t),
-        };
-        if let Ok(mut cache) = self.auth_cache.lock() {
-            cache.insert(host, a.clone());
-        }
-        Ok(a)
+        })
     }
 
     /// References to try for an image: mapped registries and mirrors first.

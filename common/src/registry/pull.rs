@@ -168,7 +168,7 @@ impl Registry {
     ) -> Result<Option<BlobStream>, RegistryError> {
         use oci_client::client::BlobResponse;
         let mut partial = false;
-        let auth = self.auth_for(r)?;
+        let auth = self.auth_for(r).await?;
         self.client(r)?
             .store_auth_if_needed(r.resolve_registry(), &auth)
             .await;

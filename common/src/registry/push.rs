@@ -38,7 +38,7 @@ impl Registry {
     /// Obtains push credentials (a bearer token with push scope, where the
     /// registry uses tokens) for `r`'s repository.
     pub(super) async fn auth_push(&self, r: &Reference) -> Result<(), RegistryError> {
-        let auth = self.auth_for(r)?;
+        let auth = self.auth_for(r).await?;
         self.client(r)?
             .auth(r, &auth, RegistryOperation::Push)
             .await

@@ -44,7 +44,7 @@ impl Registry {
         r: &Reference,
         platform: &Platform,
     ) -> Result<ResolvedImage, RegistryError> {
-        let auth = self.auth_for(r)?;
+        let auth = self.auth_for(r).await?;
         let (bytes, digest) = self
             .client(r)?
             .pull_manifest_raw(r, &auth, ACCEPT)
@@ -135,7 +135,7 @@ impl Registry {
         r: &Reference,
     ) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
         self.retry("getting a manifest", self.opts.pull_retries, || async {
-            let auth = self.auth_for(r)?;
+            let auth = self.auth_for(r).await?;
             match self.client(r)?.pull_manifest_raw(r, &auth, ACCEPT).await {
                 Ok((bytes, _)) => {
                     let d = checked_manifest_digest(r, &bytes, "")?;
@@ -151,7 +151,7 @@ impl Registry {
     /// The digest a tag points to, by HEAD (which Docker Hub does not count as a
     /// pull). `Ok(None)` when the registry says it does not exist.
     pub async fn head_manifest(&self, r: &Reference) -> Result<Option<Digest>, RegistryError> {
-        let auth = self.auth_for(r)?;
+        let auth = self.auth_for(r).await?;
         match self.client(r)?.fetch_manifest_digest(r, &auth).await {
             Ok(d) => Ok(Some(d.parse().map_err(|source| RegistryError::Digest {
                 reference: r.whole(),
@@ -165,7 +165,7 @@ impl Registry {
 
     /// The repository's tags; empty when the repository does not exist.
     pub async fn list_tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
-        let auth = self.auth_for(r)?;
+        let auth = self.auth_for(r).await?;
         match self.client(r)?.list_tags(r, &auth, None, None).await {
             Ok(t) => Ok(t.tags),
             Err(e) if RemoteKind::of(&e) == RemoteKind::NotFound => Ok(Vec::new()),

@@ -65,14 +65,10 @@ impl Registry {
             None => parsed.host_str()?.to_string(),
         };
         let cred = self
-            .creds
             .credential_for(&host)
+            .await
             .unwrap_or(Credential::Anonymous);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .tls_danger_accept_invalid_certs(self.opts.skip_tls_verify)
-            .build()
-            .ok()?;
+        let http = self.http_client(&host, Duration::from_secs(15)).ok()?;
         let with_cred = |req: reqwest::RequestBuilder| match &cred {
             Credential::Basic { username, password } => req.basic_auth(username, Some(password)),
             Credential::Token(t) => req.bearer_auth(t),

@@ -4,7 +4,7 @@ use super::Cli;
 use anyhow::{bail, Context};
 use kiln_common::auth::DockerConfig;
 use kiln_common::image::Platform;
-use kiln_common::registry::{parse_reference, Registry, RegistryOptions};
+use kiln_common::registry::{parse_reference, ClientCert, Registry, RegistryOptions};
 use kiln_executor::layer::LayerOptions;
 use kiln_executor::options::{CacheMounts, ImageFormat, OutputOptions};
 use kiln_executor::{BuildOptions, Builder};
@@ -66,6 +66,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         push_retries: cli.push_retry,
         host_cas: host_cas(&cli.registry_certificate)?,
         skip_verify_hosts: cli.skip_tls_verify_registry.clone(),
+        client_certs: client_certs(&cli.registry_client_cert)?,
+        logins: Some(
+            kiln_common::auth::parse_credential_helpers(&cli.credential_helpers)
+                .context("--credential-helpers")?,
+        ),
         certs_d: Some("/etc/docker/certs.d".into()),
         stall_timeout: Some(
             kiln_common::duration::parse(&cli.transfer_stall_timeout)
@@ -333,6 +338,31 @@ fn host_cas(flags: &[String]) -> anyhow::Result<HashMap<String, Vec<std::path::P
             );
         }
         m.entry(host).or_default().push(path);
+    }
+    Ok(m)
+}
+
+/// `--registry-client-cert host=cert.pem,key.pem`, repeatable (last wins per host).
+fn client_certs(flags: &[String]) -> anyhow::Result<HashMap<String, ClientCert>> {
+    let mut m = HashMap::new();
+    for f in flags {
+        let (host, files) = kv(f, "--registry-client-cert")?;
+        let Some((cert, key)) = files.split_once(',') else {
+            bail!("--registry-client-cert {f:?}: expected host=cert.pem,key.pem");
+        };
+        let (cert, key) = (
+            std::path::PathBuf::from(cert),
+            std::path::PathBuf::from(key),
+        );
+        for p in [&cert, &key] {
+            if !p.is_file() {
+                bail!(
+                    "--registry-client-cert {f:?}: {} is not a file",
+                    p.display()
+                );
+            }
+        }
+        m.insert(host, ClientCert { cert, key });
     }
     Ok(m)
 }

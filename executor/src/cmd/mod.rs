@@ -196,8 +196,10 @@ pub struct Cli {
     pub force_build_metadata: Option<bool>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
     pub skip_push_permission_check: Option<bool>,
-    #[arg(long, hide = true)]
-    pub credential_helpers: Option<String>,
+    /// Built-in logins to use (env, google, ecr, acr, gitlab; repeatable or
+    /// comma-separated; empty turns them off). Default: all.
+    #[arg(long)]
+    pub credential_helpers: Vec<String>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
     pub materialize: Option<bool>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
@@ -265,7 +267,7 @@ pub fn check_kaniko_flags(cli: &Cli) {
             "skip-push-permission-check",
             cli.skip_push_permission_check.is_some(),
         ),
-        ("credential-helpers", cli.credential_helpers.is_some()),
+        ("credential-helpers", !cli.credential_helpers.is_empty()),
         ("materialize", cli.materialize.is_some()),
         ("pre-cleanup", cli.pre_cleanup.is_some()),
         ("preserve-context", cli.preserve_context.is_some()),

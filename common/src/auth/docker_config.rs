@@ -3,56 +3,14 @@
 //! then `/kaniko/.docker/config.json`, then `~/.docker/config.json`;
 //! `credHelpers` / `credsStore` run `docker-credential-<name> get`.
 
+use super::cloud::Provider;
+use super::{AuthError, Credential};
 use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("reading {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("credential helper docker-credential-{helper} for {registry}: {message}")]
-    Helper {
-        helper: String,
-        registry: String,
-        message: String,
-    },
-    #[error("{path}: auth entry for {registry} is not base64 user:password")]
-    BadAuth { path: PathBuf, registry: String },
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credential {
-    Anonymous,
-    Basic {
-        username: String,
-        password: String,
-    },
-    /// An identity or registry token, sent as a bearer token.
-    Token(String),
-}
-
-impl std::fmt::Debug for Credential {
-    // Never print secrets, even in debug logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credential::Anonymous => f.write_str("Anonymous"),
-            Credential::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
-            Credential::Token(_) => f.write_str("Token(***)"),
-        }
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct ConfigFile {
@@ -71,6 +29,19 @@ struct AuthEntry {
     password: Option<String>,
     identitytoken: Option<String>,
     registrytoken: Option<String>,
+}
+
+/// What config.json says about one registry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A credential from `auths`, or one a helper program returned.
+    Found(Credential),
+    /// `credHelpers`/`credsStore` names a helper Kiln has built in
+    /// (`ecr-login`, `gcr`, `acr-env`, …) and no such program is on `PATH`,
+    /// as in kaniko's image, which shipped those helpers.
+    BuiltIn(Provider),
+    /// Nothing configured: the built-in logins for the host are tried.
+    Nothing,
 }
 
 /// The credentials of one config.json (or none when no file exists).
@@ -124,8 +95,9 @@ impl DockerConfig {
         })
     }
 
-    /// Credentials for a registry host (`docker.io` matches Docker Hub's legacy keys).
-    pub fn credential_for(&self, registry: &str) -> Result<Credential, AuthError> {
+    /// What is configured for a registry host (`docker.io` matches Docker
+    /// Hub's legacy keys).
+    pub fn lookup(&self, registry: &str) -> Result<Lookup, AuthError> {
         let aliases: Vec<String> = if matches!(
             registry,
             "docker.io" | "index.docker.io" | "registry-1.docker.io"
@@ -141,22 +113,22 @@ impl DockerConfig {
         };
         for a in &aliases {
             if let Some(h) = self.file.cred_helpers.get(a) {
-                return run_helper(h, a);
+                return helper(h, a);
             }
         }
         for (key, entry) in &self.file.auths {
             let host = normalize_key(key);
             if aliases.iter().any(|a| normalize_key(a) == host) {
-                return self.entry_credential(key, entry);
+                return self.entry_credential(key, entry).map(Lookup::Found);
             }
         }
         if let Some(store) = &self.file.creds_store {
-            match run_helper(store, &aliases[0]) {
-                Ok(c) => return Ok(c),
+            match helper(store, &aliases[0]) {
+                Ok(found) => return Ok(found),
                 Err(e) => tracing::debug!("credsStore gave nothing for {registry}: {e}"),
             }
         }
-        Ok(Credential::Anonymous)
+        Ok(Lookup::Nothing)
     }
 
     fn entry_credential(&self, key: &str, e: &AuthEntry) -> Result<Credential, AuthError> {
@@ -198,6 +170,18 @@ fn normalize_key(key: &str) -> String {
     match host {
         "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
         h => h.to_string(),
+    }
+}
+
+/// The program `docker-credential-<name>` when it is on `PATH`; otherwise
+/// Kiln's own login of that name, if it has one.
+fn helper(name: &str, registry: &str) -> Result<Lookup, AuthError> {
+    let program = format!("docker-credential-{name}");
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(&program).is_file()));
+    match Provider::from_helper(name) {
+        Some(p) if !on_path => Ok(Lookup::BuiltIn(p)),
+        _ => run_helper(name, registry).map(Lookup::Found),
     }
 }
 
@@ -257,20 +241,42 @@ mod tests {
         .unwrap();
         let c = DockerConfig::load(&p).unwrap();
         assert_eq!(
-            c.credential_for("docker.io").unwrap(),
-            Credential::Basic {
+            c.lookup("docker.io").unwrap(),
+            Lookup::Found(Credential::Basic {
                 username: "user".into(),
                 password: "pass".into()
-            }
+            })
         );
         assert_eq!(
-            c.credential_for("127.0.0.1:5000").unwrap(),
-            Credential::Basic {
+            c.lookup("127.0.0.1:5000").unwrap(),
+            Lookup::Found(Credential::Basic {
                 username: "a".into(),
                 password: "b".into()
-            }
+            })
         );
-        assert_eq!(c.credential_for("quay.io").unwrap(), Credential::Anonymous);
-        assert!(!format!("{:?}", c.credential_for("docker.io").unwrap()).contains("pass"));
+        assert_eq!(c.lookup("quay.io").unwrap(), Lookup::Nothing);
+        assert!(!format!("{:?}", c.lookup("docker.io").unwrap()).contains("pass"));
+    }
+
+    #[test]
+    fn a_built_in_helper_stands_in_for_a_missing_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(
+            &p,
+            r#"{"credHelpers":{"r.example":"ecr-login","g.example":"gcr","x.example":"no-such-helper"}}"#,
+        )
+        .unwrap();
+        let c = DockerConfig::load(&p).unwrap();
+        assert_eq!(
+            c.lookup("r.example").unwrap(),
+            Lookup::BuiltIn(Provider::Ecr)
+        );
+        assert_eq!(
+            c.lookup("g.example").unwrap(),
+            Lookup::BuiltIn(Provider::Google)
+        );
+        // A helper Kiln does not have is run, and its absence is an error.
+        assert!(c.lookup("x.example").is_err());
     }
 }

@@ -1,0 +1,224 @@
+//! Registry logins without writing credentials into config.json, as
+//! kaniko's image had them: ECR through a real `GetAuthorizationToken`
+//! (moto), with static keys and with web identity (IRSA) through moto's STS;
+//! Google through a metadata server (a loopback fake of the documented
+//! endpoint); kaniko's `KANIKO_<HOST>_USER` variables. Each registry is a
+//! docker-registry requiring exactly the password that login yields, so a
+//! push succeeds only if the login produced it.
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+use std::process::{Command, Output};
+
+/// moto's ECR answers every account's token as `AWS:<account>-auth-token`.
+const MOTO_ECR_PASSWORD: &str = "123456789012-auth-token";
+
+/// A build of `FROM scratch` + one file, pushed to `dest`, with exactly
+/// `env` for credentials (the machine's AWS/Google/KANIKO_ variables are
+/// cleared) and `docker_config` as DOCKER_CONFIG.
+fn push_with(
+    dest: &str,
+    docker_config: &std::path::Path,
+    env: &[(&str, String)],
+    extra: &[&str],
+) -> Output {
+    let ctx = context_with("FROM scratch\nCOPY f /f\n");
+    write(ctx.path(), "f", "logged in\n");
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut c = executor();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_")
+            || k.starts_with("GOOGLE_")
+            || k.starts_with("GCE_")
+            || k.starts_with("KANIKO_")
+            || k.starts_with("AZURE_")
+            || k.starts_with("CI_")
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", home.path())
+        .env("DOCKER_CONFIG", docker_config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("--context")
+        .arg(ctx.path())
+        .arg("--kaniko-dir")
+        .arg(work.path())
+        .args(["--destination", dest, "--insecure"])
+        .args(extra);
+    c.output().expect("run executor")
+}
+
+/// A config.json mapping `host` to a credential helper by name.
+fn helper_config(host: &str, helper: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("config.json"),
+        format!(r#"{{"credHelpers":{{"{host}":"{helper}"}}}}"#),
+    )
+    .unwrap();
+    d
+}
+
+fn pushed(dest: &str, user: &str, password: &str) -> bool {
+    Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            &format!("{user}:{password}"),
+        ])
+        .arg(format!("docker://{dest}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn ecr_login_with_keys_and_with_web_identity() {
+    // Over TLS from a private CA: object_store's STS client refuses HTTP.
+    let (_ca_dir, ca, cert, key) = private_ca();
+    let moto = S3Server::start_tls(&cert, &key);
+    let reg = Registry::start_with_auth(Some(("AWS", MOTO_ECR_PASSWORD)));
+    let cfg = helper_config(&reg.addr, "ecr-login");
+    let aws = |extra: &[(&'static str, String)]| {
+        let mut v = vec![
+            ("AWS_ENDPOINT_URL_ECR", moto.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("SSL_CERT_FILE", ca.display().to_string()),
+        ];
+        v.extend(extra.iter().cloned());
+        v
+    };
+
+    // Static keys in the environment.
+    let dest = format!("{}/app:ecr-keys", reg.addr);
+    let keys = aws(&[
+        ("AWS_ACCESS_KEY_ID", "AKIDKILNTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+    ]);
+    let out = push_with(&dest, cfg.path(), &keys, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(pushed(&dest, "AWS", MOTO_ECR_PASSWORD));
+    assert!(
+        !stderr(&out).contains(MOTO_ECR_PASSWORD),
+        "token in the log"
+    );
+
+    // IRSA: a web identity token file and a role, exchanged at (moto's) STS.
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "eyJraWxuIjoidGVzdCJ9.web-identity-token").unwrap();
+    let dest = format!("{}/app:ecr-irsa", reg.addr);
+    let irsa = aws(&[
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            token.path().display().to_string(),
+        ),
+        (
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/kiln-builder".into(),
+        ),
+        ("AWS_ROLE_SESSION_NAME", "kiln-test".into()),
+        ("AWS_ENDPOINT_URL_STS", moto.endpoint.clone()),
+    ]);
+    let out = push_with(&dest, cfg.path(), &irsa, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(pushed(&dest, "AWS", MOTO_ECR_PASSWORD));
+
+    // No AWS identity at all: the login config.json asks for fails, named.
+    let dest = format!("{}/app:ecr-none", reg.addr);
+    let out = push_with(
+        &dest,
+        cfg.path(),
+        &aws(&[(
+            "AWS_METADATA_ENDPOINT",
+            format!("http://127.0.0.1:{}", free_port()),
+        )]),
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ecr login for"), "{err}");
+}
+
+/// The metadata server's token endpoint, as GCE and GKE's workload identity
+/// serve it; anything without `Metadata-Flavor: Google` is refused.
+fn fake_metadata(port: u16, token: &str) -> std::process::Child {
+    const SCRIPT: &str = r#"import sys, json, http.server
+port, token = int(sys.argv[1]), sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.headers.get('Metadata-Flavor') == 'Google' and self.path.startswith('/computeMetadata/v1/instance/service-accounts/default/token')
+        body = json.dumps({'access_token': token, 'expires_in': 3599, 'token_type': 'Bearer'}).encode() if ok else b'{}'
+        self.send_response(200 if ok else 403)
+        self.send_header('Metadata-Flavor', 'Google')
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()
+"#;
+    let child = Command::new("python3")
+        .args(["-c", SCRIPT, &port.to_string(), token])
+        .spawn()
+        .unwrap();
+    wait_for_port(
+        port,
+        "fake metadata server",
+        std::time::Duration::from_secs(10),
+    );
+    child
+}
+
+#[test]
+fn google_login_from_the_metadata_server() {
+    let token = "ya29.kiln-test-access-token";
+    let port = free_port();
+    let mut meta = fake_metadata(port, token);
+    let reg = Registry::start_with_auth(Some(("oauth2accesstoken", token)));
+    let cfg = helper_config(&reg.addr, "gcr");
+    let at = format!("127.0.0.1:{port}");
+    let env = [("GCE_METADATA_HOST", at.clone()), ("GCE_METADATA_IP", at)];
+    let dest = format!("{}/app:google", reg.addr);
+    let out = push_with(&dest, cfg.path(), &env, &[]);
+    let _ = meta.kill();
+    let _ = meta.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(pushed(&dest, "oauth2accesstoken", token));
+}
+
+#[test]
+fn kaniko_env_credentials_and_turning_logins_off() {
+    let reg = Registry::start_with_auth(Some(("ci", "from-env")));
+    let empty = tempfile::tempdir().unwrap();
+    let host_var = reg.addr.to_ascii_uppercase().replace(['.', ':', '-'], "_");
+    let env = [
+        (format!("KANIKO_{host_var}_USER"), "ci".to_string()),
+        (
+            format!("KANIKO_{host_var}_PASSWORD"),
+            "from-env".to_string(),
+        ),
+    ];
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let dest = format!("{}/app:env", reg.addr);
+    let out = push_with(&dest, empty.path(), &env, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(pushed(&dest, "ci", "from-env"));
+
+    // `--credential-helpers=ecr` leaves `env` out: anonymous, refused.
+    let dest = format!("{}/app:env-off", reg.addr);
+    let out = push_with(&dest, empty.path(), &env, &["--credential-helpers=ecr"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("unauthorized"), "{err}");
+}
