@@ -2,7 +2,9 @@
 //! kaniko's image had them: ECR through a real `GetAuthorizationToken`
 //! (moto), with static keys and with web identity (IRSA) through moto's STS;
 //! Google through a metadata server (a loopback fake of the documented
-//! endpoint); kaniko's `KANIKO_<HOST>_USER` variables. Each registry is a
+//! endpoint); ACR through Entra ID workload identity and the registry's
+//! token exchange (loopback fakes of both documented endpoints, in front of
+//! a real docker-registry); kaniko's `KANIKO_<HOST>_USER` variables. Each registry is a
 //! docker-registry requiring exactly the password that login yields, so a
 //! push succeeds only if the login produced it.
 
@@ -149,35 +151,47 @@ fn ecr_login_with_keys_and_with_web_identity() {
     assert!(err.contains("ecr login for"), "{err}");
 }
 
-/// The metadata server's token endpoint, as GCE and GKE's workload identity
-/// serve it; anything without `Metadata-Flavor: Google` is refused.
-fn fake_metadata(port: u16, token: &str) -> std::process::Child {
-    const SCRIPT: &str = r#"import sys, json, http.server
-port, token = int(sys.argv[1]), sys.argv[2]
+/// A loopback fake of a documented JSON endpoint. `handler` is python,
+/// indented 8 spaces, that may set `code` and `obj` (the reply) from
+/// `self.path`, `self.headers`, `f` (the form body) and `args` (`args`
+/// here); anything it does not accept is a 400.
+fn json_fake(port: u16, handler: &str, args: &[&str]) -> std::process::Child {
+    const FRAME: &str = r#"import sys, json, http.server, urllib.parse
+port, args = int(sys.argv[1]), sys.argv[2:]
 class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        ok = self.headers.get('Metadata-Flavor') == 'Google' and self.path.startswith('/computeMetadata/v1/instance/service-accounts/default/token')
-        body = json.dumps({'access_token': token, 'expires_in': 3599, 'token_type': 'Bearer'}).encode() if ok else b'{}'
-        self.send_response(200 if ok else 403)
-        self.send_header('Metadata-Flavor', 'Google')
+    def answer(self):
+        n = int(self.headers.get('Content-Length') or 0)
+        f = {k: v[0] for k, v in urllib.parse.parse_qs(self.rfile.read(n).decode()).items()}
+        code, obj = 400, {'error': 'invalid_request'}
+HANDLER
+        body = json.dumps(obj).encode()
+        self.send_response(code)
         self.send_header('Content-Type', 'application/json')
+        self.send_header('Metadata-Flavor', 'Google')
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    do_GET = do_POST = answer
     def log_message(self, *a):
         pass
 http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()
 "#;
     let child = Command::new("python3")
-        .args(["-c", SCRIPT, &port.to_string(), token])
+        .args(["-c", &FRAME.replace("HANDLER", handler), &port.to_string()])
+        .args(args)
         .spawn()
         .unwrap();
-    wait_for_port(
-        port,
-        "fake metadata server",
-        std::time::Duration::from_secs(10),
-    );
+    wait_for_port(port, "fake endpoint", std::time::Duration::from_secs(10));
     child
+}
+
+/// The metadata server's token endpoint, as GCE and GKE's workload identity
+/// serve it; anything without `Metadata-Flavor: Google` is refused.
+fn fake_metadata(port: u16, token: &str) -> std::process::Child {
+    const HANDLER: &str = r#"        if self.headers.get('Metadata-Flavor') == 'Google' and \
+                self.path.startswith('/computeMetadata/v1/instance/service-accounts/default/token'):
+            code, obj = 200, {'access_token': args[0], 'expires_in': 3599, 'token_type': 'Bearer'}"#;
+    json_fake(port, HANDLER, &[token])
 }
 
 #[test]
@@ -221,4 +235,66 @@ fn kaniko_env_credentials_and_turning_logins_off() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("unauthorized"), "{err}");
+}
+
+/// Entra ID's token endpoint and ACR's `/oauth2/exchange`, as documented:
+/// the token is issued only for the federated token the test wrote and the
+/// Resource Manager scope; the refresh token only for that access token
+/// and this registry.
+fn fake_entra_and_exchange(port: u16, federated: &str, service: &str) -> std::process::Child {
+    const HANDLER: &str = r#"        federated, service = args
+        if self.path == '/tenant-1/oauth2/v2.0/token' and f.get('client_assertion') == federated \
+                and f.get('scope') == 'https://management.azure.com/.default' and f.get('client_id') == 'client-1':
+            code, obj = 200, {'access_token': 'entra-access-token', 'token_type': 'Bearer', 'expires_in': 3599}
+        if self.path == '/oauth2/exchange' and f.get('access_token') == 'entra-access-token' \
+                and f.get('service') == service and f.get('grant_type') == 'access_token':
+            code, obj = 200, {'refresh_token': 'acr-refresh-token'}"#;
+    json_fake(port, HANDLER, &[federated, service])
+}
+
+#[test]
+fn acr_login_with_workload_identity() {
+    let reg = Registry::start_with_auth(Some((
+        "00000000-0000-0000-0000-000000000000",
+        "acr-refresh-token",
+    )));
+    // One origin, as ACR is: the registry API and its /oauth2/exchange.
+    let fake_port = free_port();
+    let fake_addr = format!("127.0.0.1:{fake_port}");
+    let front = RoundRobin::start_routed(&[&reg.addr], &[("/oauth2/", &fake_addr)]);
+    let federated = "eyJ0eXAiOiJKV1QifQ.kiln-workload-identity";
+    let mut fake = fake_entra_and_exchange(fake_port, federated, &front.addr);
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), format!("{federated}\n")).unwrap();
+    let cfg = helper_config(&front.addr, "acr-env");
+    let env = [
+        ("AZURE_AUTHORITY_HOST", format!("http://{fake_addr}/")),
+        ("AZURE_TENANT_ID", "tenant-1".to_string()),
+        ("AZURE_CLIENT_ID", "client-1".to_string()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token.path().display().to_string(),
+        ),
+    ];
+    let dest = format!("{}/app:acr", front.addr);
+    let out = push_with(&dest, cfg.path(), &env, &[]);
+    let ok = out.status.success();
+
+    // A token for another identity is refused by Entra ID: named failure.
+    std::fs::write(token.path(), "someone-else").unwrap();
+    let out2 = push_with(&format!("{}/app:acr-2", front.addr), cfg.path(), &env, &[]);
+    let _ = fake.kill();
+    let _ = fake.wait();
+    assert!(ok, "{}", stderr(&out));
+    assert!(pushed(
+        &dest,
+        "00000000-0000-0000-0000-000000000000",
+        "acr-refresh-token"
+    ));
+    let err = stderr(&out2);
+    assert_eq!(out2.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("acr login for") && err.contains("400"),
+        "{err}"
+    );
 }

@@ -1284,108 +1284,90 @@ mod ssh;
 pub use prom::{Prometheus, Pushgateway};
 pub use ssh::{agent_keys_binary, SshAgent};
 
-/// A private CA and a server certificate it signed for 127.0.0.1 and
 /// A client certificate issued by [`private_ca`]'s CA (in its `dir`), for
 /// mutual TLS: `(client.pem, client.key)`.
 pub fn client_certificate(ca_dir: &Path) -> (PathBuf, PathBuf) {
-    let ossl = |args: &[&str]| {
-        run(Command::new("openssl").args(args).current_dir(ca_dir));
-    };
-    ossl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
+    issue(
+        ca_dir,
+        "client",
         "/CN=kiln-builder",
-        "-keyout",
-        "client.key",
-        "-out",
-        "client.csr",
-    ]);
-    std::fs::write(
-        ca_dir.join("client.ext"),
         "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
     )
-    .expect("client.ext");
-    ossl(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-        "-out",
-        "client.pem",
-    ]);
-    (ca_dir.join("client.pem"), ca_dir.join("client.key"))
 }
 
+/// A CA and a server certificate it issued for 127.0.0.1 and
 /// localhost, made with openssl: `(dir, ca.pem, server.pem, server.key)`.
 pub fn private_ca() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| dir.path().join(n);
-    let ossl = |args: &[&str]| {
-        run(Command::new("openssl").args(args).current_dir(dir.path()));
-    };
-    ossl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Kiln test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    ossl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Kiln test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    let (cert, key) = issue(
+        dir.path(),
+        "server",
         "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        p("san.ext"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("san");
-    ossl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.pem",
-    ]);
-    let (ca, cert, key) = (p("ca.pem"), p("server.pem"), p("server.key"));
+    );
+    let ca = dir.path().join("ca.pem");
     (dir, ca, cert, key)
+}
+
+/// A key and a certificate `<name>.pem`/`<name>.key` for `subject` with
+/// these extensions, issued by the CA in `ca_dir`.
+fn issue(ca_dir: &Path, name: &str, subject: &str, extensions: &str) -> (PathBuf, PathBuf) {
+    let (key, csr, ext, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+        format!("{name}.pem"),
+    );
+    std::fs::write(ca_dir.join(&ext), extensions).expect("extensions file");
+    openssl(
+        ca_dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
+        ],
+    );
+    openssl(
+        ca_dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ],
+    );
+    (ca_dir.join(pem), ca_dir.join(key))
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run(Command::new("openssl").args(args).current_dir(dir));
 }
 
 /// A static HTTP server on loopback (python's `http.server`, which sends

@@ -16,12 +16,24 @@ pub struct RoundRobin {
 impl RoundRobin {
     /// Balances over `upstreams` (`host:port` each).
     pub fn start(upstreams: &[&str]) -> RoundRobin {
+        Self::start_routed(upstreams, &[])
+    }
+
+    /// As [`start`](Self::start), and requests under each `(prefix,
+    /// upstream)` go to that upstream instead: one origin for two servers.
+    pub fn start_routed(upstreams: &[&str], routes: &[(&str, &str)]) -> RoundRobin {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let port = crate::free_port();
         let servers: String = upstreams
             .iter()
             .map(|u| format!("    server {u} max_fails=0;\n"))
+            .collect();
+        let routed: String = routes
+            .iter()
+            .map(|(prefix, up)| {
+                format!("    location {prefix} {{\n      proxy_pass http://{up};\n      proxy_set_header Host $http_host;\n    }}\n")
+            })
             .collect();
         let conf = format!(
             "user root;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -30,7 +42,7 @@ impl RoundRobin {
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
              scgi_temp_path {d}/scgi;\n  client_max_body_size 0;\n  proxy_buffering off;\n  \
              upstream kiln {{\n{servers}  }}\n  \
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://kiln;\n      \
+             server {{\n    listen 127.0.0.1:{port};\n{routed}    location / {{\n      proxy_pass http://kiln;\n      \
              proxy_set_header Host $http_host;\n      \
              proxy_next_upstream error timeout non_idempotent;\n      proxy_connect_timeout 2s;\n    }}\n  }}\n}}\n"
         );

@@ -130,10 +130,10 @@ impl Provider {
 /// `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`.
 fn ecr_region(host: &str) -> Option<&str> {
     let p: Vec<&str> = host.split('.').collect();
-    let tail_ok = match &p[4.min(p.len())..] {
-        ["amazonaws", "com"] | ["amazonaws", "com", "cn"] => true,
-        _ => false,
-    };
+    let tail_ok = matches!(
+        &p[4.min(p.len())..],
+        ["amazonaws", "com"] | ["amazonaws", "com", "cn"]
+    );
     let account_ok = p
         .first()
         .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()));
@@ -153,8 +153,8 @@ pub(super) async fn login(
     http: &RegistryHttp<'_>,
 ) -> Result<Option<Credential>, LoginError> {
     match p {
-        Provider::Env => Ok(env_login(registry, |n| env(n))),
-        Provider::Gitlab => Ok(gitlab_login(registry, |n| env(n))),
+        Provider::Env => Ok(env_login(registry, env)),
+        Provider::Gitlab => Ok(gitlab_login(registry, env)),
         Provider::Ecr => ecr_login(registry).await.map(Some),
         Provider::Google => google_login().await.map(Some),
         Provider::Acr => acr_login(registry, http).await.map(Some),

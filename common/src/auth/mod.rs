@@ -44,8 +44,9 @@ pub enum AuthError {
     Login {
         provider: &'static str,
         registry: String,
+        /// Boxed: it would make every `AuthError` larger.
         #[source]
-        source: cloud::LoginError,
+        source: Box<cloud::LoginError>,
     },
     #[error(
         "config.json maps {registry} to the {provider} helper, and that login found no credentials"
@@ -129,7 +130,7 @@ impl Keychain {
                 .map_err(|source| AuthError::Login {
                     provider: p.name(),
                     registry: registry.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?
                 .ok_or(AuthError::NoLogin {
                     provider: p.name(),
@@ -163,7 +164,7 @@ impl Keychain {
                     let e = AuthError::Login {
                         provider: p.name(),
                         registry: registry.to_string(),
-                        source,
+                        source: Box::new(source),
                     };
                     tracing::warn!("{}; trying without", crate::report::Report(&e));
                 }

@@ -40,8 +40,15 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// Boxed: its paths would make every `RegistryError` larger.
     #[error(transparent)]
-    ClientCert(#[from] super::ClientCertError),
+    ClientCert(Box<super::ClientCertError>),
+}
+
+impl From<super::ClientCertError> for RegistryError {
+    fn from(e: super::ClientCertError) -> Self {
+        RegistryError::ClientCert(Box::new(e))
+    }
 }
 
 /// How a registry request failed, classified once from oci-client's typed
