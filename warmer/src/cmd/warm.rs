@@ -62,6 +62,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             skip_tls_verify: cli.skip_tls_verify_pull,
             mirrors: cli.registry_mirror.clone(),
             pull_retries: cli.image_download_retry,
+            // Docker's per-host CAs and client certificates, as the executor.
+            certs_d: Some("/etc/docker/certs.d".into()),
             ..Default::default()
         },
         DockerConfig::load_default()?,
