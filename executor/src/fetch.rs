@@ -10,7 +10,7 @@ use crate::blobs::BlobStore;
 use crate::extract::{self, ExtractError};
 use crate::model::{ImageLayer, LayerSource};
 use kiln_common::digest::{commit_verified, CommitError};
-use kiln_common::registry::{Registry, RegistryError};
+use kiln_common::registry::{Landed, LandedTx, Registry, RegistryError};
 use kiln_common::Digest;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,6 +103,17 @@ impl LayerFetcher {
         l: &ImageLayer,
         progress: Option<&AtomicU64>,
     ) -> Result<PathBuf, FetchError> {
+        self.fetch_layer(l, progress, None).await
+    }
+
+    /// [`ensure_local`](Self::ensure_local), telling `follow` how far a
+    /// download has got (a remote blob), so it can be read as it lands.
+    async fn fetch_layer(
+        &self,
+        l: &ImageLayer,
+        progress: Option<&AtomicU64>,
+        follow: Option<&LandedTx>,
+    ) -> Result<PathBuf, FetchError> {
         let digest = &l.descriptor.digest;
         let p = self.store.path(digest);
         if p.is_file() {
@@ -133,7 +144,7 @@ impl LayerFetcher {
             LayerSource::Remote(r) => {
                 self.pulled.fetch_add(l.descriptor.size, Ordering::Relaxed);
                 self.registry
-                    .fetch_blob_progress(r, &l.descriptor, &p, progress)
+                    .fetch_blob_progress(r, &l.descriptor, &p, progress, follow)
                     .await
                     .map_err(|source| FetchError::Pull {
                         digest: digest.clone(),
@@ -146,7 +157,11 @@ impl LayerFetcher {
     }
 
     /// Fetches `layers` concurrently (with progress on a terminal) and
-    /// applies them in order to `root`.
+    /// applies them in order to `root`, each extracted as its bytes arrive
+    /// ([`crate::follow`]): the download and the extraction overlap, and
+    /// each byte is read once more, from the page cache, not from the
+    /// network again. `root` is only good when this returns `Ok`: a layer
+    /// that fails its digest fails the whole call.
     pub async fn unpack(
         &self,
         root: &Path,
@@ -159,15 +174,89 @@ impl LayerFetcher {
             .map(|l| l.descriptor.size)
             .sum();
         let progress = crate::progress::Progress::start(&format!("pulling {image}"), total);
-        let fetches = layers
+        let (txs, rxs): (Vec<_>, Vec<_>) = layers
             .iter()
-            .map(|l| self.ensure_local(l, progress.counter()));
-        let paths = futures_util::future::try_join_all(fetches).await;
+            .map(|_| tokio::sync::watch::channel(Landed::default()))
+            .unzip();
+        // Each sender moves into its fetch: a fetch dropped because another
+        // failed ends its follower with an error instead of a wait.
+        let fetches = layers.iter().zip(txs).map(|(l, tx)| {
+            let counter = progress.counter();
+            async move {
+                let res = self.fetch_layer(l, counter, Some(&tx)).await;
+                let landed = res.as_ref().ok().map(|p| {
+                    let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                    (p.clone(), len)
+                });
+                // The blob's final path (a download was renamed into it).
+                tx.send_modify(|s| match landed {
+                    Some((p, len)) => {
+                        s.path = Some(p);
+                        s.flushed = len;
+                        s.done = Some(true);
+                    }
+                    None => s.done = Some(false),
+                });
+                res
+            }
+        });
+        let applies = async {
+            for (l, rx) in layers.iter().zip(rxs) {
+                self.apply_following(root, l, rx, image).await?;
+            }
+            Ok::<(), FetchError>(())
+        };
+        let (fetched, applied) =
+            futures_util::future::join(futures_util::future::try_join_all(fetches), applies).await;
         progress.finish();
-        for (l, p) in layers.iter().zip(paths?) {
-            self.apply(root, l, &p, image).await?;
+        fetched?;
+        applied
+    }
+
+    /// Applies a layer while it is fetched. An extraction that fails for a
+    /// reason other than hostile content is tried again from the complete
+    /// blob, once it is verified, under `--image-fs-extract-retry`.
+    async fn apply_following(
+        &self,
+        root: &Path,
+        l: &ImageLayer,
+        mut rx: tokio::sync::watch::Receiver<Landed>,
+        image: &str,
+    ) -> Result<(), FetchError> {
+        let digest = l.descriptor.digest.clone();
+        let follow = crate::follow::Follow::new(
+            rx.clone(),
+            tokio::runtime::Handle::current(),
+            digest.clone(),
+        );
+        let root2 = root.to_path_buf();
+        let res = tokio::task::spawn_blocking(move || extract::apply_layer(&root2, follow))
+            .await
+            .map_err(|e| FetchError::Io {
+                op: "extracting",
+                path: self.store.path(&digest),
+                source: std::io::Error::other(e),
+            })?;
+        let err = match res {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let verified = rx
+            .wait_for(|s| s.done.is_some())
+            .await
+            .is_ok_and(|s| s.done == Some(true));
+        if err.is_hostile() || !verified || self.extract_retries == 0 {
+            return Err(FetchError::Extract {
+                digest,
+                image: image.to_string(),
+                source: Box::new(err),
+            });
         }
-        Ok(())
+        tracing::warn!(
+            "extracting {digest}: {}; retrying",
+            kiln_common::report::Report(&err)
+        );
+        self.apply(root, l, &self.store.path(&digest), image).await
     }
 
     /// Applies one layer blob to a root. I/O failures are retried; a hostile

@@ -21,6 +21,7 @@ pub(crate) mod copy;
 pub mod dockerignore;
 pub mod extract;
 pub(crate) mod fetch;
+mod follow;
 pub mod isolation;
 pub mod kaniko_flags;
 pub mod layer;

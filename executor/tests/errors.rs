@@ -251,3 +251,40 @@ fn add_url_failures_name_the_url() {
         }
     }
 }
+
+/// A base layer is extracted while it downloads, so its bytes are used
+/// before its digest can be checked. One whose bytes were altered in the
+/// registry's storage must still fail the build, naming the layer, and
+/// leave no blob under its digest.
+#[test]
+fn a_layer_that_fails_its_digest_while_extracting_fails_the_build() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:altered");
+    // The registry's own copy of the (only) layer blob: flip its last byte.
+    let blobs = reg.dir.path().join("data/docker/registry/v2/blobs/sha256");
+    let mut altered = Vec::new();
+    for prefix in std::fs::read_dir(&blobs).unwrap().flatten() {
+        for blob in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+            let data = blob.path().join("data");
+            let mut bytes = std::fs::read(&data).unwrap();
+            if bytes.starts_with(&[0x1f, 0x8b]) {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0xff;
+                std::fs::write(&data, bytes).unwrap();
+                altered.push(blob.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert_eq!(altered.len(), 1, "one gzip layer in {base}");
+    let ctx = context_with(&format!("FROM {base}\nRUN true\n"));
+    let work = tempfile::tempdir().unwrap();
+    let out = build(ctx.path(), work.path(), &["--no-push", "--insecure-pull"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&altered[0]), "{err}");
+    let kept: Vec<String> = tree(work.path())
+        .into_keys()
+        .filter(|k| k.ends_with(&altered[0]))
+        .collect();
+    assert!(kept.is_empty(), "a blob under its digest: {kept:?}");
+}

@@ -24,7 +24,7 @@ mod retry;
 
 pub use client_cert::{ClientCert, ClientCertError};
 pub use error::{RegistryError, RemoteKind};
-pub use pull::BlobStream;
+pub use pull::{BlobStream, Landed, LandedTx};
 
 use crate::auth::{Credential, DockerConfig, Keychain, Provider, RegistryHttp};
 use crate::digest::Digest;

@@ -8,7 +8,31 @@ use crate::image::Descriptor;
 use futures_util::StreamExt;
 use oci_client::Reference;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// How far a blob being fetched has got, for a reader that follows the
+/// file as it grows (extraction overlapping the download). Bytes are
+/// untrusted until `done` is `Some(true)`: the whole blob matched its
+/// digest.
+#[derive(Debug, Clone, Default)]
+pub struct Landed {
+    /// The file the bytes land in; it keeps its contents when renamed into
+    /// place, so an open handle stays valid.
+    pub path: Option<PathBuf>,
+    /// Bytes written and flushed, readable through another handle. It can
+    /// fall back to 0 when a registry ignores a range and the transfer
+    /// restarts; the bytes that come again are the same blob's.
+    pub flushed: u64,
+    /// `Some(true)`: complete and verified; `Some(false)`: the fetch failed.
+    pub done: Option<bool>,
+}
+
+/// Where a fetch publishes its [`Landed`] state.
+pub type LandedTx = tokio::sync::watch::Sender<Landed>;
+
+/// Flushed bytes are published in steps of this size (a reader waits for
+/// them; smaller steps mean more write calls).
+const PUBLISH_STEP: u64 = 256 << 10;
 
 impl Registry {
     /// Streams a blob into `dest`, verifying its digest; `dest` appears only
@@ -19,7 +43,7 @@ impl Registry {
         desc: &Descriptor,
         dest: &Path,
     ) -> Result<u64, RegistryError> {
-        self.fetch_blob_progress(r, desc, dest, None).await
+        self.fetch_blob_progress(r, desc, dest, None, None).await
     }
 
     /// Fetches a blob into `dest`, verified, adding the bytes received to
@@ -31,13 +55,30 @@ impl Registry {
     /// locked, downloads privately instead). A registry that ignores the
     /// range sends the whole blob and the partial bytes are discarded. A
     /// whole-blob stream is verified by oci-client as it arrives (one hash
-    /// pass); a resumed file is hashed once complete.
+    /// pass); a resumed file is hashed once complete. `follow`, when given,
+    /// is told where the bytes land and how far they have got.
     pub async fn fetch_blob_progress(
         &self,
         r: &Reference,
         desc: &Descriptor,
         dest: &Path,
         progress: Option<&std::sync::atomic::AtomicU64>,
+        follow: Option<&LandedTx>,
+    ) -> Result<u64, RegistryError> {
+        let res = self.fetch_into(r, desc, dest, progress, follow).await;
+        if let Some(tx) = follow {
+            tx.send_modify(|l| l.done = Some(res.is_ok()));
+        }
+        res
+    }
+
+    async fn fetch_into(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        dest: &Path,
+        progress: Option<&std::sync::atomic::AtomicU64>,
+        follow: Option<&LandedTx>,
     ) -> Result<u64, RegistryError> {
         use std::io::Seek;
         let io = |source| RegistryError::Io {
@@ -64,10 +105,18 @@ impl Registry {
                 desc.digest
             );
         }
+        if let Some(tx) = follow {
+            tx.send_modify(|l| {
+                l.path = Some(path.clone());
+                l.flushed = start;
+            });
+        }
         let partial = tokio::sync::Mutex::new(PartialBlob {
             w: std::io::BufWriter::with_capacity(1 << 20, file),
             written: start,
             resumed: false,
+            follow,
+            published: start,
         });
         self.retry("pulling a layer", self.opts.pull_retries, || async {
             let mut p = partial.lock().await;
@@ -101,7 +150,7 @@ impl Registry {
         &self,
         r: &Reference,
         desc: &Descriptor,
-        p: &mut PartialBlob,
+        p: &mut PartialBlob<'_>,
         dest: &Path,
         progress: Option<&std::sync::atomic::AtomicU64>,
     ) -> Result<(), RegistryError> {
@@ -110,14 +159,14 @@ impl Registry {
             path: dest.to_path_buf(),
             source,
         };
-        let truncate = |p: &mut PartialBlob| -> Result<(), RegistryError> {
+        let truncate = |p: &mut PartialBlob<'_>| -> Result<(), RegistryError> {
             p.w.flush().map_err(io)?;
             let f = p.w.get_mut();
             f.set_len(0).map_err(io)?;
             f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
             p.written = 0;
             p.resumed = false;
-            Ok(())
+            p.publish().map_err(io)
         };
         if desc.size > 0 && p.written >= desc.size {
             if p.written == desc.size {
@@ -151,8 +200,11 @@ impl Registry {
             if let Some(pr) = progress {
                 pr.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
+            if p.follow.is_some() && p.written - p.published >= PUBLISH_STEP {
+                p.publish().map_err(io)?;
+            }
         }
-        Ok(())
+        p.publish().map_err(io)
     }
 
     /// A blob's bytes as a stream, from `offset` and for `length` bytes when
@@ -226,11 +278,27 @@ fn open_partial(path: &Path) -> Option<(std::fs::File, nix::fcntl::Flock<std::fs
 }
 
 /// A blob being fetched into a file across attempts.
-struct PartialBlob {
+struct PartialBlob<'a> {
     w: std::io::BufWriter<std::fs::File>,
     written: u64,
     /// Some bytes came from a ranged (unverified) response.
     resumed: bool,
+    follow: Option<&'a LandedTx>,
+    /// What `follow` was last told.
+    published: u64,
+}
+
+impl PartialBlob<'_> {
+    /// Flushes and tells a follower how far the file has got.
+    fn publish(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.follow {
+            self.w.flush()?;
+            self.published = self.written;
+            let n = self.written;
+            tx.send_modify(|l| l.flushed = n);
+        }
+        Ok(())
+    }
 }
 
 /// A blob being read.
