@@ -36,6 +36,7 @@ pub(crate) mod rootfs;
 pub mod snapshot;
 pub mod summary;
 mod tree;
+mod zlib;
 
 pub use build::{BuildError, BuildResult, Builder};
 pub use options::{BuildOptions, CacheOptions};

@@ -211,6 +211,26 @@ fn google_login_from_the_metadata_server() {
     assert!(pushed(&dest, "oauth2accesstoken", token));
 }
 
+/// `GOOGLE_APPLICATION_CREDENTIALS` naming a service-account key: the key
+/// is the password of `_json_key`, as Google documents for registries.
+#[test]
+fn google_login_with_a_service_account_key() {
+    // Short enough for bcrypt (htpasswd) to check every byte of it.
+    let key = r#"{"type":"service_account","client_email":"b@p.iam"}"#;
+    let reg = Registry::start_with_auth(Some(("_json_key", key)));
+    let cfg = helper_config(&reg.addr, "gcr");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), key).unwrap();
+    let env = [(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        file.path().display().to_string(),
+    )];
+    let dest = format!("{}/app:google-key", reg.addr);
+    let out = push_with(&dest, cfg.path(), &env, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(pushed(&dest, "_json_key", key));
+}
+
 #[test]
 fn kaniko_env_credentials_and_turning_logins_off() {
     let reg = Registry::start_with_auth(Some(("ci", "from-env")));

@@ -8,10 +8,12 @@
 //!   web identity/IRSA, ECS, instance metadata), then `GetAuthorizationToken`
 //!   signed with object_store's SigV4 signer. `AWS_ENDPOINT_URL_ECR` /
 //!   `AWS_ENDPOINT_URL` override the endpoint, as in the AWS SDKs.
-//! - **Google** (gcr.io, `*-docker.pkg.dev`): an access token from
-//!   object_store's chain (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's
-//!   application-default file, the metadata server — `GCE_METADATA_HOST`),
-//!   used as the password of `oauth2accesstoken`.
+//! - **Google** (gcr.io, `*-docker.pkg.dev`): a service-account key in
+//!   `GOOGLE_APPLICATION_CREDENTIALS` as the password of `_json_key`;
+//!   otherwise an access token from object_store's chain (gcloud's
+//!   application-default file, the metadata server — `GCE_METADATA_HOST`,
+//!   which GKE's workload identity serves) as the password of
+//!   `oauth2accesstoken`.
 //! - **ACR** (`*.azurecr.io`): object_store's Azure tokens are scoped to
 //!   storage and cannot be re-scoped, so the two documented requests are
 //!   made here: an Entra ID token for Azure Resource Manager (workload
@@ -346,6 +348,24 @@ async fn ecr_login(registry: &str) -> Result<Credential, LoginError> {
 }
 
 async fn google_login() -> Result<Credential, LoginError> {
+    // A service-account key: Google's documented registry login is the key
+    // itself as the password of `_json_key` (object_store would make a
+    // self-signed JWT of it, which registries do not take).
+    if let Some(path) = env("GOOGLE_APPLICATION_CREDENTIALS") {
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| LoginError::Read { path, source })?;
+        #[derive(serde::Deserialize)]
+        struct Kind {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        if serde_json::from_str::<Kind>(&text).is_ok_and(|k| k.kind == "service_account") {
+            return Ok(Credential::Basic {
+                username: "_json_key".into(),
+                password: text,
+            });
+        }
+    }
     use object_store::gcp::GoogleConfigKey as K;
     let mut b = GoogleCloudStorageBuilder::from_env().with_retry(chain_retry());
     for (key, value) in chain_timeouts() {
