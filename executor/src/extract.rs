@@ -390,6 +390,12 @@ fn set_metadata(
     ) {
         Ok(()) => {}
         Err(e) if !is_root => tracing::trace!("chown {}: {e}", p.display()),
+        Err(nix::errno::Errno::EINVAL) if crate::isolation::userns::active() => {
+            return Err(io::Error::other(format!(
+                "owner {uid}:{gid}: {}",
+                crate::isolation::userns::ONE_ID
+            )))
+        }
         Err(e) => return Err(e.into()),
     }
     if kind != tar::EntryType::Symlink {

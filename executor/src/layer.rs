@@ -131,7 +131,7 @@ fn append_path<W: Write>(
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         for n in names {
             let ns = n.to_string_lossy();
-            if ns.starts_with("trusted.overlay.") || ns == "security.selinux" {
+            if crate::isolation::userns::is_overlay_xattr(&ns) || ns == "security.selinux" {
                 continue;
             }
             if let Ok(Some(v)) = xattr::get(&full, &n) {

@@ -10,6 +10,14 @@ fn main() -> std::process::ExitCode {
     cmd::logging(&cli);
     kiln_common::tls::warn(no_ca);
     cmd::check_kaniko_flags(&cli);
+    // Before any thread exists (the kernel requires it): as a user other
+    // than root, a user namespace in which Kiln is root.
+    if let Some((uid, gid)) = kiln_executor::isolation::userns::enter_if_needed() {
+        tracing::info!(
+            "running as uid {uid} without CAP_SYS_ADMIN: building in a user namespace of its own \
+             (uid {uid} and gid {gid} are root there; files owned by other ids cannot be built)"
+        );
+    }
     // Before any thread exists: mounts the build makes (a stacked root, a
     // tmpfs over the work dir) then die with the process, however it ends.
     if let Err(e) = kiln_executor::lowers::private_mount_namespace() {

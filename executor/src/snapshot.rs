@@ -82,8 +82,6 @@ impl Diff {
     }
 }
 
-const OVL_OPAQUE: &str = "trusted.overlay.opaque";
-
 /// Reads an overlay upper dir into a diff, then moves its content into `root`
 /// (renames within one filesystem: cheap, hardlinks preserved; a copy when
 /// the root is an overlay mount of its own, see [`crate::lowers`]).
@@ -207,7 +205,7 @@ fn walk_upper(upper: &Path, rel: &Path, diff: &mut Diff) -> Result<(), SnapshotE
         if ft.is_char_device() && m.rdev() == 0 {
             diff.add(r, Change::Delete);
         } else if ft.is_dir() {
-            let opaque = xattr::get(&p, OVL_OPAQUE)
+            let opaque = xattr::get(&p, crate::isolation::userns::overlay_opaque_xattr())
                 .ok()
                 .flatten()
                 .is_some_and(|v| v == b"y");
@@ -238,7 +236,7 @@ fn copy_dir_metadata(src: &Path, dst: &Path, sm: &std::fs::Metadata) -> io::Resu
 fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
     let mut first = Ok(());
     for n in xattr::list(src).into_iter().flatten() {
-        if n.to_string_lossy().starts_with("trusted.overlay.") {
+        if crate::isolation::userns::is_overlay_xattr(&n.to_string_lossy()) {
             continue;
         }
         if let Ok(Some(v)) = xattr::get(src, &n) {
@@ -254,7 +252,7 @@ fn strip_overlay_xattrs_tree(p: &Path) {
     let strip = |p: &Path| {
         if let Ok(names) = xattr::list(p) {
             for n in names {
-                if n.to_string_lossy().starts_with("trusted.overlay.") {
+                if crate::isolation::userns::is_overlay_xattr(&n.to_string_lossy()) {
                     let _ = xattr::remove(p, &n);
                 }
             }

@@ -379,8 +379,85 @@ fn non_root_without_user_namespaces_gets_one_clear_error() {
         log.contains("hostUsers: false") && log.contains("runAsUser: 0"),
         "{log}"
     );
+    // It tried a user namespace of its own; the engine's seccomp refused.
+    assert!(
+        log.contains("unshare(CLONE_NEWUSER) refused: EPERM"),
+        "{log}"
+    );
     assert!(!log.contains("Permission denied"), "{log}");
     assert!(!PathBuf::from(out.path()).join("config").exists());
+}
+
+/// `-u 1000` where the seccomp profile allows user namespaces: the build
+/// runs in one of Kiln's own, on the namespaces rung, and the image is the
+/// namespaces rung's as root, file for file.
+#[test]
+fn non_root_with_user_namespaces_allowed_builds() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = setup(&[]);
+    // A base one id can hold (every file root's), and RUN checks of the
+    // environment: /proc, devices, /dev/shm, a directory replaced.
+    let base = push_root_owned_busybox(&f._reg);
+    let ctx = f.ctx_dir.path().join("userns");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {base}\n\
+             RUN ls /proc/self/fd > /dev/null && head -c 4 /dev/urandom > /dev/null \
+                 && echo ok > /dev/shm/x && mkdir -p /a/b && echo 1 > /a/b/f && id -u > /uid\n\
+             RUN rm -rf /a && mkdir /a && echo 2 > /a/g\n"
+        ),
+    )
+    .unwrap();
+    let open = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap()
+    };
+    open(f.ctx_dir.path());
+    open(&ctx);
+    let out = out_dir();
+    open(out.path());
+    // The reference: the namespaces rung, as root, on this machine.
+    let (work, reference) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let layout = reference.path().join("img");
+    must_build(
+        &ctx,
+        work.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--isolation",
+            "namespaces",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+    );
+    let want = tree(&unpack(&format!("oci:{}:latest", layout.display())).rootfs());
+    let args = [
+        "-u",
+        "1000",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--tmpfs",
+        "/kiln/work:exec,mode=1777",
+    ];
+    let id = f.container(&args, out.path());
+    let (ok, log) = f.build(&id, "userns", &[]);
+    assert!(ok, "{log}");
+    assert!(log.contains("user namespace of its own"), "{log}");
+    assert!(log.contains("isolation: namespaces"), "{log}");
+    let ours = unpack(&format!(
+        "oci:{}:latest",
+        out.path().join("userns").display()
+    ));
+    let diffs = tree_diffs(&tree(&ours.rootfs()), &want, ("uid 1000", "namespaces"));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert_eq!(
+        std::fs::read_to_string(ours.rootfs().join("uid"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
 }
 
 #[test]

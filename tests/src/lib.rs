@@ -178,6 +178,18 @@ pub fn busybox_rootfs(dir: &Path) {
     let _ = std::os::unix::fs::chown(dir.join("home/app"), Some(1000), Some(1000));
 }
 
+/// busybox with every file owned by root (the test busybox has /home/app
+/// owned by 1000), pushed to `reg` as `busybox:root-owned`: a base that a
+/// user namespace holding one id can unpack.
+pub fn push_root_owned_busybox(reg: &Registry) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    busybox_rootfs(dir.path());
+    std::os::unix::fs::chown(dir.path().join("home/app"), Some(0), Some(0)).expect("chown");
+    let dest = format!("{}/busybox:root-owned", reg.addr);
+    push_rootfs(dir.path(), &dest, &["/bin/sh"]);
+    dest
+}
+
 /// Pushes an image whose root is `rootfs` to `dest` (`host:port/repo:tag`)
 /// with umoci and skopeo.
 pub fn push_rootfs(rootfs: &Path, dest: &str, cmd: &[&str]) {

@@ -164,6 +164,12 @@ impl StageRun<'_> {
                     path: c.clone(),
                     source,
                 })?;
+                if (u, g) != (0, 0) && crate::isolation::userns::active() {
+                    return Err(StepError::Invalid(format!(
+                        "--chown={c} ({u}:{g}): {}",
+                        crate::isolation::userns::ONE_ID
+                    )));
+                }
                 Owner::Fixed(u, g)
             }
             None => Owner::Fixed(0, 0),

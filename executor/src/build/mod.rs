@@ -535,7 +535,9 @@ impl Builder {
         let Some(cache_dir) = &self.opts.cache_dir else {
             return 0;
         };
-        if !self.isolation.stacks_on_overlay() {
+        // Warmed layers carry overlayfs's `trusted.*` marks, which a user
+        // namespace's overlay (`userxattr`) does not read.
+        if !self.isolation.stacks_on_overlay() || crate::isolation::userns::active() {
             return 0;
         }
         let ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();

@@ -29,6 +29,7 @@ mod network;
 pub mod probe;
 mod provided;
 mod spawn;
+pub mod userns;
 
 pub use chroot::Chroot;
 pub use in_place::{recover as recover_crashed_in_place, InPlace};
@@ -145,6 +146,18 @@ pub enum IsolationKind {
     Chroot,
 }
 
+impl IsolationKind {
+    /// The flag's value, as `--isolation` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IsolationKind::Auto => "auto",
+            IsolationKind::Namespaces => "namespaces",
+            IsolationKind::InPlace => "in-place",
+            IsolationKind::Chroot => "chroot",
+        }
+    }
+}
+
 impl std::str::FromStr for IsolationKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -189,12 +202,7 @@ pub fn precheck(kind: IsolationKind) -> Result<Environment, IsolationError> {
         return Ok(env);
     }
     Err(IsolationError::Unavailable {
-        rung: match kind {
-            IsolationKind::Auto => "auto",
-            IsolationKind::Namespaces => "namespaces",
-            IsolationKind::InPlace => "in-place",
-            IsolationKind::Chroot => "chroot",
-        },
+        rung: kind.name(),
         why: format!(
             "namespaces need CAP_SYS_ADMIN, in-place needs uid 0, chroot needs \
              CAP_SYS_CHROOT, and this process (uid {}) has none of them (CapEff {:#x}). {}",
@@ -213,6 +221,17 @@ pub fn select(
     opts: &SelectOptions,
 ) -> Result<Selection, IsolationError> {
     let mut refused = Vec::new();
+    // In the user namespace Kiln made for itself only the namespaces rung
+    // can work: the others act on the container's own files, which are
+    // not its own there.
+    if userns::active() && !matches!(kind, IsolationKind::Auto | IsolationKind::Namespaces) {
+        return Err(IsolationError::Unavailable {
+            rung: kind.name(),
+            why: "as a user other than root Kiln builds only on the namespaces rung, in a \
+                  user namespace of its own"
+                .into(),
+        });
+    }
     if matches!(kind, IsolationKind::Auto | IsolationKind::Namespaces) {
         match probe::namespaces(build_dir, env) {
             Ok(tmpfs) => {

@@ -59,6 +59,17 @@ impl Isolation for Namespaces {
         scratch: &Path,
         spec: &RunSpec,
     ) -> Result<RunOutcome, IsolationError> {
+        if (spec.uid, spec.gid) != (0, 0) && super::userns::active() {
+            return Err(IsolationError::Unavailable {
+                rung: "namespaces",
+                why: format!(
+                    "RUN as {}:{}: {}",
+                    spec.uid,
+                    spec.gid,
+                    super::userns::ONE_ID
+                ),
+            });
+        }
         let setup = IsolationError::setup(scratch);
         let provided = prepare_provided(root, scratch, spec).map_err(setup)?;
         let upper = scratch.join("upper");
@@ -68,11 +79,12 @@ impl Isolation for Namespaces {
             std::fs::create_dir_all(d).map_err(setup)?;
         }
         let opts = format!(
-            "lowerdir={}:{},upperdir={},workdir={}",
+            "lowerdir={}:{},upperdir={},workdir={}{}",
             provided.display(),
             root.display(),
             upper.display(),
-            work.display()
+            work.display(),
+            super::userns::overlay_options()
         );
         let files = scratch.join("files");
         // Each live socket, bound from the root over its overlay view.

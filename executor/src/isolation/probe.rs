@@ -59,12 +59,16 @@ impl Environment {
     /// What would make a build possible, for the error when no rung works.
     pub fn remedy(&self) -> String {
         if self.euid != 0 {
+            let tried = super::userns::refused()
+                .map(|why| format!(" A user namespace of its own was tried: {why}."))
+                .unwrap_or_default();
             format!(
-                "Kiln runs as uid {} without the capabilities a build needs. Any one of these \
-                 makes it work: run the build container as root (Kubernetes \
+                "Kiln runs as uid {} without the capabilities a build needs.{tried} Any one of \
+                 these makes it work: run the build container as root (Kubernetes \
                  securityContext.runAsUser: 0, `docker run -u 0`); or run it in a user namespace \
-                 (Kubernetes `hostUsers: false`, rootless Docker or Podman) with a seccomp profile \
-                 that allows unshare and mount; or add CAP_SYS_ADMIN",
+                 (Kubernetes `hostUsers: false`, rootless Docker or Podman), or with a seccomp \
+                 profile that allows unshare and mount (then Kiln makes a user namespace itself); \
+                 or add CAP_SYS_ADMIN",
                 self.euid
             )
         } else {
@@ -169,10 +173,11 @@ fn overlay_probe(dir: Option<&Path>, env: &Environment) -> Result<(), String> {
             std::fs::create_dir(t.path().join(d)).map_err(|e| e.to_string())?;
         }
         opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={}{}",
             t.path().join("l").display(),
             t.path().join("u").display(),
-            t.path().join("w").display()
+            t.path().join("w").display(),
+            super::userns::overlay_options()
         );
         target = t.path().join("m");
     }
