@@ -65,84 +65,76 @@ impl Registry {
         progress: Option<&std::sync::atomic::AtomicU64>,
         follow: Option<&LandedTx>,
     ) -> Result<u64, RegistryError> {
-        let res = self.fetch_into(r, desc, dest, progress, follow).await;
+        let res = async {
+            use std::io::Seek;
+            let io = |source| RegistryError::Io {
+                path: dest.to_path_buf(),
+                source,
+            };
+            let dir = dest.parent().unwrap_or(Path::new("."));
+            let partial_path = dir.join(format!(".partial-{}", desc.digest.hex()));
+            let mut private = None;
+            let (mut file, path, lock) = match open_partial(&partial_path) {
+                Some((f, lock)) => (f, partial_path.clone(), Some(lock)),
+                None => {
+                    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+                    let (f, p) = tmp.into_parts();
+                    let path = p.to_path_buf();
+                    private = Some(p);
+                    (f, path, None)
+                }
+            };
+            let start = file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+            if start > 0 {
+                tracing::info!(
+                    "resuming {} from an earlier run at byte {start}",
+                    desc.digest
+                );
+            }
+            if let Some(tx) = follow {
+                tx.send_modify(|l| {
+                    l.path = Some(path.clone());
+                    l.flushed = start;
+                });
+            }
+            let partial = tokio::sync::Mutex::new(PartialBlob {
+                w: std::io::BufWriter::with_capacity(1 << 20, file),
+                written: start,
+                resumed: false,
+                follow,
+                published: start,
+            });
+            self.retry("pulling a layer", self.opts.pull_retries, || async {
+                let mut p = partial.lock().await;
+                self.fetch_more(r, desc, &mut p, dest, progress).await
+            })
+            .await?;
+            let p = partial.into_inner();
+            let file = p.w.into_inner().map_err(|e| io(e.into_error()))?;
+            file.sync_all().map_err(io)?;
+            if p.resumed {
+                let (digest, _) = crate::digest::digest_file(&path).map_err(io)?;
+                if let Err(source) = desc.digest.verify(&digest) {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(RegistryError::Digest {
+                        reference: r.whole(),
+                        digest: desc.digest.clone(),
+                        source,
+                    });
+                }
+            }
+            match private {
+                Some(tmp) => tmp.persist(dest).map_err(|e| io(e.error))?,
+                None => std::fs::rename(&path, dest).map_err(io)?,
+            }
+            drop(lock);
+            Ok(p.written)
+        }
+        .await;
         if let Some(tx) = follow {
             tx.send_modify(|l| l.done = Some(res.is_ok()));
         }
         res
-    }
-
-    async fn fetch_into(
-        &self,
-        r: &Reference,
-        desc: &Descriptor,
-        dest: &Path,
-        progress: Option<&std::sync::atomic::AtomicU64>,
-        follow: Option<&LandedTx>,
-    ) -> Result<u64, RegistryError> {
-        use std::io::Seek;
-        let io = |source| RegistryError::Io {
-            path: dest.to_path_buf(),
-            source,
-        };
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        let partial_path = dir.join(format!(".partial-{}", desc.digest.hex()));
-        let mut private = None;
-        let (mut file, path, lock) = match open_partial(&partial_path) {
-            Some((f, lock)) => (f, partial_path.clone(), Some(lock)),
-            None => {
-                let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-                let (f, p) = tmp.into_parts();
-                let path = p.to_path_buf();
-                private = Some(p);
-                (f, path, None)
-            }
-        };
-        let start = file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
-        if start > 0 {
-            tracing::info!(
-                "resuming {} from an earlier run at byte {start}",
-                desc.digest
-            );
-        }
-        if let Some(tx) = follow {
-            tx.send_modify(|l| {
-                l.path = Some(path.clone());
-                l.flushed = start;
-            });
-        }
-        let partial = tokio::sync::Mutex::new(PartialBlob {
-            w: std::io::BufWriter::with_capacity(1 << 20, file),
-            written: start,
-            resumed: false,
-            follow,
-            published: start,
-        });
-        self.retry("pulling a layer", self.opts.pull_retries, || async {
-            let mut p = partial.lock().await;
-            self.fetch_more(r, desc, &mut p, dest, progress).await
-        })
-        .await?;
-        let p = partial.into_inner();
-        let file = p.w.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        if p.resumed {
-            let (digest, _) = crate::digest::digest_file(&path).map_err(io)?;
-            if let Err(source) = desc.digest.verify(&digest) {
-                let _ = std::fs::remove_file(&path);
-                return Err(RegistryError::Digest {
-                    reference: r.whole(),
-                    digest: desc.digest.clone(),
-                    source,
-                });
-            }
-        }
-        match private {
-            Some(tmp) => tmp.persist(dest).map_err(|e| io(e.error))?,
-            None => std::fs::rename(&path, dest).map_err(io)?,
-        }
-        drop(lock);
-        Ok(p.written)
     }
 
     /// One attempt: appends what the registry sends from where `p` stands.
