@@ -212,13 +212,7 @@ impl Uploads {
         let s = self.get(repo, id)?;
         let mut s = s.lock().await;
         if let Some(start) = start {
-            if start != s.size {
-                return Err(UploadError::RangeInvalid {
-                    id: id.to_string(),
-                    expected: s.size,
-                    got: start,
-                });
-            }
+            check_offset(id, s.size, start)?;
         }
         let path = s.path.clone();
         let io = |source| UploadError::Io {
@@ -312,23 +306,20 @@ impl Uploads {
         let s = self.get(repo, id)?;
         self.sessions().remove(id);
         let s = s.lock().await;
-        let actual = Digest::from_sha256(s.hasher.clone().finalize().into());
-        if &actual != digest {
-            let _ = std::fs::remove_file(&s.path);
-            return Err(UploadError::DigestInvalid {
-                id: id.to_string(),
-                expected: digest.clone(),
-                actual,
-            });
-        }
-        let f = std::fs::File::open(&s.path).map_err(|source| UploadError::Io {
+        let actual = match check_digest(id, digest, s.hasher.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_file(&s.path);
+                return Err(e);
+            }
+        };
+        let io = |source| UploadError::Io {
             path: s.path.clone(),
             source,
-        })?;
-        f.sync_all().map_err(|source| UploadError::Io {
-            path: s.path.clone(),
-            source,
-        })?;
+        };
+        std::fs::File::open(&s.path)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         Ok(Staged {
             path: s.path.clone(),
             digest: actual,
@@ -412,16 +403,39 @@ pub fn check_size(id: &str, declared: Option<u64>, actual: u64) -> Result<(), Up
 fn chunks_end(id: &str, parts: &[crate::store::Part]) -> Result<u64, UploadError> {
     let mut end = 0;
     for p in parts {
-        if p.offset != end {
-            return Err(UploadError::RangeInvalid {
-                id: id.to_string(),
-                expected: end,
-                got: p.offset,
-            });
-        }
+        check_offset(id, end, p.offset)?;
         end += p.size;
     }
     Ok(end)
+}
+
+/// Bytes must continue where the session stands: a chunk's Content-Range
+/// start, or a stored chunk's offset.
+fn check_offset(id: &str, expected: u64, got: u64) -> Result<(), UploadError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(UploadError::RangeInvalid {
+            id: id.to_string(),
+            expected,
+            got,
+        })
+    }
+}
+
+/// What everything received hashes to, if it is the digest the client
+/// named.
+fn check_digest(id: &str, expected: &Digest, hasher: Sha256) -> Result<Digest, UploadError> {
+    let actual = Digest::from_sha256(hasher.finalize().into());
+    if &actual == expected {
+        Ok(actual)
+    } else {
+        Err(UploadError::DigestInvalid {
+            id: id.to_string(),
+            expected: expected.clone(),
+            actual,
+        })
+    }
 }
 
 /// The part of a shared session id that names its repository.

@@ -2,7 +2,10 @@
 //! list of its chunks in the store, so any replica continues it. See the
 //! parent module's note.
 
-use super::{check_size, chunks_end, copy_body, owns, storage, Staged, UploadError, Uploads};
+use super::{
+    check_digest, check_offset, check_size, chunks_end, copy_body, owns, storage, Staged,
+    UploadError, Uploads,
+};
 use crate::store::Store;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -42,12 +45,8 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let offset = self.shared_offset(store, repo, id).await?;
-        if let Some(start) = start.filter(|s| *s != offset) {
-            return Err(UploadError::RangeInvalid {
-                id: id.to_string(),
-                expected: offset,
-                got: start,
-            });
+        if let Some(start) = start {
+            check_offset(id, offset, start)?;
         }
         let path = self.staging_file();
         let io = |source| UploadError::Io {
@@ -139,14 +138,7 @@ impl Uploads {
         let n = copy_body(id, path, &mut f, Some(&mut hasher), body).await?;
         check_size(id, declared, n)?;
         size += n;
-        let actual = Digest::from_sha256(hasher.finalize().into());
-        if &actual != digest {
-            return Err(UploadError::DigestInvalid {
-                id: id.to_string(),
-                expected: digest.clone(),
-                actual,
-            });
-        }
+        let actual = check_digest(id, digest, hasher)?;
         f.flush().await.map_err(io)?;
         f.sync_all().await.map_err(io)?;
         Ok(Staged {

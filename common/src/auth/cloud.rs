@@ -213,14 +213,15 @@ fn chain_retry() -> object_store::RetryConfig {
     }
 }
 
-fn client() -> Result<reqwest::Client, LoginError> {
+/// A client for one call to `url` (named in its error).
+fn client(url: &str) -> Result<reqwest::Client, LoginError> {
     crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|source| LoginError::Http {
-            url: String::new(),
+            url: url.to_string(),
             source,
         })
 }
@@ -310,7 +311,7 @@ async fn ecr_login(registry: &str) -> Result<Credential, LoginError> {
     AwsAuthorizer::new(&cred, "ecr", &region)
         .try_authorize(&mut req, None)
         .map_err(LoginError::Credentials)?;
-    let mut call = client()?.post(&url).body("{}");
+    let mut call = client(&url)?.post(&url).body("{}");
     for (k, v) in req.headers() {
         call = call.header(k.as_str(), v.as_bytes());
     }
@@ -421,7 +422,7 @@ async fn acr_login(registry: &str, http: &RegistryHttp<'_>) -> Result<Credential
     struct Token {
         access_token: String,
     }
-    let body = send(form_post(&client()?, &url, &form), &url).await?;
+    let body = send(form_post(&client(&url)?, &url, &form), &url).await?;
     let aad: Token = answer(&url, &body)?;
 
     let exchange = format!("{}/oauth2/exchange", http.base);

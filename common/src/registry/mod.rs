@@ -222,6 +222,11 @@ impl Registry {
         timeout: Option<Duration>,
     ) -> Result<reqwest::Client, RegistryError> {
         crate::tls::install_crypto_provider();
+        let failed = |e: reqwest::Error| RegistryError::Remote {
+            reference: host.to_string(),
+            kind: RemoteKind::Other,
+            source: Some(Box::new(e)),
+        };
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(self.opts.stall_timeout.unwrap_or(Duration::from_secs(120)))
@@ -232,23 +237,13 @@ impl Registry {
         }
         let mut roots = Vec::new();
         for pem in &tls.cas {
-            roots.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                RegistryError::Remote {
-                    reference: host.to_string(),
-                    kind: RemoteKind::Other,
-                    source: Some(Box::new(e)),
-                }
-            })?);
+            roots.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(failed)?);
         }
         b = b.tls_certs_merge(roots);
         if let Some(cc) = &tls.client_cert {
             b = b.identity(cc.identity(host)?);
         }
-        b.build().map_err(|e| RegistryError::Remote {
-            reference: host.to_string(),
-            kind: RemoteKind::Other,
-            source: Some(Box::new(e)),
-        })
+        b.build().map_err(failed)
     }
 
     /// What `host` needs beyond the shared client: CAs beside the system's,
