@@ -215,7 +215,8 @@ impl LayerFetcher {
 
     /// Applies a layer while it is fetched. An extraction that fails for a
     /// reason other than hostile content is tried again from the complete
-    /// blob, once it is verified, under `--image-fs-extract-retry`.
+    /// blob, once it is verified; the streamed try is the first of the
+    /// attempts `--image-fs-extract-retry` allows.
     async fn apply_following(
         &self,
         root: &Path,
@@ -223,40 +224,20 @@ impl LayerFetcher {
         mut rx: tokio::sync::watch::Receiver<Landed>,
         image: &str,
     ) -> Result<(), FetchError> {
-        let digest = l.descriptor.digest.clone();
+        let blob = self.store.path(&l.descriptor.digest);
         let follow = crate::follow::Follow::new(
             rx.clone(),
             tokio::runtime::Handle::current(),
-            digest.clone(),
+            l.descriptor.digest.clone(),
         );
-        let root2 = root.to_path_buf();
-        let res = tokio::task::spawn_blocking(move || extract::apply_layer(&root2, follow))
+        let first = self.extract_once(root, &blob, follow).await?;
+        let verified = first.is_ok()
+            || rx
+                .wait_for(|s| s.done.is_some())
+                .await
+                .is_ok_and(|s| s.done == Some(true));
+        self.retry_extraction(root, l, &blob, image, first, verified)
             .await
-            .map_err(|e| FetchError::Io {
-                op: "extracting",
-                path: self.store.path(&digest),
-                source: std::io::Error::other(e),
-            })?;
-        let err = match res {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
-        };
-        let verified = rx
-            .wait_for(|s| s.done.is_some())
-            .await
-            .is_ok_and(|s| s.done == Some(true));
-        if err.is_hostile() || !verified || self.extract_retries == 0 {
-            return Err(FetchError::Extract {
-                digest,
-                image: image.to_string(),
-                source: Box::new(err),
-            });
-        }
-        tracing::warn!(
-            "extracting {digest}: {}; retrying",
-            kiln_common::report::Report(&err)
-        );
-        self.apply(root, l, &self.store.path(&digest), image).await
     }
 
     /// Applies one layer blob to a root. I/O failures are retried; a hostile
@@ -268,30 +249,35 @@ impl LayerFetcher {
         blob: &Path,
         image: &str,
     ) -> Result<(), FetchError> {
+        let first = self.extract_from_file(root, blob).await?;
+        self.retry_extraction(root, l, blob, image, first, true)
+            .await
+    }
+
+    /// After a first try, `first`: retries from the blob file while the
+    /// failure is not hostile, the blob is `verified` and attempts remain.
+    async fn retry_extraction(
+        &self,
+        root: &Path,
+        l: &ImageLayer,
+        blob: &Path,
+        image: &str,
+        first: Result<extract::ExtractStats, ExtractError>,
+        verified: bool,
+    ) -> Result<(), FetchError> {
+        let mut res = first;
         let mut attempt = 0;
         loop {
-            let f = std::fs::File::open(blob).map_err(|source| FetchError::Io {
-                op: "opening",
-                path: blob.to_path_buf(),
-                source,
-            })?;
-            let root2 = root.to_path_buf();
-            let res = tokio::task::spawn_blocking(move || extract::apply_layer(&root2, f))
-                .await
-                .map_err(|e| FetchError::Io {
-                    op: "extracting",
-                    path: blob.to_path_buf(),
-                    source: std::io::Error::other(e),
-                })?;
             match res {
                 Ok(_) => return Ok(()),
-                Err(e) if attempt < self.extract_retries && !e.is_hostile() => {
+                Err(e) if verified && attempt < self.extract_retries && !e.is_hostile() => {
                     attempt += 1;
                     tracing::warn!(
                         "extracting {}: {}; retrying",
                         l.descriptor.digest,
                         kiln_common::report::Report(&e)
                     );
+                    res = self.extract_from_file(root, blob).await?;
                 }
                 Err(source) => {
                     return Err(FetchError::Extract {
@@ -302,5 +288,36 @@ impl LayerFetcher {
                 }
             }
         }
+    }
+
+    async fn extract_from_file(
+        &self,
+        root: &Path,
+        blob: &Path,
+    ) -> Result<Result<extract::ExtractStats, ExtractError>, FetchError> {
+        let f = std::fs::File::open(blob).map_err(|source| FetchError::Io {
+            op: "opening",
+            path: blob.to_path_buf(),
+            source,
+        })?;
+        self.extract_once(root, blob, f).await
+    }
+
+    /// One extraction of `r` (the bytes of `blob`) on a blocking thread;
+    /// the outer error is the thread's, the inner the extraction's.
+    async fn extract_once<R: std::io::Read + Send + 'static>(
+        &self,
+        root: &Path,
+        blob: &Path,
+        r: R,
+    ) -> Result<Result<extract::ExtractStats, ExtractError>, FetchError> {
+        let root = root.to_path_buf();
+        tokio::task::spawn_blocking(move || extract::apply_layer(&root, r))
+            .await
+            .map_err(|e| FetchError::Io {
+                op: "extracting",
+                path: blob.to_path_buf(),
+                source: std::io::Error::other(e),
+            })
     }
 }
