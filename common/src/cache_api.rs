@@ -90,9 +90,7 @@ impl KilnClient {
     /// registry, or when it cannot be asked (the caller then uses plain calls).
     pub async fn discover(registry: &Registry, host: &str) -> Option<KilnClient> {
         crate::tls::install_crypto_provider();
-        let opts = registry.options();
-        let insecure = opts.insecure_hosts.iter().any(|h| h == "*" || h == host);
-        let base = format!("{}://{host}", if insecure { "http" } else { "https" });
+        let base = registry.base_url(host);
         let http = registry.http_client(host, Duration::from_secs(30)).ok()?;
         let auth = match registry.credential_for(host).await {
             Ok(Credential::Basic { username, password }) => {

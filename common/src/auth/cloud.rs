@@ -436,7 +436,11 @@ async fn acr_login(registry: &str, http: &RegistryHttp<'_>) -> Result<Credential
     struct Refresh {
         refresh_token: String,
     }
-    let body = send(form_post(http.client, &exchange, &form), &exchange).await?;
+    let client = (http.client)().map_err(|source| LoginError::Answer {
+        url: exchange.clone(),
+        source,
+    })?;
+    let body = send(form_post(&client, &exchange, &form), &exchange).await?;
     let refresh: Refresh = answer(&exchange, &body)?;
     Ok(Credential::Basic {
         username: "00000000-0000-0000-0000-000000000000".into(),

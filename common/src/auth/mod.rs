@@ -81,11 +81,16 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// A client with the host's TLS settings, made only when a login needs one.
+pub type MakeClient<'a> =
+    &'a (dyn Fn() -> Result<reqwest::Client, Box<dyn std::error::Error + Send + Sync>> + Sync);
+
 /// Where a login that talks to the registry itself reaches it (ACR's token
-/// exchange): its base URL and a client with that host's TLS settings.
+/// exchange): its base URL and how to make a client with that host's TLS
+/// settings (only that login makes one).
 pub struct RegistryHttp<'a> {
     pub base: &'a str,
-    pub client: &'a reqwest::Client,
+    pub client: MakeClient<'a>,
 }
 
 /// Every source of credentials in kaniko's order: `config.json` first (its

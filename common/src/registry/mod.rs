@@ -299,18 +299,27 @@ impl Registry {
         if let Some(c) = self.keys.cached(host) {
             return Ok(c);
         }
-        let client = self.http_client(host, Duration::from_secs(30))?;
+        let base = self.base_url(host);
+        let make = || {
+            self.http_client(host, Duration::from_secs(30))
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        };
+        let http = RegistryHttp {
+            base: &base,
+            client: &make,
+        };
+        Ok(self.keys.credential_for(host, &http).await?)
+    }
+
+    /// `http://<host>` for a host reached over plain HTTP (`--insecure…`),
+    /// `https://<host>` otherwise.
+    pub fn base_url(&self, host: &str) -> String {
         let insecure = self
             .opts
             .insecure_hosts
             .iter()
             .any(|h| h == "*" || h == host);
-        let base = format!("{}://{host}", if insecure { "http" } else { "https" });
-        let http = RegistryHttp {
-            base: &base,
-            client: &client,
-        };
-        Ok(self.keys.credential_for(host, &http).await?)
+        format!("{}://{host}", if insecure { "http" } else { "https" })
     }
 
     pub(super) async fn auth_for(&self, r: &Reference) -> Result<RegistryAuth, RegistryError> {
