@@ -85,7 +85,8 @@ impl Registry {
         .await
     }
 
-    /// Streams a file as a blob (monolithic PUT with known size).
+    /// Streams a file as a blob: one monolithic PUT of known size (see
+    /// [`client_config`]).
     pub async fn push_blob_file(
         &self,
         r: &Reference,

@@ -77,11 +77,23 @@ pub struct Builder {
     /// The previous build of the same destination, for miss explanations.
     last_record: tokio::sync::OnceCell<Option<crate::cache::BuildRecord>>,
     this_record: Mutex<Vec<crate::cache::RecordedStep>>,
+    /// Removing the stages' roots once the last step ran, beside the push;
+    /// joined before the work directory goes.
+    roots_removal: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Shared cache mounts (`--cache-mounts=shared` with a registry cache).
     mount_cache: Option<crate::cache_mounts::MountCache>,
     /// Cache mounts this build used, by id: their directory and what was
     /// restored into it (a save compares against it).
     mounts_used: Mutex<BTreeMap<String, mounts::MountUse>>,
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        let removal = self.roots_removal.get_mut().ok().and_then(Option::take);
+        if let Some(t) = removal {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What [`Builder::parse`] gives a build and a dry run.
@@ -194,6 +206,7 @@ impl Builder {
             this_record: Mutex::new(Vec::new()),
             mount_cache,
             mounts_used: Mutex::new(BTreeMap::new()),
+            roots_removal: Mutex::new(None),
         })
     }
 
@@ -236,9 +249,10 @@ impl Builder {
             }
         }
         let mut image = outs
-            .remove(&target)
-            .map(|o| o.image)
+            .get(&target)
+            .map(|o| o.image.clone())
             .ok_or_else(|| BuildError::NoTarget(target.to_string()))?;
+        self.remove_roots(outs.into_values().filter_map(|o| o.root).collect());
         // --label applies to the final image only.
         let labels = image.config.config.labels.get_or_insert_with(BTreeMap::new);
         for (k, v) in &self.opts.labels {
@@ -578,6 +592,27 @@ impl Builder {
                 );
                 0
             }
+        }
+    }
+
+    /// From here on the image is its layers: the roots are removed on a
+    /// thread of their own while the cache writes and the push wait on the
+    /// network (tens of thousands of unlinks for an unpacked base).
+    /// Roots mounted over warmed layers stay until their mounts go.
+    fn remove_roots(&self, roots: Vec<PathBuf>) {
+        let stacked = self.stacked.lock().map(|s| !s.is_empty()).unwrap_or(true);
+        if stacked || roots.is_empty() {
+            return;
+        }
+        let t = std::thread::spawn(move || {
+            for r in roots {
+                if let Err(e) = std::fs::remove_dir_all(&r) {
+                    tracing::debug!("removing {}: {e}", r.display());
+                }
+            }
+        });
+        if let Ok(mut slot) = self.roots_removal.lock() {
+            *slot = Some(t);
         }
     }
 
