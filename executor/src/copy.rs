@@ -42,6 +42,12 @@ pub enum Owner {
 pub struct CopyOptions {
     pub owner: Owner,
     pub chmod: Option<u32>,
+    /// Regular files get a placeholder of their size in the root (sparse,
+    /// so nothing is written) and the layer reads their content from the
+    /// source. Only for steps after which nothing reads the root's files:
+    /// copying a GiB into the root would otherwise cost more than writing
+    /// its layer.
+    pub defer_contents: bool,
 }
 
 /// A source matched in a source tree.
@@ -278,6 +284,7 @@ fn copy_entry(
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<(), CopyError> {
     let ft = m.file_type();
+    let mut deferred = None;
     let existing = std::fs::symlink_metadata(target).ok();
     if ft.is_dir() {
         match existing {
@@ -320,6 +327,10 @@ fn copy_entry(
         if ft.is_symlink() {
             let l = std::fs::read_link(src).map_err(io_err(src))?;
             std::os::unix::fs::symlink(&l, target).map_err(io_err(target))?;
+        } else if ft.is_file() && opts.defer_contents {
+            let f = std::fs::File::create_new(target).map_err(io_err(target))?;
+            f.set_len(m.len()).map_err(io_err(target))?;
+            deferred = Some(src.to_path_buf());
         } else if ft.is_file() {
             std::fs::copy(src, target).map_err(io_err(target))?;
         } else {
@@ -339,10 +350,11 @@ fn copy_entry(
     }
     let t = filetime::FileTime::from_last_modification_time(m);
     let _ = filetime::set_symlink_file_times(target, t, t);
-    diff.add(
-        target.strip_prefix(root).unwrap_or(target).to_path_buf(),
-        Change::Add,
-    );
+    let rel = target.strip_prefix(root).unwrap_or(target).to_path_buf();
+    match deferred {
+        Some(source) => diff.add_with_content(rel, source),
+        None => diff.add(rel, Change::Add),
+    }
     Ok(())
 }
 

@@ -213,6 +213,7 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
     let mut parents: std::collections::HashMap<PathBuf, PathBuf> = Default::default();
     // Directory times are set last: writing children would change them.
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
+    let mut copy_buf = vec![0u8; COPY_BUF];
     {
         let mut archive = tar::Archive::new(&mut counter);
         for entry in archive.entries().map_err(ExtractError::Read)? {
@@ -262,6 +263,38 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
             let target = parent.join(std::ffi::OsStr::from_bytes(&base));
             let header = entry.header().clone();
             let kind = header.entry_type();
+            let mode = header.mode().map_err(io_err)? & 0o7777;
+            let uid = header.uid().map_err(io_err)? as u32;
+            let gid = header.gid().map_err(io_err)? as u32;
+            let mtime = header.mtime().unwrap_or(0) as i64;
+            if matches!(
+                kind,
+                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
+            ) {
+                // Most entries: created exclusively (never through a link
+                // planted at the name) and finished through the descriptor,
+                // without a path lookup per metadata call.
+                let f = match create_new(&target) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        remove_any(&target).map_err(io_err)?;
+                        parents.clear();
+                        create_new(&target)
+                    }
+                    r => r,
+                };
+                let mut f = f.map_err(io_err)?;
+                copy_with(&mut entry, &mut f, &mut copy_buf).map_err(io_err)?;
+                let owner =
+                    nix::unistd::fchown(&f, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+                chown_outcome(owner, uid, gid, is_root).map_err(io_err)?;
+                f.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(io_err)?;
+                let ft = filetime::FileTime::from_unix_time(mtime, 0);
+                filetime::set_file_handle_times(&f, Some(ft), Some(ft)).map_err(io_err)?;
+                set_xattrs(&mut entry, &target, &name);
+                created.insert(target);
+                continue;
+            }
             let existing = std::fs::symlink_metadata(&target).ok();
             // Replace whatever is there, except a directory by a directory.
             if let Some(m) = &existing {
@@ -270,26 +303,12 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                     parents.clear();
                 }
             }
-            let mode = header.mode().map_err(io_err)? & 0o7777;
-            let uid = header.uid().map_err(io_err)? as u32;
-            let gid = header.gid().map_err(io_err)? as u32;
-            let mtime = header.mtime().unwrap_or(0) as i64;
             match kind {
                 tar::EntryType::Directory => {
                     if existing.as_ref().is_none_or(|m| !m.is_dir()) {
                         std::fs::create_dir(&target).map_err(io_err)?;
                     }
                     dir_times.push((target.clone(), mtime));
-                }
-                tar::EntryType::Regular
-                | tar::EntryType::Continuous
-                | tar::EntryType::GNUSparse => {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&target)
-                        .map_err(io_err)?;
-                    io::copy(&mut entry, &mut f).map_err(io_err)?;
                 }
                 tar::EntryType::Symlink => {
                     let link = entry
@@ -351,16 +370,7 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                 }
             }
             set_metadata(&target, kind, mode, uid, gid, mtime, is_root).map_err(io_err)?;
-            if let Ok(Some(exts)) = entry.pax_extensions() {
-                for ext in exts.flatten() {
-                    if let Some(attr) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                        let attr = std::ffi::OsStr::from_bytes(attr);
-                        if let Err(e) = xattr::set(&target, attr, ext.value_bytes()) {
-                            tracing::debug!("xattr {attr:?} on {name}: {e}");
-                        }
-                    }
-                }
-            }
+            set_xattrs(&mut entry, &target, &name);
             created.insert(target);
         }
     }
@@ -381,23 +391,14 @@ fn set_metadata(
     mtime: i64,
     is_root: bool,
 ) -> io::Result<()> {
-    match nix::unistd::fchownat(
+    let owner = nix::unistd::fchownat(
         nix::fcntl::AT_FDCWD,
         p,
         Some(Uid::from_raw(uid)),
         Some(Gid::from_raw(gid)),
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    ) {
-        Ok(()) => {}
-        Err(e) if !is_root => tracing::trace!("chown {}: {e}", p.display()),
-        Err(nix::errno::Errno::EINVAL) if crate::isolation::userns::active() => {
-            return Err(io::Error::other(format!(
-                "owner {uid}:{gid}: {}",
-                crate::isolation::userns::ONE_ID
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    }
+    );
+    chown_outcome(owner, uid, gid, is_root)?;
     if kind != tar::EntryType::Symlink {
         // After chown: chown clears setuid bits.
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
@@ -407,6 +408,64 @@ fn set_metadata(
         filetime::set_symlink_file_times(p, ft, ft)?;
     }
     Ok(())
+}
+
+/// What a failed chown means: nothing when not root (the owner cannot be
+/// kept and need not be), the one-id limit in a user namespace, else an error.
+fn chown_outcome(r: nix::Result<()>, uid: u32, gid: u32, is_root: bool) -> io::Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if !is_root => {
+            tracing::trace!("chown to {uid}:{gid}: {e}");
+            Ok(())
+        }
+        Err(nix::errno::Errno::EINVAL) if crate::isolation::userns::active() => {
+            Err(io::Error::other(format!(
+                "owner {uid}:{gid}: {}",
+                crate::isolation::userns::ONE_ID
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Extended attributes carried as PAX records; one the file system refuses
+/// is logged, not fatal (as tar and containerd do).
+fn set_xattrs<R: Read>(entry: &mut tar::Entry<R>, target: &Path, name: &str) {
+    if let Ok(Some(exts)) = entry.pax_extensions() {
+        for ext in exts.flatten() {
+            if let Some(attr) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                let attr = std::ffi::OsStr::from_bytes(attr);
+                if let Err(e) = xattr::set(target, attr, ext.value_bytes()) {
+                    tracing::debug!("xattr {attr:?} on {name}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A file's content is written with one buffer reused across entries: most
+/// layer files then take one write, not one per 8 KiB (`io::copy`'s).
+const COPY_BUF: usize = 128 << 10;
+
+fn create_new(p: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p)
+}
+
+fn copy_with(r: &mut dyn Read, w: &mut std::fs::File, buf: &mut [u8]) -> io::Result<u64> {
+    use std::io::Write;
+    let mut n = 0u64;
+    loop {
+        let k = read_full(r, buf)?;
+        if k == 0 {
+            return Ok(n);
+        }
+        w.write_all(&buf[..k])?;
+        n += k as u64;
+    }
 }
 
 /// The overlayfs form of a whiteout in `parent`: an opaque directory is

@@ -71,7 +71,8 @@ pub fn write_layer(
                 append_empty(&mut tb, &wh, opts).map_err(entry_err)?;
             }
             Change::Add | Change::Opaque => {
-                append_path(&mut tb, root, rel, &mut links, opts).map_err(entry_err)?;
+                let content = diff.contents.get(rel).map(PathBuf::as_path);
+                append_path(&mut tb, root, rel, content, &mut links, opts).map_err(entry_err)?;
                 if *change == Change::Opaque {
                     append_empty(&mut tb, &rel.join(OPAQUE_MARKER), opts).map_err(entry_err)?;
                 }
@@ -116,10 +117,13 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Appends `root/rel`; a regular file's bytes come from `content` when the
+/// root holds only its placeholder.
 fn append_path<W: Write>(
     tb: &mut tar::Builder<W>,
     root: &Path,
     rel: &Path,
+    content: Option<&Path>,
     links: &mut HashMap<(u64, u64), PathBuf>,
     opts: &LayerOptions,
 ) -> io::Result<()> {
@@ -161,13 +165,55 @@ fn append_path<W: Write>(
         h.set_size(0);
         tb.append_link(&mut h, rel, target)
     } else if ft.is_file() {
-        let f = std::fs::File::open(&full)?;
-        tb.append_data(&mut h, rel, f)
+        let src = content.unwrap_or(&full);
+        let f = std::fs::File::open(src)?;
+        if f.metadata()?.len() != m.len() {
+            return Err(changed(src));
+        }
+        let exact = Exact {
+            inner: f,
+            left: m.len(),
+            path: src,
+        };
+        tb.append_data(&mut h, rel, exact)
     } else if ft.is_dir() || ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
         h.set_size(0);
         tb.append_data(&mut h, rel, io::empty())
     } else {
         // Sockets cannot be represented in a layer.
         Ok(())
+    }
+}
+
+fn changed(src: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} changed while its layer was written",
+        src.display()
+    ))
+}
+
+/// A file read for its layer: exactly the size its header gives, or an
+/// error — a COPY source that shrank since its placeholder was made must
+/// not leave a malformed tar.
+struct Exact<'a> {
+    inner: std::fs::File,
+    left: u64,
+    path: &'a Path,
+}
+
+impl io::Read for Exact<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 && !buf.is_empty() {
+            return Err(changed(self.path));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }

@@ -17,7 +17,7 @@ pub mod cache_key;
 pub(crate) mod cache_mounts;
 pub mod compression;
 pub(crate) mod context;
-pub(crate) mod copy;
+pub mod copy;
 pub mod dockerignore;
 pub mod extract;
 pub(crate) mod fetch;

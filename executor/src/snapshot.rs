@@ -44,6 +44,10 @@ pub enum Change {
 #[derive(Debug, Default, Clone)]
 pub struct Diff {
     pub changes: BTreeMap<PathBuf, Change>,
+    /// Regular files whose content the layer reads from another file (a
+    /// COPY source) because the root holds only a placeholder of the right
+    /// size: see [`crate::copy::CopyOptions::defer_contents`].
+    pub contents: BTreeMap<PathBuf, PathBuf>,
 }
 
 impl Diff {
@@ -52,7 +56,14 @@ impl Diff {
     }
 
     pub fn add(&mut self, rel: PathBuf, c: Change) {
+        self.contents.remove(&rel);
         self.changes.insert(rel, c);
+    }
+
+    /// A regular file added with its content still in `source`.
+    pub fn add_with_content(&mut self, rel: PathBuf, source: PathBuf) {
+        self.changes.insert(rel.clone(), Change::Add);
+        self.contents.insert(rel, source);
     }
 
     /// Adds the parent directories of every change so that the layer carries
@@ -77,8 +88,9 @@ impl Diff {
 
     pub fn merge(&mut self, other: Diff) {
         for (p, c) in other.changes {
-            self.changes.insert(p, c);
+            self.add(p, c);
         }
+        self.contents.extend(other.contents);
     }
 }
 

@@ -90,6 +90,35 @@ fn layer_of(root: &Path, diff: &Diff, store: &BlobStore, c: Compression) -> Path
     store.path(&l.descriptor.digest)
 }
 
+/// A COPY source that shrinks after its placeholder was made fails the
+/// layer with its name; it never yields a tar whose header lies.
+#[test]
+fn a_source_that_changed_since_its_copy_fails_the_layer() {
+    use kiln_executor::copy::{copy_sources, match_sources, CopyOptions, Owner};
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, root) = (dir.path().join("ctx"), dir.path().join("root"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(ctx.join("f"), vec![1u8; 5000]).unwrap();
+    let found = match_sources(&ctx, "f", None, "the context").unwrap();
+    let copy = CopyOptions {
+        owner: Owner::Fixed(0, 0),
+        chmod: None,
+        defer_contents: true,
+    };
+    let mut diff = Diff::default();
+    copy_sources(&root, &ctx, &found, "/f", None, &copy, &mut diff).unwrap();
+    std::fs::write(ctx.join("f"), b"short").unwrap();
+    let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+    let err = write_layer(&root, &diff, &store, &LayerOptions::default()).unwrap_err();
+    let text = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        text.contains("changed while its layer was written"),
+        "{text}"
+    );
+    assert!(text.contains("ctx/f"), "{text}");
+}
+
 fn apply(root: &Path, blob: &Path) {
     let f = std::fs::File::open(blob).unwrap();
     kiln_executor::extract::apply_layer(root, f).unwrap();
@@ -132,6 +161,40 @@ proptest! {
         apply(&dst, &layer_of(&src, &gone, &store, c));
         let d = tree_diffs(&tree(&dst), &tree(&src), ("after deletions", "expected"));
         prop_assert!(d.is_empty(), "{}", d.join("\n"));
+    }
+
+    /// Issue 17: a COPY after which nothing reads the root leaves sized,
+    /// unwritten placeholders there and its layer reads the sources; the
+    /// layer must be byte for byte the one a full copy gives.
+    #[test]
+    fn a_copy_with_deferred_contents_writes_the_same_layer(t in trees(), zstd in any::<bool>()) {
+        use kiln_executor::copy::{copy_sources, match_sources, CopyOptions, Owner};
+        use std::os::unix::fs::MetadataExt;
+        let c = if zstd { Compression::Zstd } else { Compression::Gzip };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        materialize(&ctx, &t);
+        std::fs::write(ctx.join("big"), vec![7u8; 300_000]).unwrap();
+        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let opts = LayerOptions { compression: c, reproducible: true, ..Default::default() };
+        let mut digests = Vec::new();
+        for defer in [false, true] {
+            let root = dir.path().join(format!("root-{defer}"));
+            std::fs::create_dir_all(&root).unwrap();
+            let found = match_sources(&ctx, ".", None, "the context").unwrap();
+            let copy = CopyOptions { owner: Owner::Fixed(0, 0), chmod: None, defer_contents: defer };
+            let mut diff = Diff::default();
+            copy_sources(&root, &ctx, &found, "/app/", None, &copy, &mut diff).unwrap();
+            let big = std::fs::metadata(root.join("app/big")).unwrap();
+            prop_assert_eq!(big.len(), 300_000);
+            // A placeholder has its size but no blocks: nothing was written.
+            prop_assert_eq!(big.blocks() == 0, defer, "blocks {}", big.blocks());
+            prop_assert_eq!(diff.contents.is_empty(), !defer);
+            let l = write_layer(&root, &diff.with_parents(), &store, &opts).unwrap();
+            digests.push(l.descriptor.digest);
+        }
+        prop_assert_eq!(&digests[0], &digests[1]);
     }
 
     #[test]

@@ -150,11 +150,14 @@ pub fn source_fields(
 }
 
 impl StageRun<'_> {
-    /// Executes a COPY/ADD into the root; returns what changed.
+    /// Executes a COPY/ADD into the root; returns what changed. With
+    /// `defer_contents` (nothing reads the root's files after this step)
+    /// copied files are placeholders and the layer reads their sources.
     pub(super) async fn copy(
         &mut self,
         step: &CopyStep,
         sources: &[Resolved],
+        defer_contents: bool,
     ) -> Result<Diff, StepError> {
         let root = self.ensure_root().await?;
         let owner = match &step.chown {
@@ -177,6 +180,7 @@ impl StageRun<'_> {
         let opts = CopyOptions {
             owner,
             chmod: step.chmod,
+            defer_contents,
         };
         // BuildKit keeps the owner of files copied from another stage or image.
         let from_opts = CopyOptions {
@@ -312,6 +316,9 @@ impl StageRun<'_> {
         if matches!(opts.owner, Owner::Fixed(0, 0)) {
             o.owner = Owner::Preserve;
         }
+        // The unpacked archive goes when this returns: its files cannot be
+        // read later for the layer.
+        o.defer_contents = false;
         copy::copy_sources(root, tmp.path(), &m, &dest, None, &o, diff).map_err(StepError::Copy)
     }
 

@@ -112,6 +112,7 @@ impl StageRun<'_> {
         let opts = CopyOptions {
             owner: Owner::Fixed(uid, gid),
             chmod: None,
+            defer_contents: false,
         };
         for p in paths {
             let dir = rootfs::resolve(&root, p, true).map_err(|source| StepError::Root {

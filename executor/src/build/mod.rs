@@ -229,6 +229,7 @@ impl Builder {
             lexer: p.lexer,
             ctx: &p.ctx,
             file: &p.file,
+            target,
         };
         let mut outs: BTreeMap<usize, StageOut> = BTreeMap::new();
         let mut steps = Vec::new();

@@ -55,6 +55,13 @@ struct Entry<'i> {
     sources: Vec<Resolved>,
 }
 
+impl Entry<'_> {
+    /// A RUN step: it reads the root's files.
+    fn runs(&self) -> bool {
+        matches!(&self.step, Step::Fs(fs) if matches!(fs.op, FsOp::Run(_)))
+    }
+}
+
 /// The inputs of [`Builder::build_stage`] that stay the same for every stage.
 pub(super) struct Shared<'a> {
     pub df: &'a Dockerfile,
@@ -62,6 +69,8 @@ pub(super) struct Shared<'a> {
     pub lexer: Lexer,
     pub ctx: &'a BuildContext,
     pub file: &'a str,
+    /// The stage whose image the build produces: no other stage reads it.
+    pub target: usize,
 }
 
 impl Builder {
@@ -257,7 +266,7 @@ impl Builder {
         }
 
         let mut fs_idx = 0;
-        for e in &entries {
+        for (i, e) in entries.iter().enumerate() {
             let at = At {
                 file: sh.file,
                 ins: e.ins,
@@ -356,7 +365,14 @@ impl Builder {
                         },
                         other => at.err(other),
                     })?,
-                    FsOp::Copy(c) => run.copy(c, &e.sources).await.map_err(|e| at.err(e))?,
+                    FsOp::Copy(c) => {
+                        let defer = stage.index == sh.target
+                            && !single
+                            && !entries[i + 1..].iter().any(Entry::runs);
+                        run.copy(c, &e.sources, defer)
+                            .await
+                            .map_err(|e| at.err(e))?
+                    }
                     FsOp::MakeDirs { paths, user } => run
                         .make_dirs(paths, user.as_deref())
                         .await
