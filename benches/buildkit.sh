@@ -49,11 +49,13 @@ RUN dd if=/dev/urandom of=/data.bin bs=1M count=48 2>/dev/null
 RUN cat /app/src/* | wc -c > /app/count
 EOF
 
-# Each timed run starts on a quiet machine: the daemon keeps working for a
-# while after a build or a prune (and a work dir's removal takes a core), and
-# either tool timed in that wake measured the other's leftovers.
-settle() { # waits (at most 10 s) until both cores were >= 90% idle for 0.5 s
+# Each timed run starts on a quiet machine: dirty pages (a cargo build just
+# before, on the slow disk) are written back first, else the kernel's
+# writeback takes a core in the middle of a run (measured: 2.7 s of CPU
+# during one 1.6 s build); then both cores must be idle.
+settle() { # sync, then wait (at most 10 s) until both cores were >= 90% idle for 0.5 s
   local i a b
+  sync
   for i in $(seq 20); do
     a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
     local idle=$(( b[4] - a[4] )) total=0 k
