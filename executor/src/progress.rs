@@ -22,6 +22,9 @@ impl Progress {
             std::thread::spawn(move || {
                 let mut out = std::io::stderr();
                 loop {
+                    // Read before the count: once set, the count is final,
+                    // and the last line printed shows it.
+                    let finished = d.load(Ordering::Acquire);
                     let n = c.load(Ordering::Relaxed);
                     let _ = write!(
                         out,
@@ -31,7 +34,7 @@ impl Progress {
                         100.0 * n as f64 / total as f64
                     );
                     let _ = out.flush();
-                    if d.load(Ordering::Relaxed) {
+                    if finished {
                         let _ = writeln!(out);
                         break;
                     }
@@ -52,7 +55,7 @@ impl Progress {
     }
 
     pub fn finish(mut self) {
-        self.done.store(true, Ordering::Relaxed);
+        self.done.store(true, Ordering::Release);
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
         }
@@ -61,7 +64,7 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
+        self.done.store(true, Ordering::Release);
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
         }

@@ -294,3 +294,89 @@ fn chroot_isolation_gives_the_same_image() {
     }
     assert_eq!(trees[0], trees[1]);
 }
+
+/// Issue 17: layers mixing incompressible bytes (stored blocks), text and
+/// machine code, written by every path (a COPY the next RUN reads, the
+/// RUN's own layer, a last COPY whose contents were never copied into the
+/// root), are valid streams for `gzip -t` and `zstd -t`, and umoci unpacks
+/// them (after skopeo) to exactly the bytes that went in.
+#[test]
+fn mixed_layers_pass_gzip_t_zstd_t_and_umoci() {
+    use sha2::Digest as _;
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let ctx = context_with(&format!(
+        "FROM {base}\nCOPY data/ /data/\nRUN sha256sum /data/noise.bin > /data/sum\nCOPY more/ /more/\n"
+    ));
+    let noise = noise(17, 24 << 20);
+    let text: String = (0..60_000)
+        .map(|i| format!("line {i} of some ordinary text\n"))
+        .collect();
+    let code = std::fs::read("/bin/busybox").unwrap();
+    for (rel, bytes) in [
+        ("data/noise.bin", &noise[..]),
+        ("data/text.txt", text.as_bytes()),
+        ("more/busybox", &code[..]),
+        ("more/noise.bin", &noise[..8 << 20]),
+    ] {
+        let p = ctx.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let sum = format!("{:x}", sha2::Sha256::digest(&noise));
+    for (compression, checker) in [("gzip", "gzip"), ("zstd", "zstd")] {
+        let out = tempfile::tempdir().unwrap();
+        let layout = out.path().join("layout");
+        let work = tempfile::tempdir().unwrap();
+        must_build(
+            ctx.path(),
+            work.path(),
+            &[
+                "--no-push",
+                "--insecure-pull",
+                &format!("--compression={compression}"),
+                "--oci-layout-path",
+                layout.to_str().unwrap(),
+            ],
+        );
+        // umoci reads gzip itself; zstd layers skopeo recompresses first.
+        let src = format!("oci:{}:latest", layout.display());
+        let img = match compression {
+            "gzip" => unpack(&src),
+            _ => unpack_with(&src, &["--dest-compress", "--dest-compress-format", "gzip"]),
+        };
+        let layers = img.manifest["layers"].as_array().unwrap().len();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let m = index["manifests"][0]["digest"].as_str().unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(layout.join("blobs/sha256").join(&m[7..])).unwrap(),
+        )
+        .unwrap();
+        let own = manifest["layers"].as_array().unwrap();
+        assert_eq!(own.len(), layers);
+        for l in &own[1..] {
+            let blob = layout
+                .join("blobs/sha256")
+                .join(&l["digest"].as_str().unwrap()[7..]);
+            let t = Command::new(checker).arg("-t").arg(&blob).output().unwrap();
+            assert!(
+                t.status.success(),
+                "{checker} -t {}: {}",
+                blob.display(),
+                String::from_utf8_lossy(&t.stderr)
+            );
+        }
+        let root = img.rootfs();
+        assert!(std::fs::read(root.join("data/noise.bin")).unwrap() == noise);
+        assert_eq!(
+            std::fs::read_to_string(root.join("data/text.txt")).unwrap(),
+            text
+        );
+        assert!(std::fs::read_to_string(root.join("data/sum"))
+            .unwrap()
+            .starts_with(&sum));
+        assert!(std::fs::read(root.join("more/busybox")).unwrap() == code);
+        assert!(std::fs::read(root.join("more/noise.bin")).unwrap()[..] == noise[..8 << 20]);
+    }
+}

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("invalid image reference {reference:?}: {message}")]
-    BadReference { reference: String, message: String },
+    #[error("invalid image reference {reference:?}")]
+    BadReference {
+        reference: String,
+        source: super::ReferenceError,
+    },
     /// The registry (or the way to it) failed; `kind` says how, so callers
     /// decide on it rather than on the text.
     #[error("{reference}: {kind}")]

@@ -27,6 +27,7 @@ mod retry;
 pub use client_cert::{ClientCert, ClientCertError};
 pub use error::{RegistryError, RemoteKind};
 pub use pull::{BlobStream, Landed, LandedTx};
+pub use reference::ReferenceError;
 
 use crate::auth::{Credential, DockerConfig, Keychain, Provider, RegistryHttp};
 use crate::digest::Digest;
@@ -140,9 +141,9 @@ fn client_config(opts: &RegistryOptions) -> ClientConfig {
 }
 
 pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
-    reference::parse(s).map_err(|message| RegistryError::BadReference {
+    reference::parse(s).map_err(|source| RegistryError::BadReference {
         reference: s.to_string(),
-        message: message.to_string(),
+        source,
     })
 }
 

@@ -15,10 +15,25 @@ const DOCKER_HUB: &str = "docker.io";
 const DOCKER_HUB_LEGACY: &str = "index.docker.io";
 const NAME_MAX: usize = 255;
 
-/// Parses `s`; the error says which part of the grammar failed.
-pub fn parse(s: &str) -> Result<Reference, &'static str> {
+/// Which rule of the grammar a reference breaks (distribution's wording).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("repository name must have at least one component")]
+    Empty,
+    #[error("invalid reference format")]
+    Format,
+    #[error("repository name must not be more than 255 characters")]
+    TooLong,
+    #[error("unsupported digest algorithm")]
+    DigestAlgorithm,
+    #[error("invalid checksum digest length")]
+    DigestLength,
+}
+
+/// Parses `s` to the grammar; Docker Hub names normalised as Docker does.
+pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
     if s.is_empty() {
-        return Err("repository name must have at least one component");
+        return Err(ReferenceError::Empty);
     }
     let (rest, digest) = match s.split_once('@') {
         Some((r, d)) => (r, Some(d)),
@@ -30,11 +45,11 @@ pub fn parse(s: &str) -> Result<Reference, &'static str> {
         _ => (rest, None),
     };
     if !valid_name(name) {
-        return Err("invalid reference format");
+        return Err(ReferenceError::Format);
     }
     if let Some(t) = tag {
         if !valid_tag(t) {
-            return Err("invalid reference format");
+            return Err(ReferenceError::Format);
         }
     }
     if let Some(d) = digest {
@@ -42,19 +57,15 @@ pub fn parse(s: &str) -> Result<Reference, &'static str> {
     }
     let (registry, repository) = split_domain(name);
     if repository.len() > NAME_MAX {
-        return Err("repository name must not be more than 255 characters");
+        return Err(ReferenceError::TooLong);
     }
-    let tag = match (tag, digest) {
-        (None, None) => Some("latest"),
-        (t, _) => t,
-    };
     Ok(match (tag, digest) {
         (Some(t), Some(d)) => {
             Reference::with_tag_and_digest(registry, repository, t.into(), d.into())
         }
         (None, Some(d)) => Reference::with_digest(registry, repository, d.into()),
-        (Some(t), None) => Reference::with_tag(registry, repository, t.into()),
-        (None, None) => unreachable!("a reference without a digest has a tag"),
+        // Neither: Docker's default tag.
+        (t, None) => Reference::with_tag(registry, repository, t.unwrap_or("latest").into()),
     })
 }
 
@@ -129,25 +140,25 @@ fn valid_tag(t: &str) -> bool {
 }
 
 /// `algorithm:hex`, the algorithm one of the three sha2 lengths.
-fn check_digest(d: &str) -> Result<(), &'static str> {
+fn check_digest(d: &str) -> Result<(), ReferenceError> {
     let Some((alg, hex)) = d.split_once(':') else {
-        return Err("invalid reference format");
+        return Err(ReferenceError::Format);
     };
     let alg_ok = alg.split(['-', '_', '+', '.']).all(|c| {
         let b = c.as_bytes();
         !b.is_empty() && b[0].is_ascii_alphabetic() && b.iter().all(|x| x.is_ascii_alphanumeric())
     });
     if !alg_ok || hex.len() < 32 || !hex.bytes().all(|x| x.is_ascii_hexdigit()) {
-        return Err("invalid reference format");
+        return Err(ReferenceError::Format);
     }
     let want = match alg {
         "sha256" => 64,
         "sha384" => 96,
         "sha512" => 128,
-        _ => return Err("unsupported digest algorithm"),
+        _ => return Err(ReferenceError::DigestAlgorithm),
     };
     if hex.len() != want {
-        return Err("invalid checksum digest length");
+        return Err(ReferenceError::DigestLength);
     }
     Ok(())
 }
@@ -207,7 +218,7 @@ mod tests {
         assert!(parse("a:").is_err());
         assert_eq!(
             parse(&format!("a@md5:{}", "0".repeat(32))),
-            Err("unsupported digest algorithm")
+            Err(ReferenceError::DigestAlgorithm)
         );
     }
 
