@@ -11,6 +11,7 @@
 //! crate-private.
 
 pub mod blobs;
+mod block_pool;
 pub mod build;
 pub(crate) mod cache;
 pub mod cache_key;
@@ -32,6 +33,7 @@ pub(crate) mod output;
 mod pgzip;
 mod pipe;
 pub(crate) mod progress;
+mod pzstd;
 pub(crate) mod rootfs;
 pub mod snapshot;
 pub mod summary;

@@ -10,12 +10,11 @@
 //! mode, hence this module. Blocks are deflated by zlib itself
 //! ([`crate::zlib`]): zlib-rs, which Kiln reads with, compresses worse.
 
+use crate::block_pool::OrderedPool;
+use crate::compression::Spread;
 use crate::zlib::RawDeflate;
 use flate2::Crc;
-use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 /// Input bytes per block.
 const BLOCK: usize = 128 << 10;
@@ -28,7 +27,6 @@ const TRIAL: usize = 8 << 10;
 type Deflated = io::Result<(Vec<u8>, Crc)>;
 
 struct Job {
-    index: u64,
     dict: Vec<u8>,
     data: Vec<u8>,
     last: bool,
@@ -36,78 +34,28 @@ struct Job {
 
 /// A gzip encoder that deflates blocks on worker threads.
 pub struct ParallelGzip<W: Write> {
-    inner: Option<W>,
-    crc: Crc,
+    out: Out<W>,
     block: Vec<u8>,
     /// The last `DICT` bytes handed out, the next block's dictionary.
     tail: Vec<u8>,
-    next_index: u64,
-    next_to_write: u64,
-    done: BTreeMap<u64, Deflated>,
-    in_flight: usize,
-    max_in_flight: usize,
-    jobs: Option<mpsc::Sender<Job>>,
-    results: mpsc::Receiver<(u64, Deflated)>,
-    workers: Vec<JoinHandle<()>>,
+    pool: OrderedPool<Job, Deflated>,
+}
+
+/// Where deflated blocks go, in order: the header first, CRCs combined.
+struct Out<W> {
+    inner: Option<W>,
+    crc: Crc,
     header_written: bool,
 }
 
-impl<W: Write> ParallelGzip<W> {
-    pub fn new(inner: W, level: u32) -> ParallelGzip<W> {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8);
-        let (job_tx, job_rx) = mpsc::channel::<Job>();
-        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
-        let (res_tx, res_rx) = mpsc::channel();
-        let workers = (0..threads)
-            .map(|_| {
-                let (rx, tx) = (job_rx.clone(), res_tx.clone());
-                // The worker's zlib streams, made once, reset per block.
-                let mut streams = Streams::default();
-                std::thread::spawn(move || loop {
-                    let job = match rx.lock() {
-                        Ok(r) => r.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    // Each block's CRC on its worker; they combine in order.
-                    let out = deflate_block(&job, level, &mut streams).map(|d| {
-                        let mut crc = Crc::new();
-                        crc.update(&job.data);
-                        (d, crc)
-                    });
-                    if tx.send((job.index, out)).is_err() {
-                        return;
-                    }
-                })
-            })
-            .collect();
-        ParallelGzip {
-            inner: Some(inner),
-            crc: Crc::new(),
-            block: Vec::with_capacity(BLOCK),
-            tail: Vec::new(),
-            next_index: 0,
-            next_to_write: 0,
-            done: BTreeMap::new(),
-            in_flight: 0,
-            max_in_flight: threads * 8,
-            jobs: Some(job_tx),
-            results: res_rx,
-            workers,
-            header_written: false,
-        }
-    }
-
+impl<W: Write> Out<W> {
     fn inner(&mut self) -> io::Result<&mut W> {
         self.inner
             .as_mut()
             .ok_or_else(|| io::Error::other("gzip stream already finished"))
     }
 
-    fn header(&mut self) -> io::Result<()> {
+    fn put(&mut self, block: Deflated) -> io::Result<()> {
         if !self.header_written {
             // Magic, deflate, no flags, mtime 0, no extra flags, OS unknown:
             // the same bytes whatever the machine.
@@ -115,7 +63,33 @@ impl<W: Write> ParallelGzip<W> {
             self.inner()?.write_all(&h)?;
             self.header_written = true;
         }
-        Ok(())
+        let (bytes, crc) = block?;
+        self.crc.combine(&crc);
+        self.inner()?.write_all(&bytes)
+    }
+}
+
+impl<W: Write> ParallelGzip<W> {
+    pub fn new(inner: W, level: u32) -> ParallelGzip<W> {
+        // Each worker's zlib streams are made once and reset per block;
+        // each block's CRC is computed on its worker and combined in order.
+        let pool = OrderedPool::new(8, Streams::default, move |streams, job: Job| {
+            deflate_block(&job, level, streams).map(|d| {
+                let mut crc = Crc::new();
+                crc.update(&job.data);
+                (d, crc)
+            })
+        });
+        ParallelGzip {
+            out: Out {
+                inner: Some(inner),
+                crc: Crc::new(),
+                header_written: false,
+            },
+            block: Vec::with_capacity(BLOCK),
+            tail: Vec::new(),
+            pool,
+        }
     }
 
     fn submit(&mut self, last: bool) -> io::Result<()> {
@@ -125,54 +99,22 @@ impl<W: Write> ParallelGzip<W> {
         let mut tail = dict[dict.len().saturating_sub(DICT - keep)..].to_vec();
         tail.extend_from_slice(&data[data.len() - keep..]);
         self.tail = tail;
-        let job = Job {
-            index: self.next_index,
-            dict,
-            data,
-            last,
-        };
-        self.next_index += 1;
-        self.jobs
-            .as_ref()
-            .ok_or_else(|| io::Error::other("gzip workers stopped"))?
-            .send(job)
-            .map_err(|_| io::Error::other("gzip workers stopped"))?;
-        self.in_flight += 1;
-        while self.in_flight >= self.max_in_flight {
-            self.collect_one()?;
-        }
-        Ok(())
-    }
-
-    /// Waits for one finished block and writes whatever is now in order.
-    fn collect_one(&mut self) -> io::Result<()> {
-        let (i, out) = self
-            .results
-            .recv()
-            .map_err(|_| io::Error::other("gzip workers stopped"))?;
-        self.in_flight -= 1;
-        self.done.insert(i, out);
-        self.header()?;
-        while let Some(out) = self.done.remove(&self.next_to_write) {
-            let (bytes, crc) = out?;
-            self.crc.combine(&crc);
-            self.inner()?.write_all(&bytes)?;
-            self.next_to_write += 1;
-        }
-        Ok(())
+        let out = &mut self.out;
+        self.pool
+            .submit(Job { dict, data, last }, &mut |b| out.put(b))
     }
 
     /// Ends the stream (last block, CRC, size) and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.submit(true)?;
-        while self.in_flight > 0 {
-            self.collect_one()?;
-        }
-        let (crc, len) = (self.crc.sum(), self.crc.amount());
-        let w = self.inner()?;
+        let out = &mut self.out;
+        self.pool.drain(&mut |b| out.put(b))?;
+        let (crc, len) = (self.out.crc.sum(), self.out.crc.amount());
+        let w = self.out.inner()?;
         w.write_all(&crc.to_le_bytes())?;
         w.write_all(&len.to_le_bytes())?;
-        self.inner
+        self.out
+            .inner
             .take()
             .ok_or_else(|| io::Error::other("gzip stream already finished"))
     }
@@ -195,15 +137,6 @@ impl<W: Write> Write for ParallelGzip<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-impl<W: Write> Drop for ParallelGzip<W> {
-    fn drop(&mut self) {
-        self.jobs.take();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
     }
 }
 
@@ -244,11 +177,9 @@ fn deflate_block(job: &Job, level: u32, streams: &mut Streams) -> io::Result<Vec
 /// Would deflate shrink this block at all? Decided on its first `TRIAL`
 /// bytes, cheapest test first:
 ///
-/// - their byte distribution: Σp² (collision probability, Rényi entropy of
-///   order 2) at most 0.0042 (above 7.9 bits per byte: random, compressed,
-///   encrypted) — nothing to gain; at least 0.0068 (below 7.2 bits:
-///   text, code, binaries) — Huffman coding alone shrinks it. Integers
-///   only, so the decision, and the output, is the same on every machine.
+/// - their byte distribution ([`crate::compression::spread`]): random
+///   bytes have nothing to gain, redundant ones shrink by Huffman coding
+///   alone;
 /// - in between, a level-1 deflate of the sample with the same zlib as the
 ///   blocks (a weaker trial would store blocks deflate would shrink).
 fn incompressible(data: &[u8], trial: &mut RawDeflate) -> io::Result<bool> {
@@ -256,17 +187,10 @@ fn incompressible(data: &[u8], trial: &mut RawDeflate) -> io::Result<bool> {
         return Ok(false);
     }
     let sample = &data[..TRIAL];
-    let mut counts = [0u64; 256];
-    for &b in sample {
-        counts[b as usize] += 1;
-    }
-    let sum_sq: u64 = counts.iter().map(|c| c * c).sum();
-    let n_sq = (TRIAL * TRIAL) as u64;
-    if sum_sq * 10_000 <= n_sq * 42 {
-        return Ok(true);
-    }
-    if sum_sq * 10_000 >= n_sq * 68 {
-        return Ok(false);
+    match crate::compression::spread(sample) {
+        Spread::Random => return Ok(true),
+        Spread::Redundant => return Ok(false),
+        Spread::Unsure => {}
     }
     trial.reset(&[])?;
     let mut out = Vec::with_capacity(TRIAL + 1024);
