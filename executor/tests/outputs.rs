@@ -7,6 +7,17 @@ use common::*;
 use kiln_testkit::*;
 use std::process::Command;
 
+/// The manifest of the first image in an OCI layout, as Kiln wrote it.
+fn layout_manifest(layout: &std::path::Path) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    serde_json::from_slice(&std::fs::read(blob).unwrap()).unwrap()
+}
+
 fn sample_context(base: &str) -> tempfile::TempDir {
     let ctx = context_with(&format!(
             "FROM {base}\nCOPY app/ /app/\nRUN <<EOF\nset -e\necho built > /app/built.txt\nrm /var/log/old.log\nEOF\nCOPY <<-EOT /etc/app.conf\n\tname=$NAME\n\tEOT\nCOPY <<'RAW' /etc/raw.conf\nname=$NAME\nRAW\nRUN cat <<EOF > /app/fed.txt\nfed by the shell\nEOF\nENV NAME=kiln\nCMD [\"cat\", \"/app/built.txt\"]\n"
@@ -145,16 +156,7 @@ fn zstd_reproducible_and_single_snapshot() {
             ],
         );
         digests.push(std::fs::read_to_string(&df).unwrap());
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let m = index["manifests"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:")
-            .to_string();
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap())
-                .unwrap();
+        let manifest = layout_manifest(&layout);
         let layers = manifest["layers"].as_array().unwrap();
         assert!(layers[1..]
             .iter()
@@ -346,13 +348,7 @@ fn mixed_layers_pass_gzip_t_zstd_t_and_umoci() {
             _ => unpack_with(&src, &["--dest-compress", "--dest-compress-format", "gzip"]),
         };
         let layers = img.manifest["layers"].as_array().unwrap().len();
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let m = index["manifests"][0]["digest"].as_str().unwrap();
-        let manifest: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(layout.join("blobs/sha256").join(&m[7..])).unwrap(),
-        )
-        .unwrap();
+        let manifest = layout_manifest(&layout);
         let own = manifest["layers"].as_array().unwrap();
         assert_eq!(own.len(), layers);
         for l in &own[1..] {
