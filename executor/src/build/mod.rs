@@ -8,6 +8,8 @@
 //! | `base.rs` | a stage's base image: warmed directory or registry |
 //! | `config.rs` | pure: an instruction applied to the config → a [`config::Step`] |
 //! | `plan.rs` | the cache plan: keys, batch lookup, hit/miss per step |
+//! | `records.rs` | cache entries written as steps finish; the build record |
+//! | `roots.rs` | stage roots: made, stacked on warmed layers, removed |
 //! | `stage.rs` | one stage, start to end (the driver) |
 //! | `exec.rs` | the root: unpack, RUN, directories, layers, hits |
 //! | `copy_step.rs` | COPY/ADD: sources resolved once, then copied |
@@ -25,7 +27,9 @@ mod exec;
 mod mount_spec;
 mod mounts;
 mod plan;
+mod records;
 mod report;
+mod roots;
 mod stage;
 mod stages;
 
@@ -361,149 +365,6 @@ impl Builder {
         })
     }
 
-    /// Whose build this is, for miss explanations: the first destination, else the Dockerfile.
-    fn record_name(&self) -> String {
-        self.opts
-            .output
-            .destinations
-            .first()
-            .cloned()
-            .unwrap_or_else(|| format!("dockerfile:{}", self.dockerfile_path(None).display()))
-    }
-
-    /// A lookup's deadline (`--cache-lookup-timeout`).
-    fn lookup_timeout(&self) -> std::time::Duration {
-        self.opts
-            .cache
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(10), |c| c.lookup_timeout)
-    }
-
-    async fn previous_record(&self) -> Option<&crate::cache::BuildRecord> {
-        let cache = self.cache.clone()?;
-        let name = self.record_name();
-        let dir = self.work_path().to_path_buf();
-        let deadline = self.lookup_timeout();
-        self.last_record
-            .get_or_init(|| async move {
-                let load = cache.load_record(&name, &dir);
-                tokio::time::timeout(deadline, load).await.ok().flatten()
-            })
-            .await
-            .as_ref()
-    }
-
-    async fn save_record(&self) {
-        let (Some(cache), Some(c)) = (&self.cache, &self.opts.cache) else {
-            return;
-        };
-        if !c.push {
-            return;
-        }
-        let steps = self
-            .this_record
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default();
-        let record = crate::cache::BuildRecord {
-            format: crate::cache_key::CACHE_FORMAT.into(),
-            steps,
-        };
-        let name = self.record_name();
-        let store = cache.store_record(&name, &record);
-        match tokio::time::timeout(c.push_timeout, store).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(
-                "could not record this build for miss explanations: {}",
-                Report(&e)
-            ),
-            Err(_) => tracing::warn!(
-                "the cache did not take this build's record within {:?}",
-                c.push_timeout
-            ),
-        }
-    }
-
-    /// Writes an executed step's cache entry in the background; false when
-    /// entries are not written back (`--no-push-cache`).
-    fn store_entry(&self, planned: plan::Planned, layer: Option<&Layer>, started: Instant) -> bool {
-        let Some(cache) = self.cache.clone() else {
-            return false;
-        };
-        if !self.opts.cache.as_ref().is_some_and(|c| c.push) {
-            return false;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        let blob = layer.map(|l| {
-            (
-                self.fetcher.store().path(&l.descriptor.digest),
-                l.descriptor.clone(),
-                l.diff_id.clone(),
-            )
-        });
-        let key = planned.key.clone();
-        let h = tokio::spawn(async move {
-            let lr = blob.as_ref().map(|(p, d, id)| (p.as_path(), d, id));
-            cache
-                .store(&planned.key, lr, planned.inputs, Some(seconds))
-                .await?;
-            Ok(blob.map(|(_, d, _)| d.size).unwrap_or(0))
-        });
-        if let Ok(mut v) = self.cache_writes.lock() {
-            v.push((key, h));
-        }
-        true
-    }
-
-    /// Waits for background cache writes, at most `--cache-push-timeout`
-    /// in all: a failed write is a warning, and so are the writes still
-    /// running at the deadline (they are abandoned and listed).
-    async fn finish_cache_writes(&self) {
-        let handles: Vec<_> = match self.cache_writes.lock() {
-            Ok(mut v) => v.drain(..).collect(),
-            Err(_) => Vec::new(),
-        };
-        let limit = self
-            .opts
-            .cache
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(60), |c| c.push_timeout);
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut unsaved = Vec::new();
-        for (key, mut h) in handles {
-            let res = match tokio::time::timeout_at(deadline, &mut h).await {
-                Ok(r) => r,
-                Err(_) => {
-                    h.abort();
-                    unsaved.push(key);
-                    continue;
-                }
-            };
-            match res {
-                Ok(Ok(n)) => {
-                    self.counters.pushed_cache.fetch_add(n, Ordering::Relaxed);
-                }
-                Ok(Err(e)) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("cache write failed (the build goes on): {}", Report(&e));
-                }
-                Err(e) => tracing::warn!("cache write task: {e}"),
-            }
-        }
-        if !unsaved.is_empty() {
-            self.counters
-                .errors
-                .fetch_add(unsaved.len() as u64, Ordering::Relaxed);
-            let keys: Vec<String> = unsaved.iter().map(|k| k.to_string()).collect();
-            tracing::warn!(
-                "{} cache entries were not saved within --cache-push-timeout={limit:?} \
-                 (the build goes on without them): {}",
-                keys.len(),
-                keys.join(", ")
-            );
-        }
-    }
-
     /// `--dockerfile` as given when it exists, else inside the (prepared) context.
     fn dockerfile_path(&self, ctx_dir: Option<&Path>) -> PathBuf {
         let p = &self.opts.dockerfile;
@@ -527,93 +388,6 @@ impl Builder {
             "1970-01-01T00:00:00Z".to_string()
         } else {
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        }
-    }
-
-    /// A fresh, empty root directory where the isolation wants roots.
-    fn new_root(&self, prefix: &str) -> Result<PathBuf, StepError> {
-        let parent = self.isolation.roots_dir().unwrap_or(self.work_path());
-        let root = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(parent)
-            .map_err(StepError::io("creating a root in", parent))?
-            .keep();
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(StepError::io("setting the mode of", &root))?;
-        Ok(root)
-    }
-
-    /// Mounts `root` (new and empty) over the warmed directory's extracted
-    /// copies of the bottom `layers`, where the isolation allows a stacked
-    /// root; returns how many layers are thereby in place (0: unpack all).
-    fn stack_warmed(&self, root: &Path, layers: &[crate::model::ImageLayer]) -> usize {
-        let Some(cache_dir) = &self.opts.cache_dir else {
-            return 0;
-        };
-        // Warmed layers carry overlayfs's `trusted.*` marks, which a user
-        // namespace's overlay (`userxattr`) does not read.
-        if !self.isolation.stacks_on_overlay() || crate::isolation::userns::active() {
-            return 0;
-        }
-        let ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();
-        let lowers = crate::lowers::available(cache_dir, &ids);
-        if lowers.is_empty() {
-            return 0;
-        }
-        let name = root.file_name().unwrap_or_default().to_string_lossy();
-        let upper = self.work_path().join(format!("{name}.upper"));
-        let work = self.work_path().join(format!("{name}.work"));
-        let mounted = [&upper, &work]
-            .into_iter()
-            .try_for_each(|d| {
-                std::fs::create_dir(d).map_err(|source| crate::lowers::LowerError::Io {
-                    op: "creating",
-                    path: d.clone(),
-                    source,
-                })
-            })
-            .and_then(|()| crate::lowers::mount_stacked(root, &upper, &work, &lowers));
-        match mounted {
-            Ok(guard) => {
-                tracing::info!(
-                    "root stacked on {} warmed layer(s) of {}: nothing of them unpacked",
-                    lowers.len(),
-                    layers.len()
-                );
-                self.stacked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(guard);
-                lowers.len()
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "unpacking the base instead: {}",
-                    kiln_common::report::Report(&e)
-                );
-                0
-            }
-        }
-    }
-
-    /// From here on the image is its layers: the roots are removed on a
-    /// thread of their own while the cache writes and the push wait on the
-    /// network (tens of thousands of unlinks for an unpacked base).
-    /// Roots mounted over warmed layers stay until their mounts go.
-    fn remove_roots(&self, roots: Vec<PathBuf>) {
-        let stacked = self.stacked.lock().map(|s| !s.is_empty()).unwrap_or(true);
-        if stacked || roots.is_empty() {
-            return;
-        }
-        let t = std::thread::spawn(move || {
-            for r in roots {
-                if let Err(e) = std::fs::remove_dir_all(&r) {
-                    tracing::debug!("removing {}: {e}", r.display());
-                }
-            }
-        });
-        if let Ok(mut slot) = self.roots_removal.lock() {
-            *slot = Some(t);
         }
     }
 

@@ -1,0 +1,156 @@
+//! The cache's side of a build: entries written in the background as
+//! steps finish (awaited, within `--cache-push-timeout`, before the push),
+//! and the record of the build's keys that explains the next build's first
+//! miss.
+
+use super::*;
+
+impl Builder {
+    /// Whose build this is, for miss explanations: the first destination, else the Dockerfile.
+    pub(super) fn record_name(&self) -> String {
+        self.opts
+            .output
+            .destinations
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("dockerfile:{}", self.dockerfile_path(None).display()))
+    }
+
+    /// A lookup's deadline (`--cache-lookup-timeout`).
+    pub(super) fn lookup_timeout(&self) -> std::time::Duration {
+        self.opts
+            .cache
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(10), |c| c.lookup_timeout)
+    }
+
+    pub(super) async fn previous_record(&self) -> Option<&crate::cache::BuildRecord> {
+        let cache = self.cache.clone()?;
+        let name = self.record_name();
+        let dir = self.work_path().to_path_buf();
+        let deadline = self.lookup_timeout();
+        self.last_record
+            .get_or_init(|| async move {
+                let load = cache.load_record(&name, &dir);
+                tokio::time::timeout(deadline, load).await.ok().flatten()
+            })
+            .await
+            .as_ref()
+    }
+
+    pub(super) async fn save_record(&self) {
+        let (Some(cache), Some(c)) = (&self.cache, &self.opts.cache) else {
+            return;
+        };
+        if !c.push {
+            return;
+        }
+        let steps = self
+            .this_record
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let record = crate::cache::BuildRecord {
+            format: crate::cache_key::CACHE_FORMAT.into(),
+            steps,
+        };
+        let name = self.record_name();
+        let store = cache.store_record(&name, &record);
+        match tokio::time::timeout(c.push_timeout, store).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "could not record this build for miss explanations: {}",
+                Report(&e)
+            ),
+            Err(_) => tracing::warn!(
+                "the cache did not take this build's record within {:?}",
+                c.push_timeout
+            ),
+        }
+    }
+
+    /// Writes an executed step's cache entry in the background; false when
+    /// entries are not written back (`--no-push-cache`).
+    pub(super) fn store_entry(
+        &self,
+        planned: plan::Planned,
+        layer: Option<&Layer>,
+        started: Instant,
+    ) -> bool {
+        let Some(cache) = self.cache.clone() else {
+            return false;
+        };
+        if !self.opts.cache.as_ref().is_some_and(|c| c.push) {
+            return false;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let blob = layer.map(|l| {
+            (
+                self.fetcher.store().path(&l.descriptor.digest),
+                l.descriptor.clone(),
+                l.diff_id.clone(),
+            )
+        });
+        let key = planned.key.clone();
+        let h = tokio::spawn(async move {
+            let lr = blob.as_ref().map(|(p, d, id)| (p.as_path(), d, id));
+            cache
+                .store(&planned.key, lr, planned.inputs, Some(seconds))
+                .await?;
+            Ok(blob.map(|(_, d, _)| d.size).unwrap_or(0))
+        });
+        if let Ok(mut v) = self.cache_writes.lock() {
+            v.push((key, h));
+        }
+        true
+    }
+
+    /// Waits for background cache writes, at most `--cache-push-timeout`
+    /// in all: a failed write is a warning, and so are the writes still
+    /// running at the deadline (they are abandoned and listed).
+    pub(super) async fn finish_cache_writes(&self) {
+        let handles: Vec<_> = match self.cache_writes.lock() {
+            Ok(mut v) => v.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        let limit = self
+            .opts
+            .cache
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(60), |c| c.push_timeout);
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut unsaved = Vec::new();
+        for (key, mut h) in handles {
+            let res = match tokio::time::timeout_at(deadline, &mut h).await {
+                Ok(r) => r,
+                Err(_) => {
+                    h.abort();
+                    unsaved.push(key);
+                    continue;
+                }
+            };
+            match res {
+                Ok(Ok(n)) => {
+                    self.counters.pushed_cache.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("cache write failed (the build goes on): {}", Report(&e));
+                }
+                Err(e) => tracing::warn!("cache write task: {e}"),
+            }
+        }
+        if !unsaved.is_empty() {
+            self.counters
+                .errors
+                .fetch_add(unsaved.len() as u64, Ordering::Relaxed);
+            let keys: Vec<String> = unsaved.iter().map(|k| k.to_string()).collect();
+            tracing::warn!(
+                "{} cache entries were not saved within --cache-push-timeout={limit:?} \
+                 (the build goes on without them): {}",
+                keys.len(),
+                keys.join(", ")
+            );
+        }
+    }
+}

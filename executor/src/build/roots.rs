@@ -1,0 +1,94 @@
+//! Stage roots: made where the isolation wants them, stacked on warmed
+//! extracted layers where it can mount them, removed beside the push once
+//! the image is only its layers.
+
+use super::*;
+
+impl Builder {
+    /// A fresh, empty root directory where the isolation wants roots.
+    pub(super) fn new_root(&self, prefix: &str) -> Result<PathBuf, StepError> {
+        let parent = self.isolation.roots_dir().unwrap_or(self.work_path());
+        let root = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(parent)
+            .map_err(StepError::io("creating a root in", parent))?
+            .keep();
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(StepError::io("setting the mode of", &root))?;
+        Ok(root)
+    }
+
+    /// Mounts `root` (new and empty) over the warmed directory's extracted
+    /// copies of the bottom `layers`, where the isolation allows a stacked
+    /// root; returns how many layers are thereby in place (0: unpack all).
+    pub(super) fn stack_warmed(&self, root: &Path, layers: &[crate::model::ImageLayer]) -> usize {
+        let Some(cache_dir) = &self.opts.cache_dir else {
+            return 0;
+        };
+        // Warmed layers carry overlayfs's `trusted.*` marks, which a user
+        // namespace's overlay (`userxattr`) does not read.
+        if !self.isolation.stacks_on_overlay() || crate::isolation::userns::active() {
+            return 0;
+        }
+        let ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let lowers = crate::lowers::available(cache_dir, &ids);
+        if lowers.is_empty() {
+            return 0;
+        }
+        let name = root.file_name().unwrap_or_default().to_string_lossy();
+        let upper = self.work_path().join(format!("{name}.upper"));
+        let work = self.work_path().join(format!("{name}.work"));
+        let mounted = [&upper, &work]
+            .into_iter()
+            .try_for_each(|d| {
+                std::fs::create_dir(d).map_err(|source| crate::lowers::LowerError::Io {
+                    op: "creating",
+                    path: d.clone(),
+                    source,
+                })
+            })
+            .and_then(|()| crate::lowers::mount_stacked(root, &upper, &work, &lowers));
+        match mounted {
+            Ok(guard) => {
+                tracing::info!(
+                    "root stacked on {} warmed layer(s) of {}: nothing of them unpacked",
+                    lowers.len(),
+                    layers.len()
+                );
+                self.stacked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(guard);
+                lowers.len()
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "unpacking the base instead: {}",
+                    kiln_common::report::Report(&e)
+                );
+                0
+            }
+        }
+    }
+
+    /// From here on the image is its layers: the roots are removed on a
+    /// thread of their own while the cache writes and the push wait on the
+    /// network (tens of thousands of unlinks for an unpacked base).
+    /// Roots mounted over warmed layers stay until their mounts go.
+    pub(super) fn remove_roots(&self, roots: Vec<PathBuf>) {
+        let stacked = self.stacked.lock().map(|s| !s.is_empty()).unwrap_or(true);
+        if stacked || roots.is_empty() {
+            return;
+        }
+        let t = std::thread::spawn(move || {
+            for r in roots {
+                if let Err(e) = std::fs::remove_dir_all(&r) {
+                    tracing::debug!("removing {}: {e}", r.display());
+                }
+            }
+        });
+        if let Ok(mut slot) = self.roots_removal.lock() {
+            *slot = Some(t);
+        }
+    }
+}
