@@ -229,16 +229,17 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                 entry: name.clone(),
                 source,
             };
-            let comps = rootfs::clean_components(&name).map_err(path_err)?;
+            // Names are bytes: a non-UTF-8 name is kept as it is (`name`,
+            // lossy, is for messages only).
+            let comps = rootfs::clean_components(std::ffi::OsStr::from_bytes(&raw_path))
+                .map_err(path_err)?;
             let Some(base) = comps.last().map(|c| c.as_bytes().to_vec()) else {
                 continue; // the root itself ("./")
             };
             let parent_rel: PathBuf = comps[..comps.len() - 1].iter().collect();
             let parent = match parents.get(&parent_rel) {
                 Some(p) => p.clone(),
-                None => {
-                    rootfs::resolve(root, &parent_rel.to_string_lossy(), true).map_err(path_err)?
-                }
+                None => rootfs::resolve(root, &parent_rel, true).map_err(path_err)?,
             };
 
             if let Some(hidden) = base
@@ -329,7 +330,8 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                         entry: name.clone(),
                         target: link_s.clone(),
                     };
-                    let src = rootfs::resolve(root, &link_s, false).map_err(|_| bad())?;
+                    let src = rootfs::resolve(root, std::ffi::OsStr::from_bytes(&link), false)
+                        .map_err(|_| bad())?;
                     let m = std::fs::symlink_metadata(&src).map_err(|_| bad())?;
                     if m.is_dir() {
                         return Err(bad());

@@ -63,11 +63,10 @@ pub fn write_layer(
         };
         match change {
             Change::Delete => {
-                let name = rel
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let wh = rel.with_file_name(format!("{WHITEOUT_PREFIX}{name}"));
+                // Bytes, not text: a non-UTF-8 name keeps its whiteout.
+                let mut name = std::ffi::OsString::from(WHITEOUT_PREFIX);
+                name.push(rel.file_name().unwrap_or_default());
+                let wh = rel.with_file_name(name);
                 append_empty(&mut tb, &wh, opts).map_err(entry_err)?;
             }
             Change::Add | Change::Opaque => {

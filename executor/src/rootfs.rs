@@ -25,16 +25,17 @@ pub enum RootError {
 
 /// Splits an image path into its normal components; `..` is an error rather than
 /// clamped, because a layer or Dockerfile path containing it is suspicious.
-pub fn clean_components(path: &str) -> Result<Vec<&OsStr>, RootError> {
+pub fn clean_components<P: AsRef<Path> + ?Sized>(path: &P) -> Result<Vec<&OsStr>, RootError> {
+    let path = path.as_ref();
     let mut out = Vec::new();
-    for c in Path::new(path).components() {
+    for c in path.components() {
         match c {
             Component::Normal(n) => out.push(n),
             Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
             Component::ParentDir => {
                 if out.pop().is_none() {
                     return Err(RootError::Escape {
-                        path: path.to_string(),
+                        path: path.display().to_string(),
                     });
                 }
             }
@@ -49,9 +50,14 @@ pub fn clean_components(path: &str) -> Result<Vec<&OsStr>, RootError> {
 /// them: absolute targets restart at `root`; a `..` that would climb above the
 /// root is an error. The last component is never followed when `follow_last` is
 /// false, so a write replaces a symlink instead of writing through it.
-pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, RootError> {
+pub fn resolve<P: AsRef<Path> + ?Sized>(
+    root: &Path,
+    path: &P,
+    follow_last: bool,
+) -> Result<PathBuf, RootError> {
+    let path = path.as_ref();
     let mut parts: Vec<Vec<u8>> = Vec::new();
-    let mut pending: Vec<Vec<u8>> = Path::new(path)
+    let mut pending: Vec<Vec<u8>> = path
         .components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(n.as_bytes().to_vec()),
@@ -65,7 +71,7 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Ro
         if c == b".." {
             if parts.pop().is_none() {
                 return Err(RootError::Escape {
-                    path: path.to_string(),
+                    path: path.display().to_string(),
                 });
             }
             continue;
@@ -85,7 +91,7 @@ pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, Ro
                 links += 1;
                 if links > 40 {
                     return Err(RootError::Loop {
-                        path: path.to_string(),
+                        path: path.display().to_string(),
                     });
                 }
                 let target = std::fs::read_link(&candidate).map_err(|source| RootError::Io {

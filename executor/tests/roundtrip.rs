@@ -119,6 +119,40 @@ fn a_source_that_changed_since_its_copy_fails_the_layer() {
     assert!(text.contains("ctx/f"), "{text}");
 }
 
+/// Names are bytes in a layer: directories and files whose names are not
+/// UTF-8 are written, extracted and whited out under their own names.
+#[test]
+fn names_that_are_not_utf8_keep_their_bytes() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let odd_dir = PathBuf::from(OsStr::from_bytes(b"d\xff"));
+    let odd_file = odd_dir.join(OsStr::from_bytes(b"f\xfe\x80"));
+    let gone = odd_dir.join(OsStr::from_bytes(b"g\xc3"));
+    for p in [&src, &dst] {
+        std::fs::create_dir_all(p.join(&odd_dir)).unwrap();
+    }
+    std::fs::write(src.join(&odd_file), b"odd").unwrap();
+    std::fs::write(dst.join(&gone), b"to be deleted").unwrap();
+    let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+    let mut diff = Diff::default();
+    diff.add(odd_dir.clone(), Change::Add);
+    diff.add(odd_file.clone(), Change::Add);
+    diff.add(gone.clone(), Change::Delete);
+    apply(&dst, &layer_of(&src, &diff, &store, Compression::Gzip));
+    assert_eq!(std::fs::read(dst.join(&odd_file)).unwrap(), b"odd");
+    assert!(
+        std::fs::symlink_metadata(dst.join(&gone)).is_err(),
+        "the whiteout missed"
+    );
+    let names: Vec<_> = std::fs::read_dir(dst.join(&odd_dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![odd_file.file_name().unwrap().to_os_string()]);
+}
+
 fn apply(root: &Path, blob: &Path) {
     let f = std::fs::File::open(blob).unwrap();
     kiln_executor::extract::apply_layer(root, f).unwrap();
