@@ -51,8 +51,37 @@ pub fn write_layer(
         .compression
         .encoder(blob, opts.level)
         .map_err(LayerError::Write)?;
-    let tar_hash = HashingWriter::new(enc);
-    let mut tb = tar::Builder::new(tar_hash);
+    // An uncompressed layer's diff id is its digest: the tar is hashed once,
+    // as the blob, not twice.
+    let (enc, diff_id, uncompressed_size) = if opts.compression == Compression::None {
+        let counted = append_diff(Counting { inner: enc, n: 0 }, root, diff, opts)?;
+        (counted.inner, None, counted.n)
+    } else {
+        let (enc, d, n) = append_diff(HashingWriter::new(enc), root, diff, opts)?.finish();
+        (enc, Some(d), n)
+    };
+    let blob = enc.finish_box().map_err(LayerError::Write)?;
+    let (digest, size) = blob.finish().map_err(LayerError::Write)?.commit()?;
+    Ok(Layer {
+        descriptor: Descriptor::new(
+            opts.compression
+                .media_type(opts.format == crate::options::ImageFormat::Docker),
+            digest.clone(),
+            size,
+        ),
+        diff_id: diff_id.unwrap_or(digest),
+        uncompressed_size,
+    })
+}
+
+/// The tar of `diff` written into `w`, which is returned.
+fn append_diff<W: Write>(
+    w: W,
+    root: &Path,
+    diff: &Diff,
+    opts: &LayerOptions,
+) -> Result<W, LayerError> {
+    let mut tb = tar::Builder::new(w);
     tb.mode(tar::HeaderMode::Complete);
     tb.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -78,20 +107,25 @@ pub fn write_layer(
             }
         }
     }
-    let tar_hash = tb.into_inner().map_err(LayerError::Write)?;
-    let (enc, diff_id, uncompressed_size) = tar_hash.finish();
-    let blob = enc.finish_box().map_err(LayerError::Write)?;
-    let (digest, size) = blob.finish().map_err(LayerError::Write)?.commit()?;
-    Ok(Layer {
-        descriptor: Descriptor::new(
-            opts.compression
-                .media_type(opts.format == crate::options::ImageFormat::Docker),
-            digest,
-            size,
-        ),
-        diff_id,
-        uncompressed_size,
-    })
+    tb.into_inner().map_err(LayerError::Write)
+}
+
+/// Counts what passes through (an uncompressed layer's size).
+struct Counting<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn append_empty<W: Write>(

@@ -131,10 +131,12 @@ fn client_config(opts: &RegistryOptions) -> ClientConfig {
         connect_timeout: Some(Duration::from_secs(15)),
         read_timeout: Some(opts.stall_timeout.unwrap_or(Duration::from_secs(120))),
         platform_resolver: None,
-        // One PUT streaming the whole blob (the distribution spec's
-        // monolithic upload, which oras also uses everywhere): oci-client's
-        // chunked mode sends one PATCH per 1 MiB read, a round trip each,
-        // which doubled the time of a 48 MB layer's upload on loopback.
+        // One PUT streaming the whole blob (the distribution spec's POST
+        // then PUT): oci-client's chunked mode sends one PATCH per 1 MiB
+        // read, a round trip each, which doubled the time of a 48 MB
+        // layer's upload on loopback — and ECR answers a chunked upload's
+        // PATCHes with 201 and drops the bodies after the first
+        // (aws/containers-roadmap#2831), so tools pushing there use PUT.
         use_monolithic_push: true,
         ..Default::default()
     }
