@@ -20,7 +20,7 @@ pub struct OrderedPool<J, R> {
 }
 
 /// One worker per core (at most 8): compression is the only work they do.
-pub fn threads() -> usize {
+fn threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

@@ -200,7 +200,10 @@ fn append_path<W: Write>(
     } else if ft.is_file() {
         let src = content.unwrap_or(&full);
         let f = std::fs::File::open(src)?;
-        if f.metadata()?.len() != m.len() {
+        // A COPY source may have changed since its placeholder was sized;
+        // the root's own file was stat'ed just above. A file that shrinks
+        // while it is read is caught by `Exact` either way.
+        if content.is_some() && f.metadata()?.len() != m.len() {
             return Err(changed(src));
         }
         let exact = Exact {
