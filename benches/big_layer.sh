@@ -16,6 +16,7 @@ EXE="$PWD/target/release/executor"
 COMPRESS="$PWD/target/release/compress"
 SHM=$(mktemp -d /dev/shm/kiln-big.XXXXXX)
 trap 'rm -rf "$SHM"' EXIT
+. benches/lib.sh
 
 mkdir -p "$SHM/random" "$SHM/text"
 head -c "$((MIB << 20))" /dev/urandom > "$SHM/random/big"
@@ -46,6 +47,7 @@ for r in $(seq "$RUNS"); do
   for data in random text; do
     for comp in gzip zstd; do
       rm -rf "$SHM/work" "$SHM/out"
+      settle
       /usr/bin/time -f '%M' -o "$SHM/rss" "$EXE" --context "$SHM/$data" --no-push \
         --compression "$comp" --oci-layout-path "$SHM/out" --kaniko-dir "$SHM/work" \
         --report "$SHM/report.json" >/dev/null 2>&1
@@ -56,18 +58,19 @@ for r in $(seq "$RUNS"); do
   done
   # Compressible bytes, compressor alone: Kiln's gzip (both cores) and GNU
   # gzip -6 (one core) on the same tar stream.
+  settle
   read -r t size < <("$COMPRESS" gzip "$SHM/tree.tar")
   T[kiln-tar]+="$t "; KILN_TAR_SIZE=$size
   s=$(date +%s.%N); gzip -6 -c "$SHM/tree.tar" > "$SHM/tree.tar.gz"; e=$(date +%s.%N)
   T[gzip6-tar]+="$(echo "$e - $s" | bc) "; GZIP_TAR_SIZE=$(stat -c %s "$SHM/tree.tar.gz")
   for data in random; do
+    settle
     s=$(date +%s.%N); openssl dgst -sha256 "$SHM/random/big" >/dev/null; e=$(date +%s.%N)
     T[sha256]+="$(echo "$e - $s" | bc) "
     s=$(date +%s.%N); gzip -6 -c "$SHM/random/big" > /dev/null; e=$(date +%s.%N)
     T[gzip6]+="$(echo "$e - $s" | bc) "
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 mbps() { echo "scale=0; $1 / $2" | bc; }
 SHA=$(echo "${T[sha256]}" | median)
 G6=$(echo "${T[gzip6]}" | median)

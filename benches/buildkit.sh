@@ -49,20 +49,6 @@ RUN dd if=/dev/urandom of=/data.bin bs=1M count=48 2>/dev/null
 RUN cat /app/src/* | wc -c > /app/count
 EOF
 
-# Each timed run starts on a quiet machine: dirty pages (a cargo build just
-# before, on the slow disk) are written back first, else the kernel's
-# writeback takes a core in the middle of a run (measured: 2.7 s of CPU
-# during one 1.6 s build); then both cores must be idle.
-settle() { # sync, then wait (at most 10 s) until both cores were >= 90% idle for 0.5 s
-  local i a b
-  sync
-  for i in $(seq 20); do
-    a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
-    local idle=$(( b[4] - a[4] )) total=0 k
-    for k in 1 2 3 4 5 6 7 8; do total=$(( total + b[k] - a[k] )); done
-    [ "$total" -gt 0 ] && [ $(( idle * 100 / total )) -ge 90 ] && return 0
-  done
-}
 kiln() { # label cache-repo [extra flags] -> seconds; a fresh work dir (a new runner)
   local w="$SHM/kiln-work" t0 t1 repo=$2
   shift 2
