@@ -26,6 +26,10 @@ macro_rules! suite {
                 super::lying_clients_and_bad_manifests_leave_nothing(Backend::$backend());
             }
             #[test]
+            fn a_busy_session_is_refused_under_another_repository() {
+                super::a_busy_session_is_refused_under_another_repository(Backend::$backend());
+            }
+            #[test]
             fn batch_lookup_metrics_expiry_and_gc() {
                 super::batch_lookup_metrics_expiry_and_gc(Backend::$backend());
             }
@@ -331,6 +335,98 @@ fn lying_clients_and_bad_manifests_leave_nothing(b: Backend) {
     if let Backend::File = b {
         assert_store_verifies(&s.dir.path().join("store"));
     }
+}
+
+/// An upload session opened in `team/a`, held busy by a PATCH whose body
+/// is still arriving, is refused when another client continues it under
+/// `team/b` (a chunk, the closing PUT, a status query, a cancel); the slow
+/// chunk then completes and the blob lands in `team/a` only.
+fn a_busy_session_is_refused_under_another_repository(b: Backend) {
+    let s = b.start(&[]);
+    let url = s.url();
+    rt().block_on(async {
+        let c = client();
+        let loc = start_upload(&url, "team/a").await;
+        let other = loc.replacen("/team/a/", "/team/b/", 1);
+        assert_ne!(loc, other);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        let body = futures_util::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        tx.send(Ok(vec![1u8; 1000])).await.unwrap();
+        let slow = tokio::spawn({
+            let (c, target) = (c.clone(), format!("{url}{loc}"));
+            async move {
+                c.patch(target)
+                    .header("Content-Range", "0-1999")
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        });
+        // The first half has reached the server: the session is busy.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // A request that waits for the busy session instead of being
+        // refused times out: the test fails rather than hangs.
+        let quick = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let refused = |r: Result<reqwest::Response, reqwest::Error>, what: &str| match r {
+            Ok(r) => assert_eq!(r.status().as_u16(), 404, "{what} under team/b"),
+            Err(e) => panic!("{what} under team/b was not refused: {e}"),
+        };
+        let data = vec![2u8; 10];
+        let target = format!("{url}{other}");
+        let r = quick
+            .patch(&target)
+            .header("Content-Range", "0-9")
+            .body(data.clone())
+            .send()
+            .await;
+        refused(r, "a chunk");
+        let r = quick
+            .put(format!("{target}?digest={}", sha(&data)))
+            .send()
+            .await;
+        refused(r, "a closing PUT");
+        refused(quick.get(&target).send().await, "a status query");
+        refused(quick.delete(&target).send().await, "a cancel");
+        tx.send(Ok(vec![1u8; 1000])).await.unwrap();
+        drop(tx);
+        assert_eq!(slow.await.unwrap().unwrap(), 202);
+        let blob = vec![1u8; 2000];
+        let loc_after = c.get(format!("{url}{loc}")).send().await.unwrap();
+        assert_eq!(
+            loc_after.status().as_u16(),
+            204,
+            "the session survived in team/a"
+        );
+        let (st, body) = finish_upload(&url, &loc, &sha(&blob)).await;
+        assert_eq!(st, 201, "{body}");
+        let d = sha(&blob);
+        assert_eq!(
+            c.head(format!("{url}/v2/team/a/blobs/{d}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            200
+        );
+        for d in [sha(&data), sha(&[&blob[..], &data[..]].concat())] {
+            assert_eq!(
+                c.head(format!("{url}/v2/team/a/blobs/{d}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+                404
+            );
+        }
+    });
 }
 
 fn gc_once(b: &Backend, s: &CacheServer, args: &[&str]) -> serde_json::Value {

@@ -63,8 +63,15 @@ pub enum UploadError {
     },
 }
 
-struct Session {
+/// A local session: the repository it was started in is fixed at start and
+/// kept outside the lock, so every request is checked against it, also
+/// while another request holds the session (a slow PATCH).
+struct Held {
     repo: String,
+    state: tokio::sync::Mutex<Session>,
+}
+
+struct Session {
     path: PathBuf,
     hasher: Sha256,
     size: u64,
@@ -85,7 +92,7 @@ pub struct Uploads {
     /// Held while this process runs: staging dirs whose lock is free
     /// belong to a process that is gone.
     _lock: nix::fcntl::Flock<std::fs::File>,
-    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>,
+    sessions: Mutex<HashMap<String, Arc<Held>>>,
     stale_after: Duration,
 }
 
@@ -127,9 +134,7 @@ impl Uploads {
         })
     }
 
-    fn sessions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Session>>>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Held>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -144,29 +149,27 @@ impl Uploads {
             source,
         })?;
         let s = Session {
-            repo: repo.to_string(),
             path,
             hasher: Sha256::new(),
             size: 0,
             touched: Instant::now(),
         };
-        self.sessions()
-            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(s)));
+        let held = Held {
+            repo: repo.to_string(),
+            state: tokio::sync::Mutex::new(s),
+        };
+        self.sessions().insert(id.clone(), Arc::new(held));
         Ok(id)
     }
 
-    fn get(&self, repo: &str, id: &str) -> Result<Arc<tokio::sync::Mutex<Session>>, UploadError> {
-        self.sessions()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| UploadError::Unknown(id.to_string()))
-            .and_then(|s| {
-                // A session belongs to the repository it was started in.
-                match s.try_lock() {
-                    Ok(g) if g.repo != repo => Err(UploadError::Unknown(id.to_string())),
-                    _ => Ok(s.clone()),
-                }
-            })
+    /// The session `id`, if it was started in `repo`: a session belongs to
+    /// the repository it was started in, whatever its lock state (another
+    /// repository's name gets "unknown", as if it did not exist).
+    fn get(&self, repo: &str, id: &str) -> Result<Arc<Held>, UploadError> {
+        match self.sessions().get(id) {
+            Some(s) if s.repo == repo => Ok(s.clone()),
+            _ => Err(UploadError::Unknown(id.to_string())),
+        }
     }
 
     /// Bytes received so far.
@@ -174,7 +177,7 @@ impl Uploads {
         if self.shared {
             return self.shared_offset(store, repo, id).await;
         }
-        Ok(self.get(repo, id)?.lock().await.size)
+        Ok(self.get(repo, id)?.state.lock().await.size)
     }
 
     /// Appends a chunk (PATCH); returns the bytes received in all. `start`
@@ -210,7 +213,7 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let s = self.get(repo, id)?;
-        let mut s = s.lock().await;
+        let mut s = s.state.lock().await;
         if let Some(start) = start {
             check_offset(id, s.size, start)?;
         }
@@ -305,7 +308,7 @@ impl Uploads {
     ) -> Result<Staged, UploadError> {
         let s = self.get(repo, id)?;
         self.sessions().remove(id);
-        let s = s.lock().await;
+        let s = s.state.lock().await;
         let actual = match check_digest(id, digest, s.hasher.clone()) {
             Ok(d) => d,
             Err(e) => {
@@ -340,7 +343,7 @@ impl Uploads {
     fn local_cancel(&self, repo: &str, id: &str) -> Result<(), UploadError> {
         let s = self.get(repo, id)?;
         self.sessions().remove(id);
-        if let Ok(s) = s.try_lock() {
+        if let Ok(s) = s.state.try_lock() {
             let _ = std::fs::remove_file(&s.path);
         }
         Ok(())
@@ -363,18 +366,19 @@ impl Uploads {
     }
 
     fn local_sweep(&self) {
-        let stale: Vec<(String, Arc<tokio::sync::Mutex<Session>>)> = self
+        let stale: Vec<(String, Arc<Held>)> = self
             .sessions()
             .iter()
             .filter(|(_, s)| {
-                s.try_lock()
+                s.state
+                    .try_lock()
                     .is_ok_and(|s| s.touched.elapsed() > self.stale_after)
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (id, s) in stale {
             self.sessions().remove(&id);
-            if let Ok(s) = s.try_lock() {
+            if let Ok(s) = s.state.try_lock() {
                 let _ = std::fs::remove_file(&s.path);
             }
         }
@@ -500,5 +504,49 @@ mod tests {
         assert!(owns("team/app", &id));
         assert!(!owns("team/other", &id));
         assert!(!owns("team/app", "no-dash-tag"));
+    }
+
+    /// A local session held busy by a slow chunk is still refused under
+    /// another repository's name, for every operation; the chunk in flight
+    /// is not disturbed.
+    #[tokio::test]
+    async fn a_busy_session_is_refused_under_another_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = Arc::new(Uploads::open(dir.path(), false).unwrap());
+        let id = u.start("team/a").unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, String>>();
+        let rx = Box::pin(futures_util::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        }));
+        tx.send(Ok(Bytes::from_static(b"first"))).unwrap();
+        let slow = tokio::spawn({
+            let (u, id) = (u.clone(), id.clone());
+            async move { u.local_append("team/a", &id, Some(0), rx).await }
+        });
+        // Wait until the slow chunk holds the session's lock.
+        while u.get("team/a", &id).unwrap().state.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let other = "team/b";
+        let unknown = |r: Result<(), UploadError>| matches!(r, Err(UploadError::Unknown(_)));
+        let body = futures_util::stream::iter([Ok::<_, String>(Bytes::from_static(b"x"))]);
+        assert!(unknown(
+            u.local_append(other, &id, None, body).await.map(drop)
+        ));
+        assert!(unknown(
+            u.local_finish(other, &id, &Digest::sha256_of(b""))
+                .await
+                .map(drop)
+        ));
+        assert!(unknown(u.local_cancel(other, &id)));
+        assert_eq!(u.active(), 1, "the session was dropped under another name");
+        tx.send(Ok(Bytes::from_static(b"-second"))).unwrap();
+        drop(tx);
+        assert_eq!(slow.await.unwrap().unwrap(), 12);
+        let staged = u
+            .local_finish("team/a", &id, &Digest::sha256_of(b"first-second"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(staged.path).unwrap(), b"first-second");
     }
 }

@@ -96,7 +96,12 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         self.retry("uploading a layer", self.opts.push_retries, || async {
             self.auth_push(r).await?;
-            let file = tokio::fs::File::open(path)
+            // Never through a link: the file is one Kiln wrote or listed
+            // itself, and a link there was put by someone else.
+            let file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(path)
                 .await
                 .map_err(|source| RegistryError::Io {
                     path: path.to_path_buf(),

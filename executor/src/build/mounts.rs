@@ -402,7 +402,7 @@ impl StageRun<'_> {
                 match &s.cache {
                     Some(dir) => {
                         remove_any(dir).map_err(io("replacing", dir))?;
-                        move_tree(&s.full, dir).map_err(io("saving the cache mount", dir))?;
+                        keep_cache_content(&s.full, &s.rel, dir)?;
                     }
                     None => remove_any(&s.full).map_err(io("removing", &s.full))?,
                 }
@@ -430,6 +430,29 @@ impl StageRun<'_> {
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// Moves what a RUN left at a cache mount's target back to the cache's
+/// directory. Only a directory is kept: a step that replaced the target by
+/// a link (to anywhere on the builder) or a file leaves an empty cache and
+/// a warning, so nothing later reads through what the step made.
+fn keep_cache_content(full: &Path, rel: &Path, dir: &Path) -> Result<(), StepError> {
+    let is_dir = std::fs::symlink_metadata(full).map(|m| m.is_dir());
+    match is_dir {
+        Ok(true) => move_tree(full, dir).map_err(io("saving the cache mount", dir)),
+        found => {
+            let what = match found {
+                Ok(_) => "is no longer a directory (a link or a file)",
+                Err(_) => "is gone",
+            };
+            tracing::warn!(
+                "cache mount at {}: the step's target {what}; the cache is kept empty",
+                in_image(rel)
+            );
+            remove_any(full).map_err(io("removing", full))?;
+            std::fs::create_dir(dir).map_err(io("creating", dir))
         }
     }
 }
@@ -522,7 +545,16 @@ impl super::Builder {
         let mut out = Vec::new();
         for mut u in used {
             let id = u.report.id.clone();
-            let now = crate::cache_mounts::listing(&u.dir).unwrap_or_default();
+            let now = match crate::cache_mounts::listing(&u.dir) {
+                Ok(now) => now,
+                Err(e) => {
+                    let why = kiln_common::report::Report(&e).to_string();
+                    tracing::warn!("cache mount {id:?} not saved: {why}");
+                    u.report.not_saved = Some(why);
+                    out.push(u.report);
+                    continue;
+                }
+            };
             if u.restored.as_ref() == Some(&now) || !push {
                 u.report.unchanged = u.restored.as_ref() == Some(&now);
                 out.push(u.report);

@@ -13,14 +13,19 @@
 //! not have yet — O(change), not the whole cache again. Each file is
 //! verified when restored; the tag is pushed last, so a reader sees a
 //! previous complete save or this one, never a partial one.
+//!
+//! Restores and saves never follow a link on the builder's disk ([`tree`]):
+//! a stored listing is checked whole first and a poisoned one is refused.
+
+mod tree;
+pub use tree::{listing, Entry, TreeError};
 
 use futures_util::{StreamExt, TryStreamExt};
-use kiln_common::digest::{digest_file, Digest};
+use kiln_common::digest::Digest;
 use kiln_common::image::{Descriptor, Manifest};
 use kiln_common::registry::{Registry, RegistryError};
 use oci_client::Reference;
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const FORMAT: &str = "kiln-cache-mount-v1";
@@ -52,23 +57,12 @@ pub enum MountCacheError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// One entry of a cache mount's tree.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Entry {
-    pub path: String,
-    /// `f`ile, `d`irectory or `l`ink.
-    pub kind: char,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<Digest>,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    #[error("cache mount {id:?}")]
+    Tree {
+        id: String,
+        #[source]
+        source: TreeError,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -164,51 +158,83 @@ impl MountCache {
                 id: id.to_string(),
                 source,
             })?;
+        let tree_err = |source| MountCacheError::Tree {
+            id: id.to_string(),
+            source,
+        };
+        // Refused whole before anything is written: a listing whose
+        // entries could lie beneath a link (or outside `dir`) was not made
+        // by a save.
+        tree::check(&listing.entries).map_err(tree_err)?;
+        let beneath = tree::Beneath::open(dir).map_err(tree_err)?;
+        for e in listing.entries.iter().filter(|e| e.kind == 'd') {
+            beneath.mkdir(&e.path).map_err(tree_err)?;
+        }
+        // Each distinct content is fetched once, verified against its
+        // digest, into a private directory beside `dir`; files are then
+        // moved (the last use) or copied into place beneath `dir`.
         let sizes: BTreeMap<&Digest, u64> = m.layers.iter().map(|d| (&d.digest, d.size)).collect();
-        let safe: Vec<&Entry> = listing
+        let files: Vec<(&Entry, &Digest)> = listing
             .entries
             .iter()
-            .filter(|e| !e.path.split('/').any(|c| c == ".." || c.is_empty()))
+            .filter_map(|e| e.digest.as_ref().filter(|_| e.kind == 'f').map(|d| (e, d)))
             .collect();
-        // Directories and links first, so files can land in any order.
-        for e in safe.iter().filter(|e| e.kind != 'f') {
-            let p = dir.join(&e.path);
-            match (e.kind, &e.target) {
-                ('d', _) => std::fs::create_dir_all(&p).map_err(io("creating", &p))?,
-                ('l', Some(t)) => std::os::unix::fs::symlink(t, &p).map_err(io("linking", &p))?,
-                _ => {}
-            }
+        let mut uses: BTreeMap<&Digest, usize> = BTreeMap::new();
+        for (_, d) in &files {
+            *uses.entry(d).or_default() += 1;
         }
-        // Files are independent small requests: fetched concurrently, each
-        // verified against its digest by `fetch_blob`.
-        let files = safe
-            .iter()
-            .filter(|e| e.kind == 'f')
-            .filter_map(|e| e.digest.as_ref().map(|d| (e, d)));
-        let fetches = futures_util::stream::iter(files.map(|(e, d)| {
-            let desc = Descriptor::new(FILE_TYPE, d.clone(), *sizes.get(d).unwrap_or(&e.size));
-            let p = dir.join(&e.path);
+        let parent = dir.parent().unwrap_or(dir);
+        let blobs = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempdir_in(parent)
+            .map_err(io("creating a directory in", parent))?;
+        let fetches = futures_util::stream::iter(uses.keys().map(|d| {
+            let size = sizes.get(d).copied().unwrap_or_default();
+            let desc = Descriptor::new(FILE_TYPE, (*d).clone(), size);
+            let p = blobs.path().join(d.hex());
             let tag = &tag;
             async move {
-                self.registry
+                let n = self
+                    .registry
                     .fetch_blob(tag, &desc, &p)
                     .await
                     .map_err(self.reg_err(id))?;
-                Ok::<u64, MountCacheError>(e.size)
+                Ok::<(Digest, u64), MountCacheError>((desc.digest, n))
             }
         }))
         .buffer_unordered(TRANSFER_CONCURRENCY);
-        let fetched: Vec<u64> = fetches.try_collect().await?;
-        let moved = Moved {
-            files: fetched.len() as u64,
-            bytes: fetched.iter().sum(),
-        };
-        // Owners and modes last: a read-only directory must not refuse the
-        // files restored into it.
-        for e in safe.iter().rev().filter(|e| e.kind != 'l') {
-            let p = dir.join(&e.path);
-            let _ = std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid));
-            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode));
+        let fetched: BTreeMap<Digest, u64> = fetches.try_collect().await?;
+        let mut moved = Moved::default();
+        for (e, d) in &files {
+            let blob = blobs.path().join(d.hex());
+            let left = uses.get_mut(d).map_or(0, |n| {
+                *n -= 1;
+                *n
+            });
+            if left == 0 {
+                beneath.take_file(&blob, &e.path).map_err(tree_err)?;
+            } else {
+                let mut to = beneath.create_file(&e.path).map_err(tree_err)?;
+                std::fs::File::open(&blob)
+                    .and_then(|mut from| std::io::copy(&mut from, &mut to))
+                    .map_err(io("copying", &blob))?;
+            }
+            moved.files += 1;
+            moved.bytes += fetched.get(*d).copied().unwrap_or_default();
+        }
+        // Links last, so nothing is ever written through one.
+        for e in listing.entries.iter().filter(|e| e.kind == 'l') {
+            let target = e.target.as_deref().unwrap_or_default();
+            beneath
+                .symlink(&e.path, target, e.uid, e.gid)
+                .map_err(tree_err)?;
+        }
+        // Owners and modes last, deepest first: a read-only directory must
+        // not refuse what is restored into it.
+        for e in listing.entries.iter().rev().filter(|e| e.kind != 'l') {
+            beneath
+                .set_owner_mode(&e.path, e.uid, e.gid, e.mode)
+                .map_err(tree_err)?;
         }
         Ok(Some((listing.entries, moved)))
     }
@@ -222,7 +248,10 @@ impl MountCache {
         dir: &Path,
         known: &[Entry],
     ) -> Result<Moved, MountCacheError> {
-        let entries = listing(dir)?;
+        let entries = listing(dir).map_err(|source| MountCacheError::Tree {
+            id: id.to_string(),
+            source,
+        })?;
         let tag = self.tag(id);
         let known: BTreeSet<&Digest> = known.iter().filter_map(|e| e.digest.as_ref()).collect();
         // One upload per distinct content the last restore did not list.
@@ -318,58 +347,6 @@ fn io(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> MountCacheEr
     move |source| MountCacheError::Io { op, path, source }
 }
 
-/// The tree under `dir`, sorted, files hashed.
-pub fn listing(dir: &Path) -> Result<Vec<Entry>, MountCacheError> {
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
-    Ok(out)
-}
-
-fn walk(base: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<(), MountCacheError> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io("listing", dir))?
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for n in names {
-        let p = dir.join(&n);
-        let m = std::fs::symlink_metadata(&p).map_err(io("reading", &p))?;
-        let rel = p
-            .strip_prefix(base)
-            .unwrap_or(&p)
-            .to_string_lossy()
-            .into_owned();
-        let mut e = Entry {
-            path: rel,
-            kind: 'f',
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            digest: None,
-            size: 0,
-            target: None,
-        };
-        if m.is_dir() {
-            e.kind = 'd';
-            out.push(e);
-            walk(base, &p, out)?;
-        } else if m.file_type().is_symlink() {
-            e.kind = 'l';
-            e.target = std::fs::read_link(&p)
-                .ok()
-                .map(|t| t.to_string_lossy().into_owned());
-            out.push(e);
-        } else if m.is_file() {
-            let (d, n) = digest_file(&p).map_err(io("hashing", &p))?;
-            e.digest = Some(d);
-            e.size = n;
-            out.push(e);
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,19 +380,5 @@ mod tests {
         assert_eq!(tag_safe("main"), "main");
         assert_eq!(tag_safe("//"), "default");
         assert_eq!(tag_safe(&"x".repeat(90)).len(), 40);
-    }
-
-    #[test]
-    fn listings_are_sorted_and_hash_files() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("b/c")).unwrap();
-        std::fs::write(d.path().join("b/c/f"), "x").unwrap();
-        std::fs::write(d.path().join("a"), "y").unwrap();
-        std::os::unix::fs::symlink("a", d.path().join("l")).unwrap();
-        let l = listing(d.path()).unwrap();
-        let paths: Vec<&str> = l.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["a", "b", "b/c", "b/c/f", "l"]);
-        assert_eq!(l[0].digest, Some(Digest::sha256_of(b"y")));
-        assert_eq!(l[4].target.as_deref(), Some("a"));
     }
 }
