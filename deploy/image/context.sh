@@ -16,7 +16,7 @@ for b in executor warmer cache-server; do
   [ -x "$bins/$b" ] || { echo "context.sh: $bins/$b missing (cargo build --release)" >&2; exit 1; }
 done
 rm -rf "$out"
-mkdir -p "$out/kaniko/lib" "$out/kaniko/ssl/certs" "$out/kaniko/.docker" "$out/busybox" \
+mkdir -p "$out/kaniko/lib" "$out/kaniko/ssl/certs" "$out/kaniko/.docker" "$out/kaniko/work" "$out/busybox" \
   "$out/server/kiln/lib" "$out/server/etc/ssl/certs"
 
 # place BINARY DEST_DIR LIB_DIR_IN_IMAGE LIB_DIR_IN_CONTEXT

@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 
 pub struct OrderedPool<J, R> {
     jobs: Option<mpsc::Sender<(u64, J)>>,
-    results: mpsc::Receiver<(u64, R)>,
+    /// `Err` for a block whose encoder panicked.
+    results: mpsc::Receiver<(u64, Result<R, Panicked>)>,
     workers: Vec<JoinHandle<()>>,
     next_index: u64,
     next_out: u64,
@@ -51,7 +52,14 @@ impl<J: Send + 'static, R: Send + 'static> OrderedPool<J, R> {
                         Err(_) => return,
                     };
                     let Ok((index, job)) = job else { return };
-                    if tx.send((index, encode(&mut st, job))).is_err() {
+                    // A panic is returned as this block's result: the
+                    // writer waiting for it fails instead of waiting for
+                    // ever. The state may be broken: the worker stops.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        encode(&mut st, job)
+                    }));
+                    let failed = r.is_err();
+                    if tx.send((index, r.map_err(|_| Panicked))).is_err() || failed {
                         return;
                     }
                 })
@@ -95,6 +103,9 @@ impl<J: Send + 'static, R: Send + 'static> OrderedPool<J, R> {
 
     fn collect_one(&mut self, sink: &mut dyn FnMut(R) -> io::Result<()>) -> io::Result<()> {
         let (i, r) = self.results.recv().map_err(|_| stopped())?;
+        let r = r.map_err(|Panicked| {
+            io::Error::other(format!("a compression worker panicked on block {i}"))
+        })?;
         self.in_flight -= 1;
         self.done.insert(i, r);
         while let Some(r) = self.done.remove(&self.next_out) {
@@ -104,6 +115,9 @@ impl<J: Send + 'static, R: Send + 'static> OrderedPool<J, R> {
         Ok(())
     }
 }
+
+/// A block's encoder panicked.
+struct Panicked;
 
 fn stopped() -> io::Error {
     io::Error::other("the compression workers stopped")
@@ -147,5 +161,25 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, (0..40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_panicking_worker_fails_the_write_instead_of_hanging() {
+        let mut pool = OrderedPool::new(
+            2,
+            || (),
+            |_: &mut (), i: u64| {
+                if i == 5 {
+                    panic!("encoder bug");
+                }
+                i
+            },
+        );
+        let mut sink = |_r: u64| Ok(());
+        let r = (0..40u64)
+            .try_for_each(|i| pool.submit(i, &mut sink))
+            .and_then(|()| pool.drain(&mut sink));
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("panicked on block 5"), "{e}");
     }
 }

@@ -352,8 +352,15 @@ impl ScanIndex {
     ) -> Result<Diff, SnapshotError> {
         let mut diff = Diff::default();
         let mut seen = std::collections::HashSet::with_capacity(self.entries.len());
+        // Paths that are not directories now: what was beneath one of them
+        // went with the directory it replaced, and a whiteout inside a file
+        // or a link would contradict it.
+        let mut not_dirs = std::collections::HashSet::new();
         scan(root, Path::new(""), skip, &mut |rel, m| {
             seen.insert(rel.to_path_buf());
+            if !m.is_dir() {
+                not_dirs.insert(rel.to_path_buf());
+            }
             match self.entries.get(rel) {
                 Some(s) if *s == stamp(m) => {}
                 // A directory whose listing changed has a new mtime; report it
@@ -373,7 +380,9 @@ impl ScanIndex {
         deleted.sort();
         let mut last: Option<&PathBuf> = None;
         for p in deleted {
-            if last.is_some_and(|l| p.starts_with(l)) {
+            if last.is_some_and(|l| p.starts_with(l))
+                || p.ancestors().skip(1).any(|a| not_dirs.contains(a))
+            {
                 continue;
             }
             diff.add(p.clone(), Change::Delete);
@@ -446,6 +455,41 @@ mod tests {
                 ("a".to_string(), Change::Delete),
                 ("mod".to_string(), Change::Add),
                 ("new".to_string(), Change::Add)
+            ]
+        );
+    }
+
+    /// A directory replaced by a file or a link is that one entry: no
+    /// whiteouts for its old children (they would sit inside a file).
+    #[test]
+    fn a_directory_replaced_by_a_file_or_link_is_one_change() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for n in ["f", "l", "dd"] {
+            std::fs::create_dir_all(r.join("a").join(n).join("sub")).unwrap();
+            std::fs::write(r.join("a").join(n).join("x"), "1").unwrap();
+        }
+        let idx = ScanIndex::capture(r).unwrap();
+        std::fs::remove_dir_all(r.join("a/f")).unwrap();
+        std::fs::write(r.join("a/f"), "now a file").unwrap();
+        std::fs::remove_dir_all(r.join("a/l")).unwrap();
+        std::os::unix::fs::symlink("/elsewhere", r.join("a/l")).unwrap();
+        std::fs::remove_dir_all(r.join("a/dd")).unwrap();
+        std::fs::create_dir(r.join("a/dd")).unwrap();
+        let diff = idx.diff(r).unwrap();
+        let got: Vec<_> = diff
+            .changes
+            .iter()
+            .map(|(p, c)| (p.to_string_lossy().into_owned(), *c))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a/dd".to_string(), Change::Add),
+                ("a/dd/sub".to_string(), Change::Delete),
+                ("a/dd/x".to_string(), Change::Delete),
+                ("a/f".to_string(), Change::Add),
+                ("a/l".to_string(), Change::Add),
             ]
         );
     }

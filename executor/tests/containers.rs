@@ -49,6 +49,27 @@ const SSH: &str = r#"FROM {BASE}
 RUN --mount=type=bind,source=agent-keys,target=/usr/local/bin/agent-keys --mount=type=ssh sh -c 'agent-keys > /keys && test "$(cat /keys)" = 1'
 "#;
 
+/// `/root` (the image's, where Kiln's own image has none), directories
+/// replaced by a file and by a link.
+const ROOT_AND_REPLACED: &str = r#"FROM {BASE}
+RUN echo x > /root/file && mkdir -p /root/.cache/pip && echo y > /root/.cache/pip/z && ls -a /root > /root-listing
+RUN mkdir -p /a/d/sub /a/e && echo 1 > /a/d/f && echo 2 > /a/d/sub/g && echo 3 > /a/e/h
+RUN rm -rf /a/d && echo now-a-file > /a/d && rm -rf /a/e && ln -s /tmp /a/e
+"#;
+
+/// Steps that leave processes behind (holding the output, detached with
+/// `setsid`, a daemon that double-forks and writes after the step), and
+/// steps that print megabytes: each step ends when its main process does,
+/// nothing it started survives it, and nothing written after it ends gets
+/// into a layer.
+const PROCESSES: &str = r#"FROM {BASE}
+RUN sleep 120 &
+RUN (setsid sleep 121 >/dev/null 2>&1 &) ; true
+RUN sh -c '(setsid sh -c "sleep 1; while true; do date > /late; sleep 0.1; done" >/dev/null 2>&1 &)'
+RUN sleep 2 && test ! -e /late && echo clean > /clean
+RUN seq 1 300000 && seq 1 300000 >&2 && echo printed > /printed
+"#;
+
 /// Flags a context needs, its files under `ctx_root`.
 fn extra_args(name: &str, ctx_root: &str) -> Vec<String> {
     match name {
@@ -62,9 +83,11 @@ fn extra_args(name: &str, ctx_root: &str) -> Vec<String> {
 }
 
 /// The container's view of `/` outside Kiln's directories and mounts: type,
-/// mode, owner and mtime of every entry, and the content of every file.
-/// (Directory sizes are left out: on overlayfs they count internal entries.)
-const SNAPSHOT: &str = "P='-path /kiln -prune -o -path /ctx -prune -o -path /out -prune -o'; \
+/// mode, owner and mtime of every entry (`/` and `/kiln`, which holds the
+/// work directory, included), and the content of every file. (Directory
+/// sizes are left out: on overlayfs they count internal entries.)
+const SNAPSHOT: &str = "stat -c '%n %F %a %u %g %Y' / /kiln; \
+    P='-path /kiln -prune -o -path /ctx -prune -o -path /out -prune -o'; \
     find / -xdev -mindepth 1 $P -exec stat -c '%n %F %a %u %g %Y' {} + | sort; \
     find / -xdev -mindepth 1 $P -type f -exec md5sum {} + | sort";
 
@@ -91,6 +114,8 @@ fn contexts(base: &str, http: &str, names: &[&str], dir: &Path) {
             "files" => context_files(200),
             "multistage" => context_multistage(),
             "runenv" => context_with(RUN_ENV),
+            "rootdir" => context_with(ROOT_AND_REPLACED),
+            "processes" => context_with(PROCESSES),
             "network" => context_with(NETWORK),
             "ssh" => {
                 let c = context_with(SSH);
@@ -164,6 +189,15 @@ fn image_root() -> tempfile::TempDir {
     let exe = env!("CARGO_BIN_EXE_executor");
     let lib = t.path().join("kiln/lib");
     std::fs::create_dir_all(&lib).unwrap();
+    // Kiln's own image has no /root (HOME=/root all the same), and its
+    // work directory (KILN_DIR) exists.
+    std::fs::remove_dir(t.path().join("root")).unwrap();
+    std::fs::create_dir_all(t.path().join("kiln/work")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open = std::fs::Permissions::from_mode(0o1777);
+        std::fs::set_permissions(t.path().join("kiln/work"), open).unwrap();
+    }
     let bin = t.path().join("kiln/executor");
     std::fs::copy(exe, &bin).unwrap();
     // A CA bundle, as any real executor image has (without one the registry
@@ -267,6 +301,17 @@ fn matrix(f: &Fixture, caps: &[&str], rung: &str, names: &[&str]) {
         assert!(log.contains(&format!("isolation: {rung}")), "{log}");
         f.assert_same(out.path(), name, rung);
     }
+    // Nothing the builds started is left: the container's own `sleep 3600`
+    // is its only process.
+    let top = f
+        .engine
+        .cmd()
+        .args(["top", &id, "-eo", "pid,args"])
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout).into_owned();
+    let procs: Vec<&str> = top.lines().skip(1).collect();
+    assert_eq!(procs.len(), 1, "processes left under {caps:?}:\n{top}");
     // What a step wrote into the /out volume went into the image (compared
     // above) and not into the volume.
     assert!(!out.path().join("all.txt").exists() && !out.path().join("listing.txt").exists());
@@ -315,6 +360,8 @@ fn engine_default_capabilities_build_in_place() {
         "mounts",
         "network",
         "ssh",
+        "rootdir",
+        "processes",
     ];
     let f = setup(&names);
     matrix(&f, &[], "in-place", &names);
@@ -333,14 +380,21 @@ fn engine_default_capabilities_build_in_place() {
 
 #[test]
 fn crio_capabilities_build_in_place() {
-    let names = ["runenv", "config", "files", "multistage"];
+    let names = [
+        "runenv",
+        "config",
+        "files",
+        "multistage",
+        "rootdir",
+        "processes",
+    ];
     let f = setup(&names);
     matrix(&f, &CRIO_CAPS, "in-place", &names);
 }
 
 #[test]
 fn sys_admin_with_work_dir_on_overlay_uses_the_full_rung() {
-    let names = ["runenv", "config"];
+    let names = ["runenv", "config", "processes"];
     let f = setup(&names);
     matrix(&f, &["--cap-add", "SYS_ADMIN"], "namespaces", &names);
     let out = out_dir();
@@ -353,7 +407,15 @@ fn sys_admin_with_work_dir_on_overlay_uses_the_full_rung() {
 #[test]
 fn read_only_root_builds_with_chroot() {
     // Without /proc, the RUN-environment Dockerfile cannot pass here.
-    let names = ["config", "files", "multistage", "mounts", "network", "ssh"];
+    let names = [
+        "config",
+        "files",
+        "multistage",
+        "mounts",
+        "network",
+        "ssh",
+        "processes",
+    ];
     let f = setup(&names);
     let caps = ["--read-only", "--tmpfs", "/kiln/work:exec,mode=755"];
     matrix(&f, &caps, "chroot", &names);
@@ -511,7 +573,19 @@ fn a_killed_in_place_build_is_put_back_by_the_next_one() {
     }
     run(Command::new("pkill").args(["-KILL", "-f", "/kiln/executor --context /ctx/slow"]));
     let _ = child.wait();
-    run(Command::new("pkill").args(["-KILL", "-f", "sleep 61"]));
+    // The step's processes die with the executor (its supervisor is told).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Command::new("pgrep")
+        .args(["-f", "sleep 61"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed build's step outlived it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let (ok, log) = f.build(&id, "noleak", &[]);
     assert!(ok, "{log}");
     assert!(log.contains("crashed build"), "{log}");
@@ -520,4 +594,46 @@ fn a_killed_in_place_build_is_put_back_by_the_next_one() {
         f.snapshot(&id),
         "the container's files were not put back"
     );
+}
+
+/// `--cache-repo oci:/cache` on a volume of the build container, under the
+/// engine's defaults (the in-place rung): the cache is written in the
+/// background while later steps run, and none of it may reach the image.
+#[test]
+fn an_oci_cache_on_a_volume_never_enters_the_image() {
+    let names = ["cachevol"];
+    let f = setup(&[]);
+    let ctx = f.ctx_dir.path().join("cachevol");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\n\
+             RUN head -c 30000000 /dev/urandom > /big\n\
+             RUN sleep 1 && echo a > /a\n\
+             RUN sleep 1 && echo b > /b\n",
+            f.base
+        ),
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = out_dir();
+    let volume = format!("{}:/cache", cache.path().display());
+    let id = f.container(&["-v", &volume], out.path());
+    let (ok, log) = f.build(&id, names[0], &["--cache", "--cache-repo", "oci:/cache"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("isolation: in-place"), "{log}");
+    assert!(!log.contains("inside a volume"), "{log}");
+    let img = unpack(&format!(
+        "oci:{}:latest",
+        out.path().join(names[0]).display()
+    ));
+    let root = img.rootfs();
+    assert!(!root.join("cache").exists(), "{log}");
+    assert_eq!(std::fs::read_to_string(root.join("b")).unwrap(), "b\n");
+    // The cache itself was written, into the volume.
+    let entries = std::fs::read_dir(cache.path().join("entries"))
+        .unwrap()
+        .count();
+    assert!(entries >= 3, "{entries} entries: {log}");
 }

@@ -71,7 +71,7 @@ pub struct Builder {
     /// Dropped after `isolation` (field order) and before `work`: a tmpfs
     /// over the build directory, when the work dir cannot host an overlay.
     _tmpfs: Option<isolation::probe::Mounted>,
-    work: tempfile::TempDir,
+    work: WorkDir,
     fetcher: LayerFetcher,
     platform: Platform,
     cache: Option<Arc<LayerCache>>,
@@ -115,24 +115,61 @@ type CacheWrite = tokio::task::JoinHandle<Result<u64, crate::cache::CacheError>>
 
 /// Each build has its own directory: several builds in one process or
 /// container never see each other's files, and nothing needs --cleanup.
-fn work_dir(opts: &BuildOptions) -> Result<tempfile::TempDir, BuildError> {
-    let err = |source| BuildError::Work {
-        op: "creating the work directory in",
-        path: opts.work_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&opts.work_dir).map_err(err)?;
-    tempfile::Builder::new()
-        .prefix("build-")
-        .tempdir_in(&opts.work_dir)
-        .map_err(err)
+/// Making and removing it changes the times of the directory it is made
+/// in (and of the first existing one above, when `--kaniko-dir` is new):
+/// those are put back when the build's directory goes, so the container's
+/// own directories (kaniko's `/kaniko`) are left as they were found.
+pub(super) struct WorkDir {
+    /// Removed on drop, before the times are put back.
+    dir: PathBuf,
+    times: Vec<(PathBuf, std::fs::Metadata)>,
+}
+
+impl WorkDir {
+    fn create(opts: &BuildOptions) -> Result<WorkDir, BuildError> {
+        let err = |source| BuildError::Work {
+            op: "creating the work directory in",
+            path: opts.work_dir.clone(),
+            source,
+        };
+        let mut times = Vec::new();
+        for p in opts.work_dir.ancestors() {
+            if let Ok(m) = std::fs::symlink_metadata(p) {
+                times.push((p.to_path_buf(), m));
+                break;
+            }
+        }
+        std::fs::create_dir_all(&opts.work_dir).map_err(err)?;
+        if let Ok(m) = std::fs::symlink_metadata(&opts.work_dir) {
+            times.push((opts.work_dir.clone(), m));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&opts.work_dir)
+            .map_err(err)?
+            .keep();
+        Ok(WorkDir { dir, times })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = crate::extract::remove_any(&self.dir);
+        for (p, m) in self.times.iter().rev() {
+            let _ = crate::tree::set_mtime(p, m);
+        }
+    }
 }
 
 impl Builder {
     /// A build with the isolation `--isolation` selects here.
     pub fn new(opts: BuildOptions, registry: Arc<Registry>) -> Result<Builder, BuildError> {
         let env = isolation::precheck(opts.isolation)?;
-        let work = work_dir(&opts)?;
+        let work = WorkDir::create(&opts)?;
         // Chosen before anything is written in the build directory: the
         // namespaces rung may mount a tmpfs over it.
         let selection = isolation::select(
@@ -154,7 +191,7 @@ impl Builder {
         registry: Arc<Registry>,
         isolation: Box<dyn Isolation>,
     ) -> Result<Builder, BuildError> {
-        let work = work_dir(&opts)?;
+        let work = WorkDir::create(&opts)?;
         let selection = isolation::Selection {
             isolation,
             reason: "given by the caller".into(),
@@ -166,7 +203,7 @@ impl Builder {
     fn assemble(
         opts: BuildOptions,
         registry: Arc<Registry>,
-        work: tempfile::TempDir,
+        work: WorkDir,
         selection: isolation::Selection,
     ) -> Result<Builder, BuildError> {
         let store = BlobStore::open(&work.path().join("blobs"))?;
@@ -397,17 +434,32 @@ impl Builder {
 }
 
 /// What RUN must never see or change when it runs in the container's own
-/// root: Kiln's work directory, credentials, the warmed-image directory and
-/// `--ignore-path`.
+/// root: Kiln's work directory, credentials, the warmed-image directory, an
+/// `oci:` layer cache and `--ignore-path`.
 fn protected_paths(opts: &BuildOptions) -> Vec<PathBuf> {
     let mut v = vec![opts.work_dir.clone()];
-    if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
-        v.push(PathBuf::from(d));
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        v.push(PathBuf::from(h).join(".docker"));
-    }
+    // Credentials only where there are some: a missing `$HOME/.docker`
+    // must not keep `/root` in place (Kiln's image has no `/root`, and the
+    // image's own would then be hidden from RUN).
+    let credentials = [
+        std::env::var_os("DOCKER_CONFIG").map(PathBuf::from),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")),
+    ];
+    v.extend(
+        credentials
+            .into_iter()
+            .flatten()
+            .filter(|p| std::fs::symlink_metadata(p).is_ok()),
+    );
     v.extend(opts.cache_dir.iter().cloned());
+    // An `oci:` layer cache is written in the background while later steps
+    // run: a step must never see (or capture) Kiln's own writes there.
+    v.extend(
+        opts.cache
+            .as_ref()
+            .and_then(|c| c.repo.strip_prefix("oci:"))
+            .map(PathBuf::from),
+    );
     v.extend(opts.ignore_paths.iter().cloned());
     v.into_iter()
         .map(|p| std::path::absolute(&p).unwrap_or(p))

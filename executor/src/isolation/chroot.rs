@@ -10,6 +10,7 @@
 use super::probe::{Environment, CAP_MKNOD};
 use super::provided::{etc_files, DEVICES};
 use super::spawn::{command_in, spawn_and_wait};
+use super::supervise::Report;
 use super::{Isolation, IsolationError, RunOutcome, RunSpec};
 use crate::extract::remove_any;
 use crate::snapshot::ScanIndex;
@@ -194,8 +195,10 @@ impl Isolation for Chroot {
             _ => None,
         };
         let fd = confinement.as_ref().map(|c| c.raw());
-        let spawned =
-            command_in(spec, Some(root), fd).and_then(|c| spawn_and_wait(c, &spec.args[0]));
+        let spawned = Report::new().map_err(setup).and_then(|report| {
+            command_in(spec, Some(root), fd, report.fd())
+                .and_then(|c| spawn_and_wait(c, &spec.args[0], &report))
+        });
         drop(confinement);
         let diff = index.diff_filtered(root, &provided_path);
         provided.remove().map_err(setup)?;

@@ -37,13 +37,14 @@
 
 use super::probe::Environment;
 use super::spawn::{command_in, spawn_and_wait};
+use super::supervise::Report;
 use super::{Isolation, IsolationError, RunOutcome, RunSpec, SelectOptions};
 use crate::extract::remove_any;
 use crate::snapshot::ScanIndex;
 use crate::tree::{copy_entry, copy_meta, mkdir_like, set_mtime, sorted_entries};
 use std::collections::BTreeSet;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -55,10 +56,15 @@ const ROOTS: &str = "roots";
 /// Inside the state directory: present once all of the container's own
 /// files are in the stash.
 const STASHED: &str = "stashed";
+/// Inside the state directory: `/`'s access and modification times before
+/// the state directory was made, for a recovery to put back.
+const ROOT_TIMES: &str = "root-times";
 
 pub struct InPlace {
     state: PathBuf,
     roots: PathBuf,
+    /// `/`'s times before the state directory was made in it.
+    root_times: Option<std::fs::Metadata>,
     ignored: Ignored,
     /// Whether the container's files are in the stash; the lock also makes
     /// steps of one build run one at a time over `/`.
@@ -234,6 +240,9 @@ impl InPlace {
             ));
         }
         recover_crashed(&ignored);
+        // The state directory changes `/`'s times; they are put back when
+        // it goes.
+        let root_times = std::fs::symlink_metadata("/").ok();
         let state = PathBuf::from(format!("/{STATE_PREFIX}{}", std::process::id()));
         if state.exists() {
             remove_any(&state).map_err(|e| io_str("clearing", &state, e))?;
@@ -244,12 +253,24 @@ impl InPlace {
         })?;
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io_str("securing", &state, e))?;
+        if let Some(m) = &root_times {
+            let times = format!(
+                "{} {} {} {}",
+                m.atime(),
+                m.atime_nsec(),
+                m.mtime(),
+                m.mtime_nsec()
+            );
+            let at = state.join(ROOT_TIMES);
+            std::fs::write(&at, times).map_err(|e| io_str("writing", &at, e))?;
+        }
         let roots = state.join(ROOTS);
         std::fs::create_dir(&roots).map_err(|e| io_str("creating", &roots, e))?;
         ignored.paths.insert(state.clone());
         Ok(InPlace {
             state,
             roots,
+            root_times,
             ignored,
             stashed: Mutex::new(false),
             _lock: lock,
@@ -341,13 +362,20 @@ impl InPlace {
             }
             let m = std::fs::symlink_metadata(&src)?;
             if self.ignored.is_kept(&abs) {
-                if m.is_dir() && std::fs::symlink_metadata(&abs).is_ok_and(|d| d.is_dir()) {
+                let theirs = std::fs::symlink_metadata(&abs).map(|d| d.is_dir());
+                if m.is_dir() && matches!(theirs, Ok(true)) {
                     self.swap_in_dir(&src, &abs, kept)?;
                     kept.push((abs, m));
-                } else {
+                } else if !m.is_dir() {
                     tracing::warn!(
                         "the image's {} is not a directory, but the build container needs one \
                          there; RUN sees the container's",
+                        abs.display()
+                    );
+                } else {
+                    tracing::warn!(
+                        "the build container's {} is not a directory, but something Kiln keeps \
+                         is beneath it; RUN does not see the image's",
                         abs.display()
                     );
                 }
@@ -436,7 +464,9 @@ impl InPlace {
     fn run_swapped(&self, root: &Path, spec: &RunSpec) -> Result<RunOutcome, IsolationError> {
         let skip = self.skip_filter();
         let index = ScanIndex::capture_filtered(Path::new("/"), &skip)?;
-        let (status, tail) = spawn_and_wait(command_in(spec, None, None)?, &spec.args[0])?;
+        let report = Report::new().map_err(IsolationError::setup(&self.state))?;
+        let cmd = command_in(spec, None, None, report.fd())?;
+        let (status, tail) = spawn_and_wait(cmd, &spec.args[0], &report)?;
         let diff = index.diff_filtered(Path::new("/"), &skip)?;
         if diff
             .changes
@@ -495,6 +525,9 @@ impl Drop for InPlace {
         }
         if let Err(e) = remove_any(&self.state) {
             tracing::warn!("removing {}: {e}", self.state.display());
+        }
+        if let Some(m) = &self.root_times {
+            let _ = set_mtime(Path::new("/"), m);
         }
     }
 }
@@ -564,7 +597,27 @@ fn recover_crashed(ignored: &Ignored) {
             }
         }
         tracing::warn!("put back the container's files left aside by a crashed build ({name})");
+        let times = std::fs::read_to_string(state.join(ROOT_TIMES));
         let _ = remove_any(&state);
+        if let Some((a, m)) = times.ok().as_deref().and_then(parse_times) {
+            let _ = filetime::set_symlink_file_times("/", a, m);
+        }
+    }
+}
+
+/// `atime atime_nsec mtime mtime_nsec`, as [`ROOT_TIMES`] holds them.
+fn parse_times(s: &str) -> Option<(filetime::FileTime, filetime::FileTime)> {
+    let n: Vec<i64> = s
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match n[..] {
+        [a, an, m, mn] => Some((
+            filetime::FileTime::from_unix_time(a, an as u32),
+            filetime::FileTime::from_unix_time(m, mn as u32),
+        )),
+        _ => None,
     }
 }
 

@@ -29,6 +29,7 @@ mod network;
 pub mod probe;
 mod provided;
 mod spawn;
+mod supervise;
 pub mod userns;
 
 pub use chroot::Chroot;

@@ -8,12 +8,12 @@
 use super::network::{loopback_up, Network};
 use super::provided::{etc_files, DEVICES};
 use super::spawn::{base_command, drop_privileges, spawn_and_wait};
+use super::supervise::{fork_supervisor, Report};
 use super::{Isolation, IsolationError, RunOutcome, RunSpec};
 use crate::snapshot;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{chdir, chroot, fork, ForkResult};
+use nix::unistd::{chdir, chroot};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -107,6 +107,8 @@ impl Isolation for Namespaces {
                 (merged.join(t.trim_start_matches('/')), opts)
             })
             .collect();
+        let report = Report::new().map_err(setup)?;
+        let report_fd = report.fd();
         let mut cmd = base_command(spec);
         let cwd = spec.cwd.clone();
         let hostname = spec.hostname.clone();
@@ -117,7 +119,8 @@ impl Isolation for Namespaces {
             Network::Default => CloneFlags::empty(),
         };
         // SAFETY: between fork and exec this closure only makes system calls;
-        // the intermediate process waits for the namespace's init and exits.
+        // the intermediate process and the namespace's init become
+        // supervisors (`fork_supervisor`) and exit with the step.
         unsafe {
             cmd.pre_exec(move || {
                 unshare(
@@ -139,19 +142,10 @@ impl Isolation for Namespaces {
                     None::<&str>,
                 )
                 .map_err(io::Error::from)?;
-                // A new pid namespace applies to children: fork once more so
-                // the command is its init, and relay its exit status.
-                match fork().map_err(io::Error::from)? {
-                    ForkResult::Parent { child } => {
-                        let code = match waitpid(child, None) {
-                            Ok(WaitStatus::Exited(_, c)) => c,
-                            Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
-                            _ => 255,
-                        };
-                        libc::_exit(code);
-                    }
-                    ForkResult::Child => {}
-                }
+                // A new pid namespace applies to children: fork once more;
+                // this process stays outside as a supervisor relaying the
+                // exit status, its child is the namespace's init.
+                fork_supervisor(report_fd)?;
                 let _ = nix::unistd::sethostname(hostname.as_str());
                 mount(
                     Some("overlay"),
@@ -274,11 +268,14 @@ impl Isolation for Namespaces {
                 }
                 chroot(&merged).map_err(io::Error::from)?;
                 chdir(cwd.as_str()).map_err(io::Error::from)?;
+                // The init supervises the step inside the namespace, so
+                // what it leaves is counted as on the other rungs.
+                fork_supervisor(report_fd)?;
                 drop_privileges(uid, gid)
             });
         }
         let t0 = std::time::Instant::now();
-        let (status, tail) = spawn_and_wait(cmd, &spec.args[0])?;
+        let (status, tail) = spawn_and_wait(cmd, &spec.args[0], &report)?;
         let t1 = std::time::Instant::now();
         // The mounts died with the namespace; what the command wrote is in `upper`.
         let diff = snapshot::merge_upper(&upper, root)?;
