@@ -90,9 +90,10 @@ impl KilnClient {
     /// registry, or when it cannot be asked (the caller then uses plain calls).
     pub async fn discover(registry: &Registry, host: &str) -> Option<KilnClient> {
         crate::tls::install_crypto_provider();
+        let credential = registry.credential_for(host).await;
         let base = registry.base_url(host);
         let http = registry.http_client(host, Duration::from_secs(30)).ok()?;
-        let auth = match registry.credential_for(host).await {
+        let auth = match credential {
             Ok(Credential::Basic { username, password }) => {
                 use base64::Engine;
                 Some(format!(

@@ -172,15 +172,31 @@ impl CacheDir {
     }
 
     /// The entry for `reference` on `platform`.
+    /// The warmed copy of `reference` for `platform`. A digest-pinned
+    /// reference (`repo@sha256:…`) is content, whatever name it was warmed
+    /// under: it matches any entry whose manifest has that digest, or whose
+    /// index (the top digest) has it and whose platform matches — so
+    /// `FROM repo@sha256:…` builds offline from a tag the warmer fetched.
     pub fn find(
         &self,
         reference: &str,
         platform: &Platform,
     ) -> Result<Option<WarmEntry>, LayoutError> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .find(|e| e.reference == reference && platform.matches(&e.platform)))
+        let entries = self.entries()?;
+        let pinned: Option<Digest> = reference.rsplit_once('@').and_then(|(_, d)| d.parse().ok());
+        let by_name = |e: &&WarmEntry| e.reference == reference && platform.matches(&e.platform);
+        let by_digest = |e: &&WarmEntry| match &pinned {
+            Some(d) => {
+                e.manifest.digest == *d
+                    || (e.top.as_ref() == Some(d) && platform.matches(&e.platform))
+            }
+            None => false,
+        };
+        let found = entries
+            .iter()
+            .find(by_name)
+            .or_else(|| entries.iter().find(by_digest));
+        Ok(found.cloned())
     }
 }
 

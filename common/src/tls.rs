@@ -12,13 +12,19 @@ pub fn install_crypto_provider() {
 /// made: it can verify nothing, it only makes a trust store non-empty.
 const PLACEHOLDER_ROOT: &str = include_str!("placeholder-root.pem");
 
-/// Where the system has no CA bundle (a `FROM scratch` image without one),
-/// reqwest — under oci-client and object_store — panics when a client is
-/// built, even for plain-HTTP registries. This checks the system store
-/// (and `SSL_CERT_FILE`/`SSL_CERT_DIR`) once at start-up; when it is empty,
-/// it points `SSL_CERT_FILE` at [`PLACEHOLDER_ROOT`] so clients can be built,
-/// and returns the warning to log: plain HTTP works, and a TLS registry fails
-/// with a verification error naming its host instead of a panic.
+/// Where the system has no CA bundle (a `FROM scratch` image without one,
+/// or `/kaniko/executor` copied alone into a distroless image), reqwest —
+/// under oci-client and object_store — cannot build a client, even for
+/// plain-HTTP registries. This checks the system store (and
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`) once at start-up; when it is empty, it
+/// points `SSL_CERT_FILE` at [`PLACEHOLDER_ROOT`] so clients can be built,
+/// and returns the warning to log: plain HTTP works, and a TLS registry
+/// fails with a verification error naming its host.
+///
+/// The placeholder lives in an anonymous in-memory file (`memfd_create`,
+/// named through `/proc/<pid>/fd`), which needs no writable directory —
+/// such images often have neither `/tmp` nor `KILN_DIR`; files in
+/// `KILN_DIR`, the temp directory and `/dev/shm` are the fallbacks.
 ///
 /// Call it first in `main`, before any thread starts (it sets a variable
 /// of the process environment).
@@ -27,24 +33,52 @@ pub fn ensure_ca_roots() -> Option<String> {
     if !found.certs.is_empty() {
         return None;
     }
-    let dir = std::env::var_os("KILN_DIR")
-        .map(std::path::PathBuf::from)
-        .filter(|d| std::fs::create_dir_all(d).is_ok())
-        .unwrap_or_else(std::env::temp_dir);
-    let path = dir.join("kiln-no-ca.pem");
     let why = "no CA certificates found (system store, SSL_CERT_FILE, SSL_CERT_DIR): \
                registries over TLS cannot be verified (plain-HTTP ones work); mount a CA \
                bundle, set SSL_CERT_FILE, or pass --registry-certificate";
-    match std::fs::write(&path, PLACEHOLDER_ROOT) {
-        Ok(()) => {
+    match placeholder_file() {
+        Ok(path) => {
             std::env::set_var("SSL_CERT_FILE", &path);
             Some(why.to_string())
         }
         Err(e) => Some(format!(
-            "{why}; and {} could not be written ({e}), so any HTTP client may fail",
-            path.display()
+            "{why}; and no placeholder could be written ({e}), so registries cannot be reached"
         )),
     }
+}
+
+/// Where [`PLACEHOLDER_ROOT`] was put (see [`ensure_ca_roots`]).
+fn placeholder_file() -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    if let Ok(fd) =
+        nix::sys::memfd::memfd_create(c"kiln-no-ca.pem", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+    {
+        let path = std::path::PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ));
+        let mut f = std::fs::File::from(fd);
+        if f.write_all(PLACEHOLDER_ROOT.as_bytes()).is_ok() && std::fs::metadata(&path).is_ok() {
+            // Open for the life of the process: the path names it.
+            std::mem::forget(f);
+            return Ok(path);
+        }
+    }
+    let dirs = [
+        std::env::var_os("KILN_DIR").map(std::path::PathBuf::from),
+        Some(std::env::temp_dir()),
+        Some("/dev/shm".into()),
+    ];
+    let mut last = std::io::Error::other("no directory to write to");
+    for dir in dirs.into_iter().flatten() {
+        let path = dir.join("kiln-no-ca.pem");
+        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, PLACEHOLDER_ROOT)) {
+            Ok(()) => return Ok(path),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// What every binary does first: the crypto provider, then the CA check

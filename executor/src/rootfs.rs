@@ -137,19 +137,23 @@ pub fn lookup_user(root: &Path, spec: &str) -> Result<(u32, u32), RootError> {
                 .and_then(|f| f.get(3).and_then(|x| x.parse().ok()))
                 .unwrap_or(0),
         ),
-        Err(_) => {
-            let f = passwd
-                .iter()
-                .find(|f| f.first().map(String::as_str) == Some(user))
-                .ok_or_else(|| RootError::NoUser {
-                    user: user.to_string(),
-                    root: root.to_path_buf(),
-                })?;
-            (
+        Err(_) => match passwd
+            .iter()
+            .find(|f| f.first().map(String::as_str) == Some(user))
+        {
+            Some(f) => (
                 f.get(2).and_then(|x| x.parse().ok()).unwrap_or(0),
                 f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0),
-            )
-        }
+            ),
+            // BuildKit knows `root` without a passwd entry (`FROM scratch`).
+            None if user == "root" => (0, 0),
+            None => {
+                return Err(RootError::NoUser {
+                    user: user.to_string(),
+                    root: root.to_path_buf(),
+                })
+            }
+        },
     };
     let gid = match group {
         None => primary_gid,
@@ -159,6 +163,7 @@ pub fn lookup_user(root: &Path, spec: &str) -> Result<(u32, u32), RootError> {
                 .iter()
                 .find(|f| f.first().map(String::as_str) == Some(g))
                 .and_then(|f| f.get(2).and_then(|x| x.parse().ok()))
+                .or((g == "root").then_some(0))
                 .ok_or_else(|| RootError::NoGroup {
                     group: g.to_string(),
                     root: root.to_path_buf(),
@@ -251,5 +256,12 @@ mod tests {
         assert_eq!(lookup_user(d.path(), "1234:5").unwrap(), (1234, 5));
         assert!(lookup_user(d.path(), "nobody").is_err());
         assert!(lookup_user(d.path(), "app:nogroup").is_err());
+        // No /etc/passwd (`FROM scratch`): `root` is still uid 0, as in
+        // BuildKit; other names are errors.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(lookup_user(empty.path(), "root").unwrap(), (0, 0));
+        assert_eq!(lookup_user(empty.path(), "root:root").unwrap(), (0, 0));
+        assert!(lookup_user(empty.path(), "app").is_err());
+        assert!(lookup_user(empty.path(), "root:staff").is_err());
     }
 }

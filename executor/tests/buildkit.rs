@@ -370,6 +370,23 @@ fn kiln_matches_buildkit() {
          RUN --mount=type=bind,from={BASE},source=/etc,target=/img-etc ls /img-etc > /bound-image\n",
         &[],
     );
+    // Sources counted after wildcards: one file matched beside a pattern
+    // that matched nothing copies to a destination without `/` (issue 26).
+    case(
+        "copy one match",
+        nb.path(),
+        "FROM {BASE}\nCOPY nomatch* real.txt /hello\n",
+        &[],
+    );
+    // `USER root` where the stage has no /etc/passwd (issue 26); the last
+    // USER is numeric only because umoci, which unpacks both images here,
+    // cannot resolve `root` without a passwd file.
+    case(
+        "user root on scratch",
+        nb.path(),
+        "FROM scratch\nUSER root\nWORKDIR /w\nCOPY --chown=root:root real.txt /w/\nUSER 0\n",
+        &[],
+    );
     // ONBUILD triggers of a stage run where a later stage builds on it.
     case(
         "onbuild",

@@ -27,13 +27,16 @@ fn to_layout(ctx: &Path, work: &Path, layout: &Path) -> BuildOptions {
 async fn two_builds_in_one_process_do_not_leak() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let client = Arc::new(Client::new(
-        RegistryOptions {
-            insecure_hosts: vec![reg.addr.clone()],
-            ..Default::default()
-        },
-        DockerConfig::default(),
-    ));
+    let client = Arc::new(
+        Client::new(
+            RegistryOptions {
+                insecure_hosts: vec![reg.addr.clone()],
+                ..Default::default()
+            },
+            DockerConfig::default(),
+        )
+        .unwrap(),
+    );
     let work = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut layouts = Vec::new();
@@ -113,10 +116,8 @@ async fn a_build_runs_with_an_injected_isolation() {
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("oci");
     let opts = to_layout(ctx.path(), work.path(), &layout);
-    let client = Arc::new(Client::new(
-        RegistryOptions::default(),
-        DockerConfig::default(),
-    ));
+    let client =
+        Arc::new(Client::new(RegistryOptions::default(), DockerConfig::default()).unwrap());
     let specs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let fake = Box::new(Recording(specs.clone()));
     let b = Builder::with_isolation(opts, client, fake).unwrap();

@@ -146,3 +146,63 @@ fn a_stalled_layer_download_is_abandoned_and_retried() {
         .count();
     assert!(gets >= 2, "{gets} GETs of the layer:\n{err}");
 }
+
+/// A connection reset halfway through a layer (issue 26), once and then
+/// twice: with no retry flag at all (layer streams are retried by default)
+/// and with only `--image-fs-extract-retry` (what kaniko's users set for
+/// this), the build succeeds and the layer is resumed from where it broke
+/// (a Range request); with both flags at 0 it fails naming the layer.
+#[test]
+fn a_reset_mid_layer_is_resumed_by_default_and_under_the_extract_flag() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "base:1");
+    let (_, layer) = config_and_layer(&base);
+    let needle = format!("GET /v2/base/blobs/{layer}");
+    let cases: [(usize, &[&str], bool); 4] = [
+        (1, &[], true),
+        (2, &[], true),
+        (
+            2,
+            &["--image-download-retry=0", "--image-fs-extract-retry=2"],
+            true,
+        ),
+        (
+            1,
+            &["--image-download-retry=0", "--image-fs-extract-retry=0"],
+            false,
+        ),
+    ];
+    for (cuts, flags, succeeds) in cases {
+        let proxy = CuttingProxy::cutting(&reg.addr, &needle, 200_000, cuts);
+        let ctx = context_with(&format!("FROM {}/base:1\nRUN echo ok > /ok\n", proxy.addr));
+        let work = tempfile::tempdir().unwrap();
+        let mut args = vec!["--no-push", "--insecure-pull"];
+        args.extend_from_slice(flags);
+        let out = build(ctx.path(), work.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let gets: Vec<String> = proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.contains(&needle))
+            .collect();
+        if succeeds {
+            assert!(out.status.success(), "{cuts} cuts, {flags:?}:\n{err}");
+            assert_eq!(gets.len(), cuts + 1, "{cuts} cuts, {flags:?}: {gets:?}");
+            assert!(
+                gets[1..]
+                    .iter()
+                    .all(|g| g.to_ascii_lowercase().contains("range: bytes=")),
+                "{cuts} cuts, {flags:?}: not resumed: {gets:?}"
+            );
+            assert_eq!(
+                err.matches("pulling a layer").count(),
+                cuts,
+                "one line per retry:\n{err}"
+            );
+        } else {
+            assert!(!out.status.success(), "{flags:?}:\n{err}");
+            assert!(err.contains(&layer), "the error names the layer:\n{err}");
+            assert_eq!(gets.len(), 1, "{gets:?}");
+        }
+    }
+}

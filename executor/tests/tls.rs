@@ -80,6 +80,7 @@ async fn certs_d_holds_the_ca_for_its_host() {
             },
             DockerConfig::default(),
         )
+        .unwrap()
     };
     let resolved = client(Some(certs_d.path().to_path_buf()))
         .resolve(&base, &Platform::host())
@@ -203,7 +204,8 @@ async fn client_certificates() {
             ..Default::default()
         },
         DockerConfig::default(),
-    );
+    )
+    .unwrap();
     let resolved = client.resolve(&dest, &Platform::host()).await;
     assert!(resolved.is_ok(), "{:?}", resolved.err());
     // Without client.cert/client.key the same CA is refused.
@@ -214,6 +216,7 @@ async fn client_certificates() {
             ..Default::default()
         },
         DockerConfig::default(),
-    );
+    )
+    .unwrap();
     assert!(client.resolve(&dest, &Platform::host()).await.is_err());
 }

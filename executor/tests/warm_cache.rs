@@ -14,13 +14,16 @@ async fn warm(reg: &Registry, dir: &std::path::Path, images: &[String]) {
 }
 
 async fn warm_with(reg: &Registry, dir: &std::path::Path, images: &[String], extract_layers: bool) {
-    let client = Arc::new(Client::new(
-        RegistryOptions {
-            insecure_hosts: vec![reg.addr.clone()],
-            ..Default::default()
-        },
-        DockerConfig::default(),
-    ));
+    let client = Arc::new(
+        Client::new(
+            RegistryOptions {
+                insecure_hosts: vec![reg.addr.clone()],
+                ..Default::default()
+            },
+            DockerConfig::default(),
+        )
+        .unwrap(),
+    );
     let opts = kiln_warmer::WarmOptions {
         cache_dir: dir.to_path_buf(),
         images: images.to_vec(),
@@ -278,4 +281,78 @@ fn walkdir_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf>
         }
     }
     None
+}
+
+/// kaniko's documented use (issue 26): the warmer fetched a tag, the
+/// registry is gone, and the Dockerfile pins the base by digest — the
+/// manifest's, or the index's of a multi-platform image. Both build from
+/// the directory without a single request; the tag builds too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_pinned_by_digest_builds_offline_from_a_warmed_tag() {
+    let mut reg = Registry::start();
+    let tagged = push_busybox(&reg, "pinned/app:1");
+    let (by_manifest, raw) = pinned(&tagged);
+    // An index holding that manifest for this machine's platform.
+    let host = Platform::host();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": by_manifest.rsplit_once('@').unwrap().1,
+            "size": raw.len(),
+            "platform": {"os": host.os, "architecture": host.architecture},
+        }],
+    });
+    let index = serde_json::to_vec(&index).unwrap();
+    let multi = format!("{}/pinned/app:multi", reg.addr);
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body.path(), &index).unwrap();
+    run(std::process::Command::new("curl")
+        .args(["-sSf", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.oci.image.index.v1+json")
+        .arg("--data-binary")
+        .arg(format!("@{}", body.path().display()))
+        .arg(format!("http://{}/v2/pinned/app/manifests/multi", reg.addr)));
+    use sha2::Digest as _;
+    let by_index = format!(
+        "{}/pinned/app@sha256:{}",
+        reg.addr,
+        hex::encode(sha2::Sha256::digest(&index))
+    );
+    let cache = tempfile::tempdir().unwrap();
+    warm(&reg, cache.path(), &[tagged.clone(), multi.clone()]).await;
+    let build_from = |from: &str| {
+        let ctx = context_with(&format!("FROM {from}\nRUN echo offline > /o\n"));
+        let (log, img) = build_unpacked(
+            ctx.path(),
+            &[
+                "--no-push",
+                "--insecure-pull",
+                "--cache-dir",
+                cache.path().to_str().unwrap(),
+            ],
+        );
+        assert!(log.contains("using the warmed copy"), "{from}:\n{log}");
+        assert_eq!(
+            std::fs::read_to_string(img.rootfs().join("o")).unwrap(),
+            "offline\n",
+            "{from}"
+        );
+    };
+    // Registry up: the pinned bases are not even asked about.
+    for from in [&by_manifest, &by_index] {
+        let before = reg.log().len();
+        build_from(from);
+        let log = reg.log()[before..].to_string();
+        assert!(
+            !log.contains("\"GET /v2/") && !log.contains("\"HEAD /v2/"),
+            "{from} touched the registry:\n{log}"
+        );
+    }
+    // Registry gone: all three build from the directory.
+    reg.stop();
+    for from in [&by_manifest, &by_index, &tagged] {
+        build_from(from);
+    }
 }

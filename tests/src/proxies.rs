@@ -117,28 +117,40 @@ where
 
 impl CuttingProxy {
     pub fn start(upstream: &str, needle: &str, cut_after: usize) -> CuttingProxy {
-        Self::start_mode(upstream, needle, cut_after, false)
+        Self::start_mode(upstream, needle, cut_after, false, 1)
+    }
+
+    /// As [`CuttingProxy::start`], cutting the first `times` matching
+    /// requests (each after `cut_after` bytes of its response).
+    pub fn cutting(upstream: &str, needle: &str, cut_after: usize, times: usize) -> CuttingProxy {
+        Self::start_mode(upstream, needle, cut_after, false, times)
     }
 
     /// As [`CuttingProxy::start`], but the response stalls (the connection
     /// stays open, nothing more arrives) instead of being cut: a transfer
     /// caught mid-way, for a client to be killed during.
     pub fn stalling(upstream: &str, needle: &str, after: usize) -> CuttingProxy {
-        Self::start_mode(upstream, needle, after, true)
+        Self::start_mode(upstream, needle, after, true, 1)
     }
 
-    fn start_mode(upstream: &str, needle: &str, cut_after: usize, stall: bool) -> CuttingProxy {
-        use std::sync::atomic::{AtomicBool, Ordering};
+    fn start_mode(
+        upstream: &str,
+        needle: &str,
+        cut_after: usize,
+        stall: bool,
+        times: usize,
+    ) -> CuttingProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::{Arc, Mutex};
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let cut_done = AtomicBool::new(false);
+        let cuts = AtomicUsize::new(0);
         let (reqs, needle) = (requests.clone(), needle.to_string());
         let (addr, stop) = run_proxy(upstream, stall, move |text| {
             if !text.contains(" HTTP/1.1") {
                 return ProxyAction::Forward;
             }
             reqs.lock().unwrap().push(text.to_string());
-            if text.contains(&needle) && !cut_done.swap(true, Ordering::SeqCst) {
+            if text.contains(&needle) && cuts.fetch_add(1, Ordering::SeqCst) < times {
                 ProxyAction::LimitResponse(cut_after)
             } else {
                 ProxyAction::Forward

@@ -31,9 +31,26 @@ impl Registry {
         Self::start_with(None, Some((cert, key, Some(client_ca))))
     }
 
+    /// A plain registry listening on `listen` inside network namespace
+    /// `netns` (an address that exists only there, see [`NetNs`]).
+    pub fn start_in_netns(netns: &NetNs, listen: &str) -> Registry {
+        let prefix = ["ip", "netns", "exec", netns.name.as_str()];
+        Self::start_full(None, None, &prefix, listen)
+    }
+
     fn start_with(
         auth: Option<(&str, &str)>,
         tls: Option<(&Path, &Path, Option<&Path>)>,
+    ) -> Registry {
+        Self::start_full(auth, tls, &[], "127.0.0.1:0")
+    }
+
+    /// `prefix` runs before `docker-registry` (e.g. `ip netns exec NS`).
+    fn start_full(
+        auth: Option<(&str, &str)>,
+        tls: Option<(&Path, &Path, Option<&Path>)>,
+        prefix: &[&str],
+        listen: &str,
     ) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("config.yml");
@@ -62,14 +79,17 @@ impl Registry {
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{tls_cfg}{auth_cfg}",
+                "version: 0.1\nlog:\n  level: debug\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {listen}\n{tls_cfg}{auth_cfg}",
                 dir.path().join("data").display()
             ),
         )
         .expect("write registry config");
         let log = dir.path().join("registry.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new("docker-registry")
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.push("docker-registry");
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
             .arg("serve")
             .arg(&cfg)
             .stdout(logf.try_clone().expect("dup"))
@@ -120,5 +140,46 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A network namespace of the test's own, with loopback up and `addr`
+/// (e.g. an RFC 1918 address) on it: servers and clients started with
+/// `ip netns exec` talk over an address that exists nowhere else, so no
+/// traffic leaves the machine. Deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(addr: &str) -> NetNs {
+        let name = format!("kiln-test-{}-{}", std::process::id(), free_port());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns.exec(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "lo"]);
+        ns
+    }
+
+    /// Runs `argv` inside the namespace, panicking if it fails.
+    pub fn exec(&self, argv: &[&str]) -> String {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv))
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }

@@ -65,7 +65,11 @@ impl RegistryBackend {
         };
         let creds = DockerConfig::load_default().map_err(|e| bad(&e.to_string()))?;
         Ok(RegistryBackend {
-            registry: Registry::new(opts, creds),
+            registry: Registry::new(opts, creds).map_err(|e| StorageError::Upstream {
+                op: "open",
+                path: rest.to_string(),
+                source: Box::new(e),
+            })?,
             host: host.to_string(),
             base: base.trim_matches('/').to_string(),
         })

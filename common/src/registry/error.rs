@@ -41,6 +41,13 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+    /// No HTTP client could be made at all (no usable CA certificates and
+    /// nowhere to put a placeholder for them: see `tls::ensure_ca_roots`).
+    #[error("setting up the registry client")]
+    Client {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     /// Boxed: its paths would make every `RegistryError` larger.

@@ -10,6 +10,7 @@
 //! | `push.rs` | blob and manifest uploads, existence checks, cross-repo mounts |
 //! | `reference.rs` | image references parsed by hand (no regex to compile) |
 //! | `client_cert.rs` | client certificates (mutual TLS) through a loopback relay |
+//! | `scheme.rs` | plain HTTP without a flag for local and private hosts (kaniko's rule) |
 //!
 //! `Registry` adds what a builder needs on top of the client: credentials from
 //! config.json, per-host insecure (HTTP) access, mirrors and `--registry-map`,
@@ -23,11 +24,13 @@ mod push;
 mod reference;
 mod resolve;
 mod retry;
+mod scheme;
 
 pub use client_cert::{ClientCert, ClientCertError};
 pub use error::{RegistryError, RemoteKind};
 pub use pull::{BlobStream, Landed, LandedTx};
 pub use reference::ReferenceError;
+pub use scheme::private_reason;
 
 use crate::auth::{Credential, DockerConfig, Keychain, Provider, RegistryHttp};
 use crate::digest::Digest;
@@ -54,8 +57,12 @@ pub struct RegistryOptions {
     pub registry_map: HashMap<String, Vec<String>>,
     /// Fall back to the original registry when mirrors fail (kaniko's default).
     pub skip_default_registry_fallback: bool,
-    /// Extra attempts for pulls (`--image-download-retry`).
+    /// Extra attempts for pulls of manifests and configs
+    /// (`--image-download-retry`).
     pub pull_retries: u32,
+    /// Extra attempts for a layer's stream, each resumed from the bytes
+    /// already received: see [`layer_retries`].
+    pub layer_retries: u32,
     /// Extra attempts for pushes (`--push-retry`).
     pub push_retries: u32,
     /// CAs trusted for one host, beside the system's (`--registry-certificate host=ca.pem`).
@@ -113,6 +120,9 @@ pub struct Registry {
     /// Per host, decided once: its own client (own CAs, or verification
     /// skipped), or `None` for the shared one.
     host_clients: Mutex<HashMap<String, Option<Client>>>,
+    /// Local and private hosts, decided once: whether they speak only
+    /// plain HTTP ([`scheme`]).
+    plain_http: Mutex<HashMap<String, bool>>,
     opts: RegistryOptions,
     keys: Keychain,
 }
@@ -142,6 +152,21 @@ fn client_config(opts: &RegistryOptions) -> ClientConfig {
     }
 }
 
+/// Layer downloads retried when no flag says otherwise: a reset or a stall
+/// mid-layer is common in CI, and containerd and Docker retry layer
+/// downloads five times.
+pub const DEFAULT_LAYER_RETRIES: u32 = 5;
+
+/// The attempts a layer's stream gets: `--image-download-retry` when given
+/// (else [`DEFAULT_LAYER_RETRIES`]), and at least `--image-fs-extract-retry`
+/// — Kiln extracts while it downloads, so a reset mid-layer is also the
+/// extraction failure kaniko's users set that flag for.
+pub fn layer_retries(download: Option<u32>, extract: Option<u32>) -> u32 {
+    download
+        .unwrap_or(DEFAULT_LAYER_RETRIES)
+        .max(extract.unwrap_or(0))
+}
+
 pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
     reference::parse(s).map_err(|source| RegistryError::BadReference {
         reference: s.to_string(),
@@ -157,18 +182,25 @@ pub(super) const ACCEPT: &[&str] = &[
 ];
 
 impl Registry {
-    pub fn new(opts: RegistryOptions, creds: DockerConfig) -> Registry {
+    /// Fails only when no HTTP client can be made at all; never panics
+    /// (oci-client's `Client::new` falls back to a default reqwest client,
+    /// which panics without CA certificates, and drops every setting).
+    pub fn new(opts: RegistryOptions, creds: DockerConfig) -> Result<Registry, RegistryError> {
         crate::tls::install_crypto_provider();
         let opts_logins = opts
             .logins
             .clone()
             .unwrap_or_else(|| Provider::DEFAULT.to_vec());
-        Registry {
-            client: Client::new(client_config(&opts)),
+        let client = Client::try_from(client_config(&opts)).map_err(|e| RegistryError::Client {
+            source: Box::new(e),
+        })?;
+        Ok(Registry {
+            client,
             host_clients: Mutex::new(HashMap::new()),
+            plain_http: Mutex::new(HashMap::new()),
             opts,
             keys: Keychain::new(creds, opts_logins),
-        }
+        })
     }
 
     /// The client for `r`'s registry: its own when the host has CAs
@@ -181,8 +213,18 @@ impl Registry {
             return Ok(c.clone().unwrap_or_else(|| self.client.clone()));
         }
         let tls = self.host_tls(host)?;
-        let own = if tls.is_default() {
+        let own = if tls.is_default() && !self.plain_http(host) {
             None
+        } else if tls.is_default() {
+            let mut config = client_config(&self.opts);
+            config.protocol = match config.protocol {
+                ClientProtocol::HttpsExcept(mut v) => {
+                    v.push(host.to_string());
+                    ClientProtocol::HttpsExcept(v)
+                }
+                _ => ClientProtocol::HttpsExcept(vec![host.to_string()]),
+            };
+            Some(Client::try_from(config).map_err(|e| RegistryError::remote_err(r, e))?)
         } else {
             let mut config = client_config(&self.opts);
             config.accept_invalid_certificates |= tls.skip_verify;
@@ -305,6 +347,7 @@ impl Registry {
 
     /// The credential for `host`: config.json, then the built-in logins.
     pub async fn credential_for(&self, host: &str) -> Result<Credential, RegistryError> {
+        self.settle_scheme(host).await;
         if let Some(c) = self.keys.cached(host) {
             return Ok(c);
         }
@@ -320,14 +363,16 @@ impl Registry {
         Ok(self.keys.credential_for(host, &http).await?)
     }
 
-    /// `http://<host>` for a host reached over plain HTTP (`--insecure…`),
+    /// `http://<host>` for a host reached over plain HTTP (`--insecure…`,
+    /// or a local or private host that answers only so: [`scheme`]),
     /// `https://<host>` otherwise.
     pub fn base_url(&self, host: &str) -> String {
         let insecure = self
             .opts
             .insecure_hosts
             .iter()
-            .any(|h| h == "*" || h == host);
+            .any(|h| h == "*" || h == host)
+            || self.plain_http(host);
         format!("{}://{host}", if insecure { "http" } else { "https" })
     }
 

@@ -104,7 +104,7 @@ impl Registry {
                 follow,
                 published: start,
             });
-            self.retry("pulling a layer", self.opts.pull_retries, || async {
+            self.retry("pulling a layer", self.opts.layer_retries, || async {
                 let mut p = partial.lock().await;
                 self.fetch_more(r, desc, &mut p, dest, progress).await
             })

@@ -88,7 +88,10 @@ pub fn resolve(
             return Err(StepError::Copy(e));
         }
     }
-    if (step.sources.len() > 1 || matched > 1) && !step.dest.ends_with('/') {
+    // Counted after wildcards are expanded, as Docker's builders do: a
+    // wildcard that matched nothing beside one source that did is one
+    // source (`COPY none* foo dest` copies the file to `dest`).
+    if matched > 1 && !step.dest.ends_with('/') {
         return Err(StepError::Invalid(format!(
             "when copying several sources, the destination {:?} must end with /",
             step.dest_raw

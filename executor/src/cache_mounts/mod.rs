@@ -353,10 +353,13 @@ mod tests {
 
     #[test]
     fn platforms_and_scopes_get_their_own_copies() {
-        let registry = std::sync::Arc::new(Registry::new(
-            Default::default(),
-            kiln_common::auth::DockerConfig::default(),
-        ));
+        let registry = std::sync::Arc::new(
+            Registry::new(
+                Default::default(),
+                kiln_common::auth::DockerConfig::default(),
+            )
+            .unwrap(),
+        );
         let repo: Reference = "127.0.0.1:5000/cache/app".parse().unwrap();
         let cache = |scope: &str, platform: &str| {
             MountCache::new(

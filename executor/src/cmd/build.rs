@@ -62,7 +62,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         mirrors: cli.registry_mirror.clone(),
         registry_map,
         skip_default_registry_fallback: cli.skip_default_registry_fallback.unwrap_or(false),
-        pull_retries: cli.image_download_retry,
+        pull_retries: cli.image_download_retry.unwrap_or(0),
+        layer_retries: kiln_common::registry::layer_retries(
+            cli.image_download_retry,
+            cli.image_fs_extract_retry,
+        ),
         push_retries: cli.push_retry,
         host_cas: host_cas(&cli.registry_certificate)?,
         skip_verify_hosts: cli.skip_tls_verify_registry.clone(),
@@ -155,7 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         force: cli.force.unwrap_or(false),
         work_dir: cli.kaniko_dir.clone(),
         registry: registry_opts.clone(),
-        image_fs_extract_retry: cli.image_fs_extract_retry,
+        image_fs_extract_retry: cli.image_fs_extract_retry.unwrap_or(0),
         build_unused_stages: !cli.skip_unused_stages,
         report_path: cli.report.clone(),
         cache: cache_options(&cli)?,
@@ -167,7 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         reg_opts.insecure_hosts.push("*".into());
     }
     let creds = DockerConfig::load_default()?;
-    let registry = Arc::new(Registry::new(reg_opts, creds));
+    let registry = Arc::new(Registry::new(reg_opts, creds)?);
     let builder = Builder::new(opts, registry)?;
     match builder.isolation_reason() {
         "" => tracing::info!("isolation: {}", builder.isolation_name()),

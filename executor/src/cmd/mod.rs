@@ -109,10 +109,14 @@ pub struct Cli {
     pub skip_default_registry_fallback: Option<bool>,
     #[arg(long, default_value_t = 0)]
     pub push_retry: u32,
-    #[arg(long, default_value_t = 0)]
-    pub image_download_retry: u32,
-    #[arg(long, default_value_t = 0)]
-    pub image_fs_extract_retry: u32,
+    /// Extra attempts for manifests and configs (0 when not given) and for
+    /// layer streams (5 when not given; see `layer_retries`).
+    #[arg(long)]
+    pub image_download_retry: Option<u32>,
+    /// Extra extraction attempts (0 when not given); a layer's stream is
+    /// also retried at least this often.
+    #[arg(long)]
+    pub image_fs_extract_retry: Option<u32>,
     /// Manifest format: oci (default) or docker.
     #[arg(long, default_value = "oci")]
     pub image_format: String,

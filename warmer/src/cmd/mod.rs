@@ -71,8 +71,10 @@ pub struct Cli {
     pub skip_tls_verify_pull: bool,
     #[arg(long)]
     pub registry_mirror: Vec<String>,
-    #[arg(long, default_value_t = 2)]
-    pub image_download_retry: u32,
+    /// Extra attempts for manifests and configs (2 when not given) and for
+    /// layer streams (5 when not given).
+    #[arg(long)]
+    pub image_download_retry: Option<u32>,
     /// Also push every warmed image to this registry (`host[:port][/prefix]`):
     /// the Kiln cache server, or any registry used as a mirror.
     #[arg(long)]

@@ -61,13 +61,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             insecure_hosts: insecure,
             skip_tls_verify: cli.skip_tls_verify_pull,
             mirrors: cli.registry_mirror.clone(),
-            pull_retries: cli.image_download_retry,
+            pull_retries: cli.image_download_retry.unwrap_or(2),
+            layer_retries: kiln_common::registry::layer_retries(cli.image_download_retry, None),
             // Docker's per-host CAs and client certificates, as the executor.
             certs_d: Some("/etc/docker/certs.d".into()),
             ..Default::default()
         },
         DockerConfig::load_default()?,
-    ));
+    )?);
     let opts = WarmOptions {
         cache_dir: cli.cache_dir.clone(),
         images,
