@@ -242,7 +242,7 @@ impl LayerCache {
     }
 
     /// Tells a Kiln cache server how this build used it (for its metrics).
-    pub async fn report(&self, result: &crate::build::BuildResult) {
+    pub async fn report(&self, result: &crate::outcome::BuildResult) {
         if let (Some(kiln), LayerCache::Registry { repo, .. }) = (self.kiln().await, self) {
             let r = BuildReport {
                 repository: repo.repository().to_string(),

@@ -421,12 +421,9 @@ fn chown_outcome(r: nix::Result<()>, uid: u32, gid: u32, is_root: bool) -> io::R
             tracing::trace!("chown to {uid}:{gid}: {e}");
             Ok(())
         }
-        Err(nix::errno::Errno::EINVAL) if crate::isolation::userns::active() => {
-            Err(io::Error::other(format!(
-                "owner {uid}:{gid}: {}",
-                crate::isolation::userns::ONE_ID
-            )))
-        }
+        Err(nix::errno::Errno::EINVAL) if crate::userns::active() => Err(io::Error::other(
+            format!("owner {uid}:{gid}: {}", crate::userns::ONE_ID),
+        )),
         Err(e) => Err(e.into()),
     }
 }

@@ -13,6 +13,16 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+/// The manifest and media-type family of the image (`--image-format`): one
+/// value, so that the manifest and the layers' media types cannot disagree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageFormat {
+    #[default]
+    Oci,
+    /// Docker schema 2 (`--image-format docker`): no zstd layers.
+    Docker,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     #[error("layer entry {path}")]
@@ -29,7 +39,7 @@ pub struct LayerOptions {
     pub level: Option<i32>,
     /// Timestamps set to the epoch, so the same inputs give the same digest.
     pub reproducible: bool,
-    pub format: crate::options::ImageFormat,
+    pub format: ImageFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +75,7 @@ pub fn write_layer(
     Ok(Layer {
         descriptor: Descriptor::new(
             opts.compression
-                .media_type(opts.format == crate::options::ImageFormat::Docker),
+                .media_type(opts.format == ImageFormat::Docker),
             digest.clone(),
             size,
         ),
@@ -168,7 +178,7 @@ fn append_path<W: Write>(
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         for n in names {
             let ns = n.to_string_lossy();
-            if crate::isolation::userns::is_overlay_xattr(&ns) || ns == "security.selinux" {
+            if crate::userns::is_overlay_xattr(&ns) || ns == "security.selinux" {
                 continue;
             }
             if let Ok(Some(v)) = xattr::get(&full, &n) {

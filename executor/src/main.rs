@@ -12,7 +12,9 @@ fn main() -> std::process::ExitCode {
     cmd::check_kaniko_flags(&cli);
     // Before any thread exists (the kernel requires it): as a user other
     // than root, a user namespace in which Kiln is root.
-    if let Some((uid, gid)) = kiln_executor::isolation::userns::enter_if_needed() {
+    let env = kiln_executor::isolation::probe::Environment::read();
+    let privileged = env.euid == 0 || env.has_cap(kiln_executor::isolation::probe::CAP_SYS_ADMIN);
+    if let Some((uid, gid)) = kiln_executor::userns::enter_if_needed(privileged) {
         tracing::info!(
             "running as uid {uid} without CAP_SYS_ADMIN: building in a user namespace of its own \
              (uid {uid} and gid {gid} are root there; files owned by other ids cannot be built)"

@@ -24,7 +24,7 @@ pub struct BuildOptions {
     /// saved to the shared cache (0: no cap).
     pub cache_mount_max_size: u64,
     /// `--secret id=…,src=…|env=…`: what `RUN --mount=type=secret` reads.
-    pub secrets: std::collections::BTreeMap<String, crate::build::SecretSource>,
+    pub secrets: std::collections::BTreeMap<String, SecretSource>,
     /// `--ssh id=<socket>`: the SSH agents `RUN --mount=type=ssh` reaches.
     pub ssh: std::collections::BTreeMap<String, PathBuf>,
     /// `--dockerfile`: as given, else relative to the context.
@@ -91,15 +91,7 @@ pub enum CacheMounts {
     Off,
 }
 
-/// The manifest and media-type family of the image (`--image-format`): one
-/// value, so that the manifest and the layers' media types cannot disagree.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ImageFormat {
-    #[default]
-    Oci,
-    /// Docker schema 2 (`--image-format docker`): no zstd layers.
-    Docker,
-}
+pub use crate::layer::ImageFormat;
 
 /// Where a built image goes and which files describe it afterwards.
 #[derive(Debug, Clone, Default)]
@@ -117,4 +109,11 @@ pub struct OutputOptions {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// `--push-ignore-immutable-tag-errors`.
     pub ignore_immutable_tags: bool,
+}
+
+/// Where a `--secret` comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
 }

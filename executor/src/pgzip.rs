@@ -11,7 +11,7 @@
 //! ([`crate::zlib`]): zlib-rs, which Kiln reads with, compresses worse.
 
 use crate::block_pool::OrderedPool;
-use crate::compression::Spread;
+use crate::codec::Spread;
 use crate::zlib::RawDeflate;
 use flate2::Crc;
 use std::io::{self, Write};
@@ -177,7 +177,7 @@ fn deflate_block(job: &Job, level: u32, streams: &mut Streams) -> io::Result<Vec
 /// Would deflate shrink this block at all? Decided on its first `TRIAL`
 /// bytes, cheapest test first:
 ///
-/// - their byte distribution ([`crate::compression::spread`]): random
+/// - their byte distribution ([`crate::codec::spread`]): random
 ///   bytes have nothing to gain, redundant ones shrink by Huffman coding
 ///   alone;
 /// - in between, a level-1 deflate of the sample with the same zlib as the
@@ -187,7 +187,7 @@ fn incompressible(data: &[u8], trial: &mut RawDeflate) -> io::Result<bool> {
         return Ok(false);
     }
     let sample = &data[..TRIAL];
-    match crate::compression::spread(sample) {
+    match crate::codec::spread(sample) {
         Spread::Random => return Ok(true),
         Spread::Redundant => return Ok(false),
         Spread::Unsure => {}
@@ -198,7 +198,7 @@ fn incompressible(data: &[u8], trial: &mut RawDeflate) -> io::Result<bool> {
     Ok(out.len() >= TRIAL * 97 / 100)
 }
 
-impl<W: Write> crate::compression::FinishWrite<W> for ParallelGzip<W> {
+impl<W: Write> crate::codec::FinishWrite<W> for ParallelGzip<W> {
     fn finish_box(self: Box<Self>) -> io::Result<W> {
         (*self).finish()
     }

@@ -8,14 +8,14 @@
 //! still runs its match finder over every byte and copies each block in and
 //! out of its job buffers, 0.3 s per GiB on top of the two SHA-256 passes a
 //! layer needs. Here a block whose byte distribution is that of random data
-//! ([`crate::compression::spread`]) becomes a frame of raw blocks, written
+//! ([`crate::codec::spread`]) becomes a frame of raw blocks, written
 //! by hand (a 9-byte header and 3 bytes per 128 KiB), and every other block
 //! goes through libzstd at the chosen level; if that does not make it
 //! smaller, the raw frame is written instead. Output depends only on the
 //! input and the level: the same bytes on every machine.
 
 use crate::block_pool::OrderedPool;
-use crate::compression::Spread;
+use crate::codec::Spread;
 use std::io::{self, Write};
 
 /// Input bytes per frame: big enough that independent frames cost nothing
@@ -84,7 +84,7 @@ fn encode(
     block: Vec<u8>,
 ) -> io::Result<Frame> {
     let sample = &block[..block.len().min(SAMPLE)];
-    if block.len() >= SAMPLE && crate::compression::spread(sample) == Spread::Random {
+    if block.len() >= SAMPLE && crate::codec::spread(sample) == Spread::Random {
         return Ok(Frame::Raw(block));
     }
     let c = match cctx {
@@ -162,7 +162,7 @@ impl<W: Write> Write for ParallelZstd<W> {
     }
 }
 
-impl<W: Write> crate::compression::FinishWrite<W> for ParallelZstd<W> {
+impl<W: Write> crate::codec::FinishWrite<W> for ParallelZstd<W> {
     fn finish_box(self: Box<Self>) -> io::Result<W> {
         (*self).finish()
     }

@@ -217,7 +217,7 @@ fn walk_upper(upper: &Path, rel: &Path, diff: &mut Diff) -> Result<(), SnapshotE
         if ft.is_char_device() && m.rdev() == 0 {
             diff.add(r, Change::Delete);
         } else if ft.is_dir() {
-            let opaque = xattr::get(&p, crate::isolation::userns::overlay_opaque_xattr())
+            let opaque = xattr::get(&p, crate::userns::overlay_opaque_xattr())
                 .ok()
                 .flatten()
                 .is_some_and(|v| v == b"y");
@@ -248,7 +248,7 @@ fn copy_dir_metadata(src: &Path, dst: &Path, sm: &std::fs::Metadata) -> io::Resu
 fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
     let mut first = Ok(());
     for n in xattr::list(src).into_iter().flatten() {
-        if crate::isolation::userns::is_overlay_xattr(&n.to_string_lossy()) {
+        if crate::userns::is_overlay_xattr(&n.to_string_lossy()) {
             continue;
         }
         if let Ok(Some(v)) = xattr::get(src, &n) {
@@ -264,7 +264,7 @@ fn strip_overlay_xattrs_tree(p: &Path) {
     let strip = |p: &Path| {
         if let Ok(names) = xattr::list(p) {
             for n in names {
-                if crate::isolation::userns::is_overlay_xattr(&n.to_string_lossy()) {
+                if crate::userns::is_overlay_xattr(&n.to_string_lossy()) {
                     let _ = xattr::remove(p, &n);
                 }
             }

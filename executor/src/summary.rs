@@ -3,7 +3,7 @@
 //! GitHub's step summary or GitLab's, JUnit XML for Jenkins and GitLab test
 //! reports). Pure rendering of a [`BuildResult`], unit-tested.
 
-use crate::build::BuildResult;
+use crate::outcome::BuildResult;
 
 /// How a step is named in metrics and summaries: `line 9 COPY package.json`,
 /// shortened so that one Dockerfile line cannot make a huge label.
@@ -150,7 +150,7 @@ fn xml(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{FirstMiss, StepReport};
+    use crate::outcome::{FirstMiss, StepReport};
     use kiln_common::Digest;
 
     fn result(hits: u64, misses: u64, first: Option<FirstMiss>) -> BuildResult {

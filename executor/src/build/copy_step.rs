@@ -1,156 +1,16 @@
 //! COPY and ADD: their sources resolved once (before the cache key is
 //! computed), then executed from that same resolution.
 
-use super::config::{CopySource, CopyStep};
+use super::config::CopyStep;
 use super::error::StepError;
-use super::stage::StageRun;
-use crate::cache_key::{self, KeyBuilder};
-use crate::context::BuildContext;
-use crate::copy::{self, CopyOptions, Owner, SourceMatch};
+use super::sources::Resolved;
+use super::stage_run::StageRun;
+use crate::copy::{self, CopyOptions, Owner};
 use crate::extract;
 use crate::rootfs;
 use crate::snapshot::{Change, Diff};
 use kiln_common::Digest;
 use std::path::{Path, PathBuf};
-
-/// One COPY/ADD source, resolved.
-#[derive(Debug, Clone)]
-pub enum Resolved {
-    Heredoc {
-        name: String,
-        content: String,
-    },
-    Url(String),
-    /// A path in an earlier stage, whose final key stands for its content.
-    Stage {
-        index: usize,
-        src: String,
-    },
-    /// A path in an image named by `--from`.
-    Image {
-        name: String,
-        src: String,
-    },
-    /// What a path matches in the build context, `.dockerignore` applied.
-    Context(Vec<SourceMatch>),
-}
-
-/// Resolves a step's sources: `stage_of` maps a `--from` value to an
-/// earlier, built stage. Context sources are matched here, once: the key
-/// hashes exactly what the copy will write.
-pub fn resolve(
-    step: &CopyStep,
-    ctx: &BuildContext,
-    stage_of: impl Fn(&str) -> Option<usize>,
-) -> Result<Vec<Resolved>, StepError> {
-    let from = step.from.as_deref();
-    let stage = from.and_then(&stage_of);
-    let mut out = Vec::new();
-    // Docker: a pattern matching nothing is fine while another source of
-    // the instruction matches; only when nothing matches at all is it an error.
-    let mut unmatched = None;
-    for s in &step.sources {
-        out.push(match (s, from, stage) {
-            (CopySource::Heredoc { name, content }, _, _) => Resolved::Heredoc {
-                name: name.clone(),
-                content: content.clone(),
-            },
-            (CopySource::Url(u), _, _) => Resolved::Url(u.clone()),
-            (CopySource::Path(p), _, Some(index)) => Resolved::Stage {
-                index,
-                src: p.clone(),
-            },
-            (CopySource::Path(p), Some(f), None) => Resolved::Image {
-                name: f.to_string(),
-                src: p.clone(),
-            },
-            (CopySource::Path(p), None, _) => {
-                match copy::match_sources(&ctx.dir, p, Some(&ctx.ignore), "the build context") {
-                    Ok(m) => Resolved::Context(m),
-                    Err(e @ copy::CopyError::NotFound { .. }) if copy::has_magic(p) => {
-                        unmatched.get_or_insert(e);
-                        Resolved::Context(Vec::new())
-                    }
-                    Err(e) => return Err(StepError::Copy(e)),
-                }
-            }
-        });
-    }
-    let matched: usize = out
-        .iter()
-        .map(|r| match r {
-            Resolved::Context(m) => m.len(),
-            _ => 1,
-        })
-        .sum();
-    if matched == 0 {
-        if let Some(e) = unmatched {
-            return Err(StepError::Copy(e));
-        }
-    }
-    // Counted after wildcards are expanded, as Docker's builders do: a
-    // wildcard that matched nothing beside one source that did is one
-    // source (`COPY none* foo dest` copies the file to `dest`).
-    if matched > 1 && !step.dest.ends_with('/') {
-        return Err(StepError::Invalid(format!(
-            "when copying several sources, the destination {:?} must end with /",
-            step.dest_raw
-        )));
-    }
-    Ok(out)
-}
-
-/// The key fields of a COPY/ADD after the common ones: destination, flags,
-/// and each source (heredoc body, URL, source stage's key, image name, or
-/// the hash of the context tree it matched).
-pub fn key_fields(
-    k: &mut KeyBuilder,
-    step: &CopyStep,
-    sources: &[Resolved],
-    ctx: &BuildContext,
-    stage_key: impl Fn(usize) -> Digest,
-) -> Result<(), StepError> {
-    k.field("dest", &step.dest_raw);
-    for (f, v) in &step.key_flags {
-        k.field(f, v);
-    }
-    source_fields(k, sources, ctx, stage_key)
-}
-
-/// Each resolved source's key field (heredoc body, URL, source stage's key,
-/// image name, or the hash of the context tree it matched).
-pub fn source_fields(
-    k: &mut KeyBuilder,
-    sources: &[Resolved],
-    ctx: &BuildContext,
-    stage_key: impl Fn(usize) -> Digest,
-) -> Result<(), StepError> {
-    for s in sources {
-        match s {
-            Resolved::Heredoc { name, content } => {
-                k.field(&format!("heredoc {name}"), content);
-            }
-            Resolved::Url(u) => {
-                k.field("url", u);
-            }
-            Resolved::Stage { index, src } => {
-                k.field("from-stage", stage_key(*index).as_str());
-                k.field("src", src);
-            }
-            Resolved::Image { name, src } => {
-                k.field("from-image", name);
-                k.field("src", src);
-            }
-            Resolved::Context(matches) => {
-                for m in matches {
-                    cache_key::hash_tree(&ctx.dir, &m.rel, Some(&ctx.ignore), false, k)
-                        .map_err(StepError::Key)?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
 
 impl StageRun<'_> {
     /// Executes a COPY/ADD into the root; returns what changed. With
@@ -170,10 +30,10 @@ impl StageRun<'_> {
                     path: c.clone(),
                     source,
                 })?;
-                if (u, g) != (0, 0) && crate::isolation::userns::active() {
+                if (u, g) != (0, 0) && crate::userns::active() {
                     return Err(StepError::Invalid(format!(
                         "--chown={c} ({u}:{g}): {}",
-                        crate::isolation::userns::ONE_ID
+                        crate::userns::ONE_ID
                     )));
                 }
                 Owner::Fixed(u, g)

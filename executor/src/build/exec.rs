@@ -4,7 +4,7 @@
 
 use super::config::RunStep;
 use super::error::StepError;
-use super::stage::StageRun;
+use super::stage_run::StageRun;
 use crate::cache::CacheHit;
 use crate::copy::{self, CopyOptions, Owner};
 use crate::isolation::RunSpec;
@@ -130,7 +130,7 @@ impl StageRun<'_> {
     pub(super) async fn run(
         &mut self,
         step: &RunStep,
-        binds: &[super::copy_step::Resolved],
+        binds: &[super::sources::Resolved],
     ) -> Result<Diff, StepError> {
         let root = self.ensure_root().await?;
         let (uid, gid) =

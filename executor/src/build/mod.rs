@@ -30,12 +30,14 @@ mod plan;
 mod records;
 mod report;
 mod roots;
+mod sources;
 mod stage;
+mod stage_run;
 mod stages;
 
+pub use crate::outcome::{BuildResult, FirstMiss, StepReport};
 pub use error::{BuildError, StepError};
 pub use mounts::SecretSource;
-pub use report::{BuildResult, FirstMiss, StepReport};
 
 use crate::blobs::BlobStore;
 use crate::cache::LayerCache;
@@ -52,7 +54,8 @@ use kiln_common::registry::Registry;
 use kiln_common::report::Report;
 use kiln_common::shell_lex::Lexer;
 use report::Counters;
-use stage::{Shared, StageOut};
+use stage::Shared;
+use stage_run::StageOut;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

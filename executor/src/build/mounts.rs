@@ -9,12 +9,10 @@
 //! Cache mounts live in `<--kaniko-dir>/cache-mounts/`, kept between builds
 //! that share the directory (a pod's emptyDir, a CI runner's disk).
 
-use super::copy_step::Resolved;
 use super::error::StepError;
 use super::mount_spec::{MountKind, MountSpec, Sharing};
-use super::stage::StageRun;
-use crate::context::BuildContext;
-use crate::copy;
+use super::sources::Resolved;
+use super::stage_run::StageRun;
 use crate::extract::remove_any;
 use crate::snapshot::Diff;
 use crate::tree::{copy_tree, move_tree};
@@ -27,55 +25,10 @@ pub struct MountUse {
     pub dir: PathBuf,
     /// The listing restored from the shared cache (`None`: local content).
     pub restored: Option<Vec<crate::cache_mounts::Entry>>,
-    pub report: super::report::MountReport,
+    pub report: crate::outcome::MountReport,
 }
 
-/// Where a `--secret` comes from.
-#[derive(Debug, Clone)]
-pub enum SecretSource {
-    File(PathBuf),
-    Env(String),
-}
-
-/// The content a mount reads — a bind mount's source, or the seed of a
-/// cache mount with `from=` — resolved once (before the key, which covers
-/// it as for COPY), in the order of the step's mounts: from the context, a
-/// stage of this Dockerfile, or else an image of that name.
-pub fn resolve_binds(
-    mounts: &[MountSpec],
-    ctx: &BuildContext,
-    stage_of: impl Fn(&str) -> Option<usize>,
-) -> Result<Vec<Resolved>, StepError> {
-    let mut out = Vec::new();
-    for m in mounts {
-        let (from, source) = match &m.kind {
-            MountKind::Bind { from, source } => (from.as_deref(), source.as_str()),
-            MountKind::Cache {
-                from: Some(f),
-                source,
-                ..
-            } => (Some(f.as_str()), source.as_deref().unwrap_or("/")),
-            _ => continue,
-        };
-        out.push(match from {
-            None => Resolved::Context(
-                copy::match_sources(&ctx.dir, source, Some(&ctx.ignore), "the build context")
-                    .map_err(StepError::Copy)?,
-            ),
-            Some(f) => match stage_of(f) {
-                Some(index) => Resolved::Stage {
-                    index,
-                    src: source.to_string(),
-                },
-                None => Resolved::Image {
-                    name: f.to_string(),
-                    src: source.to_string(),
-                },
-            },
-        });
-    }
-    Ok(out)
-}
+pub use crate::options::SecretSource;
 
 /// One mount as staged, to be undone.
 struct Staged {
@@ -469,7 +422,7 @@ impl super::Builder {
                 let new = !m.contains_key(id);
                 m.entry(id.to_string()).or_insert_with(|| MountUse {
                     dir: dir.to_path_buf(),
-                    report: super::report::MountReport {
+                    report: crate::outcome::MountReport {
                         id: id.to_string(),
                         ..Default::default()
                     },
@@ -527,7 +480,7 @@ impl super::Builder {
 
     /// After the build: each shared cache mount that changed is saved (only
     /// what the repository lacks is uploaded), within `--cache-push-timeout`.
-    pub(super) async fn save_cache_mounts(&self) -> Vec<super::report::MountReport> {
+    pub(super) async fn save_cache_mounts(&self) -> Vec<crate::outcome::MountReport> {
         let used: Vec<MountUse> = self
             .mounts_used
             .lock()

@@ -4,8 +4,8 @@
 //! execution from the first miss on.
 
 use super::config::{FsOp, FsStep};
-use super::copy_step::{self, Resolved};
 use super::error::StepError;
+use super::sources::{self, Resolved};
 use crate::cache::{BuildRecord, CacheHit, LayerCache};
 use crate::cache_key::KeyBuilder;
 use crate::context::BuildContext;
@@ -145,10 +145,10 @@ pub fn step_key(
                 let m: Vec<String> = run.mounts.iter().map(|m| m.key_text()).collect();
                 k.list("mounts", &m);
                 // What bind mounts read is part of the key, as for COPY.
-                copy_step::source_fields(&mut k, sources, ctx, stage_key)?;
+                sources::source_fields(&mut k, sources, ctx, stage_key)?;
             }
         }
-        FsOp::Copy(copy) => copy_step::key_fields(&mut k, copy, sources, ctx, stage_key)?,
+        FsOp::Copy(copy) => sources::key_fields(&mut k, copy, sources, ctx, stage_key)?,
         FsOp::MakeDirs { .. } => {}
     }
     Ok(k.finish())

@@ -27,7 +27,7 @@ impl Builder {
         };
         // Warmed layers carry overlayfs's `trusted.*` marks, which a user
         // namespace's overlay (`userxattr`) does not read.
-        if !self.isolation.stacks_on_overlay() || crate::isolation::userns::active() {
+        if !self.isolation.stacks_on_overlay() || crate::userns::active() {
             return 0;
         }
         let ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();

@@ -3,49 +3,24 @@
 //! execution step by step.
 
 use super::config::{FsOp, Scope, StageConfig, Step};
-use super::copy_step::{self, Resolved};
 use super::error::{At, BuildError, StepError};
 use super::plan::{self, CachePlan, Decision, Planned};
-use super::report::{FirstMiss, StepReport};
+use super::sources::{self, Resolved};
+use super::stage_run::{StageOut, StageRun};
 use super::Builder;
 use crate::cache::RecordedStep;
 use crate::cache_key;
 use crate::context::BuildContext;
 use crate::model::BuiltImage;
+use crate::outcome::{FirstMiss, StepReport};
 use crate::snapshot::ScanIndex;
 use kiln_common::dockerfile::{Dockerfile, Instruction, Kind, Stage};
 use kiln_common::image::{ImageConfig, Platform};
 use kiln_common::shell_lex::Lexer;
 use kiln_common::Digest;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-/// A built stage, kept for later stages' `FROM` and `COPY --from`.
-pub(super) struct StageOut {
-    pub image: BuiltImage,
-    /// The stage's root (absent when never unpacked).
-    pub root: Option<PathBuf>,
-    pub base_name: String,
-    /// The last key of the stage's chain, where `FROM <stage>` continues.
-    pub final_key: Digest,
-}
-
-/// What the instructions of a stage share while they execute.
-pub(super) struct StageRun<'a> {
-    pub b: &'a Builder,
-    pub ctx: &'a BuildContext,
-    pub done: &'a BTreeMap<usize, StageOut>,
-    pub stage_name: String,
-    pub base_name: String,
-    /// Layers and history as executed (the config itself is [`StageConfig`]'s).
-    pub image: BuiltImage,
-    pub root: Option<PathBuf>,
-    pub scratch_n: usize,
-    /// `--single-snapshot`: the stage's root as it was before its steps.
-    pub single: Option<ScanIndex>,
-}
 
 /// One planned instruction.
 struct Entry<'i> {
@@ -175,9 +150,9 @@ impl Builder {
             let sources = match &step {
                 Step::Fs(fs) => match &fs.op {
                     FsOp::Copy(c) => {
-                        copy_step::resolve(c, sh.ctx, stage_of).map_err(|e| at.err(e))?
+                        sources::resolve(c, sh.ctx, stage_of).map_err(|e| at.err(e))?
                     }
-                    FsOp::Run(r) => super::mounts::resolve_binds(&r.mounts, sh.ctx, stage_of)
+                    FsOp::Run(r) => sources::resolve_binds(&r.mounts, sh.ctx, stage_of)
                         .map_err(|e| at.err(e))?,
                     _ => Vec::new(),
                 },

@@ -30,7 +30,6 @@ pub mod probe;
 mod provided;
 mod spawn;
 mod supervise;
-pub mod userns;
 
 pub use chroot::Chroot;
 pub use in_place::{recover as recover_crashed_in_place, InPlace};
@@ -225,7 +224,7 @@ pub fn select(
     // In the user namespace Kiln made for itself only the namespaces rung
     // can work: the others act on the container's own files, which are
     // not its own there.
-    if userns::active() && !matches!(kind, IsolationKind::Auto | IsolationKind::Namespaces) {
+    if crate::userns::active() && !matches!(kind, IsolationKind::Auto | IsolationKind::Namespaces) {
         return Err(IsolationError::Unavailable {
             rung: kind.name(),
             why: "as a user other than root Kiln builds only on the namespaces rung, in a \

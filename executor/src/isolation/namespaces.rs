@@ -59,14 +59,14 @@ impl Isolation for Namespaces {
         scratch: &Path,
         spec: &RunSpec,
     ) -> Result<RunOutcome, IsolationError> {
-        if (spec.uid, spec.gid) != (0, 0) && super::userns::active() {
+        if (spec.uid, spec.gid) != (0, 0) && crate::userns::active() {
             return Err(IsolationError::Unavailable {
                 rung: "namespaces",
                 why: format!(
                     "RUN as {}:{}: {}",
                     spec.uid,
                     spec.gid,
-                    super::userns::ONE_ID
+                    crate::userns::ONE_ID
                 ),
             });
         }
@@ -84,7 +84,7 @@ impl Isolation for Namespaces {
             root.display(),
             upper.display(),
             work.display(),
-            super::userns::overlay_options()
+            crate::userns::overlay_options()
         );
         let files = scratch.join("files");
         // Each live socket, bound from the root over its overlay view.

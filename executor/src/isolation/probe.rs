@@ -59,7 +59,7 @@ impl Environment {
     /// What would make a build possible, for the error when no rung works.
     pub fn remedy(&self) -> String {
         if self.euid != 0 {
-            let tried = super::userns::refused()
+            let tried = crate::userns::refused()
                 .map(|why| format!(" A user namespace of its own was tried: {why}."))
                 .unwrap_or_default();
             format!(
@@ -177,7 +177,7 @@ fn overlay_probe(dir: Option<&Path>, env: &Environment) -> Result<(), String> {
             t.path().join("l").display(),
             t.path().join("u").display(),
             t.path().join("w").display(),
-            super::userns::overlay_options()
+            crate::userns::overlay_options()
         );
         target = t.path().join("m");
     }

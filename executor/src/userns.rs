@@ -70,9 +70,10 @@ pub fn overlay_options() -> &'static str {
 /// 0, or `None` when nothing was needed or it was refused ([`refused`]
 /// says why). Call it first in `main`, while the process has one thread:
 /// the kernel refuses `CLONE_NEWUSER` to a multithreaded process.
-pub fn enter_if_needed() -> Option<(u32, u32)> {
-    let env = super::probe::Environment::read();
-    if env.euid == 0 || env.has_cap(super::probe::CAP_SYS_ADMIN) {
+/// `privileged`: the process is root or holds `CAP_SYS_ADMIN` (the caller
+/// reads that, so this process-wide state depends on no isolation code).
+pub fn enter_if_needed(privileged: bool) -> Option<(u32, u32)> {
+    if privileged {
         return None;
     }
     let (uid, gid) = (

@@ -1,0 +1,37 @@
+//! What a stage's steps share while they execute ([`StageRun`]) and what
+//! a built stage leaves for later ones ([`StageOut`]): the data every
+//! step's module (COPY, mounts, RUN) works on, apart from the stage's
+//! driver so those modules do not depend on it.
+
+use super::Builder;
+use crate::context::BuildContext;
+use crate::model::BuiltImage;
+use crate::snapshot::ScanIndex;
+use kiln_common::Digest;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A built stage, kept for later stages' `FROM` and `COPY --from`.
+pub(super) struct StageOut {
+    pub image: BuiltImage,
+    /// The stage's root (absent when never unpacked).
+    pub root: Option<PathBuf>,
+    pub base_name: String,
+    /// The last key of the stage's chain, where `FROM <stage>` continues.
+    pub final_key: Digest,
+}
+
+/// What the instructions of a stage share while they execute.
+pub(super) struct StageRun<'a> {
+    pub b: &'a Builder,
+    pub ctx: &'a BuildContext,
+    pub done: &'a BTreeMap<usize, StageOut>,
+    pub stage_name: String,
+    pub base_name: String,
+    /// Layers and history as executed (the config itself is [`StageConfig`]'s).
+    pub image: BuiltImage,
+    pub root: Option<PathBuf>,
+    pub scratch_n: usize,
+    /// `--single-snapshot`: the stage's root as it was before its steps.
+    pub single: Option<ScanIndex>,
+}
