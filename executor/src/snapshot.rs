@@ -465,7 +465,7 @@ mod tests {
     fn a_directory_replaced_by_a_file_or_link_is_one_change() {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
-        for n in ["f", "l", "dd"] {
+        for n in ["f", "l"] {
             std::fs::create_dir_all(r.join("a").join(n).join("sub")).unwrap();
             std::fs::write(r.join("a").join(n).join("x"), "1").unwrap();
         }
@@ -474,8 +474,6 @@ mod tests {
         std::fs::write(r.join("a/f"), "now a file").unwrap();
         std::fs::remove_dir_all(r.join("a/l")).unwrap();
         std::os::unix::fs::symlink("/elsewhere", r.join("a/l")).unwrap();
-        std::fs::remove_dir_all(r.join("a/dd")).unwrap();
-        std::fs::create_dir(r.join("a/dd")).unwrap();
         let diff = idx.diff(r).unwrap();
         let got: Vec<_> = diff
             .changes
@@ -485,9 +483,6 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("a/dd".to_string(), Change::Add),
-                ("a/dd/sub".to_string(), Change::Delete),
-                ("a/dd/x".to_string(), Change::Delete),
                 ("a/f".to_string(), Change::Add),
                 ("a/l".to_string(), Change::Add),
             ]

@@ -4,8 +4,9 @@
 //! `*.local`, `*.localhost`, `127.0.0.1`, `::1` and the RFC 1918 ranges —
 //! and still tries TLS first: such a host is asked `GET /v2/` over HTTPS,
 //! and only when that gets no HTTP answer at all (the server speaks plain
-//! HTTP, or there is no CA bundle to verify with) and plain HTTP does, the
-//! host is spoken to over HTTP from then on. An in-cluster registry reached
+//! HTTP, or there is no CA bundle to verify with) and plain HTTP gets a
+//! registry's answer (200 or 401), the host is spoken to over HTTP from
+//! then on. An in-cluster registry reached
 //! by its Service IP, or a CI job's sidecar, then works unchanged.
 //!
 //! Hosts with TLS settings of their own (`--registry-certificate`,
@@ -109,7 +110,13 @@ impl Registry {
                 .ok()
                 .map(|r| r.status())
         };
-        probe("https").await.is_none() && probe("http").await.is_some()
+        // As go-containerregistry's ping: only 200 or 401 from `/v2/` is a
+        // registry speaking plain HTTP (a TLS server answers a plain
+        // request too, with 400).
+        let registry = |s: reqwest::StatusCode| {
+            s == reqwest::StatusCode::OK || s == reqwest::StatusCode::UNAUTHORIZED
+        };
+        probe("https").await.is_none() && probe("http").await.is_some_and(registry)
     }
 }
 
