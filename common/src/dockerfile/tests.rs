@@ -1,4 +1,3 @@
-
 /// BuildKit decodes the first JSON value and ignores what follows;
 /// non-string elements are an error; an invalid array is shell form.
 #[test]

@@ -3,19 +3,13 @@
 use super::Cli;
 use anyhow::{bail, Context};
 use kiln_common::auth::DockerConfig;
-use kiln_common::image::Platform;
-use kiln_common::registry::{parse_reference, ClientCert, Registry, RegistryOptions};
+use kiln_common::registry::{parse_reference, Registry, RegistryOptions};
 use kiln_executor::layer::LayerOptions;
-use kiln_executor::options::{CacheMounts, ImageFormat, OutputOptions};
+use kiln_executor::options::{ImageFormat, OutputOptions};
 use kiln_executor::{BuildOptions, Builder};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-
-fn kv(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .with_context(|| format!("{flag} {s:?}: expected KEY=VALUE"))
-}
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Before anything reads the container's files (CA certificates, …).
@@ -29,12 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         bail!("no --destination given: pass one, or --no-push, --tar-path or --oci-layout-path");
     }
-    let format = match cli.image_format.as_str() {
-        "oci" => ImageFormat::Oci,
-        "docker" => ImageFormat::Docker,
-        f => bail!("--image-format {f:?}: expected oci or docker"),
-    };
-    let compression = cli.compression.parse().map_err(anyhow::Error::msg)?;
+    let (format, compression) = (cli.image_format, cli.compression);
     if format == ImageFormat::Docker && compression == kiln_executor::compression::Compression::Zstd
     {
         bail!("zstd layers need --image-format oci");
@@ -48,12 +37,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     let mut registry_map: HashMap<String, Vec<String>> = HashMap::new();
-    for m in &cli.registry_map {
-        let (k, v) = kv(m, "--registry-map")?;
-        registry_map
-            .entry(k)
-            .or_default()
-            .extend(v.split(';').map(str::to_string));
+    for (k, v) in &cli.registry_map {
+        registry_map.entry(k.clone()).or_default().extend(v.clone());
     }
     let registry_opts = RegistryOptions {
         insecure_hosts,
@@ -68,18 +53,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.image_fs_extract_retry,
         ),
         push_retries: cli.push_retry,
-        host_cas: host_cas(&cli.registry_certificate)?,
+        host_cas: host_cas(&cli.registry_certificate),
         skip_verify_hosts: cli.skip_tls_verify_registry.clone(),
-        client_certs: client_certs(&cli.registry_client_cert)?,
+        // The last one given for a host wins.
+        client_certs: cli.registry_client_cert.iter().cloned().collect(),
         logins: Some(
             kiln_common::auth::parse_credential_helpers(&cli.credential_helpers)
                 .context("--credential-helpers")?,
         ),
         certs_d: Some("/etc/docker/certs.d".into()),
-        stall_timeout: Some(
-            kiln_common::duration::parse(&cli.transfer_stall_timeout)
-                .context("--transfer-stall-timeout")?,
-        ),
+        stall_timeout: Some(cli.transfer_stall_timeout),
     };
     let insecure_pull = cli.insecure_pull.unwrap_or(false);
     let opts = BuildOptions {
@@ -94,43 +77,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("--git")?
             .unwrap_or_default(),
         dry_run: cli.dryrun.unwrap_or(false),
-        cache_mounts: match cli.cache_mounts.as_str() {
-            "shared" => CacheMounts::Shared,
-            "local" => CacheMounts::Local,
-            "off" => CacheMounts::Off,
-            m => bail!("--cache-mounts {m:?}: expected shared, local or off"),
-        },
+        cache_mounts: cli.cache_mounts,
         mount_scope: cli.cache_mount_scope.clone(),
-        cache_mount_max_size: kiln_common::units::parse_size(&cli.cache_mount_max_size)
-            .with_context(|| {
-                format!(
-                    "--cache-mount-max-size {:?}: expected a size such as 4GiB",
-                    cli.cache_mount_max_size
-                )
-            })?,
-        secrets: secrets(&cli.secret)?,
-        ssh: ssh_agents(&cli.ssh)?,
+        cache_mount_max_size: cli.cache_mount_max_size,
+        secrets: cli.secret.iter().cloned().collect(),
+        ssh: cli.ssh.iter().cloned().collect(),
         dockerfile: cli.dockerfile.clone(),
         target: cli.target.clone(),
-        build_args: cli
-            .build_arg
-            .iter()
-            .map(|a| match a.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (a.clone(), None),
-            })
-            .collect(),
-        labels: cli
-            .label
-            .iter()
-            .map(|l| kv(l, "--label"))
-            .collect::<anyhow::Result<_>>()?,
-        platform: cli
-            .custom_platform
-            .as_deref()
-            .map(Platform::parse)
-            .transpose()
-            .context("--custom-platform")?,
+        build_args: cli.build_arg.clone(),
+        labels: cli.label.clone(),
+        platform: cli.custom_platform.clone(),
         output: OutputOptions {
             destinations: cli.destination.clone(),
             no_push,
@@ -140,11 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             image_name_with_digest_file: cli.image_name_with_digest_file.clone(),
             image_name_tag_with_digest_file: cli.image_name_tag_with_digest_file.clone(),
             format,
-            annotations: cli
-                .annotation
-                .iter()
-                .map(|a| kv(a, "--annotation"))
-                .collect::<anyhow::Result<_>>()?,
+            annotations: cli.annotation.iter().cloned().collect(),
             ignore_immutable_tags: cli.push_ignore_immutable_tag_errors.unwrap_or(false),
         },
         layer: LayerOptions {
@@ -154,7 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
         },
         single_snapshot: cli.single_snapshot.unwrap_or(false),
-        isolation: cli.isolation.parse().map_err(anyhow::Error::msg)?,
+        isolation: cli.isolation,
         ignore_paths: cli.ignore_path.clone(),
         force: cli.force.unwrap_or(false),
         work_dir: cli.kaniko_dir.clone(),
@@ -253,122 +205,25 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
             return Ok(None);
         }
     };
-    let ttl = kiln_common::duration::parse(&cli.cache_ttl).context("--cache-ttl")?;
+    let ttl = cli.cache_ttl;
     Ok(Some(kiln_executor::CacheOptions {
         repo,
         ttl: if ttl.is_zero() { None } else { Some(ttl) },
         run_layers: cli.cache_run_layers,
         copy_layers: cli.cache_copy_layers,
         push: !cli.no_push_cache.unwrap_or(false),
-        lookup_timeout: kiln_common::duration::parse(&cli.cache_lookup_timeout)
-            .context("--cache-lookup-timeout")?,
-        push_timeout: kiln_common::duration::parse(&cli.cache_push_timeout)
-            .context("--cache-push-timeout")?,
+        lookup_timeout: cli.cache_lookup_timeout,
+        push_timeout: cli.cache_push_timeout,
     }))
 }
 
-/// `--secret id=…[,src=<file>|,env=<VAR>]`, BuildKit's syntax; with
-/// neither, the environment variable named like the id.
-fn secrets(
-    flags: &[String],
-) -> anyhow::Result<std::collections::BTreeMap<String, kiln_executor::build::SecretSource>> {
-    use kiln_executor::build::SecretSource;
-    let mut out = std::collections::BTreeMap::new();
-    for f in flags {
-        let mut id = None;
-        let mut source = None;
-        for part in f.split(',') {
-            let (k, v) = part
-                .split_once('=')
-                .with_context(|| format!("--secret {f:?}: expected id=…,src=… or id=…,env=…"))?;
-            match k {
-                "id" => id = Some(v.to_string()),
-                "src" | "source" => source = Some(SecretSource::File(v.into())),
-                "env" => source = Some(SecretSource::Env(v.to_string())),
-                "type" if v == "file" || v == "env" => {}
-                _ => bail!("--secret {f:?}: unknown option {k:?}"),
-            }
-        }
-        let id = id.with_context(|| format!("--secret {f:?}: no id"))?;
-        let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
-        out.insert(id, source);
-    }
-    Ok(out)
-}
-
-/// `--ssh <id>[=<socket>]`, BuildKit's syntax; without a socket, the
-/// agent at `$SSH_AUTH_SOCK`. Only agent sockets: BuildKit also takes key
-/// files and runs an agent of its own, which Kiln does not.
-fn ssh_agents(
-    flags: &[String],
-) -> anyhow::Result<std::collections::BTreeMap<String, std::path::PathBuf>> {
-    use std::os::unix::fs::FileTypeExt;
-    let mut out = std::collections::BTreeMap::new();
-    for f in flags {
-        let (id, path) = match f.split_once('=') {
-            Some((id, p)) => (id, std::path::PathBuf::from(p)),
-            None => (
-                f.as_str(),
-                std::env::var_os("SSH_AUTH_SOCK")
-                    .map(std::path::PathBuf::from)
-                    .with_context(|| {
-                        format!("--ssh {f}: no socket given and SSH_AUTH_SOCK is not set")
-                    })?,
-            ),
-        };
-        let meta = std::fs::metadata(&path)
-            .with_context(|| format!("--ssh {f}: reading {}", path.display()))?;
-        if !meta.file_type().is_socket() {
-            bail!(
-                "--ssh {f}: {} is not an agent socket (key files are not supported:                  load them with ssh-add and pass the agent's socket)",
-                path.display()
-            );
-        }
-        out.insert(id.to_string(), path);
-    }
-    Ok(out)
-}
-
 /// `--registry-certificate host=/path/ca.pem`, repeatable; a host may have several.
-fn host_cas(flags: &[String]) -> anyhow::Result<HashMap<String, Vec<std::path::PathBuf>>> {
-    let mut m: HashMap<String, Vec<std::path::PathBuf>> = HashMap::new();
-    for f in flags {
-        let (host, path) = kv(f, "--registry-certificate")?;
-        let path = std::path::PathBuf::from(path);
-        if !path.is_file() {
-            bail!(
-                "--registry-certificate {f:?}: {} is not a file",
-                path.display()
-            );
-        }
-        m.entry(host).or_default().push(path);
+fn host_cas(flags: &[(String, PathBuf)]) -> HashMap<String, Vec<PathBuf>> {
+    let mut m: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    for (host, path) in flags {
+        m.entry(host.clone()).or_default().push(path.clone());
     }
-    Ok(m)
-}
-
-/// `--registry-client-cert host=cert.pem,key.pem`, repeatable (last wins per host).
-fn client_certs(flags: &[String]) -> anyhow::Result<HashMap<String, ClientCert>> {
-    let mut m = HashMap::new();
-    for f in flags {
-        let (host, files) = kv(f, "--registry-client-cert")?;
-        let Some((cert, key)) = files.split_once(',') else {
-            bail!("--registry-client-cert {f:?}: expected host=cert.pem,key.pem");
-        };
-        let (cert, key) = (
-            std::path::PathBuf::from(cert),
-            std::path::PathBuf::from(key),
-        );
-        for p in [&cert, &key] {
-            if !p.is_file() {
-                bail!(
-                    "--registry-client-cert {f:?}: {} is not a file",
-                    p.display()
-                );
-            }
-        }
-        m.insert(host, ClientCert { cert, key });
-    }
-    Ok(m)
+    m
 }
 
 /// `--context`, or the context `--bucket` names: kaniko reads

@@ -2,9 +2,16 @@
 //! that an existing pipeline only changes the image it runs.
 
 mod build;
+mod values;
 
 use clap::Parser;
+use kiln_common::image::Platform;
+use kiln_common::registry::ClientCert;
+use kiln_executor::compression::Compression;
+use kiln_executor::isolation::IsolationKind;
+use kiln_executor::options::{CacheMounts, ImageFormat, SecretSource};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// kaniko's boolean spellings (pflag's `true/false/1/0/t/f`, any case) and more.
 fn boolish() -> clap::builder::BoolishValueParser {
@@ -36,14 +43,14 @@ pub struct Cli {
     #[arg(long)]
     pub target: Option<String>,
     /// Build argument KEY=VALUE, or KEY to take it from the environment (repeatable).
-    #[arg(long)]
-    pub build_arg: Vec<String>,
+    #[arg(long, value_parser = values::build_arg)]
+    pub build_arg: Vec<(String, Option<String>)>,
     /// Label KEY=VALUE added to the final image (repeatable).
-    #[arg(long)]
-    pub label: Vec<String>,
+    #[arg(long, value_parser = values::key_value)]
+    pub label: Vec<(String, String)>,
     /// Build for this platform (os/arch[/variant]).
-    #[arg(long, alias = "customPlatform")]
-    pub custom_platform: Option<String>,
+    #[arg(long, alias = "customPlatform", value_parser = values::platform)]
+    pub custom_platform: Option<Platform>,
     /// Build but do not push.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_push: Option<bool>,
@@ -60,8 +67,8 @@ pub struct Cli {
     #[arg(long)]
     pub image_name_tag_with_digest_file: Option<PathBuf>,
     /// Layer compression: gzip (default), zstd or none.
-    #[arg(long, default_value = "gzip")]
-    pub compression: String,
+    #[arg(long, default_value = "gzip", value_parser = values::compression)]
+    pub compression: Compression,
     #[arg(long)]
     pub compression_level: Option<i32>,
     /// Strip timestamps so that identical inputs give identical digests.
@@ -74,8 +81,8 @@ pub struct Cli {
     /// needs CAP_SYS_ADMIN), in-place (alias kaniko; builds in the container's own
     /// root and restores it; default capabilities suffice), chroot (private root
     /// without /proc, for read-only roots).
-    #[arg(long, default_value = "auto")]
-    pub isolation: String,
+    #[arg(long, default_value = "auto", value_parser = values::isolation)]
+    pub isolation: IsolationKind,
     /// A path RUN steps must never touch when building in the container's own
     /// root (repeatable; kaniko's flag).
     #[arg(long)]
@@ -103,8 +110,8 @@ pub struct Cli {
     #[arg(long)]
     pub registry_mirror: Vec<String>,
     /// original=replacement[;replacement] registry mapping (repeatable).
-    #[arg(long)]
-    pub registry_map: Vec<String>,
+    #[arg(long, value_parser = values::registry_map)]
+    pub registry_map: Vec<(String, Vec<String>)>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub skip_default_registry_fallback: Option<bool>,
     #[arg(long, default_value_t = 0)]
@@ -118,8 +125,8 @@ pub struct Cli {
     #[arg(long)]
     pub image_fs_extract_retry: Option<u32>,
     /// Manifest format: oci (default) or docker.
-    #[arg(long, default_value = "oci")]
-    pub image_format: String,
+    #[arg(long, default_value = "oci", value_parser = values::image_format)]
+    pub image_format: ImageFormat,
     /// Build stages the target does not need too.
     #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub skip_unused_stages: bool,
@@ -150,8 +157,8 @@ pub struct Cli {
     #[arg(long)]
     pub cache_repo: Option<String>,
     /// Cache entries older than this are misses, e.g. `336h`, `30m` (default 2 weeks, as kaniko).
-    #[arg(long, default_value = "336h")]
-    pub cache_ttl: String,
+    #[arg(long, default_value = "336h", value_parser = values::duration)]
+    pub cache_ttl: Duration,
     /// Cache RUN steps.
     #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub cache_run_layers: bool,
@@ -168,14 +175,14 @@ pub struct Cli {
     #[arg(long)]
     pub git: Option<String>,
     /// Manifest annotation KEY=VALUE (repeatable).
-    #[arg(long)]
-    pub annotation: Vec<String>,
+    #[arg(long, value_parser = values::key_value)]
+    pub annotation: Vec<(String, String)>,
     /// Trust this CA for a registry: `host=/path/ca.pem` (repeatable).
-    #[arg(long)]
-    pub registry_certificate: Vec<String>,
+    #[arg(long, value_parser = values::host_ca)]
+    pub registry_certificate: Vec<(String, PathBuf)>,
     /// Client certificate for a registry: `host=/path/cert.pem,/path/key.pem` (repeatable).
-    #[arg(long)]
-    pub registry_client_cert: Vec<String>,
+    #[arg(long, value_parser = values::client_cert)]
+    pub registry_client_cert: Vec<(String, ClientCert)>,
     /// Skip TLS verification for this registry only (repeatable).
     #[arg(long)]
     pub skip_tls_verify_registry: Vec<String>,
@@ -211,35 +218,35 @@ pub struct Cli {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
     pub preserve_context: Option<bool>,
     /// A secret for `RUN --mount=type=secret`: `id=…,src=<file>` or `id=…,env=<VAR>` (repeatable).
-    #[arg(long)]
-    pub secret: Vec<String>,
+    #[arg(long, value_parser = values::secret)]
+    pub secret: Vec<(String, SecretSource)>,
     /// An SSH agent for `RUN --mount=type=ssh`: `default` (the agent at
     /// `$SSH_AUTH_SOCK`) or `<id>=<socket>` (repeatable; BuildKit's syntax).
-    #[arg(long)]
-    pub ssh: Vec<String>,
+    #[arg(long, value_parser = values::ssh_agent)]
+    pub ssh: Vec<(String, PathBuf)>,
     /// A cache lookup not answered within this is a miss (the build goes on).
-    #[arg(long, default_value = "10s")]
-    pub cache_lookup_timeout: String,
+    #[arg(long, default_value = "10s", value_parser = values::duration)]
+    pub cache_lookup_timeout: Duration,
     /// A registry transfer (pull, push, cache) that makes no progress for
     /// this long fails and is retried where the call retries (a registry
     /// that accepts and then hangs).
-    #[arg(long, default_value = "30s")]
-    pub transfer_stall_timeout: String,
+    #[arg(long, default_value = "30s", value_parser = values::duration)]
+    pub transfer_stall_timeout: Duration,
     /// The longest the build waits at its end for cache entries still being
     /// written; entries not saved by then are listed in a warning.
-    #[arg(long, default_value = "60s")]
-    pub cache_push_timeout: String,
+    #[arg(long, default_value = "60s", value_parser = values::duration)]
+    pub cache_push_timeout: Duration,
     /// Cache mounts: `shared` (restored from and saved to the cache repo
     /// when it is a registry), `local` (the work directory only) or `off`.
-    #[arg(long, default_value = "shared")]
-    pub cache_mounts: String,
+    #[arg(long, default_value = "shared", value_parser = values::cache_mounts)]
+    pub cache_mounts: CacheMounts,
     /// Which shared copy of each cache mount to use (e.g. the branch).
     #[arg(long, default_value = "default")]
     pub cache_mount_scope: String,
     /// A cache mount larger than this is kept locally but not saved to the
     /// shared cache (`4GiB`, `500MB`, …; `0`: no cap).
-    #[arg(long, default_value = "4GiB")]
-    pub cache_mount_max_size: String,
+    #[arg(long, default_value = "4GiB", value_parser = values::size)]
+    pub cache_mount_max_size: u64,
     /// Read the cache but never write to it.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_push_cache: Option<bool>,
