@@ -49,6 +49,27 @@ fn pinned(tagged: &str) -> (String, String) {
     (format!("{repo}@sha256:{digest}"), raw)
 }
 
+/// Builds `FROM <from>` plus a RUN with `--cache-dir <cache>`, checks the
+/// RUN's file in the image, and returns the log.
+fn build_on_warmed(cache: &std::path::Path, from: &str) -> String {
+    let ctx = context_with(&format!("FROM {from}\nRUN echo warm > /w\n"));
+    let (log, img) = build_unpacked(
+        ctx.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("w")).unwrap(),
+        "warm\n",
+        "{from}"
+    );
+    log
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_from_the_warmed_directory_without_the_registry() {
     let mut reg = Registry::start();
@@ -57,23 +78,7 @@ async fn builds_from_the_warmed_directory_without_the_registry() {
     let cache = tempfile::tempdir().unwrap();
     warm(&reg, cache.path(), &[pinned.clone(), tagged.clone()]).await;
 
-    let build_with = |from: &str| {
-        let ctx = context_with(&format!("FROM {from}\nRUN echo warm > /w\n"));
-        let (log, img) = build_unpacked(
-            ctx.path(),
-            &[
-                "--no-push",
-                "--insecure-pull",
-                "--cache-dir",
-                cache.path().to_str().unwrap(),
-            ],
-        );
-        assert_eq!(
-            std::fs::read_to_string(img.rootfs().join("w")).unwrap(),
-            "warm\n"
-        );
-        log
-    };
+    let build_with = |from: &str| build_on_warmed(cache.path(), from);
 
     // Registry up: a digest-pinned FROM makes no request at all; a tag one HEAD.
     let before = reg.log().len();
@@ -323,22 +328,8 @@ async fn a_base_pinned_by_digest_builds_offline_from_a_warmed_tag() {
     let cache = tempfile::tempdir().unwrap();
     warm(&reg, cache.path(), &[tagged.clone(), multi.clone()]).await;
     let build_from = |from: &str| {
-        let ctx = context_with(&format!("FROM {from}\nRUN echo offline > /o\n"));
-        let (log, img) = build_unpacked(
-            ctx.path(),
-            &[
-                "--no-push",
-                "--insecure-pull",
-                "--cache-dir",
-                cache.path().to_str().unwrap(),
-            ],
-        );
+        let log = build_on_warmed(cache.path(), from);
         assert!(log.contains("using the warmed copy"), "{from}:\n{log}");
-        assert_eq!(
-            std::fs::read_to_string(img.rootfs().join("o")).unwrap(),
-            "offline\n",
-            "{from}"
-        );
     };
     // Registry up: the pinned bases are not even asked about.
     for from in [&by_manifest, &by_index] {
