@@ -227,6 +227,11 @@ fn image_root() -> tempfile::TempDir {
 impl Fixture {
     /// Starts an idle container with `args` (capabilities, user, …).
     fn container(&self, args: &[&str], out: &Path) -> String {
+        self.container_of(IMAGE, args, out)
+    }
+
+    /// An idle container of `image`, the contexts at /ctx and `out` at /out.
+    fn container_of(&self, image: &str, args: &[&str], out: &Path) -> String {
         let mut c = self.engine.cmd();
         c.args(["run", "-d", "--network", "host"])
             .arg("-v")
@@ -234,7 +239,7 @@ impl Fixture {
             .arg("-v")
             .arg(format!("{}:/out", out.display()))
             .args(args)
-            .args([IMAGE, "sleep", "3600"]);
+            .args([image, "sleep", "3600"]);
         run(&mut c).trim().to_string()
     }
 
@@ -636,4 +641,90 @@ fn an_oci_cache_on_a_volume_never_enters_the_image() {
         .unwrap()
         .count();
     assert!(entries >= 3, "{entries} entries: {log}");
+}
+
+/// The statically linked executor `.ci/setup` builds
+/// (`deploy/image/static.sh`).
+fn static_executor() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_executor"))
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("static/x86_64-unknown-linux-gnu/release/executor"))
+        .unwrap();
+    assert!(
+        p.exists(),
+        "{} missing: run `bash .ci/setup` (deploy/image/static.sh builds it)",
+        p.display()
+    );
+    p
+}
+
+/// kaniko's documented way to add tools: `/kaniko/executor` copied alone
+/// into an image of one's own, here a distro-like root with its own
+/// `/lib` (the glibc of this machine, as a Debian image has). The static
+/// executor needs nothing from that root, so under the engine's defaults
+/// it takes the in-place rung (a dynamically linked one would use that
+/// `/lib` and be refused it), and the image equals the namespaces rung's.
+#[test]
+fn a_static_executor_copied_into_a_distro_image_builds_in_place() {
+    let names = ["runenv", "config"];
+    let f = setup(&names);
+    let exe = static_executor();
+    let file = run(Command::new("file").arg(&exe));
+    assert!(
+        file.contains("statically linked") || file.contains("static-pie"),
+        "{file}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    // The root's own C library, as in a distro image.
+    for lib in ["lib/x86_64-linux-gnu", "lib64"] {
+        let from = Path::new("/").join(lib);
+        if from.exists() {
+            std::fs::create_dir_all(root.path().join(lib).parent().unwrap()).unwrap();
+            run(Command::new("cp")
+                .arg("-a")
+                .arg(&from)
+                .arg(root.path().join(lib)));
+        }
+    }
+    let kaniko = root.path().join("kaniko");
+    std::fs::create_dir_all(&kaniko).unwrap();
+    std::fs::create_dir_all(root.path().join("kiln/work")).unwrap();
+    std::fs::copy(&exe, kaniko.join("executor")).unwrap();
+    let ca = root.path().join("etc/ssl/certs");
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        ca.join("ca-certificates.crt"),
+    )
+    .unwrap();
+    let image = "kiln-static-test:1";
+    // The work directory where the other tests keep it (the snapshot
+    // leaves /kiln out: cache mounts persist there between builds).
+    f.engine.import(
+        root.path(),
+        image,
+        &["ENV PATH=/bin KILN_DIR=/kiln/work", "WORKDIR /"],
+    );
+    let out = out_dir();
+    let id = f.container_of(image, &[], out.path());
+    let before = f.snapshot(&id);
+    for name in names {
+        let args = [
+            "/kaniko/executor",
+            "--context",
+            &format!("/ctx/{name}"),
+            "--no-push",
+            "--insecure-pull",
+            "--oci-layout-path",
+            &format!("/out/{name}"),
+        ];
+        let o = f.exec(&id, &args);
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}:\n{log}");
+        assert!(log.contains("isolation: in-place"), "{name}:\n{log}");
+        f.assert_same(out.path(), name, "static executor, in-place");
+    }
+    assert_eq!(before, f.snapshot(&id), "the container's files changed");
 }
