@@ -179,6 +179,17 @@ fn setup(names: &[&str]) -> Fixture {
     }
 }
 
+/// A CA bundle in `root`, as any real executor image has.
+fn add_ca_bundle(root: &Path) {
+    let ca = root.join("etc/ssl/certs");
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        ca.join("ca-certificates.crt"),
+    )
+    .unwrap();
+}
+
 /// busybox, and the executor at /kiln/executor with the libraries it links
 /// under /kiln/lib (interpreter and rpath set by patchelf): like kaniko's
 /// static binary, it depends on nothing in the container's root, which the
@@ -200,15 +211,7 @@ fn image_root() -> tempfile::TempDir {
     }
     let bin = t.path().join("kiln/executor");
     std::fs::copy(exe, &bin).unwrap();
-    // A CA bundle, as any real executor image has (without one the registry
-    // client panics even for plain-HTTP registries: issue 10).
-    let ca = t.path().join("etc/ssl/certs");
-    std::fs::create_dir_all(&ca).unwrap();
-    std::fs::copy(
-        "/etc/ssl/certs/ca-certificates.crt",
-        ca.join("ca-certificates.crt"),
-    )
-    .unwrap();
+    add_ca_bundle(t.path());
     let ldd = run(Command::new("ldd").arg(exe));
     let mut interp = String::new();
     for path in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
@@ -692,13 +695,7 @@ fn a_static_executor_copied_into_a_distro_image_builds_in_place() {
     std::fs::create_dir_all(&kaniko).unwrap();
     std::fs::create_dir_all(root.path().join("kiln/work")).unwrap();
     std::fs::copy(&exe, kaniko.join("executor")).unwrap();
-    let ca = root.path().join("etc/ssl/certs");
-    std::fs::create_dir_all(&ca).unwrap();
-    std::fs::copy(
-        "/etc/ssl/certs/ca-certificates.crt",
-        ca.join("ca-certificates.crt"),
-    )
-    .unwrap();
+    add_ca_bundle(root.path());
     let image = "kiln-static-test:1";
     // The work directory where the other tests keep it (the snapshot
     // leaves /kiln out: cache mounts persist there between builds).
