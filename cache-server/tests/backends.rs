@@ -162,15 +162,7 @@ fn chunked_upload_range_mount_tags_delete(b: Backend) {
             .unwrap();
         assert_eq!(r.status().as_u16(), 416);
         // Not visible before it is committed.
-        assert_eq!(
-            c.head(format!("{url}/v2/a/b/blobs/{d}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-            404
-        );
+        assert_eq!(head(&format!("{url}/v2/a/b/blobs/{d}")).await, 404);
         let r = c
             .put(format!("{url}{loc}?digest={d}"))
             .send()
@@ -289,7 +281,7 @@ fn lying_clients_and_bad_manifests_leave_nothing(b: Backend) {
         assert_eq!(r.status().as_u16(), 400);
         assert_eq!(error_code(&r.bytes().await.unwrap()), "DIGEST_INVALID");
         for d in [&claimed, &sha(&data)] {
-            assert_eq!(c.head(format!("{url}/v2/x/blobs/{d}")).send().await.unwrap().status().as_u16(), 404);
+            assert_eq!(head(&format!("{url}/v2/x/blobs/{d}")).await, 404);
         }
         // A chunk shorter than its Content-Range says.
         let r = c.post(format!("{url}/v2/x/blobs/uploads/")).send().await.unwrap();
@@ -306,7 +298,7 @@ fn lying_clients_and_bad_manifests_leave_nothing(b: Backend) {
             t.write_all(&[7u8; 400]).unwrap();
             drop(t);
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            assert_eq!(c.head(format!("{url}/v2/x/blobs/{d}")).send().await.unwrap().status().as_u16(), 404);
+            assert_eq!(head(&format!("{url}/v2/x/blobs/{d}")).await, 404);
         }
         // Manifests: unknown blob, not JSON, too big, wrong digest.
         let config = b"{\"a\":1}".to_vec();
@@ -406,25 +398,9 @@ fn a_busy_session_is_refused_under_another_repository(b: Backend) {
         let (st, body) = finish_upload(&url, &loc, &sha(&blob)).await;
         assert_eq!(st, 201, "{body}");
         let d = sha(&blob);
-        assert_eq!(
-            c.head(format!("{url}/v2/team/a/blobs/{d}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-            200
-        );
+        assert_eq!(head(&format!("{url}/v2/team/a/blobs/{d}")).await, 200);
         for d in [sha(&data), sha(&[&blob[..], &data[..]].concat())] {
-            assert_eq!(
-                c.head(format!("{url}/v2/team/a/blobs/{d}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16(),
-                404
-            );
+            assert_eq!(head(&format!("{url}/v2/team/a/blobs/{d}")).await, 404);
         }
     });
 }

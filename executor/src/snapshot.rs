@@ -430,6 +430,13 @@ fn scan(
 mod tests {
     use super::*;
 
+    fn changes(diff: &Diff) -> Vec<(String, Change)> {
+        diff.changes
+            .iter()
+            .map(|(p, c)| (p.to_string_lossy().into_owned(), *c))
+            .collect()
+    }
+
     #[test]
     fn scan_diff_finds_adds_changes_and_topmost_deletes() {
         let d = tempfile::tempdir().unwrap();
@@ -443,12 +450,7 @@ mod tests {
         std::fs::write(r.join("new"), "2").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(r.join("mod"), "22").unwrap();
-        let diff = idx.diff(r).unwrap();
-        let got: Vec<_> = diff
-            .changes
-            .iter()
-            .map(|(p, c)| (p.to_string_lossy().into_owned(), *c))
-            .collect();
+        let got = changes(&idx.diff(r).unwrap());
         assert_eq!(
             got,
             vec![
@@ -474,12 +476,7 @@ mod tests {
         std::fs::write(r.join("a/f"), "now a file").unwrap();
         std::fs::remove_dir_all(r.join("a/l")).unwrap();
         std::os::unix::fs::symlink("/elsewhere", r.join("a/l")).unwrap();
-        let diff = idx.diff(r).unwrap();
-        let got: Vec<_> = diff
-            .changes
-            .iter()
-            .map(|(p, c)| (p.to_string_lossy().into_owned(), *c))
-            .collect();
+        let got = changes(&idx.diff(r).unwrap());
         assert_eq!(
             got,
             vec![

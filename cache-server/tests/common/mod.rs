@@ -147,6 +147,11 @@ pub async fn push_entry(
     (sha(&m), layer)
 }
 
+/// `HEAD url`: its status.
+pub async fn head(url: &str) -> u16 {
+    client().head(url).send().await.unwrap().status().as_u16()
+}
+
 pub async fn get(url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let r = client().get(url).send().await.unwrap();
     let s = r.status().as_u16();

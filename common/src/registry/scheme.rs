@@ -51,14 +51,18 @@ pub fn private_reason(host: &str) -> Option<&'static str> {
 }
 
 impl Registry {
-    /// Whether `host` was found to speak only plain HTTP (see the module).
-    pub(super) fn plain_http(&self, host: &str) -> bool {
+    /// What was decided for `host`, if anything yet.
+    fn decided(&self, host: &str) -> Option<bool> {
         self.plain_http
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(host)
             .copied()
-            .unwrap_or(false)
+    }
+
+    /// Whether `host` was found to speak only plain HTTP (see the module).
+    pub(super) fn plain_http(&self, host: &str) -> bool {
+        self.decided(host).unwrap_or(false)
     }
 
     /// Decides, once, whether `host` is spoken to over plain HTTP without a
@@ -69,12 +73,7 @@ impl Registry {
             .insecure_hosts
             .iter()
             .any(|h| h == "*" || h == host);
-        if configured
-            || self
-                .plain_http
-                .lock()
-                .map_or(true, |m| m.contains_key(host))
-        {
+        if configured || self.decided(host).is_some() {
             return;
         }
         let Some(why) = private_reason(host) else {
