@@ -422,7 +422,7 @@ fn chown_outcome(r: nix::Result<()>, uid: u32, gid: u32, is_root: bool) -> io::R
             Ok(())
         }
         Err(nix::errno::Errno::EINVAL) if crate::userns::active() => Err(io::Error::other(
-            format!("owner {uid}:{gid}: {}", crate::userns::ONE_ID),
+            format!("owner {uid}:{gid}: {}", crate::userns::limit(uid, gid)),
         )),
         Err(e) => Err(e.into()),
     }

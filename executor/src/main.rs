@@ -17,7 +17,8 @@ fn main() -> std::process::ExitCode {
     if let Some((uid, gid)) = kiln_executor::userns::enter_if_needed(privileged) {
         tracing::info!(
             "running as uid {uid} without CAP_SYS_ADMIN: building in a user namespace of its own \
-             (uid {uid} and gid {gid} are root there; files owned by other ids cannot be built)"
+             (uid {uid} and gid {gid} are root there; {})",
+            kiln_executor::userns::ids()
         );
     }
     // Before any thread exists: mounts the build makes (a stacked root, a

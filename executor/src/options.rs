@@ -44,6 +44,9 @@ pub struct BuildOptions {
     pub ignore_paths: Vec<PathBuf>,
     /// `--force`: allow the in-place rung outside a detected container.
     pub force: bool,
+    /// `--snapshot-mode=full`: the rungs without an overlay walk the whole
+    /// root after every RUN (see [`crate::snapshot::RootWatch`]).
+    pub full_walks: bool,
     /// Where each build gets its own private directory (`--kaniko-dir`).
     pub work_dir: PathBuf,
     pub registry: RegistryOptions,

@@ -224,7 +224,52 @@ fn image_root() -> tempfile::TempDir {
     run(Command::new("patchelf")
         .args(["--set-interpreter", &interp, "--set-rpath", "/kiln/lib"])
         .arg(&bin));
+    add_uidmap(t.path());
     t
+}
+
+/// Debian's setuid `newuidmap`/`newgidmap` under /kiln/bin with their
+/// libraries, and a range of subordinate ids for the image's user `app`
+/// (uid 1000), as Kiln's image ships them (deploy/image/context.sh).
+fn add_uidmap(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = root.join("kiln/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["newuidmap", "newgidmap"] {
+        let src = Path::new("/usr/bin").join(tool);
+        let dst = bin.join(tool);
+        std::fs::copy(&src, &dst).expect("uidmap must be installed (.ci/setup)");
+        let mut interp = String::new();
+        for path in run(Command::new("ldd").arg(&src))
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let name = Path::new(path)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            std::fs::copy(path, root.join("kiln/lib").join(&name)).unwrap();
+            if name.starts_with("ld-linux") {
+                interp = format!("/kiln/lib/{name}");
+            }
+        }
+        // DT_RPATH, not RUNPATH: it also serves the libraries' own
+        // dependencies (libaudit's libcap-ng).
+        run(Command::new("patchelf")
+            .args([
+                "--set-interpreter",
+                &interp,
+                "--force-rpath",
+                "--set-rpath",
+                "/kiln/lib",
+            ])
+            .arg(&dst));
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    }
+    for f in ["etc/subuid", "etc/subgid"] {
+        std::fs::write(root.join(f), "app:100000:65536\n").unwrap();
+    }
 }
 
 impl Fixture {
@@ -458,9 +503,11 @@ fn non_root_without_user_namespaces_gets_one_clear_error() {
     assert!(!PathBuf::from(out.path()).join("config").exists());
 }
 
-/// `-u 1000` where the seccomp profile allows user namespaces: the build
-/// runs in one of Kiln's own, on the namespaces rung, and the image is the
-/// namespaces rung's as root, file for file.
+/// `-u 1000` where the seccomp profile allows user namespaces but
+/// `no_new_privs` keeps the setuid id-mapping helpers from working: the
+/// build runs in a namespace of Kiln's own holding one id, on the
+/// namespaces rung, and the image is the namespaces rung's as root, file
+/// for file.
 #[test]
 fn non_root_with_user_namespaces_allowed_builds() {
     use std::os::unix::fs::PermissionsExt;
@@ -508,6 +555,8 @@ fn non_root_with_user_namespaces_allowed_builds() {
         "1000",
         "--security-opt",
         "seccomp=unconfined",
+        "--security-opt",
+        "no-new-privileges",
         "--tmpfs",
         "/kiln/work:exec,mode=1777",
     ];
@@ -515,6 +564,14 @@ fn non_root_with_user_namespaces_allowed_builds() {
     let (ok, log) = f.build(&id, "userns", &[]);
     assert!(ok, "{log}");
     assert!(log.contains("user namespace of its own"), "{log}");
+    assert!(
+        log.contains("one id in Kiln's user namespace: /kiln/bin/newuidmap"),
+        "{log}"
+    );
+    assert!(
+        log.contains("one id: files owned by other ids cannot be built"),
+        "{log}"
+    );
     assert!(log.contains("isolation: namespaces"), "{log}");
     let ours = unpack(&format!(
         "oci:{}:latest",
@@ -527,6 +584,108 @@ fn non_root_with_user_namespaces_allowed_builds() {
             .unwrap()
             .trim(),
         "0"
+    );
+}
+
+/// `-u 1000` with user namespaces allowed and the setuid helpers working:
+/// Kiln maps the range /etc/subuid and /etc/subgid give `app`, so a base
+/// with files of several owners, `COPY --chown`, `chown` to other ids and
+/// `USER` for RUN build — the image is the namespaces rung's as root.
+///
+/// `--cap-add SYS_ADMIN` only widens the bounding set (a uid-1000 process
+/// has no effective capability, so Kiln still takes the user-namespace
+/// path): on this kernel (6.18) newuidmap's write of a range is refused
+/// without it, by Debian's shadow 4.13 and 4.17 alike (reproduced outside
+/// any container by dropping it from the bounding set); Kiln then falls
+/// back to one id, which `non_root_with_user_namespaces_allowed_builds`
+/// covers.
+#[test]
+fn non_root_with_subordinate_ids_builds_other_owners() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = setup(&[]);
+    let ctx = f.ctx_dir.path().join("subids");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("f"), "copied\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\n\
+             COPY --chown=1000:50 f /home/app/f\n\
+             RUN mkdir /data && chown 2000:3000 /data \
+                 && echo 'web:x:1001:1001::/home/web:/bin/sh' >> /etc/passwd \
+                 && mkdir -p /home/web && chown -R web:1001 /home/web && ls -ln /home/app > /owners\n\
+             USER app\n\
+             RUN id -u > /tmp/uid && echo mine > /home/app/mine\n\
+             USER root\n\
+             RUN chown 65534:65534 /tmp/uid\n",
+            f.base
+        ),
+    )
+    .unwrap();
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(f.ctx_dir.path(), 0o777);
+    open(&ctx, 0o777);
+    open(&ctx.join("f"), 0o644);
+    let out = out_dir();
+    open(out.path(), 0o777);
+    let (work, reference) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let layout = reference.path().join("img");
+    must_build(
+        &ctx,
+        work.path(),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--isolation",
+            "namespaces",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+    );
+    let want = tree(&unpack(&format!("oci:{}:latest", layout.display())).rootfs());
+    let args = [
+        "-u",
+        "1000",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--tmpfs",
+        "/kiln/work:exec,mode=1777",
+    ];
+    let id = f.container(&args, out.path());
+    let (ok, log) = f.build(&id, "subids", &[]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("uids 0-65536 and gids 0-65536 mapped by newuidmap"),
+        "{log}"
+    );
+    assert!(log.contains("isolation: namespaces"), "{log}");
+    let ours = unpack(&format!(
+        "oci:{}:latest",
+        out.path().join("subids").display()
+    ));
+    let got = tree(&ours.rootfs());
+    let diffs = tree_diffs(&got, &want, ("uid 1000 with subordinate ids", "namespaces"));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    // The owners are really other ids (the comparison above would also
+    // pass if both had lost them).
+    use std::os::unix::fs::MetadataExt;
+    let owner = |p: &str| {
+        let m = std::fs::symlink_metadata(ours.rootfs().join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("data"), (2000, 3000));
+    assert_eq!(owner("home/app/f"), (1000, 50));
+    assert_eq!(owner("home/app/mine"), (1000, 1000));
+    assert_eq!(owner("tmp/uid"), (65534, 65534));
+    assert_eq!(
+        std::fs::read_to_string(ours.rootfs().join("tmp/uid"))
+            .unwrap()
+            .trim(),
+        "1000"
     );
 }
 

@@ -142,4 +142,50 @@ fn kilns_image_runs_the_seeds_pipelines() {
         !left.contains("leak") && !left.contains("app.txt"),
         "{left}"
     );
+
+    // runAsUser: 1000 where user namespaces are allowed: the image's
+    // newuidmap/newgidmap and /etc/subuid give the build a full id range
+    // (the base has /home/app owned by 1000, RUN chowns to other ids).
+    let owners = context_with(&format!(
+        "FROM {base}\nRUN mkdir /d && chown 2000:3000 /d && stat -c 'owner %u:%g' /d /home/app\n"
+    ));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(owners.path(), open).unwrap();
+    }
+    let o = engine
+        .cmd()
+        .args(["run", "--rm", "--network", "host", "-u", "1000"])
+        // SYS_ADMIN in the bounding set only (uid 1000 has no effective
+        // capability): this kernel refuses newuidmap's range without it
+        // (see containers.rs, non_root_with_subordinate_ids_…).
+        .args([
+            "--security-opt",
+            "seccomp=unconfined",
+            "--cap-add",
+            "SYS_ADMIN",
+        ])
+        .args(["--tmpfs", "/kaniko/work:exec,mode=1777", "-v"])
+        .arg(format!("{}:/src:ro", owners.path().display()))
+        .args([
+            "kiln:latest",
+            "--context",
+            "/src",
+            "--no-push",
+            "--insecure-pull",
+        ])
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("uids 0-65536 and gids 0-65536"), "{log}");
+    assert!(
+        log.contains("owner 2000:3000") && log.contains("owner 1000:1000"),
+        "{log}"
+    );
 }

@@ -30,10 +30,10 @@ impl StageRun<'_> {
                     path: c.clone(),
                     source,
                 })?;
-                if (u, g) != (0, 0) && crate::userns::active() {
+                if !crate::userns::holds(u, g) {
                     return Err(StepError::Invalid(format!(
                         "--chown={c} ({u}:{g}): {}",
-                        crate::userns::ONE_ID
+                        crate::userns::limit(u, g)
                     )));
                 }
                 Owner::Fixed(u, g)

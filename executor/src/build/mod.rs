@@ -182,6 +182,7 @@ impl Builder {
             &isolation::SelectOptions {
                 protected: protected_paths(&opts),
                 force: opts.force,
+                full_walks: opts.full_walks,
             },
         )?;
         Self::assemble(opts, registry, work, selection)

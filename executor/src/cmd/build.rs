@@ -109,6 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         isolation: cli.isolation,
         ignore_paths: cli.ignore_path.clone(),
         force: cli.force.unwrap_or(false),
+        full_walks: cli.snapshot_mode.unwrap_or(false),
         work_dir: cli.kaniko_dir.clone(),
         registry: registry_opts.clone(),
         image_fs_extract_retry: cli.image_fs_extract_retry.unwrap_or(0),

@@ -192,9 +192,11 @@ pub struct Cli {
     /// Parse and plan the build, then stop: nothing is pulled, built or pushed.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub dryrun: Option<bool>,
-    /// Accepted for kaniko compatibility (see the README's flag table).
-    #[arg(long, alias = "snapshotMode", hide = true)]
-    pub snapshot_mode: Option<String>,
+    /// `full`: on the rungs without an overlay, walk the whole root after
+    /// every RUN instead of following the kernel's change events (`redo`,
+    /// `time`: the default).
+    #[arg(long, alias = "snapshotMode", value_name = "full|redo|time", value_parser = values::snapshot_full)]
+    pub snapshot_mode: Option<bool>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
     pub use_new_run: Option<bool>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish(), hide = true)]
@@ -301,17 +303,6 @@ pub fn check_kaniko_flags(cli: &Cli) {
             }
             Support::Notice => tracing::info!("--{name}: accepted, no effect: {}", k.note),
             Support::Implemented => {}
-        }
-    }
-    if let Some(m) = &cli.snapshot_mode {
-        if !matches!(m.as_str(), "full" | "redo" | "time") {
-            use clap::CommandFactory;
-            Cli::command()
-                .error(
-                    clap::error::ErrorKind::InvalidValue,
-                    format!("--snapshot-mode {m:?}: expected full, redo or time"),
-                )
-                .exit()
         }
     }
 }

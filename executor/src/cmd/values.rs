@@ -59,6 +59,17 @@ pub fn compression(s: &str) -> Result<Compression, String> {
     s.parse()
 }
 
+/// `--snapshot-mode`: kaniko's `full`, `redo` and `time`. Only `full`
+/// changes anything: the rungs without an overlay walk the whole root after
+/// every step instead of following the kernel's change events.
+pub fn snapshot_full(s: &str) -> Result<bool, String> {
+    match s {
+        "full" => Ok(true),
+        "redo" | "time" => Ok(false),
+        _ => Err(format!("{s:?}: expected full, redo or time")),
+    }
+}
+
 pub fn isolation(s: &str) -> Result<IsolationKind, String> {
     s.parse()
 }

@@ -13,7 +13,7 @@ use super::spawn::{command_in, spawn_and_wait};
 use super::supervise::Report;
 use super::{Isolation, IsolationError, RunOutcome, RunSpec};
 use crate::extract::remove_any;
-use crate::snapshot::ScanIndex;
+use crate::snapshot::RootWatches;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -23,17 +23,20 @@ pub struct Chroot {
     mknod: bool,
     /// Landlock's absence is said once per build, not once per step.
     landlock_warned: std::sync::atomic::AtomicBool,
+    /// Each stage root's index, kept current from step to step.
+    watches: RootWatches,
 }
 
 impl Chroot {
     /// Device nodes need `CAP_MKNOD`, and a work directory not mounted
     /// `nodev` (Docker's `--tmpfs` default), where they could not be opened.
-    pub fn new(env: &Environment, build_dir: &Path) -> Chroot {
+    pub fn new(env: &Environment, build_dir: &Path, full_walks: bool) -> Chroot {
         let nodev = nix::sys::statvfs::statvfs(build_dir)
             .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_NODEV));
         Chroot {
             mknod: env.has_cap(CAP_MKNOD) && !nodev,
             landlock_warned: std::sync::atomic::AtomicBool::new(false),
+            watches: RootWatches::new(full_walks),
         }
     }
 
@@ -182,7 +185,7 @@ impl Isolation for Chroot {
     ) -> Result<RunOutcome, IsolationError> {
         let setup = IsolationError::setup(root);
         let provided = Provided::install(root, scratch, spec, self.mknod).map_err(setup)?;
-        let index = ScanIndex::capture_filtered(root, &provided_path)?;
+        let baseline = self.watches.begin(root, root, &provided_path, &[])?;
         // A root step could leave the chroot; Landlock keeps it in its root.
         let confinement = match spec.uid {
             0 => match super::landlock::Confinement::beneath(root) {
@@ -200,13 +203,13 @@ impl Isolation for Chroot {
                 .and_then(|c| spawn_and_wait(c, &spec.args[0], &report))
         });
         drop(confinement);
-        let diff = index.diff_filtered(root, &provided_path);
+        let changes = self.watches.finish(baseline, root, &provided_path, &[]);
         provided.remove().map_err(setup)?;
         let (status, tail) = spawned?;
         Ok(RunOutcome {
             status,
             tail,
-            diff: diff?,
+            diff: self.watches.keep(changes?),
         })
     }
 }

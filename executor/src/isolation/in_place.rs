@@ -40,7 +40,7 @@ use super::spawn::{command_in, spawn_and_wait};
 use super::supervise::Report;
 use super::{Isolation, IsolationError, RunOutcome, RunSpec, SelectOptions};
 use crate::extract::remove_any;
-use crate::snapshot::ScanIndex;
+use crate::snapshot::{Changes, RootWatches};
 use crate::tree::{copy_entry, copy_meta, mkdir_like, set_mtime, sorted_entries};
 use std::collections::BTreeSet;
 use std::io;
@@ -69,6 +69,12 @@ pub struct InPlace {
     /// Whether the container's files are in the stash; the lock also makes
     /// steps of one build run one at a time over `/`.
     stashed: Mutex<bool>,
+    /// Each stage root's index, kept current from step to step.
+    watches: RootWatches,
+    /// The kept directories, relative: a different inode in `/` (the
+    /// container's) than in the stage root between steps, so no watch
+    /// follows them; their entries are looked at on every step.
+    kept: Vec<PathBuf>,
     /// A lock on `/` itself, held for the build: one in-place build per
     /// container at a time.
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -150,6 +156,21 @@ impl Ignored {
             .iter()
             .chain(self.volumes.iter())
             .any(|p| p.starts_with(abs) && p != abs)
+    }
+
+    /// Every kept directory but `/`, relative to `/`.
+    fn kept_dirs(&self) -> Vec<PathBuf> {
+        let mut kept = BTreeSet::new();
+        for p in self.paths.iter().chain(self.volumes.iter()) {
+            for a in p.ancestors().skip(1) {
+                if let Ok(rel) = a.strip_prefix("/") {
+                    if !rel.as_os_str().is_empty() {
+                        kept.insert(rel.to_path_buf());
+                    }
+                }
+            }
+        }
+        kept.into_iter().collect()
     }
 }
 
@@ -267,12 +288,15 @@ impl InPlace {
         let roots = state.join(ROOTS);
         std::fs::create_dir(&roots).map_err(|e| io_str("creating", &roots, e))?;
         ignored.paths.insert(state.clone());
+        let kept = ignored.kept_dirs();
         Ok(InPlace {
             state,
             roots,
             root_times,
             ignored,
             stashed: Mutex::new(false),
+            watches: RootWatches::new(opts.full_walks),
+            kept,
             _lock: lock,
         })
     }
@@ -427,14 +451,9 @@ impl InPlace {
 
     /// Copies what a step wrote into volumes into `root` (so that it is in
     /// the image), then takes what it added out of the volumes again.
-    fn take_from_volumes(
-        &self,
-        root: &Path,
-        index: &ScanIndex,
-        diff: &crate::snapshot::Diff,
-    ) -> io::Result<()> {
+    fn take_from_volumes(&self, root: &Path, changes: &Changes) -> io::Result<()> {
         let mut added_top: Vec<PathBuf> = Vec::new();
-        for (rel, change) in &diff.changes {
+        for (rel, change) in &changes.diff.changes {
             let abs = Path::new("/").join(rel);
             if !self.ignored.in_volume(&abs) || self.ignored.is_volume(&abs) {
                 continue;
@@ -451,7 +470,7 @@ impl InPlace {
                 std::fs::create_dir_all(parent)?;
             }
             copy_entry(&abs, &dst)?;
-            if !index.contains(rel) && !added_top.iter().any(|t| abs.starts_with(t)) {
+            if changes.is_new(rel) && !added_top.iter().any(|t| abs.starts_with(t)) {
                 added_top.push(abs);
             }
         }
@@ -463,19 +482,22 @@ impl InPlace {
 
     fn run_swapped(&self, root: &Path, spec: &RunSpec) -> Result<RunOutcome, IsolationError> {
         let skip = self.skip_filter();
-        let index = ScanIndex::capture_filtered(Path::new("/"), &skip)?;
+        let slash = Path::new("/");
+        let baseline = self.watches.begin(root, slash, &skip, &self.kept)?;
         let report = Report::new().map_err(IsolationError::setup(&self.state))?;
         let cmd = command_in(spec, None, None, report.fd())?;
         let (status, tail) = spawn_and_wait(cmd, &spec.args[0], &report)?;
-        let diff = index.diff_filtered(Path::new("/"), &skip)?;
-        if diff
+        let changes = self.watches.finish(baseline, slash, &skip, &self.kept)?;
+        if changes
+            .diff
             .changes
             .keys()
-            .any(|rel| self.ignored.in_volume(&Path::new("/").join(rel)))
+            .any(|rel| self.ignored.in_volume(&slash.join(rel)))
         {
-            self.take_from_volumes(root, &index, &diff)
+            self.take_from_volumes(root, &changes)
                 .map_err(IsolationError::setup(root))?;
         }
+        let diff = self.watches.keep(changes);
         Ok(RunOutcome { status, tail, diff })
     }
 }

@@ -181,6 +181,9 @@ pub struct SelectOptions {
     pub protected: Vec<PathBuf>,
     /// `--force`: allow the in-place rung outside a detected container.
     pub force: bool,
+    /// `--snapshot-mode=full`: the rungs without an overlay walk the whole
+    /// root after every RUN instead of following inotify's events.
+    pub full_walks: bool,
 }
 
 /// The chosen rung and the one-line reason for the choice.
@@ -277,7 +280,7 @@ pub fn select(
     }
     match probe::chroot(env) {
         Ok(()) => Ok(Selection {
-            isolation: Box::new(Chroot::new(env, build_dir)),
+            isolation: Box::new(Chroot::new(env, build_dir, opts.full_walks)),
             reason: refused.join("; "),
             tmpfs: None,
         }),

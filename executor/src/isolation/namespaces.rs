@@ -59,14 +59,14 @@ impl Isolation for Namespaces {
         scratch: &Path,
         spec: &RunSpec,
     ) -> Result<RunOutcome, IsolationError> {
-        if (spec.uid, spec.gid) != (0, 0) && crate::userns::active() {
+        if !crate::userns::holds(spec.uid, spec.gid) {
             return Err(IsolationError::Unavailable {
                 rung: "namespaces",
                 why: format!(
                     "RUN as {}:{}: {}",
                     spec.uid,
                     spec.gid,
-                    crate::userns::ONE_ID
+                    crate::userns::limit(spec.uid, spec.gid)
                 ),
             });
         }

@@ -2,8 +2,18 @@
 //!
 //! Two ways to get one: read an overlayfs upper directory (cost grows with the
 //! change, not the root) and merge it into the root; or compare the root with a
-//! stat index taken before the step (for chroot isolation, where no overlay can
-//! be mounted). COPY/ADD record what they write directly.
+//! stat index taken before the step (the in-place and chroot rungs, where no
+//! overlay can be mounted) — kept current by inotify from step to step
+//! ([`RootWatch`]) so that its cost, too, follows the change. COPY/ADD record
+//! what they write directly.
+
+mod scan;
+mod step;
+mod watch;
+
+pub use scan::ScanIndex;
+pub use step::{Baseline, Changes, RootWatches};
+pub use watch::{RootWatch, Walk};
 
 use crate::extract::remove_any;
 use std::collections::{BTreeMap, HashMap};
@@ -287,202 +297,5 @@ fn strip_overlay_xattrs_tree(p: &Path) {
                 }
             }
         }
-    }
-}
-
-/// What identifies a file's state cheaply: any write or metadata change moves
-/// ctime, and a replaced file has a new inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    ino: u64,
-    ctime: (i64, i64),
-    mtime: (i64, i64),
-    size: u64,
-    mode: u32,
-}
-
-/// A stat index of a root, for diffing without overlayfs.
-pub struct ScanIndex {
-    entries: HashMap<PathBuf, Stamp>,
-}
-
-impl ScanIndex {
-    pub fn capture(root: &Path) -> Result<ScanIndex, SnapshotError> {
-        Self::capture_filtered(root, &|_| false)
-    }
-
-    /// Like [`capture`](Self::capture), leaving out every path for which
-    /// `skip` is true, with everything beneath it (what an isolation provides
-    /// to a step, or the container's own files around an in-place root).
-    pub fn capture_filtered(
-        root: &Path,
-        skip: &dyn Fn(&Path) -> bool,
-    ) -> Result<ScanIndex, SnapshotError> {
-        let mut entries = HashMap::new();
-        scan(root, Path::new(""), skip, &mut |rel, m| {
-            entries.insert(rel.to_path_buf(), stamp(m));
-        })?;
-        Ok(ScanIndex { entries })
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether `rel` existed when the index was taken.
-    pub fn contains(&self, rel: &Path) -> bool {
-        self.entries.contains_key(rel)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The changes in `root` since this index was taken.
-    pub fn diff(&self, root: &Path) -> Result<Diff, SnapshotError> {
-        self.diff_filtered(root, &|_| false)
-    }
-
-    /// The changes since the index was taken, leaving out what `skip` names
-    /// (use the same filter as for the capture).
-    pub fn diff_filtered(
-        &self,
-        root: &Path,
-        skip: &dyn Fn(&Path) -> bool,
-    ) -> Result<Diff, SnapshotError> {
-        let mut diff = Diff::default();
-        let mut seen = std::collections::HashSet::with_capacity(self.entries.len());
-        // Paths that are not directories now: what was beneath one of them
-        // went with the directory it replaced, and a whiteout inside a file
-        // or a link would contradict it.
-        let mut not_dirs = std::collections::HashSet::new();
-        scan(root, Path::new(""), skip, &mut |rel, m| {
-            seen.insert(rel.to_path_buf());
-            if !m.is_dir() {
-                not_dirs.insert(rel.to_path_buf());
-            }
-            match self.entries.get(rel) {
-                Some(s) if *s == stamp(m) => {}
-                // A directory whose listing changed has a new mtime; report it
-                // only for real metadata changes, the children say the rest.
-                Some(s)
-                    if m.is_dir()
-                        && s.mode == m.mode()
-                        && s.ino == m.ino()
-                        && s.ctime != (m.ctime(), m.ctime_nsec())
-                        && s.mtime != (m.mtime(), m.mtime_nsec()) => {}
-                _ => diff.add(rel.to_path_buf(), Change::Add),
-            }
-        })?;
-        // Deleted paths: report only the topmost.
-        let mut deleted: Vec<&PathBuf> =
-            self.entries.keys().filter(|p| !seen.contains(*p)).collect();
-        deleted.sort();
-        let mut last: Option<&PathBuf> = None;
-        for p in deleted {
-            if last.is_some_and(|l| p.starts_with(l))
-                || p.ancestors().skip(1).any(|a| not_dirs.contains(a))
-            {
-                continue;
-            }
-            diff.add(p.clone(), Change::Delete);
-            last = Some(p);
-        }
-        Ok(diff)
-    }
-}
-
-fn stamp(m: &std::fs::Metadata) -> Stamp {
-    Stamp {
-        ino: m.ino(),
-        ctime: (m.ctime(), m.ctime_nsec()),
-        mtime: (m.mtime(), m.mtime_nsec()),
-        size: m.size(),
-        mode: m.mode(),
-    }
-}
-
-fn scan(
-    root: &Path,
-    rel: &Path,
-    skip: &dyn Fn(&Path) -> bool,
-    f: &mut dyn FnMut(&Path, &std::fs::Metadata),
-) -> Result<(), SnapshotError> {
-    let dir = root.join(rel);
-    let rd = std::fs::read_dir(&dir).map_err(io_err(&dir))?;
-    for e in rd {
-        let e = e.map_err(io_err(&dir))?;
-        let r = rel.join(e.file_name());
-        if skip(&r) {
-            continue;
-        }
-        let p = e.path();
-        let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
-        f(&r, &m);
-        if m.is_dir() {
-            scan(root, &r, skip, f)?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn changes(diff: &Diff) -> Vec<(String, Change)> {
-        diff.changes
-            .iter()
-            .map(|(p, c)| (p.to_string_lossy().into_owned(), *c))
-            .collect()
-    }
-
-    #[test]
-    fn scan_diff_finds_adds_changes_and_topmost_deletes() {
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path();
-        std::fs::create_dir_all(r.join("a/b")).unwrap();
-        std::fs::write(r.join("a/b/f"), "1").unwrap();
-        std::fs::write(r.join("keep"), "1").unwrap();
-        std::fs::write(r.join("mod"), "1").unwrap();
-        let idx = ScanIndex::capture(r).unwrap();
-        std::fs::remove_dir_all(r.join("a")).unwrap();
-        std::fs::write(r.join("new"), "2").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        std::fs::write(r.join("mod"), "22").unwrap();
-        let got = changes(&idx.diff(r).unwrap());
-        assert_eq!(
-            got,
-            vec![
-                ("a".to_string(), Change::Delete),
-                ("mod".to_string(), Change::Add),
-                ("new".to_string(), Change::Add)
-            ]
-        );
-    }
-
-    /// A directory replaced by a file or a link is that one entry: no
-    /// whiteouts for its old children (they would sit inside a file).
-    #[test]
-    fn a_directory_replaced_by_a_file_or_link_is_one_change() {
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path();
-        for n in ["f", "l"] {
-            std::fs::create_dir_all(r.join("a").join(n).join("sub")).unwrap();
-            std::fs::write(r.join("a").join(n).join("x"), "1").unwrap();
-        }
-        let idx = ScanIndex::capture(r).unwrap();
-        std::fs::remove_dir_all(r.join("a/f")).unwrap();
-        std::fs::write(r.join("a/f"), "now a file").unwrap();
-        std::fs::remove_dir_all(r.join("a/l")).unwrap();
-        std::os::unix::fs::symlink("/elsewhere", r.join("a/l")).unwrap();
-        let got = changes(&idx.diff(r).unwrap());
-        assert_eq!(
-            got,
-            vec![
-                ("a/f".to_string(), Change::Add),
-                ("a/l".to_string(), Change::Add),
-            ]
-        );
     }
 }
