@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Lays out the build context of deploy/Containerfile from binaries built on
-# this machine: no network, no toolchain image. Each binary gets the shared
-# libraries it links beside it (interpreter and rpath set by patchelf), so it
-# needs nothing from the root it runs in — which the in-place rung moves aside
-# during RUN, as kaniko's static binary needs nothing either.
+# this machine: no network, no toolchain image. The executor and the warmer
+# are the static ones (deploy/image/static.sh), as kaniko's: they need
+# nothing from the root they run in — which the in-place rung moves aside
+# during RUN — and `/kaniko/executor` copied alone into another image still
+# works. A dynamic binary (the cache server, the uidmap helpers) gets the
+# shared libraries it links beside it (interpreter and rpath set by
+# patchelf).
 #
-#   deploy/image/context.sh OUT [BINARIES_DIR]     (default: target/release)
+#   deploy/image/context.sh OUT [BINARIES_DIR [STATIC_DIR]]
+#     BINARIES_DIR: the cache server (default: target/release)
+#     STATIC_DIR: executor and warmer (default:
+#       target/static/x86_64-unknown-linux-gnu/release)
 #   executor --context OUT --dockerfile deploy/Containerfile --destination REPO/kiln:TAG
 #   … --target debug          (busybox under /busybox, on PATH)
 #   … --target cache-server
 set -euo pipefail
 out=${1:?usage: context.sh OUT [BINARIES_DIR]}
 bins=${2:-target/release}
-for b in executor warmer cache-server; do
-  [ -x "$bins/$b" ] || { echo "context.sh: $bins/$b missing (cargo build --release)" >&2; exit 1; }
+static=${3:-target/static/x86_64-unknown-linux-gnu/release}
+[ -x "$bins/cache-server" ] || { echo "context.sh: $bins/cache-server missing (cargo build --release)" >&2; exit 1; }
+for b in executor warmer; do
+  [ -x "$static/$b" ] || { echo "context.sh: $static/$b missing (deploy/image/static.sh)" >&2; exit 1; }
+  ldd "$static/$b" >/dev/null 2>&1 && { echo "context.sh: $static/$b is not static" >&2; exit 1; }
 done
 rm -rf "$out"
 mkdir -p "$out/kaniko/lib" "$out/kaniko/bin" "$out/kaniko/ssl/certs" "$out/kaniko/.docker" "$out/kaniko/work" \
@@ -33,8 +42,7 @@ place() {
   [ -n "$interp" ] || { echo "context.sh: no dynamic loader found for $bin" >&2; exit 1; }
   patchelf --set-interpreter "$interp" --force-rpath --set-rpath "$inimg" "$dest/$(basename "$bin")"
 }
-place "$bins/executor" "$out/kaniko" /kaniko/lib "$out/kaniko/lib"
-place "$bins/warmer" "$out/kaniko" /kaniko/lib "$out/kaniko/lib"
+cp "$static/executor" "$static/warmer" "$out/kaniko/"
 place "$bins/cache-server" "$out/server/kiln" /kiln/lib "$out/server/kiln/lib"
 
 # Non-root builds with a full id range (runAsUser: 1000 where the runtime

@@ -235,11 +235,23 @@ pub fn kiln_image_tars(targets: &[(&str, &str)]) -> tempfile::TempDir {
     }
     let out = tempfile::tempdir().unwrap();
     let ctx = out.path().join("ctx");
+    // The executor and warmer the image ships are the static ones,
+    // built by .ci/setup (deploy/image/static.sh).
+    let statics = bins
+        .parent()
+        .unwrap()
+        .join("static/x86_64-unknown-linux-gnu/release");
+    assert!(
+        statics.join("warmer").exists(),
+        "{} missing: run `bash .ci/setup` (deploy/image/static.sh)",
+        statics.display()
+    );
     kiln_testkit::run(
         Command::new("bash")
             .arg(repo.join("deploy/image/context.sh"))
             .arg(&ctx)
-            .arg(bins),
+            .arg(bins)
+            .arg(&statics),
     );
     let work = tempfile::tempdir().unwrap();
     let containerfile = repo.join("deploy/Containerfile");

@@ -53,12 +53,30 @@ pub fn push_rootfs(rootfs: &Path, dest: &str, cmd: &[&str]) {
 /// returns the pushed manifest's digest, as skopeo reports it.
 pub fn push_rootfs_with(rootfs: &Path, dest: &str, cmd: &[&str], skopeo_flags: &[&str]) -> String {
     let t = tempfile::tempdir().unwrap();
-    let layout = t.path().join("layout");
+    let img = rootfs_layout(rootfs, &t.path().join("layout"), "base", cmd);
+    let digest_file = t.path().join("digest");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(skopeo_flags)
+        .arg("--digestfile")
+        .arg(&digest_file)
+        .arg(format!("oci:{img}"))
+        .arg(format!("docker://{dest}")));
+    std::fs::read_to_string(&digest_file)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// An OCI layout at `layout` holding one image, tagged `tag`, whose root is
+/// `rootfs` (one layer, made by umoci); returns `layout:tag`.
+pub fn rootfs_layout(rootfs: &Path, layout: &Path, tag: &str, cmd: &[&str]) -> String {
+    let t = tempfile::tempdir_in(layout.parent().unwrap_or(Path::new("/tmp"))).unwrap();
     run(Command::new("umoci")
         .arg("init")
         .arg("--layout")
-        .arg(&layout));
-    let img = format!("{}:base", layout.display());
+        .arg(layout));
+    let img = format!("{}:{tag}", layout.display());
     run(Command::new("umoci").args(["new", "--image", &img]));
     let bundle = t.path().join("bundle");
     run(Command::new("umoci")
@@ -84,18 +102,7 @@ pub fn push_rootfs_with(rootfs: &Path, dest: &str, cmd: &[&str], skopeo_flags: &
         c.arg(format!("--config.cmd={a}"));
     }
     run(&mut c);
-    let digest_file = t.path().join("digest");
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .args(skopeo_flags)
-        .arg("--digestfile")
-        .arg(&digest_file)
-        .arg(format!("oci:{img}"))
-        .arg(format!("docker://{dest}")));
-    std::fs::read_to_string(&digest_file)
-        .unwrap()
-        .trim()
-        .to_string()
+    img
 }
 
 /// Makes and pushes the busybox base image; returns its reference.

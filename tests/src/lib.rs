@@ -18,6 +18,7 @@
 //! | `proxies.rs` | proxies that cut, stall or rate-limit: outages on demand |
 //! | `tls.rs` | a private CA issuing server and client certificates |
 //! | `static_http.rs`, `nginx.rs`, `prom.rs`, `ssh.rs` | HTTP files, nginx round robin, Prometheus + Pushgateway, ssh-agent |
+//! | `debian.rs` | a real Debian base (mmdebstrap), a local apt repository and a wheelhouse |
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -113,6 +114,8 @@ mod static_http;
 pub use static_http::*;
 mod docker;
 pub use docker::DockerEngine;
+mod debian;
+pub use debian::{debian_kit, push_debian, DebianKit};
 mod nginx;
 mod prom;
 pub use nginx::RoundRobin;
