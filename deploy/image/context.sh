@@ -22,7 +22,7 @@ static=${3:-target/static/x86_64-unknown-linux-gnu/release}
 [ -x "$bins/cache-server" ] || { echo "context.sh: $bins/cache-server missing (cargo build --release)" >&2; exit 1; }
 for b in executor warmer; do
   [ -x "$static/$b" ] || { echo "context.sh: $static/$b missing (deploy/image/static.sh)" >&2; exit 1; }
-  ldd "$static/$b" >/dev/null 2>&1 && { echo "context.sh: $static/$b is not static" >&2; exit 1; }
+  readelf -l "$static/$b" | grep -q 'program interpreter' && { echo "context.sh: $static/$b is not static" >&2; exit 1; }
 done
 rm -rf "$out"
 mkdir -p "$out/kaniko/lib" "$out/kaniko/bin" "$out/kaniko/ssl/certs" "$out/kaniko/.docker" "$out/kaniko/work" \

@@ -207,6 +207,11 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
     let mut counter = CountingReader { inner: r, n: 0 };
     let mut stats = ExtractStats::default();
     let mut created: HashSet<PathBuf> = HashSet::new();
+    // Device nodes this process may not make (no CAP_MKNOD: CRI-O's set,
+    // user namespaces): skipped as containerd skips them there. The layer
+    // itself keeps them (base layers pass through untouched), and RUN sees
+    // the runtime's /dev on every rung, never the root's.
+    let mut devices_skipped = 0usize;
     // Parent directories already resolved (and present), by layer path: each
     // costs an lstat per component otherwise. Anything that removes an entry
     // or adds a symlink may change a resolution, and empties it.
@@ -351,10 +356,11 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
                         SFlag::S_IFBLK
                     };
                     if let Err(e) = mknod(&target, sflag, Mode::from_bits_truncate(mode), dev) {
-                        if is_root {
+                        if is_root && e != nix::errno::Errno::EPERM {
                             return Err(io_err(e.into()));
                         }
                         tracing::debug!("skipping device {name}: {e}");
+                        devices_skipped += 1;
                         continue;
                     }
                 }
@@ -379,6 +385,12 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
     for (d, t) in dir_times.into_iter().rev() {
         let ft = filetime::FileTime::from_unix_time(t, 0);
         let _ = filetime::set_symlink_file_times(&d, ft, ft);
+    }
+    if devices_skipped > 0 {
+        tracing::info!(
+            "{devices_skipped} device node(s) of a layer not made in the root (mknod is not \
+             permitted here); the image keeps them, RUN sees the runtime's /dev"
+        );
     }
     stats.tar_bytes = counter.n;
     Ok(stats)

@@ -85,9 +85,7 @@ RUN dpkg -i /repo/hello_*.deb && hello > /hello-out
 RUN apt-get purge -y -q jq && apt-get autoremove -y -q && rm -rf /var/lib/apt/lists/*
 RUN export SOURCE_DATE_EPOCH=1 PIP_DISABLE_PIP_VERSION_CHECK=1 && python3 -m venv /venv && /venv/bin/pip install -q --no-cache-dir --no-index --find-links /wheels six && /venv/bin/python -c 'import six; print(six.__version__)' > /six-version
 RUN useradd -m -u 1001 -s /bin/sh app && mkdir -p /srv/app && chown app:app /srv/app && echo x > /root/.kiln-profile
-RUN printf '#!/bin/sh
-echo tool
-' > /bin/kiln-tool && chmod 755 /bin/kiln-tool && mkdir -p /usr/local/share/d/sub && echo 1 > /usr/local/share/d/f
+RUN printf '#!/bin/sh\necho tool\n' > /bin/kiln-tool && chmod 755 /bin/kiln-tool && mkdir -p /usr/local/share/d/sub && echo 1 > /usr/local/share/d/f
 RUN rm -rf /usr/local/share/d && ln -s /tmp /usr/local/share/d
 USER app
 RUN id > /srv/app/id && echo hi > /home/app/hi && kiln-tool > /home/app/tool
@@ -746,7 +744,7 @@ fn non_root_with_subordinate_ids_builds_other_owners() {
 fn a_killed_in_place_build_is_put_back_by_the_next_one() {
     let names = ["noleak", "slow"];
     let f = setup(&names[..1]);
-    contexts(&f.base, &f.http.url, &names[1..], f.ctx_dir.path());
+    contexts(&f.base, None, &f.http.url, &names[1..], f.ctx_dir.path());
     let out = out_dir();
     let id = f.container(&[], out.path());
     // Credentials in the container's own root ($HOME/.docker): the dead build

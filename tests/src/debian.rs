@@ -83,6 +83,15 @@ fn make(dir: &Path, kit: &DebianKit) {
     std::fs::write(kit.repo.join("Packages"), packages).unwrap();
 
     run(Command::new("python3")
-        .args(["-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", WHEEL, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            WHEEL,
+            "-d",
+        ])
         .arg(&kit.wheels));
 }
