@@ -73,8 +73,8 @@ RUN seq 1 300000 && seq 1 300000 >&2 && echo printed > /printed
 
 /// A real Debian base (mmdebstrap, see the test kit's `debian.rs`): apt
 /// from a local `file:` repository with its `_apt` sandbox, `dpkg -i`,
-/// `apt-get purge`, pip into a venv from a wheelhouse, `useradd` + `chown`
-/// + `USER`, merged-/usr writes through `/bin`, `/root`, a directory
+/// `apt-get purge`, pip into a venv from a wheelhouse, `useradd`, `chown`
+/// and `USER`, merged-/usr writes through `/bin`, `/root`, a directory
 /// replaced by a link. `SOURCE_DATE_EPOCH` makes Python's byte code
 /// hash-based, so two builds compare byte for byte.
 const DEBIAN: &str = r#"FROM {DEBIAN}
