@@ -106,7 +106,7 @@ pub fn hash_tree(
     keep_owner: bool,
     k: &mut KeyBuilder,
 ) -> Result<(), KeyError> {
-    let top = crate::rootfs::resolve(base, rel, true).map_err(|e| KeyError::Io {
+    let top = kiln_layers::rootfs::resolve(base, rel, true).map_err(|e| KeyError::Io {
         path: base.join(rel),
         source: std::io::Error::other(e.to_string()),
     })?;

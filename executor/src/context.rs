@@ -16,7 +16,7 @@ pub enum ContextError {
     #[error("build context {context:?}: unpacking")]
     Unpack {
         context: String,
-        source: crate::extract::ExtractError,
+        source: kiln_layers::extract::ExtractError,
     },
     #[error("build context {context:?}: git: {message}")]
     Git { context: String, message: String },
@@ -53,10 +53,10 @@ impl BuildContext {
                 .tempdir_in(work)
                 .map_err(io_err)?;
             let stats = if rest == "stdin" {
-                crate::extract::apply_archive(t.path(), io::stdin().lock())
+                kiln_layers::extract::apply_archive(t.path(), io::stdin().lock())
             } else {
                 let f = std::fs::File::open(rest).map_err(io_err)?;
-                crate::extract::apply_archive(t.path(), f)
+                kiln_layers::extract::apply_archive(t.path(), f)
             };
             stats.map_err(|source| ContextError::Unpack {
                 context: spec.to_string(),
@@ -83,9 +83,11 @@ impl BuildContext {
             let f = std::fs::File::open(&archive).map_err(io_err)?;
             let root = t.path().join("root");
             std::fs::create_dir(&root).map_err(io_err)?;
-            crate::extract::apply_archive(&root, f).map_err(|source| ContextError::Unpack {
-                context: spec.to_string(),
-                source,
+            kiln_layers::extract::apply_archive(&root, f).map_err(|source| {
+                ContextError::Unpack {
+                    context: spec.to_string(),
+                    source,
+                }
             })?;
             let _ = std::fs::remove_file(&archive);
             (root, Some(t))

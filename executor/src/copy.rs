@@ -3,8 +3,8 @@
 //! written so the step's layer needs no scan.
 
 use crate::dockerignore::{glob_segment, DockerIgnore};
-use crate::rootfs::{self, RootError};
 use crate::snapshot::{Change, Diff};
+use kiln_layers::rootfs::{self, RootError};
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -290,7 +290,7 @@ fn copy_entry(
         match existing {
             Some(e) if e.is_dir() => {}
             Some(_) => {
-                crate::extract::remove_any(target).map_err(io_err(target))?;
+                kiln_layers::extract::remove_any(target).map_err(io_err(target))?;
                 std::fs::create_dir(target).map_err(io_err(target))?;
             }
             None => {
@@ -305,7 +305,7 @@ fn copy_entry(
         }
     } else {
         if existing.is_some() {
-            crate::extract::remove_any(target).map_err(io_err(target))?;
+            kiln_layers::extract::remove_any(target).map_err(io_err(target))?;
         }
         if let Some(p) = target.parent() {
             if !p.exists() {
@@ -370,7 +370,7 @@ pub fn write_file(
     if let Some(p) = dest.parent() {
         mkdir_all(root, p, opts, diff)?;
     }
-    crate::extract::remove_any(dest).map_err(io_err(dest))?;
+    kiln_layers::extract::remove_any(dest).map_err(io_err(dest))?;
     std::fs::write(dest, content).map_err(io_err(dest))?;
     if let Owner::Fixed(u, g) = opts.owner {
         let _ = std::os::unix::fs::lchown(dest, Some(u), Some(g));

@@ -7,11 +7,11 @@
 //! on an unverified blob.
 
 use crate::blobs::BlobStore;
-use crate::extract::{self, ExtractError};
 use crate::model::{ImageLayer, LayerSource};
 use kiln_common::digest::{commit_verified, CommitError};
 use kiln_common::registry::{Landed, LandedTx, Registry, RegistryError};
 use kiln_common::Digest;
+use kiln_layers::extract::{self, ExtractError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

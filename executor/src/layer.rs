@@ -4,10 +4,10 @@
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::compression::Compression;
-use crate::extract::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::snapshot::{Change, Diff};
 use kiln_common::digest::{Digest, HashingWriter};
 use kiln_common::image::Descriptor;
+use kiln_layers::extract::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -1,7 +1,7 @@
 //! Kiln's executor: builds an image from a Dockerfile without a daemon.
 //!
 //! Data flow: `context` → [`build`] (per stage: base layers unpacked by
-//! `extract` into a private root; RUN through [`isolation`], COPY/ADD through
+//! [`kiln_layers::extract`] into a private root; RUN through [`isolation`], COPY/ADD through
 //! `copy`; each step's [`snapshot::Diff`] written by [`layer`] into the
 //! [`blobs`] store) → `output` (registries, OCI layout, docker archive).
 //!
@@ -21,13 +21,11 @@ pub mod compression;
 pub(crate) mod context;
 pub mod copy;
 pub mod dockerignore;
-pub mod extract;
 pub(crate) mod fetch;
 mod follow;
 pub mod isolation;
 pub mod kaniko_flags;
 pub mod layer;
-pub mod lowers;
 pub(crate) mod model;
 pub mod options;
 pub mod outcome;
@@ -36,8 +34,8 @@ mod pgzip;
 mod pipe;
 pub(crate) mod progress;
 mod pzstd;
-pub(crate) mod rootfs;
 pub mod snapshot;
+pub mod stacked;
 pub mod summary;
 mod tree;
 pub mod userns;

@@ -18,12 +18,12 @@ fn main() -> std::process::ExitCode {
         tracing::info!(
             "running as uid {uid} without CAP_SYS_ADMIN: building in a user namespace of its own \
              (uid {uid} and gid {gid} are root there; {})",
-            kiln_executor::userns::ids()
+            kiln_layers::ids::ids()
         );
     }
     // Before any thread exists: mounts the build makes (a stacked root, a
     // tmpfs over the work dir) then die with the process, however it ends.
-    if let Err(e) = kiln_executor::lowers::private_mount_namespace() {
+    if let Err(e) = kiln_executor::stacked::private_mount_namespace() {
         tracing::debug!("no private mount namespace ({e}): mounts are unmounted on exit");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -391,7 +391,7 @@ async fn write_docker_archive(
         // The tar header needs the size first: one pass to count and verify.
         let size = {
             let f = std::fs::File::open(p).map_err(io_err(p))?;
-            let mut r = crate::compression::decompress(f).map_err(io_err(p))?;
+            let mut r = kiln_layers::decompress(f).map_err(io_err(p))?;
             let mut hw = HashingWriter::new(io::sink());
             io::copy(&mut r, &mut hw).map_err(io_err(p))?;
             let (_, d, n) = hw.finish();
@@ -407,7 +407,7 @@ async fn write_docker_archive(
             n
         };
         let f = std::fs::File::open(p).map_err(io_err(p))?;
-        let r = crate::compression::decompress(f).map_err(io_err(p))?;
+        let r = kiln_layers::decompress(f).map_err(io_err(p))?;
         let mut h = tar::Header::new_gnu();
         h.set_size(size);
         h.set_mode(0o644);

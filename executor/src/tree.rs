@@ -2,7 +2,7 @@
 //! owner, times, symlinks, devices): the in-place rung's stash and RUN
 //! mounts staged into a step's root use them.
 
-use crate::extract::remove_any;
+use kiln_layers::extract::remove_any;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

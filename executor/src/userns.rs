@@ -23,61 +23,14 @@
 //! `CAP_SYS_ADMIN`), the refusal and its errno join the one error that
 //! says what is missing.
 
+use kiln_layers::ids::{self, active};
 use nix::sched::{unshare, CloneFlags};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-/// How many uids (from 0) and gids the namespace maps.
-static UIDS: AtomicU32 = AtomicU32::new(1);
-static GIDS: AtomicU32 = AtomicU32::new(1);
 static REFUSED: OnceLock<String> = OnceLock::new();
-
-/// Why an id other than 0 cannot be used there, for errors that meet one.
-pub const ONE_ID: &str = "as a user other than root Kiln builds in a user namespace of its own, \
-    which holds one id (0): install newuidmap/newgidmap (Debian's uidmap) and give the user a \
-    range in /etc/subuid and /etc/subgid, as Kiln's image does, or build as root, or where the \
-    runtime gives the container a range of ids (Kubernetes hostUsers: false)";
-
-/// Whether this process runs in the user namespace [`enter_if_needed`] made.
-pub fn active() -> bool {
-    ACTIVE.load(Ordering::Relaxed)
-}
-
-/// Whether `uid`:`gid` exists where this process builds (always, outside a
-/// namespace of its own).
-pub fn holds(uid: u32, gid: u32) -> bool {
-    !active() || (uid < UIDS.load(Ordering::Relaxed) && gid < GIDS.load(Ordering::Relaxed))
-}
-
-/// The ids the namespace holds, for the log.
-pub fn ids() -> String {
-    match (UIDS.load(Ordering::Relaxed), GIDS.load(Ordering::Relaxed)) {
-        (1, 1) => "one id: files owned by other ids cannot be built".to_string(),
-        (u, g) => format!(
-            "uids 0-{} and gids 0-{} mapped by newuidmap/newgidmap",
-            u - 1,
-            g - 1
-        ),
-    }
-}
-
-/// Why `uid`:`gid` cannot be used here, for an error that meets it.
-pub fn limit(uid: u32, gid: u32) -> String {
-    let (u, g) = (UIDS.load(Ordering::Relaxed), GIDS.load(Ordering::Relaxed));
-    if u == 1 && g == 1 {
-        return ONE_ID.to_string();
-    }
-    format!(
-        "{uid}:{gid} is outside the ids of Kiln's user namespace (uids 0-{}, gids 0-{}, from \
-         /etc/subuid and /etc/subgid): give the user a larger range there",
-        u - 1,
-        g - 1
-    )
-}
 
 /// Why the namespace could not be made, when [`enter`] tried and failed.
 pub fn refused() -> Option<&'static str> {
@@ -142,8 +95,8 @@ pub fn enter_if_needed(privileged: bool) -> Option<(u32, u32)> {
         (Ok(()), helper) => map_ids(uid, gid, helper),
     };
     match result {
-        Ok(()) => {
-            ACTIVE.store(true, Ordering::Relaxed);
+        Ok((uids, gids)) => {
+            ids::record(uids, gids);
             Some((uid, gid))
         }
         Err(why) => {
@@ -303,30 +256,27 @@ impl Helper {
 
 /// Maps ids in the namespace just made: a range through the helpers, else
 /// the one id this process may map for itself.
-fn map_ids(uid: u32, gid: u32, helper: Result<Helper, String>) -> Result<(), String> {
+fn map_ids(uid: u32, gid: u32, helper: Result<Helper, String>) -> Result<(u32, u32), String> {
     let write = |file: &str, text: String| {
         std::fs::write(format!("/proc/self/{file}"), text)
             .map_err(|e| format!("writing /proc/self/{file} in a new user namespace: {e}"))
     };
     match helper.map_err(|why| (None, why)).and_then(Helper::map) {
-        Ok((uids, gids)) => {
-            UIDS.store(uids, Ordering::Relaxed);
-            GIDS.store(gids, Ordering::Relaxed);
-            Ok(())
-        }
+        Ok((uids, gids)) => Ok((uids, gids)),
         // The uids are mapped (the helper maps them first); the gids
         // become the one this process may map for itself.
         Err((Some(uids), why)) => {
             tracing::warn!("one gid in Kiln's user namespace: {why}");
-            UIDS.store(uids, Ordering::Relaxed);
             write("setgroups", "deny".into())?;
-            write("gid_map", format!("0 {gid} 1\n"))
+            write("gid_map", format!("0 {gid} 1\n"))?;
+            Ok((uids, 1))
         }
         Err((None, why)) => {
             tracing::info!("one id in Kiln's user namespace: {why}");
             write("setgroups", "deny".into())?;
             write("uid_map", format!("0 {uid} 1\n"))?;
-            write("gid_map", format!("0 {gid} 1\n"))
+            write("gid_map", format!("0 {gid} 1\n"))?;
+            Ok((1, 1))
         }
     }
 }

@@ -180,7 +180,7 @@ fn an_uncompressed_layers_diff_id_is_its_digest() {
 
 fn apply(root: &Path, blob: &Path) {
     let f = std::fs::File::open(blob).unwrap();
-    kiln_executor::extract::apply_layer(root, f).unwrap();
+    kiln_layers::extract::apply_layer(root, f).unwrap();
 }
 
 proptest! {
@@ -211,7 +211,7 @@ proptest! {
                 if gone.changes.keys().any(|g| p.starts_with(g)) || std::fs::symlink_metadata(src.join(&p)).is_err() {
                     continue;
                 }
-                kiln_executor::extract::remove_any(&src.join(&p)).unwrap();
+                kiln_layers::extract::remove_any(&src.join(&p)).unwrap();
                 gone.changes.retain(|k, _| !k.starts_with(&p));
                 gone.add(p, Change::Delete);
             }

@@ -206,7 +206,7 @@ async fn a_root_stacked_on_extracted_warmed_layers_builds_the_same_image_and_cha
     }
     let cache = tempfile::tempdir().unwrap();
     warm_with(&reg, cache.path(), std::slice::from_ref(&base3), true).await;
-    let extracted = kiln_executor::lowers::extracted_dir(cache.path());
+    let extracted = kiln_layers::lowers::extracted_dir(cache.path());
     let before = tree(&extracted);
     let dirs: Vec<String> = std::fs::read_dir(&extracted)
         .unwrap()

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = std::fs::remove_dir_all(work);
     let root = work.join("root");
     std::fs::create_dir_all(&root).unwrap();
-    let _ = kiln_executor::extract::apply_layer(&root, data);
+    let _ = kiln_layers::extract::apply_layer(&root, data);
     // Only the root may have changed: the jail holds `w`, `w` holds `root`.
     let top: Vec<_> = std::fs::read_dir("/")
         .unwrap()

@@ -41,7 +41,7 @@ pub enum WarmError {
     Extract {
         image: String,
         #[source]
-        source: Box<kiln_executor::lowers::LowerError>,
+        source: Box<kiln_layers::lowers::LowerError>,
     },
     #[error("decoding warmed {what} {digest}")]
     Decode {
@@ -71,7 +71,7 @@ pub struct WarmOptions {
     /// Layer downloads at once, across all images.
     pub layer_jobs: usize,
     /// Also keep every layer extracted (`extracted/sha256/<diff id>`), for
-    /// builds that stack their root on them ([`kiln_executor::lowers`]).
+    /// builds that stack their root on them ([`kiln_layers::lowers`]).
     pub extract_layers: bool,
 }
 
@@ -263,7 +263,7 @@ impl Fetcher {
         image: &str,
         m: &Digest,
     ) -> Result<usize, WarmError> {
-        use kiln_executor::lowers::{extract_layer, LowerError};
+        use kiln_layers::lowers::{extract_layer, LowerError};
         let failed = |source| WarmError::Extract {
             image: image.to_string(),
             source: Box::new(source),

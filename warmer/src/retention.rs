@@ -46,7 +46,7 @@ pub fn retain(
         // the rest need fit. What each entry needs is read, and extracted
         // directories are measured, once.
         entries.sort_by_key(|e| last(e));
-        let extracted = kiln_executor::lowers::sizes(cache_dir);
+        let extracted = kiln_layers::lowers::sizes(cache_dir);
         let needs: Vec<Footprint> = entries.iter().map(|e| footprint(&dir, e)).collect();
         while referenced_size(&dir, &entries, &needs, &drop, &extracted) > max {
             match entries
@@ -73,8 +73,7 @@ pub fn retain(
     let keep = referenced(&dir, &kept);
     let keep_ids = referenced_diff_ids(&dir, &kept);
     out.removed_extracted =
-        kiln_executor::lowers::retain(cache_dir, |hex| keep_ids.contains(hex), grace, dry_run)
-            .len();
+        kiln_layers::lowers::retain(cache_dir, |hex| keep_ids.contains(hex), grace, dry_run).len();
     let blobs = dir.blobs();
     let rd = std::fs::read_dir(&blobs).map_err(|source| LayoutError::Io {
         path: blobs.clone(),

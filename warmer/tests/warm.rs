@@ -466,7 +466,7 @@ fn succeeds(c: &mut std::process::Command) {
 }
 
 fn extracted(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(kiln_executor::lowers::extracted_dir(dir))
+    let mut names: Vec<String> = std::fs::read_dir(kiln_layers::lowers::extracted_dir(dir))
         .map(|rd| {
             rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect()
@@ -509,7 +509,7 @@ fn extracted_layers_are_verified_shared_and_retained_with_their_images() {
         .map(|i| i["layers_extracted"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(n as usize, all.len(), "the shared base extracted once: {r}");
-    let one_file = kiln_executor::lowers::layer_dir(
+    let one_file = kiln_layers::lowers::layer_dir(
         &dir,
         &format!("sha256:{}", ids[1].last().unwrap())
             .parse()
@@ -604,7 +604,7 @@ fn max_size_counts_extracted_layers() {
             .sum()
     }
     let blobs = bytes(&dir.join("blobs/sha256"));
-    let unpacked = bytes(&kiln_executor::lowers::extracted_dir(&dir));
+    let unpacked = bytes(&kiln_layers::lowers::extracted_dir(&dir));
     assert!(unpacked > 0);
     let grace = std::time::Duration::ZERO;
     let fits = kiln_warmer::retain(&dir, None, Some(blobs + unpacked), grace, true).unwrap();

@@ -6,10 +6,10 @@ use super::error::StepError;
 use super::sources::Resolved;
 use super::stage_run::StageRun;
 use crate::copy::{self, CopyOptions, Owner};
-use crate::extract;
-use crate::rootfs;
 use crate::snapshot::{Change, Diff};
 use kiln_common::Digest;
+use kiln_layers::extract;
+use kiln_layers::rootfs;
 use std::path::{Path, PathBuf};
 
 impl StageRun<'_> {
@@ -30,10 +30,10 @@ impl StageRun<'_> {
                     path: c.clone(),
                     source,
                 })?;
-                if !crate::userns::holds(u, g) {
+                if !kiln_layers::ids::holds(u, g) {
                     return Err(StepError::Invalid(format!(
                         "--chown={c} ({u}:{g}): {}",
-                        crate::userns::limit(u, g)
+                        kiln_layers::ids::limit(u, g)
                     )));
                 }
                 Owner::Fixed(u, g)
@@ -298,7 +298,7 @@ fn is_archive(p: &Path) -> bool {
     let Ok(f) = std::fs::File::open(p) else {
         return false;
     };
-    let Ok(mut r) = crate::compression::decompress(f) else {
+    let Ok(mut r) = kiln_layers::decompress(f) else {
         return false;
     };
     let mut head = [0u8; 512];

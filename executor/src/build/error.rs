@@ -86,7 +86,7 @@ pub enum StepError {
         op: &'static str,
         path: String,
         #[source]
-        source: crate::rootfs::RootError,
+        source: kiln_layers::rootfs::RootError,
     },
     #[error(transparent)]
     Copy(crate::copy::CopyError),
@@ -111,7 +111,7 @@ pub enum StepError {
     Archive {
         path: PathBuf,
         #[source]
-        source: crate::extract::ExtractError,
+        source: kiln_layers::extract::ExtractError,
     },
     /// The command ran and failed; reported as [`BuildError::RunFailed`].
     #[error("exited with code {code}")]

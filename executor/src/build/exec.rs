@@ -10,10 +10,10 @@ use crate::copy::{self, CopyOptions, Owner};
 use crate::isolation::RunSpec;
 use crate::layer::{self, Layer};
 use crate::model::{ImageLayer, LayerSource};
-use crate::rootfs;
 use crate::snapshot::Diff;
 use kiln_common::image::History;
 use kiln_common::Digest;
+use kiln_layers::rootfs;
 use std::path::{Path, PathBuf};
 
 impl StageRun<'_> {

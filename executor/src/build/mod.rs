@@ -161,7 +161,7 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = crate::extract::remove_any(&self.dir);
+        let _ = kiln_layers::extract::remove_any(&self.dir);
         for (p, m) in self.times.iter().rev() {
             let _ = crate::tree::set_mtime(p, m);
         }

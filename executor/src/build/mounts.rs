@@ -13,9 +13,9 @@ use super::error::StepError;
 use super::mount_spec::{MountKind, MountSpec, Sharing};
 use super::sources::Resolved;
 use super::stage_run::StageRun;
-use crate::extract::remove_any;
 use crate::snapshot::Diff;
 use crate::tree::{copy_tree, move_tree};
+use kiln_layers::extract::remove_any;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -231,7 +231,7 @@ impl StageRun<'_> {
                 .ok_or_else(|| StepError::Invalid("mount source matched nothing".into())),
             Some(s @ (Resolved::Stage { src, .. } | Resolved::Image { src, .. })) => {
                 let root = self.source_root(s).await?;
-                crate::rootfs::resolve(&root, src, true).map_err(|source| StepError::Root {
+                kiln_layers::rootfs::resolve(&root, src, true).map_err(|source| StepError::Root {
                     op: "resolving the mount source",
                     path: src.clone(),
                     source,
@@ -244,12 +244,13 @@ impl StageRun<'_> {
     /// Makes room at `target`: missing parents become stubs, what is there
     /// is set aside beside the root.
     fn prepare_target(&mut self, root: &Path, n: usize, target: &str) -> Result<Staged, StepError> {
-        let full =
-            crate::rootfs::resolve(root, target, false).map_err(|source| StepError::Root {
+        let full = kiln_layers::rootfs::resolve(root, target, false).map_err(|source| {
+            StepError::Root {
                 op: "resolving the mount target",
                 path: target.to_string(),
                 source,
-            })?;
+            }
+        })?;
         let rel = full.strip_prefix(root).unwrap_or(&full).to_path_buf();
         let mut stubs = Vec::new();
         let mut missing = Vec::new();

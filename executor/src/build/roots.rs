@@ -27,27 +27,18 @@ impl Builder {
         };
         // Warmed layers carry overlayfs's `trusted.*` marks, which a user
         // namespace's overlay (`userxattr`) does not read.
-        if !self.isolation.stacks_on_overlay() || crate::userns::active() {
+        if !self.isolation.stacks_on_overlay() || kiln_layers::ids::active() {
             return 0;
         }
         let ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();
-        let lowers = crate::lowers::available(cache_dir, &ids);
+        let lowers = kiln_layers::lowers::available(cache_dir, &ids);
         if lowers.is_empty() {
             return 0;
         }
         let name = root.file_name().unwrap_or_default().to_string_lossy();
         let upper = self.work_path().join(format!("{name}.upper"));
         let work = self.work_path().join(format!("{name}.work"));
-        let mounted = [&upper, &work]
-            .into_iter()
-            .try_for_each(|d| {
-                std::fs::create_dir(d).map_err(|source| crate::lowers::LowerError::Io {
-                    op: "creating",
-                    path: d.clone(),
-                    source,
-                })
-            })
-            .and_then(|()| crate::lowers::mount_stacked(root, &upper, &work, &lowers));
+        let mounted = crate::stacked::stack(root, &upper, &work, &lowers);
         match mounted {
             Ok(guard) => {
                 tracing::info!(

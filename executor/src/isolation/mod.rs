@@ -227,7 +227,9 @@ pub fn select(
     // In the user namespace Kiln made for itself only the namespaces rung
     // can work: the others act on the container's own files, which are
     // not its own there.
-    if crate::userns::active() && !matches!(kind, IsolationKind::Auto | IsolationKind::Namespaces) {
+    if kiln_layers::ids::active()
+        && !matches!(kind, IsolationKind::Auto | IsolationKind::Namespaces)
+    {
         return Err(IsolationError::Unavailable {
             rung: kind.name(),
             why: "as a user other than root Kiln builds only on the namespaces rung, in a \

@@ -59,14 +59,14 @@ impl Isolation for Namespaces {
         scratch: &Path,
         spec: &RunSpec,
     ) -> Result<RunOutcome, IsolationError> {
-        if !crate::userns::holds(spec.uid, spec.gid) {
+        if !kiln_layers::ids::holds(spec.uid, spec.gid) {
             return Err(IsolationError::Unavailable {
                 rung: "namespaces",
                 why: format!(
                     "RUN as {}:{}: {}",
                     spec.uid,
                     spec.gid,
-                    crate::userns::limit(spec.uid, spec.gid)
+                    kiln_layers::ids::limit(spec.uid, spec.gid)
                 ),
             });
         }

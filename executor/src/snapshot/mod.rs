@@ -15,7 +15,7 @@ pub use scan::ScanIndex;
 pub use step::{Baseline, Changes, RootWatches};
 pub use watch::{RootWatch, Walk};
 
-use crate::extract::remove_any;
+use kiln_layers::extract::remove_any;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

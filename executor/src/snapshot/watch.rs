@@ -481,7 +481,7 @@ mod tests {
                 _ => Ok(()),
             },
             4 => match rng.pick(&any) {
-                Some(p) => crate::extract::remove_any(&root.join(p)),
+                Some(p) => kiln_layers::extract::remove_any(&root.join(p)),
                 None => Ok(()),
             },
             5 => match rng.pick(&any) {

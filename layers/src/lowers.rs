@@ -9,17 +9,15 @@
 //! is complete and verified, or absent. Whiteouts are kept in overlayfs's own
 //! format, so the directories stack as they are.
 //!
-//! A build whose isolation runs RUN in an overlay above the root
-//! ([`crate::isolation::Isolation::stacks_on_overlay`]) then mounts its root
+//! A build whose isolation runs RUN in an overlay above the root (the
+//! executor's `stacked` module) then mounts its root
 //! as an overlay of those directories (read-only lowers: nothing the build
 //! does reaches them) under an upper directory of its own, and unpacks only
 //! the layers that are not there. Where anything of that cannot be done, the
 //! build unpacks as before.
 
 use crate::extract::{self, ExtractError};
-use crate::isolation::probe::Mounted;
 use kiln_common::Digest;
-use nix::mount::{mount, MsFlags};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -44,12 +42,6 @@ pub enum LowerError {
         path: PathBuf,
         #[source]
         source: io::Error,
-    },
-    #[error("mounting the warmed layers as the root {}", root.display())]
-    Mount {
-        root: PathBuf,
-        #[source]
-        source: nix::Error,
     },
 }
 
@@ -200,72 +192,4 @@ pub fn available(cache_dir: &Path, diff_ids: &[Digest]) -> Vec<PathBuf> {
         out.push(d);
     }
     out
-}
-
-/// Mounts `root` as an overlay: `lowers` (bottom first) read-only below,
-/// `upper` and `work` (empty, on one filesystem) the build's own; the
-/// returned guard unmounts it.
-pub fn mount_stacked(
-    root: &Path,
-    upper: &Path,
-    work: &Path,
-    lowers: &[PathBuf],
-) -> Result<Mounted, LowerError> {
-    let bad = |p: &Path| {
-        p.as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .any(|b| matches!(b, b':' | b',' | b'\\'))
-    };
-    let err = |source| LowerError::Mount {
-        root: root.to_path_buf(),
-        source,
-    };
-    // The option string separates layers with ':' and options with ','.
-    if lowers.is_empty() || lowers.iter().any(|p| bad(p)) || bad(upper) || bad(work) {
-        return Err(err(nix::Error::EINVAL));
-    }
-    let lowerdir: Vec<String> = lowers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowerdir.join(":"),
-        upper.display(),
-        work.display()
-    );
-    mount(
-        Some("overlay"),
-        root,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .map_err(err)?;
-    Ok(Mounted::new(root, "the stacked root"))
-}
-
-/// Makes this process's mounts its own (a new mount namespace whose mounts do
-/// not propagate back), so that a mount it makes cannot outlive it even when
-/// it is killed. Best effort, and only while the process has one thread:
-/// a mount namespace is per thread until then.
-pub fn private_mount_namespace() -> Result<(), nix::Error> {
-    let original = std::fs::File::open("/proc/self/ns/mnt")
-        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-    let slave = mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    );
-    if let Err(e) = slave {
-        // Mounts that would propagate back are worse than none of our own.
-        nix::sched::setns(&original, nix::sched::CloneFlags::CLONE_NEWNS)?;
-        return Err(e);
-    }
-    Ok(())
 }

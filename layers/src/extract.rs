@@ -5,7 +5,7 @@
 //! root with [`crate::rootfs::resolve`] so that a malicious layer is an error,
 //! never a write outside the root.
 
-use crate::compression::decompress;
+use crate::decompress::decompress;
 use crate::rootfs::{self, RootError};
 use kiln_common::Digest;
 use nix::sys::stat::{mknod, Mode, SFlag};
@@ -433,9 +433,10 @@ fn chown_outcome(r: nix::Result<()>, uid: u32, gid: u32, is_root: bool) -> io::R
             tracing::trace!("chown to {uid}:{gid}: {e}");
             Ok(())
         }
-        Err(nix::errno::Errno::EINVAL) if crate::userns::active() => Err(io::Error::other(
-            format!("owner {uid}:{gid}: {}", crate::userns::limit(uid, gid)),
-        )),
+        Err(nix::errno::Errno::EINVAL) if crate::ids::active() => Err(io::Error::other(format!(
+            "owner {uid}:{gid}: {}",
+            crate::ids::limit(uid, gid)
+        ))),
         Err(e) => Err(e.into()),
     }
 }
