@@ -1,6 +1,6 @@
 //! Kiln's executor: builds an image from a Dockerfile without a daemon.
 //!
-//! Data flow: `context` → [`build`] (per stage: base layers unpacked by
+//! Data flow: `context` → [`engine`] (per stage: base layers unpacked by
 //! [`kiln_layers::extract`] into a private root; RUN through [`isolation`], COPY/ADD through
 //! `copy`; each step's [`snapshot::Diff`] written by [`layer`] into the
 //! [`blobs`] store) → `output` (registries, OCI layout, docker archive).
@@ -12,7 +12,6 @@
 
 pub mod blobs;
 mod block_pool;
-pub mod build;
 pub(crate) mod cache;
 pub mod cache_key;
 pub(crate) mod cache_mounts;
@@ -21,6 +20,7 @@ pub mod compression;
 pub(crate) mod context;
 pub mod copy;
 pub mod dockerignore;
+pub mod engine;
 pub(crate) mod fetch;
 mod follow;
 pub mod isolation;
@@ -41,5 +41,5 @@ mod tree;
 pub mod userns;
 mod zlib;
 
-pub use build::{BuildError, BuildResult, Builder};
+pub use engine::{BuildError, BuildResult, Builder};
 pub use options::{BuildOptions, CacheOptions};

@@ -1,4 +1,5 @@
-//! The build: stages in dependency order, each instruction applied to the
+//! The build engine (named so, not `build/`, which tools take for output):
+//! stages in dependency order, each instruction applied to the
 //! stage's config and root, one layer per step that changed files.
 //!
 //! | file | what |
