@@ -57,16 +57,30 @@ pub fn write(dir: &Path, rel: &str, content: &str) {
 /// through skopeo + umoci; returns the build log and the unpacked image.
 pub fn build_unpacked(context: &Path, args: &[&str]) -> (String, kiln_testkit::Unpacked) {
     let out = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
     let layout = out.path().join("oci");
-    let layout_s = layout.to_str().unwrap().to_string();
-    let mut all = args.to_vec();
-    all.extend(["--oci-layout-path", layout_s.as_str()]);
+    let mut all = vec!["--oci-layout-path", layout.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let work = tempfile::tempdir().unwrap();
     let log = must_build(context, work.path(), &all);
     (
         log,
         kiln_testkit::unpack(&format!("oci:{}:latest", layout.display())),
     )
+}
+
+/// Builds `context` without pushing (the base pulled over plain HTTP) into
+/// the OCI layout `layout`, in a work dir of its own, with `extra` flags;
+/// returns the log.
+pub fn build_to_layout(context: &Path, layout: &Path, extra: &[&str]) -> String {
+    let mut all = vec![
+        "--no-push",
+        "--insecure-pull",
+        "--oci-layout-path",
+        layout.to_str().unwrap(),
+    ];
+    all.extend_from_slice(extra);
+    let work = tempfile::tempdir().unwrap();
+    must_build(context, work.path(), &all)
 }
 
 /// Config instructions, ARGs, USER, WORKDIR and RUN semantics (`{BASE}` in
@@ -316,4 +330,20 @@ pub fn cached_build_report(
     let log = must_build(ctx, w2.path(), &args);
     let json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     (json, log)
+}
+
+/// A registry client as the executor makes one, with `opts` and no
+/// credentials.
+pub fn registry_client(
+    opts: kiln_common::registry::RegistryOptions,
+) -> kiln_common::registry::Registry {
+    kiln_common::registry::Registry::new(opts, kiln_common::auth::DockerConfig::default()).unwrap()
+}
+
+/// A client that talks plain HTTP to the registry at `addr`.
+pub fn plain_http_client(addr: &str) -> std::sync::Arc<kiln_common::registry::Registry> {
+    std::sync::Arc::new(registry_client(kiln_common::registry::RegistryOptions {
+        insecure_hosts: vec![addr.to_string()],
+        ..Default::default()
+    }))
 }

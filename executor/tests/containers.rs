@@ -11,7 +11,6 @@
 mod common;
 #[path = "containers/fixture.rs"]
 mod fixture;
-use common::*;
 use fixture::*;
 use kiln_testkit::*;
 use std::path::{Path, PathBuf};
@@ -151,7 +150,6 @@ fn non_root_without_user_namespaces_gets_one_clear_error() {
 /// for file.
 #[test]
 fn non_root_with_user_namespaces_allowed_builds() {
-    use std::os::unix::fs::PermissionsExt;
     let f = setup(&[]);
     // A base one id can hold (every file root's), and RUN checks of the
     // environment: /proc, devices, /dev/shm, a directory replaced.
@@ -168,29 +166,9 @@ fn non_root_with_user_namespaces_allowed_builds() {
         ),
     )
     .unwrap();
-    let open = |p: &std::path::Path| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap()
-    };
-    open(f.ctx_dir.path());
-    open(&ctx);
     let out = out_dir();
-    open(out.path());
-    // The reference: the namespaces rung, as root, on this machine.
-    let (work, reference) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let layout = reference.path().join("img");
-    must_build(
-        &ctx,
-        work.path(),
-        &[
-            "--no-push",
-            "--insecure-pull",
-            "--isolation",
-            "namespaces",
-            "--oci-layout-path",
-            layout.to_str().unwrap(),
-        ],
-    );
-    let want = tree(&unpack(&format!("oci:{}:latest", layout.display())).rootfs());
+    f.open_to_all(&[&ctx, out.path()]);
+    let want = reference_tree(&ctx, &[]);
     let args = [
         "-u",
         "1000",
@@ -214,12 +192,7 @@ fn non_root_with_user_namespaces_allowed_builds() {
         "{log}"
     );
     assert!(log.contains("isolation: namespaces"), "{log}");
-    let ours = unpack(&format!(
-        "oci:{}:latest",
-        out.path().join("userns").display()
-    ));
-    let diffs = tree_diffs(&tree(&ours.rootfs()), &want, ("uid 1000", "namespaces"));
-    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let ours = assert_tree(out.path(), "userns", &want, "uid 1000");
     assert_eq!(
         std::fs::read_to_string(ours.rootfs().join("uid"))
             .unwrap()
@@ -263,29 +236,10 @@ fn non_root_with_subordinate_ids_builds_other_owners() {
         ),
     )
     .unwrap();
-    let open = |p: &std::path::Path, mode| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
-    open(f.ctx_dir.path(), 0o777);
-    open(&ctx, 0o777);
-    open(&ctx.join("f"), 0o644);
+    std::fs::set_permissions(ctx.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = out_dir();
-    open(out.path(), 0o777);
-    let (work, reference) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let layout = reference.path().join("img");
-    must_build(
-        &ctx,
-        work.path(),
-        &[
-            "--no-push",
-            "--insecure-pull",
-            "--isolation",
-            "namespaces",
-            "--oci-layout-path",
-            layout.to_str().unwrap(),
-        ],
-    );
-    let want = tree(&unpack(&format!("oci:{}:latest", layout.display())).rootfs());
+    f.open_to_all(&[&ctx, out.path()]);
+    let want = reference_tree(&ctx, &[]);
     let args = [
         "-u",
         "1000",
@@ -304,13 +258,7 @@ fn non_root_with_subordinate_ids_builds_other_owners() {
         "{log}"
     );
     assert!(log.contains("isolation: namespaces"), "{log}");
-    let ours = unpack(&format!(
-        "oci:{}:latest",
-        out.path().join("subids").display()
-    ));
-    let got = tree(&ours.rootfs());
-    let diffs = tree_diffs(&got, &want, ("uid 1000 with subordinate ids", "namespaces"));
-    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let ours = assert_tree(out.path(), "subids", &want, "uid 1000 with subordinate ids");
     // The owners are really other ids (the comparison above would also
     // pass if both had lost them).
     use std::os::unix::fs::MetadataExt;

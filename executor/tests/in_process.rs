@@ -1,8 +1,9 @@
 //! Several builds in one process, through the library: each image holds only
 //! its own changes (no --cleanup needed).
 
-use kiln_common::auth::DockerConfig;
-use kiln_common::registry::{Registry as Client, RegistryOptions};
+mod common;
+use common::{plain_http_client, registry_client};
+use kiln_common::registry::RegistryOptions;
 use kiln_executor::{BuildOptions, Builder};
 use kiln_testkit::*;
 use std::path::Path;
@@ -27,16 +28,7 @@ fn to_layout(ctx: &Path, work: &Path, layout: &Path) -> BuildOptions {
 async fn two_builds_in_one_process_do_not_leak() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
-    let client = Arc::new(
-        Client::new(
-            RegistryOptions {
-                insecure_hosts: vec![reg.addr.clone()],
-                ..Default::default()
-            },
-            DockerConfig::default(),
-        )
-        .unwrap(),
-    );
+    let client = plain_http_client(&reg.addr);
     let work = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut layouts = Vec::new();
@@ -116,8 +108,7 @@ async fn a_build_runs_with_an_injected_isolation() {
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("oci");
     let opts = to_layout(ctx.path(), work.path(), &layout);
-    let client =
-        Arc::new(Client::new(RegistryOptions::default(), DockerConfig::default()).unwrap());
+    let client = Arc::new(registry_client(RegistryOptions::default()));
     let specs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let fake = Box::new(Recording(specs.clone()));
     let b = Builder::with_isolation(opts, client, fake).unwrap();

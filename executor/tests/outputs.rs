@@ -35,17 +35,12 @@ fn oci_layout_docker_archive_and_heredocs() {
     let layout = out.path().join("layout");
     let tarball = out.path().join("image.tar");
     let digest_file = out.path().join("digest");
-    let work = tempfile::tempdir().unwrap();
-    must_build(
+    build_to_layout(
         ctx.path(),
-        work.path(),
+        &layout,
         &[
-            "--no-push",
-            "--insecure-pull",
             "--destination",
             "example.com/app:v1",
-            "--oci-layout-path",
-            layout.to_str().unwrap(),
             "--tar-path",
             tarball.to_str().unwrap(),
             "--digest-file",
@@ -140,17 +135,12 @@ fn zstd_reproducible_and_single_snapshot() {
     for i in 0..2 {
         let layout = out.path().join(format!("l{i}"));
         let df = out.path().join(format!("d{i}"));
-        let work = tempfile::tempdir().unwrap();
-        must_build(
+        build_to_layout(
             ctx.path(),
-            work.path(),
+            &layout,
             &[
-                "--no-push",
-                "--insecure-pull",
                 "--reproducible",
                 "--compression=zstd",
-                "--oci-layout-path",
-                layout.to_str().unwrap(),
                 "--digest-file",
                 df.to_str().unwrap(),
             ],
@@ -177,18 +167,7 @@ fn zstd_reproducible_and_single_snapshot() {
     assert_eq!(digests[0], digests[1], "--reproducible builds differ");
 
     let layout = out.path().join("single");
-    let work = tempfile::tempdir().unwrap();
-    must_build(
-        ctx.path(),
-        work.path(),
-        &[
-            "--no-push",
-            "--insecure-pull",
-            "--single-snapshot",
-            "--oci-layout-path",
-            layout.to_str().unwrap(),
-        ],
-    );
+    build_to_layout(ctx.path(), &layout, &["--single-snapshot"]);
     let img = unpack(&format!("oci:{}:latest", layout.display()));
     assert_eq!(
         img.manifest["layers"].as_array().unwrap().len(),
@@ -329,17 +308,10 @@ fn mixed_layers_pass_gzip_t_zstd_t_and_umoci() {
     for (compression, checker) in [("gzip", "gzip"), ("zstd", "zstd")] {
         let out = tempfile::tempdir().unwrap();
         let layout = out.path().join("layout");
-        let work = tempfile::tempdir().unwrap();
-        must_build(
+        build_to_layout(
             ctx.path(),
-            work.path(),
-            &[
-                "--no-push",
-                "--insecure-pull",
-                &format!("--compression={compression}"),
-                "--oci-layout-path",
-                layout.to_str().unwrap(),
-            ],
+            &layout,
+            &[&format!("--compression={compression}")],
         );
         // umoci reads gzip itself; zstd layers skopeo recompresses first.
         let src = format!("oci:{}:latest", layout.display());

@@ -7,9 +7,8 @@
 
 mod common;
 use common::*;
-use kiln_common::auth::DockerConfig;
 use kiln_common::image::Platform;
-use kiln_common::registry::{Registry as Client, RegistryOptions};
+use kiln_common::registry::RegistryOptions;
 use kiln_testkit::*;
 
 fn tls_registry() -> (tempfile::TempDir, std::path::PathBuf, Registry, String) {
@@ -73,14 +72,10 @@ async fn certs_d_holds_the_ca_for_its_host() {
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::copy(&ca, host_dir.join("ca.crt")).unwrap();
     let client = |certs_d: Option<std::path::PathBuf>| {
-        Client::new(
-            RegistryOptions {
-                certs_d,
-                ..Default::default()
-            },
-            DockerConfig::default(),
-        )
-        .unwrap()
+        registry_client(RegistryOptions {
+            certs_d,
+            ..Default::default()
+        })
     };
     let resolved = client(Some(certs_d.path().to_path_buf()))
         .resolve(&base, &Platform::host())
@@ -198,25 +193,17 @@ async fn client_certificates() {
     for f in ["ca.crt", "client.cert", "client.key"] {
         std::fs::copy(cert_dir.path().join(f), host_dir.join(f)).unwrap();
     }
-    let client = Client::new(
-        RegistryOptions {
-            certs_d: Some(certs_d.path().to_path_buf()),
-            ..Default::default()
-        },
-        DockerConfig::default(),
-    )
-    .unwrap();
+    let client = registry_client(RegistryOptions {
+        certs_d: Some(certs_d.path().to_path_buf()),
+        ..Default::default()
+    });
     let resolved = client.resolve(&dest, &Platform::host()).await;
     assert!(resolved.is_ok(), "{:?}", resolved.err());
     // Without client.cert/client.key the same CA is refused.
     std::fs::remove_file(host_dir.join("client.cert")).unwrap();
-    let client = Client::new(
-        RegistryOptions {
-            certs_d: Some(certs_d.path().to_path_buf()),
-            ..Default::default()
-        },
-        DockerConfig::default(),
-    )
-    .unwrap();
+    let client = registry_client(RegistryOptions {
+        certs_d: Some(certs_d.path().to_path_buf()),
+        ..Default::default()
+    });
     assert!(client.resolve(&dest, &Platform::host()).await.is_err());
 }

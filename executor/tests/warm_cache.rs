@@ -3,27 +3,15 @@
 
 mod common;
 use common::*;
-use kiln_common::auth::DockerConfig;
 use kiln_common::image::Platform;
-use kiln_common::registry::{Registry as Client, RegistryOptions};
 use kiln_testkit::*;
-use std::sync::Arc;
 
 async fn warm(reg: &Registry, dir: &std::path::Path, images: &[String]) {
     warm_with(reg, dir, images, false).await
 }
 
 async fn warm_with(reg: &Registry, dir: &std::path::Path, images: &[String], extract_layers: bool) {
-    let client = Arc::new(
-        Client::new(
-            RegistryOptions {
-                insecure_hosts: vec![reg.addr.clone()],
-                ..Default::default()
-            },
-            DockerConfig::default(),
-        )
-        .unwrap(),
-    );
+    let client = plain_http_client(&reg.addr);
     let opts = kiln_warmer::WarmOptions {
         cache_dir: dir.to_path_buf(),
         images: images.to_vec(),

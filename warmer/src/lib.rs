@@ -93,6 +93,24 @@ pub struct ImageReport {
     pub error: Option<String>,
 }
 
+impl ImageReport {
+    /// The report of `image` for `platform` before anything is known: failed
+    /// until the warm says otherwise.
+    fn failed(image: String, platform: String) -> ImageReport {
+        ImageReport {
+            image,
+            platform,
+            status: "failed".into(),
+            manifest: None,
+            bytes_fetched: 0,
+            bytes_reused: 0,
+            layers_extracted: 0,
+            seconds: 0.0,
+            error: None,
+        }
+    }
+}
+
 /// Every stage's base image in a Dockerfile, with global ARGs (and
 /// `--build-arg` values) resolved; stage aliases and `scratch` are skipped.
 pub fn images_from_dockerfile(
@@ -165,17 +183,7 @@ pub async fn warm(
             tasks.push(tokio::spawn(async move {
                 let _permit = images.acquire_owned().await;
                 let t0 = Instant::now();
-                let mut report = ImageReport {
-                    image: image.clone(),
-                    platform: platform.to_string(),
-                    status: "failed".into(),
-                    manifest: None,
-                    bytes_fetched: 0,
-                    bytes_reused: 0,
-                    layers_extracted: 0,
-                    seconds: 0.0,
-                    error: None,
-                };
+                let mut report = ImageReport::failed(image.clone(), platform.to_string());
                 let mut res = warm_one(
                     &registry,
                     &dir,
@@ -206,15 +214,8 @@ pub async fn warm(
         match t.await {
             Ok(r) => out.push(r),
             Err(e) => out.push(ImageReport {
-                image: String::new(),
-                platform: String::new(),
-                status: "failed".into(),
-                manifest: None,
-                bytes_fetched: 0,
-                bytes_reused: 0,
-                layers_extracted: 0,
-                seconds: 0.0,
                 error: Some(kiln_common::report::Report(&e).to_string()),
+                ..ImageReport::failed(String::new(), String::new())
             }),
         }
     }

@@ -198,11 +198,9 @@ pub(super) fn setup(names: &[&str]) -> Fixture {
     let mut reference = BTreeMap::new();
     for name in names {
         let extra = extra_args(name, ctx_dir.path().to_str().unwrap());
-        let mut args = vec!["--no-push", "--insecure-pull", "--isolation", "namespaces"];
-        args.extend(extra.iter().map(String::as_str));
-        let (log, img) = build_unpacked(&ctx_dir.path().join(name), &args);
-        assert!(log.contains("isolation: namespaces"), "{log}");
-        reference.insert(name.to_string(), without_noise(tree(&img.rootfs())));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let want = reference_tree(&ctx_dir.path().join(name), &extra);
+        reference.insert(name.to_string(), want);
     }
     let engine = DockerEngine::start();
     engine.import(
@@ -365,14 +363,44 @@ impl Fixture {
         )
     }
 
+    /// Opens the contexts' directory and `dirs` to every user (mode 0777),
+    /// for a build as a user other than root.
+    pub(super) fn open_to_all(&self, dirs: &[&Path]) {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [self.ctx_dir.path()].iter().chain(dirs) {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+    }
+
     /// Asserts that `out/<name>` holds the same filesystem as the reference.
     pub(super) fn assert_same(&self, out: &Path, name: &str, how: &str) {
-        let img = unpack(&format!("oci:{}:latest", out.join(name).display()));
-        let ours = without_noise(tree(&img.rootfs()));
-        let want = &self.reference[name];
-        let diffs = tree_diffs(&ours, want, (how, "namespaces"));
-        assert!(diffs.is_empty(), "{name} ({how}):\n{}", diffs.join("\n"));
+        assert_tree(out, name, &self.reference[name], how);
     }
+}
+
+/// The reference for the context at `ctx`: the namespaces rung, as root,
+/// on this machine, with `extra` flags.
+pub(super) fn reference_tree(ctx: &Path, extra: &[&str]) -> BTreeMap<String, Entry> {
+    let mut args = vec!["--no-push", "--insecure-pull", "--isolation", "namespaces"];
+    args.extend_from_slice(extra);
+    let (log, img) = build_unpacked(ctx, &args);
+    assert!(log.contains("isolation: namespaces"), "{log}");
+    without_noise(tree(&img.rootfs()))
+}
+
+/// Asserts that the image built into `out/<name>` holds `want`'s files
+/// (build-to-build noise aside); returns it unpacked for further checks.
+pub(super) fn assert_tree(
+    out: &Path,
+    name: &str,
+    want: &BTreeMap<String, Entry>,
+    how: &str,
+) -> Unpacked {
+    let img = unpack(&format!("oci:{}:latest", out.join(name).display()));
+    let ours = without_noise(tree(&img.rootfs()));
+    let diffs = tree_diffs(&ours, want, (how, "namespaces"));
+    assert!(diffs.is_empty(), "{name} ({how}):\n{}", diffs.join("\n"));
+    img
 }
 
 pub(super) fn out_dir() -> tempfile::TempDir {
