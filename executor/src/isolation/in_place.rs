@@ -43,6 +43,7 @@ use crate::snapshot::{Changes, RootWatches};
 use crate::tree::{copy_entry, copy_meta, mkdir_like, set_mtime, sorted_entries};
 use kiln_layers::extract::remove_any;
 use std::collections::BTreeSet;
+use std::fs::Metadata;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -323,14 +324,23 @@ impl InPlace {
         std::fs::write(self.state.join(STASHED), list)
     }
 
-    fn stash_dir_entries(&self, dir: &Path, to: &Path) -> io::Result<()> {
+    /// The entries of `dir` that move with the image (every one but those
+    /// that stay in place), sorted, each with where it goes under `to` and
+    /// its metadata.
+    fn movable(&self, dir: &Path, to: &Path) -> io::Result<Vec<(PathBuf, PathBuf, Metadata)>> {
+        let mut out = Vec::new();
         for e in sorted_entries(dir)? {
             let abs = dir.join(&e);
-            if self.ignored.stays(&abs) {
-                continue;
+            if !self.ignored.stays(&abs) {
+                let m = std::fs::symlink_metadata(&abs)?;
+                out.push((abs, to.join(&e), m));
             }
-            let dst = to.join(&e);
-            let m = std::fs::symlink_metadata(&abs)?;
+        }
+        Ok(out)
+    }
+
+    fn stash_dir_entries(&self, dir: &Path, to: &Path) -> io::Result<()> {
+        for (abs, dst, m) in self.movable(dir, to)? {
             if m.is_dir() && self.ignored.is_kept(&abs) {
                 // Stays in place; the stash keeps a copy of its metadata.
                 mkdir_like(&dst, &m)?;
@@ -417,13 +427,7 @@ impl InPlace {
     }
 
     fn swap_out_dir(&self, dir: &Path, to: &Path) -> io::Result<()> {
-        for e in sorted_entries(dir)? {
-            let abs = dir.join(&e);
-            if self.ignored.stays(&abs) {
-                continue;
-            }
-            let dst = to.join(&e);
-            let m = std::fs::symlink_metadata(&abs)?;
+        for (abs, dst, m) in self.movable(dir, to)? {
             if m.is_dir() && self.ignored.is_kept(&abs) {
                 let exists = std::fs::symlink_metadata(&dst).is_ok_and(|d| d.is_dir());
                 let has_image_entries = sorted_entries(&abs)?.iter().any(|c| {
