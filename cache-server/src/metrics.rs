@@ -106,6 +106,14 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+/// A hit served from a fallback repository (`--cache-from`) for a build
+/// whose own repository (`repo`) lacked the entry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub repo: String,
+    pub source: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub lookups: Family<LookupLabel, Counter>,
@@ -140,6 +148,7 @@ pub struct Metrics {
     pub builds: Family<RepoLabel, Counter>,
     pub build_bytes_saved: Family<RepoLabel, Counter>,
     pub build_first_miss: Family<StepLabel, Counter>,
+    pub fallback_hits: Family<SourceLabel, Counter>,
     pub mount_restores: Family<MountResultLabel, Counter>,
     pub mount_restored_bytes: Family<MountLabel, Counter>,
     pub mount_saves: Family<MountLabel, Counter>,
@@ -184,6 +193,7 @@ impl Metrics {
             builds: Family::default(),
             build_bytes_saved: Family::default(),
             build_first_miss: Family::default(),
+            fallback_hits: Family::default(),
             mount_restores: Family::default(),
             mount_restored_bytes: Family::default(),
             mount_saves: Family::default(),
@@ -319,6 +329,11 @@ impl Metrics {
             "build_first_miss",
             "Builds whose first cache miss was this step (`line N INSTRUCTION`): a step that is the first miss of every build busts the cache",
             m.build_first_miss.clone(),
+        );
+        registry.register(
+            "fallback_hits",
+            "Batch-lookup hits a build's own repository lacked and a fallback repository (--cache-from) had, by both: how much branch builds gain from main's cache",
+            m.fallback_hits.clone(),
         );
         registry.register(
             "mount_restores",

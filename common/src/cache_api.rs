@@ -17,6 +17,10 @@ pub const REPORT_PATH: &str = "/v2/_kiln/report";
 pub struct LookupRequest {
     pub repository: String,
     pub keys: Vec<String>,
+    /// Repositories only read (`--cache-from`), asked in order for the keys
+    /// `repository` does not have: one round trip for the whole chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -26,6 +30,10 @@ pub struct LookupEntry {
     pub media_type: String,
     /// The manifest exactly as stored (its digest is `digest`).
     pub manifest: String,
+    /// The fallback repository that answered, when it was not the
+    /// requested one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -62,6 +70,9 @@ pub struct Info {
     pub version: String,
     #[serde(default)]
     pub max_lookup_keys: usize,
+    /// Whether a lookup takes `fallbacks` (older servers ignore them).
+    #[serde(default)]
+    pub fallbacks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +88,8 @@ pub struct KilnClient {
     base: String,
     auth: Option<String>,
     pub max_keys: usize,
+    /// The server looks fallback repositories up in the same request.
+    pub fallbacks: bool,
 }
 
 impl std::fmt::Debug for KilnClient {
@@ -119,6 +132,7 @@ impl KilnClient {
             base,
             auth,
             max_keys: info.max_lookup_keys.max(1),
+            fallbacks: info.fallbacks,
         })
     }
 
@@ -153,10 +167,13 @@ impl KilnClient {
         Ok(resp)
     }
 
-    /// Looks up many keys in as few round trips as the server allows.
+    /// Looks up many keys in as few round trips as the server allows;
+    /// keys `repository` lacks are looked up in `fallbacks`, in order (only
+    /// where [`Self::fallbacks`] says the server does so).
     pub async fn lookup(
         &self,
         repository: &str,
+        fallbacks: &[String],
         keys: &[String],
     ) -> Result<LookupResponse, ApiError> {
         let mut all = LookupResponse::default();
@@ -167,6 +184,7 @@ impl KilnClient {
                     &LookupRequest {
                         repository: repository.to_string(),
                         keys: chunk.to_vec(),
+                        fallbacks: fallbacks.to_vec(),
                     },
                 )
                 .await?;

@@ -63,8 +63,14 @@ pub struct BuildOptions {
 
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
-    /// `--cache-repo`: a registry repository, or `oci:/path`.
+    /// `--cache-repo`: a registry repository, or `oci:/path`; read first,
+    /// the only one written.
     pub repo: String,
+    /// `--cache-from`: repositories (or `oci:` layouts) only read, in
+    /// order, for the keys `repo` lacks.
+    pub from: Vec<String>,
+    /// `--cache-from-record`: a hit from `from` is recorded into `repo`.
+    pub record_from: bool,
     /// `--cache-ttl`: older entries are misses (and get replaced).
     pub ttl: Option<std::time::Duration>,
     /// `--cache-run-layers`.

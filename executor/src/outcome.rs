@@ -18,6 +18,10 @@ pub struct StepReport {
     /// `hit`, `miss`, `uncached` (step not cacheable by flags) or absent (cache off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// For a hit: the `--cache-from` repository that had the entry (absent
+    /// when `--cache-repo` had it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<Digest>,
     /// Layer bytes downloaded during this step (base or cached layers it needed).
@@ -36,6 +40,7 @@ impl StepReport {
             layer_digest: None,
             layer_size: 0,
             cache: None,
+            cache_from: None,
             key: None,
             bytes_pulled: 0,
             bytes_pushed: 0,
@@ -85,6 +90,10 @@ pub struct FirstMiss {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MountReport {
     pub id: String,
+    /// The `--cache-from` repository it was restored from, when the
+    /// written one had no save of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
     pub restored_files: u64,
     pub restored_bytes: u64,
     pub saved_files: u64,

@@ -18,10 +18,19 @@ pub fn one_line(r: &BuildResult) -> String {
     if looked_up == 0 {
         return format!("{} steps, cache off, {:.1} s", r.steps.len(), r.seconds);
     }
-    let mut s = format!(
-        "{}/{} steps from cache, {:.1} s saved",
-        r.cache_hits, looked_up, r.seconds_saved
-    );
+    let mut s = format!("{}/{} steps from cache", r.cache_hits, looked_up);
+    // Hits a `--cache-from` repository had, by repository.
+    let mut from: std::collections::BTreeMap<&str, usize> = Default::default();
+    for st in &r.steps {
+        if let Some(f) = &st.cache_from {
+            *from.entry(f.as_str()).or_default() += 1;
+        }
+    }
+    if !from.is_empty() {
+        let parts: Vec<String> = from.iter().map(|(f, n)| format!("{n} from {f}")).collect();
+        s.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    s.push_str(&format!(", {:.1} s saved", r.seconds_saved));
     if r.cache_errors > 0 {
         s.push_str(&format!(", {} cache errors", r.cache_errors));
     }
@@ -51,7 +60,11 @@ pub fn markdown(r: &BuildResult) -> String {
             md_cell(&st.stage),
             st.line,
             md_cell(&shorten(&st.instruction, 80)).replace('`', "'"),
-            st.cache.as_deref().unwrap_or("-"),
+            match (&st.cache, &st.cache_from) {
+                (Some(c), Some(f)) => format!("{c} from {}", md_cell(f)),
+                (Some(c), None) => c.clone(),
+                (None, _) => "-".into(),
+            },
             st.seconds,
             st.layer_size
         ));
@@ -195,6 +208,25 @@ mod tests {
             "3/3 steps from cache, 41.0 s saved, no misses"
         );
         assert!(one_line(&result(0, 0, None)).contains("cache off"));
+    }
+
+    #[test]
+    fn hits_from_fallbacks_are_counted_by_repository() {
+        let mut r = result(3, 0, None);
+        let mut hit = |from: Option<&str>| {
+            let mut st = StepReport::new("0", 2, "RUN make".into(), 0.0);
+            st.cache = Some("hit".into());
+            st.cache_from = from.map(str::to_string);
+            r.steps.push(st);
+        };
+        hit(Some("cache:5000/app/main"));
+        hit(Some("cache:5000/app/main"));
+        hit(None);
+        assert_eq!(
+            one_line(&r),
+            "3/3 steps from cache (2 from cache:5000/app/main), 41.0 s saved, no misses"
+        );
+        assert!(markdown(&r).contains("| hit from cache:5000/app/main |"));
     }
 
     #[test]

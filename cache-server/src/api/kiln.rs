@@ -28,6 +28,7 @@ pub(super) fn info() -> Response {
             server: "kiln-cache-server".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             max_lookup_keys: MAX_LOOKUP_KEYS,
+            fallbacks: true,
         },
     )
 }
@@ -76,8 +77,60 @@ pub(super) async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResul
             format!("invalid key {k:?}"),
         ));
     }
-    let repo = q.repository.as_str();
-    let results: Vec<(String, Result<Lookup, StoreError>)> = futures_util::stream::iter(q.keys)
+    if q.fallbacks.len() > MAX_FALLBACKS {
+        return Err(ApiError::Code(
+            StatusCode::BAD_REQUEST,
+            "LOOKUP_INVALID",
+            format!("{} fallbacks; at most {MAX_FALLBACKS}", q.fallbacks.len()),
+        ));
+    }
+    // Every repository of the chain must be readable by the caller: a
+    // fallback is never a way around a grant.
+    for f in &q.fallbacks {
+        readable(app, caller, f)?;
+    }
+    let mut out = LookupResponse::default();
+    let mut wanted = q.keys;
+    let chain = std::iter::once(&q.repository).chain(&q.fallbacks);
+    for (i, repo) in chain.enumerate() {
+        if wanted.is_empty() {
+            break;
+        }
+        let source = (i > 0).then(|| repo.clone());
+        let (missed, hits) =
+            lookup_in(app, repo, source, std::mem::take(&mut wanted), &mut out).await?;
+        if i > 0 && hits > 0 {
+            let label = crate::metrics::SourceLabel {
+                repo: q.repository.clone(),
+                source: repo.clone(),
+            };
+            app.store
+                .metrics()
+                .fallback_hits
+                .get_or_create(&label)
+                .inc_by(hits);
+        }
+        wanted = missed;
+    }
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+/// Most fallback repositories one lookup may chain.
+const MAX_FALLBACKS: usize = 8;
+
+/// Looks `keys` up in `repo`, adding hits (marked with `source`, the
+/// fallback's name) and expired keys and errors to `out`; returns the keys
+/// `repo` does not have, for the next repository of the chain, and how
+/// many it had. An expired entry is a miss there too: a fallback may have
+/// a fresh one.
+async fn lookup_in(
+    app: &App,
+    repo: &str,
+    source: Option<String>,
+    keys: Vec<String>,
+    out: &mut LookupResponse,
+) -> Result<(Vec<String>, u64), ApiError> {
+    let results: Vec<(String, Result<Lookup, StoreError>)> = futures_util::stream::iter(keys)
         .map(|k| async move {
             let r = app.store.lookup(repo, &k).await;
             (k, r)
@@ -85,7 +138,7 @@ pub(super) async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResul
         .buffer_unordered(32)
         .collect()
         .await;
-    let mut out = LookupResponse::default();
+    let (mut missed, mut hits) = (Vec::new(), 0);
     for (k, r) in results {
         match r {
             Ok(Lookup::Hit(e, m)) => {
@@ -94,17 +147,25 @@ pub(super) async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResul
                     out.errors += 1;
                     continue;
                 };
+                out.expired.retain(|x| x != &k);
                 out.entries.insert(
                     k,
                     LookupEntry {
                         digest: e.digest,
                         media_type: m.media_type.clone(),
                         manifest,
+                        repository: source.clone(),
                     },
                 );
+                hits += 1;
             }
-            Ok(Lookup::Expired) => out.expired.push(k),
-            Ok(Lookup::Miss) => {}
+            Ok(Lookup::Expired) => {
+                if !out.expired.contains(&k) {
+                    out.expired.push(k.clone());
+                }
+                missed.push(k);
+            }
+            Ok(Lookup::Miss) => missed.push(k),
             Err(StoreError::Storage(e)) => return Err(StoreError::Storage(e).into()),
             Err(e) => {
                 out.errors += 1;
@@ -112,7 +173,9 @@ pub(super) async fn lookup(app: &App, caller: &Caller, req: Request) -> ApiResul
             }
         }
     }
-    Ok(json_response(StatusCode::OK, &out))
+    // The chain asks in a stable order whatever the completion order was.
+    missed.sort();
+    Ok((missed, hits))
 }
 
 /// Build-level figures from an executor, so hit rates per build show up

@@ -74,7 +74,11 @@ struct Listing {
 /// Where cache mounts are shared: the cache repository and a scope.
 pub struct MountCache {
     registry: std::sync::Arc<Registry>,
+    /// `--cache-repo`: restored from first, the only one saved to.
     repo: Reference,
+    /// `--cache-from` registry repositories: restored from, in order, when
+    /// `repo` has no save of a mount; never written.
+    fallbacks: Vec<Reference>,
     scope: String,
     /// The build's target platform (`os/arch[/variant]`), part of the key.
     platform: String,
@@ -97,6 +101,7 @@ impl MountCache {
         MountCache {
             registry,
             repo,
+            fallbacks: Vec::new(),
             scope: scope.to_string(),
             platform: platform.to_string(),
         }
@@ -107,10 +112,15 @@ impl MountCache {
     /// cache server's metrics can tell scopes apart; the hash keeps ids and
     /// platforms apart (a cache of arm64 binaries is no use to amd64).
     fn tag(&self, id: &str) -> Reference {
+        self.tag_in(&self.repo, id)
+    }
+
+    /// [`Self::tag`] in `repo`.
+    fn tag_in(&self, repo: &Reference, id: &str) -> Reference {
         let name = Digest::sha256_of(format!("{}\0{}\0{id}", self.scope, self.platform).as_bytes());
         Reference::with_tag(
-            self.repo.registry().to_string(),
-            self.repo.repository().to_string(),
+            repo.registry().to_string(),
+            repo.repository().to_string(),
             format!("mount-{}-{}", tag_safe(&self.scope), &name.hex()[..40]),
         )
     }
@@ -127,12 +137,40 @@ impl MountCache {
     /// Fills the empty directory `dir` with the last save of `id`; `None`
     /// when there is none. Returns the listing restored (what a later save
     /// compares against).
+    /// The fallbacks (`--cache-from`) are asked in order when the written
+    /// repository has no save; the answer then names the one that had it
+    /// (its blobs are not in the written repository: a later save lists
+    /// nothing as known).
     pub async fn restore(
         &self,
         id: &str,
         dir: &Path,
+    ) -> Result<Option<(Vec<Entry>, Moved, Option<String>)>, MountCacheError> {
+        for (i, repo) in std::iter::once(&self.repo)
+            .chain(&self.fallbacks)
+            .enumerate()
+        {
+            if let Some((entries, moved)) = self.restore_from(repo, id, dir).await? {
+                let from = (i > 0).then(|| format!("{}/{}", repo.registry(), repo.repository()));
+                return Ok(Some((entries, moved, from)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sets the repositories restored from after the written one.
+    pub fn with_fallbacks(mut self, fallbacks: Vec<Reference>) -> MountCache {
+        self.fallbacks = fallbacks;
+        self
+    }
+
+    async fn restore_from(
+        &self,
+        repo: &Reference,
+        id: &str,
+        dir: &Path,
     ) -> Result<Option<(Vec<Entry>, Moved)>, MountCacheError> {
-        let tag = self.tag(id);
+        let tag = self.tag_in(repo, id);
         let Some((bytes, _)) = self
             .registry
             .get_manifest(&tag)

@@ -31,7 +31,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut insecure_hosts: Vec<String> = cli.insecure_registry.clone();
     if cli.insecure.unwrap_or(false) {
         // kaniko's --insecure covers where images and cache entries are pushed.
-        let cache_repo = cli.cache_repo.iter().filter(|r| !r.starts_with("oci:"));
+        let cache_repo = cli
+            .cache_repo
+            .iter()
+            .chain(&cli.cache_from)
+            .filter(|r| !r.starts_with("oci:"));
         for d in cli.destination.iter().chain(cache_repo) {
             insecure_hosts.push(parse_reference(d)?.resolve_registry().to_string());
         }
@@ -209,6 +213,8 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
     let ttl = cli.cache_ttl;
     Ok(Some(kiln_executor::CacheOptions {
         repo,
+        from: cli.cache_from.clone(),
+        record_from: cli.cache_from_record,
         ttl: if ttl.is_zero() { None } else { Some(ttl) },
         run_layers: cli.cache_run_layers,
         copy_layers: cli.cache_copy_layers,

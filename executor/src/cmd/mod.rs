@@ -156,6 +156,16 @@ pub struct Cli {
     /// Cache repository (default `<first destination>/cache`); `oci:/path` for a local OCI layout.
     #[arg(long)]
     pub cache_repo: Option<String>,
+    /// A cache repository only read, after `--cache-repo` (BuildKit's name;
+    /// repeatable, asked in order): a branch reads the default branch's
+    /// scope and writes only its own.
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
+    /// Record hits from a `--cache-from` repository into `--cache-repo`
+    /// (cross-repository mounts: no layer bytes move), so the next build
+    /// hits its own scope.
+    #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
+    pub cache_from_record: bool,
     /// Cache entries older than this are misses, e.g. `336h`, `30m` (default 2 weeks, as kaniko).
     #[arg(long, default_value = "336h", value_parser = values::duration)]
     pub cache_ttl: Duration,

@@ -41,7 +41,7 @@ pub use error::{BuildError, StepError};
 pub use mounts::SecretSource;
 
 use crate::blobs::BlobStore;
-use crate::cache::LayerCache;
+use crate::cache::{CacheChain, LayerCache};
 use crate::context::BuildContext;
 use crate::fetch::LayerFetcher;
 use crate::isolation::{self, Isolation};
@@ -78,7 +78,7 @@ pub struct Builder {
     work: WorkDir,
     fetcher: LayerFetcher,
     platform: Platform,
-    cache: Option<Arc<LayerCache>>,
+    cache: Option<Arc<CacheChain>>,
     /// Background entry writes, by key.
     cache_writes: Mutex<Vec<(kiln_common::Digest, CacheWrite)>>,
     counters: Counters,
@@ -216,7 +216,20 @@ impl Builder {
         let cache = match &opts.cache {
             Some(c) if !opts.single_snapshot => {
                 match LayerCache::open(&c.repo, registry.clone(), c.ttl) {
-                    Ok(lc) => Some(Arc::new(lc)),
+                    Ok(write) => {
+                        let read = c
+                            .from
+                            .iter()
+                            .filter_map(|f| match LayerCache::open(f, registry.clone(), c.ttl) {
+                                Ok(lc) => Some(lc),
+                                Err(e) => {
+                                    tracing::warn!("--cache-from {f} not read: {}", Report(&e));
+                                    None
+                                }
+                            })
+                            .collect();
+                        Some(Arc::new(CacheChain { write, read }))
+                    }
                     Err(e) => {
                         tracing::warn!("layer cache disabled: {}", Report(&e));
                         None
@@ -230,9 +243,13 @@ impl Builder {
             None => None,
         };
         let mount_cache = match (&cache, opts.cache_mounts) {
-            (Some(c), crate::options::CacheMounts::Shared) => c.registry_repo().map(|(r, repo)| {
-                crate::cache_mounts::MountCache::new(r, repo, &opts.mount_scope, &platform)
-            }),
+            (Some(c), crate::options::CacheMounts::Shared) => {
+                c.write.registry_repo().map(|(r, repo)| {
+                    let read = c.read.iter().filter_map(|f| f.registry_repo());
+                    crate::cache_mounts::MountCache::new(r, repo, &opts.mount_scope, &platform)
+                        .with_fallbacks(read.map(|(_, r)| r).collect())
+                })
+            }
             _ => None,
         };
         let fetcher = LayerFetcher::new(registry, store, opts.image_fs_extract_retry);
@@ -310,7 +327,7 @@ impl Builder {
         // The cache's layer uploads first: the push then mounts those layers
         // from the cache repository instead of sending them a second time.
         self.finish_cache_writes().await;
-        let cache_repo = self.cache.as_ref().and_then(|c| c.registry_repo());
+        let cache_repo = self.cache.as_ref().and_then(|c| c.write.registry_repo());
         let pushed = output::deliver(
             out,
             &self.fetcher,
@@ -344,7 +361,7 @@ impl Builder {
                 .clone(),
         };
         if let Some(cache) = &self.cache {
-            if tokio::time::timeout(self.lookup_timeout(), cache.report(&result))
+            if tokio::time::timeout(self.lookup_timeout(), cache.write.report(&result))
                 .await
                 .is_err()
             {

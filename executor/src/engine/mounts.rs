@@ -453,16 +453,18 @@ impl super::Builder {
             }
         }
         match restored {
-            Ok(Ok(Some((entries, moved)))) => {
+            Ok(Ok(Some((entries, moved, from)))) => {
                 if std::fs::rename(&staging, dir).is_ok() {
                     tracing::info!(
-                        "cache mount {id:?}: restored {} files ({} bytes) from the shared cache",
+                        "cache mount {id:?}: restored {} files ({} bytes) from {}",
                         moved.files,
-                        moved.bytes
+                        moved.bytes,
+                        from.as_deref().unwrap_or("the shared cache")
                     );
                     if let Ok(mut m) = self.mounts_used.lock() {
                         if let Some(u) = m.get_mut(id) {
                             u.restored = Some(entries);
+                            u.report.restored_from = from;
                             u.report.restored_files = moved.files;
                             u.report.restored_bytes = moved.bytes;
                         }
@@ -479,8 +481,10 @@ impl super::Builder {
         let _ = remove_any(&staging);
     }
 
-    /// After the build: each shared cache mount that changed is saved (only
-    /// what the repository lacks is uploaded), within `--cache-push-timeout`.
+    /// After the build, and only after one that succeeded (a failed build's
+    /// mounts may hold what made it fail): each shared cache mount that
+    /// changed is saved to `--cache-repo` (only what the repository lacks
+    /// is uploaded), within `--cache-push-timeout`.
     pub(super) async fn save_cache_mounts(&self) -> Vec<crate::outcome::MountReport> {
         let used: Vec<MountUse> = self
             .mounts_used
@@ -525,7 +529,12 @@ impl super::Builder {
                 out.push(u.report);
                 continue;
             }
-            let known = u.restored.clone().unwrap_or_default();
+            // Restored from a fallback: none of its blobs is in the written
+            // repository yet.
+            let known = match u.report.restored_from {
+                Some(_) => Vec::new(),
+                None => u.restored.clone().unwrap_or_default(),
+            };
             let started = std::time::Instant::now();
             let saved = tokio::time::timeout(deadline, shared.save(&id, &u.dir, &known)).await;
             u.report.save_seconds = started.elapsed().as_secs_f64();

@@ -6,7 +6,7 @@
 use super::config::{FsOp, FsStep};
 use super::error::StepError;
 use super::sources::{self, Resolved};
-use crate::cache::{BuildRecord, CacheHit, LayerCache};
+use crate::cache::{BuildRecord, CacheChain, CacheHit};
 use crate::cache_key::KeyBuilder;
 use crate::context::BuildContext;
 use kiln_common::Digest;
@@ -61,7 +61,7 @@ impl CachePlan {
 
     /// Looks every cacheable key up concurrently; returns how many lookups
     /// failed (each is a miss and a warning, never a failed build).
-    pub async fn lookup(&mut self, cache: &LayerCache, deadline: std::time::Duration) -> u64 {
+    pub async fn lookup(&mut self, cache: &CacheChain, deadline: std::time::Duration) -> u64 {
         let wanted: Vec<(usize, Digest)> = self
             .steps
             .iter()

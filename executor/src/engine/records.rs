@@ -31,7 +31,7 @@ impl Builder {
         let deadline = self.lookup_timeout();
         self.last_record
             .get_or_init(|| async move {
-                let load = cache.load_record(&name, &dir);
+                let load = cache.write.load_record(&name, &dir);
                 tokio::time::timeout(deadline, load).await.ok().flatten()
             })
             .await
@@ -55,7 +55,7 @@ impl Builder {
             steps,
         };
         let name = self.record_name();
-        let store = cache.store_record(&name, &record);
+        let store = cache.write.store_record(&name, &record);
         match tokio::time::timeout(c.push_timeout, store).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(
@@ -95,6 +95,7 @@ impl Builder {
         let h = tokio::spawn(async move {
             let lr = blob.as_ref().map(|(p, d, id)| (p.as_path(), d, id));
             cache
+                .write
                 .store(&planned.key, lr, planned.inputs, Some(seconds))
                 .await?;
             Ok(blob.map(|(_, d, _)| d.size).unwrap_or(0))
@@ -103,6 +104,39 @@ impl Builder {
             v.push((key, h));
         }
         true
+    }
+
+    /// Records a hit found in a `--cache-from` repository into
+    /// `--cache-repo` in the background (`--cache-from-record`, and only
+    /// where entries are written back): mounts and a manifest, no layer
+    /// bytes.
+    pub(super) fn adopt_hit(&self, hit: &crate::cache::CacheHit) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        if !self
+            .opts
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.push && c.record_from)
+        {
+            return;
+        }
+        let (key, hit) = (hit.key.clone(), hit.clone());
+        let h = tokio::spawn(async move {
+            if !cache.write.adopt(&hit).await? {
+                tracing::info!(
+                    "cache entry {} stays only in {}: it cannot be mounted into {}",
+                    &hit.key.hex()[..12],
+                    hit.from.as_ref().map_or("", |f| f.name.as_str()),
+                    cache.write.describe()
+                );
+            }
+            Ok(0)
+        });
+        if let Ok(mut v) = self.cache_writes.lock() {
+            v.push((key, h));
+        }
     }
 
     /// Waits for background cache writes, at most `--cache-push-timeout`

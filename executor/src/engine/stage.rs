@@ -285,6 +285,10 @@ impl Builder {
                 match decision {
                     Some((Decision::Hit(hit), _)) => {
                         let saved_ms = (hit.seconds * 1000.0) as u64;
+                        if let Some(f) = &hit.from {
+                            report.cache_from = Some(f.name.clone());
+                            self.adopt_hit(&hit);
+                        }
                         let layer = run
                             .use_hit(created_by.clone(), *hit)
                             .await

@@ -11,6 +11,12 @@
 //! cache could not answer — the caller warns, counts it, and treats the step as
 //! a miss; a cache never fails a build.
 
+mod chain;
+mod record;
+
+pub use chain::CacheChain;
+pub use record::{explain, BuildRecord, RecordedStep};
+
 use crate::cache_key::CACHE_FORMAT;
 use crate::model::LayerSource;
 use kiln_common::cache_api::{BuildReport, KilnClient};
@@ -55,6 +61,24 @@ pub struct CacheHit {
     pub layer: Option<(Descriptor, Digest, LayerSource)>,
     /// Execution time of the step that made the entry (0 if unknown).
     pub seconds: f64,
+    /// The read-only repository (`--cache-from`) the entry came from;
+    /// `None` when the written one (`--cache-repo`) had it.
+    pub from: Option<Fallback>,
+    /// The entry's manifest as stored (its digest was checked where the
+    /// answer came with one): recorded as it is into the written repository
+    /// when the entry came from a fallback.
+    pub manifest: Vec<u8>,
+}
+
+/// A repository a hit came from other than the one written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// As [`LayerCache::describe`] names it.
+    pub name: String,
+    /// Its registry repository (`None` for an `oci:` layout).
+    pub repo: Option<Reference>,
+    /// Its directory, for an `oci:` layout.
+    pub dir: Option<PathBuf>,
 }
 
 /// The inputs a key was made of, kept in the entry's config.
@@ -205,40 +229,98 @@ impl LayerCache {
     /// Looks up every key: one request against a Kiln cache server, else
     /// one concurrent lookup per key. Results are in the order of `keys`.
     pub async fn lookup_many(&self, keys: &[Digest]) -> Vec<Result<Option<CacheHit>, CacheError>> {
-        if let (Some(kiln), LayerCache::Registry { repo, .. }) = (self.kiln().await, self) {
-            let tags: Vec<String> = keys.iter().map(|k| k.hex().to_string()).collect();
-            return match kiln.lookup(repo.repository(), &tags).await {
-                Ok(mut r) => keys
-                    .iter()
-                    .map(|k| match r.entries.remove(k.hex()) {
-                        Some(e) => {
-                            let r = self.tag_ref(k).unwrap_or_else(|| repo.clone());
-                            let bytes = e.manifest.into_bytes();
-                            if Digest::sha256_of(&bytes) != e.digest {
-                                return Err(CacheError::Corrupt {
-                                    key: k.to_string(),
-                                    message: format!("manifest does not hash to {}", e.digest),
-                                });
-                            }
-                            self.parse_entry(k, &bytes, LayerSource::Remote(r))
-                        }
-                        None => Ok(None),
-                    })
-                    .collect(),
-                Err(e) => {
-                    let msg = e.to_string();
-                    keys.iter()
-                        .map(|k| {
-                            Err(CacheError::Corrupt {
-                                key: k.to_string(),
-                                message: format!("batch lookup failed: {msg}"),
-                            })
-                        })
-                        .collect()
-                }
-            };
+        match self.lookup_batch(&[], keys).await {
+            Some(r) => r,
+            None => futures_util::future::join_all(keys.iter().map(|k| self.lookup(k))).await,
         }
-        futures_util::future::join_all(keys.iter().map(|k| self.lookup(k))).await
+    }
+
+    /// This cache as a fallback of another: what a hit from it records.
+    pub fn as_fallback(&self) -> Fallback {
+        Fallback {
+            name: self.describe(),
+            repo: self.registry_repo().map(|(_, r)| r),
+            dir: match self {
+                LayerCache::Layout { dir, .. } => Some(dir.clone()),
+                LayerCache::Registry { .. } => None,
+            },
+        }
+    }
+
+    /// One batch request for the whole chain — this repository, then
+    /// `fallbacks` in order — where this is a Kiln cache server that chains
+    /// lookups and every fallback is a repository on the same server;
+    /// `None` otherwise (the caller asks each repository in turn).
+    pub async fn lookup_batch(
+        &self,
+        fallbacks: &[&LayerCache],
+        keys: &[Digest],
+    ) -> Option<Vec<Result<Option<CacheHit>, CacheError>>> {
+        let LayerCache::Registry { repo, .. } = self else {
+            return None;
+        };
+        let kiln = self.kiln().await?;
+        let mut names = Vec::new();
+        for f in fallbacks {
+            match f.registry_repo() {
+                Some((_, r)) if kiln.fallbacks && r.registry() == repo.registry() => {
+                    names.push(r.repository().to_string())
+                }
+                _ => return None,
+            }
+        }
+        let tags: Vec<String> = keys.iter().map(|k| k.hex().to_string()).collect();
+        let mut r = match kiln.lookup(repo.repository(), &names, &tags).await {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e.to_string();
+                let failed = keys.iter().map(|k| {
+                    Err(CacheError::Corrupt {
+                        key: k.to_string(),
+                        message: format!("batch lookup failed: {msg}"),
+                    })
+                });
+                return Some(failed.collect());
+            }
+        };
+        let answer = |k: &Digest| {
+            let Some(e) = r.entries.remove(k.hex()) else {
+                return Ok(None);
+            };
+            let fallback = match &e.repository {
+                None => None,
+                Some(name) => match fallbacks.iter().find(|f| {
+                    f.registry_repo()
+                        .is_some_and(|(_, r)| r.repository() == name)
+                }) {
+                    Some(f) => Some(f.as_fallback()),
+                    // An answer from a repository not asked: not trusted.
+                    None => return Ok(None),
+                },
+            };
+            let from_repo = fallback
+                .as_ref()
+                .and_then(|f| f.repo.clone())
+                .unwrap_or_else(|| repo.clone());
+            let tag = Reference::with_tag(
+                from_repo.registry().to_string(),
+                from_repo.repository().to_string(),
+                k.hex().to_string(),
+            );
+            let bytes = e.manifest.into_bytes();
+            if Digest::sha256_of(&bytes) != e.digest {
+                return Err(CacheError::Corrupt {
+                    key: k.to_string(),
+                    message: format!("manifest does not hash to {}", e.digest),
+                });
+            }
+            let hit = self.parse_entry(k, &bytes, LayerSource::Remote(tag))?;
+            Ok(hit.map(|h| CacheHit {
+                from: fallback,
+                ..h
+            }))
+        };
+        Some(keys.iter().map(answer).collect())
     }
 
     /// Tells a Kiln cache server how this build used it (for its metrics).
@@ -314,6 +396,8 @@ impl LayerCache {
             key: key.clone(),
             layer,
             seconds,
+            from: None,
+            manifest: bytes.to_vec(),
         }))
     }
 
@@ -417,146 +501,7 @@ impl LayerCache {
     }
 }
 
-/// What one build's steps were keyed on, kept per destination so that the
-/// next build's first miss in each stage can say which input changed.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct BuildRecord {
-    pub format: String,
-    pub steps: Vec<RecordedStep>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RecordedStep {
-    pub stage: String,
-    /// Index among the stage's filesystem steps.
-    pub index: usize,
-    pub line: usize,
-    pub key: Digest,
-    pub inputs: Vec<(String, String)>,
-}
-
-impl LayerCache {
-    fn record_tag(destination: &str) -> String {
-        format!(
-            "last-{}",
-            &Digest::sha256_of(destination.as_bytes()).hex()[..40]
-        )
-    }
-
-    /// The record of the last build of `destination`, if any; errors are `None`
-    /// (an explanation is a nicety, never a reason to fail). `tmp_dir` is the
-    /// build's own directory: never `/tmp`, which may be the image's while a
-    /// step runs in the container's root.
-    pub async fn load_record(&self, destination: &str, tmp_dir: &Path) -> Option<BuildRecord> {
-        let tag = Self::record_tag(destination);
-        let bytes = match self {
-            LayerCache::Registry { registry, repo, .. } => {
-                let r = Reference::with_tag(
-                    repo.registry().to_string(),
-                    repo.repository().to_string(),
-                    tag,
-                );
-                let (m, _) = registry.get_manifest(&r).await.ok()??;
-                let m: Manifest = serde_json::from_slice(&m).ok()?;
-                let tmp = tempfile::NamedTempFile::new_in(tmp_dir).ok()?;
-                registry.fetch_blob(&r, &m.config, tmp.path()).await.ok()?;
-                std::fs::read(tmp.path()).ok()?
-            }
-            LayerCache::Layout { dir, .. } => std::fs::read(dir.join("entries").join(tag)).ok()?,
-        };
-        serde_json::from_slice::<BuildRecord>(&bytes)
-            .ok()
-            .filter(|r| r.format == CACHE_FORMAT)
-    }
-
-    pub async fn store_record(
-        &self,
-        destination: &str,
-        record: &BuildRecord,
-    ) -> Result<(), CacheError> {
-        let tag = Self::record_tag(destination);
-        let bytes = serde_json::to_vec(record).map_err(|e| CacheError::Corrupt {
-            key: tag.clone(),
-            message: e.to_string(),
-        })?;
-        match self {
-            LayerCache::Registry { registry, repo, .. } => {
-                let r = Reference::with_tag(
-                    repo.registry().to_string(),
-                    repo.repository().to_string(),
-                    tag,
-                );
-                let rerr = |e| CacheError::Registry {
-                    repo: self.describe(),
-                    source: Box::new(e),
-                };
-                let d = registry.push_blob_bytes(&r, &bytes).await.map_err(rerr)?;
-                let m = Manifest {
-                    schema_version: 2,
-                    media_type: Some(image::OCI_MANIFEST.into()),
-                    config: Descriptor::new(CONFIG_MEDIA_TYPE, d, bytes.len() as u64),
-                    layers: Vec::new(),
-                    annotations: None,
-                };
-                let mb = serde_json::to_vec(&m).map_err(|e| CacheError::Corrupt {
-                    key: "record".into(),
-                    message: e.to_string(),
-                })?;
-                registry
-                    .push_manifest(&r, mb, image::OCI_MANIFEST)
-                    .await
-                    .map_err(rerr)?;
-            }
-            LayerCache::Layout { dir, .. } => {
-                let entries = dir.join("entries");
-                std::fs::create_dir_all(&entries).map_err(|source| CacheError::Io {
-                    path: entries.clone(),
-                    source,
-                })?;
-                write_atomic(&entries.join(tag), &bytes).map_err(|source| CacheError::Io {
-                    path: entries.clone(),
-                    source,
-                })?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Says which inputs differ between a step's previous and current inputs.
-pub fn explain(previous: &[(String, String)], current: &[(String, String)]) -> String {
-    let mut out = Vec::new();
-    for (name, value) in current {
-        if name == "previous" {
-            continue;
-        }
-        match previous.iter().find(|(n, _)| n == name) {
-            Some((_, old)) if old == value => {}
-            Some((_, old)) => out.push(format!("{name}: {} -> {}", short(old), short(value))),
-            None => out.push(format!("{name}: (new) {}", short(value))),
-        }
-    }
-    for (name, value) in previous {
-        if !current.iter().any(|(n, _)| n == name) {
-            out.push(format!("{name}: {} -> (gone)", short(value)));
-        }
-    }
-    if out.is_empty() {
-        "the step's own inputs are unchanged: an earlier input of the stage (its base image) changed, or the entry expired or was evicted".into()
-    } else {
-        out.join("; ")
-    }
-}
-
-fn short(s: &str) -> String {
-    if s.chars().count() > 100 {
-        format!("{:?}…", s.chars().take(100).collect::<String>())
-    } else {
-        format!("{s:?}")
-    }
-}
-
-fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_atomic(src: &Path, dest: &Path) -> std::io::Result<()> {
     if dest.exists() {
         return Ok(());
     }
