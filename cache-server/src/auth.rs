@@ -1,7 +1,9 @@
-//! Who may read and write which repositories. Access is anonymous or by
-//! credentials (HTTP basic with a user's password, or a bearer token), each
-//! granting read-only or read-write on repository prefixes. Credentials are
-//! compared by their SHA-256, never logged, and never echoed in errors.
+//! Who may read and write which repositories. Access is anonymous, by
+//! credentials (HTTP basic with a user's password, or a static bearer
+//! token), or by an OpenID Connect token a CI system issued (`oidc`: the
+//! rules turn its claims into grants), each granting read-only or
+//! read-write on repository prefixes. Credentials are compared by their
+//! SHA-256; no credential or token is logged or echoed in errors.
 
 use base64::Engine;
 use sha2::{Digest as _, Sha256};
@@ -22,7 +24,7 @@ pub enum Access {
     Write,
 }
 
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Grant {
     /// Repository prefix; "" grants every repository.
     #[serde(default)]
@@ -44,6 +46,12 @@ struct AuthFile {
     anonymous: Vec<Grant>,
     #[serde(default)]
     users: Vec<UserSpec>,
+    /// OpenID Connect issuers whose tokens are accepted.
+    #[serde(default)]
+    issuers: Vec<crate::oidc::IssuerConfig>,
+    /// What their tokens' claims grant.
+    #[serde(default)]
+    rules: Vec<crate::oidc::policy::Rule>,
 }
 
 struct Principal {
@@ -58,6 +66,7 @@ struct Principal {
 pub struct Auth {
     anonymous: Vec<Grant>,
     principals: Vec<Principal>,
+    oidc: Option<crate::oidc::Verifier>,
     realm: String,
 }
 
@@ -66,6 +75,11 @@ pub struct Auth {
 pub enum Caller {
     Anonymous,
     User(String),
+    /// A verified OpenID Connect token.
+    Identity(Box<crate::oidc::Identity>),
+    /// A token whose issuer could not be asked for its keys in time: as
+    /// anonymous, but never more than read.
+    Unverified,
     /// Credentials were sent and did not match.
     Rejected,
 }
@@ -82,6 +96,7 @@ impl Auth {
                 access: Access::Write,
             }],
             principals: Vec::new(),
+            oidc: None,
             realm: "kiln-cache".into(),
         }
     }
@@ -132,15 +147,29 @@ impl Auth {
                 grants: u.grants,
             });
         }
+        if let Some(r) = f
+            .rules
+            .iter()
+            .find(|r| !f.issuers.iter().any(|i| i.issuer == r.issuer))
+        {
+            return Err(err(format!(
+                "a rule names issuer {:?}, which is not in issuers",
+                r.issuer
+            )));
+        }
+        let oidc = (!f.issuers.is_empty()).then(|| crate::oidc::Verifier::new(f.issuers, f.rules));
         Ok(Auth {
             anonymous: f.anonymous,
             principals,
+            oidc,
             realm: "kiln-cache".into(),
         })
     }
 
-    /// Identifies the caller from an `Authorization` header value.
-    pub fn identify(&self, authorization: Option<&str>) -> Caller {
+    /// Identifies the caller from an `Authorization` header value: a static
+    /// credential, else (for a bearer value shaped like one) a token of a
+    /// configured issuer.
+    pub async fn identify(&self, authorization: Option<&str>) -> Caller {
         let Some(h) = authorization else {
             return Caller::Anonymous;
         };
@@ -158,7 +187,13 @@ impl Auth {
             self.principals.iter().find(|p| p.basic == Some(h))
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let h = hash(value.as_bytes());
-            self.principals.iter().find(|p| p.token == Some(h))
+            let found = self.principals.iter().find(|p| p.token == Some(h));
+            if found.is_none() && crate::oidc::looks_like_jwt(value) {
+                if let Some(v) = &self.oidc {
+                    return Self::verified(v.verify(value).await);
+                }
+            }
+            found
         } else {
             None
         };
@@ -168,18 +203,45 @@ impl Auth {
         }
     }
 
+    fn verified(r: Result<crate::oidc::Identity, crate::oidc::OidcError>) -> Caller {
+        match r {
+            Ok(id) => {
+                tracing::debug!(
+                    "token of {} from {}: {} grant(s)",
+                    id.subject,
+                    id.issuer,
+                    id.grants.len()
+                );
+                Caller::Identity(Box::new(id))
+            }
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(
+                    "a token could not be verified, read-only as anonymous: {}",
+                    kiln_common::report::Report(&e)
+                );
+                Caller::Unverified
+            }
+            Err(e) => {
+                tracing::info!("refused a token: {}", kiln_common::report::Report(&e));
+                Caller::Rejected
+            }
+        }
+    }
+
     /// The access `caller` has to `repo` (`None`: the registry as a whole,
     /// as for `/v2/` and the catalog).
     pub fn access(&self, caller: &Caller, repo: Option<&str>) -> Access {
-        let grants: &[Grant] = match caller {
-            Caller::Anonymous => &self.anonymous,
+        let (grants, cap): (&[Grant], Access) = match caller {
+            Caller::Anonymous => (&self.anonymous, Access::Write),
+            Caller::Unverified => (&self.anonymous, Access::Read),
             Caller::User(n) => match self.principals.iter().find(|p| &p.name == n) {
-                Some(p) => &p.grants,
+                Some(p) => (&p.grants, Access::Write),
                 None => return Access::None,
             },
+            Caller::Identity(id) => (&id.grants, Access::Write),
             Caller::Rejected => return Access::None,
         };
-        grants
+        let granted = grants
             .iter()
             .filter(|g| match repo {
                 Some(r) => r.starts_with(&g.prefix),
@@ -187,11 +249,12 @@ impl Auth {
             })
             .map(|g| g.access)
             .max()
-            .unwrap_or(Access::None)
+            .unwrap_or(Access::None);
+        granted.min(cap)
     }
 
     pub fn has_users(&self) -> bool {
-        !self.principals.is_empty()
+        !self.principals.is_empty() || self.oidc.is_some()
     }
 
     pub fn challenge(&self) -> String {
@@ -203,8 +266,8 @@ impl Auth {
 mod tests {
     use super::*;
 
-    #[test]
-    fn grants_follow_prefixes_and_credentials() {
+    #[tokio::test]
+    async fn grants_follow_prefixes_and_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("auth.json");
         std::fs::write(
@@ -219,18 +282,18 @@ mod tests {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("ci:s3cret")
         );
-        let ci = a.identify(Some(&basic));
+        let ci = a.identify(Some(&basic)).await;
         assert_eq!(ci, Caller::User("ci".into()));
         assert_eq!(a.access(&ci, Some("cache/app")), Access::Write);
         assert_eq!(a.access(&ci, Some("other")), Access::Read);
-        let tok = a.identify(Some("Bearer tok"));
+        let tok = a.identify(Some("Bearer tok")).await;
         assert_eq!(a.access(&tok, Some("cache/app")), Access::Read);
         assert_eq!(a.access(&tok, Some("other")), Access::None);
         let bad = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("ci:wrong")
         );
-        assert_eq!(a.identify(Some(&bad)), Caller::Rejected);
+        assert_eq!(a.identify(Some(&bad)).await, Caller::Rejected);
         assert_eq!(a.access(&Caller::Anonymous, Some("public/x")), Access::Read);
         assert_eq!(a.access(&Caller::Anonymous, Some("cache/x")), Access::None);
     }

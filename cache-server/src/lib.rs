@@ -11,6 +11,7 @@ pub mod gc;
 pub(crate) mod keys;
 pub mod manifest;
 pub mod metrics;
+pub(crate) mod oidc;
 pub mod server;
 pub mod store;
 pub(crate) mod tiers;

@@ -117,6 +117,8 @@ pub use docker::DockerEngine;
 mod debian;
 pub use debian::{debian_kit, push_debian, DebianKit};
 mod nginx;
+mod oidc;
+pub use oidc::{raw_token, IssuerKey, OidcIssuer};
 mod prom;
 pub use nginx::RoundRobin;
 mod ssh;

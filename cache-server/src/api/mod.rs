@@ -78,7 +78,9 @@ fn check(app: &App, caller: &Caller, repo: Option<&str>, needs: Access) -> Resul
         return Ok(());
     }
     match caller {
-        Caller::User(_) => Err(ApiError::Denied(repo.unwrap_or("the registry").to_string())),
+        Caller::User(_) | Caller::Identity(_) => {
+            Err(ApiError::Denied(repo.unwrap_or("the registry").to_string()))
+        }
         _ => Err(ApiError::Unauthorized(app.auth.challenge())),
     }
 }
@@ -88,7 +90,7 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = app.auth.identify(auth_header);
+    let caller = app.auth.identify(auth_header).await;
     let method = req.method().clone();
     check(app, &caller, ep.repo(), ep.needs(&method))?;
     let query = http::parse_query(req.uri().query());
