@@ -227,3 +227,118 @@ fn cache_mounts_restore_along_the_chain_and_a_failed_build_saves_none() {
         tags(&reg.addr, "app/failed")
     );
 }
+
+/// The policy of `cache-server/tests/identity.rs`, for GitLab-shaped tokens.
+fn identity_auth(dir: &std::path::Path, iss: &str) -> std::path::PathBuf {
+    let p = dir.join("auth.json");
+    let f = serde_json::json!({
+        "issuers": [{"issuer": iss, "audience": "kiln-cache"}],
+        "rules": [
+            {"issuer": iss, "claims": {"ref_protected": "true"},
+             "grants": [{"prefix": "cache/{project_path}/main/", "access": "write"}]},
+            {"issuer": iss, "claims": {"project_path": "*"},
+             "grants": [{"prefix": "cache/{project_path}/branch/{ref_slug}/", "access": "write"},
+                        {"prefix": "cache/{project_path}/main/", "access": "read"}]}
+        ]
+    });
+    std::fs::write(&p, f.to_string()).unwrap();
+    p
+}
+
+fn gitlab_token(
+    issuer: &OidcIssuer,
+    r#ref: &str,
+    protected: bool,
+    dir: &std::path::Path,
+) -> String {
+    let t = issuer.mint(
+        "rsa-1",
+        serde_json::json!({
+            "aud": "kiln-cache",
+            "sub": format!("project_path:team/app:ref_type:branch:ref:{ref}"),
+            "project_path": "team/app",
+            "ref": r#ref,
+            "ref_protected": protected.to_string(),
+        }),
+    );
+    let p = dir.join(format!("token-{protected}"));
+    std::fs::write(&p, &t).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Real builds with CI identity tokens (`--cache-token-file`): main's job
+/// writes main's scope; a pull request's job hits main's entries through
+/// `--cache-from`, records them into its branch scope, and cannot write
+/// main's scope even when it names it as `--cache-repo` (its writes are
+/// refused, the build goes on, main's tags stay as they were).
+#[test]
+fn ci_identities_let_a_pull_request_read_main_and_never_write_it() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let issuer = OidcIssuer::start();
+    let t = tempfile::tempdir().unwrap();
+    let auth = identity_auth(t.path(), &issuer.url);
+    let server = CacheServer::start(
+        &cache_server_bin(),
+        None,
+        &["--auth-file", auth.to_str().unwrap()],
+        &[],
+    );
+    let main_file = gitlab_token(&issuer, "main", true, t.path());
+    let pr_file = gitlab_token(&issuer, "refs/heads/feature/x", false, t.path());
+    let main = format!("{}/cache/team/app/main/app", server.addr);
+    let branch = format!("{}/cache/team/app/branch/feature-x/app", server.addr);
+    let ctx = context(&base);
+    let main_tags = |s: &CacheServer| {
+        let o = Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!(
+                "Authorization: Bearer {}",
+                std::fs::read_to_string(&main_file).unwrap()
+            ))
+            .arg(format!("{}/v2/cache/team/app/main/app/tags/list", s.url()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+
+    // Without a token nothing is written (and the build still succeeds).
+    let (anon, log) = cached_build_report(ctx.path(), &main, &[]);
+    assert_eq!(anon["cache_misses"], 3, "{anon}");
+    assert!(log.contains("cache write failed"), "{log}");
+    assert!(
+        !main_tags(&server).contains("\"tags\":["),
+        "{}",
+        main_tags(&server)
+    );
+
+    let (m, log) = cached_build_report(ctx.path(), &main, &["--cache-token-file", &main_file]);
+    assert_eq!(m["cache_misses"], 3, "{m}");
+    assert!(!log.contains("cache write failed"), "{log}");
+    let written = main_tags(&server);
+    assert!(written.contains("\"tags\":["), "{written}");
+
+    // The pull request: every step from main's scope, recorded into its own.
+    let (pr, log) = cached_build_report(
+        ctx.path(),
+        &branch,
+        &["--cache-token-file", &pr_file, "--cache-from", &main],
+    );
+    assert_eq!(pr["cache_hits"], 3, "{pr}\n{log}");
+    assert!(!log.contains("cache write failed"), "{log}");
+    let (pr2, _) = cached_build_report(ctx.path(), &branch, &["--cache-token-file", &pr_file]);
+    assert_eq!(pr2["cache_hits"], 3, "{pr2}");
+
+    // Naming main's scope as its cache repository writes nothing there.
+    let (bad, log) = cached_build_report(
+        ctx.path(),
+        &main,
+        &["--cache-token-file", &pr_file, "--build-arg", "V=evil"],
+    );
+    assert_eq!(bad["cache_misses"], 1, "{bad}");
+    assert!(log.contains("cache write failed"), "{log}");
+    assert_eq!(main_tags(&server), written);
+    // No token reached the executor's log.
+    let sig = std::fs::read_to_string(&pr_file).unwrap();
+    assert!(!log.contains(sig.rsplit('.').next().unwrap()));
+}

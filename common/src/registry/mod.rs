@@ -83,6 +83,20 @@ pub struct RegistryOptions {
     /// retried where the call retries): a registry that accepts and then
     /// hangs. `None`: two minutes.
     pub stall_timeout: Option<Duration>,
+    /// A bearer token for one host, sent there before any other
+    /// credential and to no other host: the CI job's identity token for
+    /// the cache server (`--cache-token-file`).
+    pub host_tokens: HashMap<String, HostToken>,
+}
+
+/// A token for one host; never printed, not even in debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostToken(pub String);
+
+impl std::fmt::Debug for HostToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostToken(***)")
+    }
 }
 
 /// One host's TLS settings beyond the shared client's.
@@ -348,6 +362,9 @@ impl Registry {
     /// The credential for `host`: config.json, then the built-in logins.
     pub async fn credential_for(&self, host: &str) -> Result<Credential, RegistryError> {
         self.settle_scheme(host).await;
+        if let Some(t) = self.opts.host_tokens.get(host) {
+            return Ok(Credential::Token(t.0.clone()));
+        }
         if let Some(c) = self.keys.cached(host) {
             return Ok(c);
         }

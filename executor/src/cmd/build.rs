@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             insecure_hosts.push(parse_reference(d)?.resolve_registry().to_string());
         }
     }
+    let cache = cache_options(&cli)?;
     let mut registry_map: HashMap<String, Vec<String>> = HashMap::new();
     for (k, v) in &cli.registry_map {
         registry_map.entry(k.clone()).or_default().extend(v.clone());
@@ -67,6 +68,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         certs_d: Some("/etc/docker/certs.d".into()),
         stall_timeout: Some(cli.transfer_stall_timeout),
+        host_tokens: match &cache {
+            Some(c) => {
+                let token = super::cache_token::find(
+                    cli.cache_token_file.as_deref(),
+                    &cli.cache_token_audience,
+                )
+                .await?;
+                let repos: Vec<&str> = std::iter::once(c.repo.as_str())
+                    .chain(c.from.iter().map(String::as_str))
+                    .collect();
+                super::cache_token::for_hosts(token, &repos)
+            }
+            None => Default::default(),
+        },
     };
     let insecure_pull = cli.insecure_pull.unwrap_or(false);
     let opts = BuildOptions {
@@ -119,7 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         image_fs_extract_retry: cli.image_fs_extract_retry.unwrap_or(0),
         build_unused_stages: !cli.skip_unused_stages,
         report_path: cli.report.clone(),
-        cache: cache_options(&cli)?,
+        cache,
         cache_dir: cli.cache_dir.clone(),
     };
     let mut reg_opts = registry_opts;

@@ -2,6 +2,7 @@
 //! that an existing pipeline only changes the image it runs.
 
 mod build;
+mod cache_token;
 mod values;
 
 use clap::Parser;
@@ -166,6 +167,14 @@ pub struct Cli {
     /// hits its own scope.
     #[arg(long, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub cache_from_record: bool,
+    /// The CI job's identity token for the cache server (a projected
+    /// service-account token, …); else `KILN_CACHE_TOKEN`, else GitHub
+    /// Actions' token service. Sent only to the cache repositories' hosts.
+    #[arg(long)]
+    pub cache_token_file: Option<PathBuf>,
+    /// The audience asked of GitHub Actions' token service.
+    #[arg(long, default_value = "kiln-cache")]
+    pub cache_token_audience: String,
     /// Cache entries older than this are misses, e.g. `336h`, `30m` (default 2 weeks, as kaniko).
     #[arg(long, default_value = "336h", value_parser = values::duration)]
     pub cache_ttl: Duration,
