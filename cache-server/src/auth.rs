@@ -253,6 +253,27 @@ impl Auth {
         granted.min(cap)
     }
 
+    /// What the store records as the writer of manifest `digest` written
+    /// by `caller`.
+    pub fn writer(caller: &Caller, digest: &kiln_common::Digest) -> kiln_common::cache_api::Writer {
+        let (issuer, subject, claims) = match caller {
+            Caller::Identity(id) => (
+                Some(id.issuer.clone()),
+                id.subject.clone(),
+                id.claims.clone(),
+            ),
+            Caller::User(n) => (None, n.clone(), Default::default()),
+            _ => (None, "anonymous".to_string(), Default::default()),
+        };
+        kiln_common::cache_api::Writer {
+            digest: digest.clone(),
+            issuer,
+            subject,
+            claims,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+
     pub fn has_users(&self) -> bool {
         !self.principals.is_empty() || self.oidc.is_some()
     }

@@ -39,6 +39,12 @@ pub enum Key {
         repo: String,
         tag: String,
     },
+    /// Who wrote tag `tag` of `repo`, and which manifest (a record is
+    /// believed only for the digest it names).
+    Writer {
+        repo: String,
+        tag: String,
+    },
     /// The object `/readyz` heads to prove the backend answers.
     Probe,
     /// A chunk of upload session `id` starting at byte `offset`.
@@ -70,6 +76,13 @@ impl Key {
         }
     }
 
+    pub fn writer(repo: &str, tag: &str) -> Key {
+        Key::Writer {
+            repo: repo.to_string(),
+            tag: tag.to_string(),
+        }
+    }
+
     pub fn manifest(repo: &str, digest: &Digest) -> Key {
         Key::Manifest {
             repo: repo.to_string(),
@@ -94,6 +107,7 @@ impl fmt::Display for Key {
                 write!(f, "repos/{repo}/_manifests/{}", digest.hex())
             }
             Key::Tag { repo, tag } => write!(f, "repos/{repo}/_tags/{tag}"),
+            Key::Writer { repo, tag } => write!(f, "repos/{repo}/_writers/{tag}"),
             Key::Probe => f.write_str("kiln-probe"),
             Key::UploadPart { id, offset } => write!(f, "_uploads/{id}/{offset:020}"),
         }
@@ -146,7 +160,7 @@ impl FromStr for Key {
             };
         }
         let rest = key.strip_prefix("repos/").ok_or_else(bad)?;
-        let (repo, kind, name) = ["_blobs", "_manifests", "_tags"]
+        let (repo, kind, name) = ["_blobs", "_manifests", "_tags", "_writers"]
             .iter()
             .find_map(|m| {
                 let (repo, name) = rest.split_once(&format!("/{m}/"))?;
@@ -165,6 +179,10 @@ impl FromStr for Key {
             "_manifests" => Key::Manifest {
                 repo,
                 digest: digest(name, key)?,
+            },
+            "_writers" => Key::Writer {
+                repo,
+                tag: name.to_string(),
             },
             _ => Key::Tag {
                 repo,
@@ -186,6 +204,7 @@ mod tests {
             Key::repo_blob("a/b", &d),
             Key::manifest("a/b", &d),
             Key::tag("a/b", "v1.0"),
+            Key::writer("a/b", "v1.0"),
             Key::Probe,
             Key::UploadPart {
                 id: "0a1b-c2".into(),

@@ -114,6 +114,14 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+/// A write refused: the repository and who asked (`anonymous`, `user`,
+/// `identity`, `unverified`, `rejected`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub repo: String,
+    pub caller: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub lookups: Family<LookupLabel, Counter>,
@@ -149,6 +157,7 @@ pub struct Metrics {
     pub build_bytes_saved: Family<RepoLabel, Counter>,
     pub build_first_miss: Family<StepLabel, Counter>,
     pub fallback_hits: Family<SourceLabel, Counter>,
+    pub refused_writes: Family<RefusedLabel, Counter>,
     pub mount_restores: Family<MountResultLabel, Counter>,
     pub mount_restored_bytes: Family<MountLabel, Counter>,
     pub mount_saves: Family<MountLabel, Counter>,
@@ -194,6 +203,7 @@ impl Metrics {
             build_bytes_saved: Family::default(),
             build_first_miss: Family::default(),
             fallback_hits: Family::default(),
+            refused_writes: Family::default(),
             mount_restores: Family::default(),
             mount_restored_bytes: Family::default(),
             mount_saves: Family::default(),
@@ -334,6 +344,11 @@ impl Metrics {
             "fallback_hits",
             "Batch-lookup hits a build's own repository lacked and a fallback repository (--cache-from) had, by both: how much branch builds gain from main's cache",
             m.fallback_hits.clone(),
+        );
+        registry.register(
+            "refused_writes",
+            "Writes refused by the access policy, by repository and kind of caller: pull requests trying main's scope show up here",
+            m.refused_writes.clone(),
         );
         registry.register(
             "mount_restores",

@@ -181,6 +181,15 @@ fn ci_tokens_scope_writes_and_forgeries_are_refused() {
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
+        // The branch's own `v1` was deleted above: the answer is main's
+        // entry, from the fallback, saying who wrote it.
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        let e = &v["entries"]["v1"];
+        assert_eq!(e["repository"], MAIN, "{v}");
+        let w = &e["writer"];
+        assert_eq!(w["issuer"], issuer.url.as_str(), "{v}");
+        assert_eq!(w["claims"]["ref_protected"], "true", "{v}");
+        assert!(w["subject"].as_str().unwrap().ends_with("ref:main"), "{v}");
 
         // Forgeries.
         let now = std::time::SystemTime::now()
@@ -261,6 +270,16 @@ fn ci_tokens_scope_writes_and_forgeries_are_refused() {
         let st = writes(&url, "public/x", &hang_tok, MAIN, &blob).await;
         assert!(st.iter().all(|s| *s == 401), "{st:?}");
     });
+    let m = s.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "kiln_cache_refused_writes_total",
+            &[&format!("repo=\"{MAIN}\""), "caller=\"identity\""]
+        ),
+        4.0,
+        "{m}"
+    );
     drop(hanging);
     let log = s.log();
     for tok in [&main_tok, &pr_tok] {

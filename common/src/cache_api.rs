@@ -34,6 +34,41 @@ pub struct LookupEntry {
     /// requested one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// Who wrote the entry, where the server recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<Writer>,
+}
+
+/// Who wrote a cache entry, as the cache server authenticated them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Writer {
+    /// The manifest written; the record is believed only for it.
+    pub digest: Digest,
+    /// The token's issuer (`None` for a static user or anonymous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The token's subject, the static user's name, or `anonymous`.
+    pub subject: String,
+    /// The token's scalar claims (`ref`, `ref_protected`, …), as text.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// When (RFC 3339).
+    pub time: String,
+}
+
+impl Writer {
+    /// Whether every `key=value` of `rules` holds: `issuer` and `subject`
+    /// name a token's writer (give both: subjects are per issuer), `user` a
+    /// static user of the server's auth file; any other key is a claim of
+    /// the writer's token.
+    pub fn satisfies(&self, rules: &[(String, String)]) -> bool {
+        rules.iter().all(|(k, v)| match k.as_str() {
+            "issuer" => self.issuer.as_deref() == Some(v.as_str()),
+            "subject" => self.issuer.is_some() && &self.subject == v,
+            "user" => self.issuer.is_none() && &self.subject == v,
+            claim => self.issuer.is_some() && self.claims.get(claim) == Some(v),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

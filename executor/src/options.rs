@@ -71,6 +71,8 @@ pub struct CacheOptions {
     pub from: Vec<String>,
     /// `--cache-from-record`: a hit from `from` is recorded into `repo`.
     pub record_from: bool,
+    /// `--cache-trust key=value`: what a hit's recorded writer must be.
+    pub trust: Vec<(String, String)>,
     /// `--cache-ttl`: older entries are misses (and get replaced).
     pub ttl: Option<std::time::Duration>,
     /// `--cache-run-layers`.

@@ -342,3 +342,87 @@ fn ci_identities_let_a_pull_request_read_main_and_never_write_it() {
     let sig = std::fs::read_to_string(&pr_file).unwrap();
     assert!(!log.contains(sig.rsplit('.').next().unwrap()));
 }
+
+/// `--cache-trust`: with a misconfigured policy that lets every token of
+/// the project write main's scope, an entry a pull request planted there
+/// is a hit for a build that trusts anyone and a miss for one that
+/// demands a protected writer (whose own entries still hit).
+#[test]
+fn cache_trust_turns_entries_of_untrusted_writers_into_misses() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let issuer = OidcIssuer::start();
+    let t = tempfile::tempdir().unwrap();
+    let auth = t.path().join("auth.json");
+    let f = serde_json::json!({
+        "issuers": [{"issuer": issuer.url, "audience": "kiln-cache"}],
+        "rules": [{"issuer": issuer.url, "claims": {"project_path": "*"},
+                   "grants": [{"prefix": "cache/{project_path}/", "access": "write"}]}]
+    });
+    std::fs::write(&auth, f.to_string()).unwrap();
+    let server = CacheServer::start(
+        &cache_server_bin(),
+        None,
+        &["--auth-file", auth.to_str().unwrap()],
+        &[],
+    );
+    let main_file = gitlab_token(&issuer, "main", true, t.path());
+    let pr_file = gitlab_token(&issuer, "refs/heads/evil", false, t.path());
+    let main = format!("{}/cache/team/app/main", server.addr);
+    let ctx = context(&base);
+    // Main writes every step with V=1; the pull request plants V=2's last step.
+    cached_build_report(ctx.path(), &main, &["--cache-token-file", &main_file]);
+    let (planted, _) = cached_build_report(
+        ctx.path(),
+        &main,
+        &["--cache-token-file", &pr_file, "--build-arg", "V=2"],
+    );
+    assert_eq!(planted["cache_misses"], 1, "{planted}");
+    // Trusting anyone, main's next V=2 build takes the planted entry.
+    let (trusting, _) = cached_build_report(
+        ctx.path(),
+        &main,
+        &[
+            "--cache-token-file",
+            &main_file,
+            "--build-arg",
+            "V=2",
+            "--no-push-cache",
+        ],
+    );
+    assert_eq!(trusting["cache_hits"], 3, "{trusting}");
+    // Demanding a protected writer: main's own entries hit, the planted one
+    // is a miss and the step runs again.
+    let (careful, log) = cached_build_report(
+        ctx.path(),
+        &main,
+        &[
+            "--cache-token-file",
+            &main_file,
+            "--build-arg",
+            "V=2",
+            "--cache-trust",
+            "ref_protected=true",
+            "--cache-trust",
+            &format!("issuer={}", issuer.url),
+        ],
+    );
+    assert_eq!(careful["cache_hits"], 2, "{careful}\n{log}");
+    assert_eq!(careful["cache_misses"], 1, "{careful}");
+    assert!(log.contains("does not satisfy --cache-trust"), "{log}");
+    assert!(log.contains("refs/heads/evil"), "{log}");
+    // Its re-execution replaced the entry: now written by main.
+    let (after, _) = cached_build_report(
+        ctx.path(),
+        &main,
+        &[
+            "--cache-token-file",
+            &main_file,
+            "--build-arg",
+            "V=2",
+            "--cache-trust",
+            "ref_protected=true",
+        ],
+    );
+    assert_eq!(after["cache_hits"], 3, "{after}");
+}

@@ -148,6 +148,7 @@ async fn lookup_in(
                     continue;
                 };
                 out.expired.retain(|x| x != &k);
+                let writer = app.store.writer(repo, &k, &e.digest).await;
                 out.entries.insert(
                     k,
                     LookupEntry {
@@ -155,6 +156,7 @@ async fn lookup_in(
                         media_type: m.media_type.clone(),
                         manifest,
                         repository: source.clone(),
+                        writer,
                     },
                 );
                 hits += 1;

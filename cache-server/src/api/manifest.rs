@@ -56,7 +56,13 @@ pub(super) async fn get(app: &App, repo: &str, reference: &str, head: bool) -> A
     ))
 }
 
-pub(super) async fn put(app: &App, repo: &str, reference: &str, req: Request) -> ApiResult {
+pub(super) async fn put(
+    app: &App,
+    caller: &Caller,
+    repo: &str,
+    reference: &str,
+    req: Request,
+) -> ApiResult {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -75,6 +81,10 @@ pub(super) async fn put(app: &App, repo: &str, reference: &str, req: Request) ->
         .store
         .put_manifest(repo, reference, ct.as_deref(), bytes)
         .await?;
+    if !reference.starts_with("sha256:") {
+        let w = crate::auth::Auth::writer(caller, &d);
+        app.store.record_writer(repo, reference, &w).await;
+    }
     if let Some((scope, size)) = mount {
         app.store.metrics().mount_save(repo, scope, size);
     }

@@ -77,6 +77,24 @@ fn check(app: &App, caller: &Caller, repo: Option<&str>, needs: Access) -> Resul
     if needs == Access::None || app.auth.access(caller, repo) >= needs {
         return Ok(());
     }
+    if needs == Access::Write {
+        let kind = match caller {
+            Caller::Anonymous => "anonymous",
+            Caller::User(_) => "user",
+            Caller::Identity(_) => "identity",
+            Caller::Unverified => "unverified",
+            Caller::Rejected => "rejected",
+        };
+        let label = crate::metrics::RefusedLabel {
+            repo: repo.unwrap_or("").to_string(),
+            caller: kind.to_string(),
+        };
+        app.store
+            .metrics()
+            .refused_writes
+            .get_or_create(&label)
+            .inc();
+    }
     match caller {
         Caller::User(_) | Caller::Identity(_) => {
             Err(ApiError::Denied(repo.unwrap_or("the registry").to_string()))
@@ -104,7 +122,7 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
             manifest::get(app, &repo, &reference, m == Method::HEAD).await
         }
         (Endpoint::Manifest { repo, reference }, Method::PUT) => {
-            manifest::put(app, &repo, &reference, req).await
+            manifest::put(app, &caller, &repo, &reference, req).await
         }
         (Endpoint::Manifest { repo, reference }, Method::DELETE) => {
             manifest::delete(app, repo, reference).await

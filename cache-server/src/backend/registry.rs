@@ -180,7 +180,7 @@ impl Backend for RegistryBackend {
                     ..m
                 }))
             }
-            Key::Probe | Key::UploadPart { .. } => Ok(None),
+            Key::Probe | Key::UploadPart { .. } | Key::Writer { .. } => Ok(None),
         }
     }
 

@@ -88,6 +88,9 @@ pub struct Identity {
     pub issuer: String,
     pub subject: String,
     pub grants: Vec<Grant>,
+    /// The token's scalar claims as text (registered time and id claims
+    /// left out), recorded with what this identity writes.
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 /// The configured issuers and rules.
@@ -183,8 +186,14 @@ impl Verifier {
             .and_then(|s| s.as_str())
             .unwrap_or_default()
             .to_string();
+        let kept = claims
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "exp" | "iat" | "nbf" | "jti" | "aud"))
+            .filter_map(|(k, v)| Some((k.clone(), policy::text(v)?)))
+            .collect();
         Ok(Identity {
             grants: policy::grants(&self.rules, &cfg.issuer, &claims),
+            claims: kept,
             issuer: cfg.issuer.clone(),
             subject,
         })

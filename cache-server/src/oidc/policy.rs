@@ -30,7 +30,7 @@ pub struct Rule {
 }
 
 /// The claim's value as rules compare it and templates use it.
-fn text(v: &Value) -> Option<String> {
+pub fn text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),

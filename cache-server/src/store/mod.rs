@@ -12,6 +12,7 @@ mod manifests;
 mod parts;
 pub(crate) use parts::Part;
 mod tags;
+mod writers;
 
 use crate::backend::{Backend, StorageError};
 use crate::keys::{Key, Prefix};

@@ -21,6 +21,10 @@ pub struct CacheChain {
     pub write: LayerCache,
     /// `--cache-from`, in order.
     pub read: Vec<LayerCache>,
+    /// `--cache-trust`: `key=value` rules every hit's recorded writer must
+    /// satisfy ([`kiln_common::cache_api::Writer::satisfies`]); an entry
+    /// whose writer is unknown or other is a miss. Empty: every entry.
+    pub trust: Vec<(String, String)>,
 }
 
 impl CacheChain {
@@ -30,6 +34,34 @@ impl CacheChain {
     /// each fallback for the keys still missing. A fallback that cannot
     /// answer makes its keys lookup errors (misses with a warning).
     pub async fn lookup_many(&self, keys: &[Digest]) -> Vec<Result<Option<CacheHit>, CacheError>> {
+        let results = self.lookup_chain(keys).await;
+        if self.trust.is_empty() {
+            return results;
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.map(|hit| {
+                    hit.filter(|h| {
+                        let trusted = h.writer.as_ref().is_some_and(|w| w.satisfies(&self.trust));
+                        if !trusted {
+                            tracing::info!(
+                                "cache entry {} is a miss: its writer ({}) does not satisfy --cache-trust",
+                                &h.key.hex()[..12],
+                                h.writer.as_ref().map_or("unknown".to_string(), |w| match &w.issuer {
+                                    Some(i) => format!("{} from {i}", w.subject),
+                                    None => w.subject.clone(),
+                                })
+                            );
+                        }
+                        trusted
+                    })
+                })
+            })
+            .collect()
+    }
+
+    async fn lookup_chain(&self, keys: &[Digest]) -> Vec<Result<Option<CacheHit>, CacheError>> {
         let read: Vec<&LayerCache> = self.read.iter().collect();
         if let Some(r) = self.write.lookup_batch(&read, keys).await {
             return r;

@@ -68,6 +68,8 @@ pub struct CacheHit {
     /// answer came with one): recorded as it is into the written repository
     /// when the entry came from a fallback.
     pub manifest: Vec<u8>,
+    /// Who wrote it, where a Kiln cache server recorded it.
+    pub writer: Option<kiln_common::cache_api::Writer>,
 }
 
 /// A repository a hit came from other than the one written to.
@@ -307,6 +309,7 @@ impl LayerCache {
                 from_repo.repository().to_string(),
                 k.hex().to_string(),
             );
+            let writer = e.writer.filter(|w| w.digest == e.digest);
             let bytes = e.manifest.into_bytes();
             if Digest::sha256_of(&bytes) != e.digest {
                 return Err(CacheError::Corrupt {
@@ -317,6 +320,7 @@ impl LayerCache {
             let hit = self.parse_entry(k, &bytes, LayerSource::Remote(tag))?;
             Ok(hit.map(|h| CacheHit {
                 from: fallback,
+                writer,
                 ..h
             }))
         };
@@ -398,6 +402,7 @@ impl LayerCache {
             seconds,
             from: None,
             manifest: bytes.to_vec(),
+            writer: None,
         }))
     }
 

@@ -230,6 +230,7 @@ fn cache_options(cli: &Cli) -> anyhow::Result<Option<kiln_executor::CacheOptions
         repo,
         from: cli.cache_from.clone(),
         record_from: cli.cache_from_record,
+        trust: cli.cache_trust.clone(),
         ttl: if ttl.is_zero() { None } else { Some(ttl) },
         run_layers: cli.cache_run_layers,
         copy_layers: cli.cache_copy_layers,

@@ -172,6 +172,12 @@ pub struct Cli {
     /// Actions' token service. Sent only to the cache repositories' hosts.
     #[arg(long)]
     pub cache_token_file: Option<PathBuf>,
+    /// Use only cache entries whose writer, as the Kiln cache server
+    /// recorded it, has `key=value` (repeatable, all must hold): `issuer`,
+    /// `subject`, `user` (a static user), or a claim of the writer's token,
+    /// e.g. `ref_protected=true`. Other entries are misses.
+    #[arg(long, value_parser = values::key_value)]
+    pub cache_trust: Vec<(String, String)>,
     /// The audience asked of GitHub Actions' token service.
     #[arg(long, default_value = "kiln-cache")]
     pub cache_token_audience: String,

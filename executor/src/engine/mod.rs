@@ -228,7 +228,11 @@ impl Builder {
                                 }
                             })
                             .collect();
-                        Some(Arc::new(CacheChain { write, read }))
+                        Some(Arc::new(CacheChain {
+                            write,
+                            read,
+                            trust: c.trust.clone(),
+                        }))
                     }
                     Err(e) => {
                         tracing::warn!("layer cache disabled: {}", Report(&e));
