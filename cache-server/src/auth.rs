@@ -328,4 +328,72 @@ mod tests {
         assert!(e.contains("line 1"), "{e}");
         assert!(!e.contains("hunter2") && !e.contains("superuser"), "{e}");
     }
+
+    /// `deploy/trusted-cache/auth.json` does what its README says, for
+    /// tokens shaped as GitHub, GitLab and Kubernetes issue them.
+    #[test]
+    fn the_documented_policy_scopes_each_ci_system() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/trusted-cache/auth.json");
+        let a = Auth::load(&p).unwrap();
+        let f: AuthFile = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let access = |iss: &str, claims: serde_json::Value, repo: &str| {
+            let claims = claims.as_object().unwrap().clone();
+            let id = crate::oidc::Identity {
+                issuer: iss.into(),
+                subject: String::new(),
+                grants: crate::oidc::policy::grants(&f.rules, iss, &claims),
+                claims: Default::default(),
+            };
+            a.access(&Caller::Identity(Box::new(id)), Some(repo))
+        };
+        let gh = "https://token.actions.githubusercontent.com";
+        let push_main = serde_json::json!({"repository": "Org/App", "ref": "refs/heads/main", "event_name": "push"});
+        let pr = serde_json::json!({"repository": "org/app", "ref": "refs/pull/7/merge", "event_name": "pull_request"});
+        assert_eq!(
+            access(gh, push_main.clone(), "cache/org/app/main/img"),
+            Access::Write
+        );
+        assert_eq!(
+            access(gh, pr.clone(), "cache/org/app/main/img"),
+            Access::Read
+        );
+        assert_eq!(
+            access(gh, pr.clone(), "cache/org/app/branch/refs-pull-7-merge/img"),
+            Access::Write
+        );
+        assert_eq!(access(gh, pr, "cache/other/app/main/img"), Access::None);
+        let gl = "https://gitlab.com";
+        let protected = serde_json::json!({"project_path": "group/app", "ref": "main", "ref_type": "branch", "ref_protected": "true"});
+        let feature = serde_json::json!({"project_path": "group/app", "ref": "Feature/X", "ref_type": "branch", "ref_protected": "false"});
+        assert_eq!(
+            access(gl, protected, "cache/group/app/main/img"),
+            Access::Write
+        );
+        assert_eq!(
+            access(gl, feature.clone(), "cache/group/app/main/img"),
+            Access::Read
+        );
+        assert_eq!(
+            access(gl, feature, "cache/group/app/branch/feature-x/img"),
+            Access::Write
+        );
+        let k8s = "https://kubernetes.default.svc.cluster.local";
+        let main_sa = serde_json::json!({"sub": "system:serviceaccount:ci:kiln-main"});
+        let pr_sa = serde_json::json!({"sub": "system:serviceaccount:ci:kiln-pr"});
+        assert_eq!(
+            access(k8s, main_sa, "cache/jenkins/main/img"),
+            Access::Write
+        );
+        assert_eq!(
+            access(k8s, pr_sa.clone(), "cache/jenkins/main/img"),
+            Access::Read
+        );
+        assert_eq!(access(k8s, pr_sa, "cache/jenkins/pr/img"), Access::Write);
+        // A token of an issuer the file does not name earns nothing.
+        let other = serde_json::json!({"project_path": "group/app", "ref_protected": "true", "ref_type": "branch"});
+        assert_eq!(
+            access("https://gitlab.example", other, "cache/group/app/main/img"),
+            Access::None
+        );
+    }
 }

@@ -4,10 +4,11 @@
 //! Pure, so every edge is unit-tested.
 //!
 //! A template value comes from the issuer, not from the caller, yet it is
-//! made safe anyway: it must be a plain repository path (lower-case letters,
-//! digits, `.`, `_`, `-` and `/` between non-empty segments, none of them
-//! `.` or `..`); anything else makes the rule not apply, never a wider
-//! prefix. `{ref_slug}` is derived for every token: its `ref` without
+//! made safe anyway: lower-cased (repository names are; GitHub's and
+//! GitLab's project names are case-insensitive), it must be a plain
+//! repository path (letters, digits, `.`, `_`, `-` and `/` between
+//! non-empty segments, none of them `.` or `..`); anything else makes the
+//! grant not apply, never a wider prefix. `{ref_slug}` is derived for every token: its `ref` without
 //! `refs/heads/` or `refs/tags/`, with every character outside that set
 //! turned into `-` (GitLab's `CI_COMMIT_REF_SLUG`, as Kiln computes it).
 
@@ -39,17 +40,21 @@ pub fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// `refs/heads/feature/X` → `feature-x`.
+/// `refs/heads/feature/X` → `feature-x` (GitLab's `CI_COMMIT_REF_SLUG`).
 pub fn ref_slug(r: &str) -> String {
     let r = r
         .strip_prefix("refs/heads/")
         .or_else(|| r.strip_prefix("refs/tags/"))
-        .unwrap_or(r);
-    let s: String = r
-        .to_lowercase()
+        .unwrap_or(r)
+        .to_lowercase();
+    let mut cut = r.len().min(63);
+    while !r.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let s: String = r[..cut]
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
                 c
             } else {
                 '-'
@@ -84,7 +89,7 @@ fn expand(template: &str, claims: &Map<String, Value>) -> Option<String> {
         let value = if name == "ref_slug" {
             claims.get("ref").and_then(text).map(|r| ref_slug(&r))
         } else {
-            claims.get(name).and_then(text)
+            claims.get(name).and_then(text).map(|v| v.to_lowercase())
         }?;
         if !path_safe(&value) {
             return None;
@@ -173,15 +178,7 @@ mod tests {
 
     #[test]
     fn claims_that_would_widen_a_prefix_make_the_grant_not_apply() {
-        for bad in [
-            "../other",
-            "team/../x",
-            "Team/App",
-            "a//b",
-            "",
-            "x}y",
-            "a b",
-        ] {
+        for bad in ["../other", "team/../x", "a/./b", "a//b", "", "x}y", "a b"] {
             let c = claims(serde_json::json!({"project_path": bad, "ref": "main"}));
             let g = grants(&rules(), "https://gitlab.example", &c);
             assert!(g.iter().all(|g| !g.prefix.contains("..")), "{bad}: {g:?}");
@@ -192,6 +189,10 @@ mod tests {
             );
             assert!(g.is_empty(), "{bad}: {g:?}");
         }
+        // Case does not make another scope.
+        let c = claims(serde_json::json!({"project_path": "Team/App", "ref": "main"}));
+        let g = grants(&rules(), "https://gitlab.example", &c);
+        assert_eq!(g[1].prefix, "cache/team/app/main/");
         // A ref that slugs to nothing leaves the branch grant out.
         let c = claims(serde_json::json!({"project_path": "team/app", "ref": "refs/heads/---"}));
         let g = grants(&rules(), "https://gitlab.example", &c);
@@ -203,7 +204,9 @@ mod tests {
     #[test]
     fn slugs_follow_the_ref() {
         assert_eq!(ref_slug("refs/heads/main"), "main");
-        assert_eq!(ref_slug("refs/tags/v1.2"), "v1.2");
+        assert_eq!(ref_slug("refs/tags/v1.2"), "v1-2");
+        assert_eq!(ref_slug("fix_the.thing"), "fix-the-thing");
+        assert_eq!(ref_slug(&"a".repeat(80)).len(), 63);
         assert_eq!(ref_slug("refs/pull/7/merge"), "refs-pull-7-merge");
         assert_eq!(ref_slug("Feature/Ä"), "feature");
     }
