@@ -15,22 +15,7 @@ pub enum AuthError {
     File { path: PathBuf, message: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    #[default]
-    None,
-    Read,
-    Write,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct Grant {
-    /// Repository prefix; "" grants every repository.
-    #[serde(default)]
-    pub prefix: String,
-    pub access: Access,
-}
+pub use crate::grants::{Access, Grant};
 
 #[derive(Debug, Clone, serde::Deserialize)]
 struct UserSpec {

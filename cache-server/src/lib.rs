@@ -8,6 +8,7 @@ pub(crate) mod auth;
 pub mod backend;
 pub(crate) mod breaker;
 pub mod gc;
+pub(crate) mod grants;
 pub(crate) mod keys;
 pub mod manifest;
 pub mod metrics;

@@ -190,6 +190,21 @@ fn ci_tokens_scope_writes_and_forgeries_are_refused() {
         assert_eq!(w["issuer"], issuer.url.as_str(), "{v}");
         assert_eq!(w["claims"]["ref_protected"], "true", "{v}");
         assert!(w["subject"].as_str().unwrap().ends_with("ref:main"), "{v}");
+        // And so does the writers endpoint, to anyone who may read the tag.
+        let r = client()
+            .get(format!("{url}/v2/_kiln/writers/{MAIN}/v1"))
+            .header("Authorization", format!("Bearer {pr_tok}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["writer"]["claims"]["ref_protected"], "true", "{v}");
+        assert_eq!(v["digest"], e["digest"], "{v}");
+        assert_eq!(
+            status(&format!("{url}/v2/_kiln/writers/{MAIN}/v1"), None).await,
+            401
+        );
 
         // Forgeries.
         let now = std::time::SystemTime::now()

@@ -15,11 +15,29 @@ pub enum Endpoint {
     KilnInfo,
     KilnLookup,
     KilnReport,
-    Manifest { repo: String, reference: String },
-    Blob { repo: String, digest: Digest },
-    UploadStart { repo: String },
-    Upload { repo: String, id: String },
-    Tags { repo: String },
+    /// `GET /v2/_kiln/writers/<repo>/<tag>`: who wrote a tag.
+    KilnWriter {
+        repo: String,
+        tag: String,
+    },
+    Manifest {
+        repo: String,
+        reference: String,
+    },
+    Blob {
+        repo: String,
+        digest: Digest,
+    },
+    UploadStart {
+        repo: String,
+    },
+    Upload {
+        repo: String,
+        id: String,
+    },
+    Tags {
+        repo: String,
+    },
 }
 
 /// Repository names as the distribution spec defines them.
@@ -66,6 +84,16 @@ impl Endpoint {
                 Err(ApiError::NameInvalid(r.to_string()))
             }
         };
+        if let Some(path) = rest.strip_prefix("_kiln/writers/") {
+            let (repo, tag) = path.rsplit_once('/').ok_or(ApiError::NotFound)?;
+            if !valid_tag(tag) {
+                return Err(ApiError::NotFound);
+            }
+            return Ok(Endpoint::KilnWriter {
+                repo: repo_ok(repo)?,
+                tag: tag.to_string(),
+            });
+        }
         if let Some(repo) = rest.strip_suffix("/tags/list") {
             return Ok(Endpoint::Tags {
                 repo: repo_ok(repo)?,
@@ -117,6 +145,7 @@ impl Endpoint {
             Endpoint::KilnInfo => "kiln_info",
             Endpoint::KilnLookup => "kiln_lookup",
             Endpoint::KilnReport => "kiln_report",
+            Endpoint::KilnWriter { .. } => "kiln_writer",
             Endpoint::Manifest { .. } => "manifest",
             Endpoint::Blob { .. } => "blob",
             Endpoint::UploadStart { .. } | Endpoint::Upload { .. } => "upload",
@@ -130,6 +159,7 @@ impl Endpoint {
             | Endpoint::Blob { repo, .. }
             | Endpoint::UploadStart { repo }
             | Endpoint::Upload { repo, .. }
+            | Endpoint::KilnWriter { repo, .. }
             | Endpoint::Tags { repo } => Some(repo),
             _ => None,
         }

@@ -180,6 +180,23 @@ async fn lookup_in(
     Ok((missed, hits))
 }
 
+/// `GET /v2/_kiln/writers/<repo>/<tag>`: the manifest the tag points at
+/// and who wrote it (`writer` absent when none is recorded for it).
+pub(super) async fn writer(app: &App, repo: &str, tag: &str) -> ApiResult {
+    let Some(t) = app.store.resolve_tag(repo, tag).await? else {
+        return Err(StoreError::ManifestUnknown {
+            repo: repo.to_string(),
+            reference: tag.to_string(),
+        }
+        .into());
+    };
+    let w = app.store.writer(repo, tag, &t.digest).await;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"digest": t.digest, "writer": w}),
+    ))
+}
+
 /// Build-level figures from an executor, so hit rates per build show up
 /// beside the server's own counters.
 pub(super) async fn report(app: &App, caller: &Caller, req: Request) -> ApiResult {

@@ -118,6 +118,7 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
         (Endpoint::Catalog, Method::GET) => manifest::catalog(app, &caller).await,
         (Endpoint::KilnLookup, Method::POST) => kiln::lookup(app, &caller, req).await,
         (Endpoint::KilnReport, Method::POST) => kiln::report(app, &caller, req).await,
+        (Endpoint::KilnWriter { repo, tag }, Method::GET) => kiln::writer(app, &repo, &tag).await,
         (Endpoint::Manifest { repo, reference }, m @ (Method::GET | Method::HEAD)) => {
             manifest::get(app, &repo, &reference, m == Method::HEAD).await
         }

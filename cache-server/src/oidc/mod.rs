@@ -20,7 +20,7 @@
 mod jwks;
 pub mod policy;
 
-use crate::auth::Grant;
+use crate::grants::Grant;
 use jsonwebtoken::{Algorithm, Validation};
 use std::time::Duration;
 

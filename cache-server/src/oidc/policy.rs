@@ -12,7 +12,7 @@
 //! `refs/heads/` or `refs/tags/`, with every character outside that set
 //! turned into `-` (GitLab's `CI_COMMIT_REF_SLUG`, as Kiln computes it).
 
-use crate::auth::Grant;
+use crate::grants::Grant;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -136,7 +136,7 @@ pub fn grants(rules: &[Rule], issuer: &str, claims: &Map<String, Value>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Access;
+    use crate::grants::Access;
 
     fn claims(v: serde_json::Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
