@@ -12,6 +12,7 @@ pub(crate) mod grants;
 pub(crate) mod keys;
 pub mod manifest;
 pub mod metrics;
+pub mod mirror;
 pub(crate) mod oidc;
 pub mod server;
 pub mod store;

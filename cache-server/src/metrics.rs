@@ -122,6 +122,22 @@ pub struct RefusedLabel {
     pub caller: String,
 }
 
+/// A mirror's request to its upstream (`head`, `manifest`, `blob`) and
+/// whether it was answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabel {
+    pub upstream: String,
+    pub kind: String,
+    pub result: String,
+}
+
+/// A mirrored pull served: `fresh` or `stale` (the upstream failed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabel {
+    pub upstream: String,
+    pub freshness: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub lookups: Family<LookupLabel, Counter>,
@@ -158,6 +174,8 @@ pub struct Metrics {
     pub build_first_miss: Family<StepLabel, Counter>,
     pub fallback_hits: Family<SourceLabel, Counter>,
     pub refused_writes: Family<RefusedLabel, Counter>,
+    pub mirror_upstream: Family<MirrorLabel, Counter>,
+    pub mirror_served: Family<ServedLabel, Counter>,
     pub mount_restores: Family<MountResultLabel, Counter>,
     pub mount_restored_bytes: Family<MountLabel, Counter>,
     pub mount_saves: Family<MountLabel, Counter>,
@@ -204,6 +222,8 @@ impl Metrics {
             build_first_miss: Family::default(),
             fallback_hits: Family::default(),
             refused_writes: Family::default(),
+            mirror_upstream: Family::default(),
+            mirror_served: Family::default(),
             mount_restores: Family::default(),
             mount_restored_bytes: Family::default(),
             mount_saves: Family::default(),
@@ -349,6 +369,16 @@ impl Metrics {
             "refused_writes",
             "Writes refused by the access policy, by repository and kind of caller: pull requests trying main's scope show up here",
             m.refused_writes.clone(),
+        );
+        registry.register(
+            "mirror_upstream_requests",
+            "Requests a mirror made to its upstream, by kind (head, manifest, blob) and result",
+            m.mirror_upstream.clone(),
+        );
+        registry.register(
+            "mirror_manifests_served",
+            "Mirrored manifests served, fresh or stale (the upstream failed and the kept copy was served)",
+            m.mirror_served.clone(),
         );
         registry.register(
             "mount_restores",

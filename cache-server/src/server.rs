@@ -39,6 +39,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Mirror(#[from] crate::mirror::MirrorError),
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +57,8 @@ pub struct ServerConfig {
     /// Online GC runs this often; `None` leaves it to `cache-server gc`.
     pub gc_interval: Option<Duration>,
     pub shutdown_timeout: Duration,
+    /// Pull-through mirror mode (`--mirror`); `None`: a cache only.
+    pub mirror: Option<crate::mirror::MirrorConfig>,
 }
 
 impl ServerConfig {
@@ -75,6 +79,7 @@ impl ServerConfig {
             },
             gc_interval: None,
             shutdown_timeout: Duration::from_secs(30),
+            mirror: None,
         }
     }
 }
@@ -130,10 +135,23 @@ pub async fn run(cfg: ServerConfig, cancel: CancellationToken) -> Result<(), Ser
         Some(p) => Auth::load(p)?,
         None => Auth::open(),
     };
+    let mirror = match &cfg.mirror {
+        Some(m) if !m.upstreams.is_empty() => {
+            for u in &m.upstreams {
+                tracing::info!("mirror of {} at {}", u.host, u.url);
+            }
+            Some(crate::mirror::Mirror::new(
+                m.clone(),
+                data_dir.join("mirror"),
+            )?)
+        }
+        _ => None,
+    };
     let app = Arc::new(App {
         store,
         uploads,
         auth,
+        mirror,
     });
 
     let router = Router::new()

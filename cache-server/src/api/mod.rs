@@ -20,6 +20,7 @@ mod error;
 mod http;
 mod kiln;
 mod manifest;
+mod mirror;
 mod upload;
 
 pub use endpoint::{valid_repo, Endpoint};
@@ -44,6 +45,8 @@ pub struct App {
     pub store: Store,
     pub uploads: Uploads,
     pub auth: Auth,
+    /// Mirror mode (`--mirror`).
+    pub mirror: Option<crate::mirror::Mirror>,
 }
 
 pub(crate) type ApiResult = Result<Response, ApiError>;
@@ -112,6 +115,12 @@ async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
     let method = req.method().clone();
     check(app, &caller, ep.repo(), ep.needs(&method))?;
     let query = http::parse_query(req.uri().query());
+    if let Some(mirror) = &app.mirror {
+        let routed = mirror::handle(app, mirror, &ep, &method, &query, req.headers()).await;
+        if let Some(answer) = routed {
+            return answer;
+        }
+    }
     match (ep, method) {
         (Endpoint::Base, Method::GET | Method::HEAD) => kiln::base(app, &caller),
         (Endpoint::KilnInfo, Method::GET) => Ok(kiln::info()),

@@ -122,6 +122,21 @@ pub struct Common {
     /// After repeated backend timeouts, skip the backend for this long [default: 30s].
     #[arg(long, env = "KILN_BREAKER_COOL_OFF")]
     pub breaker_cool_off: Option<String>,
+    /// Be a pull-through mirror of a registry: `<host>=<url>`, repeatable
+    /// (`docker.io=https://registry-1.docker.io`). Pulls are routed by
+    /// containerd's `ns=<host>`, by a repository named `<host>/<repo>`, or
+    /// (`--mirror-only`) to the first.
+    #[arg(long, env = "KILN_MIRROR", value_delimiter = ',')]
+    #[serde(default)]
+    pub mirror: Vec<String>,
+    /// Send every pull to the first `--mirror` (Docker Engine's
+    /// `registry-mirrors` sends no `ns`); the server is then a mirror only.
+    #[arg(long, env = "KILN_MIRROR_ONLY", num_args = 0..=1, default_missing_value = "true")]
+    pub mirror_only: Option<bool>,
+    /// How long a mirrored tag is served without asking the upstream (then
+    /// one manifest HEAD) [default: 5m].
+    #[arg(long, env = "KILN_MIRROR_REVALIDATE")]
+    pub mirror_revalidate: Option<String>,
 }
 
 impl Common {
@@ -158,8 +173,13 @@ impl Common {
             backend_timeout,
             transfer_timeout,
             transfer_stall_timeout,
-            breaker_cool_off
+            breaker_cool_off,
+            mirror_only,
+            mirror_revalidate
         );
+        if self.mirror.is_empty() {
+            self.mirror = f.mirror;
+        }
         Ok(self)
     }
 
@@ -218,6 +238,20 @@ impl Common {
         };
         let every = dur("gc-interval", c.gc_interval, "1h")?;
         cfg.gc_interval = (!every.is_zero()).then_some(every);
+        if !c.mirror.is_empty() {
+            let upstreams = c
+                .mirror
+                .iter()
+                .map(|m| m.parse().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<kiln_cache_server::mirror::Upstream>>>()?;
+            cfg.mirror = Some(kiln_cache_server::mirror::MirrorConfig {
+                upstreams,
+                only: c.mirror_only.unwrap_or(false),
+                revalidate: dur("mirror-revalidate", c.mirror_revalidate, "5m")?,
+            });
+        } else if c.mirror_only.unwrap_or(false) {
+            bail!("--mirror-only needs a --mirror");
+        }
         Ok(cfg)
     }
 }

@@ -118,7 +118,51 @@ impl Store {
                 }
             }
         }
-        let obj = manifest::encode_stored(&media_type, &bytes);
+        self.store_manifest(repo, reference, &media_type, bytes, &d)
+            .await?;
+        Ok(d)
+    }
+
+    /// Stores a manifest an upstream sent (the mirror: its digest already
+    /// checked by the caller where one was asked for), without requiring
+    /// its blobs: they are fetched when a client asks for them.
+    pub async fn put_mirrored_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: Bytes,
+    ) -> Result<Digest, StoreError> {
+        if bytes.len() > self.cfg.max_manifest_bytes {
+            return Err(StoreError::ManifestTooBig {
+                size: bytes.len(),
+                limit: self.cfg.max_manifest_bytes,
+            });
+        }
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::ManifestInvalid(format!("not JSON: {e}")))?;
+        let media_type = match v.get("mediaType").and_then(|m| m.as_str()) {
+            Some(m) => m.to_string(),
+            None if v.get("manifests").is_some() => media::OCI_INDEX.to_string(),
+            None => media::OCI_MANIFEST.to_string(),
+        };
+        let d = Digest::sha256_of(&bytes);
+        self.store_manifest(repo, reference, &media_type, bytes, &d)
+            .await?;
+        Ok(d)
+    }
+
+    /// Writes a checked manifest and, for a tag, the tag.
+    async fn store_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+        d: &Digest,
+    ) -> Result<(), StoreError> {
+        let blob = ManifestBlob::new(media_type.to_string(), bytes.clone());
+        let d = d.clone();
+        let obj = manifest::encode_stored(media_type, &bytes);
         let mkey = Key::manifest(repo, &d);
         self.call("put", self.storage.put_small(&mkey, obj)).await?;
         self.metrics.bytes("store", "in", bytes.len() as u64);
@@ -145,7 +189,7 @@ impl Store {
                 )
                 .await;
         }
-        Ok(d)
+        Ok(())
     }
 
     /// Deletes a tag, or a manifest by digest together with its tags.

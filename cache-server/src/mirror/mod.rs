@@ -1,0 +1,498 @@
+//! Pull-through mirror mode (`serve --mirror <host>=<url>`): base images
+//! for the whole fleet from the cache server, so a cold CI pod never
+//! spends Docker Hub's pull budget and an upstream outage stops no build
+//! whose bases were pulled before.
+//!
+//! A pull is routed to an upstream as containerd selects mirrors (the
+//! `ns=<host>` query parameter), by a repository named `<host>/<repo>`
+//! (`<server>/docker.io/library/alpine`), or, with `--mirror-only` (Docker
+//! Engine's `registry-mirrors`, which sends neither), to the first
+//! upstream. What is pulled is kept under an internal repository
+//! `_mirror/<host>/<repo>` that no client can name (a repository component
+//! cannot start with `_`), so mirror and cache repositories never collide;
+//! routed names are read-only to clients.
+//!
+//! Freshness: a tag is revalidated at most once per `--mirror-revalidate`
+//! window, by a manifest HEAD (which Docker Hub does not count as a pull);
+//! the manifest is fetched only when the digest moved. Digests are
+//! immutable: fetched once. One upstream request serves every concurrent
+//! caller of a manifest or blob (single flight). When the upstream fails
+//! (an error status, a timeout, a refused connection) and a copy is kept,
+//! the copy is served and marked stale (`X-Kiln-Stale: true`, a metric).
+//! Everything fetched is verified against its digest before it is stored.
+
+mod flight;
+
+use crate::store::{Store, StoreError};
+use kiln_common::registry::{Registry, RegistryError, RegistryOptions};
+use kiln_common::Digest;
+use oci_client::Reference;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One `--mirror <host>=<url>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The registry host clients name (`docker.io`).
+    pub host: String,
+    /// Where it is reached (`https://registry-1.docker.io`).
+    pub url: String,
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Upstream, String> {
+        let (host, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--mirror {s:?}: expected <host>=<url>"))?;
+        let ok_url = url.starts_with("https://") || url.starts_with("http://");
+        if host.is_empty() || host.contains('/') || !ok_url {
+            return Err(format!(
+                "--mirror {s:?}: expected <host>=<http(s)://url>, e.g. docker.io=https://registry-1.docker.io"
+            ));
+        }
+        Ok(Upstream {
+            host: host.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+impl Upstream {
+    /// The upstream's `host[:port]`, as registry references name it.
+    fn registry(&self) -> &str {
+        self.url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    pub upstreams: Vec<Upstream>,
+    /// `--mirror-only`: every pull goes to the first upstream.
+    pub only: bool,
+    /// `--mirror-revalidate`: how long a tag is served without asking.
+    pub revalidate: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("upstream {upstream}")]
+    Upstream {
+        upstream: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error("upstream {upstream}: {what} does not hash to {expected} (got {actual})")]
+    Digest {
+        upstream: String,
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("upstream {upstream} has no {what}")]
+    NotFound { upstream: String, what: String },
+    #[error("storing what upstream {upstream} sent")]
+    Store {
+        upstream: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("staging a blob from upstream {upstream}")]
+    Io {
+        upstream: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up the upstream clients")]
+    Client(#[source] Box<RegistryError>),
+}
+
+/// Where a routed pull goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    upstream: usize,
+    /// The repository upstream (`library/alpine`).
+    pub repo: String,
+    /// Where its content is kept here (`_mirror/docker.io/library/alpine`).
+    pub local: String,
+}
+
+/// What a manifest request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Kept, and known to be current (or immutable: a digest).
+    Fresh,
+    /// Kept, but the upstream could not be asked: served as it is.
+    Stale,
+}
+
+pub struct Mirror {
+    cfg: MirrorConfig,
+    registry: Registry,
+    /// When each `(local repo, tag)` was last validated upstream.
+    validated: Mutex<HashMap<(String, String), Instant>>,
+    flights: flight::Flights,
+    staging: std::path::PathBuf,
+}
+
+impl Mirror {
+    pub fn new(cfg: MirrorConfig, staging: std::path::PathBuf) -> Result<Mirror, MirrorError> {
+        let insecure = cfg
+            .upstreams
+            .iter()
+            .filter(|u| u.url.starts_with("http://"))
+            .map(|u| u.registry().to_string())
+            .collect();
+        let creds = kiln_common::auth::DockerConfig::load_default()
+            .unwrap_or_else(|_| kiln_common::auth::DockerConfig::default());
+        let registry = Registry::new(
+            RegistryOptions {
+                insecure_hosts: insecure,
+                stall_timeout: Some(Duration::from_secs(30)),
+                ..Default::default()
+            },
+            creds,
+        )
+        .map_err(|e| MirrorError::Client(Box::new(e)))?;
+        Ok(Mirror {
+            cfg,
+            registry,
+            validated: Mutex::new(HashMap::new()),
+            flights: flight::Flights::default(),
+            staging,
+        })
+    }
+
+    /// Where a pull of `repo` (with `ns`, containerd's query parameter)
+    /// goes; `None` for a cache repository.
+    pub fn route(&self, repo: &str, ns: Option<&str>) -> Option<Route> {
+        let by_ns = ns.and_then(|ns| self.cfg.upstreams.iter().position(|u| u.host == ns));
+        let (i, upstream_repo) = match by_ns {
+            Some(i) => (i, repo.to_string()),
+            None => match self.cfg.upstreams.iter().position(|u| {
+                repo.strip_prefix(&u.host)
+                    .is_some_and(|r| r.starts_with('/'))
+            }) {
+                Some(i) => (i, repo[self.cfg.upstreams[i].host.len() + 1..].to_string()),
+                None if self.cfg.only && !self.cfg.upstreams.is_empty() => (0, repo.to_string()),
+                None => return None,
+            },
+        };
+        let u = &self.cfg.upstreams[i];
+        // Docker Hub's official images live under `library/`.
+        let upstream_repo = if u.host == "docker.io" && !upstream_repo.contains('/') {
+            format!("library/{upstream_repo}")
+        } else {
+            upstream_repo
+        };
+        Some(Route {
+            upstream: i,
+            local: format!("_mirror/{}/{upstream_repo}", u.host.replace(':', "_")),
+            repo: upstream_repo,
+        })
+    }
+
+    /// The host `route` goes to (`docker.io`), for metrics.
+    pub fn host(&self, route: &Route) -> &str {
+        &self.upstream(route).host
+    }
+
+    fn upstream(&self, route: &Route) -> &Upstream {
+        &self.cfg.upstreams[route.upstream]
+    }
+
+    fn reference(&self, route: &Route, reference: &str) -> Reference {
+        let reg = self.upstream(route).registry().to_string();
+        match reference.parse::<Digest>() {
+            Ok(_) => Reference::with_digest(reg, route.repo.clone(), reference.to_string()),
+            Err(_) => Reference::with_tag(reg, route.repo.clone(), reference.to_string()),
+        }
+    }
+
+    fn up_err(&self, route: &Route) -> impl Fn(RegistryError) -> MirrorError + '_ {
+        let upstream = self.upstream(route).host.clone();
+        move |e| MirrorError::Upstream {
+            upstream: upstream.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    fn store_err(&self, route: &Route) -> impl Fn(StoreError) -> MirrorError + '_ {
+        let upstream = self.upstream(route).host.clone();
+        move |e| MirrorError::Store {
+            upstream: upstream.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    fn count(&self, store: &Store, route: &Route, kind: &str, result: &str) {
+        store
+            .metrics()
+            .mirror_upstream
+            .get_or_create(&crate::metrics::MirrorLabel {
+                upstream: self.upstream(route).host.clone(),
+                kind: kind.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Makes manifest `reference` (a tag or a digest) of `route` present
+    /// under `route.local`, asking the upstream only when the tag's window
+    /// has passed (or it was never pulled).
+    pub async fn manifest(
+        &self,
+        store: &Store,
+        route: &Route,
+        reference: &str,
+    ) -> Result<Freshness, MirrorError> {
+        let _one = self
+            .flights
+            .enter(format!("m {} {reference}", route.local))
+            .await;
+        if let Ok(d) = reference.parse::<Digest>() {
+            if store
+                .manifest(&route.local, &d)
+                .await
+                .map_err(self.store_err(route))?
+                .is_some()
+            {
+                return Ok(Freshness::Fresh);
+            }
+            return self.fetch_manifest(store, route, reference, Some(d)).await;
+        }
+        let key = (route.local.clone(), reference.to_string());
+        let kept = store
+            .resolve_tag(&route.local, reference)
+            .await
+            .map_err(self.store_err(route))?;
+        let recent = self
+            .validated
+            .lock()
+            .map(|v| {
+                v.get(&key)
+                    .is_some_and(|t| t.elapsed() < self.cfg.revalidate)
+            })
+            .unwrap_or(false);
+        if kept.is_some() && recent {
+            return Ok(Freshness::Fresh);
+        }
+        let r = self.reference(route, reference);
+        let head = match &kept {
+            Some(_) => {
+                let h = self.registry.head_manifest(&r).await;
+                self.count(store, route, "head", if h.is_ok() { "ok" } else { "error" });
+                Some(h)
+            }
+            None => None,
+        };
+        match (kept, head) {
+            (Some(k), Some(Ok(Some(d)))) if d == k.digest => {
+                self.mark(key);
+                Ok(Freshness::Fresh)
+            }
+            (Some(_), Some(Err(e))) => {
+                tracing::warn!(
+                    "{}:{reference}: upstream {} unavailable, serving the kept copy: {}",
+                    route.repo,
+                    self.upstream(route).host,
+                    kiln_common::report::Report(&e)
+                );
+                Ok(Freshness::Stale)
+            }
+            (Some(_), Some(Ok(None))) => Err(MirrorError::NotFound {
+                upstream: self.upstream(route).host.clone(),
+                what: format!("{}:{reference}", route.repo),
+            }),
+            // Moved upstream, or never pulled.
+            (kept, _) => match self.fetch_manifest(store, route, reference, None).await {
+                Ok(f) => {
+                    self.mark(key);
+                    Ok(f)
+                }
+                Err(MirrorError::Upstream { source, .. }) if kept.is_some() => {
+                    tracing::warn!(
+                        "{}:{reference}: serving the kept copy: {}",
+                        route.repo,
+                        kiln_common::report::Report(&*source)
+                    );
+                    Ok(Freshness::Stale)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn mark(&self, key: (String, String)) {
+        if let Ok(mut v) = self.validated.lock() {
+            v.insert(key, Instant::now());
+        }
+    }
+
+    async fn fetch_manifest(
+        &self,
+        store: &Store,
+        route: &Route,
+        reference: &str,
+        want: Option<Digest>,
+    ) -> Result<Freshness, MirrorError> {
+        let r = self.reference(route, reference);
+        let got = self.registry.get_manifest(&r).await;
+        self.count(
+            store,
+            route,
+            "manifest",
+            if got.is_ok() { "ok" } else { "error" },
+        );
+        let Some((bytes, _)) = got.map_err(self.up_err(route))? else {
+            return Err(MirrorError::NotFound {
+                upstream: self.upstream(route).host.clone(),
+                what: format!("{}:{reference}", route.repo),
+            });
+        };
+        let actual = Digest::sha256_of(&bytes);
+        if let Some(want) = want {
+            if actual != want {
+                return Err(MirrorError::Digest {
+                    upstream: self.upstream(route).host.clone(),
+                    what: format!("manifest {}@{want}", route.repo),
+                    expected: want,
+                    actual,
+                });
+            }
+        }
+        store
+            .put_mirrored_manifest(&route.local, reference, bytes.into())
+            .await
+            .map_err(self.store_err(route))?;
+        Ok(Freshness::Fresh)
+    }
+
+    /// Makes blob `d` of `route` present in the store, fetched once,
+    /// verified, then committed (never visible partial).
+    pub async fn blob(&self, store: &Store, route: &Route, d: &Digest) -> Result<(), MirrorError> {
+        if store
+            .blob_size(&route.local, d)
+            .await
+            .map_err(self.store_err(route))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let _one = self.flights.enter(format!("b {}", d.hex())).await;
+        if store
+            .blob_size(&route.local, d)
+            .await
+            .map_err(self.store_err(route))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let r = self.reference(route, d.as_str());
+        let stream = self.registry.blob_stream(&r, d, 0, None).await;
+        self.count(
+            store,
+            route,
+            "blob",
+            if stream.is_ok() { "ok" } else { "error" },
+        );
+        let Some(mut s) = stream.map_err(self.up_err(route))? else {
+            return Err(MirrorError::NotFound {
+                upstream: self.upstream(route).host.clone(),
+                what: format!("blob {d} of {}", route.repo),
+            });
+        };
+        let io = |source| MirrorError::Io {
+            upstream: self.upstream(route).host.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.staging).map_err(io)?;
+        let tmp = tempfile::NamedTempFile::new_in(&self.staging).map_err(io)?;
+        let mut f = tokio::fs::File::from_std(tmp.reopen().map_err(io)?);
+        use futures_util::StreamExt;
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt;
+        let mut h = sha2::Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) = s.stream.next().await {
+            let chunk = chunk.map_err(self.up_err(route))?;
+            h.update(&chunk);
+            n += chunk.len() as u64;
+            f.write_all(&chunk).await.map_err(io)?;
+        }
+        f.flush().await.map_err(io)?;
+        drop(f);
+        let actual: Digest = format!("sha256:{}", hex::encode(h.finalize()))
+            .parse()
+            .expect("a sha256 digest");
+        if &actual != d {
+            return Err(MirrorError::Digest {
+                upstream: self.upstream(route).host.clone(),
+                what: format!("blob of {}", route.repo),
+                expected: d.clone(),
+                actual,
+            });
+        }
+        store
+            .commit_blob(d, tmp.path(), n)
+            .await
+            .map_err(self.store_err(route))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirror(only: bool) -> Mirror {
+        let cfg = MirrorConfig {
+            upstreams: vec![
+                "docker.io=https://registry-1.docker.io".parse().unwrap(),
+                "ghcr.io=https://ghcr.io".parse().unwrap(),
+            ],
+            only,
+            revalidate: Duration::from_secs(300),
+        };
+        Mirror::new(cfg, std::env::temp_dir()).unwrap()
+    }
+
+    #[test]
+    fn pulls_route_by_ns_by_name_or_to_the_first_upstream() {
+        let m = mirror(false);
+        let r = m.route("library/alpine", Some("docker.io")).unwrap();
+        assert_eq!(
+            (r.repo.as_str(), r.local.as_str()),
+            ("library/alpine", "_mirror/docker.io/library/alpine")
+        );
+        let r = m.route("docker.io/alpine", None).unwrap();
+        assert_eq!(r.repo, "library/alpine");
+        let r = m.route("ghcr.io/org/tool", None).unwrap();
+        assert_eq!(
+            (r.repo.as_str(), r.local.as_str()),
+            ("org/tool", "_mirror/ghcr.io/org/tool")
+        );
+        // A cache repository is not routed; nor is a name that only starts
+        // like a host.
+        assert_eq!(m.route("cache/app", None), None);
+        assert_eq!(m.route("docker.iox/app", None), None);
+        assert_eq!(m.route("library/alpine", Some("quay.io")), None);
+        // --mirror-only: everything to the first.
+        let r = mirror(true).route("library/alpine", None).unwrap();
+        assert_eq!(r.local, "_mirror/docker.io/library/alpine");
+    }
+
+    #[test]
+    fn upstreams_parse_with_a_clear_error() {
+        assert!("docker.io"
+            .parse::<Upstream>()
+            .unwrap_err()
+            .contains("<host>=<url>"));
+        assert!("docker.io=ftp://x".parse::<Upstream>().is_err());
+        let u: Upstream = "127.0.0.1:5001=http://127.0.0.1:5001/".parse().unwrap();
+        assert_eq!(u.registry(), "127.0.0.1:5001");
+    }
+}

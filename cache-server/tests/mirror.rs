@@ -1,0 +1,178 @@
+//! Mirror mode against a real docker-registry upstream behind a proxy that
+//! records every request: concurrent pulls through the mirror cost the
+//! upstream one manifest GET and one GET per blob; pulls within the
+//! revalidation window cost nothing, after it one HEAD; a moved tag is
+//! served after the window; `ns=` routes like a repository name; routed
+//! names are read-only; with the upstream gone the kept copy is served,
+//! marked stale, and an uncached tag fails naming the upstream.
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+use std::process::Command;
+
+const HOST: &str = "up.example";
+
+fn skopeo_digest(image: &str) -> String {
+    let out = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{image}"),
+    ]));
+    out.trim().to_string()
+}
+
+/// Pulls `image` whole (manifest, config, layers) into a fresh layout.
+fn pull(image: &str) {
+    let d = tempfile::tempdir().unwrap();
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &format!("docker://{image}"),
+        &format!("oci:{}:x", d.path().display()),
+    ]));
+}
+
+fn count(reqs: &[String], method: &str, part: &str) -> usize {
+    reqs.iter()
+        .filter(|r| r.starts_with(&format!("{method} ")) && r.contains(part))
+        .count()
+}
+
+/// `curl -sI` of `url`: the status line and headers.
+fn head(url: &str) -> String {
+    run(Command::new("curl").args([
+        "-sI",
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        url,
+    ]))
+}
+
+#[test]
+fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
+    let up = Registry::start();
+    let image = push_busybox(&up, "busybox:latest");
+    let want = skopeo_digest(&image);
+    let proxy = CuttingProxy::start(&up.addr, "no request contains this", 0);
+    let s = Backend::file().start(&[
+        "--mirror",
+        &format!("{HOST}=http://{}", proxy.addr),
+        "--mirror-revalidate",
+        "2s",
+    ]);
+    let through = format!("{}/{HOST}/busybox:latest", s.addr);
+
+    // Five concurrent pulls of a base nobody pulled yet.
+    std::thread::scope(|sc| {
+        for _ in 0..5 {
+            sc.spawn(|| pull(&through));
+        }
+    });
+    assert_eq!(skopeo_digest(&through), want);
+    let reqs = proxy.requests();
+    assert_eq!(count(&reqs, "GET", "/manifests/latest"), 1, "{reqs:#?}");
+    // busybox's config and its one layer: one GET each.
+    assert_eq!(count(&reqs, "GET", "/blobs/sha256:"), 2, "{reqs:#?}");
+
+    // Within the window: nothing upstream.
+    let before = proxy.requests().len();
+    pull(&through);
+    assert_eq!(proxy.requests().len(), before, "{:#?}", proxy.requests());
+
+    // After it: one HEAD, no GET (the tag did not move).
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    pull(&through);
+    let reqs = proxy.requests();
+    assert_eq!(
+        count(&reqs[before..], "HEAD", "/manifests/latest"),
+        1,
+        "{reqs:#?}"
+    );
+    assert_eq!(count(&reqs[before..], "GET", "/manifests/"), 0, "{reqs:#?}");
+
+    // containerd's `ns=`: the upstream's own repository name.
+    let h = head(&format!(
+        "http://{}/v2/busybox/manifests/latest?ns={HOST}",
+        s.addr
+    ));
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(
+        h.to_lowercase()
+            .contains(&format!("docker-content-digest: {want}")),
+        "{h}"
+    );
+
+    // Routed names are read-only.
+    let o = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &format!("http://{}/v2/{HOST}/busybox/blobs/uploads/", s.addr),
+    ]));
+    assert_eq!(o, "403");
+
+    // The tag moves upstream: served after the window.
+    let t = tempfile::tempdir().unwrap();
+    busybox_rootfs(t.path());
+    std::fs::write(t.path().join("moved"), "new content\n").unwrap();
+    push_rootfs(t.path(), &image, &["sh"]);
+    let moved = skopeo_digest(&image);
+    assert_ne!(moved, want);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert_eq!(skopeo_digest(&through), moved);
+    pull(&through);
+
+    // The upstream goes away: the kept copy is served, marked stale; a tag
+    // never pulled fails with the upstream named.
+    drop(proxy);
+    drop(up);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let h = head(&format!(
+        "http://{}/v2/{HOST}/busybox/manifests/latest",
+        s.addr
+    ));
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(h.to_lowercase().contains("x-kiln-stale: true"), "{h}");
+    pull(&through);
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{}/v2/{HOST}/busybox/manifests/nope", s.addr),
+        ])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&o.stdout);
+    assert!(body.ends_with("502"), "{body}");
+    assert!(body.contains(HOST), "{body}");
+    let m = s.metrics();
+    assert!(
+        metric_sum(
+            &m,
+            "kiln_cache_mirror_manifests_served_total",
+            &["freshness=\"stale\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(
+            &m,
+            "kiln_cache_mirror_upstream_requests_total",
+            &[
+                &format!("upstream=\"{HOST}\""),
+                "kind=\"blob\"",
+                "result=\"ok\""
+            ]
+        ) >= 2.0,
+        "{m}"
+    );
+}
