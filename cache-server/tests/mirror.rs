@@ -94,6 +94,21 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
     );
     assert_eq!(count(&reqs[before..], "GET", "/manifests/"), 0, "{reqs:#?}");
 
+    // A pull by digest keeps the manifest under an internal tag, so GC
+    // keeps what is pulled by digest too.
+    assert_eq!(
+        skopeo_digest(&format!("{}/{HOST}/busybox@{want}", s.addr)),
+        want
+    );
+    let kept = s
+        .dir
+        .path()
+        .join("store/repos/_mirror")
+        .join(HOST)
+        .join("busybox/_tags")
+        .join(want.replace(':', "-"));
+    assert!(kept.exists(), "{}", kept.display());
+
     // containerd's `ns=`: the upstream's own repository name.
     let h = head(&format!(
         "http://{}/v2/busybox/manifests/latest?ns={HOST}",
@@ -175,4 +190,52 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
         ) >= 2.0,
         "{m}"
     );
+}
+
+/// Docker Engine configured with `registry-mirrors` (which sends neither
+/// `ns` nor a host in the name) pulls a Docker Hub image through a server
+/// started with `--mirror-only`; the image is the upstream's.
+#[test]
+fn docker_engine_pulls_through_a_mirror_only_server() {
+    let up = Registry::start();
+    let image = push_busybox(&up, "library/busybox:1.36");
+    let want = skopeo_digest(&image);
+    let s = Backend::file().start(&[
+        "--mirror",
+        &format!("docker.io=http://{}", up.addr),
+        "--mirror-only",
+    ]);
+    let engine = DockerEngine::start_with(&["--registry-mirror", &format!("http://{}", s.addr)]);
+    let o = engine
+        .cmd()
+        .args(["pull", "busybox:1.36"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stderr),
+        engine.log()
+    );
+    let digests = run(engine.cmd().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        "busybox:1.36",
+    ]));
+    assert!(digests.contains(&want), "{digests} vs {want}");
+    // Cache repositories are not served by a mirror-only server: writes
+    // to any name are refused.
+    let code = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &format!("http://{}/v2/cache/app/blobs/uploads/", s.addr),
+    ]));
+    assert_eq!(code, "403");
 }

@@ -18,6 +18,11 @@ pub struct DockerEngine {
 
 impl DockerEngine {
     pub fn start() -> DockerEngine {
+        Self::start_with(&[])
+    }
+
+    /// An engine whose `dockerd` also gets `args` (e.g. `--registry-mirror`).
+    pub fn start_with(args: &[&str]) -> DockerEngine {
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
@@ -38,6 +43,7 @@ impl DockerEngine {
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
             .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .args(args)
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
             .spawn()

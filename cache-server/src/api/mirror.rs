@@ -40,6 +40,7 @@ pub(super) async fn handle(
         Endpoint::Manifest { reference, .. } if read => {
             match mirror.manifest(&app.store, &route, reference).await {
                 Ok(f) => {
+                    mirror.used(&app.store, &route, reference).await;
                     let fresh = f == Freshness::Fresh;
                     app.store
                         .metrics()

@@ -20,6 +20,12 @@
 //! (an error status, a timeout, a refused connection) and a copy is kept,
 //! the copy is served and marked stale (`X-Kiln-Stale: true`, a metric).
 //! Everything fetched is verified against its digest before it is stored.
+//!
+//! Expiry and GC: a manifest pulled by digest is kept under an internal
+//! tag (`sha256-<hex>`), and every tag served is marked used (at most one
+//! write per `--touch-after`), so what the fleet still pulls — platform
+//! manifests of an index included — is never expired or collected, and
+//! what nobody pulls any more goes after `--ttl`.
 
 mod flight;
 
@@ -364,11 +370,38 @@ impl Mirror {
                 });
             }
         }
+        // A digest is kept under its internal tag (see the module's doc).
+        let tag = match reference.parse::<Digest>() {
+            Ok(d) => digest_tag(&d),
+            Err(_) => reference.to_string(),
+        };
         store
-            .put_mirrored_manifest(&route.local, reference, bytes.into())
+            .put_mirrored_manifest(&route.local, &tag, bytes.into())
             .await
             .map_err(self.store_err(route))?;
         Ok(Freshness::Fresh)
+    }
+
+    /// Marks `reference` of `route` as used now; a digest first gets its
+    /// internal tag if it was kept only by a tag (which may move).
+    pub async fn used(&self, store: &Store, route: &Route, reference: &str) {
+        let tag = match reference.parse::<Digest>() {
+            Ok(d) => {
+                let tag = digest_tag(&d);
+                if matches!(store.resolve_tag(&route.local, &tag).await, Ok(None)) {
+                    if let Err(e) = store.put_tag(&route.local, &tag, &d).await {
+                        tracing::warn!(
+                            "{}@{d}: not kept by a tag: {}",
+                            route.repo,
+                            kiln_common::report::Report(&e)
+                        );
+                    }
+                }
+                tag
+            }
+            Err(_) => reference.to_string(),
+        };
+        store.keep_used(&route.local, &tag).await;
     }
 
     /// Makes blob `d` of `route` present in the store, fetched once,
@@ -442,6 +475,11 @@ impl Mirror {
             .map_err(self.store_err(route))?;
         Ok(())
     }
+}
+
+/// The internal tag keeping a manifest pulled by digest.
+fn digest_tag(d: &Digest) -> String {
+    format!("sha256-{}", d.hex())
 }
 
 #[cfg(test)]

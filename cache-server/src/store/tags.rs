@@ -81,6 +81,35 @@ impl Store {
         Ok(Lookup::Hit(entry, m))
     }
 
+    /// Points `tag` of `repo` at manifest `d`, which must be stored there.
+    pub async fn put_tag(&self, repo: &str, tag: &str, d: &Digest) -> Result<(), StoreError> {
+        let key = Key::tag(repo, tag);
+        self.call(
+            "put",
+            self.storage.put_small(&key, Bytes::from(d.to_string())),
+        )
+        .await?;
+        self.memory
+            .tags
+            .insert(
+                (repo.to_string(), tag.to_string()),
+                TagEntry {
+                    digest: d.clone(),
+                    modified: chrono::Utc::now(),
+                },
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Marks `tag` of `repo` as used now (at most one write per
+    /// `touch_after`), so expiry and GC keep what is still pulled.
+    pub async fn keep_used(&self, repo: &str, tag: &str) {
+        if let Ok(Some(e)) = self.resolve_tag(repo, tag).await {
+            self.touch(repo, tag, &e).await;
+        }
+    }
+
     /// Refreshes an entry's last use in the store, at most once per
     /// `touch_after` (one small write on that hit; a failure is counted and
     /// the hit still stands).
