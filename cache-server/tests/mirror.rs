@@ -156,6 +156,13 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
     ));
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
     assert!(h.to_lowercase().contains("x-kiln-stale: true"), "{h}");
+    // Within the window the upstream is not asked again, and the copy is
+    // still said to be stale.
+    let h = head(&format!(
+        "http://{}/v2/{HOST}/busybox/manifests/latest",
+        s.addr
+    ));
+    assert!(h.to_lowercase().contains("x-kiln-stale: true"), "{h}");
     pull(&through);
     let o = Command::new("curl")
         .args([
@@ -238,4 +245,42 @@ fn docker_engine_pulls_through_a_mirror_only_server() {
         &format!("http://{}/v2/cache/app/blobs/uploads/", s.addr),
     ]));
     assert_eq!(code, "403");
+}
+
+/// An upstream that hangs when a tag is revalidated: the kept copy is
+/// served within `--mirror-timeout`, marked stale.
+#[test]
+fn a_hanging_upstream_serves_the_kept_copy_in_time() {
+    let up = Registry::start();
+    push_busybox(&up, "busybox:latest");
+    let hanging = CuttingProxy::stalling(&up.addr, "HEAD /v2/busybox/manifests/latest", 0);
+    let s = Backend::file().start(&[
+        "--mirror",
+        &format!("hanging.example=http://{}", hanging.addr),
+        "--mirror-revalidate",
+        "1s",
+        "--mirror-timeout",
+        "1s",
+    ]);
+    let through = format!("{}/hanging.example/busybox:latest", s.addr);
+    pull(&through);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let started = std::time::Instant::now();
+    let h = head(&format!(
+        "http://{}/v2/hanging.example/busybox/manifests/latest",
+        s.addr
+    ));
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(h.to_lowercase().contains("x-kiln-stale: true"), "{h}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        hanging.requests().iter().any(|r| r.starts_with("HEAD ")),
+        "{:?}",
+        hanging.requests()
+    );
+    pull(&through);
 }

@@ -137,6 +137,10 @@ pub struct Common {
     /// one manifest HEAD) [default: 5m].
     #[arg(long, env = "KILN_MIRROR_REVALIDATE")]
     pub mirror_revalidate: Option<String>,
+    /// The longest an upstream manifest request (or a blob's first byte)
+    /// may take before the kept copy is served [default: 10s].
+    #[arg(long, env = "KILN_MIRROR_TIMEOUT")]
+    pub mirror_timeout: Option<String>,
 }
 
 impl Common {
@@ -175,7 +179,8 @@ impl Common {
             transfer_stall_timeout,
             breaker_cool_off,
             mirror_only,
-            mirror_revalidate
+            mirror_revalidate,
+            mirror_timeout
         );
         if self.mirror.is_empty() {
             self.mirror = f.mirror;
@@ -248,6 +253,7 @@ impl Common {
                 upstreams,
                 only: c.mirror_only.unwrap_or(false),
                 revalidate: dur("mirror-revalidate", c.mirror_revalidate, "5m")?,
+                timeout: dur("mirror-timeout", c.mirror_timeout, "10s")?,
             });
         } else if c.mirror_only.unwrap_or(false) {
             bail!("--mirror-only needs a --mirror");

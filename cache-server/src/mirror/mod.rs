@@ -81,6 +81,10 @@ pub struct MirrorConfig {
     pub only: bool,
     /// `--mirror-revalidate`: how long a tag is served without asking.
     pub revalidate: Duration,
+    /// `--mirror-timeout`: the longest an upstream manifest request, or a
+    /// blob's first byte, may take; past it the upstream counts as failed
+    /// (the kept copy is served).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +118,8 @@ pub enum MirrorError {
     },
     #[error("setting up the upstream clients")]
     Client(#[source] Box<RegistryError>),
+    #[error("upstream {upstream} did not answer within {after:?}")]
+    Timeout { upstream: String, after: Duration },
 }
 
 /// Where a routed pull goes.
@@ -138,8 +144,9 @@ pub enum Freshness {
 pub struct Mirror {
     cfg: MirrorConfig,
     registry: Registry,
-    /// When each `(local repo, tag)` was last validated upstream.
-    validated: Mutex<HashMap<(String, String), Instant>>,
+    /// When each `(local repo, tag)` was last validated upstream, and
+    /// whether that attempt failed (the copy is then stale until the next).
+    validated: Mutex<HashMap<(String, String), (Instant, Freshness)>>,
     flights: flight::Flights,
     staging: std::path::PathBuf,
 }
@@ -275,21 +282,18 @@ impl Mirror {
             .resolve_tag(&route.local, reference)
             .await
             .map_err(self.store_err(route))?;
-        let recent = self
-            .validated
-            .lock()
-            .map(|v| {
-                v.get(&key)
-                    .is_some_and(|t| t.elapsed() < self.cfg.revalidate)
-            })
-            .unwrap_or(false);
-        if kept.is_some() && recent {
-            return Ok(Freshness::Fresh);
+        let recent = self.validated.lock().ok().and_then(|v| {
+            v.get(&key)
+                .filter(|(t, _)| t.elapsed() < self.cfg.revalidate)
+                .map(|(_, f)| *f)
+        });
+        if let (Some(_), Some(f)) = (&kept, recent) {
+            return Ok(f);
         }
         let r = self.reference(route, reference);
         let head = match &kept {
             Some(_) => {
-                let h = self.registry.head_manifest(&r).await;
+                let h = self.bounded(route, self.registry.head_manifest(&r)).await;
                 self.count(store, route, "head", if h.is_ok() { "ok" } else { "error" });
                 Some(h)
             }
@@ -297,10 +301,13 @@ impl Mirror {
         };
         match (kept, head) {
             (Some(k), Some(Ok(Some(d)))) if d == k.digest => {
-                self.mark(key);
+                self.mark(key, Freshness::Fresh);
                 Ok(Freshness::Fresh)
             }
             (Some(_), Some(Err(e))) => {
+                // Ask again only after another window: one slow request
+                // per window while the upstream is down, not one per pull.
+                self.mark(key, Freshness::Stale);
                 tracing::warn!(
                     "{}:{reference}: upstream {} unavailable, serving the kept copy: {}",
                     route.repo,
@@ -316,14 +323,17 @@ impl Mirror {
             // Moved upstream, or never pulled.
             (kept, _) => match self.fetch_manifest(store, route, reference, None).await {
                 Ok(f) => {
-                    self.mark(key);
+                    self.mark(key, Freshness::Fresh);
                     Ok(f)
                 }
-                Err(MirrorError::Upstream { source, .. }) if kept.is_some() => {
+                Err(e @ (MirrorError::Upstream { .. } | MirrorError::Timeout { .. }))
+                    if kept.is_some() =>
+                {
+                    self.mark(key, Freshness::Stale);
                     tracing::warn!(
                         "{}:{reference}: serving the kept copy: {}",
                         route.repo,
-                        kiln_common::report::Report(&*source)
+                        kiln_common::report::Report(&e)
                     );
                     Ok(Freshness::Stale)
                 }
@@ -332,9 +342,24 @@ impl Mirror {
         }
     }
 
-    fn mark(&self, key: (String, String)) {
+    /// `call` under `--mirror-timeout`, its errors as [`MirrorError`]s.
+    async fn bounded<T>(
+        &self,
+        route: &Route,
+        call: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, MirrorError> {
+        match tokio::time::timeout(self.cfg.timeout, call).await {
+            Ok(r) => r.map_err(self.up_err(route)),
+            Err(_) => Err(MirrorError::Timeout {
+                upstream: self.host(route).to_string(),
+                after: self.cfg.timeout,
+            }),
+        }
+    }
+
+    fn mark(&self, key: (String, String), f: Freshness) {
         if let Ok(mut v) = self.validated.lock() {
-            v.insert(key, Instant::now());
+            v.insert(key, (Instant::now(), f));
         }
     }
 
@@ -346,14 +371,14 @@ impl Mirror {
         want: Option<Digest>,
     ) -> Result<Freshness, MirrorError> {
         let r = self.reference(route, reference);
-        let got = self.registry.get_manifest(&r).await;
+        let got = self.bounded(route, self.registry.get_manifest(&r)).await;
         self.count(
             store,
             route,
             "manifest",
             if got.is_ok() { "ok" } else { "error" },
         );
-        let Some((bytes, _)) = got.map_err(self.up_err(route))? else {
+        let Some((bytes, _)) = got? else {
             return Err(MirrorError::NotFound {
                 upstream: self.upstream(route).host.clone(),
                 what: format!("{}:{reference}", route.repo),
@@ -425,14 +450,16 @@ impl Mirror {
             return Ok(());
         }
         let r = self.reference(route, d.as_str());
-        let stream = self.registry.blob_stream(&r, d, 0, None).await;
+        let stream = self
+            .bounded(route, self.registry.blob_stream(&r, d, 0, None))
+            .await;
         self.count(
             store,
             route,
             "blob",
             if stream.is_ok() { "ok" } else { "error" },
         );
-        let Some(mut s) = stream.map_err(self.up_err(route))? else {
+        let Some(mut s) = stream? else {
             return Err(MirrorError::NotFound {
                 upstream: self.upstream(route).host.clone(),
                 what: format!("blob {d} of {}", route.repo),
@@ -494,6 +521,7 @@ mod tests {
             ],
             only,
             revalidate: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
         };
         Mirror::new(cfg, std::env::temp_dir()).unwrap()
     }
