@@ -25,7 +25,7 @@ impl From<MirrorError> for ApiError {
 /// The answer to a request on a routed repository; `None` for a request
 /// that is not routed (a cache repository).
 pub(super) async fn handle(
-    app: &App,
+    app: &std::sync::Arc<App>,
     mirror: &Mirror,
     ep: &Endpoint,
     method: &Method,
@@ -81,6 +81,15 @@ pub(super) async fn handle(
                 Err(e) => Err(e.into()),
             }
         }
+        // A whole-blob GET streams while the blob is stored; HEAD and
+        // ranges are answered from the store.
+        Endpoint::Blob { digest, .. } if read && !head && !headers.contains_key("range") => {
+            match mirror.begin_blob(&app.store, &route, digest).await {
+                Ok(None) => blob::get(app, &route.local, digest, headers, false).await,
+                Ok(Some(fetch)) => Ok(stream_blob(app.clone(), digest, fetch)),
+                Err(e) => Err(e.into()),
+            }
+        }
         Endpoint::Blob { digest, .. } if read => {
             match mirror.blob(&app.store, &route, digest).await {
                 Ok(()) => blob::get(app, &route.local, digest, headers, head).await,
@@ -92,4 +101,73 @@ pub(super) async fn handle(
             route.repo
         ))),
     })
+}
+
+/// The response for a blob still arriving from the upstream: each chunk is
+/// passed on as it is staged; the fetch goes on to the end (and is
+/// committed) even if this client goes away, so the callers waiting on it
+/// find it stored. A failure or a digest mismatch ends the body with an
+/// error before its last chunk, so the client sees a broken transfer,
+/// never a complete wrong one.
+fn stream_blob(
+    app: std::sync::Arc<App>,
+    digest: &kiln_common::Digest,
+    mut fetch: crate::mirror::BlobFetch,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    type Chunk = Result<bytes::Bytes, std::io::Error>;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(16);
+    let mut h = vec![
+        ("docker-content-digest", digest.to_string()),
+        ("content-type", "application/octet-stream".to_string()),
+    ];
+    if let Some(n) = fetch.len {
+        h.push(("content-length", n.to_string()));
+    }
+    tokio::spawn(async move {
+        let mut client = Some(tx);
+        let fail = |client: &mut Option<tokio::sync::mpsc::Sender<Chunk>>,
+                    e: &crate::mirror::MirrorError| {
+            let msg = kiln_common::report::Report(e).to_string();
+            tracing::warn!("mirrored blob: {msg}");
+            if let Some(tx) = client.take() {
+                let _ = tx.try_send(Err(std::io::Error::other(msg)));
+            }
+        };
+        // The last chunk is held back until the digest matches: a client
+        // never receives a complete body that is wrong.
+        let mut held: Option<bytes::Bytes> = None;
+        while let Some(chunk) = fetch.next().await {
+            match chunk {
+                Ok(c) => {
+                    if let (Some(prev), Some(tx)) = (held.replace(c), &client) {
+                        if tx.send(Ok(prev)).await.is_err() {
+                            client = None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    fail(&mut client, &e);
+                    return;
+                }
+            }
+        }
+        match fetch.finish(&app.store).await {
+            Ok(()) => {
+                if let (Some(last), Some(tx)) = (held, &client) {
+                    let _ = tx.send(Ok(last)).await;
+                }
+            }
+            Err(e) => fail(&mut client, &e),
+        }
+    });
+    let body = axum::body::Body::from_stream(receiver_stream(rx));
+    with_headers((StatusCode::OK, body).into_response(), &h)
+}
+
+/// A channel's receiver as a stream.
+fn receiver_stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
 }

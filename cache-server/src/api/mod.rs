@@ -106,7 +106,7 @@ fn check(app: &App, caller: &Caller, repo: Option<&str>, needs: Access) -> Resul
     }
 }
 
-async fn dispatch(app: &App, ep: Endpoint, req: Request) -> ApiResult {
+async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request) -> ApiResult {
     let auth_header = req
         .headers()
         .get(header::AUTHORIZATION)
