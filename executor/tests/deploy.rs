@@ -26,6 +26,7 @@ const OVERLAYS: &[&str] = &[
     "overlays/file",
     "overlays/registry",
     "overlays/warmer",
+    "overlays/mirror",
     "ci",
 ];
 
@@ -190,6 +191,40 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
             _ => assert!(storage.starts_with("registry://"), "{storage}"),
         }
     }
+    // The mirror: the file overlay plus upstreams, a fixed ClusterIP the
+    // nodes' hosts.toml name, and the nodes allowed in.
+    let (_, docs) = render("overlays/mirror");
+    let dep = find(&docs, "Deployment", "kiln-cache");
+    let env = pod_spec(dep)["containers"][0]["env"].to_string();
+    assert!(env.contains("file:///data/store"), "{env}");
+    let mirrors = pod_spec(dep)["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "KILN_MIRROR")
+        .and_then(|e| e["value"].as_str())
+        .unwrap()
+        .to_string();
+    for m in mirrors.split(',') {
+        let (host, url) = m.split_once('=').unwrap();
+        assert!(!host.contains('/') && url.starts_with("https://"), "{m}");
+    }
+    let ip = find(&docs, "Service", "kiln-cache")["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let containerd = repo().join("deploy/kubernetes/overlays/mirror/containerd");
+    for host in ["docker.io", "ghcr.io"] {
+        assert!(mirrors.contains(&format!("{host}=")), "{mirrors}");
+        let toml = std::fs::read_to_string(containerd.join(host).join("hosts.toml")).unwrap();
+        assert!(
+            toml.contains(&format!("[host.\"http://{ip}:5000\"]")),
+            "{host}: {toml}"
+        );
+    }
+    let np = find(&docs, "NetworkPolicy", "kiln-cache");
+    assert!(np.to_string().contains("ipBlock"), "{np}");
+
     // The warmer's volume is shared by build pods: ReadWriteMany.
     let (_, docs) = render("overlays/warmer");
     let pvc = find(&docs, "PersistentVolumeClaim", "kiln-base-images");
