@@ -240,3 +240,43 @@ fn hex_sha256(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// Kiln's cache server as the fleet's pull-through mirror: the executor's
+/// `--registry-mirror <server>/docker.io` (kaniko's mirror-with-a-path
+/// form) reaches Docker Hub's namespace through it, and a second build in
+/// a fresh work dir costs the upstream nothing.
+#[test]
+fn the_cache_server_mirror_serves_docker_hub_names_to_builds() {
+    let hub = Registry::start();
+    push_busybox(&hub, "library/busybox:stable");
+    let proxy = CuttingProxy::start(&hub.addr, "no request contains this", 0);
+    let server = CacheServer::start(
+        &cache_server_bin(),
+        None,
+        &["--mirror", &format!("docker.io=http://{}", proxy.addr)],
+        &[],
+    );
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM busybox:stable\nRUN echo mirrored > /m\n",
+    );
+    let mirror = format!("{}/docker.io", server.addr);
+    let args = [
+        "--no-push",
+        "--insecure-pull",
+        "--registry-mirror",
+        mirror.as_str(),
+        "--skip-default-registry-fallback",
+    ];
+    let (_, img) = build_unpacked(ctx.path(), &args);
+    assert_eq!(
+        std::fs::read_to_string(img.rootfs().join("m")).unwrap(),
+        "mirrored\n"
+    );
+    let upstream = proxy.requests().len();
+    assert!(upstream >= 2, "{:?}", proxy.requests());
+    build_unpacked(ctx.path(), &args);
+    assert_eq!(proxy.requests().len(), upstream, "{:#?}", proxy.requests());
+}
