@@ -217,8 +217,14 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
     Ok(report)
 }
 
-/// The least recently used of `members` whose removal brings the bytes the
-/// remaining ones reference (each blob counted once) within `budget`.
+/// Entries of `members` to evict so that the bytes the rest reference
+/// (each blob counted once) fit `budget`. Least recently used first, but
+/// an entry whose removal would free nothing now (every blob it needs is
+/// needed by another entry too) is passed over while some other candidate
+/// frees bytes: evicting it would lose an entry for no space. Only when no
+/// single eviction frees anything (entries that share all their blobs)
+/// does plain LRU order go on, since removing several of them together
+/// does free their shared blobs.
 fn lru_over_budget(
     members: &[usize],
     tags: &[Tag],
@@ -236,10 +242,18 @@ fn lru_over_budget(
     let mut order = members.to_vec();
     order.sort_by_key(|&i| tags[i].meta.modified);
     let mut out = Vec::new();
-    for i in order {
-        if total <= budget {
-            break;
-        }
+    let frees = |i: usize, refs: &HashMap<&Digest, usize>| -> u64 {
+        needs[i]
+            .iter()
+            .filter(|d| refs.get(d) == Some(&1))
+            .map(size_of)
+            .sum()
+    };
+    while total > budget && !order.is_empty() {
+        // The least recently used candidate that frees bytes, else the
+        // least recently used of all.
+        let pick = order.iter().position(|&i| frees(i, &refs) > 0).unwrap_or(0);
+        let i = order.remove(pick);
         for d in &needs[i] {
             if let Some(c) = refs.get_mut(d) {
                 *c -= 1;
@@ -315,4 +329,52 @@ async fn tag_closure(
         todo.extend(referenced_manifests(&mb).iter().cloned());
     }
     Ok((out_m, out_b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(name: &str, age_secs: i64) -> Tag {
+        Tag {
+            repo: "r".into(),
+            name: name.into(),
+            meta: Meta {
+                key: Key::tag("r", name),
+                size: 0,
+                modified: chrono::Utc::now() - chrono::Duration::seconds(age_secs),
+            },
+        }
+    }
+
+    #[test]
+    fn eviction_passes_over_entries_that_would_free_nothing() {
+        let d = |s: &str| Digest::sha256_of(s.as_bytes());
+        let (base, b, c) = (d("base"), d("b"), d("c"));
+        let sizes: HashMap<Digest, u64> =
+            [(base.clone(), 90), (b.clone(), 30), (c.clone(), 30)].into();
+        let size_of = |x: &Digest| sizes.get(x).copied().unwrap_or(0);
+        // A (oldest) needs only the shared base; B and C their own layer too.
+        let tags = vec![tag("a", 300), tag("b", 200), tag("c", 100)];
+        let needs = vec![
+            BTreeSet::from([base.clone()]),
+            BTreeSet::from([base.clone(), b.clone()]),
+            BTreeSet::from([base.clone(), c.clone()]),
+        ];
+        // 150 bytes referenced, budget 130: B alone frees enough; A, the
+        // least recently used, would free nothing and is kept.
+        assert_eq!(
+            lru_over_budget(&[0, 1, 2], &tags, &needs, &size_of, 130),
+            [1]
+        );
+        // Entries that share everything: LRU order, until the shared
+        // blob goes with the last of them.
+        let same = vec![BTreeSet::from([base.clone()]); 3];
+        assert_eq!(
+            lru_over_budget(&[0, 1, 2], &tags, &same, &size_of, 50),
+            [0, 1, 2]
+        );
+        // Within budget: nothing.
+        assert!(lru_over_budget(&[0, 1, 2], &tags, &needs, &size_of, 150).is_empty());
+    }
 }
