@@ -175,6 +175,7 @@ pub struct Metrics {
     pub fallback_hits: Family<SourceLabel, Counter>,
     pub refused_writes: Family<RefusedLabel, Counter>,
     pub mirror_upstream: Family<MirrorLabel, Counter>,
+    pub damaged_entries: Family<RepoLabel, Counter>,
     pub mirror_served: Family<ServedLabel, Counter>,
     pub mount_restores: Family<MountResultLabel, Counter>,
     pub mount_restored_bytes: Family<MountLabel, Counter>,
@@ -223,6 +224,7 @@ impl Metrics {
             fallback_hits: Family::default(),
             refused_writes: Family::default(),
             mirror_upstream: Family::default(),
+            damaged_entries: Family::default(),
             mirror_served: Family::default(),
             mount_restores: Family::default(),
             mount_restored_bytes: Family::default(),
@@ -369,6 +371,11 @@ impl Metrics {
             "refused_writes",
             "Writes refused by the access policy, by repository and kind of caller: pull requests trying main's scope show up here",
             m.refused_writes.clone(),
+        );
+        registry.register(
+            "damaged_entries",
+            "Lookups whose tag names a manifest or blob the store does not have (damage from outside, not expiry): answered as misses",
+            m.damaged_entries.clone(),
         );
         registry.register(
             "mirror_upstream_requests",

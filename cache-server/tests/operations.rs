@@ -94,3 +94,43 @@ fn stored_figures_are_known_at_startup() {
         "a census deletes nothing and is not a GC run"
     );
 }
+
+/// A tag whose blobs were deleted from outside (a bucket lifecycle rule)
+/// is a miss that is counted as damage, not taken for expiry.
+#[test]
+fn damaged_entries_are_misses_and_counted() {
+    let mut s = Backend::file().start(&[]);
+    push_image_layout(&format!("{}/damaged/app:k", s.addr), &[], &[]);
+    let blobs = s.dir.path().join("store/blobs/sha256");
+    let mut removed = 0;
+    for e in std::fs::read_dir(&blobs).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+        removed += 1;
+    }
+    assert!(removed >= 2, "{removed}");
+    // A fresh process: nothing remembered of the blobs.
+    s.restart();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"repository":"damaged/app","keys":["k"]}"#,
+            &format!("{}/v2/_kiln/lookup", s.url()),
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["entries"].as_object().unwrap().is_empty(), "{v}");
+    let m = s.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "kiln_cache_damaged_entries_total",
+            &["repo=\"damaged/app\""]
+        ),
+        1.0,
+        "{m}"
+    );
+}

@@ -68,12 +68,26 @@ impl Store {
         if self.expired(&entry) {
             return Ok(Lookup::Expired);
         }
+        let damaged = || {
+            self.metrics
+                .damaged_entries
+                .get_or_create(&crate::metrics::RepoLabel {
+                    repo: repo.to_string(),
+                })
+                .inc()
+        };
         let Some(m) = self.manifest(repo, &entry.digest).await? else {
+            tracing::warn!(
+                "entry {repo}:{tag} names manifest {} the store lacks; treated as a miss",
+                entry.digest
+            );
+            damaged();
             return Ok(Lookup::Miss);
         };
         for d in referenced_blobs(&m)? {
             if self.blob_size(repo, d).await?.is_none() {
                 tracing::warn!("entry {repo}:{tag} refers to missing blob {d}; treated as a miss");
+                damaged();
                 return Ok(Lookup::Miss);
             }
         }
