@@ -71,3 +71,17 @@ PY
   if [ -n "${KEEP_TAR:-}" ]; then tar -C "$dir/rootfs" -cf "$KEEP_TAR" .; fi
   rm -rf "$dir"
 }
+
+# A ~60 MB base, busybox and 60 MB of random data (incompressible: what a
+# pull moves), as the OCI layout "$1/layout:base" (its bundle in "$1/bundle").
+random_base() { # dir
+  local B=$1
+  mkdir -p "$B/rootfs/bin"
+  cp /bin/busybox "$B/rootfs/bin/"
+  head -c 60000000 /dev/urandom > "$B/rootfs/data.bin"
+  umoci init --layout "$B/layout" >/dev/null
+  umoci new --image "$B/layout:base" >/dev/null
+  umoci unpack --image "$B/layout:base" "$B/bundle" >/dev/null
+  cp -a "$B/rootfs/." "$B/bundle/rootfs/"
+  umoci repack --image "$B/layout:base" "$B/bundle" >/dev/null
+}

@@ -19,14 +19,7 @@ trap cleanup EXIT
 start_registry
 UP=$REG
 
-B="$SHM/base"; mkdir -p "$B/rootfs/bin"
-cp /bin/busybox "$B/rootfs/bin/"
-head -c 60000000 /dev/urandom > "$B/rootfs/data.bin"
-umoci init --layout "$B/layout" >/dev/null
-umoci new --image "$B/layout:base" >/dev/null
-umoci unpack --image "$B/layout:base" "$B/bundle" >/dev/null
-cp -a "$B/rootfs/." "$B/bundle/rootfs/"
-umoci repack --image "$B/layout:base" "$B/bundle" >/dev/null
+B="$SHM/base"; random_base "$B"
 skopeo copy -q --dest-tls-verify=false "oci:$B/layout:base" "docker://$UP/library/base:1"
 rm -rf "$B"
 

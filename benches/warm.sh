@@ -17,14 +17,7 @@ trap 'kill $REG_PID 2>/dev/null || true; rm -rf "$SHM"' EXIT
 start_registry
 
 # A ~60 MB base (busybox + pseudo-random data) and 4 images built on it.
-B="$SHM/base"; mkdir -p "$B/rootfs/bin"
-cp /bin/busybox "$B/rootfs/bin/"
-head -c 60000000 /dev/urandom > "$B/rootfs/data.bin"
-umoci init --layout "$B/layout" >/dev/null
-umoci new --image "$B/layout:base" >/dev/null
-umoci unpack --image "$B/layout:base" "$B/bundle" >/dev/null
-cp -a "$B/rootfs/." "$B/bundle/rootfs/"
-umoci repack --image "$B/layout:base" "$B/bundle" >/dev/null
+B="$SHM/base"; random_base "$B"
 IMAGES=("$REG/base:1")
 skopeo copy -q --dest-tls-verify=false "oci:$B/layout:base" "docker://$REG/base:1"
 for n in 1 2 3 4; do

@@ -42,6 +42,20 @@ fn count(reqs: &[String], method: &str, part: &str) -> usize {
         .count()
 }
 
+/// The HTTP status of starting a blob upload into `repo`.
+fn upload_status(addr: &str, repo: &str) -> String {
+    run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &format!("http://{addr}/v2/{repo}/blobs/uploads/"),
+    ]))
+}
+
 /// `curl -sI` of `url`: the status line and headers.
 fn head(url: &str) -> String {
     run(Command::new("curl").args([
@@ -122,17 +136,7 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
     );
 
     // Routed names are read-only.
-    let o = run(Command::new("curl").args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-X",
-        "POST",
-        &format!("http://{}/v2/{HOST}/busybox/blobs/uploads/", s.addr),
-    ]));
-    assert_eq!(o, "403");
+    assert_eq!(upload_status(&s.addr, &format!("{HOST}/busybox")), "403");
 
     // The tag moves upstream: served after the window.
     let t = tempfile::tempdir().unwrap();
@@ -234,17 +238,7 @@ fn docker_engine_pulls_through_a_mirror_only_server() {
     assert!(digests.contains(&want), "{digests} vs {want}");
     // Cache repositories are not served by a mirror-only server: writes
     // to any name are refused.
-    let code = run(Command::new("curl").args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-X",
-        "POST",
-        &format!("http://{}/v2/cache/app/blobs/uploads/", s.addr),
-    ]));
-    assert_eq!(code, "403");
+    assert_eq!(upload_status(&s.addr, "cache/app"), "403");
 }
 
 /// An upstream that hangs when a tag is revalidated: the kept copy is

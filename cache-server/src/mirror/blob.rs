@@ -30,22 +30,17 @@ impl Mirror {
         route: &Route,
         d: &Digest,
     ) -> Result<Option<BlobFetch>, MirrorError> {
-        let stored = |s: Option<u64>| s.is_some();
-        if stored(
-            store
-                .blob_size(&route.local, d)
-                .await
-                .map_err(self.store_err(route))?,
-        ) {
+        // Asked again once the flight is ours: the caller ahead may have
+        // stored it meanwhile.
+        let stored = || async {
+            let size = store.blob_size(&route.local, d).await;
+            size.map(|s| s.is_some()).map_err(self.store_err(route))
+        };
+        if stored().await? {
             return Ok(None);
         }
         let guard = self.flights.enter(format!("b {}", d.hex())).await;
-        if stored(
-            store
-                .blob_size(&route.local, d)
-                .await
-                .map_err(self.store_err(route))?,
-        ) {
+        if stored().await? {
             return Ok(None);
         }
         let r = self.reference(route, d.as_str());

@@ -70,12 +70,7 @@ impl Store {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<Digest, StoreError> {
-        if bytes.len() > self.cfg.max_manifest_bytes {
-            return Err(StoreError::ManifestTooBig {
-                size: bytes.len(),
-                limit: self.cfg.max_manifest_bytes,
-            });
-        }
+        self.check_manifest_size(&bytes)?;
         let d = Digest::sha256_of(&bytes);
         if let Some(want) = reference.strip_prefix("sha256:").map(|_| reference) {
             let want: Digest = want
@@ -123,6 +118,16 @@ impl Store {
         Ok(d)
     }
 
+    fn check_manifest_size(&self, bytes: &Bytes) -> Result<(), StoreError> {
+        if bytes.len() > self.cfg.max_manifest_bytes {
+            return Err(StoreError::ManifestTooBig {
+                size: bytes.len(),
+                limit: self.cfg.max_manifest_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Stores a manifest an upstream sent (the mirror: its digest already
     /// checked by the caller where one was asked for), without requiring
     /// its blobs: they are fetched when a client asks for them.
@@ -132,12 +137,7 @@ impl Store {
         reference: &str,
         bytes: Bytes,
     ) -> Result<Digest, StoreError> {
-        if bytes.len() > self.cfg.max_manifest_bytes {
-            return Err(StoreError::ManifestTooBig {
-                size: bytes.len(),
-                limit: self.cfg.max_manifest_bytes,
-            });
-        }
+        self.check_manifest_size(&bytes)?;
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::ManifestInvalid(format!("not JSON: {e}")))?;
         let media_type = match v.get("mediaType").and_then(|m| m.as_str()) {
