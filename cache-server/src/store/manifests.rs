@@ -172,22 +172,7 @@ impl Store {
             .await;
         self.remember_in_repo(repo, &d).await;
         if !reference.starts_with("sha256:") {
-            let tkey = Key::tag(repo, reference);
-            self.call(
-                "put",
-                self.storage.put_small(&tkey, Bytes::from(d.to_string())),
-            )
-            .await?;
-            self.memory
-                .tags
-                .insert(
-                    (repo.to_string(), reference.to_string()),
-                    TagEntry {
-                        digest: d.clone(),
-                        modified: chrono::Utc::now(),
-                    },
-                )
-                .await;
+            self.put_tag(repo, reference, &d).await?;
         }
         Ok(())
     }
