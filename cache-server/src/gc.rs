@@ -99,7 +99,8 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
     // 2. Size budgets, per repository and then in total: drop least
     // recently used entries until what the rest reference fits.
     let size_of = |d: &Digest| blobs.get(d).map_or(0, |m| m.size);
-    let mut evict = BTreeSet::new();
+    // Each evicted entry, with the bytes its eviction frees.
+    let mut evict: BTreeMap<usize, u64> = BTreeMap::new();
     if let Some(budget) = opts.max_size_per_repo {
         let repos: BTreeSet<&str> = tags.iter().map(|t| t.repo.as_str()).collect();
         for repo in repos {
@@ -108,17 +109,18 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         }
     }
     if let Some(budget) = opts.max_size {
-        let members: Vec<usize> = (0..tags.len()).filter(|i| !evict.contains(i)).collect();
+        let members: Vec<usize> = (0..tags.len()).filter(|i| !evict.contains_key(i)).collect();
         evict.extend(lru_over_budget(&members, &tags, &needs, &size_of, budget));
     }
     if !evict.is_empty() {
         let mut kept_tags = Vec::new();
         let mut kept_needs = Vec::new();
         for (i, (t, n)) in tags.into_iter().zip(needs).enumerate() {
-            if evict.contains(&i) {
+            if let Some(freed) = evict.get(&i) {
                 report.tags_evicted.push(format!("{}:{}", t.repo, t.name));
                 if !opts.dry_run {
                     store.delete_tag(&t.repo, &t.name).await?;
+                    store.metrics().eviction_freed_bytes.observe(*freed as f64);
                 }
             } else {
                 kept_tags.push(t);
@@ -224,14 +226,15 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
 /// frees bytes: evicting it would lose an entry for no space. Only when no
 /// single eviction frees anything (entries that share all their blobs)
 /// does plain LRU order go on, since removing several of them together
-/// does free their shared blobs.
+/// does free their shared blobs. Each eviction comes with the bytes it
+/// frees (a later eviction frees what it shared with earlier ones).
 fn lru_over_budget(
     members: &[usize],
     tags: &[Tag],
     needs: &[BTreeSet<Digest>],
     size_of: &dyn Fn(&Digest) -> u64,
     budget: u64,
-) -> Vec<usize> {
+) -> Vec<(usize, u64)> {
     let mut refs: HashMap<&Digest, usize> = HashMap::new();
     for &i in members {
         for d in &needs[i] {
@@ -254,15 +257,17 @@ fn lru_over_budget(
         // least recently used of all.
         let pick = order.iter().position(|&i| frees(i, &refs) > 0).unwrap_or(0);
         let i = order.remove(pick);
+        let mut freed = 0;
         for d in &needs[i] {
             if let Some(c) = refs.get_mut(d) {
                 *c -= 1;
                 if *c == 0 {
-                    total -= size_of(d);
+                    freed += size_of(d);
                 }
             }
         }
-        out.push(i);
+        total -= freed;
+        out.push((i, freed));
     }
     out
 }
@@ -365,14 +370,14 @@ mod tests {
         // least recently used, would free nothing and is kept.
         assert_eq!(
             lru_over_budget(&[0, 1, 2], &tags, &needs, &size_of, 130),
-            [1]
+            [(1, 30)]
         );
         // Entries that share everything: LRU order, until the shared
         // blob goes with the last of them.
         let same = vec![BTreeSet::from([base.clone()]); 3];
         assert_eq!(
             lru_over_budget(&[0, 1, 2], &tags, &same, &size_of, 50),
-            [0, 1, 2]
+            [(0, 0), (1, 0), (2, 90)]
         );
         // Within budget: nothing.
         assert!(lru_over_budget(&[0, 1, 2], &tags, &needs, &size_of, 150).is_empty());

@@ -135,7 +135,15 @@ pub struct MirrorLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServedLabel {
     pub upstream: String,
-    pub freshness: String,
+    /// `cache` (kept and current), `upstream` (fetched for this pull) or
+    /// `stale` (kept, the upstream failed or was held).
+    pub from: String,
+}
+
+/// One mirror upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
 }
 
 pub struct Metrics {
@@ -177,6 +185,11 @@ pub struct Metrics {
     pub mirror_upstream: Family<MirrorLabel, Counter>,
     pub damaged_entries: Family<RepoLabel, Counter>,
     pub mirror_served: Family<ServedLabel, Counter>,
+    pub mirror_ratelimit_remaining: Family<UpstreamLabel, Gauge>,
+    pub mirror_ratelimit_limit: Family<UpstreamLabel, Gauge>,
+    pub mirror_held_seconds: Family<UpstreamLabel, Gauge>,
+    pub mirror_bytes_saved: Family<UpstreamLabel, Counter>,
+    pub eviction_freed_bytes: Histogram,
     pub mount_restores: Family<MountResultLabel, Counter>,
     pub mount_restored_bytes: Family<MountLabel, Counter>,
     pub mount_saves: Family<MountLabel, Counter>,
@@ -226,6 +239,11 @@ impl Metrics {
             mirror_upstream: Family::default(),
             damaged_entries: Family::default(),
             mirror_served: Family::default(),
+            mirror_ratelimit_remaining: Family::default(),
+            mirror_ratelimit_limit: Family::default(),
+            mirror_held_seconds: Family::default(),
+            mirror_bytes_saved: Family::default(),
+            eviction_freed_bytes: Histogram::new(exponential_buckets(4096.0, 4.0, 10)),
             mount_restores: Family::default(),
             mount_restored_bytes: Family::default(),
             mount_saves: Family::default(),
@@ -379,13 +397,38 @@ impl Metrics {
         );
         registry.register(
             "mirror_upstream_requests",
-            "Requests a mirror made to its upstream, by kind (head, manifest, blob) and result",
+            "Requests a mirror made to its upstream, by kind (head, manifest, blob) and result (the HTTP status, timeout, error)",
             m.mirror_upstream.clone(),
         );
         registry.register(
             "mirror_manifests_served",
-            "Mirrored manifests served, fresh or stale (the upstream failed and the kept copy was served)",
+            "Mirrored manifests served, by where from: cache (kept and current), upstream (fetched for the pull), stale (kept; the upstream failed or was held)",
             m.mirror_served.clone(),
+        );
+        registry.register(
+            "mirror_ratelimit_remaining",
+            "Pulls the upstream says are left in its window (Docker Hub's ratelimit-remaining), as last seen",
+            m.mirror_ratelimit_remaining.clone(),
+        );
+        registry.register(
+            "mirror_ratelimit_limit",
+            "Pulls the upstream allows per window (ratelimit-limit), as last seen",
+            m.mirror_ratelimit_limit.clone(),
+        );
+        registry.register(
+            "mirror_held_seconds",
+            "Seconds the upstream is not asked for, as of its last request: a 429's Retry-After, or the circuit breaker open",
+            m.mirror_held_seconds.clone(),
+        );
+        registry.register(
+            "mirror_bytes_saved",
+            "Blob bytes the mirror served from its store without asking the upstream",
+            m.mirror_bytes_saved.clone(),
+        );
+        registry.register(
+            "eviction_freed_bytes",
+            "Bytes each eviction under a size budget actually freed (blobs no other entry uses)",
+            m.eviction_freed_bytes.clone(),
         );
         registry.register(
             "mount_restores",

@@ -185,7 +185,7 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
         metric_sum(
             &m,
             "kiln_cache_mirror_manifests_served_total",
-            &["freshness=\"stale\""]
+            &["from=\"stale\""]
         ) >= 1.0,
         "{m}"
     );

@@ -28,6 +28,10 @@ pub enum ApiError {
     RangeInvalid { size: u64 },
     #[error("{2}")]
     Code(StatusCode, &'static str, String),
+    /// As `Code`, with a `Retry-After` (an upstream held by a 429 or an
+    /// open breaker).
+    #[error("{2}")]
+    Later(StatusCode, &'static str, String, std::time::Duration),
 }
 
 impl ApiError {
@@ -66,7 +70,7 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::Unsupported => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             ApiError::RangeInvalid { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
-            ApiError::Code(s, c, _) => (*s, c),
+            ApiError::Code(s, c, _) | ApiError::Later(s, c, _, _) => (*s, c),
         }
     }
 }
@@ -94,6 +98,12 @@ impl IntoResponse for ApiError {
             ApiError::RangeInvalid { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+            }
+            ApiError::Later(_, _, _, after) => {
+                let secs = after.as_secs().max(1).to_string();
+                if let Ok(v) = HeaderValue::from_str(&secs) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
             _ => {}

@@ -5,7 +5,7 @@
 use super::endpoint::Endpoint;
 use super::http::with_headers;
 use super::{blob, manifest, ApiError, ApiResult, App};
-use crate::mirror::{Freshness, Mirror, MirrorError};
+use crate::mirror::{Freshness, Hold, Mirror, MirrorError};
 use axum::http::{HeaderMap, Method, StatusCode};
 use std::collections::BTreeMap;
 
@@ -17,6 +17,32 @@ impl From<MirrorError> for ApiError {
                 ApiError::Code(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", msg)
             }
             MirrorError::Store { source, .. } => (*source).into(),
+            MirrorError::Held {
+                why, retry_after, ..
+            } => match why {
+                Hold::RateLimited => ApiError::Later(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOOMANYREQUESTS",
+                    msg,
+                    retry_after,
+                ),
+                Hold::BreakerOpen => ApiError::Later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    msg,
+                    retry_after,
+                ),
+            },
+            MirrorError::Answered {
+                status: 429,
+                retry_after,
+                ..
+            } => ApiError::Later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                msg,
+                retry_after.unwrap_or(std::time::Duration::from_secs(60)),
+            ),
             _ => ApiError::Code(StatusCode::BAD_GATEWAY, "UPSTREAM", msg),
         }
     }
@@ -41,13 +67,18 @@ pub(super) async fn handle(
             match mirror.manifest(&app.store, &route, reference).await {
                 Ok(f) => {
                     mirror.used(&app.store, &route, reference).await;
-                    let fresh = f == Freshness::Fresh;
+                    let fresh = f != Freshness::Stale;
+                    let from = match f {
+                        Freshness::Fresh => "cache",
+                        Freshness::Fetched => "upstream",
+                        Freshness::Stale => "stale",
+                    };
                     app.store
                         .metrics()
                         .mirror_served
                         .get_or_create(&crate::metrics::ServedLabel {
                             upstream: mirror.host(&route).to_string(),
-                            freshness: if fresh { "fresh" } else { "stale" }.into(),
+                            from: from.into(),
                         })
                         .inc();
                     // By digest: a mirrored tag's blobs arrive only when
@@ -85,7 +116,19 @@ pub(super) async fn handle(
         // ranges are answered from the store.
         Endpoint::Blob { digest, .. } if read && !head && !headers.contains_key("range") => {
             match mirror.begin_blob(&app.store, &route, digest).await {
-                Ok(None) => blob::get(app, &route.local, digest, headers, false).await,
+                Ok(None) => {
+                    let r = blob::get(app, &route.local, digest, headers, false).await;
+                    if let Some(n) = r.as_ref().ok().and_then(content_length) {
+                        app.store
+                            .metrics()
+                            .mirror_bytes_saved
+                            .get_or_create(&crate::metrics::UpstreamLabel {
+                                upstream: mirror.host(&route).to_string(),
+                            })
+                            .inc_by(n);
+                    }
+                    r
+                }
                 Ok(Some(fetch)) => Ok(stream_blob(app.clone(), digest, fetch)),
                 Err(e) => Err(e.into()),
             }
@@ -170,4 +213,14 @@ fn receiver_stream<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+/// A response's `Content-Length`.
+fn content_length(r: &axum::response::Response) -> Option<u64> {
+    r.headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

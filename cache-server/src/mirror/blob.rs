@@ -2,9 +2,10 @@
 //! hashed chunk by chunk as they pass to the first client, committed only
 //! when the digest matches.
 
+use super::health::Outcome;
 use super::{Mirror, MirrorError, Route};
 use crate::store::Store;
-use kiln_common::registry::RegistryError;
+use kiln_common::registry::{Limits, RegistryError, RemoteKind};
 use kiln_common::Digest;
 
 impl Mirror {
@@ -43,16 +44,23 @@ impl Mirror {
         if stored().await? {
             return Ok(None);
         }
+        self.may_ask(route)?;
         let r = self.reference(route, d.as_str());
         let stream = self
             .bounded(route, self.registry.blob_stream(&r, d, 0, None))
             .await;
-        self.count(
-            store,
-            route,
-            "blob",
-            if stream.is_ok() { "ok" } else { "error" },
-        );
+        let (result, outcome) = match &stream {
+            Ok(_) => ("ok", Outcome::Answered),
+            Err(MirrorError::Timeout { .. }) => ("timeout", Outcome::Failed),
+            Err(MirrorError::Upstream { source, .. }) => match source.remote_kind() {
+                Some(RemoteKind::RateLimited { .. }) => ("429", Outcome::RateLimited),
+                Some(RemoteKind::Transient) | None => ("error", Outcome::Failed),
+                Some(_) => ("refused", Outcome::Answered),
+            },
+            Err(_) => ("error", Outcome::Failed),
+        };
+        self.count(store, route, "blob", result);
+        self.record(store, route, outcome, Limits::default());
         let upstream = self.host(route).to_string();
         let Some(s) = stream? else {
             return Err(MirrorError::NotFound {

@@ -21,6 +21,16 @@
 //! the copy is served and marked stale (`X-Kiln-Stale: true`, a metric).
 //! Everything fetched is verified against its digest before it is stored.
 //!
+//! Budgets and outages (`health.rs`): a 429 holds the upstream for what its
+//! `Retry-After` asks (a minute when it does not say), three failures in a
+//! row open a circuit breaker (30 s, doubling while it keeps failing); while
+//! held, kept copies are served stale without asking and an uncached pull
+//! fails at once with what the upstream last answered. Docker Hub's
+//! `ratelimit-remaining` is exported, and revalidation windows stretch
+//! fourfold while less than a tenth of the budget is left. Manifest
+//! requests go outside oci-client ([`Registry::manifest_answer`]) for those
+//! headers; its bearer tokens are kept until they expire.
+//!
 //! Expiry and GC: a manifest pulled by digest is kept under an internal
 //! tag (`sha256-<hex>`), and every tag served is marked used (at most one
 //! write per `--touch-after`), so what the fleet still pulls — platform
@@ -29,11 +39,14 @@
 
 mod blob;
 mod flight;
+mod health;
 
 pub use blob::BlobFetch;
+pub use health::Hold;
 
 use crate::store::{Store, StoreError};
-use kiln_common::registry::{Registry, RegistryError, RegistryOptions};
+use health::{Health, Outcome};
+use kiln_common::registry::{Answer, Limits, Registry, RegistryError, RegistryOptions};
 use kiln_common::Digest;
 use oci_client::Reference;
 use std::collections::HashMap;
@@ -123,6 +136,33 @@ pub enum MirrorError {
     Client(#[source] Box<RegistryError>),
     #[error("upstream {upstream} did not answer within {after:?}")]
     Timeout { upstream: String, after: Duration },
+    #[error("upstream {upstream} answered {status} for {what}")]
+    Answered {
+        upstream: String,
+        what: String,
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("upstream {upstream} is {why}; not asked again for {}s", .retry_after.as_secs().max(1))]
+    Held {
+        upstream: String,
+        why: Hold,
+        retry_after: Duration,
+    },
+}
+
+impl MirrorError {
+    /// Whether the upstream failed to serve (rather than the content or the
+    /// store): a kept copy is then served stale.
+    fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            MirrorError::Upstream { .. }
+                | MirrorError::Timeout { .. }
+                | MirrorError::Answered { .. }
+                | MirrorError::Held { .. }
+        )
+    }
 }
 
 /// Where a routed pull goes.
@@ -140,6 +180,8 @@ pub struct Route {
 pub enum Freshness {
     /// Kept, and known to be current (or immutable: a digest).
     Fresh,
+    /// Fetched from the upstream for this request.
+    Fetched,
     /// Kept, but the upstream could not be asked: served as it is.
     Stale,
 }
@@ -150,6 +192,8 @@ pub struct Mirror {
     /// When each `(local repo, tag)` was last validated upstream, and
     /// whether that attempt failed (the copy is then stale until the next).
     validated: Mutex<HashMap<(String, String), (Instant, Freshness)>>,
+    /// Per upstream (as `cfg.upstreams`): holds, breaker, budget.
+    health: Vec<Mutex<Health>>,
     flights: flight::Flights,
     staging: std::path::PathBuf,
 }
@@ -174,6 +218,7 @@ impl Mirror {
         )
         .map_err(|e| MirrorError::Client(Box::new(e)))?;
         Ok(Mirror {
+            health: cfg.upstreams.iter().map(|_| Mutex::default()).collect(),
             cfg,
             registry,
             validated: Mutex::new(HashMap::new()),
@@ -256,6 +301,56 @@ impl Mirror {
             .inc();
     }
 
+    /// Records how a request to `route`'s upstream ended, and exports what
+    /// it said of the budget.
+    fn record(&self, store: &Store, route: &Route, outcome: Outcome, limits: Limits) {
+        let Ok(mut h) = self.health[route.upstream].lock() else {
+            return;
+        };
+        h.record(Instant::now(), outcome, limits);
+        let label = crate::metrics::UpstreamLabel {
+            upstream: self.host(route).to_string(),
+        };
+        let m = store.metrics();
+        if let Some(r) = h.remaining {
+            m.mirror_ratelimit_remaining
+                .get_or_create(&label)
+                .set(i64::try_from(r).unwrap_or(i64::MAX));
+        }
+        if let Some(l) = h.limit {
+            m.mirror_ratelimit_limit
+                .get_or_create(&label)
+                .set(i64::try_from(l).unwrap_or(i64::MAX));
+        }
+        let held = h.held(Instant::now());
+        m.mirror_held_seconds
+            .get_or_create(&label)
+            .set(held.map_or(0, |(_, d)| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
+    }
+
+    /// `Err(Held)` while `route`'s upstream must not be asked.
+    fn may_ask(&self, route: &Route) -> Result<(), MirrorError> {
+        let held = self.health[route.upstream]
+            .lock()
+            .ok()
+            .and_then(|h| h.held(Instant::now()));
+        match held {
+            Some((why, retry_after)) => Err(MirrorError::Held {
+                upstream: self.host(route).to_string(),
+                why,
+                retry_after,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The revalidation window for `route`'s upstream now.
+    fn window(&self, route: &Route) -> Duration {
+        self.health[route.upstream]
+            .lock()
+            .map_or(self.cfg.revalidate, |h| h.window(self.cfg.revalidate))
+    }
+
     /// Makes manifest `reference` (a tag or a digest) of `route` present
     /// under `route.local`, asking the upstream only when the tag's window
     /// has passed (or it was never pulled).
@@ -278,6 +373,7 @@ impl Mirror {
             {
                 return Ok(Freshness::Fresh);
             }
+            self.may_ask(route)?;
             return self.fetch_manifest(store, route, reference, Some(d)).await;
         }
         let key = (route.local.clone(), reference.to_string());
@@ -285,64 +381,100 @@ impl Mirror {
             .resolve_tag(&route.local, reference)
             .await
             .map_err(self.store_err(route))?;
+        let window = self.window(route);
         let recent = self.validated.lock().ok().and_then(|v| {
             v.get(&key)
-                .filter(|(t, _)| t.elapsed() < self.cfg.revalidate)
+                .filter(|(t, _)| t.elapsed() < window)
                 .map(|(_, f)| *f)
         });
-        if let (Some(_), Some(f)) = (&kept, recent) {
+        let Some(kept) = kept else {
+            self.may_ask(route)?;
+            let f = self.fetch_manifest(store, route, reference, None).await?;
+            self.mark(key, Freshness::Fresh);
+            return Ok(f);
+        };
+        if let Some(f) = recent {
             return Ok(f);
         }
-        let r = self.reference(route, reference);
-        let head = match &kept {
-            Some(_) => {
-                let h = self.bounded(route, self.registry.head_manifest(&r)).await;
-                self.count(store, route, "head", if h.is_ok() { "ok" } else { "error" });
-                Some(h)
+        // Kept: revalidated by HEAD, fetched only when the digest moved.
+        let checked = async {
+            self.may_ask(route)?;
+            let a = self.ask(store, route, reference, true).await?;
+            match a.status.as_u16() {
+                200 if a.digest().as_ref() == Some(&kept.digest) => Ok(Freshness::Fresh),
+                // Moved, or a HEAD without the digest header.
+                200 => self.fetch_manifest(store, route, reference, None).await,
+                404 => Err(MirrorError::NotFound {
+                    upstream: self.host(route).to_string(),
+                    what: format!("{}:{reference}", route.repo),
+                }),
+                status => Err(self.answered(route, reference, status, &a)),
             }
-            None => None,
-        };
-        match (kept, head) {
-            (Some(k), Some(Ok(Some(d)))) if d == k.digest => {
+        }
+        .await;
+        match checked {
+            Ok(f) => {
                 self.mark(key, Freshness::Fresh);
-                Ok(Freshness::Fresh)
+                Ok(f)
             }
-            (Some(_), Some(Err(e))) => {
-                // Ask again only after another window: one slow request
-                // per window while the upstream is down, not one per pull.
-                self.mark(key, Freshness::Stale);
+            Err(e) if e.is_upstream_failure() => {
+                // Ask again only after another window (one slow request
+                // per window while the upstream is down, not one per
+                // pull); a hold is checked without asking, so it is not
+                // marked.
+                if !matches!(e, MirrorError::Held { .. }) {
+                    self.mark(key, Freshness::Stale);
+                }
                 tracing::warn!(
-                    "{}:{reference}: upstream {} unavailable, serving the kept copy: {}",
+                    "{}:{reference}: serving the kept copy: {}",
                     route.repo,
-                    self.upstream(route).host,
                     kiln_common::report::Report(&e)
                 );
                 Ok(Freshness::Stale)
             }
-            (Some(_), Some(Ok(None))) => Err(MirrorError::NotFound {
-                upstream: self.upstream(route).host.clone(),
-                what: format!("{}:{reference}", route.repo),
-            }),
-            // Moved upstream, or never pulled.
-            (kept, _) => match self.fetch_manifest(store, route, reference, None).await {
-                Ok(f) => {
-                    self.mark(key, Freshness::Fresh);
-                    Ok(f)
-                }
-                Err(e @ (MirrorError::Upstream { .. } | MirrorError::Timeout { .. }))
-                    if kept.is_some() =>
-                {
-                    self.mark(key, Freshness::Stale);
-                    tracing::warn!(
-                        "{}:{reference}: serving the kept copy: {}",
-                        route.repo,
-                        kiln_common::report::Report(&e)
-                    );
-                    Ok(Freshness::Stale)
-                }
-                Err(e) => Err(e),
-            },
+            Err(e) => Err(e),
         }
+    }
+
+    fn answered(&self, route: &Route, reference: &str, status: u16, a: &Answer) -> MirrorError {
+        MirrorError::Answered {
+            upstream: self.host(route).to_string(),
+            what: format!("{}:{reference}", route.repo),
+            status,
+            retry_after: a.limits().retry_after,
+        }
+    }
+
+    /// One manifest request upstream under `--mirror-timeout`, counted and
+    /// recorded in the upstream's health.
+    async fn ask(
+        &self,
+        store: &Store,
+        route: &Route,
+        reference: &str,
+        head: bool,
+    ) -> Result<Answer, MirrorError> {
+        let kind = if head { "head" } else { "manifest" };
+        let r = self.reference(route, reference);
+        let got = self
+            .bounded(route, self.registry.manifest_answer(&r, head))
+            .await;
+        match &got {
+            Ok(a) => {
+                self.count(store, route, kind, a.status.as_str());
+                let outcome = Outcome::of_status(a.status.as_u16());
+                self.record(store, route, outcome, a.limits());
+            }
+            Err(e) => {
+                let result = match e {
+                    MirrorError::Timeout { .. } => "timeout",
+                    _ => "error",
+                };
+                self.count(store, route, kind, result);
+                self.record(store, route, Outcome::Failed, Limits::default());
+            }
+        }
+        got
     }
 
     /// `call` under `--mirror-timeout`, its errors as [`MirrorError`]s.
@@ -373,26 +505,25 @@ impl Mirror {
         reference: &str,
         want: Option<Digest>,
     ) -> Result<Freshness, MirrorError> {
-        let r = self.reference(route, reference);
-        let got = self.bounded(route, self.registry.get_manifest(&r)).await;
-        self.count(
-            store,
-            route,
-            "manifest",
-            if got.is_ok() { "ok" } else { "error" },
-        );
-        let Some((bytes, _)) = got? else {
-            return Err(MirrorError::NotFound {
-                upstream: self.upstream(route).host.clone(),
-                what: format!("{}:{reference}", route.repo),
-            });
-        };
-        let actual = Digest::sha256_of(&bytes);
-        if let Some(want) = want {
+        let a = self.ask(store, route, reference, false).await?;
+        match a.status.as_u16() {
+            200 => {}
+            404 => {
+                return Err(MirrorError::NotFound {
+                    upstream: self.host(route).to_string(),
+                    what: format!("{}:{reference}", route.repo),
+                })
+            }
+            status => return Err(self.answered(route, reference, status, &a)),
+        }
+        // By digest, the digest asked for; by tag, the one the upstream
+        // says it served: bytes that hash otherwise are refused.
+        let actual = Digest::sha256_of(&a.body);
+        if let Some(want) = want.or_else(|| a.digest()) {
             if actual != want {
                 return Err(MirrorError::Digest {
-                    upstream: self.upstream(route).host.clone(),
-                    what: format!("manifest {}@{want}", route.repo),
+                    upstream: self.host(route).to_string(),
+                    what: format!("manifest {}:{reference}", route.repo),
                     expected: want,
                     actual,
                 });
@@ -404,10 +535,10 @@ impl Mirror {
             Err(_) => reference.to_string(),
         };
         store
-            .put_mirrored_manifest(&route.local, &tag, bytes.into())
+            .put_mirrored_manifest(&route.local, &tag, a.body)
             .await
             .map_err(self.store_err(route))?;
-        Ok(Freshness::Fresh)
+        Ok(Freshness::Fetched)
     }
 
     /// Marks `reference` of `route` as used now; a digest first gets its

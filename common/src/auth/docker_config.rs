@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 struct ConfigFile {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
@@ -22,7 +23,7 @@ struct ConfigFile {
     creds_store: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 struct AuthEntry {
     auth: Option<String>,
     username: Option<String>,
@@ -45,7 +46,7 @@ pub enum Lookup {
 }
 
 /// The credentials of one config.json (or none when no file exists).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct DockerConfig {
     path: Option<PathBuf>,
     file: ConfigFile,
@@ -185,27 +186,67 @@ fn helper(name: &str, registry: &str) -> Result<Lookup, AuthError> {
     }
 }
 
+/// The longest a credential helper may take: helpers that prompt, or wait
+/// on a keyring or the network, must not hang a build or the server.
+const HELPER_DEADLINE: Duration = Duration::from_secs(20);
+
 fn run_helper(helper: &str, registry: &str) -> Result<Credential, AuthError> {
+    run_program(
+        Path::new(&format!("docker-credential-{helper}")),
+        helper,
+        registry,
+        HELPER_DEADLINE,
+    )
+}
+
+/// `program get`, given `registry` on stdin, killed past `deadline`.
+fn run_program(
+    program: &Path,
+    helper: &str,
+    registry: &str,
+    deadline: Duration,
+) -> Result<Credential, AuthError> {
     let err = |message: String| AuthError::Helper {
         helper: helper.to_string(),
         registry: registry.to_string(),
         message,
     };
-    let mut child = Command::new(format!("docker-credential-{helper}"))
+    let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .map_err(|e| err(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(registry.as_bytes())
-            .map_err(|e| err(e.to_string()))?;
+        // A helper that exits without reading is answered by its status.
+        let _ = stdin.write_all(registry.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
-    if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stdout).trim().to_string()));
+    // Read on a thread, so a helper writing more than a pipe holds still
+    // gets to exit.
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = std::io::Read::read_to_end(s, &mut out);
+        }
+        out
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait().map_err(|e| err(e.to_string()))? {
+            Some(status) => break status,
+            None if started.elapsed() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err(format!("no answer within {deadline:?}; killed")));
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let stdout = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(err(String::from_utf8_lossy(&stdout).trim().to_string()));
     }
     #[derive(Deserialize)]
     struct Reply {
@@ -214,7 +255,7 @@ fn run_helper(helper: &str, registry: &str) -> Result<Credential, AuthError> {
         #[serde(rename = "Secret")]
         secret: String,
     }
-    let r: Reply = serde_json::from_slice(&out.stdout).map_err(|e| err(e.to_string()))?;
+    let r: Reply = serde_json::from_slice(&stdout).map_err(|e| err(e.to_string()))?;
     // Docker's convention: the user "<token>" means the secret is an identity token.
     if r.username == "<token>" {
         Ok(Credential::Token(r.secret))
@@ -278,5 +319,43 @@ mod tests {
         );
         // A helper Kiln does not have is run, and its absence is an error.
         assert!(c.lookup("x.example").is_err());
+    }
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("docker-credential-test");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_helper_answers_with_the_registry_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(
+            dir.path(),
+            r#"read r; printf '{"Username":"u-%s","Secret":"s"}' "$r""#,
+        );
+        let c = run_program(&p, "test", "r.example", Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            c,
+            Credential::Basic {
+                username: "u-r.example".into(),
+                password: "s".into()
+            }
+        );
+        let p = script(dir.path(), "echo 'credentials not found'; exit 1");
+        let e = run_program(&p, "test", "r.example", Duration::from_secs(10)).unwrap_err();
+        assert!(e.to_string().contains("credentials not found"), "{e}");
+    }
+
+    #[test]
+    fn a_hanging_helper_is_killed_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(dir.path(), "exec sleep 60");
+        let t = Instant::now();
+        let e = run_program(&p, "test", "r.example", Duration::from_millis(300)).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(e.to_string().contains("no answer within"), "{e}");
     }
 }

@@ -18,6 +18,7 @@ pub use docker_config::{DockerConfig, Lookup};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -95,20 +96,32 @@ pub struct RegistryHttp<'a> {
 
 /// Every source of credentials in kaniko's order: `config.json` first (its
 /// helpers included), then the built-in logins that are enabled and apply
-/// to the host. A registry's answer is kept for the rest of the process
-/// (tokens outlive a build: ECR's last 12 hours).
+/// to the host.
+///
+/// A registry's answer is kept for [`Keychain::REFRESH_AFTER`], then looked
+/// up again: a build uses one login, but a long-running server (mirror
+/// upstreams, `registry://` storage) outlives cloud tokens (Google's last an
+/// hour, ECR's twelve). A 401 forgets a kept login at once ([`forget`]).
+/// Helpers run on a blocking thread with a deadline, never on the async
+/// runtime.
+///
+/// [`forget`]: Keychain::forget
 pub struct Keychain {
-    config: DockerConfig,
+    config: std::sync::Arc<DockerConfig>,
     logins: Vec<Provider>,
-    cache: Mutex<HashMap<String, Credential>>,
+    cache: Mutex<HashMap<String, (Credential, Instant)>>,
 }
 
 impl Keychain {
+    /// How long a login is reused: half the shortest common cloud token
+    /// life (Google's hour), so a token is replaced well before it expires.
+    pub const REFRESH_AFTER: Duration = Duration::from_secs(30 * 60);
+
     /// `logins`: the built-in logins to try, in order ([`Provider::DEFAULT`]
     /// unless `--credential-helpers` says otherwise).
     pub fn new(config: DockerConfig, logins: Vec<Provider>) -> Keychain {
         Keychain {
-            config,
+            config: std::sync::Arc::new(config),
             logins,
             cache: Mutex::new(HashMap::new()),
         }
@@ -128,7 +141,15 @@ impl Keychain {
         if let Some(c) = self.cached(registry) {
             return Ok(c);
         }
-        let found = match self.config.lookup(registry)? {
+        let (config, host) = (self.config.clone(), registry.to_string());
+        let lookup = tokio::task::spawn_blocking(move || config.lookup(&host))
+            .await
+            .map_err(|e| AuthError::Helper {
+                helper: "(lookup)".into(),
+                registry: registry.to_string(),
+                message: e.to_string(),
+            })??;
+        let found = match lookup {
             Lookup::Found(c) => c,
             Lookup::BuiltIn(p) => cloud::login(p, registry, http)
                 .await
@@ -144,14 +165,32 @@ impl Keychain {
             Lookup::Nothing => self.built_in(registry, http).await,
         };
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(registry.to_string(), found.clone());
+            cache.insert(registry.to_string(), (found.clone(), Instant::now()));
         }
         Ok(found)
     }
 
-    /// The credential already found for `registry`, if any.
+    /// The credential found for `registry` within [`Self::REFRESH_AFTER`].
     pub fn cached(&self, registry: &str) -> Option<Credential> {
-        self.cache.lock().ok()?.get(registry).cloned()
+        let cache = self.cache.lock().ok()?;
+        let (c, at) = cache.get(registry)?;
+        (at.elapsed() < Self::REFRESH_AFTER).then(|| c.clone())
+    }
+
+    /// Forgets `registry`'s login (it was answered 401).
+    pub fn forget(&self, registry: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(registry);
+        }
+    }
+
+    /// Forgets every login kept; whether there was any.
+    pub fn forget_all(&self) -> bool {
+        self.cache.lock().is_ok_and(|mut cache| {
+            let had = !cache.is_empty();
+            cache.clear();
+            had
+        })
     }
 
     async fn built_in(&self, registry: &str, http: &RegistryHttp<'_>) -> Credential {

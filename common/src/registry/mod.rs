@@ -4,7 +4,8 @@
 //! |---|---|
 //! | `mod.rs` | [`Registry`], its options, credentials, mirrors and `--registry-map` candidates |
 //! | `error.rs` | [`RegistryError`] and [`RemoteKind`], classified once |
-//! | `retry.rs` | retries with backoff, `Retry-After` for 429 |
+//! | `retry.rs` | retries with backoff, `Retry-After` for 429, one new login on 401 |
+//! | `raw.rs` | requests outside oci-client for their headers (rate limits, digests), tokens kept until they expire |
 //! | `resolve.rs` | references → platform manifest and config; manifests, tags |
 //! | `pull.rs` | blobs to files (resumable `.partial` under a flock) or streams |
 //! | `push.rs` | blob and manifest uploads, existence checks, cross-repo mounts |
@@ -21,6 +22,7 @@ mod client_cert;
 mod error;
 mod pull;
 mod push;
+mod raw;
 mod reference;
 mod resolve;
 mod retry;
@@ -29,6 +31,7 @@ mod scheme;
 pub use client_cert::{ClientCert, ClientCertError};
 pub use error::{RegistryError, RemoteKind};
 pub use pull::{BlobStream, Landed, LandedTx};
+pub use raw::{Answer, Limits};
 pub use reference::ReferenceError;
 pub use scheme::private_reason;
 
@@ -139,6 +142,9 @@ pub struct Registry {
     plain_http: Mutex<HashMap<String, bool>>,
     opts: RegistryOptions,
     keys: Keychain,
+    /// Bearer tokens for requests outside oci-client ([`raw`]), per host
+    /// and repository, until they expire.
+    tokens: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// The client settings every host starts from.
@@ -214,6 +220,7 @@ impl Registry {
             plain_http: Mutex::new(HashMap::new()),
             opts,
             keys: Keychain::new(creds, opts_logins),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
