@@ -246,3 +246,194 @@ impl Drop for RateLimitProxy {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// What [`HttpProxy`] does with the requests it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Forward to the real server, adding Docker Hub's rate-limit headers.
+    Forward,
+    /// `429 Too Many Requests` with `Retry-After: <secs>`.
+    TooMany { retry_after: u64 },
+    /// `503 Service Unavailable`.
+    Unavailable,
+    /// Accept, read the request, never answer.
+    Hang,
+    /// Accept, then close the connection without a word.
+    Drop,
+}
+
+/// An HTTP proxy in front of a real registry, switchable at run time
+/// between forwarding and the ways an upstream misbehaves ([`Upstream`]).
+/// Every forwarded answer carries `ratelimit-limit: 100;w=21600` and
+/// `ratelimit-remaining: <n>;w=21600` (Docker Hub's headers), with `n`
+/// set by the test. Every request line is recorded, answered or not.
+pub struct HttpProxy {
+    pub addr: String,
+    mode: std::sync::Arc<std::sync::Mutex<Upstream>>,
+    remaining: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpProxy {
+    pub fn start(upstream: &str) -> HttpProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        l.set_nonblocking(true).unwrap();
+        let p = HttpProxy {
+            addr,
+            mode: Arc::new(Mutex::new(Upstream::Forward)),
+            remaining: Arc::new(AtomicU64::new(100)),
+            log: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (mode, remaining, log, stop) = (
+            p.mode.clone(),
+            p.remaining.clone(),
+            p.log.clone(),
+            p.stop.clone(),
+        );
+        let up = upstream.to_string();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (mode, remaining, log, stop, up) = (
+                    mode.clone(),
+                    remaining.clone(),
+                    log.clone(),
+                    stop.clone(),
+                    up.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = client.set_nonblocking(false);
+                    let m = *mode.lock().unwrap();
+                    let left = remaining.load(Ordering::SeqCst);
+                    serve_one(client, &up, m, left, &log, &stop);
+                });
+            }
+        });
+        p
+    }
+
+    pub fn set(&self, mode: Upstream) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// The `ratelimit-remaining` forwarded answers carry from now on.
+    pub fn set_remaining(&self, n: u64) {
+        self.remaining.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every request line so far (`GET /v2/…/manifests/latest`).
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many requests so far had `method` and contained `part`.
+    pub fn count(&self, method: &str, part: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|l| l.starts_with(&format!("{method} ")) && l.contains(part))
+            .count()
+    }
+}
+
+impl Drop for HttpProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One request on `client` (answers close the connection), as `mode` says.
+fn serve_one(
+    mut client: std::net::TcpStream,
+    upstream: &str,
+    mode: Upstream,
+    remaining: u64,
+    log: &std::sync::Mutex<Vec<String>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let line = text.lines().next().unwrap_or_default();
+    let line = line.trim_end_matches(" HTTP/1.1").to_string();
+    log.lock().unwrap().push(line.clone());
+    let is_head = line.starts_with("HEAD ");
+    let reply = |status: &str, extra: &str| {
+        let body = format!(r#"{{"errors":[{{"code":"UNAVAILABLE","message":"{status}"}}]}}"#);
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            body.len(),
+            if is_head { "" } else { body.as_str() }
+        )
+    };
+    match mode {
+        Upstream::TooMany { retry_after } => {
+            let extra = format!("Retry-After: {retry_after}\r\nratelimit-limit: 100;w=21600\r\nratelimit-remaining: 0;w=21600\r\n");
+            let _ = client.write_all(reply("429 Too Many Requests", &extra).as_bytes());
+        }
+        Upstream::Unavailable => {
+            let _ = client.write_all(reply("503 Service Unavailable", "").as_bytes());
+        }
+        Upstream::Hang => {
+            let until = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Upstream::Drop => {}
+        Upstream::Forward => {
+            let Ok(mut server) = std::net::TcpStream::connect(upstream) else {
+                return;
+            };
+            // One request per connection: ask the server to close after it.
+            let mut fwd = String::new();
+            let mut body_len = 0usize;
+            for l in text.split("\r\n") {
+                let lower = l.to_ascii_lowercase();
+                if lower.starts_with("connection:") {
+                    continue;
+                }
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    body_len = v.trim().parse().unwrap_or(0);
+                }
+                if l.is_empty() {
+                    break;
+                }
+                fwd.push_str(l);
+                fwd.push_str("\r\n");
+            }
+            fwd.push_str("Connection: close\r\n\r\n");
+            let mut body = vec![0u8; body_len];
+            if client.read_exact(&mut body).is_err() || server.write_all(fwd.as_bytes()).is_err() {
+                return;
+            }
+            let _ = server.write_all(&body);
+            let mut resp = Vec::new();
+            let _ = server.read_to_end(&mut resp);
+            let Some(end) = resp.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let limits = format!(
+                "\r\nratelimit-limit: 100;w=21600\r\nratelimit-remaining: {remaining};w=21600"
+            );
+            let _ = client.write_all(&resp[..end]);
+            let _ = client.write_all(limits.as_bytes());
+            let _ = client.write_all(&resp[end..]);
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+}
