@@ -280,3 +280,113 @@ fn the_cache_server_mirror_serves_docker_hub_names_to_builds() {
     build_unpacked(ctx.path(), &args);
     assert_eq!(proxy.requests().len(), upstream, "{:#?}", proxy.requests());
 }
+
+/// The blobs (config and layers) of `image`'s manifest, read with skopeo.
+fn blobs_of(image: &str) -> Vec<String> {
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{image}"),
+    ]));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let mut v = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+    for l in m["layers"].as_array().unwrap() {
+        v.push(l["digest"].as_str().unwrap().to_string());
+    }
+    v
+}
+
+/// `n` builds at once, each in a fresh work dir, alternating between the
+/// two contexts; all must succeed.
+fn wave(n: usize, contexts: &[&std::path::Path; 2], mirror: &str) {
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                sc.spawn(move || {
+                    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+                    let tar = work.path().join("image.tar");
+                    let out = build(
+                        contexts[i % 2],
+                        &work.path().join("kaniko"),
+                        &[
+                            "--no-push",
+                            "--tar-path",
+                            tar.to_str().unwrap(),
+                            "--insecure-pull",
+                            "--registry-mirror",
+                            mirror,
+                            "--skip-default-registry-fallback",
+                        ],
+                    );
+                    assert_ok(&out);
+                    assert!(tar.metadata().unwrap().len() > 0);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
+
+/// A fleet's cold start through the mirror: 50 concurrent builds in fresh
+/// work dirs, `FROM` two Docker Hub images, cost the upstream one manifest
+/// GET per image and one GET per blob; a second wave costs nothing; after
+/// the window (here: a restarted server, which has validated nothing), one
+/// HEAD per tag and nothing else.
+#[test]
+fn fifty_concurrent_builds_cost_the_upstream_one_pull_of_each_base() {
+    let hub = Registry::start();
+    let base = push_busybox(&hub, "library/busybox:stable");
+    push_derived(
+        &base,
+        &format!("{}/library/tools:1", hub.addr),
+        &[("tool", "t\n")],
+    );
+    let mut want: Vec<String> = blobs_of(&base);
+    want.extend(blobs_of(&format!("{}/library/tools:1", hub.addr)));
+    want.sort();
+    want.dedup();
+    let proxy = HttpProxy::start(&hub.addr);
+    let mut server = CacheServer::start(
+        &cache_server_bin(),
+        None,
+        &[
+            "--mirror",
+            &format!("docker.io=http://{}", proxy.addr),
+            "--mirror-revalidate",
+            "10m",
+        ],
+        &[],
+    );
+    let a = context_with("FROM busybox:stable\nCOPY f /f\n");
+    let b = context_with("FROM tools:1\nCOPY f /f\n");
+    write(a.path(), "f", "a\n");
+    write(b.path(), "f", "b\n");
+    let contexts = [a.path(), b.path()];
+    let mirror = format!("{}/docker.io", server.addr);
+
+    wave(50, &contexts, &mirror);
+    let reqs = proxy.requests();
+    assert_eq!(proxy.count("GET", "/manifests/stable"), 1, "{reqs:#?}");
+    assert_eq!(proxy.count("GET", "/manifests/1"), 1, "{reqs:#?}");
+    let mut blobs: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/blobs/"))
+        .map(|r| r.rsplit('/').next().unwrap().to_string())
+        .collect();
+    blobs.sort();
+    assert_eq!(blobs, want, "one GET per blob: {reqs:#?}");
+
+    let before = proxy.requests().len();
+    wave(20, &contexts, &mirror);
+    assert_eq!(proxy.requests().len(), before, "{:#?}", proxy.requests());
+
+    server.restart();
+    wave(20, &contexts, &mirror);
+    let reqs = proxy.requests()[before..].to_vec();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    assert_eq!(proxy.count("HEAD", "/manifests/stable"), 1, "{reqs:#?}");
+    assert_eq!(proxy.count("HEAD", "/manifests/1"), 1, "{reqs:#?}");
+}
