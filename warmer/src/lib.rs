@@ -22,9 +22,11 @@ use tokio::sync::Semaphore;
 mod push;
 pub mod pushgateway;
 mod retention;
+mod through;
 pub use push::push_to;
 pub use pushgateway::metrics_text;
 pub use retention::{retain, Retention};
+pub use through::warm_through;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {
@@ -49,6 +51,14 @@ pub enum WarmError {
         digest: Digest,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("{image}: layer {digest} is missing")]
+    LayerMissing { image: String, digest: Digest },
+    #[error("{image}: layer {expected} arrived as {actual}")]
+    LayerDigest {
+        image: String,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("{path}:{line}: {message}")]
     From {
@@ -79,7 +89,8 @@ pub struct WarmOptions {
 pub struct ImageReport {
     pub image: String,
     pub platform: String,
-    /// `fetched`, `fresh` (no registry call), `unchanged` (a HEAD said so) or `failed`.
+    /// `fetched`, `fresh` (no registry call), `unchanged` (a HEAD said so),
+    /// `warmed` (pulled through a mirror, `--warm-mirror`) or `failed`.
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest: Option<Digest>,

@@ -77,8 +77,14 @@ pub struct Cli {
     pub image_download_retry: Option<u32>,
     /// Also push every warmed image to this registry (`host[:port][/prefix]`):
     /// the Kiln cache server, or any registry used as a mirror.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "warm_mirror")]
     pub cache_server: Option<String>,
+    /// Warm this pull-through mirror (a Kiln cache server in mirror mode,
+    /// `host[:port]`) by pulling each image through it as
+    /// `<mirror>/<registry>/<repo>`, every layer streamed and verified;
+    /// nothing is written to the cache directory and nothing is pushed.
+    #[arg(long)]
+    pub warm_mirror: Option<String>,
     /// Push the run's metrics to this Prometheus Pushgateway (`http://host:9091`).
     #[arg(long)]
     pub pushgateway: Option<String>,

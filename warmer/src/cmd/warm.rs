@@ -69,6 +69,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         },
         DockerConfig::load_default()?,
     )?);
+    if let Some(mirror) = &cli.warm_mirror {
+        let reports =
+            kiln_warmer::warm_through(registry, mirror, &images, &platforms, cli.jobs).await;
+        return finish(&cli, &reports, None).await;
+    }
     let opts = WarmOptions {
         cache_dir: cli.cache_dir.clone(),
         images,
@@ -111,8 +116,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     } else {
         None
     };
+    finish(&cli, &reports, retention.as_ref()).await
+}
+
+/// Prints, pushes the metrics of and reports a run; its exit code.
+async fn finish(
+    cli: &Cli,
+    reports: &[kiln_warmer::ImageReport],
+    retention: Option<&kiln_warmer::Retention>,
+) -> anyhow::Result<std::process::ExitCode> {
     let mut failed = 0;
-    for r in &reports {
+    for r in reports {
         eprintln!(
             "  {:<9} {} ({}) {:.1}s, fetched {} bytes, reused {}{}",
             r.status,
@@ -130,7 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             failed += 1;
         }
     }
-    if let Some(ret) = &retention {
+    if let Some(ret) = retention {
         let verb = if cli.dry_run {
             "would remove"
         } else {
@@ -149,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
     if let Some(gw) = &cli.pushgateway {
         let url = kiln_common::pushgateway::job_url(gw, "kiln-warmer");
-        let body = kiln_warmer::metrics_text(&reports, retention.as_ref());
+        let body = kiln_warmer::metrics_text(reports, retention);
         if let Err(e) =
             kiln_common::pushgateway::push(&url, body, kiln_common::pushgateway::Mode::Replace)
                 .await
