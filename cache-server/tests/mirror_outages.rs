@@ -5,8 +5,8 @@
 //! connection. Kept bases are served stale within the deadline; uncached
 //! ones fail at once with what the upstream answered; a 429 holds the
 //! upstream, repeated failures open a breaker; the budget is exported and
-//! a low one stretches revalidation; an expired login is refreshed on the
-//! 401.
+//! a low one stretches revalidation; an expired login (from the
+//! `--mirror-credentials` file's helper) is refreshed on the 401.
 
 mod common;
 use common::*;
@@ -92,7 +92,9 @@ fn an_upstream_that_limits_fails_hangs_or_drops_never_fails_a_kept_base() {
     )
     .unwrap();
     let mut args = vec![
-        "--mirror-revalidate".to_string(),
+        "--mirror-credentials".to_string(),
+        creds.path().join("config.json").display().to_string(),
+        "--mirror-revalidate".into(),
         "1s".into(),
         "--mirror-timeout".into(),
         "2s".into(),
@@ -110,10 +112,7 @@ fn an_upstream_that_limits_fails_hangs_or_drops_never_fails_a_kept_base() {
         bin(),
         None,
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[
-            ("DOCKER_CONFIG", creds.path().display().to_string()),
-            ("PATH", path),
-        ],
+        &[("PATH", path)],
     );
     let url =
         |host: &str, tag: &str| format!("http://{}/v2/{host}/busybox/manifests/{tag}", s.addr);

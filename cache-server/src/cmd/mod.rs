@@ -141,6 +141,13 @@ pub struct Common {
     /// may take before the kept copy is served [default: 10s].
     #[arg(long, env = "KILN_MIRROR_TIMEOUT")]
     pub mirror_timeout: Option<String>,
+    /// The upstreams' credentials: a Docker `config.json` (`auths`,
+    /// `credHelpers` per upstream host). Without it, Docker's usual file
+    /// (`$DOCKER_CONFIG`, `~/.docker`); `KANIKO_<HOST>_USER` / `_PASSWORD`
+    /// and the cloud logins apply either way. Logins are refreshed every
+    /// 30 minutes and on a 401.
+    #[arg(long, env = "KILN_MIRROR_CREDENTIALS")]
+    pub mirror_credentials: Option<std::path::PathBuf>,
 }
 
 impl Common {
@@ -180,7 +187,8 @@ impl Common {
             breaker_cool_off,
             mirror_only,
             mirror_revalidate,
-            mirror_timeout
+            mirror_timeout,
+            mirror_credentials
         );
         if self.mirror.is_empty() {
             self.mirror = f.mirror;
@@ -254,6 +262,7 @@ impl Common {
                 only: c.mirror_only.unwrap_or(false),
                 revalidate: dur("mirror-revalidate", c.mirror_revalidate, "5m")?,
                 timeout: dur("mirror-timeout", c.mirror_timeout, "10s")?,
+                credentials: c.mirror_credentials,
             });
         } else if c.mirror_only.unwrap_or(false) {
             bail!("--mirror-only needs a --mirror");

@@ -101,6 +101,9 @@ pub struct MirrorConfig {
     /// blob's first byte, may take; past it the upstream counts as failed
     /// (the kept copy is served).
     pub timeout: Duration,
+    /// `--mirror-credentials`: a Docker `config.json` for the upstreams;
+    /// `None`: Docker's usual lookup.
+    pub credentials: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,8 @@ pub enum MirrorError {
     },
     #[error("setting up the upstream clients")]
     Client(#[source] Box<RegistryError>),
+    #[error("reading the upstreams' credentials (--mirror-credentials)")]
+    Credentials(#[source] kiln_common::auth::AuthError),
     #[error("upstream {upstream} did not answer within {after:?}")]
     Timeout { upstream: String, after: Duration },
     #[error("upstream {upstream} answered {status} for {what}")]
@@ -206,8 +211,11 @@ impl Mirror {
             .filter(|u| u.url.starts_with("http://"))
             .map(|u| u.registry().to_string())
             .collect();
-        let creds = kiln_common::auth::DockerConfig::load_default()
-            .unwrap_or_else(|_| kiln_common::auth::DockerConfig::default());
+        let creds = match &cfg.credentials {
+            Some(p) => kiln_common::auth::DockerConfig::load(p).map_err(MirrorError::Credentials)?,
+            None => kiln_common::auth::DockerConfig::load_default()
+                .unwrap_or_else(|_| kiln_common::auth::DockerConfig::default()),
+        };
         let registry = Registry::new(
             RegistryOptions {
                 insecure_hosts: insecure,
@@ -582,6 +590,7 @@ mod tests {
             only,
             revalidate: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
+            credentials: None,
         };
         Mirror::new(cfg, std::env::temp_dir()).unwrap()
     }
