@@ -345,3 +345,49 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A manifest list through the mirror: `skopeo copy --all` gets the index
+/// and every platform's manifest, a pull by a platform manifest's digest
+/// works, and buildah pulls through the mirror as well.
+#[test]
+fn manifest_lists_and_their_platform_manifests_pull_through() {
+    let up = Registry::start();
+    let platforms = push_two_platform_index(&up.addr, &format!("{}/multi:latest", up.addr));
+    let s = Backend::file().start(&["--mirror", &format!("{HOST}=http://{}", up.addr)]);
+    let all = tempfile::tempdir().unwrap();
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{}/{HOST}/multi:latest", s.addr),
+        &format!("oci:{}:x", all.path().display()),
+    ]));
+    for (arch, digest) in &platforms {
+        assert!(
+            all.path().join("blobs/sha256").join(&digest[7..]).exists(),
+            "{arch} manifest missing from the copy"
+        );
+        let by_digest = format!("{}/{HOST}/multi@{digest}", s.addr);
+        assert_eq!(skopeo_digest(&by_digest), *digest, "{arch}");
+    }
+
+    let b = Buildah::new();
+    let image = format!("{}/{HOST}/multi:latest", s.addr);
+    run(b
+        .cmd()
+        .args(["pull", "--quiet", "--tls-verify=false", "--arch", "arm64"])
+        .arg(&image));
+    let out = run(b
+        .cmd()
+        .args([
+            "inspect",
+            "--type",
+            "image",
+            "--format",
+            "{{.FromImageDigest}}",
+        ])
+        .arg(&image));
+    let arm = &platforms.iter().find(|(a, _)| a == "arm64").unwrap().1;
+    assert_eq!(out.trim(), arm.as_str(), "buildah got another platform");
+}

@@ -123,39 +123,9 @@ fn credentials_come_from_docker_config_json() {
 #[test]
 fn manifest_lists_select_the_requested_platform() {
     let reg = Registry::start();
-    // Two single-platform images that differ by a marker file, joined in an
-    // OCI index written by hand and copied with `skopeo copy --all`.
-    let t = tempfile::tempdir().unwrap();
-    let mut descs = Vec::new();
-    let layout = t.path().join("index-layout");
-    for (arch, marker) in [("amd64", "amd"), ("arm64", "arm")] {
-        let r = tempfile::tempdir().unwrap();
-        busybox_rootfs(r.path());
-        std::fs::write(r.path().join("etc/arch"), marker).unwrap();
-        let tag = format!("{}/multi-src:{arch}", reg.addr);
-        push_rootfs(r.path(), &tag, &["sh"]);
-        let raw = run(Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{tag}")));
-        let digest = format!("sha256:{}", hex_sha256(raw.as_bytes()));
-        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": raw.len(), "platform": {"os": "linux", "architecture": arch}}));
-        // Put both manifests' blobs into one layout through skopeo.
-        run(Command::new("skopeo")
-            .args(["copy", "--quiet", "--src-tls-verify=false"])
-            .arg(format!("docker://{tag}"))
-            .arg(format!("oci:{}:{arch}", layout.display())));
-    }
-    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs});
-    let ib = serde_json::to_vec(&index).unwrap();
-    let id = hex_sha256(&ib);
-    std::fs::write(layout.join("blobs/sha256").join(&id), &ib).unwrap();
-    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{id}"), "size": ib.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    // Two single-platform images that differ by a marker file, one index.
     let multi = format!("{}/multi:latest", reg.addr);
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:multi", layout.display()))
-        .arg(format!("docker://{multi}")));
+    push_two_platform_index(&reg.addr, &multi);
 
     for (platform, marker) in [("linux/amd64", "amd"), ("linux/arm64", "arm")] {
         let ctx = tempfile::tempdir().unwrap();

@@ -328,3 +328,43 @@ pub fn push_image_layout(dest: &str, files: &[(&str, &[u8])], skopeo_flags: &[&s
     }
     push_rootfs_with(t.path(), dest, &["sh"], skopeo_flags)
 }
+
+/// Pushes `dest`: an OCI index of two busybox images, linux/amd64 and
+/// linux/arm64, that differ by `/etc/arch` (`amd`, `arm`), both pushed to
+/// `<registry>/multi-src:<arch>` first. Returns (arch, manifest digest) of
+/// each.
+pub fn push_two_platform_index(registry: &str, dest: &str) -> Vec<(String, String)> {
+    let t = tempfile::tempdir().unwrap();
+    let mut descs = Vec::new();
+    let mut out = Vec::new();
+    let layout = t.path().join("index-layout");
+    for (arch, marker) in [("amd64", "amd"), ("arm64", "arm")] {
+        let r = tempfile::tempdir().unwrap();
+        busybox_rootfs(r.path());
+        std::fs::write(r.path().join("etc/arch"), marker).unwrap();
+        let tag = format!("{registry}/multi-src:{arch}");
+        push_rootfs(r.path(), &tag, &["sh"]);
+        let raw = run(Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{tag}")));
+        let digest = format!("sha256:{}", sha256_hex(raw.as_bytes()));
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": raw.len(), "platform": {"os": "linux", "architecture": arch}}));
+        out.push((arch.to_string(), digest));
+        // Both manifests' blobs into one layout through skopeo.
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .arg(format!("docker://{tag}"))
+            .arg(format!("oci:{}:{arch}", layout.display())));
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs});
+    let ib = serde_json::to_vec(&index).unwrap();
+    let id = sha256_hex(&ib);
+    std::fs::write(layout.join("blobs/sha256").join(&id), &ib).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{id}"), "size": ib.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{dest}")));
+    out
+}

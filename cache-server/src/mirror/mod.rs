@@ -212,7 +212,9 @@ impl Mirror {
             .map(|u| u.registry().to_string())
             .collect();
         let creds = match &cfg.credentials {
-            Some(p) => kiln_common::auth::DockerConfig::load(p).map_err(MirrorError::Credentials)?,
+            Some(p) => {
+                kiln_common::auth::DockerConfig::load(p).map_err(MirrorError::Credentials)?
+            }
             None => kiln_common::auth::DockerConfig::load_default()
                 .unwrap_or_else(|_| kiln_common::auth::DockerConfig::default()),
         };
