@@ -39,6 +39,9 @@ pub struct BuildOptions {
     pub output: OutputOptions,
     pub layer: LayerOptions,
     pub single_snapshot: bool,
+    /// `--max-parallel-stages`: stages built at once (`None`: one per core,
+    /// at least two; 1 builds them one after another).
+    pub max_parallel_stages: Option<usize>,
     pub isolation: IsolationKind,
     /// `--ignore-path`: paths RUN never touches in the in-place rung.
     pub ignore_paths: Vec<PathBuf>,

@@ -11,6 +11,9 @@ pub struct StepReport {
     pub stage: String,
     pub line: usize,
     pub instruction: String,
+    /// When the step started, in seconds since the build began: stages
+    /// run concurrently, so steps of different stages overlap.
+    pub started: f64,
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_digest: Option<Digest>,
@@ -36,6 +39,7 @@ impl StepReport {
             stage: stage.to_string(),
             line,
             instruction,
+            started: 0.0,
             seconds,
             layer_digest: None,
             layer_size: 0,

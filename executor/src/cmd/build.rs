@@ -125,6 +125,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
         },
         single_snapshot: cli.single_snapshot.unwrap_or(false),
+        max_parallel_stages: cli.max_parallel_stages,
         isolation: cli.isolation,
         ignore_paths: cli.ignore_path.clone(),
         force: cli.force.unwrap_or(false),

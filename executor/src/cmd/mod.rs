@@ -78,6 +78,11 @@ pub struct Cli {
     /// One layer per stage instead of one per step.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub single_snapshot: Option<bool>,
+    /// Stages built at once when they do not depend on each other (BuildKit's
+    /// `max-parallelism`); default one per core, at least two; 1 builds them
+    /// one after another. The in-place rung always builds one at a time.
+    #[arg(long, env = "KILN_MAX_PARALLEL_STAGES", value_parser = clap::value_parser!(usize))]
+    pub max_parallel_stages: Option<usize>,
     /// RUN isolation: auto (the strongest that works here), namespaces (alias oci;
     /// needs CAP_SYS_ADMIN), in-place (alias kaniko; builds in the container's own
     /// root and restores it; default capabilities suffice), chroot (private root

@@ -38,6 +38,11 @@ pub enum BuildError {
     },
     #[error("target stage {0:?} not found in the Dockerfile")]
     NoTarget(String),
+    /// Another stage failed; this one stopped before its next step.
+    #[error("stage {stage} stopped: another stage failed")]
+    Cancelled { stage: String },
+    #[error("stage {stage} panicked (a bug in Kiln)")]
+    StagePanicked { stage: String },
     #[error(transparent)]
     Context(#[from] crate::context::ContextError),
     #[error("{op} {}", path.display())]

@@ -5,7 +5,8 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | [`Builder`]: set-up, the whole build, cache writes and records |
-//! | `stages.rs` | which stages are needed; global and platform ARGs |
+//! | `stages.rs` | which stages are needed and what each reads; global and platform ARGs |
+//! | `graph.rs` | the stage graph, run concurrently |
 //! | `base.rs` | a stage's base image: warmed directory or registry |
 //! | `config.rs` | pure: an instruction applied to the config → a [`config::Step`] |
 //! | `plan.rs` | the cache plan: keys, batch lookup, hit/miss per step |
@@ -25,6 +26,7 @@ mod copy_step;
 mod dry_run;
 mod error;
 mod exec;
+mod graph;
 mod mount_spec;
 mod mounts;
 mod plan;
@@ -56,7 +58,6 @@ use kiln_common::report::Report;
 use kiln_common::shell_lex::Lexer;
 use report::Counters;
 use stage::Shared;
-use stage_run::StageOut;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -93,6 +94,12 @@ pub struct Builder {
     /// Cache mounts this build used, by id: their directory and what was
     /// restored into it (a save compares against it).
     mounts_used: Mutex<BTreeMap<String, mounts::MountUse>>,
+    /// Set when a stage failed: the others stop before their next step.
+    cancelled: std::sync::atomic::AtomicBool,
+    /// When the builder was made: step reports say when they started.
+    epoch: Instant,
+    /// One turn at a time per cache mount id, for stages running at once.
+    mount_turns: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Drop for Builder {
@@ -274,6 +281,9 @@ impl Builder {
             mount_cache,
             mounts_used: Mutex::new(BTreeMap::new()),
             roots_removal: Mutex::new(None),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+            mount_turns: Mutex::new(BTreeMap::new()),
+            epoch: Instant::now(),
         })
     }
 
@@ -284,6 +294,35 @@ impl Builder {
     /// Why the rung was chosen: what made the stronger ones unavailable.
     pub fn isolation_reason(&self) -> &str {
         &self.isolation_reason
+    }
+
+    /// The turn-taking lock of cache mount `id` ([`mounts`]).
+    fn mount_turn(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self
+            .mount_turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        turns.entry(id.to_string()).or_default().clone()
+    }
+
+    /// How many of `stages` may build at once: one per core (at least two,
+    /// since much of a stage is waiting on its commands), or one on a rung
+    /// whose stages share a root.
+    fn stage_limit(&self, stages: usize) -> usize {
+        if !self.isolation.concurrent_stages() {
+            if stages > 1 {
+                tracing::info!(
+                    "stages run one after another: the {} rung has one root for all of them",
+                    self.isolation.name()
+                );
+            }
+            return 1;
+        }
+        self.opts.max_parallel_stages.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2)
+        })
     }
 
     pub async fn build(&self) -> Result<BuildResult, BuildError> {
@@ -298,24 +337,24 @@ impl Builder {
             file: &p.file,
             target,
         };
-        let mut outs: BTreeMap<usize, StageOut> = BTreeMap::new();
-        let mut steps = Vec::new();
-        for &idx in &p.needed {
-            match self
-                .build_stage(&shared, &df.stages[idx], &outs, &mut steps)
-                .await
-            {
-                Ok(out) => {
-                    outs.insert(idx, out);
-                }
-                Err(e) => {
-                    // The steps that did complete keep their cache entries:
-                    // the retry starts where this build failed.
-                    self.finish_cache_writes().await;
-                    return Err(e);
-                }
+        let graph = graph::Graph {
+            deps: p
+                .needed
+                .iter()
+                .map(|&i| (i, stages::stage_deps(df, i, &p.global, &p.lexer)))
+                .collect(),
+            needed: p.needed.clone(),
+            limit: self.stage_limit(p.needed.len()),
+        };
+        let (outs, steps) = match self.run_graph(&shared, &graph) {
+            Ok(built) => built,
+            Err(e) => {
+                // The steps that did complete keep their cache entries:
+                // the retry starts where this build failed.
+                self.finish_cache_writes().await;
+                return Err(e);
             }
-        }
+        };
         let mut image = outs
             .get(&target)
             .map(|o| o.image.clone())

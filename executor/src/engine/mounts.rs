@@ -58,6 +58,10 @@ pub(super) struct StagedMounts {
     pub sockets: Vec<String>,
     /// tmpfs mounts (target, size limit) for a rung that can mount them.
     pub tmpfs: Vec<(String, Option<u64>)>,
+    /// This build's hold on each cache mount the step uses: a cache's
+    /// directory is moved into the root, so two stages running at once
+    /// take turns with it (whatever `sharing` says between builds).
+    _turns: Vec<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// A resolved root-relative path as an absolute path in the image.
@@ -77,11 +81,27 @@ impl StageRun<'_> {
         mounts: &[MountSpec],
         binds: &[Resolved],
     ) -> Result<StagedMounts, StepError> {
+        // Taken in id order, all before any is staged: two stages whose
+        // steps use the same caches never each hold one the other waits for.
+        let mut ids: Vec<&str> = mounts
+            .iter()
+            .filter_map(|m| match &m.kind {
+                MountKind::Cache { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut turns = Vec::with_capacity(ids.len());
+        for id in ids {
+            turns.push(self.b.mount_turn(id).lock_owned().await);
+        }
         let mut staged = StagedMounts {
             items: Vec::new(),
             env: Vec::new(),
             sockets: Vec::new(),
             tmpfs: Vec::new(),
+            _turns: turns,
         };
         let mut binds = binds.iter();
         for (n, m) in mounts.iter().enumerate() {

@@ -45,11 +45,13 @@ impl Builder {
         if !c.push {
             return;
         }
-        let steps = self
+        let mut steps = self
             .this_record
             .lock()
             .map(|v| v.clone())
             .unwrap_or_default();
+        // Stages may finish in any order; the record is in Dockerfile order.
+        steps.sort_by_key(|s| s.line);
         let record = crate::cache::BuildRecord {
             format: crate::cache_key::CACHE_FORMAT.into(),
             steps,

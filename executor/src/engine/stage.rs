@@ -242,6 +242,11 @@ impl Builder {
 
         let mut fs_idx = 0;
         for (i, e) in entries.iter().enumerate() {
+            if self.cancelled.load(Ordering::SeqCst) {
+                return Err(BuildError::Cancelled {
+                    stage: stage_name.clone(),
+                });
+            }
             let at = At {
                 file: sh.file,
                 ins: e.ins,
@@ -250,6 +255,7 @@ impl Builder {
             let pulled_before = self.fetcher.pulled();
             let created_by = e.ins.original.lines().next().unwrap_or("").to_string();
             let mut report = StepReport::new(&stage_name, e.ins.line, created_by.clone(), 0.0);
+            report.started = t0.duration_since(self.epoch).as_secs_f64();
             let fs = match &e.step {
                 Step::Args => None,
                 Step::Config => {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A built stage, kept for later stages' `FROM` and `COPY --from`.
+#[derive(Clone)]
 pub(super) struct StageOut {
     pub image: BuiltImage,
     /// The stage's root (absent when never unpacked).

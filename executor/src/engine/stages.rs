@@ -63,41 +63,51 @@ pub fn needed_stages(
 ) -> Vec<usize> {
     let mut need = BTreeSet::new();
     let mut todo = vec![target];
-    let g = global.to_vec();
     while let Some(i) = todo.pop() {
-        if !need.insert(i) {
-            continue;
-        }
-        let s = &df.stages[i];
-        let base = lexer.process_word(&s.base, &g).unwrap_or_default();
-        if let Some(j) = df.stage_index(&base).filter(|j| *j < i) {
-            todo.push(j);
-        }
-        let expand = |w: &str| lexer.process_word(w, &g).unwrap_or_else(|_| w.to_string());
-        for ins in &s.instructions {
-            let froms: Vec<String> = match &ins.kind {
-                Kind::Copy(c) => c.flags.get("from").map(expand).into_iter().collect(),
-                // `RUN --mount=…,from=<stage>` (bind, or a cache's seed); a
-                // mount that does not parse fails later, naming its line.
-                Kind::Run { flags, .. } => flags
-                    .all("mount")
-                    .into_iter()
-                    .filter_map(|m| super::mount_spec::parse(&expand(m)).ok())
-                    .filter_map(|m| match m.kind {
-                        MountKind::Bind { from, .. } | MountKind::Cache { from, .. } => from,
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            for from in froms {
-                if let Some(j) = df.stage_index(&from).filter(|j| *j < i) {
-                    todo.push(j);
-                }
-            }
+        if need.insert(i) {
+            todo.extend(stage_deps(df, i, global, lexer));
         }
     }
     need.into_iter().collect()
+}
+
+/// The earlier stages stage `i` reads: its `FROM`, `COPY --from` sources
+/// and the stages its RUN mounts read (bind, or a cache's seed). A stage
+/// may start once these are built.
+pub fn stage_deps(
+    df: &Dockerfile,
+    i: usize,
+    global: &[(String, String)],
+    lexer: &Lexer,
+) -> Vec<usize> {
+    let g = global.to_vec();
+    let s = &df.stages[i];
+    let mut deps = BTreeSet::new();
+    let base = lexer.process_word(&s.base, &g).unwrap_or_default();
+    deps.extend(df.stage_index(&base).filter(|j| *j < i));
+    let expand = |w: &str| lexer.process_word(w, &g).unwrap_or_else(|_| w.to_string());
+    for ins in &s.instructions {
+        let froms: Vec<String> = match &ins.kind {
+            Kind::Copy(c) => c.flags.get("from").map(expand).into_iter().collect(),
+            // A mount that does not parse fails later, naming its line.
+            Kind::Run { flags, .. } => flags
+                .all("mount")
+                .into_iter()
+                .filter_map(|m| super::mount_spec::parse(&expand(m)).ok())
+                .filter_map(|m| match m.kind {
+                    MountKind::Bind { from, .. } | MountKind::Cache { from, .. } => from,
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        deps.extend(
+            froms
+                .iter()
+                .filter_map(|f| df.stage_index(f).filter(|j| *j < i)),
+        );
+    }
+    deps.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -121,5 +131,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(needed_stages(&df, 2, &[], &lexer), vec![0, 1, 2]);
+        assert_eq!(stage_deps(&df, 2, &[], &lexer), vec![0, 1]);
+        assert_eq!(stage_deps(&df, 1, &[], &lexer), Vec::<usize>::new());
     }
 }

@@ -515,6 +515,10 @@ impl Isolation for InPlace {
         Some(&self.roots)
     }
 
+    fn concurrent_stages(&self) -> bool {
+        false
+    }
+
     fn run(
         &self,
         root: &Path,

@@ -134,6 +134,11 @@ pub trait Isolation: Send + Sync {
     fn stacks_on_overlay(&self) -> bool {
         false
     }
+    /// Whether RUN steps of two stages may execute at the same time, each
+    /// in its own root. The in-place rung has one `/` for every stage.
+    fn concurrent_stages(&self) -> bool {
+        true
+    }
 }
 
 /// `--isolation`: which rung to use.

@@ -1,0 +1,105 @@
+//! The stage graph runs concurrently: independent stages overlap, the
+//! result is the sequential build's digest for digest, and a failing stage
+//! stops the others.
+
+mod common;
+use common::*;
+use kiln_testkit::*;
+
+const GRAPH: &str = "FROM {base} AS a\n\
+RUN sleep 2 && echo a > /a\n\
+FROM {base} AS b\n\
+RUN sleep 2 && echo b > /b\n\
+FROM {base}\n\
+COPY --from=a /a /a\n\
+COPY --from=b /b /b\n";
+
+/// Builds `dockerfile` into a layout with `--reproducible` and a report;
+/// returns (manifest digest, report).
+fn build_graph(dockerfile: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let ctx = context_with(dockerfile);
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let layout = work.path().join("oci");
+    let report = work.path().join("report.json");
+    let mut args = vec![
+        "--no-push",
+        "--insecure-pull",
+        "--reproducible",
+        "--oci-layout-path",
+        layout.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    must_build(ctx.path(), &work.path().join("k"), &args);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (r["manifest_digest"].as_str().unwrap().to_string(), r)
+}
+
+/// (start, end) of stage `stage`'s RUN step in a report.
+fn run_span(r: &serde_json::Value, stage: &str) -> (f64, f64) {
+    let s = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == stage && s["instruction"].as_str().unwrap().starts_with("RUN"))
+        .unwrap_or_else(|| panic!("no RUN step of {stage}: {r}"));
+    let start = s["started"].as_f64().unwrap();
+    (start, start + s["seconds"].as_f64().unwrap())
+}
+
+#[test]
+fn independent_stages_overlap_and_give_the_sequential_image() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let df = GRAPH.replace("{base}", &base);
+    let (concurrent, r) = build_graph(&df, &[]);
+    let (a, b) = (run_span(&r, "a"), run_span(&r, "b"));
+    assert!(
+        a.0 < b.1 && b.0 < a.1,
+        "the stages' RUN steps did not overlap: a {a:?}, b {b:?}"
+    );
+    // Reports are in stage order whatever order stages finished in.
+    let stages: Vec<&str> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    let mut sorted = stages.clone();
+    sorted.sort_by_key(|s| ["a", "b", "2"].iter().position(|x| x == s));
+    assert_eq!(stages, sorted);
+
+    let (sequential, r) = build_graph(&df, &["--max-parallel-stages", "1"]);
+    let (a, b) = (run_span(&r, "a"), run_span(&r, "b"));
+    assert!(a.1 <= b.0 + 0.05, "one at a time: a {a:?}, b {b:?}");
+    assert_eq!(
+        concurrent, sequential,
+        "the image differs from the sequential build's"
+    );
+}
+
+#[test]
+fn a_failing_stage_stops_the_others() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let df = format!(
+        "FROM {base} AS a\nRUN sleep 1 && exit 3\n\
+         FROM {base} AS b\nRUN sleep 3\nRUN touch /never\n\
+         FROM {base}\nCOPY --from=a /etc/passwd /a\nCOPY --from=b /etc/passwd /b\n"
+    );
+    let ctx = context_with(&df);
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = build(ctx.path(), work.path(), &["--no-push", "--insecure-pull"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":2: RUN") && err.contains("exit code 3"),
+        "{err}"
+    );
+    // Stage b's step in flight finished (steps are logged as they end);
+    // the next one never started.
+    assert!(err.contains("[b] RUN sleep 3"), "{err}");
+    assert!(!err.contains("touch /never"), "stage b went on: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
