@@ -71,6 +71,9 @@ pub struct LayerFetcher {
     /// `--image-fs-extract-retry`: how often an extraction that failed on
     /// I/O is tried again (a hostile entry never is).
     extract_retries: u32,
+    /// One download per digest: stages running at once and the base
+    /// prefetch may want the same layer; the later callers wait for it.
+    inflight: std::sync::Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl LayerFetcher {
@@ -80,6 +83,7 @@ impl LayerFetcher {
             store,
             pulled: AtomicU64::new(0),
             extract_retries,
+            inflight: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -116,6 +120,17 @@ impl LayerFetcher {
     ) -> Result<PathBuf, FetchError> {
         let digest = &l.descriptor.digest;
         let p = self.store.path(digest);
+        if p.is_file() {
+            return Ok(p);
+        }
+        let gate = {
+            let mut m = self
+                .inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.entry(digest.clone()).or_default().clone()
+        };
+        let _one = gate.lock().await;
         if p.is_file() {
             return Ok(p);
         }

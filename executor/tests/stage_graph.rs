@@ -103,3 +103,30 @@ fn a_failing_stage_stops_the_others() {
     assert!(!err.contains("touch /never"), "stage b went on: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A stage waiting on another does not wait to resolve its base: every
+/// base is resolved (and, without a cache, downloaded) from the start.
+#[test]
+fn bases_are_resolved_from_the_start() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let other = format!("{}/other:1", reg.addr);
+    push_derived(&base, &other, &[("other", "o\n")]);
+    let df = format!(
+        "FROM {base} AS builder\nRUN sleep 2 && echo built > /out\n\
+         FROM {other}\nCOPY --from=builder /out /out\n"
+    );
+    let ctx = context_with(&df);
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let err = must_build(ctx.path(), work.path(), &["--no-push", "--insecure-pull"]);
+    let resolved = err
+        .find(&format!("resolved {other}"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let built = err
+        .find("[builder] RUN sleep 2")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        resolved < built,
+        "{other} was resolved only after the builder stage:\n{err}"
+    );
+}

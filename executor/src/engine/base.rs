@@ -26,8 +26,32 @@ enum WarmedError {
 }
 
 impl Builder {
+    /// The image `name` for `platform` and its manifest digest, resolved
+    /// once per build: the stages that use it and the start-of-build
+    /// prefetch ([`super::graph`]) share one resolution (a failed one is
+    /// tried again by the next caller).
+    pub(super) async fn base(
+        &self,
+        name: &str,
+        platform: &Platform,
+    ) -> Result<(BuiltImage, Digest), RegistryError> {
+        let cell = {
+            let mut bases = self
+                .bases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            bases
+                .entry(format!("{name} {platform}"))
+                .or_default()
+                .clone()
+        };
+        cell.get_or_try_init(|| self.pull_base(name, platform))
+            .await
+            .cloned()
+    }
+
     /// The image `name` for `platform`, and its manifest digest.
-    pub(super) async fn pull_base(
+    async fn pull_base(
         &self,
         name: &str,
         platform: &Platform,

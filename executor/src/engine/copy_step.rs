@@ -123,14 +123,14 @@ impl StageRun<'_> {
                 None => Err(StepError::Invalid(format!("stage {index} is not built"))),
             },
             Resolved::Image { name, .. } => {
-                let (img, _) =
-                    self.b
-                        .pull_base(name, &self.b.platform)
-                        .await
-                        .map_err(|source| StepError::Pull {
-                            image: name.clone(),
-                            source: Box::new(source),
-                        })?;
+                let (img, _) = self
+                    .b
+                    .base(name, &self.b.platform)
+                    .await
+                    .map_err(|source| StepError::Pull {
+                        image: name.clone(),
+                        source: Box::new(source),
+                    })?;
                 self.unpack(&img.layers, name).await
             }
             _ => Err(StepError::Invalid("not a --from source".into())),

@@ -11,6 +11,11 @@
 //! threads of their own to overlap. A failing stage stops the others at
 //! their next step (a RUN in flight finishes first); the first failure is
 //! the build's error.
+//!
+//! Every base image (and `COPY --from=<image>` image) the needed stages
+//! use is resolved from the start, beside the first stages' work, not when
+//! its stage starts; without a layer cache its layers are downloaded too
+//! (with one, cache hits may never need them).
 
 use super::error::BuildError;
 use super::stage::Shared;
@@ -52,6 +57,10 @@ impl Builder {
                 let mut pending = g.needed.clone();
                 let mut running = 0usize;
                 let mut failure: Option<BuildError> = None;
+                for (name, platform) in self.images_used(sh, &g.needed) {
+                    let handle = handle.clone();
+                    scope.spawn(move || handle.block_on(self.prefetch(&name, &platform)));
+                }
                 loop {
                     while failure.is_none() && running < g.limit.max(1) {
                         let Some(pos) = g.next_ready(&pending, &|j| outs.contains_key(&j)) else {
@@ -110,6 +119,64 @@ impl Builder {
                 }
             })
         })
+    }
+}
+
+impl Builder {
+    /// The images `needed` stages start from or copy from, each once.
+    fn images_used(
+        &self,
+        sh: &Shared<'_>,
+        needed: &[usize],
+    ) -> Vec<(String, kiln_common::image::Platform)> {
+        let mut out: Vec<(String, kiln_common::image::Platform)> = Vec::new();
+        let is_image =
+            |name: &str| !name.eq_ignore_ascii_case("scratch") && sh.df.stage_index(name).is_none();
+        for &i in needed {
+            let stage = &sh.df.stages[i];
+            if let Ok((name, platform)) = self.stage_base(sh, stage) {
+                if is_image(&name) {
+                    out.push((name, platform));
+                }
+            }
+            for ins in &stage.instructions {
+                let kiln_common::dockerfile::Kind::Copy(c) = &ins.kind else {
+                    continue;
+                };
+                let Some(from) = c.flags.get("from") else {
+                    continue;
+                };
+                if let Ok(name) = sh.lexer.process_word(from, &sh.global.to_vec()) {
+                    if is_image(&name) && name.parse::<usize>().is_err() {
+                        out.push((name, self.platform.clone()));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
+        out.dedup();
+        out
+    }
+
+    /// Resolves `name` for the build (errors are left to the stage that
+    /// uses it, which reports them) and, without a layer cache, downloads
+    /// its layers into the build's store.
+    async fn prefetch(&self, name: &str, platform: &kiln_common::image::Platform) {
+        let Ok((img, _)) = self.base(name, platform).await else {
+            return;
+        };
+        if self.cache.is_some() {
+            return;
+        }
+        for l in &img.layers {
+            if self.cancelled.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Err(e) = self.fetcher.ensure_local(l, None).await {
+                tracing::debug!("prefetching {name}: {}", kiln_common::report::Report(&e));
+                return;
+            }
+        }
     }
 }
 

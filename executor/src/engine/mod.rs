@@ -98,6 +98,8 @@ pub struct Builder {
     cancelled: std::sync::atomic::AtomicBool,
     /// When the builder was made: step reports say when they started.
     epoch: Instant,
+    /// Base images resolved in this build, by name and platform.
+    bases: Mutex<BTreeMap<String, BaseCell>>,
     /// One turn at a time per cache mount id, for stages running at once.
     mount_turns: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -121,6 +123,9 @@ struct Parsed {
     target: usize,
     needed: Vec<usize>,
 }
+
+/// One base image's resolution, shared by the stages that use it.
+type BaseCell = Arc<tokio::sync::OnceCell<(crate::model::BuiltImage, kiln_common::Digest)>>;
 
 type CacheWrite = tokio::task::JoinHandle<Result<u64, crate::cache::CacheError>>;
 
@@ -284,6 +289,7 @@ impl Builder {
             cancelled: std::sync::atomic::AtomicBool::new(false),
             mount_turns: Mutex::new(BTreeMap::new()),
             epoch: Instant::now(),
+            bases: Mutex::new(BTreeMap::new()),
         })
     }
 

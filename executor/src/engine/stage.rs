@@ -49,22 +49,14 @@ pub(super) struct Shared<'a> {
 }
 
 impl Builder {
-    pub(super) async fn build_stage(
+    /// A stage's `FROM`, expanded: the base's name (an image, an earlier
+    /// stage or `scratch`) and the platform it is built for.
+    pub(super) fn stage_base(
         &self,
         sh: &Shared<'_>,
         stage: &Stage,
-        done: &BTreeMap<usize, StageOut>,
-        steps: &mut Vec<StepReport>,
-    ) -> Result<StageOut, BuildError> {
-        let stage_name = stage
-            .name
-            .clone()
-            .unwrap_or_else(|| stage.index.to_string());
-        let from_ins = Instruction {
-            line: stage.line,
-            original: format!("FROM {}", stage.base),
-            kind: Kind::Maintainer(String::new()),
-        };
+    ) -> Result<(String, Platform), BuildError> {
+        let from_ins = from_instruction(stage);
         let at_from = At {
             file: sh.file,
             ins: &from_ins,
@@ -89,6 +81,26 @@ impl Builder {
             })?,
             None => self.platform.clone(),
         };
+        Ok((base_name, platform))
+    }
+
+    pub(super) async fn build_stage(
+        &self,
+        sh: &Shared<'_>,
+        stage: &Stage,
+        done: &BTreeMap<usize, StageOut>,
+        steps: &mut Vec<StepReport>,
+    ) -> Result<StageOut, BuildError> {
+        let stage_name = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| stage.index.to_string());
+        let from_ins = from_instruction(stage);
+        let at_from = At {
+            file: sh.file,
+            ins: &from_ins,
+        };
+        let (base_name, platform) = self.stage_base(sh, stage)?;
         tracing::info!("stage {stage_name}: FROM {base_name}");
         let (mut image, base_id) = if base_name.eq_ignore_ascii_case("scratch") {
             let img = BuiltImage {
@@ -104,14 +116,14 @@ impl Builder {
         {
             (prev.image.clone(), prev.final_key.to_string())
         } else {
-            let (img, d) = self
-                .pull_base(&base_name, &platform)
-                .await
-                .map_err(|source| BuildError::BaseImage {
-                    image: base_name.clone(),
-                    stage: stage_name.clone(),
-                    source: Box::new(source),
-                })?;
+            let (img, d) =
+                self.base(&base_name, &platform)
+                    .await
+                    .map_err(|source| BuildError::BaseImage {
+                        image: base_name.clone(),
+                        stage: stage_name.clone(),
+                        source: Box::new(source),
+                    })?;
             (img, d.to_string())
         };
         let mut chain = cache_key::stage_start(
@@ -405,6 +417,15 @@ impl Builder {
             base_name,
             final_key: chain,
         })
+    }
+}
+
+/// A stage's `FROM` line as an instruction, for errors that name it.
+fn from_instruction(stage: &Stage) -> Instruction {
+    Instruction {
+        line: stage.line,
+        original: format!("FROM {}", stage.base),
+        kind: Kind::Maintainer(String::new()),
     }
 }
 
