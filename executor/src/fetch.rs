@@ -132,6 +132,10 @@ impl LayerFetcher {
         };
         let _one = gate.lock().await;
         if p.is_file() {
+            // Another fetch (the base prefetch, another stage) brought it.
+            if let Some(c) = progress {
+                c.fetch_add(l.descriptor.size, Ordering::Relaxed);
+            }
             return Ok(p);
         }
         match &l.source {

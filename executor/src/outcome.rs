@@ -31,6 +31,29 @@ pub struct StepReport {
     pub bytes_pulled: u64,
     /// Layer bytes sent to the cache for this step.
     pub bytes_pushed: u64,
+    /// Where the step's time went, for profiles.
+    #[serde(skip_serializing_if = "Phases::is_empty")]
+    pub phases: Phases,
+}
+
+/// A step's time by phase, in seconds; what is left of `seconds` is the
+/// step's own bookkeeping (cache lookups, COPY's file work, hits applied).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Phases {
+    /// Making the stage's root: the base's layers fetched and extracted
+    /// (the first step that needs the root pays it).
+    pub base: f64,
+    /// A RUN's command, with the rung's set-up and the diff of what it
+    /// changed.
+    pub run: f64,
+    /// The step's layer written: tar, compression, digest.
+    pub layer: f64,
+}
+
+impl Phases {
+    pub fn is_empty(&self) -> bool {
+        *self == Phases::default()
+    }
 }
 
 impl StepReport {
@@ -48,6 +71,7 @@ impl StepReport {
             key: None,
             bytes_pulled: 0,
             bytes_pushed: 0,
+            phases: Phases::default(),
         }
     }
 }

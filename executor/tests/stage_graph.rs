@@ -45,6 +45,9 @@ fn run_span(r: &serde_json::Value, stage: &str) -> (f64, f64) {
         .find(|s| s["stage"] == stage && s["instruction"].as_str().unwrap().starts_with("RUN"))
         .unwrap_or_else(|| panic!("no RUN step of {stage}: {r}"));
     let start = s["started"].as_f64().unwrap();
+    // The profile's phases account for the command within the step.
+    let run = s["phases"]["run"].as_f64().unwrap();
+    assert!(run > 0.0 && run <= s["seconds"].as_f64().unwrap(), "{s}");
     (start, start + s["seconds"].as_f64().unwrap())
 }
 

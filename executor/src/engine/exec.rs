@@ -22,6 +22,7 @@ impl StageRun<'_> {
         if let Some(r) = &self.root {
             return Ok(r.clone());
         }
+        let t0 = std::time::Instant::now();
         let root = self.b.new_root("rootfs-")?;
         let stacked = self.b.stack_warmed(&root, &self.image.layers);
         self.b
@@ -29,6 +30,7 @@ impl StageRun<'_> {
             .unpack(&root, &self.image.layers[stacked..], &self.base_name)
             .await
             .map_err(StepError::from)?;
+        self.phases.base += t0.elapsed().as_secs_f64();
         self.root = Some(root.clone());
         Ok(root)
     }
@@ -65,8 +67,10 @@ impl StageRun<'_> {
             self.history(created_by.to_string(), true);
             return Ok(None);
         }
+        let t0 = std::time::Instant::now();
         let l = layer::write_layer(root, &diff, self.b.fetcher.store(), &self.b.opts.layer)
             .map_err(StepError::Layer)?;
+        self.phases.layer += t0.elapsed().as_secs_f64();
         self.image.config.rootfs.diff_ids.push(l.diff_id.clone());
         self.image.layers.push(ImageLayer {
             descriptor: l.descriptor.clone(),
@@ -165,7 +169,9 @@ impl StageRun<'_> {
             }
         };
         let isolation = &*self.b.isolation;
+        let t0 = std::time::Instant::now();
         let result = tokio::task::block_in_place(|| isolation.run(&root, &scratch, &spec));
+        self.phases.run += t0.elapsed().as_secs_f64();
         let _ = std::fs::remove_dir_all(&scratch);
         let mut outcome = match result {
             Ok(o) => o,

@@ -14,14 +14,19 @@
 //!
 //! Every base image (and `COPY --from=<image>` image) the needed stages
 //! use is resolved from the start, beside the first stages' work, not when
-//! its stage starts; without a layer cache its layers are downloaded too
-//! (with one, cache hits may never need them).
+//! its stage starts. Without a layer cache (with one, hits may never need
+//! them) the layers of images a stage will want later — the base of a
+//! stage waiting on others, a `COPY --from` image — are downloaded too; a
+//! stage that starts at once fetches its own base (extracting it as it
+//! arrives), and a failed prefetch only leaves the fetch to the stage.
 
 use super::error::BuildError;
 use super::stage::Shared;
 use super::stage_run::StageOut;
 use super::Builder;
 use crate::outcome::StepReport;
+use kiln_common::dockerfile::Kind;
+use kiln_common::image::Platform;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -57,9 +62,9 @@ impl Builder {
                 let mut pending = g.needed.clone();
                 let mut running = 0usize;
                 let mut failure: Option<BuildError> = None;
-                for (name, platform) in self.images_used(sh, &g.needed) {
+                for (name, platform, download) in self.images_used(sh, g) {
                     let handle = handle.clone();
-                    scope.spawn(move || handle.block_on(self.prefetch(&name, &platform)));
+                    scope.spawn(move || handle.block_on(self.prefetch(&name, &platform, download)));
                 }
                 loop {
                     while failure.is_none() && running < g.limit.max(1) {
@@ -123,49 +128,56 @@ impl Builder {
 }
 
 impl Builder {
-    /// The images `needed` stages start from or copy from, each once.
-    fn images_used(
-        &self,
-        sh: &Shared<'_>,
-        needed: &[usize],
-    ) -> Vec<(String, kiln_common::image::Platform)> {
-        let mut out: Vec<(String, kiln_common::image::Platform)> = Vec::new();
-        let is_image =
-            |name: &str| !name.eq_ignore_ascii_case("scratch") && sh.df.stage_index(name).is_none();
-        for &i in needed {
+    /// The images the needed stages start from or copy from, each once,
+    /// and whether its layers are worth downloading ahead (see the
+    /// module's doc).
+    fn images_used(&self, sh: &Shared<'_>, g: &Graph) -> Vec<(String, Platform, bool)> {
+        let mut out: Vec<(String, Platform, bool)> = Vec::new();
+        let is_image = |name: &str| {
+            !name.eq_ignore_ascii_case("scratch")
+                && sh.df.stage_index(name).is_none()
+                && name.parse::<usize>().is_err()
+        };
+        let mut add = |name: String, platform: Platform, download: bool| match out
+            .iter_mut()
+            .find(|(n, p, _)| *n == name && *p == platform)
+        {
+            Some(e) => e.2 |= download,
+            None => out.push((name, platform, download)),
+        };
+        for &i in &g.needed {
             let stage = &sh.df.stages[i];
+            let waits = g.deps.get(&i).is_some_and(|d| !d.is_empty());
             if let Ok((name, platform)) = self.stage_base(sh, stage) {
                 if is_image(&name) {
-                    out.push((name, platform));
+                    add(name, platform, waits);
                 }
             }
             for ins in &stage.instructions {
-                let kiln_common::dockerfile::Kind::Copy(c) = &ins.kind else {
+                let Kind::Copy(c) = &ins.kind else {
                     continue;
                 };
                 let Some(from) = c.flags.get("from") else {
                     continue;
                 };
                 if let Ok(name) = sh.lexer.process_word(from, &sh.global.to_vec()) {
-                    if is_image(&name) && name.parse::<usize>().is_err() {
-                        out.push((name, self.platform.clone()));
+                    if is_image(&name) {
+                        add(name, self.platform.clone(), true);
                     }
                 }
             }
         }
-        out.sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
-        out.dedup();
         out
     }
 
     /// Resolves `name` for the build (errors are left to the stage that
-    /// uses it, which reports them) and, without a layer cache, downloads
-    /// its layers into the build's store.
-    async fn prefetch(&self, name: &str, platform: &kiln_common::image::Platform) {
+    /// uses it, which reports them) and, with `download` and no layer
+    /// cache, downloads its layers into the build's store.
+    async fn prefetch(&self, name: &str, platform: &Platform, download: bool) {
         let Ok((img, _)) = self.base(name, platform).await else {
             return;
         };
-        if self.cache.is_some() {
+        if !download || self.cache.is_some() {
             return;
         }
         for l in &img.layers {

@@ -228,6 +228,7 @@ impl Builder {
             root: None,
             scratch_n: 0,
             single: None,
+            phases: Default::default(),
         };
         let needs_root = entries.iter().any(|e| matches!(e.step, Step::Fs(_)));
         if needs_root && self.cache.is_none() {
@@ -235,7 +236,7 @@ impl Builder {
             // measure the step alone.
             let t0 = Instant::now();
             run.ensure_root().await.map_err(|e| at_from.err(e))?;
-            steps.push(StepReport::new(
+            let mut unpack = StepReport::new(
                 &stage_name,
                 stage.line,
                 format!(
@@ -243,7 +244,10 @@ impl Builder {
                     run.image.layers.len()
                 ),
                 t0.elapsed().as_secs_f64(),
-            ));
+            );
+            unpack.started = t0.duration_since(self.epoch).as_secs_f64();
+            unpack.phases = std::mem::take(&mut run.phases);
+            steps.push(unpack);
         }
         if single {
             let root = run.ensure_root().await.map_err(|e| at_from.err(e))?;
@@ -391,6 +395,7 @@ impl Builder {
             }
             report.bytes_pulled = self.fetcher.pulled() - pulled_before;
             report.seconds = t0.elapsed().as_secs_f64();
+            report.phases = std::mem::take(&mut run.phases);
             log_step(&report);
             steps.push(report);
         }

@@ -35,4 +35,6 @@ pub(super) struct StageRun<'a> {
     pub scratch_n: usize,
     /// `--single-snapshot`: the stage's root as it was before its steps.
     pub single: Option<ScanIndex>,
+    /// The current step's time by phase (taken into its report).
+    pub phases: crate::outcome::Phases,
 }

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Real Debian builds (issue 32): Kiln against BuildKit on realistic
+# Dockerfiles over a real Debian bookworm base (mmdebstrap, from Debian's
+# package registry) with offline inputs: a flat apt repository of the
+# packages the Dockerfiles install, a Python wheelhouse, and a node_modules
+# made by npm. The kit is cached on tmpfs between runs.
+#
+# Dockerfiles: apt (a dozen packages with their dependencies), pip (a venv
+# from wheels), multi (two independent builder stages, apt and pip, joined
+# in a final stage), node (a COPY of a large node_modules). Scenarios: cold
+# (nothing cached), one file changed (the app file, last step), fully
+# cached. Tools, each on a fresh runner unless said:
+#   kiln            fresh work dir, its cache server (file store) as cache
+#   buildkit        a pruned daemon, inline cache from the registry
+#   buildkit-warm   a persistent builder: the daemon keeps its local cache
+# Each build pushes to a loopback docker-registry. Kiln's per-phase time
+# (base fetch+extract, RUN commands, layer writes) comes from --report.
+# Everything on tmpfs; tools alternated; medians.
+#
+#   bash benches/debian.sh [runs]      (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-3}"
+bash .ci/setup >/dev/null
+cargo build --release -q -p kiln-executor --bin executor -p kiln-cache-server --bin cache-server
+EXE="$PWD/target/release/executor"
+SERVER="$PWD/target/release/cache-server"
+KIT=/dev/shm/kiln-bench-debian-1
+SHM=$(mktemp -d /dev/shm/kd.XXXXXX)
+DOCKER=(/usr/bin/docker -H "unix://$SHM/d.sock")
+cleanup() {
+  "${DOCKER[@]}" system prune -af >/dev/null 2>&1 || true
+  [ -f "$SHM/d.pid" ] && kill "$(cat "$SHM/d.pid")" 2>/dev/null && sleep 2
+  kill "${REG_PID:-}" "${CS_PID:-}" 2>/dev/null || true
+  grep -o " $SHM[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$SHM"
+}
+trap cleanup EXIT
+. benches/lib.sh
+start_registry
+
+PKGS="curl git jq make xz-utils unzip procps openssl rsync wget less file sqlite3 patch"
+WHEELS="flask==3.0.3 requests==2.32.3"
+NPM="typescript@5.4.5 eslint@8.57.0 webpack@5.91.0"
+
+make_kit() {
+  [ -f "$KIT/complete" ] && return
+  echo "making the kit in $KIT (once) ..."
+  rm -rf "$KIT"; mkdir -p "$KIT"
+  mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$KIT/rootfs"
+  # The packages the base lacks, resolved against its own dpkg status.
+  mkdir -p "$KIT/apt/archives/partial" "$KIT/repo"
+  apt-get -q -y --download-only --no-install-recommends \
+    -o Dir::State::status="$KIT/rootfs/var/lib/dpkg/status" \
+    -o Dir::Cache::archives="$KIT/apt/archives" install $PKGS >/dev/null
+  mv "$KIT"/apt/archives/*.deb "$KIT/repo/"
+  (cd "$KIT/repo" && dpkg-scanpackages . /dev/null > Packages 2>/dev/null)
+  python3 -m pip download -q --only-binary=:all: -d "$KIT/wheels" $WHEELS
+  printf '%s\n' $WHEELS > "$KIT/requirements.txt"
+  mkdir -p "$KIT/npm"
+  (cd "$KIT/npm" && npm init -y >/dev/null && npm install -q --no-audit --no-fund $NPM >/dev/null)
+  umoci init --layout "$KIT/layout" >/dev/null
+  umoci new --image "$KIT/layout:b" >/dev/null
+  umoci unpack --image "$KIT/layout:b" "$KIT/bundle" >/dev/null
+  cp -a "$KIT/rootfs/." "$KIT/bundle/rootfs/"
+  umoci repack --image "$KIT/layout:b" "$KIT/bundle" >/dev/null
+  umoci config --image "$KIT/layout:b" --config.cmd bash \
+    --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin >/dev/null
+  rm -rf "$KIT/bundle" "$KIT/rootfs" "$KIT/apt"
+  touch "$KIT/complete"
+}
+make_kit
+skopeo copy -q --dest-tls-verify=false "oci:$KIT/layout:b" "docker://$REG/debian:bookworm"
+echo "kit: $(ls "$KIT/repo" | grep -c deb$) debs, $(ls "$KIT/wheels" | wc -l) wheels, $(find "$KIT/npm/node_modules" -type f | wc -l) files in node_modules"
+
+# The contexts. Offline: apt reads only the local repository (a bind
+# mount), pip only the wheelhouse.
+APT_RUN="rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* \\
+ && echo 'deb [trusted=yes] file:/srv/repo ./' > /etc/apt/sources.list.d/local.list \\
+ && apt-get update -q && apt-get install -y -q --no-install-recommends $PKGS \\
+ && rm -rf /var/lib/apt/lists/*"
+PIP_RUN="python3 -m venv /venv && /venv/bin/pip install -q --no-index --find-links /wheels -r /wheels/requirements.txt"
+for c in apt pip multi node; do mkdir -p "$SHM/ctx/$c"; echo "echo app 0" > "$SHM/ctx/$c/app.sh"; done
+for c in apt multi; do cp -a "$KIT/repo" "$SHM/ctx/$c/repo"; done
+for c in pip multi; do cp -a "$KIT/wheels" "$SHM/ctx/$c/wheels"; cp "$KIT/requirements.txt" "$SHM/ctx/$c/wheels/"; done
+cp -a "$KIT/npm/node_modules" "$SHM/ctx/node/node_modules"
+cat > "$SHM/ctx/apt/Dockerfile" <<EOF
+FROM $REG/debian:bookworm
+RUN --mount=type=bind,source=repo,target=/srv/repo $APT_RUN
+COPY app.sh /usr/local/bin/app.sh
+EOF
+cat > "$SHM/ctx/pip/Dockerfile" <<EOF
+FROM $REG/debian:bookworm
+RUN --mount=type=bind,source=wheels,target=/wheels $PIP_RUN
+COPY app.sh /app/app.sh
+EOF
+cat > "$SHM/ctx/multi/Dockerfile" <<EOF
+FROM $REG/debian:bookworm AS tools
+RUN --mount=type=bind,source=repo,target=/srv/repo $APT_RUN
+FROM $REG/debian:bookworm AS py
+RUN --mount=type=bind,source=wheels,target=/wheels $PIP_RUN
+FROM $REG/debian:bookworm
+COPY --from=py /venv /venv
+COPY --from=tools /usr/bin/jq /usr/bin/git /usr/bin/
+COPY --from=tools /usr/lib/x86_64-linux-gnu/ /usr/lib/x86_64-linux-gnu/
+COPY app.sh /app/app.sh
+EOF
+cat > "$SHM/ctx/node/Dockerfile" <<EOF
+FROM $REG/debian:bookworm
+COPY node_modules /app/node_modules
+COPY app.sh /app/app.sh
+EOF
+
+dockerd --data-root "$SHM/data" --exec-root "$SHM/exec" --pidfile "$SHM/d.pid" -H "unix://$SHM/d.sock" \
+  --bridge=none --iptables=false --ip-masq=false >"$SHM/dockerd.log" 2>&1 &
+for _ in $(seq 150); do "${DOCKER[@]}" version >/dev/null 2>&1 && break; sleep 0.2; done
+"${DOCKER[@]}" version >/dev/null || { cat "$SHM/dockerd.log"; exit 1; }
+"$SERVER" serve --listen 127.0.0.1:0 --storage "file://$SHM/cache" >"$SHM/cs.out" 2>"$SHM/cs.log" &
+CS_PID=$!
+for _ in $(seq 100); do grep -q "listening on" "$SHM/cs.out" && break; sleep 0.1; done
+CS=$(awk '{print $3}' "$SHM/cs.out")
+
+kiln() { # ctx repo -> seconds; a fresh work dir (a new runner); report in $SHM/report.json
+  local w="$SHM/kiln-work" t0 t1
+  rm -rf "$w"; mkdir -p "$w"
+  settle
+  t0=$(now)
+  KILN_DIR="$w" "$EXE" --context "$SHM/ctx/$1" --destination "$REG/k-$1:latest" --insecure --insecure-pull \
+    --cache --cache-repo "$CS/$2" --kaniko-dir "$w" --report "$SHM/report.json" >"$SHM/kiln.log" 2>&1 \
+    || { cat "$SHM/kiln.log"; exit 1; }
+  t1=$(now); echo "$t1 - $t0" | bc
+}
+buildkit() { # ctx image prune(yes|no) -> seconds; inline cache from the registry
+  local ctx=$1 img=$2 t0 t1 q
+  if [ "$3" = yes ]; then "${DOCKER[@]}" system prune -af >/dev/null; "${DOCKER[@]}" builder prune -af >/dev/null; fi
+  q="version=2&networkmode=host&t=$img&cachefrom=%5B%22$img%22%5D&buildargs=%7B%22BUILDKIT_INLINE_CACHE%22%3A%221%22%7D"
+  settle
+  t0=$(now)
+  tar -C "$SHM/ctx/$ctx" -cf - . | curl -sS --unix-socket "$SHM/d.sock" -X POST -H "Content-Type: application/x-tar" \
+    --data-binary @- "http://localhost/v1.41/build?$q" > "$SHM/bk.log"
+  if grep -q '"error' "$SHM/bk.log"; then cat "$SHM/bk.log"; exit 1; fi
+  "${DOCKER[@]}" push -q "$img" >/dev/null
+  t1=$(now); echo "$t1 - $t0" | bc
+}
+phases() { # -> "base run layer" seconds summed over the report's steps
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); p=[s.get("phases",{}) for s in r["steps"]]; print(" ".join("%.2f" % sum(x.get(k,0) for x in p) for k in ("base","run","layer")))' "$SHM/report.json"
+}
+: > "$SHM/table"; : > "$SHM/phases"
+for c in apt pip multi node; do
+  for s in cold one cached; do : > "$SHM/$c-$s-k"; : > "$SHM/$c-$s-b"; : > "$SHM/$c-$s-w"; : > "$SHM/$c-$s-p"; done
+  for i in $(seq "$RUNS"); do
+    echo "$c, run $i"
+    # Cold: a new cache repository and image name each time.
+    echo "echo app $i" > "$SHM/ctx/$c/app.sh"
+    kiln "$c" "cold-$c-$i" >> "$SHM/$c-cold-k"; phases >> "$SHM/$c-cold-p"
+    buildkit "$c" "$REG/bk-$c-cold$i:latest" yes >> "$SHM/$c-cold-b"
+    "${DOCKER[@]}" system prune -af >/dev/null; "${DOCKER[@]}" builder prune -af >/dev/null
+    buildkit "$c" "$REG/bw-$c-cold$i:latest" no >> "$SHM/$c-cold-w"
+    # One file changed: the same cache / image / daemon as the cold build.
+    echo "echo app $i changed" > "$SHM/ctx/$c/app.sh"
+    kiln "$c" "cold-$c-$i" >> "$SHM/$c-one-k"; phases >> "$SHM/$c-one-p"
+    buildkit "$c" "$REG/bk-$c-cold$i:latest" yes >> "$SHM/$c-one-b"
+    buildkit "$c" "$REG/bw-$c-cold$i:latest" no >> "$SHM/$c-one-w"
+    # Fully cached: nothing changed since.
+    kiln "$c" "cold-$c-$i" >> "$SHM/$c-cached-k"; phases >> "$SHM/$c-cached-p"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["cache_misses"]==0, r["steps"]' "$SHM/report.json"
+    buildkit "$c" "$REG/bk-$c-cold$i:latest" yes >> "$SHM/$c-cached-b"
+    buildkit "$c" "$REG/bw-$c-cold$i:latest" no >> "$SHM/$c-cached-w"
+  done
+  for s in cold one cached; do
+    K=$(median < "$SHM/$c-$s-k"); B=$(median < "$SHM/$c-$s-b"); W=$(median < "$SHM/$c-$s-w")
+    P=$(tail -1 "$SHM/$c-$s-p")
+    printf '| %s | %s | %.2f s | %.2f s | %.2f s | %.2f | %.2f | %s |\n' "$c" "$s" "$K" "$B" "$W" \
+      "$(echo "$K / $B" | bc -l)" "$(echo "$K / $W" | bc -l)" "$P" | tee -a "$SHM/table"
+  done
+done
+echo
+echo "| Dockerfile | scenario | Kiln | BuildKit (fresh) | BuildKit (persistent) | Kiln/fresh | Kiln/persistent | Kiln base / RUN / layers (s, last run) |"
+echo "|---|---|---:|---:|---:|---:|---:|---|"
+cat "$SHM/table"
