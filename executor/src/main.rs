@@ -6,6 +6,11 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let no_ca = kiln_common::tls::startup();
+    // `executor index …`: kaniko's flags have no subcommands, so this one
+    // is told apart by its first word.
+    if std::env::args().nth(1).as_deref() == Some("index") {
+        return index_main();
+    }
     let cli = cmd::Cli::parse();
     cmd::logging(&cli);
     kiln_common::tls::warn(no_ca);
@@ -41,6 +46,34 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {}", kiln_common::report::Report(&*e));
             exit_code(&e)
+        }
+    }
+}
+
+/// `executor index`: joins single-platform images into one index.
+fn index_main() -> std::process::ExitCode {
+    let cli = cmd::index::IndexCli::parse_from(std::env::args().skip(1));
+    kiln_common::observability::init(&kiln_common::observability::LogOptions {
+        level: cli.verbosity.clone(),
+        json: false,
+        color: false,
+        timestamps: false,
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cmd::index::run_index(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", kiln_common::report::Report(&*e));
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -123,6 +123,10 @@ pub struct OutputOptions {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// `--push-ignore-immutable-tag-errors`.
     pub ignore_immutable_tags: bool,
+    /// Push the manifest by its digest, leaving the destinations' tags
+    /// alone: one platform of a multi-platform build, whose index then
+    /// takes the tags ([`crate::index`]).
+    pub by_digest: bool,
 }
 
 /// Where a `--secret` comes from.

@@ -79,6 +79,10 @@ impl StepReport {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildResult {
     pub manifest_digest: Digest,
+    /// The manifest's size in bytes (an index entry needs it).
+    pub manifest_size: u64,
+    /// The platform built.
+    pub platform: kiln_common::image::Platform,
     pub config_digest: Digest,
     pub media_type: String,
     pub pushed: Vec<String>,

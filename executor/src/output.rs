@@ -135,6 +135,7 @@ pub async fn deliver(
                 dest,
                 cache_repo,
                 opts.ignore_immutable_tags,
+                opts.by_digest,
             )
             .await?;
             let name = dest
@@ -196,13 +197,21 @@ async fn push(
     dest: &str,
     cache_repo: Option<&Reference>,
     ignore_immutable_tags: bool,
+    by_digest: bool,
 ) -> Result<(), OutputError> {
     let perr = |source| OutputError::Push {
         destination: dest.to_string(),
         source,
     };
     let (registry, store) = (fetcher.registry(), fetcher.store());
-    let r = parse_reference(dest).map_err(perr)?;
+    let mut r = parse_reference(dest).map_err(perr)?;
+    if by_digest {
+        r = Reference::with_digest(
+            r.registry().to_string(),
+            r.repository().to_string(),
+            w.manifest_digest.to_string(),
+        );
+    }
     // Layers concurrently: skip what the registry has, mount what a base
     // repository or the cache repository (whose writes are finished by
     // now) on the same registry has, stream the rest from disk.

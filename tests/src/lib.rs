@@ -121,7 +121,9 @@ mod oidc;
 pub use oidc::{raw_token, IssuerKey, OidcIssuer};
 mod prom;
 pub use nginx::RoundRobin;
+mod platforms;
 mod ssh;
+pub use platforms::{busybox_rootfs_arm64, push_platform_index, push_two_platform_index, Binfmt};
 pub use prom::{Prometheus, Pushgateway};
 pub use ssh::{agent_keys_binary, SshAgent};
 

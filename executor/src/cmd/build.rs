@@ -105,7 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         target: cli.target.clone(),
         build_args: cli.build_arg.clone(),
         labels: cli.label.clone(),
-        platform: cli.custom_platform.clone(),
+        platform: cli.custom_platform.first().cloned(),
         output: OutputOptions {
             destinations: cli.destination.clone(),
             no_push,
@@ -117,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             annotations: cli.annotation.iter().cloned().collect(),
             ignore_immutable_tags: cli.push_ignore_immutable_tag_errors.unwrap_or(false),
+            by_digest: false,
         },
         layer: LayerOptions {
             compression,
@@ -145,6 +146,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let creds = DockerConfig::load_default()?;
     let registry = Arc::new(Registry::new(reg_opts, creds)?);
+    if cli.custom_platform.len() > 1 {
+        return super::index::build_platforms(&cli, opts, registry).await;
+    }
     let builder = Builder::new(opts, registry)?;
     match builder.isolation_reason() {
         "" => tracing::info!("isolation: {}", builder.isolation_name()),
@@ -157,7 +161,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let result = builder.build().await?;
-    eprintln!("\nSummary ({:.1}s):", result.seconds);
+    print_summary(&result);
+    if let Some(path) = &cli.summary_file {
+        write_summary(path, &result)?;
+    }
+    Ok(())
+}
+
+/// The closing summary of one build (one platform's, in a multi-platform
+/// build).
+pub(super) fn print_summary(result: &kiln_executor::BuildResult) {
+    eprintln!("\nSummary, {} ({:.1}s):", result.platform, result.seconds);
     for s in &result.steps {
         let layer = match &s.layer_digest {
             Some(d) => format!("{} bytes {}", s.layer_size, &d.as_str()[..19]),
@@ -182,15 +196,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             result.bytes_pushed_cache
         );
     }
-    eprintln!("  {}", kiln_executor::summary::one_line(&result));
+    eprintln!("  {}", kiln_executor::summary::one_line(result));
     eprintln!("  image {}", result.manifest_digest);
     for p in &result.pushed {
         eprintln!("  pushed {p}");
     }
-    if let Some(path) = &cli.summary_file {
-        write_summary(path, &result)?;
-    }
-    Ok(())
 }
 
 fn write_summary(path: &std::path::Path, r: &kiln_executor::BuildResult) -> anyhow::Result<()> {

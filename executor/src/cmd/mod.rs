@@ -3,6 +3,7 @@
 
 mod build;
 mod cache_token;
+pub mod index;
 mod values;
 
 use clap::Parser;
@@ -49,9 +50,10 @@ pub struct Cli {
     /// Label KEY=VALUE added to the final image (repeatable).
     #[arg(long, value_parser = values::key_value)]
     pub label: Vec<(String, String)>,
-    /// Build for this platform (os/arch[/variant]).
-    #[arg(long, alias = "customPlatform", value_parser = values::platform)]
-    pub custom_platform: Option<Platform>,
+    /// Build for these platforms (os/arch[/variant], comma-separated or
+    /// repeated; BuildKit's `--platform`). Several give one image index.
+    #[arg(long, aliases = ["customPlatform", "platform"], value_parser = values::platform, value_delimiter = ',')]
+    pub custom_platform: Vec<Platform>,
     /// Build but do not push.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub no_push: Option<bool>,

@@ -74,6 +74,9 @@ pub enum StepError {
     /// The Dockerfile breaks a rule; the message is the whole story.
     #[error("{0}")]
     Invalid(String),
+    /// A RUN for a platform this machine cannot execute.
+    #[error(transparent)]
+    Emulation(#[from] crate::emulation::EmulationError),
     #[error("expanding {word:?}")]
     Expand {
         word: String,

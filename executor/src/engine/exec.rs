@@ -136,6 +136,17 @@ impl StageRun<'_> {
         step: &RunStep,
         binds: &[super::sources::Resolved],
     ) -> Result<Diff, StepError> {
+        let c = &self.image.config;
+        let target = kiln_common::image::Platform {
+            os: c.os.clone(),
+            architecture: c.architecture.clone(),
+            variant: c.variant.clone(),
+        };
+        crate::emulation::check(
+            &kiln_common::image::Platform::host(),
+            &target,
+            Path::new(crate::emulation::BINFMT_DIR),
+        )?;
         let root = self.ensure_root().await?;
         let (uid, gid) =
             rootfs::lookup_user(&root, &step.user).map_err(|source| StepError::Root {

@@ -390,6 +390,8 @@ impl Builder {
         let c = &self.counters;
         let mut result = BuildResult {
             manifest_digest: written.manifest_digest.clone(),
+            manifest_size: written.manifest.len() as u64,
+            platform: self.platform.clone(),
             config_digest: written.config_digest.clone(),
             media_type: written.media_type.clone(),
             pushed,

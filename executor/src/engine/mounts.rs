@@ -327,7 +327,16 @@ impl StageRun<'_> {
             let _ = std::fs::remove_dir(&own);
             return Ok((own, None));
         }
-        let name = kiln_common::Digest::sha256_of(id.as_bytes());
+        // Each platform its own copy: an arm64 stage's packages are no
+        // use to an amd64 one (the shared copies are per platform too).
+        let c = &self.image.config;
+        let platform = format!(
+            "{}/{}/{}",
+            c.os,
+            c.architecture,
+            c.variant.as_deref().unwrap_or("")
+        );
+        let name = kiln_common::Digest::sha256_of(format!("{platform}\0{id}").as_bytes());
         let dir = base.join(name.hex());
         if *sharing == Sharing::Shared {
             return Ok((dir, None));
