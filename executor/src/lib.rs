@@ -29,6 +29,7 @@ pub mod isolation;
 pub mod kaniko_flags;
 pub mod layer;
 pub(crate) mod model;
+pub mod multi;
 pub mod options;
 pub mod outcome;
 pub(crate) mod output;

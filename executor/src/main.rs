@@ -81,7 +81,11 @@ fn index_main() -> std::process::ExitCode {
 /// A failed RUN's own exit code, as Docker, kaniko and buildah exit with
 /// it (CI scripts branch on it); 1 for every other failure.
 fn exit_code(e: &anyhow::Error) -> std::process::ExitCode {
-    match e.downcast_ref::<kiln_executor::BuildError>() {
+    let build = e.downcast_ref::<kiln_executor::BuildError>().or_else(|| {
+        e.downcast_ref::<kiln_executor::multi::MultiError>()
+            .and_then(|m| m.build_error())
+    });
+    match build {
         Some(kiln_executor::BuildError::RunFailed { code, .. }) if (1..=255).contains(code) => {
             std::process::ExitCode::from(*code as u8)
         }

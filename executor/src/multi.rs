@@ -1,0 +1,186 @@
+//! A build for several platforms: one builder per platform, all at once
+//! (each on a thread driving it on the caller's runtime: a build blocks its
+//! thread while RUN steps execute), each platform's manifest pushed by
+//! digest, then one index to the destinations' tags ([`crate::index`]).
+//! `--digest-file` and the `--image-name*-digest-file`s name the index;
+//! `--report` holds every platform's report.
+
+use crate::index::{self, IndexError};
+use crate::{BuildError, BuildOptions, BuildResult, Builder};
+use kiln_common::image::{Descriptor, Platform};
+use kiln_common::registry::Registry;
+use kiln_common::Digest;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MultiError {
+    #[error(
+        "--tar-path and --oci-layout-path hold one platform's image: build each platform on its \
+         own for them (a multi-platform build pushes one index to --destination)"
+    )]
+    LocalOutput,
+    #[error("--dryrun plans one platform: give one --custom-platform")]
+    DryRun,
+    #[error("building for {platform}")]
+    Build {
+        platform: String,
+        #[source]
+        source: Box<BuildError>,
+    },
+    #[error("the build for {platform} panicked (a bug in Kiln)")]
+    Panicked { platform: String },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("writing {}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl MultiError {
+    /// The build error behind this one, if a platform's build failed.
+    pub fn build_error(&self) -> Option<&BuildError> {
+        match self {
+            MultiError::Build { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What a multi-platform build made.
+pub struct MultiBuilt {
+    pub index_digest: Digest,
+    /// One per platform, in the order given.
+    pub results: Vec<BuildResult>,
+}
+
+pub async fn build_platforms(
+    opts: BuildOptions,
+    platforms: &[Platform],
+    registry: Arc<Registry>,
+) -> Result<MultiBuilt, MultiError> {
+    let out = &opts.output;
+    if out.tar_path.is_some() || out.oci_layout_path.is_some() {
+        return Err(MultiError::LocalOutput);
+    }
+    if opts.dry_run {
+        return Err(MultiError::DryRun);
+    }
+    let mut builders = Vec::new();
+    for p in platforms {
+        let mut o = opts.clone();
+        o.platform = Some(p.clone());
+        o.output.by_digest = true;
+        o.output.digest_file = None;
+        o.output.image_name_with_digest_file = None;
+        o.output.image_name_tag_with_digest_file = None;
+        o.report_path = None;
+        let b = Builder::new(o, registry.clone()).map_err(|e| MultiError::Build {
+            platform: p.to_string(),
+            source: Box::new(e),
+        })?;
+        tracing::info!("{p}: isolation {}", b.isolation_name());
+        builders.push((p.clone(), b));
+    }
+    let handle = tokio::runtime::Handle::current();
+    let outcomes = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = builders
+                .iter()
+                .map(|(p, b)| {
+                    let handle = handle.clone();
+                    (p, scope.spawn(move || handle.block_on(b.build())))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|(p, t)| (p.clone(), t.join()))
+                .collect::<Vec<_>>()
+        })
+    });
+    let mut results = Vec::new();
+    for (p, outcome) in outcomes {
+        match outcome {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => {
+                return Err(MultiError::Build {
+                    platform: p.to_string(),
+                    source: Box::new(e),
+                })
+            }
+            Err(_) => {
+                return Err(MultiError::Panicked {
+                    platform: p.to_string(),
+                })
+            }
+        }
+    }
+    let entries: Vec<Descriptor> = results
+        .iter()
+        .map(|r| {
+            let mut d = Descriptor::new(&r.media_type, r.manifest_digest.clone(), r.manifest_size);
+            d.platform = Some(r.platform.clone());
+            d
+        })
+        .collect();
+    let index_digest = if out.no_push || out.destinations.is_empty() {
+        let (bytes, _) = index::index_bytes(&entries, out.format);
+        Digest::sha256_of(&bytes)
+    } else {
+        index::push_index(&registry, &out.destinations, &entries, out.format).await?
+    };
+    write_outputs(&opts, &index_digest, &results)?;
+    Ok(MultiBuilt {
+        index_digest,
+        results,
+    })
+}
+
+fn write_outputs(
+    opts: &BuildOptions,
+    index_digest: &Digest,
+    results: &[BuildResult],
+) -> Result<(), MultiError> {
+    let out = &opts.output;
+    let write = |p: &std::path::Path, text: String| {
+        std::fs::write(p, text).map_err(|source| MultiError::Write {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    if let Some(p) = &out.digest_file {
+        write(p, index_digest.to_string())?;
+    }
+    let name = |d: &str| {
+        d.rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .map_or(d, |(n, _)| n)
+            .to_string()
+    };
+    if let Some(p) = &out.image_name_with_digest_file {
+        let lines: String = out
+            .destinations
+            .iter()
+            .map(|d| format!("{}@{index_digest}\n", name(d)))
+            .collect();
+        write(p, lines)?;
+    }
+    if let Some(p) = &out.image_name_tag_with_digest_file {
+        let lines: String = out
+            .destinations
+            .iter()
+            .map(|d| format!("{d}@{index_digest}\n"))
+            .collect();
+        write(p, lines)?;
+    }
+    if let Some(p) = &opts.report_path {
+        let json = serde_json::json!({
+            "index_digest": index_digest,
+            "platforms": results,
+        });
+        write(p, serde_json::to_string_pretty(&json).unwrap_or_default())?;
+    }
+    Ok(())
+}
