@@ -40,6 +40,40 @@ pub struct LayerOptions {
     /// Timestamps set to the epoch, so the same inputs give the same digest.
     pub reproducible: bool,
     pub format: ImageFormat,
+    /// `SOURCE_DATE_EPOCH`, when given: the time Kiln's own entries
+    /// (whiteouts) carry, and with `rewrite_timestamp` the latest time any
+    /// entry may.
+    pub epoch: Option<u64>,
+    /// `--rewrite-timestamp` (BuildKit's `rewrite-timestamp=true`): file
+    /// times in the layers Kiln writes are capped at `epoch`; base layers
+    /// are never rewritten.
+    pub rewrite_timestamp: bool,
+}
+
+impl LayerOptions {
+    /// The time an entry written at `mtime` carries in a layer.
+    fn entry_time(&self, mtime: u64) -> u64 {
+        match (self.reproducible, self.rewrite_timestamp, self.epoch) {
+            (true, _, _) => 0,
+            (false, true, Some(e)) => mtime.min(e),
+            _ => mtime,
+        }
+    }
+
+    /// What distinguishes layers these options write, for cache keys:
+    /// a cached layer is the bytes a rebuild would give.
+    pub fn cache_settings(&self) -> String {
+        let mut s = format!(
+            "{}:{:?}:{}",
+            self.compression.name(),
+            self.level,
+            self.reproducible
+        );
+        if let (true, Some(e)) = (self.rewrite_timestamp, self.epoch) {
+            s.push_str(&format!(":rewrite-timestamp={e}"));
+        }
+        s
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,7 +181,7 @@ fn append_empty<W: Write>(
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(0);
     h.set_mode(0o644);
-    h.set_mtime(if opts.reproducible { 0 } else { now() });
+    h.set_mtime(opts.entry_time(opts.epoch.unwrap_or_else(now)));
     h.set_uid(0);
     h.set_gid(0);
     tb.append_data(&mut h, path, io::empty())
@@ -191,9 +225,7 @@ fn append_path<W: Write>(
     }
     let mut h = tar::Header::new_gnu();
     h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
-    if opts.reproducible {
-        h.set_mtime(0);
-    }
+    h.set_mtime(opts.entry_time(h.mtime()?));
     if !ft.is_dir() && m.nlink() > 1 {
         let key = (m.dev(), m.ino());
         if let Some(first) = links.get(&key) {

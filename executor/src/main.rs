@@ -13,6 +13,9 @@ fn main() -> std::process::ExitCode {
     }
     let cli = cmd::Cli::parse();
     cmd::logging(&cli);
+    // RUN steps start with umask 022, as Docker's containers do: an image
+    // must not depend on the shell that started the build.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     kiln_common::tls::warn(no_ca);
     cmd::check_kaniko_flags(&cli);
     // Before any thread exists (the kernel requires it): as a user other

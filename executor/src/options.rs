@@ -135,3 +135,50 @@ pub enum SecretSource {
     File(PathBuf),
     Env(String),
 }
+
+/// `SOURCE_DATE_EPOCH`, as BuildKit takes it: a `--build-arg` (with a
+/// value, or by name from the environment), else the environment
+/// variable (`env`). Seconds since 1970.
+pub fn source_date_epoch(
+    build_args: &[(String, Option<String>)],
+    env: Option<String>,
+) -> Result<Option<u64>, String> {
+    const NAME: &str = "SOURCE_DATE_EPOCH";
+    let from_arg = build_args
+        .iter()
+        .rev()
+        .find(|(k, _)| k == NAME)
+        .map(|(_, v)| v.clone().or_else(|| env.clone()));
+    let value = match from_arg {
+        Some(v) => v,
+        None => env,
+    };
+    match value.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("{NAME}={v:?}: expected whole seconds since 1970")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_date_epoch_from_a_build_arg_or_the_environment() {
+        let arg = |v: Option<&str>| vec![("SOURCE_DATE_EPOCH".to_string(), v.map(str::to_string))];
+        assert_eq!(source_date_epoch(&[], None), Ok(None));
+        assert_eq!(
+            source_date_epoch(&[], Some("1700000000".into())),
+            Ok(Some(1_700_000_000))
+        );
+        assert_eq!(
+            source_date_epoch(&arg(Some("5")), Some("7".into())),
+            Ok(Some(5))
+        );
+        assert_eq!(source_date_epoch(&arg(None), Some("7".into())), Ok(Some(7)));
+        assert!(source_date_epoch(&arg(Some("yesterday")), None).is_err());
+    }
+}

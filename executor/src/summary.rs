@@ -171,6 +171,8 @@ mod tests {
         step.cache = Some("miss".into());
         BuildResult {
             manifest_digest: Digest::sha256_of(b"m"),
+            manifest_size: 500,
+            platform: kiln_common::image::Platform::host(),
             config_digest: Digest::sha256_of(b"c"),
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             pushed: vec!["reg/app:1".into()],

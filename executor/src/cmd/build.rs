@@ -84,6 +84,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     };
     let insecure_pull = cli.insecure_pull.unwrap_or(false);
+    let epoch = kiln_executor::options::source_date_epoch(
+        &cli.build_arg,
+        std::env::var("SOURCE_DATE_EPOCH").ok(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let rewrite_timestamp = cli.rewrite_timestamp.unwrap_or(false);
+    if rewrite_timestamp && epoch.is_none() {
+        bail!("--rewrite-timestamp caps file times at SOURCE_DATE_EPOCH: set it (environment or --build-arg)");
+    }
     let opts = BuildOptions {
         context: context_of(&cli),
         context_sub_path: cli.context_sub_path.clone(),
@@ -124,6 +133,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             level: cli.compression_level,
             reproducible: cli.reproducible.unwrap_or(false),
             format,
+            epoch,
+            rewrite_timestamp,
         },
         single_snapshot: cli.single_snapshot.unwrap_or(false),
         max_parallel_stages: cli.max_parallel_stages,

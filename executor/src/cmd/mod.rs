@@ -77,6 +77,11 @@ pub struct Cli {
     /// Strip timestamps so that identical inputs give identical digests.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub reproducible: Option<bool>,
+    /// Cap every file time in the layers Kiln writes at SOURCE_DATE_EPOCH
+    /// (BuildKit's `rewrite-timestamp=true`); base layers stay untouched.
+    /// SOURCE_DATE_EPOCH alone sets the config's and history's times.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
+    pub rewrite_timestamp: Option<bool>,
     /// One layer per stage instead of one per step.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub single_snapshot: Option<bool>,

@@ -493,12 +493,18 @@ impl Builder {
     }
 
     /// Creation times in config and history: the epoch with `--reproducible`.
+    /// The config's and history's `created`: kaniko's zero time with
+    /// `--reproducible`, `SOURCE_DATE_EPOCH` when given (BuildKit's rule),
+    /// else now.
     fn timestamp(&self) -> String {
-        if self.opts.layer.reproducible {
-            "1970-01-01T00:00:00Z".to_string()
-        } else {
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        }
+        let l = &self.opts.layer;
+        let at = match (l.reproducible, l.epoch) {
+            (true, _) => chrono::DateTime::UNIX_EPOCH,
+            (false, Some(e)) => chrono::DateTime::from_timestamp(e as i64, 0)
+                .unwrap_or(chrono::DateTime::UNIX_EPOCH),
+            (false, None) => chrono::Utc::now(),
+        };
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
     fn work_path(&self) -> &Path {

@@ -129,12 +129,7 @@ impl Builder {
         let mut chain = cache_key::stage_start(
             &base_id,
             &platform.to_string(),
-            &format!(
-                "{}:{:?}:{}",
-                self.opts.layer.compression.name(),
-                self.opts.layer.level,
-                self.opts.layer.reproducible
-            ),
+            &self.opts.layer.cache_settings(),
         );
         // History of the base stays; the config's creation time is ours, and
         // so is its platform (the one we built for).
