@@ -11,6 +11,8 @@
 # (nothing cached), one file changed (the app file, last step), fully
 # cached. Tools, each on a fresh runner unless said:
 #   kiln            fresh work dir, its cache server (file store) as cache
+#   kiln-warmed     the same, with the base warmed and extracted by the
+#                   warmer (--cache-dir; the root is stacked, not unpacked)
 #   buildkit        a pruned daemon, inline cache from the registry
 #   buildkit-warm   a persistent builder: the daemon keeps its local cache
 # Each build pushes to a loopback docker-registry. Kiln's per-phase time
@@ -22,8 +24,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
 bash .ci/setup >/dev/null
-cargo build --release -q -p kiln-executor --bin executor -p kiln-cache-server --bin cache-server
+cargo build --release -q -p kiln-executor --bin executor -p kiln-cache-server --bin cache-server -p kiln-warmer --bin warmer
 EXE="$PWD/target/release/executor"
+WARMER="$PWD/target/release/warmer"
 SERVER="$PWD/target/release/cache-server"
 KIT=/dev/shm/kiln-bench-debian-1
 SHM=$(mktemp -d /dev/shm/kd.XXXXXX)
@@ -120,16 +123,20 @@ CS_PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$SHM/cs.out" && break; sleep 0.1; done
 CS=$(awk '{print $3}' "$SHM/cs.out")
 
-kiln() { # ctx repo -> seconds; a fresh work dir (a new runner); report in $SHM/report.json
-  local w="$SHM/kiln-work" t0 t1
+kiln() { # ctx repo [flags] -> seconds; a fresh work dir (a new runner); report in $SHM/report.json
+  local w="$SHM/kiln-work" t0 t1 ctx=$1 repo=$2
+  shift 2
   rm -rf "$w"; mkdir -p "$w"
   settle
   t0=$(now)
-  KILN_DIR="$w" "$EXE" --context "$SHM/ctx/$1" --destination "$REG/k-$1:latest" --insecure --insecure-pull \
-    --cache --cache-repo "$CS/$2" --kaniko-dir "$w" --report "$SHM/report.json" >"$SHM/kiln.log" 2>&1 \
+  KILN_DIR="$w" "$EXE" --context "$SHM/ctx/$ctx" --destination "$REG/k-$ctx:latest" --insecure --insecure-pull \
+    --cache --cache-repo "$CS/$repo" --kaniko-dir "$w" --report "$SHM/report.json" "$@" >"$SHM/kiln.log" 2>&1 \
     || { cat "$SHM/kiln.log"; exit 1; }
   t1=$(now); echo "$t1 - $t0" | bc
 }
+# The warmer's shared directory: the base pulled and extracted once.
+"$WARMER" --cache-dir "$SHM/warm" --insecure-pull --extract-layers --image "$REG/debian:bookworm" >/dev/null 2>&1
+WARM=(--cache-dir "$SHM/warm")
 buildkit() { # ctx image prune(yes|no) -> seconds; inline cache from the registry
   local ctx=$1 img=$2 t0 t1 q
   if [ "$3" = yes ]; then "${DOCKER[@]}" system prune -af >/dev/null; "${DOCKER[@]}" builder prune -af >/dev/null; fi
@@ -147,34 +154,38 @@ phases() { # -> "base run layer" seconds summed over the report's steps
 }
 : > "$SHM/table"; : > "$SHM/phases"
 for c in apt pip multi node; do
-  for s in cold one cached; do : > "$SHM/$c-$s-k"; : > "$SHM/$c-$s-b"; : > "$SHM/$c-$s-w"; : > "$SHM/$c-$s-p"; done
+  for s in cold one cached; do : > "$SHM/$c-$s-k"; : > "$SHM/$c-$s-kw"; : > "$SHM/$c-$s-b"; : > "$SHM/$c-$s-w"; : > "$SHM/$c-$s-p"; done
   for i in $(seq "$RUNS"); do
     echo "$c, run $i"
     # Cold: a new cache repository and image name each time.
     echo "echo app $i" > "$SHM/ctx/$c/app.sh"
     kiln "$c" "cold-$c-$i" >> "$SHM/$c-cold-k"; phases >> "$SHM/$c-cold-p"
+    kiln "$c" "coldw-$c-$i" "${WARM[@]}" >> "$SHM/$c-cold-kw"
     buildkit "$c" "$REG/bk-$c-cold$i:latest" yes >> "$SHM/$c-cold-b"
     "${DOCKER[@]}" system prune -af >/dev/null; "${DOCKER[@]}" builder prune -af >/dev/null
     buildkit "$c" "$REG/bw-$c-cold$i:latest" no >> "$SHM/$c-cold-w"
     # One file changed: the same cache / image / daemon as the cold build.
     echo "echo app $i changed" > "$SHM/ctx/$c/app.sh"
     kiln "$c" "cold-$c-$i" >> "$SHM/$c-one-k"; phases >> "$SHM/$c-one-p"
+    kiln "$c" "coldw-$c-$i" "${WARM[@]}" >> "$SHM/$c-one-kw"
+    grep -q "root stacked on" "$SHM/kiln.log" || echo "  (the warmed base was not stacked)"
     buildkit "$c" "$REG/bk-$c-cold$i:latest" yes >> "$SHM/$c-one-b"
     buildkit "$c" "$REG/bw-$c-cold$i:latest" no >> "$SHM/$c-one-w"
     # Fully cached: nothing changed since.
     kiln "$c" "cold-$c-$i" >> "$SHM/$c-cached-k"; phases >> "$SHM/$c-cached-p"
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["cache_misses"]==0, r["steps"]' "$SHM/report.json"
+    kiln "$c" "coldw-$c-$i" "${WARM[@]}" >> "$SHM/$c-cached-kw"
     buildkit "$c" "$REG/bk-$c-cold$i:latest" yes >> "$SHM/$c-cached-b"
     buildkit "$c" "$REG/bw-$c-cold$i:latest" no >> "$SHM/$c-cached-w"
   done
   for s in cold one cached; do
-    K=$(median < "$SHM/$c-$s-k"); B=$(median < "$SHM/$c-$s-b"); W=$(median < "$SHM/$c-$s-w")
+    K=$(median < "$SHM/$c-$s-k"); KW=$(median < "$SHM/$c-$s-kw"); B=$(median < "$SHM/$c-$s-b"); W=$(median < "$SHM/$c-$s-w")
     P=$(tail -1 "$SHM/$c-$s-p")
-    printf '| %s | %s | %.2f s | %.2f s | %.2f s | %.2f | %.2f | %s |\n' "$c" "$s" "$K" "$B" "$W" \
-      "$(echo "$K / $B" | bc -l)" "$(echo "$K / $W" | bc -l)" "$P" | tee -a "$SHM/table"
+    printf '| %s | %s | %.2f s | %.2f s | %.2f s | %.2f s | %.2f | %.2f | %.2f | %s |\n' "$c" "$s" "$K" "$KW" "$B" "$W" \
+      "$(echo "$K / $B" | bc -l)" "$(echo "$K / $W" | bc -l)" "$(echo "$KW / $W" | bc -l)" "$P" | tee -a "$SHM/table"
   done
 done
 echo
-echo "| Dockerfile | scenario | Kiln | BuildKit (fresh) | BuildKit (persistent) | Kiln/fresh | Kiln/persistent | Kiln base / RUN / layers (s, last run) |"
-echo "|---|---|---:|---:|---:|---:|---:|---|"
+echo "| Dockerfile | scenario | Kiln | Kiln, warmed base | BuildKit (fresh) | BuildKit (persistent) | Kiln/fresh | Kiln/persistent | Kiln warmed/persistent | Kiln base / RUN / layers (s, last run) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
 cat "$SHM/table"
