@@ -206,11 +206,6 @@ fn registry_map_sends_pulls_to_the_mirror() {
         .contains("/v2/library/busybox/manifests/stable"));
 }
 
-fn hex_sha256(b: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(b))
-}
-
 /// Kiln's cache server as the fleet's pull-through mirror: the executor's
 /// `--registry-mirror <server>/docker.io` (kaniko's mirror-with-a-path
 /// form) reaches Docker Hub's namespace through it, and a second build in
