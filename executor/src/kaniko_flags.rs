@@ -63,7 +63,12 @@ pub const KANIKO_FLAGS: &[KanikoFlag] = &[
     online("bucket", I, "`--bucket b` reads `gs://b/context.tar.gz`; a URL with a scheme is used as given", &["--bucket", "kiln-no-such-bucket"]),
     f("destination", I, "", &["--destination", "example.com/app:v1", "--no-push"]),
     f("snapshot-mode", I, "layers are the same in every mode (each step's actual changes, content-hashed); `full` makes the rungs without an overlay walk the whole root after every RUN instead of following inotify's change events (the default for `redo`/`time` and without the flag)", &["--snapshot-mode=full"]),
-    f("custom-platform", I, "", &["--custom-platform=linux/amd64"]),
+    f(
+        "custom-platform",
+        I,
+        "a comma-separated list (or BuildKit's `--platform`) builds one OCI index; each platform pushed by digest, the index to the tags",
+        &["--custom-platform=linux/amd64"],
+    ),
     f("build-arg", I, "`KEY` alone takes the value from the environment, as kaniko", &["--build-arg", "A=1"]),
     f("insecure", I, "", &["--insecure"]),
     f("skip-tls-verify", I, "", &["--skip-tls-verify"]),

@@ -172,46 +172,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let result = builder.build().await?;
-    print_summary(&result);
+    super::summary::print_summary(&result);
     if let Some(path) = &cli.summary_file {
         write_summary(path, &result)?;
     }
     Ok(())
-}
-
-/// The closing summary of one build (one platform's, in a multi-platform
-/// build).
-pub(super) fn print_summary(result: &kiln_executor::BuildResult) {
-    eprintln!("\nSummary, {} ({:.1}s):", result.platform, result.seconds);
-    for s in &result.steps {
-        let layer = match &s.layer_digest {
-            Some(d) => format!("{} bytes {}", s.layer_size, &d.as_str()[..19]),
-            None => "no layer".into(),
-        };
-        eprintln!(
-            "  [{}] line {:>3}  {:>7.2}s  {:<28}  {}",
-            s.stage,
-            s.line,
-            s.seconds,
-            layer,
-            truncate(&s.instruction, 60)
-        );
-    }
-    if result.cache_hits + result.cache_misses + result.cache_errors > 0 {
-        eprintln!(
-            "  cache: {} hits, {} misses, {} errors; {} layer bytes pulled, {} pushed to the cache",
-            result.cache_hits,
-            result.cache_misses,
-            result.cache_errors,
-            result.bytes_pulled,
-            result.bytes_pushed_cache
-        );
-    }
-    eprintln!("  {}", kiln_executor::summary::one_line(result));
-    eprintln!("  image {}", result.manifest_digest);
-    for p in &result.pushed {
-        eprintln!("  pushed {p}");
-    }
 }
 
 fn write_summary(path: &std::path::Path, r: &kiln_executor::BuildResult) -> anyhow::Result<()> {
@@ -278,13 +243,5 @@ fn context_of(cli: &Cli) -> String {
         Some(b) if b.contains("://") => b.clone(),
         Some(b) => format!("gs://{}/context.tar.gz", b.trim_end_matches('/')),
         None => cli.context.trim_start_matches("dir://").to_string(),
-    }
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n).collect::<String>())
     }
 }

@@ -21,7 +21,7 @@ pub async fn build_platforms(
 ) -> anyhow::Result<()> {
     let built = multi::build_platforms(opts, &cli.custom_platform, registry).await?;
     for r in &built.results {
-        super::build::print_summary(r);
+        super::summary::print_summary(r);
     }
     eprintln!(
         "\n  index {} ({} platforms)",

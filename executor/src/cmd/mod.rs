@@ -4,6 +4,7 @@
 mod build;
 mod cache_token;
 pub mod index;
+mod summary;
 mod values;
 
 use clap::Parser;
