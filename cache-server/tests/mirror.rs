@@ -24,17 +24,6 @@ fn skopeo_digest(image: &str) -> String {
     out.trim().to_string()
 }
 
-/// Pulls `image` whole (manifest, config, layers) into a fresh layout.
-fn pull(image: &str) {
-    let d = tempfile::tempdir().unwrap();
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--src-tls-verify=false",
-        &format!("docker://{image}"),
-        &format!("oci:{}:x", d.path().display()),
-    ]));
-}
 
 fn count(reqs: &[String], method: &str, part: &str) -> usize {
     reqs.iter()
@@ -83,7 +72,7 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
     // Five concurrent pulls of a base nobody pulled yet.
     std::thread::scope(|sc| {
         for _ in 0..5 {
-            sc.spawn(|| pull(&through));
+            sc.spawn(|| skopeo_pull(&through));
         }
     });
     assert_eq!(skopeo_digest(&through), want);
@@ -94,12 +83,12 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
 
     // Within the window: nothing upstream.
     let before = proxy.requests().len();
-    pull(&through);
+    skopeo_pull(&through);
     assert_eq!(proxy.requests().len(), before, "{:#?}", proxy.requests());
 
     // After it: one HEAD, no GET (the tag did not move).
     std::thread::sleep(std::time::Duration::from_millis(2200));
-    pull(&through);
+    skopeo_pull(&through);
     let reqs = proxy.requests();
     assert_eq!(
         count(&reqs[before..], "HEAD", "/manifests/latest"),
@@ -147,7 +136,7 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
     assert_ne!(moved, want);
     std::thread::sleep(std::time::Duration::from_millis(2200));
     assert_eq!(skopeo_digest(&through), moved);
-    pull(&through);
+    skopeo_pull(&through);
 
     // The upstream goes away: the kept copy is served, marked stale; a tag
     // never pulled fails with the upstream named.
@@ -167,7 +156,7 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
         s.addr
     ));
     assert!(h.to_lowercase().contains("x-kiln-stale: true"), "{h}");
-    pull(&through);
+    skopeo_pull(&through);
     let o = Command::new("curl")
         .args([
             "-s",
@@ -257,7 +246,7 @@ fn a_hanging_upstream_serves_the_kept_copy_in_time() {
         "1s",
     ]);
     let through = format!("{}/hanging.example/busybox:latest", s.addr);
-    pull(&through);
+    skopeo_pull(&through);
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let started = std::time::Instant::now();
     let h = head(&format!(
@@ -276,7 +265,7 @@ fn a_hanging_upstream_serves_the_kept_copy_in_time() {
         "{:?}",
         hanging.requests()
     );
-    pull(&through);
+    skopeo_pull(&through);
 }
 
 /// An upstream whose stored layer is corrupted (same length, other bytes):

@@ -28,17 +28,6 @@ fn get(url: &str) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
-/// Pulls `image` whole (manifest, config, layers).
-fn pull(image: &str) {
-    let d = tempfile::tempdir().unwrap();
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--src-tls-verify=false",
-        &format!("docker://{image}"),
-        &format!("oci:{}:x", d.path().display()),
-    ]));
-}
 
 /// A credential helper whose first answer is an expired password and
 /// every later one the right password; counts its runs in `count`.
@@ -121,7 +110,7 @@ fn an_upstream_that_limits_fails_hangs_or_drops_never_fails_a_kept_base() {
     // password had expired: the 401 made the server log in again.
     proxies[0].set_remaining(76);
     for (host, _) in &modes {
-        pull(&format!("{}/{host}/busybox:latest", s.addr));
+        skopeo_pull(&format!("{}/{host}/busybox:latest", s.addr));
     }
     let runs: u32 = std::fs::read_to_string(creds.path().join("count"))
         .unwrap()

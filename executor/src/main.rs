@@ -34,6 +34,12 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = kiln_executor::stacked::private_mount_namespace() {
         tracing::debug!("no private mount namespace ({e}): mounts are unmounted on exit");
     }
+    run_async(cmd::run(cli))
+}
+
+/// Runs a command on a multi-threaded runtime; its error printed once,
+/// the exit code [`exit_code`]'s.
+fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,7 +50,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cmd::run(cli)) {
+    match rt.block_on(f) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", kiln_common::report::Report(&*e));
@@ -62,23 +68,7 @@ fn index_main() -> std::process::ExitCode {
         color: false,
         timestamps: false,
     });
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(cmd::index::run_index(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", kiln_common::report::Report(&*e));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    run_async(cmd::index::run_index(cli))
 }
 
 /// A failed RUN's own exit code, as Docker, kaniko and buildah exit with

@@ -303,14 +303,9 @@ fn wave(n: usize, contexts: &[&std::path::Path; 2], mirror: &str) {
 #[test]
 fn fifty_concurrent_builds_cost_the_upstream_one_pull_of_each_base() {
     let hub = Registry::start();
-    let base = push_busybox(&hub, "library/busybox:stable");
-    push_derived(
-        &base,
-        &format!("{}/library/tools:1", hub.addr),
-        &[("tool", "t\n")],
-    );
+    let (base, tools) = push_hub_images(&hub);
     let mut want: Vec<String> = blobs_of(&base);
-    want.extend(blobs_of(&format!("{}/library/tools:1", hub.addr)));
+    want.extend(blobs_of(&tools));
     want.sort();
     want.dedup();
     let proxy = HttpProxy::start(&hub.addr);

@@ -328,3 +328,13 @@ pub fn push_image_layout(dest: &str, files: &[(&str, &[u8])], skopeo_flags: &[&s
     }
     push_rootfs_with(t.path(), dest, &["sh"], skopeo_flags)
 }
+
+/// Two Docker Hub-named images sharing a base layer, as a fleet pulls
+/// them: `library/busybox:stable` and `library/tools:1` (busybox plus a
+/// file). Returns their references.
+pub fn push_hub_images(reg: &Registry) -> (String, String) {
+    let base = push_busybox(reg, "library/busybox:stable");
+    let tools = format!("{}/library/tools:1", reg.addr);
+    push_derived(&base, &tools, &[("tool", "t\n")]);
+    (base, tools)
+}

@@ -19,12 +19,7 @@ fn cache_server_bin() -> PathBuf {
 #[test]
 fn the_warmer_warms_the_mirror_without_copies() {
     let hub = Registry::start();
-    let base = push_busybox(&hub, "library/busybox:stable");
-    push_derived(
-        &base,
-        &format!("{}/library/tools:1", hub.addr),
-        &[("tool", "t\n")],
-    );
+    push_hub_images(&hub);
     let proxy = HttpProxy::start(&hub.addr);
     let server = CacheServer::start(
         &cache_server_bin(),

@@ -276,3 +276,16 @@ pub fn executor_build(
         .arg(report);
     c
 }
+
+/// Pulls `image` whole (manifest, config, layers) with skopeo into a fresh
+/// layout.
+pub fn skopeo_pull(image: &str) {
+    let d = tempfile::tempdir().unwrap();
+    kiln_testkit::run(std::process::Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &format!("docker://{image}"),
+        &format!("oci:{}:x", d.path().display()),
+    ]));
+}
