@@ -24,7 +24,6 @@ fn skopeo_digest(image: &str) -> String {
     out.trim().to_string()
 }
 
-
 fn count(reqs: &[String], method: &str, part: &str) -> usize {
     reqs.iter()
         .filter(|r| r.starts_with(&format!("{method} ")) && r.contains(part))

@@ -28,7 +28,6 @@ fn get(url: &str) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
-
 /// A credential helper whose first answer is an expired password and
 /// every later one the right password; counts its runs in `count`.
 fn helper(dir: &std::path::Path) {
