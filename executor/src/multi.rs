@@ -1,7 +1,8 @@
-//! A build for several platforms: one builder per platform, all at once
-//! (each on a thread driving it on the caller's runtime: a build blocks its
-//! thread while RUN steps execute), each platform's manifest pushed by
-//! digest, then one index to the destinations' tags ([`crate::index`]).
+//! A build for several platforms: one builder per platform, at once (each
+//! on a thread driving it on the caller's runtime: a build blocks its
+//! thread while RUN steps execute; with a layer cache the first platform
+//! goes first, see below), each platform's manifest pushed by digest, then
+//! one index to the destinations' tags ([`crate::index`]).
 //! `--digest-file` and the `--image-name*-digest-file`s name the index;
 //! `--report` holds every platform's report.
 
@@ -84,22 +85,25 @@ pub async fn build_platforms(
         tracing::info!("{p}: isolation {}", b.isolation_name());
         builders.push((p.clone(), b));
     }
-    let handle = tokio::runtime::Handle::current();
-    let outcomes = tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = builders
-                .iter()
-                .map(|(p, b)| {
-                    let handle = handle.clone();
-                    (p, scope.spawn(move || handle.block_on(b.build())))
-                })
-                .collect();
-            threads
-                .into_iter()
-                .map(|(p, t)| (p.clone(), t.join()))
-                .collect::<Vec<_>>()
-        })
-    });
+    // With a layer cache, the first platform builds first and the others
+    // after it, at once: a stage built for the build platform
+    // (`FROM --platform=$BUILDPLATFORM`, the cross-compile pattern) has the
+    // same keys in every platform's build, so it runs once and the others
+    // take it from the cache.
+    let (first, rest) = match (&opts.cache, builders.split_first()) {
+        (Some(_), Some((first, rest))) if !rest.is_empty() => {
+            tracing::info!(
+                "{}: built first; the other platforms then at once, reusing its build-platform stages from the cache",
+                first.0
+            );
+            (std::slice::from_ref(first), rest)
+        }
+        _ => (&builders[..0], &builders[..]),
+    };
+    let mut outcomes = build_at_once(first);
+    if outcomes.iter().all(|(_, o)| matches!(o, Ok(Ok(_)))) {
+        outcomes.extend(build_at_once(rest));
+    }
     let mut results = Vec::new();
     for (p, outcome) in outcomes {
         match outcome {
@@ -135,6 +139,31 @@ pub async fn build_platforms(
     Ok(MultiBuilt {
         index_digest,
         results,
+    })
+}
+
+type Outcome = (
+    Platform,
+    std::thread::Result<Result<BuildResult, BuildError>>,
+);
+
+/// Runs `builders` at once, each on a thread driving it on this runtime.
+fn build_at_once(builders: &[(Platform, Builder)]) -> Vec<Outcome> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = builders
+                .iter()
+                .map(|(p, b)| {
+                    let handle = handle.clone();
+                    (p, scope.spawn(move || handle.block_on(b.build())))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|(p, t)| (p.clone(), t.join()))
+                .collect()
+        })
     })
 }
 

@@ -121,6 +121,24 @@ fn one_invocation_builds_both_platforms_into_one_index() {
     let _qemu = Binfmt::aarch64();
     let t = tempfile::tempdir().unwrap();
     let (_, digest) = build_multi(&t.path().join("r1.json"));
+    // The $BUILDPLATFORM stage ran once: the second platform took it from
+    // the cache the first filled.
+    let r1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("r1.json")).unwrap()).unwrap();
+    let tools_run = |p: &serde_json::Value| {
+        p["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["stage"] == "tools" && s["instruction"].as_str().unwrap().starts_with("RUN")
+            })
+            .map(|s| s["cache"].as_str().unwrap_or("").to_string())
+            .unwrap()
+    };
+    let platforms_built = r1["platforms"].as_array().unwrap();
+    assert_eq!(tools_run(&platforms_built[0]), "miss");
+    assert_eq!(tools_run(&platforms_built[1]), "hit");
     let entries = index_of(&dest);
     let platforms: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
