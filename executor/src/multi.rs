@@ -16,10 +16,12 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum MultiError {
     #[error(
-        "--tar-path and --oci-layout-path hold one platform's image: build each platform on its \
-         own for them (a multi-platform build pushes one index to --destination)"
+        "--tar-path holds one platform's image (docker load takes no index): build each \
+         platform on its own for it"
     )]
-    LocalOutput,
+    TarOfIndex,
+    #[error(transparent)]
+    Output(#[from] Box<crate::output::OutputError>),
     #[error("--dryrun plans one platform: give one --custom-platform")]
     DryRun,
     #[error("building for {platform}")]
@@ -63,9 +65,27 @@ pub async fn build_platforms(
     registry: Arc<Registry>,
 ) -> Result<MultiBuilt, MultiError> {
     let out = &opts.output;
-    if out.tar_path.is_some() || out.oci_layout_path.is_some() {
-        return Err(MultiError::LocalOutput);
+    if out.tar_path.is_some() {
+        return Err(MultiError::TarOfIndex);
     }
+    // Each platform writes its own layout beside the one asked for; they
+    // are joined into it under one index at the end.
+    let layouts = match &out.oci_layout_path {
+        Some(p) => {
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+            let parent = parent.unwrap_or(std::path::Path::new("."));
+            Some(
+                tempfile::Builder::new()
+                    .prefix(".kiln-platforms-")
+                    .tempdir_in(parent)
+                    .map_err(|source| MultiError::Write {
+                        path: parent.to_path_buf(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     if opts.dry_run {
         return Err(MultiError::DryRun);
     }
@@ -78,6 +98,9 @@ pub async fn build_platforms(
         o.output.image_name_with_digest_file = None;
         o.output.image_name_tag_with_digest_file = None;
         o.report_path = None;
+        o.output.oci_layout_path = layouts
+            .as_ref()
+            .map(|d| d.path().join(p.to_string().replace('/', "-")));
         let b = Builder::new(o, registry.clone()).map_err(|e| MultiError::Build {
             platform: p.to_string(),
             source: Box::new(e),
@@ -135,11 +158,53 @@ pub async fn build_platforms(
     } else {
         index::push_index(&registry, &out.destinations, &entries, out.format).await?
     };
+    if let (Some(dir), Some(layouts)) = (&out.oci_layout_path, &layouts) {
+        join_layouts(dir, layouts.path(), &entries, out)?;
+    }
     write_outputs(&opts, &index_digest, &results)?;
     Ok(MultiBuilt {
         index_digest,
         results,
     })
+}
+
+/// Joins the platforms' layouts under `from` into the layout `dir`: their
+/// blobs, and one index naming every platform's manifest, tagged as the
+/// first destination (or `latest`).
+fn join_layouts(
+    dir: &std::path::Path,
+    from: &std::path::Path,
+    entries: &[Descriptor],
+    out: &crate::options::OutputOptions,
+) -> Result<(), MultiError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| MultiError::Write { path, source }
+    };
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+    for platform in std::fs::read_dir(from).map_err(io(from))? {
+        let src = platform.map_err(io(from))?.path().join("blobs/sha256");
+        for b in std::fs::read_dir(&src).map_err(io(&src))? {
+            let b = b.map_err(io(&src))?.path();
+            let Some(d) = b
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            crate::output::link_blob(&blobs, &d, &b).map_err(Box::new)?;
+        }
+    }
+    let (bytes, media_type) = index::index_bytes(entries, out.format);
+    let digest = Digest::sha256_of(&bytes);
+    let path = blobs.join(digest.hex());
+    std::fs::write(&path, &bytes).map_err(io(&path))?;
+    let desc = Descriptor::new(media_type, digest, bytes.len() as u64);
+    crate::output::add_to_layout(dir, desc, out.destinations.first().map(String::as_str))
+        .map_err(Box::new)?;
+    Ok(())
 }
 
 type Outcome = (

@@ -306,24 +306,41 @@ async fn write_oci_layout(
     digests.push((w.config_digest.clone(), store.path(&w.config_digest)));
     digests.push((w.manifest_digest.clone(), store.path(&w.manifest_digest)));
     for (d, src) in digests {
-        let dst = blobs.join(d.hex());
-        if dst.exists() {
-            continue;
-        }
-        // Hard link when on the same filesystem, else copy via a temp file.
-        if std::fs::hard_link(&src, &dst).is_err() {
-            let tmp = blobs.join(format!(".tmp-{}", d.hex()));
-            std::fs::copy(&src, &tmp).map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-        }
+        link_blob(&blobs, &d, &src)?;
     }
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(io_err(dir))?;
-    let mut desc = Descriptor::new(
+    let desc = Descriptor::new(
         &w.media_type,
         w.manifest_digest.clone(),
         w.manifest.len() as u64,
     );
+    add_to_layout(dir, desc, name)
+}
+
+/// Puts blob `d` (at `src`) into a layout's `blobs/sha256`: a hard link
+/// when on the same filesystem, else a copy through a temp file.
+pub(crate) fn link_blob(blobs: &Path, d: &Digest, src: &Path) -> Result<(), OutputError> {
+    let dst = blobs.join(d.hex());
+    if dst.exists() {
+        return Ok(());
+    }
+    if std::fs::hard_link(src, &dst).is_err() {
+        let tmp = blobs.join(format!(".tmp-{}", d.hex()));
+        std::fs::copy(src, &tmp).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+    }
+    Ok(())
+}
+
+/// Names `desc` (whose blobs are in the layout) in the layout's
+/// `index.json` under the tag of `name` (`latest` when none), keeping the
+/// other images there and replacing one with the same tag.
+pub(crate) fn add_to_layout(
+    dir: &Path,
+    mut desc: Descriptor,
+    name: Option<&str>,
+) -> Result<(), OutputError> {
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(io_err(dir))?;
     let tag = name
         .and_then(|n| {
             n.rsplit_once(':')
@@ -335,7 +352,6 @@ async fn write_oci_layout(
         "org.opencontainers.image.ref.name".to_string(),
         tag,
     )]));
-    // Keep other images already in the layout, replacing one with the same tag.
     let index_path = dir.join("index.json");
     let mut index = std::fs::read(&index_path)
         .ok()

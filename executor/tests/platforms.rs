@@ -35,12 +35,12 @@ fn base(reg: &Registry) -> String {
 
 /// The index at `image`: (platform, manifest digest) of each entry.
 fn index_of(image: &str) -> Vec<(String, String)> {
-    let raw = run(Command::new("skopeo").args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{image}"),
-    ]));
+    let name = if image.starts_with("oci:") {
+        image.to_string()
+    } else {
+        format!("docker://{image}")
+    };
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &name]));
     let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(
         v["mediaType"], "application/vnd.oci.image.index.v1+json",
@@ -78,10 +78,13 @@ fn one_invocation_builds_both_platforms_into_one_index() {
     let build_multi = |report: &std::path::Path| {
         let work = tempfile::tempdir_in("/dev/shm").unwrap();
         let digest_file = work.path().join("digest");
+        let layout = report.with_extension("oci");
         let log = must_build(
             ctx.path(),
             &work.path().join("k"),
             &[
+                "--oci-layout-path",
+                layout.to_str().unwrap(),
                 "--destination",
                 &dest,
                 "--insecure",
@@ -142,6 +145,17 @@ fn one_invocation_builds_both_platforms_into_one_index() {
     let entries = index_of(&dest);
     let platforms: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    // The OCI layout holds the same index, tagged as the destination.
+    let layout = format!("oci:{}:multi", t.path().join("r1.oci").display());
+    assert_eq!(index_of(&layout), entries);
+    let copied = tempfile::tempdir().unwrap();
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--all",
+        &layout,
+        &format!("oci:{}:x", copied.path().display()),
+    ]));
     let raw = run(Command::new("skopeo").args([
         "inspect",
         "--raw",
