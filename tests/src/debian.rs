@@ -95,3 +95,58 @@ fn make(dir: &Path, kit: &DebianKit) {
         ])
         .arg(&kit.wheels));
 }
+
+/// A real Debian base (mmdebstrap, see the test kit's `debian.rs`): apt
+/// from a local `file:` repository with its `_apt` sandbox, `dpkg -i`,
+/// `apt-get purge`, pip into a venv from a wheelhouse, `useradd`, `chown`
+/// and `USER`, merged-/usr writes through `/bin`, `/root`, a directory
+/// replaced by a link. `SOURCE_DATE_EPOCH` makes Python's byte code
+/// hash-based, so two builds compare byte for byte.
+pub const DEBIAN_DOCKERFILE: &str = r#"FROM {DEBIAN}
+COPY repo /repo
+COPY wheels /wheels
+RUN rm -f /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list && echo 'deb [trusted=yes] file:/repo ./' > /etc/apt/sources.list.d/local.list && apt-get update -q && apt-get install -y -q --no-install-recommends jq && jq --version > /jq-version
+RUN dpkg -i /repo/hello_*.deb && hello > /hello-out
+RUN apt-get purge -y -q jq && apt-get autoremove -y -q && rm -rf /var/lib/apt/lists/*
+RUN export SOURCE_DATE_EPOCH=1 PIP_DISABLE_PIP_VERSION_CHECK=1 && python3 -m venv /venv && /venv/bin/pip install -q --no-cache-dir --no-index --find-links /wheels six && /venv/bin/python -c 'import six; print(six.__version__)' > /six-version
+RUN useradd -m -u 1001 -s /bin/sh app && mkdir -p /srv/app && chown app:app /srv/app && echo x > /root/.kiln-profile
+RUN printf '#!/bin/sh\necho tool\n' > /bin/kiln-tool && chmod 755 /bin/kiln-tool && mkdir -p /usr/local/share/d/sub && echo 1 > /usr/local/share/d/f
+RUN rm -rf /usr/local/share/d && ln -s /tmp /usr/local/share/d
+USER app
+RUN id > /srv/app/id && echo hi > /home/app/hi && kiln-tool > /home/app/tool
+"#;
+
+/// A context for [`DEBIAN_DOCKERFILE`] (its base left as `{DEBIAN}`): the
+/// Dockerfile, the kit's repository and wheelhouse.
+pub fn debian_context() -> tempfile::TempDir {
+    let kit = debian_kit();
+    let c = tempfile::tempdir().unwrap();
+    std::fs::write(c.path().join("Dockerfile"), DEBIAN_DOCKERFILE).unwrap();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&kit.repo)
+        .arg(c.path().join("repo")));
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&kit.wheels)
+        .arg(c.path().join("wheels")));
+    c
+}
+
+/// Files whose content differs between any two builds of the Debian
+/// context, whoever builds (times and caches, as test-recipes.md lists
+/// them): kept in the comparison with their type, mode and owner, content
+/// left out.
+pub fn without_noise(mut tree: BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
+    for (p, e) in tree.iter_mut() {
+        let noise = p == "var/cache/ldconfig/aux-cache"
+            || (p.starts_with("var/cache/apt/") && p.ends_with(".bin"))
+            || p == "var/log/dpkg.log"
+            || p == "var/log/alternatives.log"
+            || p.starts_with("var/log/apt/");
+        if noise {
+            e.data = "(noise)".into();
+        }
+    }
+    tree
+}

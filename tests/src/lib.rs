@@ -115,7 +115,9 @@ pub use static_http::*;
 mod docker;
 pub use docker::DockerEngine;
 mod debian;
-pub use debian::{debian_kit, push_debian, DebianKit};
+pub use debian::{
+    debian_context, debian_kit, push_debian, without_noise, DebianKit, DEBIAN_DOCKERFILE,
+};
 mod nginx;
 mod oidc;
 pub use oidc::{raw_token, IssuerKey, OidcIssuer};

@@ -64,44 +64,6 @@ RUN sleep 2 && test ! -e /late && echo clean > /clean
 RUN seq 1 300000 && seq 1 300000 >&2 && echo printed > /printed
 "#;
 
-/// A real Debian base (mmdebstrap, see the test kit's `debian.rs`): apt
-/// from a local `file:` repository with its `_apt` sandbox, `dpkg -i`,
-/// `apt-get purge`, pip into a venv from a wheelhouse, `useradd`, `chown`
-/// and `USER`, merged-/usr writes through `/bin`, `/root`, a directory
-/// replaced by a link. `SOURCE_DATE_EPOCH` makes Python's byte code
-/// hash-based, so two builds compare byte for byte.
-pub(super) const DEBIAN: &str = r#"FROM {DEBIAN}
-COPY repo /repo
-COPY wheels /wheels
-RUN rm -f /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list && echo 'deb [trusted=yes] file:/repo ./' > /etc/apt/sources.list.d/local.list && apt-get update -q && apt-get install -y -q --no-install-recommends jq && jq --version > /jq-version
-RUN dpkg -i /repo/hello_*.deb && hello > /hello-out
-RUN apt-get purge -y -q jq && apt-get autoremove -y -q && rm -rf /var/lib/apt/lists/*
-RUN export SOURCE_DATE_EPOCH=1 PIP_DISABLE_PIP_VERSION_CHECK=1 && python3 -m venv /venv && /venv/bin/pip install -q --no-cache-dir --no-index --find-links /wheels six && /venv/bin/python -c 'import six; print(six.__version__)' > /six-version
-RUN useradd -m -u 1001 -s /bin/sh app && mkdir -p /srv/app && chown app:app /srv/app && echo x > /root/.kiln-profile
-RUN printf '#!/bin/sh\necho tool\n' > /bin/kiln-tool && chmod 755 /bin/kiln-tool && mkdir -p /usr/local/share/d/sub && echo 1 > /usr/local/share/d/f
-RUN rm -rf /usr/local/share/d && ln -s /tmp /usr/local/share/d
-USER app
-RUN id > /srv/app/id && echo hi > /home/app/hi && kiln-tool > /home/app/tool
-"#;
-
-/// Files whose content differs between any two builds of the Debian
-/// context, whoever builds (times and caches, as test-recipes.md lists
-/// them): kept in the comparison with their type, mode and owner, content
-/// left out.
-pub(super) fn without_noise(mut tree: BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
-    for (p, e) in tree.iter_mut() {
-        let noise = p == "var/cache/ldconfig/aux-cache"
-            || (p.starts_with("var/cache/apt/") && p.ends_with(".bin"))
-            || p == "var/log/dpkg.log"
-            || p == "var/log/alternatives.log"
-            || p.starts_with("var/log/apt/");
-        if noise {
-            e.data = "(noise)".into();
-        }
-    }
-    tree
-}
-
 /// Flags a context needs, its files under `ctx_root`.
 pub(super) fn extra_args(name: &str, ctx_root: &str) -> Vec<String> {
     match name {
@@ -163,13 +125,7 @@ pub(super) fn contexts(base: &str, debian: Option<&str>, http: &str, names: &[&s
             "leak" => context_with("FROM {BASE}\nRUN echo a > /leak-a && mkdir -p /leak-dir\n"),
             "noleak" => context_with("FROM {BASE}\nRUN test ! -e /leak-a && test ! -e /leak-dir && test ! -e /hi && test ! -e /app && test ! -e /started\n"),
             "slow" => context_with("FROM {BASE}\nRUN touch /started && sleep 61\n"),
-            "debian" => {
-                let c = context_with(DEBIAN);
-                let kit = debian_kit();
-                run(Command::new("cp").arg("-a").arg(&kit.repo).arg(c.path().join("repo")));
-                run(Command::new("cp").arg("-a").arg(&kit.wheels).arg(c.path().join("wheels")));
-                c
-            }
+            "debian" => debian_context(),
             other => panic!("no context {other}"),
         };
         let to = dir.join(name);
