@@ -50,27 +50,12 @@ RUN cat /app/src/* | wc -c > /app/count
 EOF
 
 kiln() { # label cache-repo [extra flags] -> seconds; a fresh work dir (a new runner)
-  local w="$SHM/kiln-work" t0 t1 repo=$2
+  local repo=$2
   shift 2
-  rm -rf "$w"; mkdir -p "$w"
-  settle
-  t0=$(now)
-  KILN_DIR="$w" "$EXE" --context "$CTX" --destination "$REG/kout:latest" --insecure --insecure-pull \
-    --cache --cache-repo "$REG/$repo" --kaniko-dir "$w" --report "$SHM/report.json" "$@" >"$SHM/kiln.log" 2>&1 \
-    || { cat "$SHM/kiln.log"; exit 1; }
-  t1=$(now); echo "$t1 - $t0" | bc
+  kiln_timed "$CTX" "$REG/kout:latest" "$REG/$repo" "$@"
 }
 buildkit() { # image -> seconds; a pruned daemon (a new runner), inline cache from the registry
-  local img=$1 t0 t1 q
-  "${DOCKER[@]}" system prune -af >/dev/null; "${DOCKER[@]}" builder prune -af >/dev/null
-  q="version=2&networkmode=host&t=$img&cachefrom=%5B%22$img%22%5D&buildargs=%7B%22BUILDKIT_INLINE_CACHE%22%3A%221%22%7D"
-  settle
-  t0=$(now)
-  tar -C "$CTX" -cf - . | curl -sS --unix-socket "$SHM/d.sock" -X POST -H "Content-Type: application/x-tar" \
-    --data-binary @- "http://localhost/v1.41/build?$q" > "$SHM/bk.log"
-  if grep -q '"error' "$SHM/bk.log"; then cat "$SHM/bk.log"; exit 1; fi
-  "${DOCKER[@]}" push -q "$img" >/dev/null
-  t1=$(now); echo "$t1 - $t0" | bc
+  buildkit_timed "$CTX" "$1" yes
 }
 step() { # report -> seconds of the named step prefix
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(s["seconds"] for s in r["steps"] if s["instruction"].startswith(sys.argv[2])))' "$SHM/report.json" "$1"

@@ -124,30 +124,15 @@ for _ in $(seq 100); do grep -q "listening on" "$SHM/cs.out" && break; sleep 0.1
 CS=$(awk '{print $3}' "$SHM/cs.out")
 
 kiln() { # ctx repo [flags] -> seconds; a fresh work dir (a new runner); report in $SHM/report.json
-  local w="$SHM/kiln-work" t0 t1 ctx=$1 repo=$2
+  local ctx=$1 repo=$2
   shift 2
-  rm -rf "$w"; mkdir -p "$w"
-  settle
-  t0=$(now)
-  KILN_DIR="$w" "$EXE" --context "$SHM/ctx/$ctx" --destination "$REG/k-$ctx:latest" --insecure --insecure-pull \
-    --cache --cache-repo "$CS/$repo" --kaniko-dir "$w" --report "$SHM/report.json" "$@" >"$SHM/kiln.log" 2>&1 \
-    || { cat "$SHM/kiln.log"; exit 1; }
-  t1=$(now); echo "$t1 - $t0" | bc
+  kiln_timed "$SHM/ctx/$ctx" "$REG/k-$ctx:latest" "$CS/$repo" "$@"
 }
 # The warmer's shared directory: the base pulled and extracted once.
 "$WARMER" --cache-dir "$SHM/warm" --insecure-pull --extract-layers --image "$REG/debian:bookworm" >/dev/null 2>&1
 WARM=(--cache-dir "$SHM/warm")
-buildkit() { # ctx image prune(yes|no) -> seconds; inline cache from the registry
-  local ctx=$1 img=$2 t0 t1 q
-  if [ "$3" = yes ]; then "${DOCKER[@]}" system prune -af >/dev/null; "${DOCKER[@]}" builder prune -af >/dev/null; fi
-  q="version=2&networkmode=host&t=$img&cachefrom=%5B%22$img%22%5D&buildargs=%7B%22BUILDKIT_INLINE_CACHE%22%3A%221%22%7D"
-  settle
-  t0=$(now)
-  tar -C "$SHM/ctx/$ctx" -cf - . | curl -sS --unix-socket "$SHM/d.sock" -X POST -H "Content-Type: application/x-tar" \
-    --data-binary @- "http://localhost/v1.41/build?$q" > "$SHM/bk.log"
-  if grep -q '"error' "$SHM/bk.log"; then cat "$SHM/bk.log"; exit 1; fi
-  "${DOCKER[@]}" push -q "$img" >/dev/null
-  t1=$(now); echo "$t1 - $t0" | bc
+buildkit() { # ctx image prune(yes|no) -> seconds
+  buildkit_timed "$SHM/ctx/$1" "$2" "$3"
 }
 phases() { # -> "base run layer" seconds summed over the report's steps
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); p=[s.get("phases",{}) for s in r["steps"]]; print(" ".join("%.2f" % sum(x.get(k,0) for x in p) for k in ("base","run","layer")))' "$SHM/report.json"

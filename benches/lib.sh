@@ -85,3 +85,29 @@ random_base() { # dir
   cp -a "$B/rootfs/." "$B/bundle/rootfs/"
   umoci repack --image "$B/layout:base" "$B/bundle" >/dev/null
 }
+
+# Timed builds shared by the BuildKit comparisons (they need SHM, EXE and,
+# for BuildKit, a daemon on $SHM/d.sock with DOCKER=(docker -H …)).
+kiln_timed() { # context destination cache-repo [flags] -> seconds; a fresh work dir (a new runner); report in $SHM/report.json
+  local ctx=$1 dest=$2 repo=$3 w="$SHM/kiln-work" t0 t1
+  shift 3
+  rm -rf "$w"; mkdir -p "$w"
+  settle
+  t0=$(now)
+  KILN_DIR="$w" "$EXE" --context "$ctx" --destination "$dest" --insecure --insecure-pull \
+    --cache --cache-repo "$repo" --kaniko-dir "$w" --report "$SHM/report.json" "$@" >"$SHM/kiln.log" 2>&1 \
+    || { cat "$SHM/kiln.log"; exit 1; }
+  t1=$(now); echo "$t1 - $t0" | bc
+}
+buildkit_timed() { # context image prune(yes|no) -> seconds; inline cache from the registry, then a push
+  local ctx=$1 img=$2 t0 t1 q
+  if [ "$3" = yes ]; then "${DOCKER[@]}" system prune -af >/dev/null; "${DOCKER[@]}" builder prune -af >/dev/null; fi
+  q="version=2&networkmode=host&t=$img&cachefrom=%5B%22$img%22%5D&buildargs=%7B%22BUILDKIT_INLINE_CACHE%22%3A%221%22%7D"
+  settle
+  t0=$(now)
+  tar -C "$ctx" -cf - . | curl -sS --unix-socket "$SHM/d.sock" -X POST -H "Content-Type: application/x-tar" \
+    --data-binary @- "http://localhost/v1.41/build?$q" > "$SHM/bk.log"
+  if grep -q '"error' "$SHM/bk.log"; then cat "$SHM/bk.log"; exit 1; fi
+  "${DOCKER[@]}" push -q "$img" >/dev/null
+  t1=$(now); echo "$t1 - $t0" | bc
+}
