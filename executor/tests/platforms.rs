@@ -283,3 +283,72 @@ fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// The arm64 image of a multi-platform build, file for file as BuildKit
+/// (Docker Engine's, `platform=linux/arm64`, through the same QEMU) builds
+/// it from the same base.
+#[test]
+fn the_arm64_image_matches_buildkit_under_emulation() {
+    let reg = Registry::start();
+    let base = base(&reg);
+    let df = format!("FROM {base}\nRUN uname -m > /arch && mkdir -p /opt/d && echo x > /opt/d/f && rm /etc/os-release\nCOPY f /f\n");
+    let ctx = context_with(&df);
+    write(ctx.path(), "f", "f\n");
+    let _qemu = Binfmt::aarch64();
+    let engine = DockerEngine::start();
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(ctx.path())
+        .args(["-cf", "-", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(engine.socket())
+        .args(["-X", "POST", "-H", "Content-Type: application/x-tar"])
+        .args(["--data-binary", "@-"])
+        .arg("http://localhost/v1.41/build?version=2&networkmode=host&platform=linux%2Farm64&t=bk-arm:1")
+        .stdin(tar.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    tar.wait().unwrap();
+    let stream = String::from_utf8_lossy(&out.stdout);
+    assert!(!stream.contains("\"error"), "BuildKit failed:\n{stream}");
+    let saved = tempfile::tempdir().unwrap();
+    let tarball = saved.path().join("bk.tar");
+    run(engine
+        .cmd()
+        .args(["save", "-o"])
+        .arg(&tarball)
+        .arg("bk-arm:1"));
+    let bk = unpack(&format!("docker-archive:{}", tarball.display()));
+
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let layout = work.path().join("oci");
+    must_build(
+        ctx.path(),
+        &work.path().join("k"),
+        &[
+            "--no-push",
+            "--insecure-pull",
+            "--platform",
+            "linux/arm64",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+    );
+    let kiln = unpack(&format!("oci:{}:latest", layout.display()));
+    assert_eq!(read(&kiln, "arch").trim(), "aarch64");
+    let mut theirs = tree(&bk.rootfs());
+    // Mount points BuildKit leaves after a RUN (buildkit.rs says why).
+    for l in ["dev", "proc", "sys"] {
+        if theirs.get(l).is_some_and(|e| e.kind == 'd') && !tree(&kiln.rootfs()).contains_key(l) {
+            theirs.remove(l);
+        }
+    }
+    let d = tree_diffs(&tree(&kiln.rootfs()), &theirs, ("kiln", "buildkit"));
+    assert!(d.is_empty(), "{}", d.join("\n"));
+    assert_eq!(bk.config["architecture"], "arm64");
+    assert_eq!(kiln.config["architecture"], "arm64");
+}
