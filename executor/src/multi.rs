@@ -244,31 +244,7 @@ fn write_outputs(
             source,
         })
     };
-    if let Some(p) = &out.digest_file {
-        write(p, index_digest.to_string())?;
-    }
-    let name = |d: &str| {
-        d.rsplit_once(':')
-            .filter(|(_, t)| !t.contains('/'))
-            .map_or(d, |(n, _)| n)
-            .to_string()
-    };
-    if let Some(p) = &out.image_name_with_digest_file {
-        let lines: String = out
-            .destinations
-            .iter()
-            .map(|d| format!("{}@{index_digest}\n", name(d)))
-            .collect();
-        write(p, lines)?;
-    }
-    if let Some(p) = &out.image_name_tag_with_digest_file {
-        let lines: String = out
-            .destinations
-            .iter()
-            .map(|d| format!("{d}@{index_digest}\n"))
-            .collect();
-        write(p, lines)?;
-    }
+    crate::output::write_digest_files(out, index_digest).map_err(Box::new)?;
     if let Some(p) = &opts.report_path {
         let json = serde_json::json!({
             "index_digest": index_digest,

@@ -117,6 +117,40 @@ fn convert_media_type(mt: &str, docker: bool) -> String {
     }
 }
 
+/// A destination without its tag (`r.io/app:1` → `r.io/app`; a registry
+/// port is not a tag).
+fn untagged(dest: &str) -> &str {
+    dest.rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .map_or(dest, |(n, _)| n)
+}
+
+/// `--digest-file`, `--image-name-with-digest-file` and
+/// `--image-name-tag-with-digest-file`, naming `digest` (the image's, or a
+/// multi-platform build's index).
+pub(crate) fn write_digest_files(opts: &OutputOptions, digest: &Digest) -> Result<(), OutputError> {
+    if let Some(p) = &opts.digest_file {
+        std::fs::write(p, digest.as_str()).map_err(io_err(p))?;
+    }
+    if let Some(p) = &opts.image_name_with_digest_file {
+        let lines: String = opts
+            .destinations
+            .iter()
+            .map(|d| format!("{}@{digest}\n", untagged(d)))
+            .collect();
+        std::fs::write(p, lines).map_err(io_err(p))?;
+    }
+    if let Some(p) = &opts.image_name_tag_with_digest_file {
+        let lines: String = opts
+            .destinations
+            .iter()
+            .map(|d| format!("{d}@{digest}\n"))
+            .collect();
+        std::fs::write(p, lines).map_err(io_err(p))?;
+    }
+    Ok(())
+}
+
 /// Pushes and writes every requested output; returns `name@digest` per push.
 pub async fn deliver(
     opts: &OutputOptions,
@@ -138,11 +172,7 @@ pub async fn deliver(
                 opts.by_digest,
             )
             .await?;
-            let name = dest
-                .rsplit_once(':')
-                .filter(|(_, t)| !t.contains('/'))
-                .map(|(n, _)| n)
-                .unwrap_or(dest);
+            let name = untagged(dest);
             let name = name.split('@').next().unwrap_or(name);
             tracing::info!("pushed {dest} ({})", w.manifest_digest);
             pushed.push(format!("{name}@{}", w.manifest_digest));
@@ -161,32 +191,7 @@ pub async fn deliver(
     if let Some(p) = &opts.tar_path {
         write_docker_archive(fetcher, img, w, p, &opts.destinations).await?;
     }
-    if let Some(p) = &opts.digest_file {
-        std::fs::write(p, w.manifest_digest.as_str()).map_err(io_err(p))?;
-    }
-    if let Some(p) = &opts.image_name_with_digest_file {
-        let lines: Vec<String> = opts
-            .destinations
-            .iter()
-            .map(|d| {
-                let n = d
-                    .rsplit_once(':')
-                    .filter(|(_, t)| !t.contains('/'))
-                    .map(|(n, _)| n)
-                    .unwrap_or(d);
-                format!("{n}@{}\n", w.manifest_digest)
-            })
-            .collect();
-        std::fs::write(p, lines.concat()).map_err(io_err(p))?;
-    }
-    if let Some(p) = &opts.image_name_tag_with_digest_file {
-        let lines: Vec<String> = opts
-            .destinations
-            .iter()
-            .map(|d| format!("{d}@{}\n", w.manifest_digest))
-            .collect();
-        std::fs::write(p, lines.concat()).map_err(io_err(p))?;
-    }
+    write_digest_files(opts, &w.manifest_digest)?;
     Ok(pushed)
 }
 
