@@ -59,7 +59,7 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let (mut tags, manifests) = scan_repos(store).await?;
+    let (mut tags, manifests, _) = scan_repos(store).await?;
     let first_scan: BTreeSet<(String, chrono::DateTime<chrono::Utc>)> = tags
         .iter()
         .map(|t| &t.meta)
@@ -151,7 +151,7 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
 
     // 4. Rescan, and keep the references of whatever was written since the
     // first scan (new or rewritten objects), whatever the clocks say.
-    let (tags2, manifests2) = scan_repos(store).await?;
+    let (tags2, manifests2, referrers) = scan_repos(store).await?;
     let seen: BTreeSet<(String, chrono::DateTime<chrono::Utc>)> = first_scan;
     let is_new = |m: &Meta| !seen.contains(&(m.key.to_string(), m.modified));
     for t in tags2.iter().filter(|t| is_new(&t.meta)) {
@@ -165,6 +165,16 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
             if let Some(mb) = store.manifest(repo, d).await? {
                 live_blobs.extend(referenced_blobs(&mb).unwrap_or_default().iter().cloned());
             }
+        }
+    }
+
+    // 5. Referrers (signatures, SBOMs, provenance) live while their subject
+    // does, and so do theirs in turn; records of dead ones go.
+    keep_referrers(store, &referrers, &mut live_manifests, &mut live_blobs).await?;
+    for (repo, subject, referrer, meta) in &referrers {
+        let live = |d: &Digest| live_manifests.contains(&(repo.clone(), d.clone()));
+        if !(live(subject) && live(referrer)) && !is_new(meta) && !opts.dry_run {
+            store.delete_object(&meta.key).await?;
         }
     }
 
@@ -274,9 +284,47 @@ fn lru_over_budget(
 
 type Manifests = BTreeMap<(String, Digest), Meta>;
 
-async fn scan_repos(store: &Store) -> Result<(Vec<Tag>, Manifests), StoreError> {
+/// Referrer records: repository, subject, referrer, the record's object.
+type Referrers = Vec<(String, Digest, Digest, Meta)>;
+
+/// Adds to the live sets every referrer whose subject is live, until no
+/// more are added (an SBOM's signature refers to the SBOM).
+async fn keep_referrers(
+    store: &Store,
+    referrers: &Referrers,
+    live_manifests: &mut BTreeSet<(String, Digest)>,
+    live_blobs: &mut BTreeSet<Digest>,
+) -> Result<(), StoreError> {
+    loop {
+        let mut added = false;
+        for (repo, subject, referrer, _) in referrers {
+            let key = (repo.clone(), referrer.clone());
+            if live_manifests.contains(&key) || !live_manifests.contains(&(repo.clone(), subject.clone())) {
+                continue;
+            }
+            let Some(mb) = store.manifest(repo, referrer).await? else {
+                continue;
+            };
+            live_blobs.extend(referenced_blobs(&mb).unwrap_or_default().iter().cloned());
+            for child in referenced_manifests(&mb) {
+                if let Some(c) = store.manifest(repo, child).await? {
+                    live_blobs.extend(referenced_blobs(&c).unwrap_or_default().iter().cloned());
+                }
+                live_manifests.insert((repo.clone(), child.clone()));
+            }
+            live_manifests.insert(key);
+            added = true;
+        }
+        if !added {
+            return Ok(());
+        }
+    }
+}
+
+async fn scan_repos(store: &Store) -> Result<(Vec<Tag>, Manifests, Referrers), StoreError> {
     let mut tags = Vec::new();
     let mut manifests = BTreeMap::new();
+    let mut referrers = Vec::new();
     for m in store.list(&Prefix::Repos).await? {
         match &m.key {
             Key::Tag { repo, tag } => tags.push(Tag {
@@ -287,10 +335,15 @@ async fn scan_repos(store: &Store) -> Result<(Vec<Tag>, Manifests), StoreError> 
             Key::Manifest { repo, digest } => {
                 manifests.insert((repo.clone(), digest.clone()), m.clone());
             }
+            Key::Referrer {
+                repo,
+                subject,
+                referrer,
+            } => referrers.push((repo.clone(), subject.clone(), referrer.clone(), m.clone())),
             _ => {}
         }
     }
-    Ok((tags, manifests))
+    Ok((tags, manifests, referrers))
 }
 
 /// The manifests and blobs a tag keeps alive.

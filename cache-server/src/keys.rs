@@ -12,6 +12,9 @@
 //!   ([`crate::manifest`]);
 //! - `repos/<repo>/_tags/<tag>`: the tagged manifest's digest; the object's
 //!   last-modified time is the entry's last use.
+//! - `repos/<repo>/_referrers/<subject hex>/<referrer hex>`: the descriptor
+//!   of a manifest whose `subject` is `<subject>` (the referrers API lists
+//!   one prefix instead of reading every manifest).
 //!
 //! - `_uploads/<session>/<offset>`: one chunk of an upload session, from
 //!   byte `<offset>` (20 digits, so names sort by offset), kept in the
@@ -45,6 +48,13 @@ pub enum Key {
         repo: String,
         tag: String,
     },
+    /// Manifest `referrer` of `repo` names `subject` as its subject; the
+    /// object holds the referrer's descriptor ([`crate::referrers`]).
+    Referrer {
+        repo: String,
+        subject: Digest,
+        referrer: Digest,
+    },
     /// The object `/readyz` heads to prove the backend answers.
     Probe,
     /// A chunk of upload session `id` starting at byte `offset`.
@@ -62,6 +72,8 @@ pub enum Prefix {
     Repos,
     /// One repository's tags.
     Tags(String),
+    /// The referrers of one manifest of one repository.
+    Referrers { repo: String, subject: Digest },
     /// Every upload session's chunks.
     Uploads,
     /// One upload session's chunks.
@@ -108,6 +120,16 @@ impl fmt::Display for Key {
             }
             Key::Tag { repo, tag } => write!(f, "repos/{repo}/_tags/{tag}"),
             Key::Writer { repo, tag } => write!(f, "repos/{repo}/_writers/{tag}"),
+            Key::Referrer {
+                repo,
+                subject,
+                referrer,
+            } => write!(
+                f,
+                "repos/{repo}/_referrers/{}/{}",
+                subject.hex(),
+                referrer.hex()
+            ),
             Key::Probe => f.write_str("kiln-probe"),
             Key::UploadPart { id, offset } => write!(f, "_uploads/{id}/{offset:020}"),
         }
@@ -120,6 +142,9 @@ impl fmt::Display for Prefix {
             Prefix::Blobs => f.write_str("blobs/sha256/"),
             Prefix::Repos => f.write_str("repos/"),
             Prefix::Tags(repo) => write!(f, "repos/{repo}/_tags/"),
+            Prefix::Referrers { repo, subject } => {
+                write!(f, "repos/{repo}/_referrers/{}/", subject.hex())
+            }
             Prefix::Uploads => f.write_str("_uploads/"),
             Prefix::Upload(id) => write!(f, "_uploads/{id}/"),
         }
@@ -160,7 +185,7 @@ impl FromStr for Key {
             };
         }
         let rest = key.strip_prefix("repos/").ok_or_else(bad)?;
-        let (repo, kind, name) = ["_blobs", "_manifests", "_tags", "_writers"]
+        let (repo, kind, name) = ["_blobs", "_manifests", "_tags", "_writers", "_referrers"]
             .iter()
             .find_map(|m| {
                 let (repo, name) = rest.split_once(&format!("/{m}/"))?;
@@ -184,6 +209,14 @@ impl FromStr for Key {
                 repo,
                 tag: name.to_string(),
             },
+            "_referrers" => {
+                let (subject, referrer) = name.split_once('/').ok_or_else(bad)?;
+                Key::Referrer {
+                    repo,
+                    subject: digest(subject, key)?,
+                    referrer: digest(referrer, key)?,
+                }
+            }
             _ => Key::Tag {
                 repo,
                 tag: name.to_string(),
@@ -205,6 +238,11 @@ mod tests {
             Key::manifest("a/b", &d),
             Key::tag("a/b", "v1.0"),
             Key::writer("a/b", "v1.0"),
+            Key::Referrer {
+                repo: "a/b".into(),
+                subject: d.clone(),
+                referrer: Digest::sha256_of(b"y"),
+            },
             Key::Probe,
             Key::UploadPart {
                 id: "0a1b-c2".into(),
@@ -234,6 +272,7 @@ mod tests {
             "_uploads/x/12",
             "_uploads//00000000000000000001",
             "_uploads/a/b/00000000000000000001",
+            "repos/a/_referrers/abc",
         ] {
             assert!(bad.parse::<Key>().is_err(), "{bad}");
         }

@@ -13,6 +13,7 @@ pub(crate) mod keys;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;
+pub(crate) mod referrers;
 pub(crate) mod oidc;
 pub mod server;
 pub mod store;

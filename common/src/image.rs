@@ -50,6 +50,13 @@ pub struct Descriptor {
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub platform: Option<Platform>,
+    /// An artifact's type (OCI 1.1), in an index or a referrers listing.
+    #[serde(
+        rename = "artifactType",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub artifact_type: Option<String>,
 }
 
 impl Descriptor {
@@ -60,6 +67,7 @@ impl Descriptor {
             size,
             annotations: None,
             platform: None,
+            artifact_type: None,
         }
     }
 }

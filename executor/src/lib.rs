@@ -10,6 +10,7 @@
 //! writer and its options, and kaniko's flag table; everything else is
 //! crate-private.
 
+pub mod attest;
 pub mod blobs;
 mod block_pool;
 pub(crate) mod cache;

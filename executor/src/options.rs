@@ -62,6 +62,8 @@ pub struct BuildOptions {
     pub cache: Option<CacheOptions>,
     /// `--cache-dir`: base images warmed by the warmer.
     pub cache_dir: Option<PathBuf>,
+    /// `--attest`: provenance and SBOM attached to the image.
+    pub attest: crate::attest::AttestOptions,
 }
 
 #[derive(Debug, Clone)]

@@ -27,6 +27,9 @@ pub struct StepReport {
     pub cache_from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<Digest>,
+    /// For a hit: who wrote the entry, where the cache server recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer: Option<kiln_common::cache_api::Writer>,
     /// Layer bytes downloaded during this step (base or cached layers it needed).
     pub bytes_pulled: u64,
     /// Layer bytes sent to the cache for this step.
@@ -69,6 +72,7 @@ impl StepReport {
             cache: None,
             cache_from: None,
             key: None,
+            writer: None,
             bytes_pulled: 0,
             bytes_pushed: 0,
             phases: Phases::default(),

@@ -119,7 +119,7 @@ fn convert_media_type(mt: &str, docker: bool) -> String {
 
 /// A destination without its tag (`r.io/app:1` → `r.io/app`; a registry
 /// port is not a tag).
-fn untagged(dest: &str) -> &str {
+pub(crate) fn untagged(dest: &str) -> &str {
     dest.rsplit_once(':')
         .filter(|(_, t)| !t.contains('/'))
         .map_or(dest, |(n, _)| n)

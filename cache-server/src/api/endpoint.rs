@@ -38,6 +38,11 @@ pub enum Endpoint {
     Tags {
         repo: String,
     },
+    /// `GET /v2/<repo>/referrers/<digest>` (OCI 1.1).
+    Referrers {
+        repo: String,
+        subject: Digest,
+    },
 }
 
 /// Repository names as the distribution spec defines them.
@@ -99,6 +104,13 @@ impl Endpoint {
                 repo: repo_ok(repo)?,
             });
         }
+        if let Some((repo, d)) = rest.rsplit_once("/referrers/").filter(|(_, d)| !d.contains('/')) {
+            let repo = repo_ok(repo)?;
+            let subject = d
+                .parse()
+                .map_err(|_| ApiError::DigestInvalid(d.to_string()))?;
+            return Ok(Endpoint::Referrers { repo, subject });
+        }
         if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
             let repo = repo_ok(repo)?;
             if reference.parse::<Digest>().is_err() && !valid_tag(reference) {
@@ -150,6 +162,7 @@ impl Endpoint {
             Endpoint::Blob { .. } => "blob",
             Endpoint::UploadStart { .. } | Endpoint::Upload { .. } => "upload",
             Endpoint::Tags { .. } => "tags",
+            Endpoint::Referrers { .. } => "referrers",
         }
     }
 
@@ -160,6 +173,7 @@ impl Endpoint {
             | Endpoint::UploadStart { repo }
             | Endpoint::Upload { repo, .. }
             | Endpoint::KilnWriter { repo, .. }
+            | Endpoint::Referrers { repo, .. }
             | Endpoint::Tags { repo } => Some(repo),
             _ => None,
         }
@@ -223,5 +237,24 @@ mod tests {
             Err(ApiError::NameInvalid(_))
         ));
         assert!(Endpoint::parse("/v2/x/manifests/../../etc").is_err());
+        assert_eq!(
+            Endpoint::parse(&format!("/v2/a/b/referrers/{d}")).unwrap(),
+            Endpoint::Referrers {
+                repo: "a/b".into(),
+                subject: d.parse().unwrap()
+            }
+        );
+        // A repository named `…/referrers/…` is still a repository.
+        assert_eq!(
+            Endpoint::parse("/v2/a/referrers/b/manifests/t").unwrap(),
+            Endpoint::Manifest {
+                repo: "a/referrers/b".into(),
+                reference: "t".into()
+            }
+        );
+        assert!(matches!(
+            Endpoint::parse("/v2/a/referrers/sha256:zz"),
+            Err(ApiError::DigestInvalid(_))
+        ));
     }
 }

@@ -77,10 +77,11 @@ pub(super) async fn put(
         })?;
     let mount = crate::metrics::mount_scope(reference)
         .map(|scope| (scope, crate::manifest::layer_bytes(&bytes)));
-    let d = app
+    let stored = app
         .store
         .put_manifest(repo, reference, ct.as_deref(), bytes)
         .await?;
+    let d = stored.digest;
     if !reference.starts_with("sha256:") {
         let w = crate::auth::Auth::writer(caller, &d);
         app.store.record_writer(repo, reference, &w).await;
@@ -88,14 +89,54 @@ pub(super) async fn put(
     if let Some((scope, size)) = mount {
         app.store.metrics().mount_save(repo, scope, size);
     }
-    Ok(with_headers(
-        StatusCode::CREATED.into_response(),
-        &[
-            ("location", format!("/v2/{repo}/manifests/{d}")),
-            ("docker-content-digest", d.to_string()),
-            ("content-length", "0".into()),
-        ],
-    ))
+    let mut headers = vec![
+        ("location", format!("/v2/{repo}/manifests/{d}")),
+        ("docker-content-digest", d.to_string()),
+        ("content-length", "0".into()),
+    ];
+    // OCI 1.1: the registry lists it among the subject's referrers, so
+    // the client need not keep a tag-schema index.
+    if let Some(s) = stored.subject {
+        headers.push(("oci-subject", s.to_string()));
+    }
+    Ok(with_headers(StatusCode::CREATED.into_response(), &headers))
+}
+
+/// `GET /v2/<repo>/referrers/<digest>`: the manifests naming `subject`,
+/// as an OCI index, filtered by `artifactType` when asked. An unknown
+/// subject has no referrers (an empty index, never a 404); a backend
+/// that keeps no referrer records answers 404, which tells clients to
+/// fall back to the tag schema.
+pub(super) async fn referrers(
+    app: &App,
+    repo: &str,
+    subject: &Digest,
+    query: &BTreeMap<String, String>,
+) -> ApiResult {
+    let found = match app.store.referrers(repo, subject).await {
+        Err(StoreError::Storage(crate::backend::StorageError::Unsupported { .. })) => {
+            return Err(ApiError::Code(
+                StatusCode::NOT_FOUND,
+                "UNSUPPORTED",
+                format!("this storage backend keeps no referrers; use the tag {}", subject.as_str().replace(':', "-")),
+            ))
+        }
+        r => r?,
+    };
+    let (index, filtered) =
+        crate::referrers::listing(found, query.get("artifactType").map(String::as_str));
+    let mut r = json_response(StatusCode::OK, &index);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(kiln_common::image::OCI_INDEX),
+    );
+    if filtered {
+        r.headers_mut().insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(r)
 }
 
 /// DELETE by digest (with the tags pointing at it) or by tag.

@@ -8,7 +8,7 @@
 //! | `mod.rs` | [`handle`]: identify, authorize, dispatch (one line per route) |
 //! | `endpoint.rs` | request paths → [`Endpoint`], name rules |
 //! | `error.rs` | [`ApiError`] → status, code and body |
-//! | `manifest.rs` | manifests, tags list, catalog |
+//! | `manifest.rs` | manifests, tags list, catalog, referrers |
 //! | `blob.rs` | blob reads and deletes |
 //! | `upload.rs` | upload sessions: start, mount, PATCH, PUT, cancel |
 //! | `kiln.rs` | `/v2/_kiln/`: info, batch lookup, build reports |
@@ -151,6 +151,9 @@ async fn dispatch(app: &Arc<App>, ep: Endpoint, req: Request) -> ApiResult {
         }
         (Endpoint::Upload { repo, id }, Method::DELETE) => upload::cancel(app, &repo, &id).await,
         (Endpoint::Tags { repo }, Method::GET) => manifest::tags(app, &repo, &query).await,
+        (Endpoint::Referrers { repo, subject }, Method::GET) => {
+            manifest::referrers(app, &repo, &subject, &query).await
+        }
         _ => Err(ApiError::Unsupported),
     }
 }

@@ -180,7 +180,9 @@ impl Backend for RegistryBackend {
                     ..m
                 }))
             }
-            Key::Probe | Key::UploadPart { .. } | Key::Writer { .. } => Ok(None),
+            Key::Probe | Key::UploadPart { .. } | Key::Writer { .. } | Key::Referrer { .. } => {
+                Ok(None)
+            }
         }
     }
 

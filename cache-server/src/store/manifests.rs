@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// A manifest written: its digest, and its subject when it was recorded
+/// as one of the subject's referrers (the `OCI-Subject` answer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
 impl Store {
     /// A manifest of `repo` by digest, verified against it.
     pub async fn manifest(
@@ -62,14 +70,17 @@ impl Store {
     }
 
     /// Stores a manifest after checking it: size, JSON shape, and that every
-    /// blob and child manifest it refers to is present. Returns its digest.
+    /// blob and child manifest it refers to is present. A manifest with a
+    /// `subject` is listed among its subject's referrers (the subject need
+    /// not be stored: OCI 1.1 lets an artifact arrive first). Returns its
+    /// digest, and the subject when the referrer was recorded.
     pub async fn put_manifest(
         &self,
         repo: &str,
         reference: &str,
         content_type: Option<&str>,
         bytes: Bytes,
-    ) -> Result<Digest, StoreError> {
+    ) -> Result<StoredManifest, StoreError> {
         self.check_manifest_size(&bytes)?;
         let d = Digest::sha256_of(&bytes);
         if let Some(want) = reference.strip_prefix("sha256:").map(|_| reference) {
@@ -99,6 +110,8 @@ impl Store {
                 "schemaVersion must be 2".into(),
             ));
         }
+        let referrer = crate::referrers::of_manifest(&media_type, &bytes, &d)
+            .map_err(|e| StoreError::ManifestInvalid(e.to_string()))?;
         let blob = ManifestBlob::new(media_type.clone(), bytes.clone());
         if is_index(&media_type) {
             for child in manifest::descriptors(&v, "manifests")? {
@@ -115,7 +128,11 @@ impl Store {
         }
         self.store_manifest(repo, reference, &media_type, bytes, &d)
             .await?;
-        Ok(d)
+        let subject = match referrer {
+            Some(r) => self.record_referrer(repo, &d, r).await?,
+            None => None,
+        };
+        Ok(StoredManifest { digest: d, subject })
     }
 
     fn check_manifest_size(&self, bytes: &Bytes) -> Result<(), StoreError> {
@@ -177,12 +194,18 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a tag, or a manifest by digest together with its tags.
+    /// Deletes a tag, or a manifest by digest together with its tags and
+    /// its place among its subject's referrers.
     pub async fn delete_manifest(&self, repo: &str, reference: &str) -> Result<bool, StoreError> {
         if let Ok(d) = reference.parse::<Digest>() {
             let key = Key::manifest(repo, &d);
             if self.call("head", self.storage.head(&key)).await?.is_none() {
                 return Ok(false);
+            }
+            if let Ok(Some(m)) = self.manifest(repo, &d).await {
+                if let Ok(Some(r)) = crate::referrers::of_manifest(&m.media_type, &m.bytes, &d) {
+                    self.forget_referrer(repo, &r.subject, &d).await?;
+                }
             }
             for t in self.tags(repo).await? {
                 if let Some(e) = self.resolve_tag(repo, &t).await? {

@@ -10,7 +10,9 @@
 mod blobs;
 mod manifests;
 mod parts;
+pub use manifests::StoredManifest;
 pub(crate) use parts::Part;
+mod referrers;
 mod tags;
 mod writers;
 

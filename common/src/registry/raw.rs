@@ -89,7 +89,7 @@ impl Registry {
         );
         let method = if head { Method::HEAD } else { Method::GET };
         let a = self
-            .send_raw(&host, method, &url, &ACCEPT.join(", "))
+            .send_raw(&host, method, &url, &ACCEPT.join(", "), None)
             .await?;
         if a.body.len() > MANIFEST_LIMIT {
             return Err(RegistryError::remote(
@@ -101,14 +101,84 @@ impl Registry {
         Ok(a)
     }
 
-    /// `method` on `url` at `host`, authorized as the registry's challenge
-    /// asks (see the module's doc).
+    /// PUTs manifest `body` (of `media_type`) at `r`'s tag or digest,
+    /// retried like every push. Returns the registry's `OCI-Subject`
+    /// answer: the subject's digest when the registry lists the manifest
+    /// among its subject's referrers itself (OCI 1.1), `None` when the
+    /// client must keep the tag-schema index.
+    pub async fn put_manifest_subject(
+        &self,
+        r: &Reference,
+        body: Bytes,
+        media_type: &str,
+    ) -> Result<Option<Digest>, RegistryError> {
+        let host = r.resolve_registry().to_string();
+        let reference = r.digest().or(r.tag()).unwrap_or("latest").to_string();
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.base_url(&host),
+            r.repository()
+        );
+        self.retry("pushing the manifest", self.opts.push_retries, || async {
+            let a = self
+                .send_raw(&host, Method::PUT, &url, "", Some((&body, media_type)))
+                .await?;
+            if !a.status.is_success() {
+                return Err(status_error(r, &a));
+            }
+            Ok(a.headers
+                .get("oci-subject")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()))
+        })
+        .await
+    }
+
+    /// `GET /v2/<repo>/referrers/<digest>`, filtered by `artifact_type`:
+    /// the listing's body, or `None` when the registry has no referrers
+    /// API (a 404, or an answer that is not an index: clients then read
+    /// the tag schema).
+    pub async fn referrers(
+        &self,
+        r: &Reference,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let host = r.resolve_registry().to_string();
+        let mut url = format!(
+            "{}/v2/{}/referrers/{subject}",
+            self.base_url(&host),
+            r.repository()
+        );
+        if let Some(t) = artifact_type {
+            url.push_str("?artifactType=");
+            url.push_str(&t.replace('+', "%2B"));
+        }
+        let a = self
+            .send_raw(&host, Method::GET, &url, crate::image::OCI_INDEX, None)
+            .await?;
+        let is_index = a
+            .headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with(crate::image::OCI_INDEX));
+        match a.status {
+            s if s.is_success() && is_index => Ok(Some(a.body)),
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error(r, &a)),
+        }
+    }
+
+    /// `method` on `url` at `host`, with `body` of its content type when
+    /// given, authorized as the registry's challenge asks (see the
+    /// module's doc).
     pub(super) async fn send_raw(
         &self,
         host: &str,
         method: Method,
         url: &str,
         accept: &str,
+        body: Option<(&Bytes, &str)>,
     ) -> Result<Answer, RegistryError> {
         let http = self.http_client(host, Duration::from_secs(60))?;
         let key = token_key(host, url);
@@ -119,6 +189,11 @@ impl Registry {
                 let mut req = http.request(method.clone(), url);
                 if !accept.is_empty() {
                     req = req.header(reqwest::header::ACCEPT, accept);
+                }
+                if let Some((b, ct)) = body {
+                    req = req
+                        .header(reqwest::header::CONTENT_TYPE, ct)
+                        .body(b.clone());
                 }
                 match (token, &cred) {
                     (Some(t), _) => req.bearer_auth(t),
@@ -191,6 +266,19 @@ impl Registry {
     }
 }
 
+/// A registry's refusal as an error of the kind its status says.
+fn status_error(r: &Reference, a: &Answer) -> RegistryError {
+    let kind = match a.status {
+        StatusCode::NOT_FOUND => RemoteKind::NotFound,
+        StatusCode::UNAUTHORIZED => RemoteKind::Unauthorized,
+        StatusCode::FORBIDDEN => RemoteKind::Denied,
+        s if s.is_server_error() => RemoteKind::Transient,
+        _ => RemoteKind::Other,
+    };
+    let text = String::from_utf8_lossy(&a.body[..a.body.len().min(512)]).to_string();
+    RegistryError::remote(r, kind, format!("HTTP {}: {text}", a.status))
+}
+
 async fn send(
     req: reqwest::RequestBuilder,
     host: &str,
@@ -225,7 +313,7 @@ async fn read_limited(
 /// path up to the repository (`/v2/<repo>/`).
 fn token_key(host: &str, url: &str) -> String {
     let path = url.split_once("/v2/").map_or("", |(_, p)| p);
-    let repo = ["/manifests/", "/blobs/", "/tags/"]
+    let repo = ["/manifests/", "/blobs/", "/tags/", "/referrers/"]
         .iter()
         .find_map(|m| path.split_once(m).map(|(r, _)| r))
         .unwrap_or(path);

@@ -76,7 +76,7 @@ impl Registry {
             None => parsed.host_str()?.to_string(),
         };
         let a = self
-            .send_raw(&host, reqwest::Method::HEAD, url, "")
+            .send_raw(&host, reqwest::Method::HEAD, url, "", None)
             .await
             .ok()?;
         if a.status != reqwest::StatusCode::TOO_MANY_REQUESTS {

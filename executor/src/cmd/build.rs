@@ -149,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         report_path: cli.report.clone(),
         cache,
         cache_dir: cli.cache_dir.clone(),
+        attest: kiln_executor::attest::AttestOptions::parse(&cli.attest)?,
     };
     let mut reg_opts = registry_opts;
     if insecure_pull {

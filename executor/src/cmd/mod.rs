@@ -83,6 +83,12 @@ pub struct Cli {
     /// SOURCE_DATE_EPOCH alone sets the config's and history's times.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub rewrite_timestamp: Option<bool>,
+    /// Attestations attached to the image as OCI 1.1 artifacts whose subject
+    /// is its manifest: `provenance` (SLSA v1, naming the cache entries
+    /// used), `sbom` (SPDX 2.3), comma-separated; BuildKit's
+    /// `type=provenance,builder-id=<uri>` is accepted too. Repeatable.
+    #[arg(long)]
+    pub attest: Vec<String>,
     /// One layer per stage instead of one per step.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_parser = boolish())]
     pub single_snapshot: Option<bool>,

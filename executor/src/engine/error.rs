@@ -59,6 +59,8 @@ pub enum BuildError {
     #[error(transparent)]
     Blob(#[from] crate::blobs::BlobError),
     #[error(transparent)]
+    Attest(#[from] crate::attest::AttestError),
+    #[error(transparent)]
     Fetch(#[from] Box<FetchError>),
 }
 

@@ -17,9 +17,11 @@
 //! | `copy_step.rs` | COPY/ADD: sources resolved once, then copied |
 //! | `mount_spec.rs`, `mounts.rs` | `RUN --mount`: parsed (pure), then staged into the root |
 //! | `dry_run.rs` | `--dryrun`: the plan without pulling or executing |
+//! | `attestations.rs` | `--attest`: provenance and SBOM made and attached |
 //! | `report.rs`, `error.rs` | what a build reports; its errors |
 
 mod agent;
+mod attestations;
 mod base;
 pub mod config;
 mod copy_step;
@@ -333,6 +335,7 @@ impl Builder {
 
     pub async fn build(&self) -> Result<BuildResult, BuildError> {
         let started = Instant::now();
+        let started_at = chrono::Utc::now();
         let p = self.parse().await?;
         let (df, target) = (&p.df, p.target);
         let shared = Shared {
@@ -385,6 +388,7 @@ impl Builder {
             cache_repo.as_ref().map(|(_, r)| r),
         )
         .await?;
+        self.attest(&p, &image, &written, &steps, started_at).await?;
         let mounts = self.save_cache_mounts().await;
         self.save_record().await;
         let c = &self.counters;

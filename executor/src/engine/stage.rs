@@ -302,6 +302,7 @@ impl Builder {
                 match decision {
                     Some((Decision::Hit(hit), _)) => {
                         let saved_ms = (hit.seconds * 1000.0) as u64;
+                        report.writer = hit.writer.clone();
                         if let Some(f) = &hit.from {
                             report.cache_from = Some(f.name.clone());
                             self.adopt_hit(&hit);
