@@ -59,11 +59,12 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let (mut tags, manifests, _) = scan_repos(store).await?;
+    let (mut tags, manifests, first_referrers) = scan_repos(store).await?;
     let first_scan: BTreeSet<(String, chrono::DateTime<chrono::Utc>)> = tags
         .iter()
         .map(|t| &t.meta)
         .chain(manifests.values())
+        .chain(first_referrers.iter().map(|r| &r.3))
         .map(|m| (m.key.to_string(), m.modified))
         .collect();
     let blobs: BTreeMap<Digest, Meta> = store
@@ -173,7 +174,8 @@ pub async fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport, StoreE
     keep_referrers(store, &referrers, &mut live_manifests, &mut live_blobs).await?;
     for (repo, subject, referrer, meta) in &referrers {
         let live = |d: &Digest| live_manifests.contains(&(repo.clone(), d.clone()));
-        if !(live(subject) && live(referrer)) && !is_new(meta) && !opts.dry_run {
+        let kept = live(subject) && live(referrer);
+        if !kept && !is_new(meta) && !opts.dry_run {
             store.delete_object(&meta.key).await?;
         }
     }
@@ -299,7 +301,9 @@ async fn keep_referrers(
         let mut added = false;
         for (repo, subject, referrer, _) in referrers {
             let key = (repo.clone(), referrer.clone());
-            if live_manifests.contains(&key) || !live_manifests.contains(&(repo.clone(), subject.clone())) {
+            if live_manifests.contains(&key)
+                || !live_manifests.contains(&(repo.clone(), subject.clone()))
+            {
                 continue;
             }
             let Some(mb) = store.manifest(repo, referrer).await? else {

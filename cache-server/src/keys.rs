@@ -73,7 +73,10 @@ pub enum Prefix {
     /// One repository's tags.
     Tags(String),
     /// The referrers of one manifest of one repository.
-    Referrers { repo: String, subject: Digest },
+    Referrers {
+        repo: String,
+        subject: Digest,
+    },
     /// Every upload session's chunks.
     Uploads,
     /// One upload session's chunks.

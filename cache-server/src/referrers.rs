@@ -91,7 +91,8 @@ pub fn listing(
         descriptors.retain(|d| d.get("artifactType").and_then(|x| x.as_str()) == Some(t));
     }
     descriptors.sort_by(|a, b| {
-        let key = |d: &serde_json::Value| d.get("digest").and_then(|x| x.as_str()).map(str::to_owned);
+        let key =
+            |d: &serde_json::Value| d.get("digest").and_then(|x| x.as_str()).map(str::to_owned);
         key(a).cmp(&key(b))
     });
     (
@@ -179,7 +180,9 @@ mod tests {
         assert!(!filtered);
         let list = all["manifests"].as_array().unwrap();
         assert_eq!(list.len(), 3);
-        assert!(list.windows(2).all(|w| w[0]["digest"].as_str() < w[1]["digest"].as_str()));
+        assert!(list
+            .windows(2)
+            .all(|w| w[0]["digest"].as_str() < w[1]["digest"].as_str()));
         assert_eq!(all["mediaType"], media::OCI_INDEX);
         let (only, filtered) = listing(descs, Some("b/y"));
         assert!(filtered);

@@ -405,15 +405,6 @@ fn a_busy_session_is_refused_under_another_repository(b: Backend) {
     });
 }
 
-fn gc_once(b: &Backend, s: &CacheServer, args: &[&str]) -> serde_json::Value {
-    let out = run(Command::new(bin())
-        .args(["gc", "--storage", &b.storage_of(s), "--data-dir"])
-        .arg(s.dir.path().join("gc-data"))
-        .args(args)
-        .envs(b.env()));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 fn batch_lookup_metrics_expiry_and_gc(b: Backend) {
     let s = b.start(&[
         "--ttl",

@@ -104,7 +104,10 @@ impl Endpoint {
                 repo: repo_ok(repo)?,
             });
         }
-        if let Some((repo, d)) = rest.rsplit_once("/referrers/").filter(|(_, d)| !d.contains('/')) {
+        if let Some((repo, d)) = rest
+            .rsplit_once("/referrers/")
+            .filter(|(_, d)| !d.contains('/'))
+        {
             let repo = repo_ok(repo)?;
             let subject = d
                 .parse()

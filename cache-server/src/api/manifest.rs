@@ -118,7 +118,10 @@ pub(super) async fn referrers(
             return Err(ApiError::Code(
                 StatusCode::NOT_FOUND,
                 "UNSUPPORTED",
-                format!("this storage backend keeps no referrers; use the tag {}", subject.as_str().replace(':', "-")),
+                format!(
+                    "this storage backend keeps no referrers; use the tag {}",
+                    subject.as_str().replace(':', "-")
+                ),
             ))
         }
         r => r?,

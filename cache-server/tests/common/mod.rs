@@ -65,6 +65,18 @@ impl Backend {
     }
 }
 
+/// One-shot GC (as the CronJob runs it) against `s`'s store; its report.
+pub fn gc_once(b: &Backend, s: &CacheServer, args: &[&str]) -> serde_json::Value {
+    let out = kiln_testkit::run(
+        std::process::Command::new(bin())
+            .args(["gc", "--storage", &b.storage_of(s), "--data-dir"])
+            .arg(s.dir.path().join("gc-data"))
+            .args(args)
+            .envs(b.env()),
+    );
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 pub fn sha(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }

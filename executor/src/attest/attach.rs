@@ -78,7 +78,11 @@ impl Artifact {
     /// The descriptor an index (a referrers listing, the tag schema, a
     /// layout's `index.json`) gives it.
     pub fn descriptor(&self) -> Descriptor {
-        let mut d = Descriptor::new(image::OCI_MANIFEST, self.digest(), self.manifest.len() as u64);
+        let mut d = Descriptor::new(
+            image::OCI_MANIFEST,
+            self.digest(),
+            self.manifest.len() as u64,
+        );
         d.artifact_type = Some(self.artifact_type.to_string());
         d
     }
@@ -104,7 +108,7 @@ pub async fn push(
         move |source| AttestError::Push {
             what,
             destination: dest,
-            source,
+            source: Box::new(source),
         }
     };
     let at = |reference: String| {
@@ -217,7 +221,10 @@ pub fn write_layout(dir: &Path, artifacts: &[Artifact]) -> Result<(), AttestErro
         .ok()
         .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
         .unwrap_or_else(empty_index);
-    merge(&mut index, artifacts.iter().map(Artifact::descriptor).collect());
+    merge(
+        &mut index,
+        artifacts.iter().map(Artifact::descriptor).collect(),
+    );
     let tmp = dir.join(".index.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec(&index).unwrap_or_default()).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &index_path).map_err(io(&index_path))?;
@@ -265,8 +272,8 @@ mod tests {
             &subject,
             "1970-01-01T00:00:00Z",
         );
-        write_layout(dir.path(), &[a.clone()]).unwrap();
-        write_layout(dir.path(), &[a.clone()]).unwrap();
+        write_layout(dir.path(), std::slice::from_ref(&a)).unwrap();
+        write_layout(dir.path(), std::slice::from_ref(&a)).unwrap();
         let idx: Index =
             serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(idx.manifests.len(), 1);

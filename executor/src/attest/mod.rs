@@ -35,7 +35,7 @@ pub enum AttestError {
         what: &'static str,
         destination: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("writing {what} to {path}")]
     Io {
@@ -101,12 +101,15 @@ mod tests {
 
     #[test]
     fn attest_flags_in_kiln_and_buildkit_spellings() {
-        let p = |v: &[&str]| {
-            AttestOptions::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        };
+        let p =
+            |v: &[&str]| AttestOptions::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let both = p(&["provenance,sbom"]).unwrap();
         assert!(both.provenance && both.sbom);
-        let bk = p(&["type=provenance,mode=max,builder-id=https://ci/1", "type=sbom"]).unwrap();
+        let bk = p(&[
+            "type=provenance,mode=max,builder-id=https://ci/1",
+            "type=sbom",
+        ])
+        .unwrap();
         assert!(bk.provenance && bk.sbom);
         assert_eq!(bk.builder_id.as_deref(), Some("https://ci/1"));
         assert!(!p(&[]).unwrap().any());

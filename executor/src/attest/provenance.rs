@@ -50,8 +50,16 @@ pub struct Inputs<'a> {
 pub fn secret_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     [
-        "apikey", "api_key", "auth", "credential", "key", "password", "pword", "passwd",
-        "secret", "token",
+        "apikey",
+        "api_key",
+        "auth",
+        "credential",
+        "key",
+        "password",
+        "pword",
+        "passwd",
+        "secret",
+        "token",
     ]
     .iter()
     .any(|w| n.contains(w))
@@ -71,7 +79,12 @@ pub fn statement(i: &Inputs) -> serde_json::Value {
         .build_args
         .iter()
         .filter(|(k, _)| !secret_name(k))
-        .map(|(k, v)| (k.clone(), v.clone().map_or(serde_json::Value::Null, Into::into)))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.clone().map_or(serde_json::Value::Null, Into::into),
+            )
+        })
         .collect();
     let mut external = serde_json::json!({
         "dockerfile": {"path": i.dockerfile_path, "digest": sha256(i.dockerfile)},

@@ -27,13 +27,23 @@ impl Builder {
         if !o.any() {
             return Ok(());
         }
-        let subject = Descriptor::new(&w.media_type, w.manifest_digest.clone(), w.manifest.len() as u64);
+        let subject = Descriptor::new(
+            &w.media_type,
+            w.manifest_digest.clone(),
+            w.manifest.len() as u64,
+        );
         let name = self
             .opts
             .output
             .destinations
             .first()
-            .map(|d| crate::output::untagged(d).split('@').next().unwrap_or(d).to_string())
+            .map(|d| {
+                crate::output::untagged(d)
+                    .split('@')
+                    .next()
+                    .unwrap_or(d)
+                    .to_string()
+            })
             .unwrap_or_else(|| "image".into());
         let created = self.timestamp();
         let mut artifacts = Vec::new();
@@ -51,8 +61,16 @@ impl Builder {
             ));
         }
         if o.sbom {
-            let doc = self.sbom(image, &name, &w.manifest_digest, &created).await?;
-            artifacts.push(Artifact::new(SPDX_JSON, doc, BTreeMap::new(), &subject, &created));
+            let doc = self
+                .sbom(image, &name, &w.manifest_digest, &created)
+                .await?;
+            artifacts.push(Artifact::new(
+                SPDX_JSON,
+                doc,
+                BTreeMap::new(),
+                &subject,
+                &created,
+            ));
         }
         let out = &self.opts.output;
         if !out.no_push {
@@ -60,7 +78,7 @@ impl Builder {
                 let r = parse_reference(dest).map_err(|source| AttestError::Push {
                     what: "attestations",
                     destination: dest.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 attach::push(self.fetcher.registry(), &r, &subject, &artifacts).await?;
                 for a in &artifacts {
@@ -89,10 +107,11 @@ impl Builder {
         let dockerfile = std::fs::read(&p.file).map_err(work("reading the Dockerfile", &p.file))?;
         let ctx_dir = p.ctx.dir.clone();
         let ignore = p.ctx.ignore.clone();
-        let context = tokio::task::spawn_blocking(move || crate::attest::context::digest(&ctx_dir, &ignore))
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let context =
+            tokio::task::spawn_blocking(move || crate::attest::context::digest(&ctx_dir, &ignore))
+                .await
+                .ok()
+                .and_then(Result::ok);
         let images: Vec<(String, Digest)> = {
             let bases = self
                 .bases
@@ -148,14 +167,14 @@ impl Builder {
     ) -> Result<Vec<u8>, BuildError> {
         let mut paths = Vec::with_capacity(image.layers.len());
         for l in &image.layers {
-            let path = self
-                .fetcher
-                .ensure_local(l, None)
-                .await
-                .map_err(|source| AttestError::Fetch {
-                    digest: l.descriptor.digest.clone(),
-                    source: Box::new(source),
-                })?;
+            let path =
+                self.fetcher
+                    .ensure_local(l, None)
+                    .await
+                    .map_err(|source| AttestError::Fetch {
+                        digest: l.descriptor.digest.clone(),
+                        source: Box::new(source),
+                    })?;
             paths.push(path);
         }
         let (name, manifest, created) = (name.to_string(), manifest.clone(), created.to_string());

@@ -388,7 +388,8 @@ impl Builder {
             cache_repo.as_ref().map(|(_, r)| r),
         )
         .await?;
-        self.attest(&p, &image, &written, &steps, started_at).await?;
+        self.attest(&p, &image, &written, &steps, started_at)
+            .await?;
         let mounts = self.save_cache_mounts().await;
         self.save_record().await;
         let c = &self.counters;

@@ -268,7 +268,11 @@ fn record(base: &str, text: &str) -> Vec<(String, Option<Recorded>)> {
             let file = cols.next()?.trim_matches('"');
             let sum = hash
                 .strip_prefix("sha256=")
-                .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b).ok())
+                .and_then(|b| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(b)
+                        .ok()
+                })
                 .filter(|b| b.len() == 32)
                 .map(|b| Recorded {
                     algorithm: "SHA256",
@@ -365,12 +369,21 @@ mod tests {
             ),
         ]);
         let p = all(&d);
-        let names: Vec<_> = p.iter().map(|p| (p.name.as_str(), p.version.as_str())).collect();
-        assert_eq!(names, [("bash", "5.2.15-2+b2"), ("libc6", "2.36-9+deb12u4")]);
+        let names: Vec<_> = p
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("bash", "5.2.15-2+b2"), ("libc6", "2.36-9+deb12u4")]
+        );
         assert_eq!(p[0].files[0].0, "bin/bash");
         assert_eq!(p[0].files[0].1.as_ref().unwrap().algorithm, "MD5");
         assert_eq!(p[1].files[0].0, "usr/lib/x86_64-linux-gnu/libc.so.6");
-        assert_eq!(p[0].supplier.as_deref(), Some("Matthias Klose <doko@debian.org>"));
+        assert_eq!(
+            p[0].supplier.as_deref(),
+            Some("Matthias Klose <doko@debian.org>")
+        );
     }
 
     #[test]
@@ -418,10 +431,18 @@ mod tests {
         assert_eq!(six.files[1].0, "venv/bin/tool");
         assert_eq!(six.files[0].1.as_ref().unwrap().algorithm, "SHA256");
         assert!(six.files[2].1.is_none());
-        let npm: Vec<_> = p.iter().filter(|p| p.kind == Kind::Npm).map(|p| p.name.as_str()).collect();
+        let npm: Vec<_> = p
+            .iter()
+            .filter(|p| p.kind == Kind::Npm)
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(npm, ["@types/node", "left-pad"]);
         assert_eq!(
-            p.iter().find(|p| p.name == "@types/node").unwrap().license.as_deref(),
+            p.iter()
+                .find(|p| p.name == "@types/node")
+                .unwrap()
+                .license
+                .as_deref(),
             Some("MIT")
         );
     }

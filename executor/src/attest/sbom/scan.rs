@@ -158,17 +158,21 @@ mod tests {
     #[test]
     fn layers_apply_with_whiteouts_and_keep_databases() {
         let mut f = ImageFiles::default();
-        f.apply(&layer(&[
-            ("./var/lib/dpkg/status", Some(b"Package: a\n")),
-            ("etc/a", Some(b"x")),
-            ("opt/d/", None),
-            ("opt/d/one", Some(b"1")),
-            ("usr/lib/python3/dist-packages/x-1.dist-info/METADATA", Some(b"Name: x\n")),
-        ])[..])
+        f.apply(
+            &layer(&[
+                ("./var/lib/dpkg/status", Some(b"Package: a\n")),
+                ("etc/a", Some(b"x")),
+                ("opt/d/", None),
+                ("opt/d/one", Some(b"1")),
+                (
+                    "usr/lib/python3/dist-packages/x-1.dist-info/METADATA",
+                    Some(b"Name: x\n"),
+                ),
+            ])[..],
+        )
         .unwrap();
         assert_eq!(
-            f.sha1["etc/a"],
-            "11f6ad8ec52a2984abaafd7c3b516503785c2072",
+            f.sha1["etc/a"], "11f6ad8ec52a2984abaafd7c3b516503785c2072",
             "sha1 of \"x\""
         );
         assert_eq!(f.databases["var/lib/dpkg/status"], b"Package: a\n");
@@ -176,12 +180,14 @@ mod tests {
             .databases
             .contains_key("usr/lib/python3/dist-packages/x-1.dist-info/METADATA"));
         assert!(!f.databases.contains_key("etc/a"));
-        f.apply(&layer(&[
-            ("etc/.wh.a", Some(b"")),
-            ("opt/d/.wh..wh..opq", Some(b"")),
-            ("opt/d/two", Some(b"2")),
-            ("var/lib/dpkg/status", Some(b"Package: b\n")),
-        ])[..])
+        f.apply(
+            &layer(&[
+                ("etc/.wh.a", Some(b"")),
+                ("opt/d/.wh..wh..opq", Some(b"")),
+                ("opt/d/two", Some(b"2")),
+                ("var/lib/dpkg/status", Some(b"Package: b\n")),
+            ])[..],
+        )
         .unwrap();
         assert!(!f.sha1.contains_key("etc/a"));
         assert!(!f.sha1.contains_key("opt/d/one"));
@@ -190,7 +196,10 @@ mod tests {
         // A directory whited out takes its files with it.
         f.apply(&layer(&[("usr/lib/.wh.python3", Some(b""))])[..])
             .unwrap();
-        assert!(f.databases.keys().all(|k| !k.starts_with("usr/lib/python3")));
+        assert!(f
+            .databases
+            .keys()
+            .all(|k| !k.starts_with("usr/lib/python3")));
     }
 
     #[test]

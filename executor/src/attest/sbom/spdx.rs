@@ -23,22 +23,54 @@ pub struct Subject<'a> {
 /// SPDX license identifiers recognised as they are (the common ones in
 /// distribution and language package metadata).
 const KNOWN: &[&str] = &[
-    "0BSD", "AGPL-3.0-only", "AGPL-3.0-or-later", "Apache-2.0", "Artistic-2.0",
-    "BSD-2-Clause", "BSD-3-Clause", "BSL-1.0", "CC0-1.0", "CC-BY-4.0", "EPL-2.0",
-    "GPL-2.0-only", "GPL-2.0-or-later", "GPL-3.0-only", "GPL-3.0-or-later", "ISC",
-    "LGPL-2.1-only", "LGPL-2.1-or-later", "LGPL-3.0-only", "LGPL-3.0-or-later", "MIT",
-    "MPL-2.0", "PSF-2.0", "Python-2.0", "Unlicense", "WTFPL", "X11", "Zlib", "curl",
-    "BlueOak-1.0.0", "OpenSSL",
+    "0BSD",
+    "AGPL-3.0-only",
+    "AGPL-3.0-or-later",
+    "Apache-2.0",
+    "Artistic-2.0",
+    "BSD-2-Clause",
+    "BSD-3-Clause",
+    "BSL-1.0",
+    "CC0-1.0",
+    "CC-BY-4.0",
+    "EPL-2.0",
+    "GPL-2.0-only",
+    "GPL-2.0-or-later",
+    "GPL-3.0-only",
+    "GPL-3.0-or-later",
+    "ISC",
+    "LGPL-2.1-only",
+    "LGPL-2.1-or-later",
+    "LGPL-3.0-only",
+    "LGPL-3.0-or-later",
+    "MIT",
+    "MPL-2.0",
+    "PSF-2.0",
+    "Python-2.0",
+    "Unlicense",
+    "WTFPL",
+    "X11",
+    "Zlib",
+    "curl",
+    "BlueOak-1.0.0",
+    "OpenSSL",
 ];
 
 /// Exceptions allowed after `WITH`.
-const EXCEPTIONS: &[&str] = &["LLVM-exception", "Classpath-exception-2.0", "GCC-exception-3.1"];
+const EXCEPTIONS: &[&str] = &[
+    "LLVM-exception",
+    "Classpath-exception-2.0",
+    "GCC-exception-3.1",
+];
 
 /// Names package metadata uses for licenses that have an SPDX identifier.
 fn alias(raw: &str) -> Option<&'static str> {
     Some(match raw.trim() {
         "MIT License" | "MIT license" | "Expat" => "MIT",
-        "Apache 2.0" | "Apache-2" | "Apache License 2.0" | "Apache Software License"
+        "Apache 2.0"
+        | "Apache-2"
+        | "Apache License 2.0"
+        | "Apache Software License"
         | "Apache License, Version 2.0" => "Apache-2.0",
         "ISC License (ISCL)" | "ISC License" => "ISC",
         "Mozilla Public License 2.0 (MPL 2.0)" => "MPL-2.0",
@@ -79,7 +111,13 @@ fn license(raw: &str, refs: &mut BTreeMap<String, String>) -> String {
     }
     let id: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(60)
         .collect();
     let id = format!("LicenseRef-{}", id.trim_matches('-'));
@@ -101,8 +139,16 @@ fn purl(p: &Package, distro: &str) -> String {
         .map(|a| format!("?arch={}", enc(a)))
         .unwrap_or_default();
     match p.kind {
-        Kind::Deb => format!("pkg:deb/{distro}/{}@{}{arch}", enc(&p.name), enc(&p.version)),
-        Kind::Apk => format!("pkg:apk/{distro}/{}@{}{arch}", enc(&p.name), enc(&p.version)),
+        Kind::Deb => format!(
+            "pkg:deb/{distro}/{}@{}{arch}",
+            enc(&p.name),
+            enc(&p.version)
+        ),
+        Kind::Apk => format!(
+            "pkg:apk/{distro}/{}@{}{arch}",
+            enc(&p.name),
+            enc(&p.version)
+        ),
         Kind::Python => format!(
             "pkg:pypi/{}@{}",
             enc(&p.name.to_ascii_lowercase().replace('_', "-")),
@@ -110,7 +156,12 @@ fn purl(p: &Package, distro: &str) -> String {
         ),
         Kind::Npm => match p.name.strip_prefix('@').and_then(|n| n.split_once('/')) {
             Some((scope, name)) => {
-                format!("pkg:npm/%40{}/{}@{}", enc(scope), enc(name), enc(&p.version))
+                format!(
+                    "pkg:npm/%40{}/{}@{}",
+                    enc(scope),
+                    enc(name),
+                    enc(&p.version)
+                )
             }
             None => format!("pkg:npm/{}@{}", enc(&p.name), enc(&p.version)),
         },
@@ -125,7 +176,10 @@ fn distro(files: &ImageFiles) -> String {
         .flat_map(|b| {
             String::from_utf8_lossy(b)
                 .lines()
-                .filter_map(|l| l.strip_prefix("ID=").map(|v| v.trim_matches('"').to_string()))
+                .filter_map(|l| {
+                    l.strip_prefix("ID=")
+                        .map(|v| v.trim_matches('"').to_string())
+                })
                 .collect::<Vec<_>>()
         })
         .next()
@@ -261,7 +315,10 @@ mod tests {
         let mut refs = BTreeMap::new();
         assert_eq!(license("MIT", &mut refs), "MIT");
         assert_eq!(license("MIT License", &mut refs), "MIT");
-        assert_eq!(license("(MIT OR Apache-2.0)", &mut refs), "(MIT OR Apache-2.0)");
+        assert_eq!(
+            license("(MIT OR Apache-2.0)", &mut refs),
+            "(MIT OR Apache-2.0)"
+        );
         assert_eq!(
             license("Apache-2.0 WITH LLVM-exception", &mut refs),
             "Apache-2.0 WITH LLVM-exception"
@@ -286,7 +343,10 @@ mod tests {
             files: Vec::new(),
         };
         assert_eq!(
-            purl(&p(Kind::Deb, "libc6", "1:2.36-9+deb12u4", Some("amd64")), "debian"),
+            purl(
+                &p(Kind::Deb, "libc6", "1:2.36-9+deb12u4", Some("amd64")),
+                "debian"
+            ),
             "pkg:deb/debian/libc6@1%3A2.36-9%2Bdeb12u4?arch=amd64"
         );
         assert_eq!(
