@@ -34,6 +34,8 @@ pub enum MultiError {
     Panicked { platform: String },
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error(transparent)]
+    Attest(#[from] crate::attest::AttestError),
     #[error("writing {}", path.display())]
     Write {
         path: std::path::PathBuf,
@@ -183,8 +185,11 @@ fn join_layouts(
     };
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+    let mut attestations = Vec::new();
     for platform in std::fs::read_dir(from).map_err(io(from))? {
-        let src = platform.map_err(io(from))?.path().join("blobs/sha256");
+        let platform = platform.map_err(io(from))?.path();
+        attestations.extend(crate::attest::attach::listed_in_layout(&platform));
+        let src = platform.join("blobs/sha256");
         for b in std::fs::read_dir(&src).map_err(io(&src))? {
             let b = b.map_err(io(&src))?.path();
             let Some(d) = b
@@ -204,6 +209,9 @@ fn join_layouts(
     let desc = Descriptor::new(media_type, digest, bytes.len() as u64);
     crate::output::add_to_layout(dir, desc, out.destinations.first().map(String::as_str))
         .map_err(Box::new)?;
+    // Each platform's attestations, beside the index (their subjects are
+    // the platforms' manifests).
+    crate::attest::attach::list_in_layout(dir, attestations)?;
     Ok(())
 }
 

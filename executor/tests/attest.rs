@@ -421,3 +421,79 @@ fn docker_registry_gets_the_tag_schema_index_and_layouts_hold_the_artifacts() {
         .args(["inspect", "--raw"])
         .arg(format!("oci:{}:1", layout.display())));
 }
+
+/// Several platforms in one invocation: each platform's manifest gets its
+/// own attestations (the index itself none), pushed and in the layout.
+#[test]
+fn each_platform_of_an_index_gets_its_own_attestations() {
+    let reg = Registry::start();
+    let base = format!("{}/base:multi", reg.addr);
+    push_two_platform_index(&reg.addr, &base);
+    let ctx = context_with(&format!("FROM {base}\nCOPY f /f\n"));
+    write(ctx.path(), "f", "same on both\n");
+    let dest = format!("{}/app:multi", reg.addr);
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let layout = work.path().join("oci");
+    must_build(
+        ctx.path(),
+        &work.path().join("k"),
+        &[
+            "--destination",
+            &dest,
+            "--insecure-pull",
+            "--insecure-registry",
+            &reg.addr,
+            "--custom-platform",
+            "linux/amd64,linux/arm64",
+            "--attest=sbom",
+            "--oci-layout-path",
+            layout.to_str().unwrap(),
+        ],
+    );
+    let index = json(
+        run(Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{dest}")))
+        .as_bytes(),
+    );
+    let platforms = index["manifests"].as_array().unwrap();
+    assert_eq!(platforms.len(), 2, "{index}");
+    let mut sboms = Vec::new();
+    for p in platforms {
+        let d = p["digest"].as_str().unwrap();
+        let fallback = json(
+            run(Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{}/app:{}", reg.addr, d.replace(':', "-"))))
+            .as_bytes(),
+        );
+        let arts = fallback["manifests"].as_array().unwrap();
+        assert_eq!(arts.len(), 1, "{fallback}");
+        assert_eq!(arts[0]["artifactType"], "application/spdx+json");
+        let body = json(&artifact_body(
+            &format!("http://{}/v2/app", reg.addr),
+            arts[0]["digest"].as_str().unwrap(),
+        ));
+        assert_eq!(
+            body["packages"][0]["versionInfo"], d,
+            "the SBOM names its platform's image"
+        );
+        sboms.push(arts[0]["digest"].as_str().unwrap().to_string());
+    }
+    assert_ne!(sboms[0], sboms[1]);
+    let idx = json(&std::fs::read(layout.join("index.json")).unwrap());
+    let listed: Vec<&str> = idx["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["artifactType"] == "application/spdx+json")
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    for s in &sboms {
+        assert!(listed.contains(&s.as_str()), "{idx}");
+        assert!(layout
+            .join("blobs/sha256")
+            .join(s.trim_start_matches("sha256:"))
+            .is_file());
+    }
+}

@@ -216,15 +216,41 @@ pub fn write_layout(dir: &Path, artifacts: &[Artifact]) -> Result<(), AttestErro
             }
         }
     }
+    list_in_layout(dir, artifacts.iter().map(Artifact::descriptor).collect())
+}
+
+/// The artifacts listed in layout `dir`'s `index.json` (those with an
+/// `artifactType`).
+pub fn listed_in_layout(dir: &Path) -> Vec<Descriptor> {
+    std::fs::read(dir.join("index.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+        .map(|i| {
+            i.manifests
+                .into_iter()
+                .filter(|d| d.artifact_type.is_some())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Adds `descs` (whose blobs are in the layout) to layout `dir`'s
+/// `index.json`, each digest once.
+pub fn list_in_layout(dir: &Path, descs: Vec<Descriptor>) -> Result<(), AttestError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AttestError::Io {
+            what: "an attestation",
+            path,
+            source,
+        }
+    };
     let index_path = dir.join("index.json");
     let mut index = std::fs::read(&index_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
         .unwrap_or_else(empty_index);
-    merge(
-        &mut index,
-        artifacts.iter().map(Artifact::descriptor).collect(),
-    );
+    merge(&mut index, descs);
     let tmp = dir.join(".index.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec(&index).unwrap_or_default()).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &index_path).map_err(io(&index_path))?;
