@@ -91,9 +91,20 @@ pub async fn build_platforms(
     if opts.dry_run {
         return Err(MultiError::DryRun);
     }
+    // Build-platform stages without `--cache`: the builders share a layer
+    // cache of their own for this build, so such a stage runs once.
+    let shared = match &opts.cache {
+        None if platforms.len() > 1 && reads_build_platform(&opts) => {
+            Some(shared_cache(&opts.work_dir)?)
+        }
+        _ => None,
+    };
     let mut builders = Vec::new();
     for p in platforms {
         let mut o = opts.clone();
+        if let Some(d) = &shared {
+            o.cache = Some(crate::options::CacheOptions::local(d.path()));
+        }
         o.platform = Some(p.clone());
         o.output.by_digest = true;
         o.output.digest_file = None;
@@ -115,8 +126,9 @@ pub async fn build_platforms(
     // (`FROM --platform=$BUILDPLATFORM`, the cross-compile pattern) has the
     // same keys in every platform's build, so it runs once and the others
     // take it from the cache.
-    let (first, rest) = match (&opts.cache, builders.split_first()) {
-        (Some(_), Some((first, rest))) if !rest.is_empty() => {
+    let cached = opts.cache.is_some() || shared.is_some();
+    let (first, rest) = match (cached, builders.split_first()) {
+        (true, Some((first, rest))) if !rest.is_empty() => {
             tracing::info!(
                 "{}: built first; the other platforms then at once, reusing its build-platform stages from the cache",
                 first.0
@@ -168,6 +180,39 @@ pub async fn build_platforms(
         index_digest,
         results,
     })
+}
+
+/// Whether the Dockerfile (when it can be read before the context is
+/// prepared: a local one) has a stage `FROM --platform=$BUILDPLATFORM`.
+fn reads_build_platform(opts: &BuildOptions) -> bool {
+    let in_context = std::path::Path::new(&opts.context).join(&opts.dockerfile);
+    let path = if opts.dockerfile.is_absolute() || opts.dockerfile.exists() {
+        opts.dockerfile.clone()
+    } else {
+        in_context
+    };
+    kiln_common::dockerfile::Dockerfile::from_path(&path).is_ok_and(|df| {
+        df.stages.iter().any(|s| {
+            s.platform
+                .as_deref()
+                .is_some_and(|p| p.contains("BUILDPLATFORM"))
+        })
+    })
+}
+
+/// A directory for the platforms' shared layer cache, removed with the
+/// build.
+fn shared_cache(work_dir: &std::path::Path) -> Result<tempfile::TempDir, MultiError> {
+    std::fs::create_dir_all(work_dir)
+        .and_then(|()| {
+            tempfile::Builder::new()
+                .prefix("platforms-cache-")
+                .tempdir_in(work_dir)
+        })
+        .map_err(|source| MultiError::Write {
+            path: work_dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Joins the platforms' layouts under `from` into the layout `dir`: their

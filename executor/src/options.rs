@@ -94,6 +94,26 @@ pub struct CacheOptions {
     pub push_timeout: std::time::Duration,
 }
 
+impl CacheOptions {
+    /// A layer cache in the `oci:` directory `dir`, read and written, with
+    /// the default timeouts: what the platforms of one build share when
+    /// no `--cache` was asked for ([`crate::multi`]).
+    pub fn local(dir: &std::path::Path) -> CacheOptions {
+        CacheOptions {
+            repo: format!("oci:{}", dir.display()),
+            from: Vec::new(),
+            record_from: false,
+            trust: Vec::new(),
+            ttl: None,
+            run_layers: true,
+            copy_layers: true,
+            push: true,
+            lookup_timeout: std::time::Duration::from_secs(10),
+            push_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 /// `--cache-mounts`: where `RUN --mount=type=cache` content lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CacheMounts {

@@ -352,3 +352,52 @@ fn the_arm64_image_matches_buildkit_under_emulation() {
     assert_eq!(bk.config["architecture"], "arm64");
     assert_eq!(kiln.config["architecture"], "arm64");
 }
+
+/// Without `--cache`, a `FROM --platform=$BUILDPLATFORM` stage still runs
+/// once: the platforms' builders share a layer cache of their own for the
+/// build (no emulation needed: the target stages only COPY).
+#[test]
+fn a_build_platform_stage_runs_once_without_a_cache() {
+    let reg = Registry::start();
+    let base = format!("{}/base:two", reg.addr);
+    push_two_platform_index(&reg.addr, &base);
+    let ctx = context_with(&format!(
+        "FROM --platform=$BUILDPLATFORM {base} AS tools\n\
+         RUN cat /proc/sys/kernel/random/uuid > /once\n\
+         FROM {base}\n\
+         COPY --from=tools /once /once\n"
+    ));
+    let dest = format!("{}/app:once", reg.addr);
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let log = must_build(
+        ctx.path(),
+        &work.path().join("k"),
+        &[
+            "--destination",
+            &dest,
+            "--insecure-pull",
+            "--insecure-registry",
+            &reg.addr,
+            "--custom-platform",
+            "linux/amd64,linux/arm64",
+        ],
+    );
+    assert!(log.contains("built first"), "{log}");
+    let once = |arch: &str| {
+        let img = unpack_with(&format!("docker://{dest}"), &["--override-arch", arch]);
+        assert_eq!(img.config["architecture"], arch);
+        std::fs::read_to_string(img.rootfs().join("once")).unwrap()
+    };
+    let (amd, arm) = (once("amd64"), once("arm64"));
+    assert_eq!(amd.trim().len(), 36, "{amd}");
+    assert_eq!(amd, arm, "the build-platform stage ran twice");
+    // Nothing of the shared cache is left in the work directory.
+    let left: Vec<_> = std::fs::read_dir(work.path().join("k"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter()
+            .all(|n| !n.to_string_lossy().starts_with("platforms-cache-")),
+        "{left:?}"
+    );
+}
