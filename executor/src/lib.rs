@@ -29,6 +29,7 @@ pub mod index;
 pub mod isolation;
 pub mod kaniko_flags;
 pub mod layer;
+pub mod layout_archive;
 pub(crate) mod model;
 pub mod multi;
 pub mod options;

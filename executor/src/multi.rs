@@ -15,11 +15,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MultiError {
-    #[error(
-        "--tar-path holds one platform's image (docker load takes no index): build each \
-         platform on its own for it"
-    )]
-    TarOfIndex,
+    #[error(transparent)]
+    Archive(#[from] crate::layout_archive::ArchiveError),
     #[error(transparent)]
     Output(#[from] Box<crate::output::OutputError>),
     #[error("--dryrun plans one platform: give one --custom-platform")]
@@ -67,12 +64,19 @@ pub async fn build_platforms(
     registry: Arc<Registry>,
 ) -> Result<MultiBuilt, MultiError> {
     let out = &opts.output;
-    if out.tar_path.is_some() {
-        return Err(MultiError::TarOfIndex);
-    }
+    // `--tar-path` is the joined layout as a tarball: without
+    // `--oci-layout-path`, the layout is made in the work directory.
+    let archive_layout = match (&out.tar_path, &out.oci_layout_path) {
+        (Some(_), None) => Some(scratch_dir(&opts.work_dir, "platforms-layout-")?),
+        _ => None,
+    };
+    let layout_path = out
+        .oci_layout_path
+        .clone()
+        .or_else(|| archive_layout.as_ref().map(|d| d.path().to_path_buf()));
     // Each platform writes its own layout beside the one asked for; they
     // are joined into it under one index at the end.
-    let layouts = match &out.oci_layout_path {
+    let layouts = match &layout_path {
         Some(p) => {
             let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
             let parent = parent.unwrap_or(std::path::Path::new("."));
@@ -95,7 +99,7 @@ pub async fn build_platforms(
     // cache of their own for this build, so such a stage runs once.
     let shared = match &opts.cache {
         None if platforms.len() > 1 && reads_build_platform(&opts) => {
-            Some(shared_cache(&opts.work_dir)?)
+            Some(scratch_dir(&opts.work_dir, "platforms-cache-")?)
         }
         _ => None,
     };
@@ -111,6 +115,7 @@ pub async fn build_platforms(
         o.output.image_name_with_digest_file = None;
         o.output.image_name_tag_with_digest_file = None;
         o.report_path = None;
+        o.output.tar_path = None;
         o.output.oci_layout_path = layouts
             .as_ref()
             .map(|d| d.path().join(p.to_string().replace('/', "-")));
@@ -172,8 +177,21 @@ pub async fn build_platforms(
     } else {
         index::push_index(&registry, &out.destinations, &entries, out.format).await?
     };
-    if let (Some(dir), Some(layouts)) = (&out.oci_layout_path, &layouts) {
+    if let (Some(dir), Some(layouts)) = (&layout_path, &layouts) {
         join_layouts(dir, layouts.path(), &entries, out)?;
+        if let Some(tar) = &out.tar_path {
+            let members: Vec<_> = results
+                .iter()
+                .map(|r| (r.platform.clone(), r.manifest_digest.clone()))
+                .collect();
+            crate::layout_archive::write(
+                dir,
+                tar,
+                &members,
+                &Platform::host(),
+                &crate::output::docker_repo_tags(&out.destinations),
+            )?;
+        }
     }
     write_outputs(&opts, &index_digest, &results)?;
     Ok(MultiBuilt {
@@ -200,15 +218,12 @@ fn reads_build_platform(opts: &BuildOptions) -> bool {
     })
 }
 
-/// A directory for the platforms' shared layer cache, removed with the
-/// build.
-fn shared_cache(work_dir: &std::path::Path) -> Result<tempfile::TempDir, MultiError> {
+/// A directory of the build's (the platforms' shared layer cache, the
+/// layout a `--tar-path` is made of) in the work directory, removed with
+/// the build.
+fn scratch_dir(work_dir: &std::path::Path, prefix: &str) -> Result<tempfile::TempDir, MultiError> {
     std::fs::create_dir_all(work_dir)
-        .and_then(|()| {
-            tempfile::Builder::new()
-                .prefix("platforms-cache-")
-                .tempdir_in(work_dir)
-        })
+        .and_then(|()| tempfile::Builder::new().prefix(prefix).tempdir_in(work_dir))
         .map_err(|source| MultiError::Write {
             path: work_dir.to_path_buf(),
             source,

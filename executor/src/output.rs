@@ -381,6 +381,22 @@ pub(crate) fn add_to_layout(
     Ok(())
 }
 
+/// Destinations as `docker load` names images (`RepoTags`): Docker Hub's
+/// without its host and `library/`.
+pub(crate) fn docker_repo_tags(tags: &[String]) -> Vec<String> {
+    tags.iter()
+        .filter_map(|t| parse_reference(t).ok())
+        .map(|r| {
+            let full = if r.registry() == "docker.io" {
+                r.repository().trim_start_matches("library/").to_string()
+            } else {
+                format!("{}/{}", r.registry(), r.repository())
+            };
+            format!("{full}:{}", r.tag().unwrap_or("latest"))
+        })
+        .collect()
+}
+
 /// `docker save` format: uncompressed layers named by diff id, so that
 /// `docker load` and `skopeo copy docker-archive:` both accept it.
 async fn write_docker_archive(
@@ -445,18 +461,7 @@ async fn write_docker_archive(
         tb.append_data(&mut h, &name, r).map_err(io_err(path))?;
         layer_names.push(name);
     }
-    let repo_tags: Vec<String> = tags
-        .iter()
-        .filter_map(|t| parse_reference(t).ok())
-        .map(|r| {
-            let full = if r.registry() == "docker.io" {
-                r.repository().trim_start_matches("library/").to_string()
-            } else {
-                format!("{}/{}", r.registry(), r.repository())
-            };
-            format!("{full}:{}", r.tag().unwrap_or("latest"))
-        })
-        .collect();
+    let repo_tags = docker_repo_tags(tags);
     let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": repo_tags, "Layers": layer_names }]);
     append(&mut tb, "manifest.json", manifest.to_string().as_bytes()).map_err(io_err(path))?;
     let mut inner = tb.into_inner().map_err(io_err(path))?;

@@ -401,3 +401,77 @@ fn a_build_platform_stage_runs_once_without_a_cache() {
         "{left:?}"
     );
 }
+
+/// `--tar-path` for several platforms: the joined OCI layout as a tarball
+/// with Docker's `manifest.json` beside it. skopeo reads the index from
+/// it (`oci-archive:`, `--all`); Docker Engine's `docker load` loads it
+/// and the destination's tag names the machine's platform's image.
+#[test]
+fn several_platforms_into_one_tarball() {
+    let reg = Registry::start();
+    let base = format!("{}/base:two", reg.addr);
+    push_two_platform_index(&reg.addr, &base);
+    let ctx = context_with(&format!("FROM {base}\nCOPY f /f\n"));
+    write(ctx.path(), "f", "in the tarball\n");
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let tar = work.path().join("multi.tar");
+    must_build(
+        ctx.path(),
+        &work.path().join("k"),
+        &[
+            "--no-push",
+            "--destination",
+            "example.test/team/app:tarred",
+            "--insecure-pull",
+            "--custom-platform",
+            "linux/amd64,linux/arm64",
+            "--tar-path",
+            tar.to_str().unwrap(),
+        ],
+    );
+    let archive = format!("oci-archive:{}:tarred", tar.display());
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw", &archive]));
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let mut archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    archs.sort();
+    assert_eq!(archs, ["amd64", "arm64"], "{index}");
+    let copy = work.path().join("copy");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", &archive])
+        .arg(format!("oci:{}:x", copy.display())));
+    // Nothing of the scratch layout is left in the work directory.
+    let left: Vec<_> = std::fs::read_dir(work.path().join("k"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter()
+            .all(|n| !n.to_string_lossy().starts_with("platforms-")),
+        "{left:?}"
+    );
+
+    let engine = DockerEngine::start();
+    run(engine.cmd().arg("load").arg("-i").arg(&tar));
+    let arch = run(engine.cmd().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Architecture}}",
+        "example.test/team/app:tarred",
+    ]));
+    assert_eq!(arch.trim(), "amd64");
+    let listing = run(engine.cmd().args([
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "example.test/team/app:tarred",
+        "cat",
+        "/f",
+    ]));
+    assert_eq!(listing, "in the tarball\n");
+}
