@@ -134,41 +134,6 @@ impl Registry {
         .await
     }
 
-    /// `GET /v2/<repo>/referrers/<digest>`, filtered by `artifact_type`:
-    /// the listing's body, or `None` when the registry has no referrers
-    /// API (a 404, or an answer that is not an index: clients then read
-    /// the tag schema).
-    pub async fn referrers(
-        &self,
-        r: &Reference,
-        subject: &Digest,
-        artifact_type: Option<&str>,
-    ) -> Result<Option<Bytes>, RegistryError> {
-        let host = r.resolve_registry().to_string();
-        let mut url = format!(
-            "{}/v2/{}/referrers/{subject}",
-            self.base_url(&host),
-            r.repository()
-        );
-        if let Some(t) = artifact_type {
-            url.push_str("?artifactType=");
-            url.push_str(&t.replace('+', "%2B"));
-        }
-        let a = self
-            .send_raw(&host, Method::GET, &url, crate::image::OCI_INDEX, None)
-            .await?;
-        let is_index = a
-            .headers
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with(crate::image::OCI_INDEX));
-        match a.status {
-            s if s.is_success() && is_index => Ok(Some(a.body)),
-            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(status_error(r, &a)),
-        }
-    }
-
     /// `method` on `url` at `host`, with `body` of its content type when
     /// given, authorized as the registry's challenge asks (see the
     /// module's doc).

@@ -27,6 +27,15 @@ impl Builder {
         if !o.any() {
             return Ok(());
         }
+        let out = &self.opts.output;
+        let pushed = !out.no_push && !out.destinations.is_empty();
+        if out.tar_path.is_some() {
+            tracing::warn!("--attest: a --tar-path archive holds no attestations (they go to the destinations and --oci-layout-path)");
+        }
+        if !pushed && out.oci_layout_path.is_none() {
+            tracing::warn!("--attest: nowhere to attach the attestations: give a --destination or --oci-layout-path");
+            return Ok(());
+        }
         let subject = Descriptor::new(
             &w.media_type,
             w.manifest_digest.clone(),
@@ -72,8 +81,7 @@ impl Builder {
                 &created,
             ));
         }
-        let out = &self.opts.output;
-        if !out.no_push {
+        if pushed {
             for dest in &out.destinations {
                 let r = parse_reference(dest).map_err(|source| AttestError::Push {
                     what: "attestations",
