@@ -104,15 +104,18 @@ fn referrers_over(b: Backend) {
     assert_eq!(listing_of(&referrers(&later, "").2).len(), 1);
 
     // A deleted artifact leaves the listing.
-    let code = rt.block_on(async {
-        client()
-            .delete(format!("{url}/v2/{repo}/manifests/{prov}"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let delete = |reference: &str| {
+        rt.block_on(async {
+            client()
+                .delete(format!("{url}/v2/{repo}/manifests/{reference}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let code = delete(&prov);
     assert_eq!(code, 202);
     let left = listing_of(&referrers(&image, "").2);
     assert_eq!(left.len(), 1);
@@ -129,15 +132,7 @@ fn referrers_over(b: Backend) {
     assert_eq!(listing_of(&referrers(&image, "").2).len(), 1);
 
     // Untagged, the image goes, and its referrers with it.
-    let code = rt.block_on(async {
-        client()
-            .delete(format!("{url}/v2/{repo}/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let code = delete("v1");
     assert_eq!(code, 202);
     let r = gc_once(&b, &s, &["--gc-grace", "0s"]);
     assert_eq!(r["manifests_deleted"], 2, "the image and its SBOM: {r}");

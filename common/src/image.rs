@@ -160,6 +160,17 @@ pub struct Index {
 }
 
 impl Index {
+    /// An OCI index with no manifests (a new layout's `index.json`, a new
+    /// tag-schema index).
+    pub fn empty() -> Index {
+        Index {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.into()),
+            manifests: Vec::new(),
+            annotations: None,
+        }
+    }
+
     pub fn select(&self, want: &Platform) -> Result<&Descriptor, ImageError> {
         self.manifests
             .iter()

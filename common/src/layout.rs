@@ -9,7 +9,7 @@
 //! share the directory and readers never see a torn index.
 
 use crate::digest::Digest;
-use crate::image::{self, Descriptor, Index, Platform};
+use crate::image::{Descriptor, Index, Platform};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -74,7 +74,7 @@ impl CacheDir {
         if !root.join("index.json").exists() {
             let l = d.lock()?;
             if !root.join("index.json").exists() {
-                l.write_index(&empty_index())?;
+                l.write_index(&Index::empty())?;
             }
         }
         Ok(d)
@@ -157,7 +157,7 @@ impl CacheDir {
                 path: self.root.clone(),
                 source,
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(empty_index()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::empty()),
             Err(source) => Err(LayoutError::Io { path: p, source }),
         }
     }
@@ -276,15 +276,6 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn empty_index() -> Index {
-    Index {
-        schema_version: 2,
-        media_type: Some(image::OCI_INDEX.into()),
-        manifests: Vec::new(),
-        annotations: None,
-    }
-}
-
 fn entry_of(d: &Descriptor) -> Option<WarmEntry> {
     let a = d.annotations.as_ref()?;
     let parse = |k: &str| {
@@ -327,7 +318,7 @@ mod tests {
             .put_entry(
                 "reg/x:1",
                 &p,
-                Descriptor::new(image::OCI_MANIFEST, m.clone(), 2),
+                Descriptor::new(crate::image::OCI_MANIFEST, m.clone(), 2),
                 &m,
             )
             .unwrap();

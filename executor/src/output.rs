@@ -361,12 +361,7 @@ pub(crate) fn add_to_layout(
     let mut index = std::fs::read(&index_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .unwrap_or(Index {
-            schema_version: 2,
-            media_type: Some(image::OCI_INDEX.into()),
-            manifests: Vec::new(),
-            annotations: None,
-        });
+        .unwrap_or_else(Index::empty);
     index
         .manifests
         .retain(|m| m.annotations != desc.annotations);

@@ -47,6 +47,20 @@ fn get(url: &str) -> (u16, String, Vec<u8>) {
     (status, headers, out.stdout)
 }
 
+/// A build of `ctx` in `work` pushed to `dest` on the plain-HTTP
+/// registry `registry`, with `extra` flags.
+fn push_build(ctx: &Path, work: &Path, registry: &str, dest: &str, extra: &[&str]) {
+    let mut args = vec![
+        "--destination",
+        dest,
+        "--insecure-pull",
+        "--insecure-registry",
+        registry,
+    ];
+    args.extend_from_slice(extra);
+    must_build(ctx, &work.join("k"), &args);
+}
+
 fn json(b: &[u8]) -> serde_json::Value {
     serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b)))
 }
@@ -341,15 +355,12 @@ fn docker_registry_gets_the_tag_schema_index_and_layouts_hold_the_artifacts() {
     let work = tempfile::tempdir_in("/dev/shm").unwrap();
     let layout = work.path().join("oci");
     let digest_file = work.path().join("digest");
-    must_build(
+    push_build(
         ctx.path(),
-        &work.path().join("k"),
+        work.path(),
+        &reg.addr,
+        &dest,
         &[
-            "--destination",
-            &dest,
-            "--insecure-pull",
-            "--insecure-registry",
-            &reg.addr,
             "--attest",
             "type=provenance,builder-id=https://ci.example/job/7",
             "--attest",
@@ -434,15 +445,12 @@ fn each_platform_of_an_index_gets_its_own_attestations() {
     let dest = format!("{}/app:multi", reg.addr);
     let work = tempfile::tempdir_in("/dev/shm").unwrap();
     let layout = work.path().join("oci");
-    must_build(
+    push_build(
         ctx.path(),
-        &work.path().join("k"),
+        work.path(),
+        &reg.addr,
+        &dest,
         &[
-            "--destination",
-            &dest,
-            "--insecure-pull",
-            "--insecure-registry",
-            &reg.addr,
             "--custom-platform",
             "linux/amd64,linux/arm64",
             "--attest=sbom",

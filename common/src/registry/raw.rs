@@ -80,13 +80,7 @@ impl Registry {
         r: &Reference,
         head: bool,
     ) -> Result<Answer, RegistryError> {
-        let host = r.resolve_registry().to_string();
-        let reference = r.digest().or(r.tag()).unwrap_or("latest").to_string();
-        let url = format!(
-            "{}/v2/{}/manifests/{reference}",
-            self.base_url(&host),
-            r.repository()
-        );
+        let (host, url) = self.manifest_url(r);
         let method = if head { Method::HEAD } else { Method::GET };
         let a = self
             .send_raw(&host, method, &url, &ACCEPT.join(", "), None)
@@ -112,13 +106,7 @@ impl Registry {
         body: Bytes,
         media_type: &str,
     ) -> Result<Option<Digest>, RegistryError> {
-        let host = r.resolve_registry().to_string();
-        let reference = r.digest().or(r.tag()).unwrap_or("latest").to_string();
-        let url = format!(
-            "{}/v2/{}/manifests/{reference}",
-            self.base_url(&host),
-            r.repository()
-        );
+        let (host, url) = self.manifest_url(r);
         self.retry("pushing the manifest", self.opts.push_retries, || async {
             let a = self
                 .send_raw(&host, Method::PUT, &url, "", Some((&body, media_type)))
@@ -132,6 +120,18 @@ impl Registry {
                 .and_then(|v| v.parse().ok()))
         })
         .await
+    }
+
+    /// The host of `r` and the URL of its manifest (by digest, else tag).
+    fn manifest_url(&self, r: &Reference) -> (String, String) {
+        let host = r.resolve_registry().to_string();
+        let reference = r.digest().or(r.tag()).unwrap_or("latest");
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.base_url(&host),
+            r.repository()
+        );
+        (host, url)
     }
 
     /// `method` on `url` at `host`, with `body` of its content type when

@@ -163,7 +163,7 @@ pub async fn push(
                 source,
             })?
         }
-        None => empty_index(),
+        None => Index::empty(),
     };
     merge(&mut index, unlisted);
     let bytes = serde_json::to_vec(&index).unwrap_or_default();
@@ -172,15 +172,6 @@ pub async fn push(
         .await
         .map_err(err("the tag-schema index"))?;
     Ok(())
-}
-
-fn empty_index() -> Index {
-    Index {
-        schema_version: 2,
-        media_type: Some(image::OCI_INDEX.into()),
-        manifests: Vec::new(),
-        annotations: None,
-    }
 }
 
 /// Adds `descs` to `index`, each digest once.
@@ -196,23 +187,15 @@ fn merge(index: &mut Index, descs: Vec<Descriptor>) {
 /// subject): their blobs, and their manifests in `index.json` beside the
 /// image (no ref name, so tools that pick an image by tag ignore them).
 pub fn write_layout(dir: &Path, artifacts: &[Artifact]) -> Result<(), AttestError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| AttestError::Io {
-            what: "an attestation",
-            path,
-            source,
-        }
-    };
     let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+    std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
     for a in artifacts {
         for bytes in [EMPTY, &a.body[..], &a.manifest[..]] {
             let p = blobs.join(Digest::sha256_of(bytes).hex());
             if !p.exists() {
                 let tmp = blobs.join(format!(".tmp-{}", Digest::sha256_of(bytes).hex()));
-                std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-                std::fs::rename(&tmp, &p).map_err(io(&p))?;
+                std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+                std::fs::rename(&tmp, &p).map_err(io_err(&p))?;
             }
         }
     }
@@ -234,26 +217,27 @@ pub fn listed_in_layout(dir: &Path) -> Vec<Descriptor> {
         .unwrap_or_default()
 }
 
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AttestError {
+    let path = path.to_path_buf();
+    move |source| AttestError::Io {
+        what: "an attestation",
+        path,
+        source,
+    }
+}
+
 /// Adds `descs` (whose blobs are in the layout) to layout `dir`'s
 /// `index.json`, each digest once.
 pub fn list_in_layout(dir: &Path, descs: Vec<Descriptor>) -> Result<(), AttestError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| AttestError::Io {
-            what: "an attestation",
-            path,
-            source,
-        }
-    };
     let index_path = dir.join("index.json");
     let mut index = std::fs::read(&index_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .unwrap_or_else(empty_index);
+        .unwrap_or_else(Index::empty);
     merge(&mut index, descs);
     let tmp = dir.join(".index.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&index).unwrap_or_default()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &index_path).map_err(io(&index_path))?;
+    std::fs::write(&tmp, serde_json::to_vec(&index).unwrap_or_default()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &index_path).map_err(io_err(&index_path))?;
     Ok(())
 }
 
@@ -280,7 +264,7 @@ mod tests {
             fallback_tag(&subject.digest),
             format!("sha256-{}", subject.digest.hex())
         );
-        let mut idx = empty_index();
+        let mut idx = Index::empty();
         merge(&mut idx, vec![a.descriptor(), a.descriptor()]);
         assert_eq!(idx.manifests.len(), 1);
         let text = serde_json::to_string(&idx).unwrap();
