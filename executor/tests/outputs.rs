@@ -151,6 +151,16 @@ fn zstd_reproducible_and_single_snapshot() {
         assert!(layers[1..]
             .iter()
             .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"));
+        // kaniko's --reproducible rewrote the base's layers too; Kiln keeps
+        // them as the registry has them.
+        let upstream: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{base}"))))
+        .unwrap();
+        assert_eq!(
+            layers[0]["digest"], upstream["Layers"][0],
+            "the base layer was rewritten"
+        );
         // skopeo decodes the zstd layers (recompressing for umoci) and the content is right.
         let img = unpack_with(
             &format!("oci:{}:latest", layout.display()),
