@@ -125,6 +125,17 @@ fn pulls_through_the_mirror_cost_the_upstream_once_and_survive_it() {
 
     // Routed names are read-only.
     assert_eq!(upload_status(&s.addr, &format!("{HOST}/busybox")), "403");
+    // Referrers are not proxied: a 404, which sends clients to the tag
+    // schema (never a 403, which would fail their discovery).
+    let referrers = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/v2/{HOST}/busybox/referrers/{want}", s.addr),
+    ]));
+    assert_eq!(referrers, "404");
 
     // The tag moves upstream: served after the window.
     let t = tempfile::tempdir().unwrap();

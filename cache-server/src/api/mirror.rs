@@ -139,6 +139,17 @@ pub(super) async fn handle(
                 Err(e) => Err(e.into()),
             }
         }
+        // Not proxied: a 404 sends OCI clients to the tag schema
+        // (`sha256-<hex>` tags), which is served like any tag.
+        Endpoint::Referrers { subject, .. } if read => Err(ApiError::Code(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            format!(
+                "{repo}: referrers are not proxied from {}; use the tag {}",
+                route.repo,
+                subject.as_str().replace(':', "-")
+            ),
+        )),
         _ => Err(ApiError::Denied(format!(
             "{repo} (a mirror of {}: read-only, manifests and blobs only)",
             route.repo
