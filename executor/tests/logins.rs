@@ -318,3 +318,65 @@ fn acr_login_with_workload_identity() {
         "{err}"
     );
 }
+
+/// A push authorizes once per repository, not once per blob: oci-client
+/// asks the registry's `/v2/` on every `auth` call, a round trip each (on
+/// a remote registry, tens of milliseconds per layer). Counted on Kiln's
+/// cache server (basic auth), whose metrics count `/v2/` requests.
+#[test]
+fn a_push_asks_for_authorization_once_not_per_blob() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let t = tempfile::tempdir().unwrap();
+    let auth = t.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        r#"{"users": [{"username": "ci", "password": "s3cret-pa55", "grants": [{"prefix": "", "access": "write"}]}]}"#,
+    )
+    .unwrap();
+    let server = CacheServer::start(
+        &cache_server_bin(),
+        None,
+        &["--auth-file", auth.to_str().unwrap()],
+        &[],
+    );
+    let config = t.path().join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"Y2k6czNjcmV0LXBhNTU="}}}}}}"#,
+            server.addr
+        ),
+    )
+    .unwrap();
+    let steps: String = (0..6).map(|i| format!("RUN echo {i} > /f{i}\n")).collect();
+    let ctx = context_with(&format!("FROM {base}\n{steps}"));
+    let work = tempfile::tempdir().unwrap();
+    let out = executor()
+        .env("DOCKER_CONFIG", &config)
+        .arg("--context")
+        .arg(ctx.path())
+        .arg("--kaniko-dir")
+        .arg(work.path())
+        .args(["--insecure-pull", "--insecure-registry", &server.addr])
+        .args(["--destination", &format!("{}/team/app:1", server.addr)])
+        .args(["-v", "debug"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    // 7 layers, a config and a manifest went up; one `/v2/` probe for the
+    // push's authorization (and at most one more by the client itself).
+    let probes = server.metric(
+        "kiln_cache_request_duration_seconds_count",
+        &["route=\"base\"", "method=\"GET\""],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    let auth_lines: Vec<&str> = log.lines().filter(|l| l.contains("Authorizing") || l.contains("Fetching token")).collect();
+    assert!(probes <= 2.0, "{probes} /v2/ probes for one push\n{}", auth_lines.join("\n"));
+    let pushed = server.metric(
+        "kiln_cache_request_duration_seconds_count",
+        &["route=\"manifest\"", "method=\"PUT\""],
+    );
+    assert_eq!(pushed, 1.0);
+}

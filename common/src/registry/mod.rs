@@ -145,7 +145,20 @@ pub struct Registry {
     /// Bearer tokens for requests outside oci-client ([`raw`]), per host
     /// and repository, until they expire.
     tokens: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// When each (host, repository) was last authorized for pushing:
+    /// oci-client's `auth` asks the registry's `/v2/` (and its token
+    /// server) on every call, so a push of an image's blobs and manifest
+    /// would pay that round trip for each; one per [`PUSH_LOGIN_REUSE`]
+    /// is enough.
+    push_logins: Mutex<HashMap<(String, String), std::time::Instant>>,
+    /// One push authorization at a time: a push's concurrent blob uploads
+    /// wait for the first instead of each asking the registry.
+    push_login_gate: tokio::sync::Mutex<()>,
 }
+
+/// How long a push authorization is reused: well within the minute a
+/// registry token lives at the least (the token spec's default).
+const PUSH_LOGIN_REUSE: Duration = Duration::from_secs(30);
 
 /// The client settings every host starts from.
 fn client_config(opts: &RegistryOptions) -> ClientConfig {
@@ -221,6 +234,8 @@ impl Registry {
             opts,
             keys: Keychain::new(creds, opts_logins),
             tokens: Mutex::new(HashMap::new()),
+            push_logins: Mutex::new(HashMap::new()),
+            push_login_gate: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -5,7 +5,9 @@ use super::pull::tokio_util_stream;
 use super::{Registry, RegistryError, RemoteKind};
 use crate::digest::Digest;
 use oci_client::{Reference, RegistryOperation};
+use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 impl Registry {
     /// Pushes a small blob held in memory (configs); layers use [`Self::push_blob_file`].
@@ -38,12 +40,42 @@ impl Registry {
     /// Obtains push credentials (a bearer token with push scope, where the
     /// registry uses tokens) for `r`'s repository.
     pub(super) async fn auth_push(&self, r: &Reference) -> Result<(), RegistryError> {
+        let key = (r.resolve_registry().to_string(), r.repository().to_string());
+        let fresh = |logins: &HashMap<(String, String), Instant>| {
+            logins
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < super::PUSH_LOGIN_REUSE)
+        };
+        if fresh(&self.push_logins.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(());
+        }
+        let _turn = self.push_login_gate.lock().await;
+        if fresh(&self.push_logins.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(());
+        }
         let auth = self.auth_for(r).await?;
-        self.client(r)?
+        let client = self.client(r)?;
+        client
             .auth(r, &auth, RegistryOperation::Push)
             .await
             .map_err(|e| RegistryError::remote_err(r, e))?;
+        // oci-client keeps tokens per operation and checks blobs (HEAD)
+        // with the pull one: without it, every check asks `/v2/` again.
+        // Best effort: a push-only login checks blobs as before.
+        let _ = client.auth(r, &auth, RegistryOperation::Pull).await;
+        self.push_logins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, Instant::now());
         Ok(())
+    }
+
+    /// Forgets every push authorization (after a 401); whether there was one.
+    pub(super) fn forget_push_logins(&self) -> bool {
+        let mut logins = self.push_logins.lock().unwrap_or_else(|p| p.into_inner());
+        let had = !logins.is_empty();
+        logins.clear();
+        had
     }
 
     pub async fn blob_exists(&self, r: &Reference, digest: &Digest) -> Result<bool, RegistryError> {

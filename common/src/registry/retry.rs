@@ -29,7 +29,9 @@ impl Registry {
                 Err(e)
                     if !relogged
                         && e.remote_kind() == Some(&RemoteKind::Unauthorized)
-                        && self.keys.forget_all() =>
+                        // Both forgotten: a kept push authorization's token
+                        // may be what expired.
+                        && (self.keys.forget_all() | self.forget_push_logins()) =>
                 {
                     relogged = true;
                     tracing::info!("{op}: {}; logging in again", crate::report::Report(&e));
