@@ -372,8 +372,15 @@ fn a_push_asks_for_authorization_once_not_per_blob() {
         &["route=\"base\"", "method=\"GET\""],
     );
     let log = String::from_utf8_lossy(&out.stderr);
-    let auth_lines: Vec<&str> = log.lines().filter(|l| l.contains("Authorizing") || l.contains("Fetching token")).collect();
-    assert!(probes <= 2.0, "{probes} /v2/ probes for one push\n{}", auth_lines.join("\n"));
+    let auth_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Authorizing") || l.contains("Fetching token"))
+        .collect();
+    assert!(
+        probes <= 2.0,
+        "{probes} /v2/ probes for one push\n{}",
+        auth_lines.join("\n")
+    );
     let pushed = server.metric(
         "kiln_cache_request_duration_seconds_count",
         &["route=\"manifest\"", "method=\"PUT\""],
