@@ -81,6 +81,7 @@ fn context(base: &str) -> tempfile::TempDir {
         "FROM {base}\nARG VERSION\nARG API_TOKEN\n\
          COPY site /usr/lib/python3/dist-packages\n\
          COPY node /app/node_modules\n\
+         COPY umoci /usr/local/bin/umoci\n\
          RUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /tok-len && echo $VERSION > /version\n"
     ));
     let module = "print('demo')\n";
@@ -106,6 +107,8 @@ fn context(base: &str) -> tempfile::TempDir {
         r#"{"name":"left-pad","version":"1.3.0","license":"WTFPL"}"#,
     );
     write(ctx.path(), "secret", SECRET);
+    // A Go program (Debian's umoci): its build information names Go.
+    std::fs::copy("/usr/bin/umoci", ctx.path().join("umoci")).unwrap();
     ctx
 }
 
@@ -155,7 +158,7 @@ fn attestations_on_the_cache_server_name_bases_writers_and_packages() {
             .unwrap();
         assert_ok(&out);
         let r = json(&std::fs::read(&report).unwrap());
-        assert_eq!(r["cache_hits"], if n == 0 { 0 } else { 3 }, "{r}");
+        assert_eq!(r["cache_hits"], if n == 0 { 0 } else { 4 }, "{r}");
         r
     };
     build(0);
@@ -245,7 +248,7 @@ fn attestations_on_the_cache_server_name_bases_writers_and_packages() {
     let byproducts = prov["predicate"]["runDetails"]["byproducts"]
         .as_array()
         .unwrap();
-    assert_eq!(byproducts.len(), 3);
+    assert_eq!(byproducts.len(), 4);
     for b in byproducts {
         assert_eq!(b["annotations"]["writer"]["subject"], "ci", "{b}");
         assert!(b["annotations"]["key"]
@@ -324,6 +327,20 @@ fn attestations_on_the_cache_server_name_bases_writers_and_packages() {
             .map(|p| p["licenseDeclared"].as_str().unwrap().to_string())
     };
     assert_eq!(licensed("demo-pkg").as_deref(), Some("MIT"));
+    let version_of = |name: &str| {
+        packages
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(
+        version_of("stdlib").is_some_and(|v| v.starts_with("go1.")),
+        "the Go standard library of umoci"
+    );
+    assert_eq!(
+        version_of("github.com/opencontainers/umoci/cmd/umoci").as_deref(),
+        Some("(devel)")
+    );
     assert_eq!(licensed("left-pad").as_deref(), Some("WTFPL"));
     let files = sbom["files"].as_array().unwrap();
     assert!(files

@@ -18,6 +18,6 @@ pub fn generate<R: Read>(
     for l in layers {
         files.apply(l)?;
     }
-    let packages = packages::all(&files.databases);
+    let packages = packages::all(&files.databases, &files.go);
     Ok(spdx::document(subject, &files, &packages))
 }

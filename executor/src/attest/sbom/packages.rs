@@ -1,8 +1,10 @@
 //! Packages from the databases an image carries: dpkg's `status` (and
 //! distroless `status.d/`) with `info/*.md5sums`, apk's `installed`,
-//! Python `*.dist-info` (`METADATA`, `RECORD`) and npm's `package.json`
-//! under `node_modules`. Pure: bytes in, packages out, so each format is
-//! unit-tested against real-shaped samples.
+//! Python `*.dist-info` (`METADATA`, `RECORD`), npm's `package.json`
+//! under `node_modules`, and Go programs' build information (the Go
+//! standard library's version, the main module and its dependencies).
+//! Pure: bytes in, packages out, so each format is unit-tested against
+//! real-shaped samples.
 
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -14,6 +16,7 @@ pub enum Kind {
     Apk,
     Python,
     Npm,
+    Go,
 }
 
 impl Kind {
@@ -23,6 +26,7 @@ impl Kind {
             Kind::Apk => "apk",
             Kind::Python => "python",
             Kind::Npm => "npm",
+            Kind::Go => "go",
         }
     }
 }
@@ -50,9 +54,11 @@ pub struct Package {
     pub files: Vec<(String, Option<Recorded>)>,
 }
 
-/// Every package in `databases` (path → bytes, paths without a leading `/`).
-pub fn all(databases: &BTreeMap<String, Vec<u8>>) -> Vec<Package> {
-    let mut out = Vec::new();
+/// Every package in `databases` (path → bytes, paths without a leading
+/// `/`) and in the Go programs' build information `go` (path → bytes from
+/// the magic on).
+pub fn all(databases: &BTreeMap<String, Vec<u8>>, go: &BTreeMap<String, Vec<u8>>) -> Vec<Package> {
+    let mut out: Vec<Package> = go.iter().flat_map(|(p, b)| go_program(p, b)).collect();
     for (path, bytes) in databases {
         let text = String::from_utf8_lossy(bytes);
         if path == "var/lib/dpkg/status" || path.starts_with("var/lib/dpkg/status.d/") {
@@ -322,6 +328,88 @@ fn npm(path: &str, text: &str) -> Vec<Package> {
     }]
 }
 
+/// A Go program's packages from its build information (`b` starts at the
+/// magic): the standard library at the Go version, the main module (the
+/// program file is its file) and every dependency, replacements applied.
+/// Only the format of Go 1.18 and later (strings inline, flag bit 2) is
+/// read; older programs hold pointers into their data and are skipped.
+fn go_program(path: &str, b: &[u8]) -> Vec<Package> {
+    const HEADER: usize = 32;
+    if b.len() < HEADER || b[15] & 2 == 0 {
+        return Vec::new();
+    }
+    let mut rest = &b[HEADER..];
+    let mut next = || -> Option<&[u8]> {
+        let (n, used) = uvarint(rest)?;
+        let s = rest.get(used..used.checked_add(n)?)?;
+        rest = &rest[used + n..];
+        Some(s)
+    };
+    let Some(version) = next().map(|v| String::from_utf8_lossy(v).into_owned()) else {
+        return Vec::new();
+    };
+    // The module list sits between two 16-byte sentinels.
+    let info = next().unwrap_or_default();
+    let info = if info.len() >= 33 {
+        &info[16..info.len() - 16]
+    } else {
+        info
+    };
+    let package = |name: &str, version: &str| Package {
+        kind: Kind::Go,
+        name: name.to_string(),
+        version: version.to_string(),
+        arch: None,
+        license: None,
+        supplier: None,
+        source: path.to_string(),
+        files: Vec::new(),
+    };
+    let mut out = vec![package("stdlib", &version)];
+    let mut main_path = None;
+    for line in String::from_utf8_lossy(info).lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        match cols.as_slice() {
+            ["path", p, ..] => main_path = Some(p.to_string()),
+            ["mod", m, v, ..] => {
+                main_path = None;
+                let mut p = package(m, v);
+                p.files.push((path.to_string(), None));
+                out.push(p);
+            }
+            ["dep", m, v, ..] => out.push(package(m, v)),
+            // A replacement of the dependency just listed.
+            ["=>", m, v, ..] => {
+                if let Some(last) = out.last_mut().filter(|p| p.name != "stdlib") {
+                    *last = package(m, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Built outside module mode (as distributions build Go programs): the
+    // main package's path is all there is, at no version.
+    if let Some(p) = main_path {
+        let mut main = package(&p, "(devel)");
+        main.files.push((path.to_string(), None));
+        out.push(main);
+    }
+    out
+}
+
+/// Go's unsigned varint (`encoding/binary.Uvarint`): the value and the
+/// bytes it took.
+fn uvarint(b: &[u8]) -> Option<(usize, usize)> {
+    let mut x: u64 = 0;
+    for (i, &c) in b.iter().enumerate().take(10) {
+        x |= u64::from(c & 0x7f) << (7 * i);
+        if c < 0x80 {
+            return Some((usize::try_from(x).ok()?, i + 1));
+        }
+    }
+    None
+}
+
 /// `dir` and a path relative to it (possibly with `..`), normalized.
 fn join(dir: &str, rel: &str) -> String {
     let mut parts: Vec<&str> = if rel.starts_with('/') {
@@ -368,7 +456,7 @@ mod tests {
                 "0cc175b9c0f1b6a831c399e269772661  usr/lib/x86_64-linux-gnu/libc.so.6\n",
             ),
         ]);
-        let p = all(&d);
+        let p = all(&d, &BTreeMap::new());
         let names: Vec<_> = p
             .iter()
             .map(|p| (p.name.as_str(), p.version.as_str()))
@@ -386,13 +474,62 @@ mod tests {
         );
     }
 
+    /// Build information as the Go linker writes it (Go 1.18+).
+    fn go_info(version: &str, modinfo: &str) -> Vec<u8> {
+        let mut b = b"\xff Go buildinf:".to_vec();
+        b.push(8);
+        b.push(2);
+        b.resize(32, 0);
+        let sentinel = [0u8; 16];
+        let mut info = sentinel.to_vec();
+        info.extend_from_slice(modinfo.as_bytes());
+        info.extend_from_slice(&sentinel);
+        for s in [version.as_bytes(), &info[..]] {
+            let mut n = s.len();
+            while n >= 0x80 {
+                b.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            b.push(n as u8);
+            b.extend_from_slice(s);
+        }
+        b
+    }
+
+    #[test]
+    fn go_programs_list_the_stdlib_main_module_and_dependencies() {
+        let modinfo = "path\texample.com/app/cmd/app\nmod\texample.com/app\tv1.2.3\th1:abc=\ndep\tgolang.org/x/sys\tv0.1.0\th1:x=\ndep\texample.com/old\tv1.0.0\n=>\texample.com/fork\tv1.0.1\th1:y=\nbuild\tGOOS=linux\n";
+        let go = BTreeMap::from([("usr/bin/app".to_string(), go_info("go1.22.4", modinfo))]);
+        let p = all(&BTreeMap::new(), &go);
+        let got: Vec<_> = p
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("example.com/app", "v1.2.3"),
+                ("example.com/fork", "v1.0.1"),
+                ("golang.org/x/sys", "v0.1.0"),
+                ("stdlib", "go1.22.4"),
+            ]
+        );
+        let main = p.iter().find(|p| p.name == "example.com/app").unwrap();
+        assert_eq!(main.files[0].0, "usr/bin/app");
+        // A truncated or pre-1.18 header gives nothing, never a panic.
+        let mut old = go_info("go1.16", "");
+        old[15] = 0;
+        assert!(go_program("x", &old).is_empty());
+        assert!(go_program("x", &go_info("go1.22", modinfo)[..40]).len() <= 1);
+    }
+
     #[test]
     fn apk_installed_with_sha1() {
         let d = dbs(&[(
             "lib/apk/db/installed",
             "C:Q1abc=\nP:musl\nV:1.2.4-r2\nA:x86_64\nL:MIT\nF:lib\nR:ld-musl-x86_64.so.1\nZ:Q1C3VahN6vYTmU8dA2fJ5w0zBXQbE=\n\nP:busybox\nV:1.36.1-r5\nL:GPL-2.0-only\n",
         )]);
-        let p = all(&d);
+        let p = all(&d, &BTreeMap::new());
         assert_eq!(p.len(), 2);
         let musl = p.iter().find(|p| p.name == "musl").unwrap();
         assert_eq!(musl.license.as_deref(), Some("MIT"));
@@ -424,7 +561,7 @@ mod tests {
                 r#"{"name":"fixture","version":"0.0.0"}"#,
             ),
         ]);
-        let p = all(&d);
+        let p = all(&d, &BTreeMap::new());
         let six = p.iter().find(|p| p.name == "six").unwrap();
         assert_eq!(six.license.as_deref(), Some("MIT"));
         assert_eq!(six.files[0].0, "venv/lib/python3.11/site-packages/six.py");

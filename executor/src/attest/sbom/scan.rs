@@ -2,8 +2,10 @@
 //! layers rather than from a root on disk: a fully cached build has no
 //! root, and the layers are what the image is. Layers are applied in
 //! order with their whiteouts (`.wh.<name>`, `.wh..wh..opq`); kept are
-//! every regular file's SHA-1 (SPDX requires it of each file listed) and
-//! the bytes of the package databases ([`is_database`]).
+//! every regular file's SHA-1 (SPDX requires it of each file listed), the
+//! bytes of the package databases ([`is_database`]) and, for ELF files
+//! built by Go, the build information the Go linker embeds (the Go
+//! version and the modules linked in: `go version -m` reads the same).
 
 use sha1::{Digest as _, Sha1};
 use std::collections::BTreeMap;
@@ -13,6 +15,12 @@ use std::io::{self, Read};
 /// thousands of packages is a few MiB).
 const DATABASE_LIMIT: u64 = 64 << 20;
 
+/// Where Go's build information starts (`debug/buildinfo`'s magic).
+pub const GO_MAGIC: &[u8] = b"\xff Go buildinf:";
+/// How much of it is kept: the header, the Go version and the module
+/// list (a few KiB even for big programs).
+const GO_INFO_LIMIT: usize = 256 << 10;
+
 /// What the image holds, as far as the SBOM is concerned.
 #[derive(Debug, Default)]
 pub struct ImageFiles {
@@ -20,6 +28,8 @@ pub struct ImageFiles {
     pub sha1: BTreeMap<String, String>,
     /// Package database files by path: their bytes.
     pub databases: BTreeMap<String, Vec<u8>>,
+    /// Go programs by path: their build information, from [`GO_MAGIC`].
+    pub go: BTreeMap<String, Vec<u8>>,
 }
 
 /// Whether `path` (no leading `/`) is a file a package database is read from.
@@ -73,7 +83,9 @@ impl ImageFiles {
                 let keep = is_database(&path) && e.size() <= DATABASE_LIMIT;
                 let mut h = Sha1::new();
                 let mut kept = Vec::new();
+                let mut go = GoInfo::default();
                 let mut buf = vec![0u8; 64 << 10];
+                let mut first = true;
                 loop {
                     let n = e.read(&mut buf)?;
                     if n == 0 {
@@ -83,8 +95,16 @@ impl ImageFiles {
                     if keep {
                         kept.extend_from_slice(&buf[..n]);
                     }
+                    if first {
+                        go.elf = buf[..n].starts_with(b"\x7fELF");
+                        first = false;
+                    }
+                    go.feed(&buf[..n]);
                 }
                 self.sha1.insert(path.clone(), hex::encode(h.finalize()));
+                if let Some(info) = go.found {
+                    self.go.insert(path.clone(), info);
+                }
                 if keep {
                     self.databases.insert(path, kept);
                 }
@@ -96,7 +116,10 @@ impl ImageFiles {
                         self.sha1.insert(path.clone(), s);
                     }
                     if let Some(b) = self.databases.get(&target).cloned() {
-                        self.databases.insert(path, b);
+                        self.databases.insert(path.clone(), b);
+                    }
+                    if let Some(b) = self.go.get(&target).cloned() {
+                        self.go.insert(path, b);
                     }
                 }
             }
@@ -107,6 +130,7 @@ impl ImageFiles {
     fn remove(&mut self, path: &str) {
         self.sha1.remove(path);
         self.databases.remove(path);
+        self.go.remove(path);
     }
 
     /// Removes everything strictly under directory `dir` (`""`: the root).
@@ -118,6 +142,40 @@ impl ImageFiles {
         };
         self.sha1.retain(|p, _| !p.starts_with(&prefix));
         self.databases.retain(|p, _| !p.starts_with(&prefix));
+        self.go.retain(|p, _| !p.starts_with(&prefix));
+    }
+}
+
+/// Looks for Go's build information in an ELF file streamed through
+/// [`GoInfo::feed`], the magic possibly split between two reads.
+#[derive(Default)]
+struct GoInfo {
+    elf: bool,
+    /// The end of the previous read, for a magic split between two.
+    tail: Vec<u8>,
+    /// From the magic on, once found (up to [`GO_INFO_LIMIT`]).
+    found: Option<Vec<u8>>,
+}
+
+impl GoInfo {
+    fn feed(&mut self, chunk: &[u8]) {
+        if !self.elf {
+            return;
+        }
+        if let Some(f) = &mut self.found {
+            let room = GO_INFO_LIMIT.saturating_sub(f.len());
+            f.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            return;
+        }
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(chunk);
+        if let Some(at) = memchr::memmem::find(&window, GO_MAGIC) {
+            let end = window.len().min(at + GO_INFO_LIMIT);
+            self.found = Some(window[at..end].to_vec());
+            return;
+        }
+        let keep = (GO_MAGIC.len() - 1).min(window.len());
+        self.tail = window[window.len() - keep..].to_vec();
     }
 }
 
@@ -200,6 +258,30 @@ mod tests {
             .databases
             .keys()
             .all(|k| !k.starts_with("usr/lib/python3")));
+    }
+
+    #[test]
+    fn go_build_information_is_found_across_reads_in_elf_files_only() {
+        let mut elf = b"\x7fELF".to_vec();
+        elf.resize((64 << 10) - 5, 0);
+        elf.extend_from_slice(GO_MAGIC);
+        elf.extend_from_slice(b"\x08\x02 the rest");
+        let mut not_elf = b"#!/bin/sh\n".to_vec();
+        not_elf.extend_from_slice(GO_MAGIC);
+        let mut f = ImageFiles::default();
+        f.apply(
+            &layer(&[
+                ("usr/bin/app", Some(&elf)),
+                ("usr/bin/script", Some(&not_elf)),
+            ])[..],
+        )
+        .unwrap();
+        assert!(f.go["usr/bin/app"].starts_with(GO_MAGIC));
+        assert!(f.go["usr/bin/app"].ends_with(b" the rest"));
+        assert!(!f.go.contains_key("usr/bin/script"));
+        f.apply(&layer(&[("usr/bin/.wh.app", Some(b""))])[..])
+            .unwrap();
+        assert!(f.go.is_empty());
     }
 
     #[test]

@@ -154,6 +154,13 @@ fn purl(p: &Package, distro: &str) -> String {
             enc(&p.name.to_ascii_lowercase().replace('_', "-")),
             enc(&p.version)
         ),
+        Kind::Go if p.name == "stdlib" => {
+            format!(
+                "pkg:golang/stdlib@{}",
+                enc(p.version.trim_start_matches("go"))
+            )
+        }
+        Kind::Go => format!("pkg:golang/{}@{}", p.name, enc(&p.version)),
         Kind::Npm => match p.name.strip_prefix('@').and_then(|n| n.split_once('/')) {
             Some((scope, name)) => {
                 format!(
