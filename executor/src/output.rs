@@ -125,6 +125,12 @@ pub(crate) fn untagged(dest: &str) -> &str {
         .map_or(dest, |(n, _)| n)
 }
 
+/// A destination's repository: no tag, no digest.
+pub(crate) fn repository_of(dest: &str) -> &str {
+    let name = untagged(dest);
+    name.split('@').next().unwrap_or(name)
+}
+
 /// `--digest-file`, `--image-name-with-digest-file` and
 /// `--image-name-tag-with-digest-file`, naming `digest` (the image's, or a
 /// multi-platform build's index).
@@ -172,8 +178,7 @@ pub async fn deliver(
                 opts.by_digest,
             )
             .await?;
-            let name = untagged(dest);
-            let name = name.split('@').next().unwrap_or(name);
+            let name = repository_of(dest);
             tracing::info!("pushed {dest} ({})", w.manifest_digest);
             pushed.push(format!("{name}@{}", w.manifest_digest));
         }

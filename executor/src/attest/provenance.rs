@@ -46,23 +46,25 @@ pub struct Inputs<'a> {
     pub finished: chrono::DateTime<chrono::Utc>,
 }
 
-/// Whether an ARG's name says it holds a credential.
+/// Whether an ARG's name says it holds a credential: one of its
+/// `_`-separated words is one Docker's `SecretsUsedInArgOrEnv` check
+/// looks for (`NPM_TOKEN`, `DB_PASSWORD`; not `AUTHOR` or `MONKEY`).
 pub fn secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    [
+    const WORDS: &[&str] = &[
         "apikey",
-        "api_key",
         "auth",
         "credential",
+        "credentials",
         "key",
         "password",
         "pword",
         "passwd",
         "secret",
         "token",
-    ]
-    .iter()
-    .any(|w| n.contains(w))
+    ];
+    name.to_ascii_lowercase()
+        .split('_')
+        .any(|w| WORDS.contains(&w))
 }
 
 fn sha256(d: &Digest) -> serde_json::Value {
@@ -250,6 +252,8 @@ mod tests {
         assert!(!s.contains("s3cr3t") && !s.contains("NPM_TOKEN"));
         assert!(!s.contains("hunter2"));
         assert!(s.contains("npmrc"), "secrets are named by id");
+        assert!(secret_name("API_KEY") && secret_name("github_token") && secret_name("Auth"));
+        assert!(!secret_name("AUTHOR") && !secret_name("MONKEY") && !secret_name("VERSION"));
     }
 
     #[test]

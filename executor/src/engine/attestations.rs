@@ -46,13 +46,7 @@ impl Builder {
             .output
             .destinations
             .first()
-            .map(|d| {
-                crate::output::untagged(d)
-                    .split('@')
-                    .next()
-                    .unwrap_or(d)
-                    .to_string()
-            })
+            .map(|d| crate::output::repository_of(d).to_string())
             .unwrap_or_else(|| "image".into());
         let created = self.timestamp();
         let mut artifacts = Vec::new();
