@@ -17,19 +17,6 @@ use std::process::Command;
 const SECRET: &str = "kiln-secret-value-3f9c1e";
 const PASSWORD: &str = "pa55-w0rd-ci-77";
 
-/// A Docker config dir logging in to `host` as `ci`.
-fn docker_config(dir: &Path, host: &str) -> std::path::PathBuf {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{PASSWORD}"));
-    let d = dir.join("docker");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("config.json"),
-        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
-    d
-}
-
 fn get(url: &str) -> (u16, String, Vec<u8>) {
     let out = Command::new("curl")
         .args(["-s", "-u", &format!("ci:{PASSWORD}"), "-D", "/dev/stderr"])
@@ -117,21 +104,7 @@ fn attestations_on_the_cache_server_name_bases_writers_and_packages() {
     let reg = Registry::start();
     let base = push_debian(&reg);
     let t = tempfile::tempdir().unwrap();
-    let auth = t.path().join("auth.json");
-    std::fs::write(
-        &auth,
-        format!(
-            r#"{{"users": [{{"username": "ci", "password": "{PASSWORD}", "grants": [{{"prefix": "", "access": "write"}}]}}]}}"#
-        ),
-    )
-    .unwrap();
-    let server = CacheServer::start(
-        &cache_server_bin(),
-        None,
-        &["--auth-file", auth.to_str().unwrap()],
-        &[],
-    );
-    let config = docker_config(t.path(), &server.addr);
+    let (server, config) = cache_server_with_login(t.path(), PASSWORD);
     let ctx = context(&base);
     let dest = format!("{}/team/app:1", server.addr);
     let secret = format!("id=tok,src={}", ctx.path().join("secret").display());

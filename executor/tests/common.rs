@@ -303,6 +303,38 @@ pub fn cache_server_bin() -> std::path::PathBuf {
     p
 }
 
+/// A cache server (file store) whose one user `ci` with `password` may
+/// write everywhere, and a Docker config dir under `dir` logging in to it.
+pub fn cache_server_with_login(
+    dir: &Path,
+    password: &str,
+) -> (kiln_testkit::CacheServer, std::path::PathBuf) {
+    let auth = dir.join("auth.json");
+    std::fs::write(
+        &auth,
+        format!(
+            r#"{{"users": [{{"username": "ci", "password": "{password}", "grants": [{{"prefix": "", "access": "write"}}]}}]}}"#
+        ),
+    )
+    .unwrap();
+    let server = kiln_testkit::CacheServer::start(
+        &cache_server_bin(),
+        None,
+        &["--auth-file", auth.to_str().unwrap()],
+        &[],
+    );
+    use base64::Engine as _;
+    let login = base64::engine::general_purpose::STANDARD.encode(format!("ci:{password}"));
+    let config = dir.join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{login}"}}}}}}"#, server.addr),
+    )
+    .unwrap();
+    (server, config)
+}
+
 /// A build in a fresh work directory, `--no-push`, with `--cache` into
 /// `cache_repo` (its registry reached over plain HTTP) and `extra` flags;
 /// returns its `--report` and its log.

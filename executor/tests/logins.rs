@@ -328,28 +328,7 @@ fn a_push_asks_for_authorization_once_not_per_blob() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
     let t = tempfile::tempdir().unwrap();
-    let auth = t.path().join("auth.json");
-    std::fs::write(
-        &auth,
-        r#"{"users": [{"username": "ci", "password": "s3cret-pa55", "grants": [{"prefix": "", "access": "write"}]}]}"#,
-    )
-    .unwrap();
-    let server = CacheServer::start(
-        &cache_server_bin(),
-        None,
-        &["--auth-file", auth.to_str().unwrap()],
-        &[],
-    );
-    let config = t.path().join("docker");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("config.json"),
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"Y2k6czNjcmV0LXBhNTU="}}}}}}"#,
-            server.addr
-        ),
-    )
-    .unwrap();
+    let (server, config) = cache_server_with_login(t.path(), "s3cret-pa55");
     let steps: String = (0..6).map(|i| format!("RUN echo {i} > /f{i}\n")).collect();
     let ctx = context_with(&format!("FROM {base}\n{steps}"));
     let work = tempfile::tempdir().unwrap();
