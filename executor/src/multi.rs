@@ -203,12 +203,7 @@ pub async fn build_platforms(
 /// Whether the Dockerfile (when it can be read before the context is
 /// prepared: a local one) has a stage `FROM --platform=$BUILDPLATFORM`.
 fn reads_build_platform(opts: &BuildOptions) -> bool {
-    let in_context = std::path::Path::new(&opts.context).join(&opts.dockerfile);
-    let path = if opts.dockerfile.is_absolute() || opts.dockerfile.exists() {
-        opts.dockerfile.clone()
-    } else {
-        in_context
-    };
+    let path = opts.dockerfile_path(None);
     kiln_common::dockerfile::Dockerfile::from_path(&path).is_ok_and(|df| {
         df.stages.iter().any(|s| {
             s.platform

@@ -94,6 +94,26 @@ pub struct CacheOptions {
     pub push_timeout: std::time::Duration,
 }
 
+impl BuildOptions {
+    /// `--dockerfile` as given when it exists, else inside the context
+    /// (`ctx_dir` once prepared, else `--context` as a directory).
+    pub fn dockerfile_path(&self, ctx_dir: Option<&std::path::Path>) -> PathBuf {
+        let p = &self.dockerfile;
+        if p.is_absolute() || p.exists() {
+            return p.clone();
+        }
+        let in_ctx = match ctx_dir {
+            Some(d) => d.join(p),
+            None => std::path::Path::new(&self.context).join(p),
+        };
+        if in_ctx.exists() {
+            in_ctx
+        } else {
+            p.clone()
+        }
+    }
+}
+
 impl CacheOptions {
     /// A layer cache in the `oci:` directory `dir`, read and written, with
     /// the default timeouts: what the platforms of one build share when

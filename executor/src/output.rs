@@ -362,23 +362,27 @@ pub(crate) fn add_to_layout(
         "org.opencontainers.image.ref.name".to_string(),
         tag,
     )]));
-    let index_path = dir.join("index.json");
-    let mut index = std::fs::read(&index_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .unwrap_or_else(Index::empty);
+    let mut index = read_layout_index(dir);
     index
         .manifests
         .retain(|m| m.annotations != desc.annotations);
     index.manifests.push(desc);
-    let bytes = serde_json::to_vec(&index).map_err(|source| OutputError::Json {
-        what: "index",
-        source,
-    })?;
-    let tmp = dir.join(".index.json.tmp");
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &index_path).map_err(io_err(&index_path))?;
-    Ok(())
+    write_layout_index(dir, &index).map_err(io_err(&dir.join("index.json")))
+}
+
+/// Layout `dir`'s `index.json`; an empty index when it has none (a new
+/// layout) or it cannot be read.
+pub(crate) fn read_layout_index(dir: &Path) -> Index {
+    std::fs::read(dir.join("index.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+        .unwrap_or_else(Index::empty)
+}
+
+/// Replaces layout `dir`'s `index.json` with `index`, atomically.
+pub(crate) fn write_layout_index(dir: &Path, index: &Index) -> io::Result<()> {
+    let bytes = serde_json::to_vec(index).map_err(io::Error::other)?;
+    kiln_common::layout::write_atomic(&dir.join("index.json"), &bytes)
 }
 
 /// Destinations as `docker load` names images (`RepoTags`): Docker Hub's

@@ -193,9 +193,7 @@ pub fn write_layout(dir: &Path, artifacts: &[Artifact]) -> Result<(), AttestErro
         for bytes in [EMPTY, &a.body[..], &a.manifest[..]] {
             let p = blobs.join(Digest::sha256_of(bytes).hex());
             if !p.exists() {
-                let tmp = blobs.join(format!(".tmp-{}", Digest::sha256_of(bytes).hex()));
-                std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-                std::fs::rename(&tmp, &p).map_err(io_err(&p))?;
+                kiln_common::layout::write_atomic(&p, bytes).map_err(io_err(&p))?;
             }
         }
     }
@@ -205,16 +203,11 @@ pub fn write_layout(dir: &Path, artifacts: &[Artifact]) -> Result<(), AttestErro
 /// The artifacts listed in layout `dir`'s `index.json` (those with an
 /// `artifactType`).
 pub fn listed_in_layout(dir: &Path) -> Vec<Descriptor> {
-    std::fs::read(dir.join("index.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .map(|i| {
-            i.manifests
-                .into_iter()
-                .filter(|d| d.artifact_type.is_some())
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::output::read_layout_index(dir)
+        .manifests
+        .into_iter()
+        .filter(|d| d.artifact_type.is_some())
+        .collect()
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AttestError {
@@ -229,16 +222,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AttestError {
 /// Adds `descs` (whose blobs are in the layout) to layout `dir`'s
 /// `index.json`, each digest once.
 pub fn list_in_layout(dir: &Path, descs: Vec<Descriptor>) -> Result<(), AttestError> {
-    let index_path = dir.join("index.json");
-    let mut index = std::fs::read(&index_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .unwrap_or_else(Index::empty);
+    let mut index = crate::output::read_layout_index(dir);
     merge(&mut index, descs);
-    let tmp = dir.join(".index.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&index).unwrap_or_default()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &index_path).map_err(io_err(&index_path))?;
-    Ok(())
+    crate::output::write_layout_index(dir, &index).map_err(io_err(&dir.join("index.json")))
 }
 
 #[cfg(test)]

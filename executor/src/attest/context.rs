@@ -6,7 +6,6 @@
 use crate::dockerignore::DockerIgnore;
 use kiln_common::Digest;
 use sha2::{Digest as _, Sha256};
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -46,17 +45,8 @@ fn walk(dir: &Path, rel: &str, ignore: &DockerIgnore, h: &mut Sha256) -> std::io
             let t = std::fs::read_link(&p)?;
             h.update(format!("l {mode:o} {r} {}\n", t.display()).as_bytes());
         } else if m.is_file() {
-            let mut f = std::fs::File::open(&p)?;
-            let mut fh = Sha256::new();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                fh.update(&buf[..n]);
-            }
-            h.update(format!("f {mode:o} {r} {}\n", hex::encode(fh.finalize())).as_bytes());
+            let (d, _) = kiln_common::digest::digest_file(&p)?;
+            h.update(format!("f {mode:o} {r} {}\n", d.hex()).as_bytes());
         }
     }
     Ok(())

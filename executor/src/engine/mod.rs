@@ -447,7 +447,7 @@ impl Builder {
             self.work.path(),
         )
         .await?;
-        let df_path = self.dockerfile_path(Some(&ctx.dir));
+        let df_path = self.opts.dockerfile_path(Some(&ctx.dir));
         let df = Dockerfile::from_path(&df_path)?;
         ctx.load_ignore(&df_path)?;
         let file = df_path.display().to_string();
@@ -478,23 +478,6 @@ impl Builder {
             target,
             needed,
         })
-    }
-
-    /// `--dockerfile` as given when it exists, else inside the (prepared) context.
-    fn dockerfile_path(&self, ctx_dir: Option<&Path>) -> PathBuf {
-        let p = &self.opts.dockerfile;
-        if p.is_absolute() || p.exists() {
-            return p.clone();
-        }
-        let in_ctx = match ctx_dir {
-            Some(d) => d.join(p),
-            None => Path::new(&self.opts.context).join(p),
-        };
-        if in_ctx.exists() {
-            in_ctx
-        } else {
-            p.clone()
-        }
     }
 
     /// Creation times in config and history: the epoch with `--reproducible`.

@@ -13,7 +13,7 @@ impl Builder {
             .destinations
             .first()
             .cloned()
-            .unwrap_or_else(|| format!("dockerfile:{}", self.dockerfile_path(None).display()))
+            .unwrap_or_else(|| format!("dockerfile:{}", self.opts.dockerfile_path(None).display()))
     }
 
     /// A lookup's deadline (`--cache-lookup-timeout`).
