@@ -105,11 +105,17 @@ impl RemoteKind {
 
     /// A plain HTTP failure: by its status, or a connection problem.
     fn of_http(r: &reqwest::Error) -> RemoteKind {
-        match r.status().map(|s| s.as_u16()) {
-            Some(401) => RemoteKind::Unauthorized,
-            Some(403) => RemoteKind::Denied,
-            Some(404) => RemoteKind::NotFound,
-            Some(s) if s < 500 => RemoteKind::Other,
+        r.status()
+            .map_or(RemoteKind::Transient, |s| Self::of_status(s.as_u16()))
+    }
+
+    /// An HTTP status that is not a success, as a kind.
+    pub(crate) fn of_status(status: u16) -> RemoteKind {
+        match status {
+            401 => RemoteKind::Unauthorized,
+            403 => RemoteKind::Denied,
+            404 => RemoteKind::NotFound,
+            s if s < 500 => RemoteKind::Other,
             _ => RemoteKind::Transient,
         }
     }

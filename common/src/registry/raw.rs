@@ -233,13 +233,7 @@ impl Registry {
 
 /// A registry's refusal as an error of the kind its status says.
 fn status_error(r: &Reference, a: &Answer) -> RegistryError {
-    let kind = match a.status {
-        StatusCode::NOT_FOUND => RemoteKind::NotFound,
-        StatusCode::UNAUTHORIZED => RemoteKind::Unauthorized,
-        StatusCode::FORBIDDEN => RemoteKind::Denied,
-        s if s.is_server_error() => RemoteKind::Transient,
-        _ => RemoteKind::Other,
-    };
+    let kind = RemoteKind::of_status(a.status.as_u16());
     let text = String::from_utf8_lossy(&a.body[..a.body.len().min(512)]).to_string();
     RegistryError::remote(r, kind, format!("HTTP {}: {text}", a.status))
 }
