@@ -5,7 +5,7 @@
 //! (any version: it decompresses layers itself) loads every platform's
 //! image and tags the one for the machine's platform (or the first).
 
-use kiln_common::image::{Index, Manifest, Platform};
+use kiln_common::image::{Manifest, Platform};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,21 @@ fn docker_manifest(
     Ok(serde_json::to_vec(&entries).unwrap_or_default())
 }
 
+/// One entry of the archive: mode 0644, time 0 (the same bytes give the
+/// same archive).
+fn append<W: Write>(
+    tb: &mut tar::Builder<W>,
+    name: &str,
+    size: u64,
+    data: impl io::Read,
+) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    tb.append_data(&mut h, name, data)
+}
+
 fn read(layout: &Path, d: &kiln_common::Digest) -> Result<Vec<u8>, ArchiveError> {
     let p = layout.join("blobs/sha256").join(d.hex());
     std::fs::read(&p).map_err(|source| ArchiveError::Io { path: p, source })
@@ -77,18 +92,12 @@ pub fn write(
         .cloned()
         .unwrap_or_else(|| host.clone());
     let manifest = docker_manifest(layout, members, &tagged, tags)?;
-    let index: Index =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).map_err(|source| {
-            ArchiveError::Io {
-                path: layout.join("index.json"),
-                source,
-            }
-        })?)
-        .map_err(|source| ArchiveError::Layout {
-            what: "index.json".into(),
-            dir: layout.to_path_buf(),
-            source,
-        })?;
+    // The index as the layout has it, byte for byte.
+    let index_path = layout.join("index.json");
+    let index = std::fs::read(&index_path).map_err(|source| ArchiveError::Io {
+        path: index_path,
+        source,
+    })?;
     let err = |source| ArchiveError::Io {
         path: path.to_path_buf(),
         source,
@@ -96,20 +105,14 @@ pub fn write(
     let tmp = path.with_extension("partial");
     let f = std::fs::File::create(&tmp).map_err(err)?;
     let mut tb = tar::Builder::new(io::BufWriter::new(f));
-    let mut append = |name: &str, data: &[u8]| -> io::Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        tb.append_data(&mut h, name, data)
-    };
-    append("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(err)?;
-    append(
-        "index.json",
-        &serde_json::to_vec(&index).unwrap_or_default(),
-    )
-    .map_err(err)?;
-    append("manifest.json", &manifest).map_err(err)?;
+    let small: [(&str, &[u8]); 3] = [
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("index.json", &index),
+        ("manifest.json", &manifest),
+    ];
+    for (name, data) in small {
+        append(&mut tb, name, data.len() as u64, data).map_err(err)?;
+    }
     let mut blobs: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
         .map_err(err)?
         .filter_map(Result::ok)
@@ -125,12 +128,9 @@ pub fn write(
             "blobs/sha256/{}",
             b.file_name().unwrap_or_default().to_string_lossy()
         );
-        let mut f = std::fs::File::open(&b).map_err(err)?;
-        let mut h = tar::Header::new_gnu();
-        h.set_size(f.metadata().map_err(err)?.len());
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        tb.append_data(&mut h, &name, &mut f).map_err(err)?;
+        let f = std::fs::File::open(&b).map_err(err)?;
+        let size = f.metadata().map_err(err)?.len();
+        append(&mut tb, &name, size, f).map_err(err)?;
     }
     let mut w = tb.into_inner().map_err(err)?;
     w.flush().map_err(err)?;
