@@ -36,6 +36,12 @@ impl Digest {
     pub fn hex(&self) -> &str {
         &self.0[7..]
     }
+
+    /// The tag OCI 1.1's referrers tag schema gives this digest's
+    /// referrers (`sha256-<hex>`), where a registry has no referrers API.
+    pub fn referrers_tag(&self) -> String {
+        self.as_str().replace(':', "-")
+    }
     pub fn verify(&self, actual: &Digest) -> Result<(), DigestError> {
         if self == actual {
             Ok(())

@@ -120,7 +120,7 @@ pub(super) async fn referrers(
                 "UNSUPPORTED",
                 format!(
                     "this storage backend keeps no referrers; use the tag {}",
-                    subject.as_str().replace(':', "-")
+                    subject.referrers_tag()
                 ),
             ))
         }

@@ -147,7 +147,7 @@ pub(super) async fn handle(
             format!(
                 "{repo}: referrers are not proxied from {}; use the tag {}",
                 route.repo,
-                subject.as_str().replace(':', "-")
+                subject.referrers_tag()
             ),
         )),
         _ => Err(ApiError::Denied(format!(

@@ -88,11 +88,6 @@ impl Artifact {
     }
 }
 
-/// The tag-schema fallback tag of `subject`: `sha256-<hex>`.
-pub fn fallback_tag(subject: &Digest) -> String {
-    subject.as_str().replace(':', "-")
-}
-
 /// Pushes `artifacts` to `repo` (a destination's repository), each by
 /// digest, and keeps the tag-schema index when the registry does not
 /// list referrers itself.
@@ -151,7 +146,7 @@ pub async fn push(
     if unlisted.is_empty() {
         return Ok(());
     }
-    let tag = at(fallback_tag(&subject.digest));
+    let tag = at(subject.digest.referrers_tag());
     let mut index = match registry
         .get_manifest(&tag)
         .await
@@ -247,7 +242,7 @@ mod tests {
         assert_eq!(m["config"]["mediaType"], EMPTY_MEDIA);
         assert_eq!(m["config"]["digest"], Digest::sha256_of(b"{}").to_string());
         assert_eq!(
-            fallback_tag(&subject.digest),
+            subject.digest.referrers_tag(),
             format!("sha256-{}", subject.digest.hex())
         );
         let mut idx = Index::empty();
