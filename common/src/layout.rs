@@ -293,6 +293,21 @@ fn entry_of(d: &Descriptor) -> Option<WarmEntry> {
     })
 }
 
+/// Layout `dir`'s `index.json`; an empty index when it has none (a new
+/// layout) or it cannot be read.
+pub fn read_layout_index(dir: &Path) -> Index {
+    std::fs::read(dir.join("index.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+        .unwrap_or_else(Index::empty)
+}
+
+/// Replaces layout `dir`'s `index.json` with `index`, atomically.
+pub fn write_layout_index(dir: &Path, index: &Index) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(index).map_err(std::io::Error::other)?;
+    write_atomic(&dir.join("index.json"), &bytes)
+}
+
 /// Writes `data` to `dest` via a temp file in the same directory, fsync and rename.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));

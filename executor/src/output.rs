@@ -7,7 +7,7 @@ use crate::fetch::{FetchError, LayerFetcher};
 use crate::model::{BuiltImage, LayerSource};
 use crate::options::{ImageFormat, OutputOptions};
 use kiln_common::digest::HashingWriter;
-use kiln_common::image::{self, Descriptor, Index, Manifest};
+use kiln_common::image::{self, Descriptor, Manifest};
 use kiln_common::registry::{parse_reference, RegistryError};
 use kiln_common::Digest;
 use oci_client::Reference;
@@ -362,27 +362,12 @@ pub(crate) fn add_to_layout(
         "org.opencontainers.image.ref.name".to_string(),
         tag,
     )]));
-    let mut index = read_layout_index(dir);
+    let mut index = kiln_common::layout::read_layout_index(dir);
     index
         .manifests
         .retain(|m| m.annotations != desc.annotations);
     index.manifests.push(desc);
-    write_layout_index(dir, &index).map_err(io_err(&dir.join("index.json")))
-}
-
-/// Layout `dir`'s `index.json`; an empty index when it has none (a new
-/// layout) or it cannot be read.
-pub(crate) fn read_layout_index(dir: &Path) -> Index {
-    std::fs::read(dir.join("index.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-        .unwrap_or_else(Index::empty)
-}
-
-/// Replaces layout `dir`'s `index.json` with `index`, atomically.
-pub(crate) fn write_layout_index(dir: &Path, index: &Index) -> io::Result<()> {
-    let bytes = serde_json::to_vec(index).map_err(io::Error::other)?;
-    kiln_common::layout::write_atomic(&dir.join("index.json"), &bytes)
+    kiln_common::layout::write_layout_index(dir, &index).map_err(io_err(&dir.join("index.json")))
 }
 
 /// Destinations as `docker load` names images (`RepoTags`): Docker Hub's

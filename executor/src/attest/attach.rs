@@ -198,7 +198,7 @@ pub fn write_layout(dir: &Path, artifacts: &[Artifact]) -> Result<(), AttestErro
 /// The artifacts listed in layout `dir`'s `index.json` (those with an
 /// `artifactType`).
 pub fn listed_in_layout(dir: &Path) -> Vec<Descriptor> {
-    crate::output::read_layout_index(dir)
+    kiln_common::layout::read_layout_index(dir)
         .manifests
         .into_iter()
         .filter(|d| d.artifact_type.is_some())
@@ -217,9 +217,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AttestError {
 /// Adds `descs` (whose blobs are in the layout) to layout `dir`'s
 /// `index.json`, each digest once.
 pub fn list_in_layout(dir: &Path, descs: Vec<Descriptor>) -> Result<(), AttestError> {
-    let mut index = crate::output::read_layout_index(dir);
+    let mut index = kiln_common::layout::read_layout_index(dir);
     merge(&mut index, descs);
-    crate::output::write_layout_index(dir, &index).map_err(io_err(&dir.join("index.json")))
+    kiln_common::layout::write_layout_index(dir, &index).map_err(io_err(&dir.join("index.json")))
 }
 
 #[cfg(test)]
