@@ -34,7 +34,17 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = kiln_executor::stacked::private_mount_namespace() {
         tracing::debug!("no private mount namespace ({e}): mounts are unmounted on exit");
     }
-    run_async(cmd::run(cli))
+    // Before any thread exists, after the namespaces and the umask are set:
+    // the process that starts RUN steps (isolation/spawner.rs).
+    if let Err(e) = kiln_executor::isolation::spawner::Spawner::start() {
+        tracing::debug!(
+            "{}; RUN steps are forked from the executor",
+            kiln_common::report::Report(&e)
+        );
+    }
+    let code = run_async(cmd::run(cli));
+    kiln_executor::isolation::spawner::Spawner::stop();
+    code
 }
 
 /// Runs a command on a multi-threaded runtime; its error printed once,

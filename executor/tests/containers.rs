@@ -68,6 +68,10 @@ fn engine_default_capabilities_build_in_place() {
             && log.contains("CAP_SYS_ADMIN"),
         "{log}"
     );
+    // The step's supervisor was forked by the spawner made at start-up
+    // (isolation/spawner.rs), not by the executor: its cost does not grow
+    // with the executor's memory.
+    assert!(log.contains("supervised by kiln-spawner"), "{log}");
 }
 
 #[test]

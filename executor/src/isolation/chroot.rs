@@ -9,7 +9,7 @@
 
 use super::probe::{Environment, CAP_MKNOD};
 use super::provided::{etc_files, DEVICES};
-use super::spawn::{command_in, spawn_and_wait};
+use super::spawn::{start_in, wait_for};
 use super::supervise::Report;
 use super::{Isolation, IsolationError, RunOutcome, RunSpec};
 use crate::snapshot::RootWatches;
@@ -199,8 +199,8 @@ impl Isolation for Chroot {
         };
         let fd = confinement.as_ref().map(|c| c.raw());
         let spawned = Report::new().map_err(setup).and_then(|report| {
-            command_in(spec, Some(root), fd, report.fd())
-                .and_then(|c| spawn_and_wait(c, &spec.args[0], &report))
+            start_in(spec, Some(root), fd, report.fd())
+                .and_then(|started| wait_for(started, &spec.args[0], &report))
         });
         drop(confinement);
         let changes = self.watches.finish(baseline, root, &provided_path, &[]);

@@ -36,7 +36,7 @@
 //! image path that a volume hides is reported, not silently dropped.
 
 use super::probe::Environment;
-use super::spawn::{command_in, spawn_and_wait};
+use super::spawn::{start_in, wait_for};
 use super::supervise::Report;
 use super::{Isolation, IsolationError, RunOutcome, RunSpec, SelectOptions};
 use crate::snapshot::{Changes, RootWatches};
@@ -489,8 +489,8 @@ impl InPlace {
         let slash = Path::new("/");
         let baseline = self.watches.begin(root, slash, &skip, &self.kept)?;
         let report = Report::new().map_err(IsolationError::setup(&self.state))?;
-        let cmd = command_in(spec, None, None, report.fd())?;
-        let (status, tail) = spawn_and_wait(cmd, &spec.args[0], &report)?;
+        let started = start_in(spec, None, None, report.fd())?;
+        let (status, tail) = wait_for(started, &spec.args[0], &report)?;
         let changes = self.watches.finish(baseline, slash, &skip, &self.kept)?;
         if changes
             .diff

@@ -29,6 +29,7 @@ mod network;
 pub mod probe;
 mod provided;
 mod spawn;
+pub mod spawner;
 mod supervise;
 
 pub use chroot::Chroot;

@@ -7,7 +7,7 @@
 
 use super::network::{loopback_up, Network};
 use super::provided::{etc_files, DEVICES};
-use super::spawn::{base_command, drop_privileges, spawn_and_wait};
+use super::spawn::{base_command, drop_privileges, wait_for, Started};
 use super::supervise::{fork_supervisor, Report};
 use super::{Isolation, IsolationError, RunOutcome, RunSpec};
 use crate::snapshot;
@@ -275,7 +275,8 @@ impl Isolation for Namespaces {
             });
         }
         let t0 = std::time::Instant::now();
-        let (status, tail) = spawn_and_wait(cmd, &spec.args[0], &report)?;
+        let started = Started::spawn(cmd, &spec.args[0])?;
+        let (status, tail) = wait_for(started, &spec.args[0], &report)?;
         let t1 = std::time::Instant::now();
         // The mounts died with the namespace; what the command wrote is in `upper`.
         let diff = snapshot::merge_upper(&upper, root)?;

@@ -5,12 +5,14 @@ use super::supervise::{fork_supervisor, Report};
 use super::IsolationError;
 use super::RunSpec;
 use nix::unistd::{chdir, chroot, setgid, setgroups, setuid, Gid, Uid};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use std::io::{self, BufRead};
-use std::os::fd::RawFd;
-use std::os::unix::process::CommandExt;
+use std::fs::File;
+use std::io::{self, BufRead, Read};
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
 const TAIL_LINES: usize = 30;
@@ -21,40 +23,91 @@ const MAX_LINE: usize = 8 << 10;
 /// (a process the supervisor could not reach may hold the pipes open).
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Spawns the command (whose pre-exec code forked a supervisor writing to
-/// `report`, [`super::supervise`]), forwards its output to the log line by
-/// line while it runs, keeping the tail for error messages, and waits for
-/// it and everything it started.
-pub(super) fn spawn_and_wait(
-    mut cmd: Command,
+/// A step's command that has started: its output pipes and how to wait
+/// for it (the supervisor's exit, [`super::supervise`]).
+pub(super) struct Started {
+    stdout: File,
+    stderr: File,
+    waiter: Waiter,
+}
+
+enum Waiter {
+    /// Forked by this process.
+    Child(Child),
+    /// Forked by the spawner, which writes the supervisor's wait status
+    /// here ([`super::spawner`]).
+    Spawner(File),
+}
+
+impl Started {
+    /// Forks `cmd` from this process with piped output.
+    pub fn spawn(mut cmd: Command, program: &str) -> Result<Started, IsolationError> {
+        let spawn_error = |source| IsolationError::Spawn {
+            program: program.to_string(),
+            source,
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(spawn_error)?;
+        let missing = || spawn_error(io::Error::other("no output pipe"));
+        let stdout = File::from(OwnedFd::from(child.stdout.take().ok_or_else(missing)?));
+        let stderr = File::from(OwnedFd::from(child.stderr.take().ok_or_else(missing)?));
+        Ok(Started {
+            stdout,
+            stderr,
+            waiter: Waiter::Child(child),
+        })
+    }
+
+    /// Started by the spawner: output read from `stdout`/`stderr`, the
+    /// wait status (4 bytes, native order) read from `status`.
+    pub(super) fn from_spawner(stdout: File, stderr: File, status: File) -> Started {
+        Started {
+            stdout,
+            stderr,
+            waiter: Waiter::Spawner(status),
+        }
+    }
+}
+
+impl Waiter {
+    fn wait(self) -> io::Result<ExitStatus> {
+        match self {
+            Waiter::Child(mut c) => c.wait(),
+            Waiter::Spawner(mut f) => {
+                let mut raw = [0u8; 4];
+                f.read_exact(&mut raw).map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => {
+                        io::Error::other("the spawner exited before the step ended")
+                    }
+                    _ => e,
+                })?;
+                Ok(ExitStatus::from_raw(i32::from_ne_bytes(raw)))
+            }
+        }
+    }
+}
+
+/// Forwards the started step's output to the log line by line while it
+/// runs, keeping the tail for error messages, and waits for it and
+/// everything it started (its supervisor reports how many it killed to
+/// `report`).
+pub(super) fn wait_for(
+    started: Started,
     program: &str,
     report: &Report,
 ) -> Result<(ExitStatus, Vec<String>), IsolationError> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| IsolationError::Spawn {
-        program: program.to_string(),
-        source,
-    })?;
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let mut readers = 0;
-    for r in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let Started {
+        stdout,
+        stderr,
+        waiter,
+    } = started;
+    let readers = 2;
+    for r in [stdout, stderr] {
         let (tail, done) = (tail.clone(), done_tx.clone());
-        readers += 1;
         std::thread::spawn(move || {
             forward_lines(r, |line| {
                 tracing::info!(target: "run", "{line}");
@@ -69,7 +122,7 @@ pub(super) fn spawn_and_wait(
         });
     }
     drop(done_tx);
-    let status = child.wait().map_err(|source| IsolationError::Spawn {
+    let status = waiter.wait().map_err(|source| IsolationError::Spawn {
         program: program.to_string(),
         source,
     })?;
@@ -137,61 +190,121 @@ fn forward_lines(r: impl io::Read, mut each: impl FnMut(String)) {
 }
 
 pub(super) fn base_command(spec: &RunSpec) -> Command {
-    let mut cmd = Command::new(&spec.args[0]);
-    cmd.args(&spec.args[1..]);
+    command_of(&spec.args, &spec.env)
+}
+
+fn command_of(args: &[String], env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..]);
     cmd.env_clear();
-    for (k, v) in &spec.env {
+    for (k, v) in env {
         cmd.env(k, v);
     }
     cmd
 }
 
-/// The step's command, started in `root` by `chroot(2)` when given (else in
-/// this process's `/`), in its working directory, as its user, confined by a
-/// Landlock ruleset when one is given, and without network sockets for
-/// `--network=none` (a seccomp filter: these rungs cannot make a network
-/// namespace).
-pub(super) fn command_in(
+/// What the chroot and in-place rungs start for a step: plain data, so the
+/// spawner can be sent it ([`super::spawner`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Launch {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: String,
+    uid: u32,
+    gid: u32,
+    /// `chroot(2)` into this (absolute) directory; `None`: this process's `/`.
+    root: Option<PathBuf>,
+    no_network: bool,
+}
+
+impl Launch {
+    pub fn new(spec: &RunSpec, root: Option<&Path>) -> io::Result<Launch> {
+        Ok(Launch {
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            uid: spec.uid,
+            gid: spec.gid,
+            root: root.map(std::path::absolute).transpose()?,
+            no_network: spec.network == Network::None,
+        })
+    }
+
+    pub fn program(&self) -> &str {
+        &self.args[0]
+    }
+
+    /// The command, started in the root by `chroot(2)` when there is one
+    /// (else in this process's `/`), in its working directory, as its user,
+    /// confined by a Landlock ruleset when one is given, and without network
+    /// sockets for `--network=none` (a seccomp filter: these rungs cannot
+    /// make a network namespace). Between fork and exec a supervisor is
+    /// forked, reporting to `report`.
+    pub fn command(&self, landlock: Option<RawFd>, report: RawFd) -> io::Result<Command> {
+        let no_network = match self.no_network {
+            true => Some(NoNetwork::compile()?),
+            false => None,
+        };
+        let mut cmd = command_of(&self.args, &self.env);
+        let root = self.root.clone();
+        let cwd = self.cwd.clone();
+        let (uid, gid) = (self.uid, self.gid);
+        // SAFETY: only system calls between fork and exec; `report` is a
+        // supervisor report's write end.
+        unsafe {
+            cmd.pre_exec(move || {
+                fork_supervisor(report)?;
+                if let Some(r) = &root {
+                    chroot(r).map_err(io::Error::from)?;
+                }
+                chdir(cwd.as_str()).map_err(io::Error::from)?;
+                // Before dropping root: with CAP_SYS_ADMIN the filter needs no
+                // `no_new_privs`.
+                if let Some(f) = &no_network {
+                    f.install()?;
+                }
+                drop_privileges(uid, gid)?;
+                if let Some(fd) = landlock {
+                    super::landlock::restrict_self(fd)?;
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+/// Starts the step's command as [`Launch::command`] describes: through the
+/// spawner when it runs (forks whose cost does not grow with this
+/// process's memory), else forked from this process.
+pub(super) fn start_in(
     spec: &RunSpec,
     root: Option<&Path>,
-    landlock: Option<std::os::fd::RawFd>,
+    landlock: Option<RawFd>,
     report: RawFd,
-) -> Result<Command, IsolationError> {
-    let no_network = match spec.network {
-        Network::None => Some(
-            NoNetwork::compile().map_err(|source| IsolationError::Setup {
-                path: PathBuf::from("seccomp filter for --network=none"),
-                source,
-            })?,
-        ),
-        Network::Default => None,
+) -> Result<Started, IsolationError> {
+    let setup = |what: &str| {
+        let path = PathBuf::from(what);
+        move |source| IsolationError::Setup { path, source }
     };
-    let mut cmd = base_command(spec);
-    let root = root.map(Path::to_path_buf);
-    let cwd = spec.cwd.clone();
-    let (uid, gid) = (spec.uid, spec.gid);
-    // SAFETY: only system calls between fork and exec; `report` is a
-    // supervisor report's write end.
-    unsafe {
-        cmd.pre_exec(move || {
-            fork_supervisor(report)?;
-            if let Some(r) = &root {
-                chroot(r).map_err(io::Error::from)?;
-            }
-            chdir(cwd.as_str()).map_err(io::Error::from)?;
-            // Before dropping root: with CAP_SYS_ADMIN the filter needs no
-            // `no_new_privs`.
-            if let Some(f) = &no_network {
-                f.install()?;
-            }
-            drop_privileges(uid, gid)?;
-            if let Some(fd) = landlock {
-                super::landlock::restrict_self(fd)?;
-            }
-            Ok(())
-        });
+    let launch = Launch::new(spec, root).map_err(setup("the step's root"))?;
+    let spawn_error = |source| IsolationError::Spawn {
+        program: launch.program().to_string(),
+        source,
+    };
+    if let Some(spawner) = super::spawner::Spawner::get() {
+        match spawner.start_step(&launch, landlock, report) {
+            Ok(started) => return started.map_err(spawn_error),
+            Err(e) => tracing::debug!(
+                "{}; forking the step from the executor",
+                kiln_common::report::Report(&e)
+            ),
+        }
     }
-    Ok(cmd)
+    let cmd = launch
+        .command(landlock, report)
+        .map_err(setup("seccomp filter for --network=none"))?;
+    Started::spawn(cmd, launch.program())
 }
 
 pub(super) fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {

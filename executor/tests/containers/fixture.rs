@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 /// What a step must see, as under kaniko (each check fails the build).
 pub(super) const RUN_ENV: &str = r#"FROM {BASE}
 RUN echo hi > /hi && ls /proc/self/ >/dev/null && echo proc-ok
+RUN echo "supervised by $(cat /proc/$PPID/comm 2>/dev/null)"
 RUN test -r /proc/cpuinfo && grep -q MemTotal /proc/meminfo && test -n "$(readlink /proc/self/exe)" && test -e /proc/self/status
 RUN for d in null zero full random urandom tty; do test -c /dev/$d || { echo "no /dev/$d"; exit 1; }; done
 RUN test "$(head -c 8 /dev/zero | wc -c)" = 8 && test "$(head -c 8 /dev/urandom | wc -c)" = 8 && ! (echo x > /dev/full) 2>/dev/null && echo x > /dev/null
