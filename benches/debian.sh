@@ -7,7 +7,9 @@
 #
 # Dockerfiles: apt (a dozen packages with their dependencies), pip (a venv
 # from wheels), multi (two independent builder stages, apt and pip, joined
-# in a final stage), node (a COPY of a large node_modules). Scenarios: cold
+# in a final stage), node (a COPY of a large node_modules), npm (nodejs from
+# the apt repository, then `npm ci` of the same packages from an offline
+# npm cache, with npm's own CLI from the npm registry). Scenarios: cold
 # (nothing cached), one file changed (the app file, last step), fully
 # cached. Tools, each on a fresh runner unless said:
 #   kiln            fresh work dir, its cache server (file store) as cache
@@ -28,7 +30,7 @@ cargo build --release -q -p kiln-executor --bin executor -p kiln-cache-server --
 EXE="$PWD/target/release/executor"
 WARMER="$PWD/target/release/warmer"
 SERVER="$PWD/target/release/cache-server"
-KIT=/dev/shm/kiln-bench-debian-1
+KIT=/dev/shm/kiln-bench-debian-2
 SHM=$(mktemp -d /dev/shm/kd.XXXXXX)
 DOCKER=(/usr/bin/docker -H "unix://$SHM/d.sock")
 cleanup() {
@@ -45,6 +47,7 @@ start_registry
 PKGS="curl git jq make xz-utils unzip procps openssl rsync wget less file sqlite3 patch"
 WHEELS="flask==3.0.3 requests==2.32.3"
 NPM="typescript@5.4.5 eslint@8.57.0 webpack@5.91.0"
+NPM_CLI="npm@10.8.2"
 
 make_kit() {
   [ -f "$KIT/complete" ] && return
@@ -55,13 +58,16 @@ make_kit() {
   mkdir -p "$KIT/apt/archives/partial" "$KIT/repo"
   apt-get -q -y --download-only --no-install-recommends \
     -o Dir::State::status="$KIT/rootfs/var/lib/dpkg/status" \
-    -o Dir::Cache::archives="$KIT/apt/archives" install $PKGS >/dev/null
+    -o Dir::Cache::archives="$KIT/apt/archives" install $PKGS nodejs >/dev/null
   mv "$KIT"/apt/archives/*.deb "$KIT/repo/"
   (cd "$KIT/repo" && dpkg-scanpackages . /dev/null > Packages 2>/dev/null)
   python3 -m pip download -q --only-binary=:all: -d "$KIT/wheels" $WHEELS
   printf '%s\n' $WHEELS > "$KIT/requirements.txt"
   mkdir -p "$KIT/npm"
-  (cd "$KIT/npm" && npm init -y >/dev/null && npm install -q --no-audit --no-fund $NPM >/dev/null)
+  (cd "$KIT/npm" && npm init -y >/dev/null && npm install -q --no-audit --no-fund --cache "$KIT/npm-cache" $NPM >/dev/null)
+  # npm's CLI as the npm registry ships it (its dependencies bundled).
+  (cd "$KIT" && npm pack -q --cache "$KIT/npm-cache" "$NPM_CLI" >/dev/null && mkdir npm-cli \
+    && tar -xzf npm-*.tgz -C npm-cli --strip-components=1 && rm npm-*.tgz)
   umoci init --layout "$KIT/layout" >/dev/null
   umoci new --image "$KIT/layout:b" >/dev/null
   umoci unpack --image "$KIT/layout:b" "$KIT/bundle" >/dev/null
@@ -78,13 +84,20 @@ echo "kit: $(ls "$KIT/repo" | grep -c deb$) debs, $(ls "$KIT/wheels" | wc -l) wh
 
 # The contexts. Offline: apt reads only the local repository (a bind
 # mount), pip only the wheelhouse.
-APT_RUN="rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* \\
+apt_run() { # packages -> the RUN line installing them from the bind-mounted repository
+  echo "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* \\
  && echo 'deb [trusted=yes] file:/srv/repo ./' > /etc/apt/sources.list.d/local.list \\
- && apt-get update -q && apt-get install -y -q --no-install-recommends $PKGS \\
+ && apt-get update -q && apt-get install -y -q --no-install-recommends $* \\
  && rm -rf /var/lib/apt/lists/*"
+}
+APT_RUN=$(apt_run $PKGS)
 PIP_RUN="python3 -m venv /venv && /venv/bin/pip install -q --no-index --find-links /wheels -r /wheels/requirements.txt"
-for c in apt pip multi node; do mkdir -p "$SHM/ctx/$c"; echo "echo app 0" > "$SHM/ctx/$c/app.sh"; done
-for c in apt multi; do cp -a "$KIT/repo" "$SHM/ctx/$c/repo"; done
+CONTEXTS="apt pip multi node npm"
+for c in $CONTEXTS; do mkdir -p "$SHM/ctx/$c"; echo "echo app 0" > "$SHM/ctx/$c/app.sh"; done
+for c in apt multi npm; do cp -a "$KIT/repo" "$SHM/ctx/$c/repo"; done
+cp -a "$KIT/npm-cli" "$SHM/ctx/npm/npm"
+cp -a "$KIT/npm-cache" "$SHM/ctx/npm/npm-cache"
+cp "$KIT/npm/package.json" "$KIT/npm/package-lock.json" "$SHM/ctx/npm/"
 for c in pip multi; do cp -a "$KIT/wheels" "$SHM/ctx/$c/wheels"; cp "$KIT/requirements.txt" "$SHM/ctx/$c/wheels/"; done
 cp -a "$KIT/npm/node_modules" "$SHM/ctx/node/node_modules"
 cat > "$SHM/ctx/apt/Dockerfile" <<EOF
@@ -106,6 +119,17 @@ FROM $REG/debian:bookworm
 COPY --from=py /venv /venv
 COPY --from=tools /usr/bin/jq /usr/bin/git /usr/bin/
 COPY --from=tools /usr/lib/x86_64-linux-gnu/ /usr/lib/x86_64-linux-gnu/
+COPY app.sh /app/app.sh
+EOF
+cat > "$SHM/ctx/npm/Dockerfile" <<EOF
+FROM $REG/debian:bookworm
+RUN --mount=type=bind,source=repo,target=/srv/repo $(apt_run nodejs)
+COPY npm /opt/npm
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN --mount=type=bind,source=npm-cache,target=/srv/npm-cache cp -r /srv/npm-cache /tmp/npm-cache \\
+ && node /opt/npm/bin/npm-cli.js ci --offline --no-audit --no-fund --cache /tmp/npm-cache \\
+ && rm -rf /tmp/npm-cache /root/.npm
 COPY app.sh /app/app.sh
 EOF
 cat > "$SHM/ctx/node/Dockerfile" <<EOF
@@ -138,7 +162,7 @@ phases() { # -> "base run layer" seconds summed over the report's steps
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); p=[s.get("phases",{}) for s in r["steps"]]; print(" ".join("%.2f" % sum(x.get(k,0) for x in p) for k in ("base","run","layer")))' "$SHM/report.json"
 }
 : > "$SHM/table"; : > "$SHM/phases"
-for c in apt pip multi node; do
+for c in $CONTEXTS; do
   for s in cold one cached; do : > "$SHM/$c-$s-k"; : > "$SHM/$c-$s-kw"; : > "$SHM/$c-$s-b"; : > "$SHM/$c-$s-w"; : > "$SHM/$c-$s-p"; done
   for i in $(seq "$RUNS"); do
     echo "$c, run $i"
