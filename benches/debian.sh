@@ -92,7 +92,7 @@ apt_run() { # packages -> the RUN line installing them from the bind-mounted rep
 }
 APT_RUN=$(apt_run $PKGS)
 PIP_RUN="python3 -m venv /venv && /venv/bin/pip install -q --no-index --find-links /wheels -r /wheels/requirements.txt"
-CONTEXTS="apt pip multi node npm"
+CONTEXTS="npm apt pip multi node"
 for c in $CONTEXTS; do mkdir -p "$SHM/ctx/$c"; echo "echo app 0" > "$SHM/ctx/$c/app.sh"; done
 for c in apt multi npm; do cp -a "$KIT/repo" "$SHM/ctx/$c/repo"; done
 cp -a "$KIT/npm-cli" "$SHM/ctx/npm/npm"

@@ -156,8 +156,9 @@ pub(super) fn scan(
         if skip(&r) {
             continue;
         }
-        let p = e.path();
-        let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+        // Relative to the directory's descriptor (`fstatat`/`statx`), not
+        // a lookup of the whole path; symlinks not followed.
+        let m = e.metadata().map_err(io_err(&e.path()))?;
         f(&r, &m);
         if m.is_dir() {
             scan(root, &r, skip, f)?;

@@ -104,13 +104,17 @@ impl RootWatch {
             lost: false,
             new: BTreeSet::new(),
         };
-        w.rewalk(
-            root,
-            Path::new(""),
-            skip,
-            &mut Vec::new(),
-            &mut Diff::default(),
-        )?;
+        // The first index: nothing to compare with, so only what the index
+        // keeps is recorded (no diff, no "new" set: a third of the work of
+        // a rewalk on a large root).
+        w.watch(root, Path::new(""));
+        scan(root, Path::new(""), skip, &mut |rel, m| {
+            w.index.insert(rel.to_path_buf(), stamp(m));
+            w.note_links(rel, m);
+            if m.is_dir() {
+                w.watch(root, rel);
+            }
+        })?;
         w.new_links.clear();
         Ok(w)
     }
