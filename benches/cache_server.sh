@@ -5,7 +5,9 @@
 #     with 64 concurrent connections, by wrk: requests/s, p50 and p99;
 #   - Kiln's batch lookup (100 keys per request), Kiln only;
 #   - blob GET and PUT throughput of a 256 MiB blob, by curl, alternating
-#     the servers, medians of 5.
+#     the servers, medians of 5; GETs of a 4 MiB blob over 4 connections
+#     (wrk); GETs from a cache server over S3 (moto) whose disk tier holds
+#     the blob after one fetch.
 # Usage: benches/cache_server.sh [seconds per lookup run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -110,23 +112,61 @@ printf "  kiln batch lookup (100 keys/request): %.0f requests/s = %.0f keys/s, p
   "$(cut -d' ' -f1 <<<"$B")" "$(echo "$(cut -d' ' -f1 <<<"$B") * 100" | bc -l)" "$(cut -d' ' -f3 <<<"$B")"
 
 echo
-echo "blob of 256 MiB, GET and PUT (monolithic), alternating, medians of 5 (MB/s):"
-head -c $((256 << 20)) /dev/urandom > "$SHM/blob"
-D="sha256:$(sha256sum "$SHM/blob" | cut -d' ' -f1)"
-put_blob() { # host -> bytes/s
+echo "blobs: a kiln cache server over S3 (moto) whose disk tier serves what it fetched once"
+MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
+echo $! > "$SHM/moto.pid"
+for _ in $(seq 100); do curl -s "http://127.0.0.1:$MOTO_PORT/" >/dev/null && break; sleep 0.2; done
+export AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=testing \
+  AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
+python3 -c "import boto3; boto3.client('s3', endpoint_url='$AWS_ENDPOINT', region_name='us-east-1').create_bucket(Bucket='kiln')"
+"$BIN" serve --listen 127.0.0.1:0 --storage "s3://kiln/cache" --data-dir "$SHM/kiln3-data" \
+  --verbosity warn > "$SHM/kiln3.out" 2> "$SHM/kiln3.err" &
+echo $! > "$SHM/kiln3.pid"
+for _ in $(seq 100); do grep -q "listening on" "$SHM/kiln3.out" && break; sleep 0.1; done
+KILN3=$(awk '{print $3}' "$SHM/kiln3.out")
+
+put_blob() { # host file digest -> bytes/s
   local loc; loc=$(curl -sfi -X POST "http://$1/v2/bench/big/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location" {print $2}')
   case "$loc" in http*) ;; *) loc="http://$1$loc" ;; esac
-  case "$loc" in *\?*) loc="$loc&digest=$D" ;; *) loc="$loc?digest=$D" ;; esac
-  curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$SHM/blob" -o /dev/null -w '%{speed_upload}\n' "$loc"
+  case "$loc" in *\?*) loc="$loc&digest=$3" ;; *) loc="$loc?digest=$3" ;; esac
+  curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$2" -o /dev/null -w '%{speed_upload}\n' "$loc"
 }
-get_blob() { curl -sf -o /dev/null -w '%{speed_download}\n' "http://$1/v2/bench/big/blobs/$D"; }
-: > "$SHM/put.reg"; : > "$SHM/put.kiln"; : > "$SHM/get.reg"; : > "$SHM/get.kiln"
-for i in 1 2 3 4 5; do
-  put_blob "$REG" >> "$SHM/put.reg"; put_blob "$KILN" >> "$SHM/put.kiln"
-done
-for i in 1 2 3 4 5; do
-  get_blob "$REG" >> "$SHM/get.reg"; get_blob "$KILN" >> "$SHM/get.kiln"
-done
+get_blob() { curl -sf -o /dev/null -w '%{speed_download}\n' "http://$1/v2/bench/big/blobs/$2"; }
+# Many GETs of a small blob over 4 connections for 5 s: bytes/s from wrk's request rate.
+get_many() { # host digest size -> bytes/s
+  local out; out=$(wrk -t 2 -c 4 -d 5s "http://$1/v2/bench/big/blobs/$2")
+  grep -q "Non-2xx" <<<"$out" && { echo "non-2xx answers from $1" >&2; exit 1; }
+  echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") * $3" | bc -l
+}
 mb() { echo "$(median < "$1") / 1000000" | bc -l; }
-printf "  GET  docker-registry %7.0f  kiln %7.0f  ratio %.2f\n" "$(mb "$SHM/get.reg")" "$(mb "$SHM/get.kiln")" "$(echo "$(mb "$SHM/get.kiln") / $(mb "$SHM/get.reg")" | bc -l)"
-printf "  PUT  docker-registry %7.0f  kiln %7.0f  ratio %.2f\n" "$(mb "$SHM/put.reg")" "$(mb "$SHM/put.kiln")" "$(echo "$(mb "$SHM/put.kiln") / $(mb "$SHM/put.reg")" | bc -l)"
+ratio() { echo "$(mb "$1") / $(mb "$2")" | bc -l; }
+for size in 4 256; do
+  head -c $((size << 20)) /dev/urandom > "$SHM/blob$size"
+  D="sha256:$(sha256sum "$SHM/blob$size" | cut -d' ' -f1)"
+  : > "$SHM/put.reg"; : > "$SHM/put.kiln"; : > "$SHM/get.reg"; : > "$SHM/get.kiln"; : > "$SHM/get.kiln3"
+  put_blob "$KILN3" "$SHM/blob$size" "$D" >/dev/null
+  get_blob "$KILN3" "$D" >/dev/null   # the disk tier fetches it from S3 once
+  if [ "$size" = 256 ]; then
+    for i in 1 2 3 4 5; do
+      put_blob "$REG" "$SHM/blob$size" "$D" >> "$SHM/put.reg"; put_blob "$KILN" "$SHM/blob$size" "$D" >> "$SHM/put.kiln"
+    done
+    for i in 1 2 3 4 5; do
+      get_blob "$REG" "$D" >> "$SHM/get.reg"; get_blob "$KILN" "$D" >> "$SHM/get.kiln"; get_blob "$KILN3" "$D" >> "$SHM/get.kiln3"
+    done
+    echo "blob of 256 MiB, one GET or PUT (monolithic) at a time, alternating, medians of 5 (MB/s):"
+  else
+    put_blob "$REG" "$SHM/blob$size" "$D" >/dev/null; put_blob "$KILN" "$SHM/blob$size" "$D" >/dev/null
+    for i in 1 2 3; do
+      get_many "$REG" "$D" $((size << 20)) >> "$SHM/get.reg"; get_many "$KILN" "$D" $((size << 20)) >> "$SHM/get.kiln"
+      get_many "$KILN3" "$D" $((size << 20)) >> "$SHM/get.kiln3"
+    done
+    echo "blob of 4 MiB, GETs over 4 connections for 5 s (wrk), alternating, medians of 3 (MB/s):"
+  fi
+  printf "  GET  docker-registry %7.0f  kiln (file store) %7.0f  ratio %.2f  kiln (S3, disk tier) %7.0f  ratio %.2f\n" \
+    "$(mb "$SHM/get.reg")" "$(mb "$SHM/get.kiln")" "$(ratio "$SHM/get.kiln" "$SHM/get.reg")" \
+    "$(mb "$SHM/get.kiln3")" "$(ratio "$SHM/get.kiln3" "$SHM/get.reg")"
+  if [ "$size" = 256 ]; then
+    printf "  PUT  docker-registry %7.0f  kiln %7.0f  ratio %.2f\n" "$(mb "$SHM/put.reg")" "$(mb "$SHM/put.kiln")" "$(ratio "$SHM/put.kiln" "$SHM/put.reg")"
+  fi
+done

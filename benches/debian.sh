@@ -64,10 +64,13 @@ make_kit() {
   python3 -m pip download -q --only-binary=:all: -d "$KIT/wheels" $WHEELS
   printf '%s\n' $WHEELS > "$KIT/requirements.txt"
   mkdir -p "$KIT/npm"
-  (cd "$KIT/npm" && npm init -y >/dev/null && npm install -q --no-audit --no-fund --cache "$KIT/npm-cache" $NPM >/dev/null)
-  # npm's CLI as the npm registry ships it (its dependencies bundled).
-  (cd "$KIT" && npm pack -q --cache "$KIT/npm-cache" "$NPM_CLI" >/dev/null && mkdir npm-cli \
+  # npm's CLI as the npm registry ships it (its dependencies bundled); the
+  # project installed by it, so its cache serves `npm ci --offline`.
+  (cd "$KIT" && npm pack -q "$NPM_CLI" >/dev/null && mkdir npm-cli \
     && tar -xzf npm-*.tgz -C npm-cli --strip-components=1 && rm npm-*.tgz)
+  (cd "$KIT/npm" && npm init -y >/dev/null \
+    && node "$KIT/npm-cli/bin/npm-cli.js" install -q --no-audit --no-fund --omit-lockfile-registry-resolved=false \
+      --cache "$KIT/npm-cache" $NPM >/dev/null)
   umoci init --layout "$KIT/layout" >/dev/null
   umoci new --image "$KIT/layout:b" >/dev/null
   umoci unpack --image "$KIT/layout:b" "$KIT/bundle" >/dev/null
@@ -92,8 +95,8 @@ apt_run() { # packages -> the RUN line installing them from the bind-mounted rep
 }
 APT_RUN=$(apt_run $PKGS)
 PIP_RUN="python3 -m venv /venv && /venv/bin/pip install -q --no-index --find-links /wheels -r /wheels/requirements.txt"
-CONTEXTS="npm apt pip multi node"
-for c in $CONTEXTS; do mkdir -p "$SHM/ctx/$c"; echo "echo app 0" > "$SHM/ctx/$c/app.sh"; done
+CONTEXTS="${CONTEXTS:-npm apt pip multi node}"
+for c in apt pip multi node npm; do mkdir -p "$SHM/ctx/$c"; echo "echo app 0" > "$SHM/ctx/$c/app.sh"; done
 for c in apt multi npm; do cp -a "$KIT/repo" "$SHM/ctx/$c/repo"; done
 cp -a "$KIT/npm-cli" "$SHM/ctx/npm/npm"
 cp -a "$KIT/npm-cache" "$SHM/ctx/npm/npm-cache"

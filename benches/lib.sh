@@ -96,7 +96,7 @@ kiln_timed() { # context destination cache-repo [flags] -> seconds; a fresh work
   t0=$(now)
   KILN_DIR="$w" "$EXE" --context "$ctx" --destination "$dest" --insecure --insecure-pull \
     --cache --cache-repo "$repo" --kaniko-dir "$w" --report "$SHM/report.json" "$@" >"$SHM/kiln.log" 2>&1 \
-    || { cat "$SHM/kiln.log"; exit 1; }
+    || { cat "$SHM/kiln.log" >&2; exit 1; }
   t1=$(now); echo "$t1 - $t0" | bc
 }
 buildkit_timed() { # context image prune(yes|no) -> seconds; inline cache from the registry, then a push
@@ -107,7 +107,7 @@ buildkit_timed() { # context image prune(yes|no) -> seconds; inline cache from t
   t0=$(now)
   tar -C "$ctx" -cf - . | curl -sS --unix-socket "$SHM/d.sock" -X POST -H "Content-Type: application/x-tar" \
     --data-binary @- "http://localhost/v1.41/build?$q" > "$SHM/bk.log"
-  if grep -q '"error' "$SHM/bk.log"; then cat "$SHM/bk.log"; exit 1; fi
+  if grep -q '"error' "$SHM/bk.log"; then cat "$SHM/bk.log" >&2; exit 1; fi
   "${DOCKER[@]}" push -q "$img" >/dev/null
   t1=$(now); echo "$t1 - $t0" | bc
 }
