@@ -11,7 +11,7 @@ use crate::model::{ImageLayer, LayerSource};
 use kiln_common::digest::{commit_verified, CommitError};
 use kiln_common::registry::{Landed, LandedTx, Registry, RegistryError};
 use kiln_common::Digest;
-use kiln_layers::extract::{self, ExtractError};
+use kiln_layers::extract::{self, Extent, ExtractError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -187,6 +187,20 @@ impl LayerFetcher {
         layers: &[ImageLayer],
         image: &str,
     ) -> Result<(), FetchError> {
+        self.unpack_as(root, layers, image, &Extent::Full)
+            .await
+            .map(drop)
+    }
+
+    /// [`Fetcher::unpack`], each layer written as `extent` says; returns
+    /// the files [`Extent::Skeleton`] left out, in layer order.
+    pub async fn unpack_as(
+        &self,
+        root: &Path,
+        layers: &[ImageLayer],
+        image: &str,
+        extent: &Extent,
+    ) -> Result<Vec<PathBuf>, FetchError> {
         let total: u64 = layers
             .iter()
             .filter(|l| !self.store.has(&l.descriptor.digest))
@@ -220,10 +234,12 @@ impl LayerFetcher {
             }
         });
         let applies = async {
+            let mut skipped = Vec::new();
             for (l, rx) in layers.iter().zip(rxs) {
-                self.apply_following(root, l, rx, image).await?;
+                let stats = self.apply_following(root, l, rx, image, extent).await?;
+                skipped.extend(stats.skipped);
             }
-            Ok::<(), FetchError>(())
+            Ok::<Vec<PathBuf>, FetchError>(skipped)
         };
         let (fetched, applied) =
             futures_util::future::join(futures_util::future::try_join_all(fetches), applies).await;
@@ -242,20 +258,21 @@ impl LayerFetcher {
         l: &ImageLayer,
         mut rx: tokio::sync::watch::Receiver<Landed>,
         image: &str,
-    ) -> Result<(), FetchError> {
+        extent: &Extent,
+    ) -> Result<extract::ExtractStats, FetchError> {
         let blob = self.store.path(&l.descriptor.digest);
         let follow = crate::follow::Follow::new(
             rx.clone(),
             tokio::runtime::Handle::current(),
             l.descriptor.digest.clone(),
         );
-        let first = self.extract_once(root, &blob, follow).await?;
+        let first = self.extract_once(root, &blob, follow, extent).await?;
         let verified = first.is_ok()
             || rx
                 .wait_for(|s| s.done.is_some())
                 .await
                 .is_ok_and(|s| s.done == Some(true));
-        self.retry_extraction(root, l, &blob, image, first, verified)
+        self.retry_extraction((root, extent), l, &blob, image, first, verified)
             .await
     }
 
@@ -268,27 +285,30 @@ impl LayerFetcher {
         blob: &Path,
         image: &str,
     ) -> Result<(), FetchError> {
-        let first = self.extract_from_file(root, blob).await?;
-        self.retry_extraction(root, l, blob, image, first, true)
+        let full = Extent::Full;
+        let first = self.extract_from_file(root, blob, &full).await?;
+        self.retry_extraction((root, &full), l, blob, image, first, true)
             .await
+            .map(drop)
     }
 
     /// After a first try, `first`: retries from the blob file while the
     /// failure is not hostile, the blob is `verified` and attempts remain.
+    /// `into`: the root and how much of the layer goes into it.
     async fn retry_extraction(
         &self,
-        root: &Path,
+        (root, extent): (&Path, &Extent),
         l: &ImageLayer,
         blob: &Path,
         image: &str,
         first: Result<extract::ExtractStats, ExtractError>,
         verified: bool,
-    ) -> Result<(), FetchError> {
+    ) -> Result<extract::ExtractStats, FetchError> {
         let mut res = first;
         let mut attempt = 0;
         loop {
             match res {
-                Ok(_) => return Ok(()),
+                Ok(stats) => return Ok(stats),
                 Err(e) if verified && attempt < self.extract_retries && !e.is_hostile() => {
                     attempt += 1;
                     tracing::warn!(
@@ -296,7 +316,7 @@ impl LayerFetcher {
                         l.descriptor.digest,
                         kiln_common::report::Report(&e)
                     );
-                    res = self.extract_from_file(root, blob).await?;
+                    res = self.extract_from_file(root, blob, extent).await?;
                 }
                 Err(source) => {
                     return Err(FetchError::Extract {
@@ -313,13 +333,14 @@ impl LayerFetcher {
         &self,
         root: &Path,
         blob: &Path,
+        extent: &Extent,
     ) -> Result<Result<extract::ExtractStats, ExtractError>, FetchError> {
         let f = std::fs::File::open(blob).map_err(|source| FetchError::Io {
             op: "opening",
             path: blob.to_path_buf(),
             source,
         })?;
-        self.extract_once(root, blob, f).await
+        self.extract_once(root, blob, f, extent).await
     }
 
     /// One extraction of `r` (the bytes of `blob`) on a blocking thread;
@@ -329,9 +350,11 @@ impl LayerFetcher {
         root: &Path,
         blob: &Path,
         r: R,
+        extent: &Extent,
     ) -> Result<Result<extract::ExtractStats, ExtractError>, FetchError> {
         let root = root.to_path_buf();
-        tokio::task::spawn_blocking(move || extract::apply_layer(&root, r))
+        let extent = extent.clone();
+        tokio::task::spawn_blocking(move || extract::apply_layer_as(&root, r, &extent))
             .await
             .map_err(|e| FetchError::Io {
                 op: "extracting",

@@ -573,3 +573,65 @@ fn a_fully_cached_rebuild_through_the_cache_server_reads_no_layer_bytes() {
         "{m}"
     );
 }
+
+/// A COPY-only tail after cached layers: the root is made without their
+/// files (`engine/skeleton.rs`), and the image is the one a full root gives
+/// — with a COPY through a symlink those layers hold, a WORKDIR, and a COPY
+/// over one of their files (which makes the root whole first).
+#[test]
+fn a_copy_only_tail_on_a_root_without_files_gives_the_full_roots_image() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    write(
+        c,
+        "Dockerfile",
+        &format!(
+            "FROM {base}
+RUN mkdir -p /app/d /srv && echo data > /app/d/f && ln -s /app/d /link && echo old > /srv/conf
+COPY tail.txt /app/tail.txt
+COPY into/ /link/
+WORKDIR /app/w
+COPY conf /srv/conf
+"
+        ),
+    );
+    write(c, "tail.txt", "1\n");
+    write(c, "into/g", "g\n");
+    write(c, "conf", "new\n");
+    let repo = format!("{}/skel/cache", reg.addr);
+    let build = |tag: &str, extra: &[&str]| {
+        let dest = format!("{}/skel:{tag}", reg.addr);
+        let work = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--destination",
+            dest.as_str(),
+            "--insecure",
+            "--insecure-pull",
+            "--reproducible",
+        ];
+        args.extend_from_slice(extra);
+        let log = must_build(c, work.path(), &args);
+        (log, unpack(&format!("docker://{dest}")))
+    };
+    let cached = ["--cache", "--cache-repo", repo.as_str()];
+    build("a", &cached);
+    write(c, "tail.txt", "2\n");
+    let (log, img) = build("b", &cached);
+    assert!(log.contains("root made without the contents of"), "{log}");
+    assert!(
+        log.contains("/srv/conf meets a file the root was made without"),
+        "{log}"
+    );
+    // The same Dockerfile from nothing, every step on a full root.
+    let (log_full, full) = build("c", &[]);
+    assert!(!log_full.contains("root made without"), "{log_full}");
+    assert_eq!(img.manifest["layers"], full.manifest["layers"]);
+    let read = |rel: &str| std::fs::read_to_string(img.rootfs().join(rel)).unwrap();
+    assert_eq!(read("app/tail.txt"), "2\n");
+    assert_eq!(read("app/d/g"), "g\n");
+    assert_eq!(read("app/d/f"), "data\n");
+    assert_eq!(read("srv/conf"), "new\n");
+    assert!(img.rootfs().join("app/w").is_dir());
+}

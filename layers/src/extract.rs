@@ -43,10 +43,30 @@ impl ExtractError {
 }
 
 /// What applying a layer did, for logs and for the uncompressed size.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ExtractStats {
     pub entries: u64,
     pub tar_bytes: u64,
+    /// [`Extent::Skeleton`]: the files (and hard links) not written, by
+    /// where they would have been in the root (relative, resolved).
+    pub skipped: Vec<PathBuf>,
+}
+
+/// How much of a layer is written.
+#[derive(Debug, Clone, Default)]
+pub enum Extent {
+    /// Everything.
+    #[default]
+    Full,
+    /// Directories, symlinks, device nodes, FIFOs and whiteouts exactly as
+    /// [`Extent::Full`] writes them; regular files and hard links only at
+    /// the `keep` paths (relative, e.g. `etc/passwd`), the others listed in
+    /// [`ExtractStats::skipped`]. For a root in which only paths will be
+    /// resolved and directories made — the steps left are COPY and WORKDIR
+    /// — where writing every file of every layer would be wasted. Whatever
+    /// a lower layer had at a skipped file's place is removed, as the full
+    /// extraction would replace it.
+    Skeleton { keep: Vec<PathBuf> },
 }
 
 struct CountingReader<R> {
@@ -76,7 +96,16 @@ enum Whiteouts {
 
 /// Applies the layer read from `r` to `root`.
 pub fn apply_layer<R: Read + Send>(root: &Path, r: R) -> Result<ExtractStats, ExtractError> {
-    apply_read_ahead(root, r, Whiteouts::Apply, false).map(|(stats, _)| stats)
+    apply_layer_as(root, r, &Extent::Full)
+}
+
+/// Applies as much of the layer read from `r` to `root` as `extent` says.
+pub fn apply_layer_as<R: Read + Send>(
+    root: &Path,
+    r: R,
+    extent: &Extent,
+) -> Result<ExtractStats, ExtractError> {
+    apply_read_ahead(root, r, Whiteouts::Apply, false, extent).map(|(stats, _)| stats)
 }
 
 /// Unpacks a plain archive (ADD, `tar://` contexts): `.wh.` names are files.
@@ -85,6 +114,7 @@ pub fn apply_archive<R: Read>(root: &Path, r: R) -> Result<ExtractStats, Extract
         root,
         decompress(r).map_err(ExtractError::Read)?,
         Whiteouts::Literal,
+        &Extent::Full,
     )
 }
 
@@ -95,7 +125,7 @@ pub fn extract_overlay_layer<R: Read + Send>(
     dir: &Path,
     r: R,
 ) -> Result<(ExtractStats, Digest), ExtractError> {
-    let (stats, digest) = apply_read_ahead(dir, r, Whiteouts::Overlay, true)?;
+    let (stats, digest) = apply_read_ahead(dir, r, Whiteouts::Overlay, true, &Extent::Full)?;
     let digest = digest.ok_or_else(|| {
         ExtractError::Read(io::Error::other("the stream ended before it was hashed"))
     })?;
@@ -113,6 +143,7 @@ fn apply_read_ahead<R: Read + Send>(
     r: R,
     whiteouts: Whiteouts,
     hash: bool,
+    extent: &Extent,
 ) -> Result<(ExtractStats, Option<Digest>), ExtractError> {
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
@@ -151,7 +182,7 @@ fn apply_read_ahead<R: Read + Send>(
             buf: Vec::new(),
             pos: 0,
         };
-        let stats = apply(root, &mut chunks, whiteouts)?;
+        let stats = apply(root, &mut chunks, whiteouts, extent)?;
         // Past the tar's end marker: the padding belongs to the diff id too.
         io::copy(&mut chunks, &mut io::sink()).map_err(ExtractError::Read)?;
         drop(chunks);
@@ -202,7 +233,12 @@ impl Read for ChannelReader {
 }
 
 /// Applies a decompressed tar stream.
-fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStats, ExtractError> {
+fn apply<R: Read>(
+    root: &Path,
+    r: R,
+    whiteouts: Whiteouts,
+    extent: &Extent,
+) -> Result<ExtractStats, ExtractError> {
     let is_root = Uid::effective().is_root();
     let mut counter = CountingReader { inner: r, n: 0 };
     let mut stats = ExtractStats::default();
@@ -273,6 +309,24 @@ fn apply<R: Read>(root: &Path, r: R, whiteouts: Whiteouts) -> Result<ExtractStat
             let uid = header.uid().map_err(io_err)? as u32;
             let gid = header.gid().map_err(io_err)? as u32;
             let mtime = header.mtime().unwrap_or(0) as i64;
+            if let Extent::Skeleton { keep } = extent {
+                let data = matches!(
+                    kind,
+                    tar::EntryType::Regular
+                        | tar::EntryType::Continuous
+                        | tar::EntryType::GNUSparse
+                        | tar::EntryType::Link
+                );
+                let rel = target.strip_prefix(root).unwrap_or(&target);
+                if data && !keep.iter().any(|k| k == rel) {
+                    if std::fs::symlink_metadata(&target).is_ok() {
+                        remove_any(&target).map_err(io_err)?;
+                        parents.clear();
+                    }
+                    stats.skipped.push(rel.to_path_buf());
+                    continue;
+                }
+            }
             if matches!(
                 kind,
                 tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
@@ -521,4 +575,125 @@ fn clear_dir_except(dir: &Path, keep: &HashSet<PathBuf>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A layer tar: (path, kind, mode, content or link target).
+    fn layer(entries: &[(&str, tar::EntryType, u32, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, mode, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_000_000 + u64::from(*mode));
+            match kind {
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    h.set_size(0);
+                    b.append_link(&mut h, path, data).unwrap();
+                }
+                _ => {
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, path, data.as_bytes()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Every path beneath `root` with its type, mode, mtime and link target
+    /// or (regular files) content.
+    fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                let what = if m.file_type().is_symlink() {
+                    format!("link {}", std::fs::read_link(&p).unwrap().display())
+                } else if m.is_dir() {
+                    // Not its time: a full extraction leaves a directory a
+                    // later layer wrote into (without listing it) at the
+                    // time of the extraction, no value of the image's.
+                    stack.push(p.clone());
+                    format!("dir {:o}", m.mode() & 0o7777)
+                } else {
+                    let data = std::fs::read_to_string(&p).unwrap();
+                    format!("file {:o} {} {data}", m.mode() & 0o7777, m.mtime())
+                };
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), what);
+            }
+        }
+        out
+    }
+
+    use std::collections::BTreeMap;
+    use tar::EntryType::{Directory as D, Link as H, Regular as F, Symlink as S};
+
+    #[test]
+    fn a_skeleton_is_the_full_root_without_its_files() {
+        let layers = [
+            layer(&[
+                ("app/", D, 0o755, ""),
+                ("app/d/", D, 0o700, ""),
+                ("app/d/f", F, 0o644, "data"),
+                ("etc/", D, 0o755, ""),
+                ("etc/passwd", F, 0o644, "root:x:0:0::/root:/bin/sh\n"),
+                ("etc/group", F, 0o644, "root:x:0:\n"),
+                ("link", S, 0o777, "app/d"),
+                ("x", F, 0o600, "file, then a directory"),
+                ("y/", D, 0o750, ""),
+                ("y/z", F, 0o644, "gone with y"),
+                ("gone", F, 0o644, "whited out"),
+            ]),
+            layer(&[
+                ("x/", D, 0o711, ""),
+                ("y", F, 0o640, "a directory, then a file"),
+                ("app/h", H, 0o644, "app/d/f"),
+                (".wh.gone", F, 0o644, ""),
+                ("link/new/", D, 0o755, ""),
+            ]),
+        ];
+        let full = tempfile::tempdir().unwrap();
+        let skel = tempfile::tempdir().unwrap();
+        let extent = Extent::Skeleton {
+            keep: vec![PathBuf::from("etc/passwd"), PathBuf::from("etc/group")],
+        };
+        let mut skipped = Vec::new();
+        for l in &layers {
+            apply_layer(full.path(), &l[..]).unwrap();
+            skipped.extend(
+                apply_layer_as(skel.path(), &l[..], &extent)
+                    .unwrap()
+                    .skipped,
+            );
+        }
+        let (full, skel) = (tree(full.path()), tree(skel.path()));
+        // Every directory and link as in full, the kept files too; no
+        // other file, and each one missing is listed.
+        let expected: BTreeMap<PathBuf, String> = full
+            .iter()
+            .filter(|(p, what)| !what.starts_with("file") || p.starts_with("etc"))
+            .map(|(p, w)| (p.clone(), w.clone()))
+            .collect();
+        assert_eq!(skel, expected);
+        for (p, what) in &full {
+            if what.starts_with("file") && !p.starts_with("etc") {
+                assert!(skipped.contains(p), "{p:?} missing from {skipped:?}");
+            }
+        }
+        assert!(full.contains_key(Path::new("app/d/new")), "{full:?}");
+        assert_eq!(
+            skel.get(Path::new("x")).map(String::as_str),
+            Some("dir 711")
+        );
+        assert!(!skel.contains_key(Path::new("y")) && !skel.contains_key(Path::new("y/z")));
+        assert!(!skel.contains_key(Path::new("gone")));
+    }
 }

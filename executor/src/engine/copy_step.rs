@@ -22,6 +22,27 @@ impl StageRun<'_> {
         sources: &[Resolved],
         defer_contents: bool,
     ) -> Result<Diff, StepError> {
+        let first = self.copy_once(step, sources, defer_contents).await;
+        match &first {
+            Ok(diff) if !self.skeleton_meets(diff.changes.keys().map(PathBuf::as_path)) => {
+                return first
+            }
+            // Failed where a full root might not have.
+            Err(_) if self.skeleton.is_none() => return first,
+            _ => {}
+        }
+        // It wrote where the skeleton left a file out: again, on the full root.
+        let root = self.ensure_root().await?;
+        self.fill_root(&root, &step.dest_raw).await?;
+        self.copy_once(step, sources, defer_contents).await
+    }
+
+    async fn copy_once(
+        &mut self,
+        step: &CopyStep,
+        sources: &[Resolved],
+        defer_contents: bool,
+    ) -> Result<Diff, StepError> {
         let root = self.ensure_root().await?;
         let owner = match &step.chown {
             Some(c) => {

@@ -4,6 +4,7 @@
 
 use super::config::RunStep;
 use super::error::StepError;
+use super::skeleton::SkeletonRoot;
 use super::stage_run::StageRun;
 use crate::cache::CacheHit;
 use crate::copy::{self, CopyOptions, Owner};
@@ -25,11 +26,26 @@ impl StageRun<'_> {
         let t0 = std::time::Instant::now();
         let root = self.b.new_root("rootfs-")?;
         let stacked = self.b.stack_warmed(&root, &self.image.layers);
-        self.b
+        let layers = &self.image.layers[stacked..];
+        let extent = match self.skeleton_ok {
+            true => SkeletonRoot::extent(),
+            false => kiln_layers::extract::Extent::Full,
+        };
+        let skipped = self
+            .b
             .fetcher
-            .unpack(&root, &self.image.layers[stacked..], &self.base_name)
+            .unpack_as(&root, layers, &self.base_name, &extent)
             .await
             .map_err(StepError::from)?;
+        if !skipped.is_empty() {
+            let sk = SkeletonRoot::new(skipped, layers.to_vec());
+            tracing::info!(
+                "root made without the contents of {} file(s): the steps left only copy \
+                 into it and make directories",
+                sk.files_left_out()
+            );
+            self.skeleton = Some(sk);
+        }
         self.phases.base += t0.elapsed().as_secs_f64();
         self.root = Some(root.clone());
         Ok(root)
@@ -119,6 +135,7 @@ impl StageRun<'_> {
             defer_contents: false,
         };
         for p in paths {
+            self.fill_root_for_dir(&root, p).await?;
             let dir = rootfs::resolve(&root, p, true).map_err(|source| StepError::Root {
                 op: "resolving",
                 path: p.clone(),

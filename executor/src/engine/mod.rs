@@ -12,6 +12,7 @@
 //! | `plan.rs` | the cache plan: keys, batch lookup, hit/miss per step |
 //! | `records.rs` | cache entries written as steps finish; the build record |
 //! | `roots.rs` | stage roots: made, stacked on warmed layers, removed |
+//! | `skeleton.rs` | a root without its files for a COPY-only tail, filled when a step needs them |
 //! | `stage.rs` | one stage, start to end (the driver) |
 //! | `exec.rs` | the root: unpack, RUN, directories, layers, hits |
 //! | `copy_step.rs` | COPY/ADD: sources resolved once, then copied |
@@ -35,6 +36,7 @@ mod plan;
 mod records;
 mod report;
 mod roots;
+mod skeleton;
 mod sources;
 mod stage;
 mod stage_run;

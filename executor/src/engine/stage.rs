@@ -224,12 +224,19 @@ impl Builder {
             scratch_n: 0,
             single: None,
             phases: Default::default(),
+            skeleton_ok: false,
+            skeleton: None,
         };
+        // Whether the steps from `i` on only copy into the root and make
+        // directories, in the stage nothing else reads (`skeleton.rs`).
+        let tail_only_copies =
+            |i: usize| stage.index == sh.target && !single && !entries[i..].iter().any(Entry::runs);
         let needs_root = entries.iter().any(|e| matches!(e.step, Step::Fs(_)));
         if needs_root && self.cache.is_none() {
             // Unpacking the base is its own step in the report, so step times
             // measure the step alone.
             let t0 = Instant::now();
+            run.skeleton_ok = tail_only_copies(0);
             run.ensure_root().await.map_err(|e| at_from.err(e))?;
             let mut unpack = StepReport::new(
                 &stage_name,
@@ -351,6 +358,7 @@ impl Builder {
                     }
                     Some((Decision::Uncached, _)) | None => {}
                 }
+                run.skeleton_ok = tail_only_copies(i);
                 let diff = match &fs.op {
                     FsOp::Run(r) => run.run(r, &e.sources).await.map_err(|err| match err {
                         StepError::Exit { code, tail } => BuildError::RunFailed {
@@ -363,9 +371,7 @@ impl Builder {
                         other => at.err(other),
                     })?,
                     FsOp::Copy(c) => {
-                        let defer = stage.index == sh.target
-                            && !single
-                            && !entries[i + 1..].iter().any(Entry::runs);
+                        let defer = tail_only_copies(i + 1);
                         run.copy(c, &e.sources, defer)
                             .await
                             .map_err(|e| at.err(e))?

@@ -37,4 +37,9 @@ pub(super) struct StageRun<'a> {
     pub single: Option<ScanIndex>,
     /// The current step's time by phase (taken into its report).
     pub phases: crate::outcome::Phases,
+    /// Set by the driver before each step: whether the root, if it is made
+    /// now, may be a skeleton (`skeleton.rs`).
+    pub skeleton_ok: bool,
+    /// The root was made as a skeleton (and not filled since).
+    pub skeleton: Option<super::skeleton::SkeletonRoot>,
 }
