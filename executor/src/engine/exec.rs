@@ -51,6 +51,44 @@ impl StageRun<'_> {
         Ok(root)
     }
 
+    /// Whether the root is a skeleton with a left-out file at or above one
+    /// of `paths` (relative to the root, as a step's diff names them).
+    pub(super) fn skeleton_meets<'p>(&self, paths: impl Iterator<Item = &'p Path>) -> bool {
+        self.skeleton.as_ref().is_some_and(|sk| sk.meets_any(paths))
+    }
+
+    /// Before WORKDIR makes `dir` (absolute in the image): the root in full
+    /// when `dir` is or lies beneath a left-out file.
+    async fn fill_root_for_dir(&mut self, root: &Path, dir: &str) -> Result<(), StepError> {
+        let lexical = PathBuf::from(dir.trim_start_matches('/'));
+        let resolved = rootfs::resolve(root, dir, false)
+            .ok()
+            .and_then(|p| p.strip_prefix(root).ok().map(Path::to_path_buf));
+        if self.skeleton_meets(std::iter::once(lexical.as_path()).chain(resolved.as_deref())) {
+            self.fill_root(root, dir).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the layers a skeleton root left files of, whole: the root is
+    /// then what a full unpack makes. `why` names the path that needs it.
+    pub(super) async fn fill_root(&mut self, root: &Path, why: &str) -> Result<(), StepError> {
+        let Some(sk) = self.skeleton.take() else {
+            return Ok(());
+        };
+        tracing::info!(
+            "{why} meets a file the root was made without: unpacking its layers in full"
+        );
+        let t0 = std::time::Instant::now();
+        let fetcher = &self.b.fetcher;
+        for l in sk.layers() {
+            let blob = fetcher.ensure_local(l, None).await?;
+            fetcher.apply(root, l, &blob, &self.base_name).await?;
+        }
+        self.phases.base += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
     /// A fresh directory for one RUN's isolation (overlay upper, work dir).
     fn scratch(&mut self) -> Result<PathBuf, StepError> {
         self.scratch_n += 1;

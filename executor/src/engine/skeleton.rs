@@ -21,11 +21,8 @@
 //! layer wrote into a directory without listing it: there a full
 //! extraction leaves the time of the extraction, no value of the image's.
 
-use super::error::StepError;
-use super::stage_run::StageRun;
 use crate::model::ImageLayer;
 use kiln_layers::extract::Extent;
-use kiln_layers::rootfs;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -58,6 +55,17 @@ impl SkeletonRoot {
     pub fn files_left_out(&self) -> usize {
         self.skipped.len()
     }
+
+    /// Whether one of `paths` (relative to the root) is a left-out file or
+    /// lies beneath one.
+    pub fn meets_any<'p>(&self, mut paths: impl Iterator<Item = &'p Path>) -> bool {
+        paths.any(|p| meets(&self.skipped, p))
+    }
+
+    /// The layers to apply whole to make the root full.
+    pub fn layers(&self) -> &[ImageLayer] {
+        &self.layers
+    }
 }
 
 /// Whether `path` (relative to the root) is a left-out file or lies
@@ -65,52 +73,6 @@ impl SkeletonRoot {
 fn meets(skipped: &BTreeSet<PathBuf>, path: &Path) -> bool {
     path.ancestors()
         .any(|a| !a.as_os_str().is_empty() && skipped.contains(a))
-}
-
-impl StageRun<'_> {
-    /// Whether the root is a skeleton with a left-out file at or above one
-    /// of `paths` (relative to the root, as a step's diff names them).
-    pub(super) fn skeleton_meets<'p>(&self, mut paths: impl Iterator<Item = &'p Path>) -> bool {
-        self.skeleton
-            .as_ref()
-            .is_some_and(|sk| paths.any(|p| meets(&sk.skipped, p)))
-    }
-
-    /// Before WORKDIR makes `dir` (absolute in the image): the root in full
-    /// when `dir` is or lies beneath a left-out file.
-    pub(super) async fn fill_root_for_dir(
-        &mut self,
-        root: &Path,
-        dir: &str,
-    ) -> Result<(), StepError> {
-        let lexical = PathBuf::from(dir.trim_start_matches('/'));
-        let resolved = rootfs::resolve(root, dir, false)
-            .ok()
-            .and_then(|p| p.strip_prefix(root).ok().map(Path::to_path_buf));
-        if self.skeleton_meets(std::iter::once(lexical.as_path()).chain(resolved.as_deref())) {
-            self.fill_root(root, dir).await?;
-        }
-        Ok(())
-    }
-
-    /// Applies the layers the skeleton left files of, whole: the root is
-    /// then what a full unpack makes. `why` names the path that needs it.
-    pub(super) async fn fill_root(&mut self, root: &Path, why: &str) -> Result<(), StepError> {
-        let Some(sk) = self.skeleton.take() else {
-            return Ok(());
-        };
-        tracing::info!(
-            "{why} meets a file the root was made without: unpacking its layers in full"
-        );
-        let t0 = std::time::Instant::now();
-        let fetcher = &self.b.fetcher;
-        for l in &sk.layers {
-            let blob = fetcher.ensure_local(l, None).await?;
-            fetcher.apply(root, l, &blob, &self.base_name).await?;
-        }
-        self.phases.base += t0.elapsed().as_secs_f64();
-        Ok(())
-    }
 }
 
 #[cfg(test)]

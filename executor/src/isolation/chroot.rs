@@ -9,7 +9,8 @@
 
 use super::probe::{Environment, CAP_MKNOD};
 use super::provided::{etc_files, DEVICES};
-use super::spawn::{start_in, wait_for};
+use super::spawn::wait_for;
+use super::spawner::start_in;
 use super::supervise::Report;
 use super::{Isolation, IsolationError, RunOutcome, RunSpec};
 use crate::snapshot::RootWatches;

@@ -36,7 +36,8 @@
 //! image path that a volume hides is reported, not silently dropped.
 
 use super::probe::Environment;
-use super::spawn::{start_in, wait_for};
+use super::spawn::wait_for;
+use super::spawner::start_in;
 use super::supervise::Report;
 use super::{Isolation, IsolationError, RunOutcome, RunSpec, SelectOptions};
 use crate::snapshot::{Changes, RootWatches};

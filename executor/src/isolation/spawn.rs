@@ -35,7 +35,7 @@ enum Waiter {
     /// Forked by this process.
     Child(Child),
     /// Forked by the spawner, which writes the supervisor's wait status
-    /// here ([`super::spawner`]).
+    /// here (`spawner.rs`).
     Spawner(File),
 }
 
@@ -204,7 +204,7 @@ fn command_of(args: &[String], env: &[(String, String)]) -> Command {
 }
 
 /// What the chroot and in-place rungs start for a step: plain data, so the
-/// spawner can be sent it ([`super::spawner`]).
+/// spawner can be sent it (`spawner.rs`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Launch {
     args: Vec<String>,
@@ -272,39 +272,6 @@ impl Launch {
         }
         Ok(cmd)
     }
-}
-
-/// Starts the step's command as [`Launch::command`] describes: through the
-/// spawner when it runs (forks whose cost does not grow with this
-/// process's memory), else forked from this process.
-pub(super) fn start_in(
-    spec: &RunSpec,
-    root: Option<&Path>,
-    landlock: Option<RawFd>,
-    report: RawFd,
-) -> Result<Started, IsolationError> {
-    let setup = |what: &str| {
-        let path = PathBuf::from(what);
-        move |source| IsolationError::Setup { path, source }
-    };
-    let launch = Launch::new(spec, root).map_err(setup("the step's root"))?;
-    let spawn_error = |source| IsolationError::Spawn {
-        program: launch.program().to_string(),
-        source,
-    };
-    if let Some(spawner) = super::spawner::Spawner::get() {
-        match spawner.start_step(&launch, landlock, report) {
-            Ok(started) => return started.map_err(spawn_error),
-            Err(e) => tracing::debug!(
-                "{}; forking the step from the executor",
-                kiln_common::report::Report(&e)
-            ),
-        }
-    }
-    let cmd = launch
-        .command(landlock, report)
-        .map_err(setup("seccomp filter for --network=none"))?;
-    Started::spawn(cmd, launch.program())
 }
 
 pub(super) fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {

@@ -29,6 +29,7 @@
 //! not plain data.
 
 use super::spawn::{Launch, Started};
+use super::{IsolationError, RunSpec};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
@@ -36,6 +37,7 @@ use nix::sys::socket::{
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 /// The largest request sent in one message (a socket's default send
@@ -189,6 +191,39 @@ impl Spawner {
             errno => Err(io::Error::from_raw_os_error(errno)),
         })
     }
+}
+
+/// Starts the step's command as [`Launch::command`] describes: through the
+/// spawner when it runs (forks whose cost does not grow with this
+/// process's memory), else forked from this process.
+pub(super) fn start_in(
+    spec: &RunSpec,
+    root: Option<&Path>,
+    landlock: Option<RawFd>,
+    report: RawFd,
+) -> Result<Started, IsolationError> {
+    let setup = |what: &str| {
+        let path = PathBuf::from(what);
+        move |source| IsolationError::Setup { path, source }
+    };
+    let launch = Launch::new(spec, root).map_err(setup("the step's root"))?;
+    let spawn_error = |source| IsolationError::Spawn {
+        program: launch.program().to_string(),
+        source,
+    };
+    if let Some(spawner) = Spawner::get() {
+        match spawner.start_step(&launch, landlock, report) {
+            Ok(started) => return started.map_err(spawn_error),
+            Err(e) => tracing::debug!(
+                "{}; forking the step from the executor",
+                kiln_common::report::Report(&e)
+            ),
+        }
+    }
+    let cmd = launch
+        .command(landlock, report)
+        .map_err(setup("seccomp filter for --network=none"))?;
+    Started::spawn(cmd, launch.program())
 }
 
 /// The spawner's loop: one step per message until the socket closes.
