@@ -9,6 +9,7 @@
 #     (wrk); GETs from a cache server over S3 (moto) whose disk tier holds
 #     the blob after one fetch.
 # Usage: benches/cache_server.sh [seconds per lookup run, default 10]
+# (BLOBS_ONLY=1: the blob measurements alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -86,6 +87,7 @@ lookup_run() {
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $non2xx"
 }
 
+if [ -z "${BLOBS_ONLY:-}" ]; then
 echo
 echo "manifest GET by tag (wrk mishandles HEAD with a Content-Length), 64 connections, ${DUR}s each, alternating (3 rounds, medians):"
 : > "$SHM/r.reg"; : > "$SHM/r.kiln"; : > "$SHM/r.kiln2"
@@ -110,6 +112,7 @@ printf "  ratio kiln/registry lookups/s: %.2f (target >= 3); without the tag mem
 B=$(lookup_run "$KILN" "$SHM/batch.lua" /v2/_kiln/lookup)
 printf "  kiln batch lookup (100 keys/request): %.0f requests/s = %.0f keys/s, p99 %s ms\n" \
   "$(cut -d' ' -f1 <<<"$B")" "$(echo "$(cut -d' ' -f1 <<<"$B") * 100" | bc -l)" "$(cut -d' ' -f3 <<<"$B")"
+fi
 
 echo
 echo "blobs: a kiln cache server over S3 (moto) whose disk tier serves what it fetched once"

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Bytes per frame of a blob body: the mapping is handed out in slices so
+/// the connection takes it with backpressure.
+const CHUNK: usize = 1 << 20;
+
 impl Store {
     /// The size of a stored blob, `None` when absent.
     pub async fn blob_size(&self, repo: &str, d: &Digest) -> Result<Option<u64>, StoreError> {
@@ -212,35 +216,49 @@ impl Store {
         Ok(())
     }
 
+    /// A stored blob's body, from a file of the local tier or the disk
+    /// tier. The file is mapped, not read: the bytes go from the page cache
+    /// to the socket in one copy, as docker-registry's `sendfile` sends
+    /// them, instead of through a read buffer and a blocking-pool hop per
+    /// chunk (a 256 MiB GET was 0.89× docker-registry's that way).
     pub(super) async fn file_body(
         &self,
         f: std::fs::File,
         range: Option<Range<u64>>,
         tier: &'static str,
     ) -> Result<BlobBody, StoreError> {
-        let size = f
-            .metadata()
-            .map_err(|source| StorageError::Io {
-                path: "<blob>".into(),
-                source,
-            })?
-            .len();
-        let mut f = tokio::fs::File::from_std(f);
+        let io = |source| StorageError::Io {
+            path: "<blob>".into(),
+            source,
+        };
+        let size = f.metadata().map_err(io)?.len();
         let (start, len) = match &range {
             Some(r) => (r.start, r.end.min(size).saturating_sub(r.start)),
             None => (0, size),
         };
-        if start > 0 {
-            f.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(|source| StorageError::Io {
-                    path: "<blob>".into(),
-                    source,
-                })?;
-        }
         self.metrics.bytes(tier, "out", len);
-        let reader = tokio::io::AsyncReadExt::take(f, len);
-        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10).boxed();
+        let stream = match len {
+            0 => futures_util::stream::empty().boxed(),
+            _ => {
+                // SAFETY: a committed blob is never written again (content
+                // addressed, renamed into place whole); GC unlinks it, which
+                // leaves a mapping valid. So the mapped bytes cannot change
+                // or vanish under the response.
+                let map = unsafe {
+                    memmap2::MmapOptions::new()
+                        .offset(start)
+                        .len(len as usize)
+                        .map(&f)
+                }
+                .map_err(io)?;
+                let _ = map.advise(memmap2::Advice::Sequential);
+                let all = Bytes::from_owner(map);
+                let chunks = (0..all.len())
+                    .step_by(CHUNK)
+                    .map(move |at| Ok(all.slice(at..(at + CHUNK).min(all.len()))));
+                futures_util::stream::iter(chunks.collect::<Vec<_>>()).boxed()
+            }
+        };
         Ok(BlobBody {
             size,
             range,
