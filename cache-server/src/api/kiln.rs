@@ -10,7 +10,9 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use kiln_common::cache_api::{BuildReport, Info, LookupEntry, LookupRequest, LookupResponse};
+use kiln_common::cache_api::{
+    BuildReport, Info, LookupEntry, LookupRequest, LookupResponse, Writer,
+};
 
 /// `GET /v2/`: with accounts configured, anonymous callers are challenged
 /// so that clients holding credentials know to send them.
@@ -130,16 +132,21 @@ async fn lookup_in(
     keys: Vec<String>,
     out: &mut LookupResponse,
 ) -> Result<(Vec<String>, u64), ApiError> {
-    let results: Vec<(String, Result<Lookup, StoreError>)> = futures_util::stream::iter(keys)
+    type Found = (String, Result<Lookup, StoreError>, Option<Writer>);
+    let results: Vec<Found> = futures_util::stream::iter(keys)
         .map(|k| async move {
             let r = app.store.lookup(repo, &k).await;
-            (k, r)
+            let writer = match &r {
+                Ok(Lookup::Hit(e, _)) => app.store.writer(repo, &k, &e.digest).await,
+                _ => None,
+            };
+            (k, r, writer)
         })
         .buffer_unordered(32)
         .collect()
         .await;
     let (mut missed, mut hits) = (Vec::new(), 0);
-    for (k, r) in results {
+    for (k, r, writer) in results {
         match r {
             Ok(Lookup::Hit(e, m)) => {
                 // Manifests are JSON, hence UTF-8; the client checks the digest.
@@ -148,7 +155,6 @@ async fn lookup_in(
                     continue;
                 };
                 out.expired.retain(|x| x != &k);
-                let writer = app.store.writer(repo, &k, &e.digest).await;
                 out.entries.insert(
                     k,
                     LookupEntry {

@@ -123,6 +123,11 @@ pub struct Store {
     /// Blobs recently seen to exist, with their size (positive answers only:
     /// a new upload must be visible at once).
     known_blobs: moka::future::Cache<Key, u64>,
+    /// Writer records read recently, by the tag and the manifest they name
+    /// (a record is only believed for its digest, and the same manifest
+    /// under the same tag is the same content whoever wrote it last): a
+    /// batch lookup of 100 hits read 100 records from the backend before.
+    writers: moka::future::Cache<(String, String, Digest), Option<kiln_common::cache_api::Writer>>,
 }
 
 impl From<ManifestError> for StoreError {
@@ -154,6 +159,10 @@ impl Store {
             known_blobs: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(60))
+                .build(),
+            writers: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cfg.tag_cache_ttl)
                 .build(),
             breaker: crate::breaker::Breaker::new(
                 cfg.backend_timeout,

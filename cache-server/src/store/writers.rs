@@ -12,6 +12,8 @@ impl Store {
     /// keeps no such objects (an upstream registry) leaves entries without
     /// a writer, which `--cache-trust` builds treat as misses.
     pub async fn record_writer(&self, repo: &str, tag: &str, writer: &Writer) {
+        let cached = (repo.to_string(), tag.to_string(), writer.digest.clone());
+        self.writers.invalidate(&cached).await;
         let key = Key::writer(repo, tag);
         let Ok(bytes) = serde_json::to_vec(writer) else {
             return;
@@ -29,6 +31,16 @@ impl Store {
 
     /// The writer of `tag` of `repo`, if recorded for manifest `digest`.
     pub async fn writer(&self, repo: &str, tag: &str, digest: &Digest) -> Option<Writer> {
+        let key = (repo.to_string(), tag.to_string(), digest.clone());
+        if let Some(w) = self.writers.get(&key).await {
+            return w;
+        }
+        let w = self.read_writer(repo, tag, digest).await;
+        self.writers.insert(key, w.clone()).await;
+        w
+    }
+
+    async fn read_writer(&self, repo: &str, tag: &str, digest: &Digest) -> Option<Writer> {
         let raw = self.read_small(&Key::writer(repo, tag)).await.ok()??;
         let w: Writer = serde_json::from_slice(&raw).ok()?;
         (&w.digest == digest).then_some(w)
