@@ -67,7 +67,7 @@ r = json.load(open(sys.argv[1]))
 s = [x["seconds"] for x in r["steps"] if x["instruction"].startswith("RUN")]
 open(sys.argv[2], "a").write(f"{s[0]}\n")
 open(sys.argv[3], "a").write(f"{statistics.median(s[1:])}\n")' "$1" "$2-first" "$2-later"; }
-CONFIGS="namespaces chroot chroot-full in-place in-place-full"
+CONFIGS="${CONFIGS:-namespaces chroot chroot-full in-place in-place-full}"
 flags() { case "$1" in *-full) echo "--isolation ${1%-full} --snapshot-mode=full" ;; *) echo "--isolation $1" ;; esac; }
 for _ in $(seq "$RUNS"); do
   for size in 20k 100k; do
