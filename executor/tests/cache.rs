@@ -577,31 +577,32 @@ fn a_fully_cached_rebuild_through_the_cache_server_reads_no_layer_bytes() {
 /// A COPY-only tail after cached layers: the root is made without their
 /// files (`engine/skeleton.rs`), and the image is the one a full root gives
 /// — with a COPY through a symlink those layers hold, a WORKDIR, and a COPY
-/// over one of their files (which makes the root whole first).
+/// over one of their files. A COPY of a directory onto one of their files
+/// makes the root whole and fails as it does on a full root.
 #[test]
 fn a_copy_only_tail_on_a_root_without_files_gives_the_full_roots_image() {
     let reg = Registry::start();
     let base = push_busybox(&reg, "busybox:latest");
     let ctx = tempfile::tempdir().unwrap();
     let c = ctx.path();
-    write(
-        c,
-        "Dockerfile",
-        &format!(
-            "FROM {base}
+    let head = format!(
+        "FROM {base}
 RUN mkdir -p /app/d /srv && echo data > /app/d/f && ln -s /app/d /link && echo old > /srv/conf
-COPY tail.txt /app/tail.txt
+"
+    );
+    let tail = "COPY tail.txt /app/tail.txt
 COPY into/ /link/
 WORKDIR /app/w
 COPY conf /srv/conf
-"
-        ),
-    );
+";
+    write(c, "Dockerfile", &format!("{head}{tail}"));
+    write(c, "Dockerfile.dir", &format!("{head}COPY confdir/ /srv/conf/\n"));
     write(c, "tail.txt", "1\n");
     write(c, "into/g", "g\n");
     write(c, "conf", "new\n");
+    write(c, "confdir/x", "x\n");
     let repo = format!("{}/skel/cache", reg.addr);
-    let build = |tag: &str, extra: &[&str]| {
+    let run = |tag: &str, extra: &[&str]| {
         let dest = format!("{}/skel:{tag}", reg.addr);
         let work = tempfile::tempdir().unwrap();
         let mut args = vec![
@@ -612,20 +613,24 @@ COPY conf /srv/conf
             "--reproducible",
         ];
         args.extend_from_slice(extra);
-        let log = must_build(c, work.path(), &args);
-        (log, unpack(&format!("docker://{dest}")))
+        (build(c, work.path(), &args), dest)
+    };
+    let ok = |tag: &str, extra: &[&str]| {
+        let (out, dest) = run(tag, extra);
+        assert_ok(&out);
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            unpack(&format!("docker://{dest}")),
+        )
     };
     let cached = ["--cache", "--cache-repo", repo.as_str()];
-    build("a", &cached);
+    ok("a", &cached);
     write(c, "tail.txt", "2\n");
-    let (log, img) = build("b", &cached);
+    let (log, img) = ok("b", &cached);
     assert!(log.contains("root made without the contents of"), "{log}");
-    assert!(
-        log.contains("/srv/conf meets a file the root was made without"),
-        "{log}"
-    );
+    assert!(!log.contains("meets a file"), "{log}");
     // The same Dockerfile from nothing, every step on a full root.
-    let (log_full, full) = build("c", &[]);
+    let (log_full, full) = ok("c", &[]);
     assert!(!log_full.contains("root made without"), "{log_full}");
     assert_eq!(img.manifest["layers"], full.manifest["layers"]);
     let read = |rel: &str| std::fs::read_to_string(img.rootfs().join(rel)).unwrap();
@@ -634,4 +639,15 @@ COPY conf /srv/conf
     assert_eq!(read("app/d/f"), "data\n");
     assert_eq!(read("srv/conf"), "new\n");
     assert!(img.rootfs().join("app/w").is_dir());
+    // A directory copied onto a cached file: the skeleton has no file
+    // there, so the root is made whole and the COPY fails as on a full root.
+    let dir = ["--dockerfile", "Dockerfile.dir"];
+    let (out, _) = run("d", &[&cached[..], &dir[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("/srv/conf/ meets a file the root was made without"), "{err}");
+    assert!(err.contains("not a directory"), "{err}");
+    let (out, _) = run("e", &dir);
+    let full_err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && full_err.contains("not a directory"), "{full_err}");
 }

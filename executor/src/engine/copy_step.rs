@@ -23,8 +23,9 @@ impl StageRun<'_> {
         defer_contents: bool,
     ) -> Result<Diff, StepError> {
         let first = self.copy_once(step, sources, defer_contents).await;
+        let root = self.ensure_root().await?;
         match &first {
-            Ok(diff) if !self.skeleton_meets(diff.changes.keys().map(PathBuf::as_path)) => {
+            Ok(diff) if !self.skeleton_meets(&root, diff.changes.keys().map(PathBuf::as_path)) => {
                 return first
             }
             // Failed where a full root might not have.
@@ -32,7 +33,6 @@ impl StageRun<'_> {
             _ => {}
         }
         // It wrote where the skeleton left a file out: again, on the full root.
-        let root = self.ensure_root().await?;
         self.fill_root(&root, &step.dest_raw).await?;
         self.copy_once(step, sources, defer_contents).await
     }

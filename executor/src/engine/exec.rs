@@ -51,10 +51,17 @@ impl StageRun<'_> {
         Ok(root)
     }
 
-    /// Whether the root is a skeleton with a left-out file at or above one
-    /// of `paths` (relative to the root, as a step's diff names them).
-    pub(super) fn skeleton_meets<'p>(&self, paths: impl Iterator<Item = &'p Path>) -> bool {
-        self.skeleton.as_ref().is_some_and(|sk| sk.meets_any(paths))
+    /// Whether the root is a skeleton on which writing `paths` (relative to
+    /// `root`, as a step's diff names them) may have gone otherwise on the
+    /// full root (`skeleton.rs`).
+    pub(super) fn skeleton_meets<'p>(
+        &self,
+        root: &Path,
+        paths: impl Iterator<Item = &'p Path>,
+    ) -> bool {
+        self.skeleton
+            .as_ref()
+            .is_some_and(|sk| sk.met_by(root, paths))
     }
 
     /// Before WORKDIR makes `dir` (absolute in the image): the root in full
@@ -64,7 +71,12 @@ impl StageRun<'_> {
         let resolved = rootfs::resolve(root, dir, false)
             .ok()
             .and_then(|p| p.strip_prefix(root).ok().map(Path::to_path_buf));
-        if self.skeleton_meets(std::iter::once(lexical.as_path()).chain(resolved.as_deref())) {
+        let met = self.skeleton.as_ref().is_some_and(|sk| {
+            std::iter::once(lexical.as_path())
+                .chain(resolved.as_deref())
+                .any(|d| sk.met_by_dir(d))
+        });
+        if met {
             self.fill_root(root, dir).await?;
         }
         Ok(())

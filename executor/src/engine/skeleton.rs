@@ -11,11 +11,13 @@
 //! runner: the cached layers above the base were written in full before,
 //! thousands of files for a venv or a `node_modules`, to be read by nobody.
 //!
-//! A step that writes where a left-out file is, or beneath one (the
-//! skeleton has no file there to replace or to fail on), is done again on
+//! A step that writes beneath a left-out file, or leaves a directory where
+//! one was (the skeleton has no file there to fail on), is done again on
 //! the root in full: the skipped layers are applied again, whole, and the
-//! step repeated, so that overwrites, type conflicts and errors are exactly
-//! those of a full root. WORKDIR is checked before it runs. Files the layers
+//! step repeated, so that type conflicts and errors are exactly those of a
+//! full root. A file written over a left-out file is the same write on
+//! either root (COPY of a library directory over the base's, say). WORKDIR
+//! is checked before it runs. Files the layers
 //! delete or replace later stay on the list: the check is conservative,
 //! never wrong. Directory times may differ from a full root's where a later
 //! layer wrote into a directory without listing it: there a full
@@ -56,10 +58,21 @@ impl SkeletonRoot {
         self.skipped.len()
     }
 
-    /// Whether one of `paths` (relative to the root) is a left-out file or
-    /// lies beneath one.
-    pub fn meets_any<'p>(&self, mut paths: impl Iterator<Item = &'p Path>) -> bool {
-        paths.any(|p| meets(&self.skipped, p))
+    /// Whether writing one of `paths` (relative to `root`, as a step's
+    /// diff names them) on this skeleton may have gone otherwise on the
+    /// full root ([`meets`]).
+    pub fn met_by<'p>(&self, root: &Path, mut paths: impl Iterator<Item = &'p Path>) -> bool {
+        paths.any(|p| {
+            meets(&self.skipped, p, || {
+                std::fs::symlink_metadata(root.join(p)).is_ok_and(|m| m.is_dir())
+            })
+        })
+    }
+
+    /// Whether making the directory `dir` (relative) may go otherwise on
+    /// the full root: it is, or lies beneath, a left-out file.
+    pub fn met_by_dir(&self, dir: &Path) -> bool {
+        meets(&self.skipped, dir, || true)
     }
 
     /// The layers to apply whole to make the root full.
@@ -68,11 +81,17 @@ impl SkeletonRoot {
     }
 }
 
-/// Whether `path` (relative to the root) is a left-out file or lies
-/// beneath one.
-fn meets(skipped: &BTreeSet<PathBuf>, path: &Path) -> bool {
-    path.ancestors()
-        .any(|a| !a.as_os_str().is_empty() && skipped.contains(a))
+/// Whether a step's write at `path` (relative to the root) may differ on
+/// the skeleton from the full root: a left-out file lies above it (the full
+/// root has a file where the step needed a directory), or `path` is a
+/// left-out file and `is_dir` says the step left a directory there. A file
+/// or link written over a left-out file is the same write either way.
+fn meets(skipped: &BTreeSet<PathBuf>, path: &Path, is_dir: impl FnOnce() -> bool) -> bool {
+    let above = path
+        .ancestors()
+        .skip(1)
+        .any(|a| !a.as_os_str().is_empty() && skipped.contains(a));
+    above || (skipped.contains(path) && is_dir())
 }
 
 #[cfg(test)]
@@ -84,19 +103,24 @@ mod tests {
     }
 
     #[test]
-    fn a_path_meets_a_left_out_file_at_or_above_it() {
+    fn a_write_meets_a_left_out_file_above_it_or_a_directory_over_one() {
         let s = set(&["etc/hostname", "app/d/f", "usr/lib/libx.so"]);
         let p = Path::new;
-        assert!(meets(&s, p("etc/hostname")));
-        assert!(meets(&s, p("etc/hostname/x")));
-        assert!(meets(&s, p("app/d/f/g/h")));
+        let (dir, file) = (|| true, || false);
+        // Beneath a left-out file: the full root has a file there.
+        assert!(meets(&s, p("etc/hostname/x"), file));
+        assert!(meets(&s, p("app/d/f/g/h"), dir));
+        // A directory where a left-out file was; a file over one is the
+        // same write on either root.
+        assert!(meets(&s, p("etc/hostname"), dir));
+        assert!(!meets(&s, p("etc/hostname"), file));
         // Directories holding left-out files, and neighbours, do not.
-        assert!(!meets(&s, p("app")));
-        assert!(!meets(&s, p("app/d")));
-        assert!(!meets(&s, p("app/d/g")));
-        assert!(!meets(&s, p("app/d/f2")));
-        assert!(!meets(&s, p("usr/lib/libx")));
-        assert!(!meets(&s, p("")));
-        assert!(!meets(&BTreeSet::new(), p("etc/hostname")));
+        assert!(!meets(&s, p("app"), dir));
+        assert!(!meets(&s, p("app/d"), dir));
+        assert!(!meets(&s, p("app/d/g"), file));
+        assert!(!meets(&s, p("app/d/f2"), dir));
+        assert!(!meets(&s, p("usr/lib/libx"), dir));
+        assert!(!meets(&s, p(""), dir));
+        assert!(!meets(&BTreeSet::new(), p("etc/hostname"), dir));
     }
 }
