@@ -596,7 +596,11 @@ WORKDIR /app/w
 COPY conf /srv/conf
 ";
     write(c, "Dockerfile", &format!("{head}{tail}"));
-    write(c, "Dockerfile.dir", &format!("{head}COPY confdir/ /srv/conf/\n"));
+    write(
+        c,
+        "Dockerfile.dir",
+        &format!("{head}COPY confdir/ /srv/conf/\n"),
+    );
     write(c, "tail.txt", "1\n");
     write(c, "into/g", "g\n");
     write(c, "conf", "new\n");
@@ -645,9 +649,15 @@ COPY conf /srv/conf
     let (out, _) = run("d", &[&cached[..], &dir[..]].concat());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("/srv/conf/ meets a file the root was made without"), "{err}");
+    assert!(
+        err.contains("/srv/conf/ meets a file the root was made without"),
+        "{err}"
+    );
     assert!(err.contains("not a directory"), "{err}");
     let (out, _) = run("e", &dir);
     let full_err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && full_err.contains("not a directory"), "{full_err}");
+    assert!(
+        !out.status.success() && full_err.contains("not a directory"),
+        "{full_err}"
+    );
 }
