@@ -123,7 +123,13 @@ fn one_invocation_builds_both_platforms_into_one_index() {
 
     let _qemu = Binfmt::aarch64();
     let t = tempfile::tempdir().unwrap();
-    let (_, digest) = build_multi(&t.path().join("r1.json"));
+    let (log1, digest) = build_multi(&t.path().join("r1.json"));
+    // Every entry saved: the fully cached build below depends on it (a lost
+    // write shows here, not as a miss there).
+    assert!(
+        !log1.contains("cache write failed") && !log1.contains("were not saved"),
+        "{log1}"
+    );
     // The $BUILDPLATFORM stage ran once: the second platform took it from
     // the cache the first filled.
     let r1: serde_json::Value =
