@@ -256,7 +256,7 @@ impl Store {
                 let chunks = (0..all.len())
                     .step_by(CHUNK)
                     .map(move |at| Ok(all.slice(at..(at + CHUNK).min(all.len()))));
-                futures_util::stream::iter(chunks.collect::<Vec<_>>()).boxed()
+                futures_util::stream::iter(chunks).boxed()
             }
         };
         Ok(BlobBody {

@@ -13,19 +13,25 @@ impl Store {
     /// a writer, which `--cache-trust` builds treat as misses.
     pub async fn record_writer(&self, repo: &str, tag: &str, writer: &Writer) {
         let cached = (repo.to_string(), tag.to_string(), writer.digest.clone());
-        self.writers.invalidate(&cached).await;
         let key = Key::writer(repo, tag);
         let Ok(bytes) = serde_json::to_vec(writer) else {
+            self.writers.invalidate(&cached).await;
             return;
         };
-        if let Err(e) = self
+        match self
             .call("put", self.storage.put_small(&key, Bytes::from(bytes)))
             .await
         {
-            tracing::debug!(
-                "{key}: writer not recorded: {}",
-                kiln_common::report::Report(&e)
-            );
+            // Cached once stored: a lookup between the write and the cache
+            // update can no longer leave a "no writer" behind for the TTL.
+            Ok(()) => self.writers.insert(cached, Some(writer.clone())).await,
+            Err(e) => {
+                self.writers.invalidate(&cached).await;
+                tracing::debug!(
+                    "{key}: writer not recorded: {}",
+                    kiln_common::report::Report(&e)
+                );
+            }
         }
     }
 
