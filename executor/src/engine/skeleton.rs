@@ -17,11 +17,11 @@
 //! step repeated, so that type conflicts and errors are exactly those of a
 //! full root. A file written over a left-out file is the same write on
 //! either root (COPY of a library directory over the base's, say). WORKDIR
-//! is checked before it runs. Files the layers
-//! delete or replace later stay on the list: the check is conservative,
-//! never wrong. Directory times may differ from a full root's where a later
-//! layer wrote into a directory without listing it: there a full
-//! extraction leaves the time of the extraction, no value of the image's.
+//! is checked before it runs. Files the layers delete or replace later stay
+//! on the list: the check is conservative, never wrong. Directory times may
+//! differ from a full root's where a later layer wrote into a directory
+//! without listing it: there a full extraction leaves the time of the
+//! extraction, no value of the image's.
 
 use crate::model::ImageLayer;
 use kiln_layers::extract::Extent;
