@@ -4,6 +4,8 @@
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::compression::Compression;
+use crate::outline::{Tars, OUTLINE_MEDIA_TYPE};
+use flate2::write::GzEncoder;
 use crate::snapshot::{Change, Diff};
 use kiln_common::digest::{Digest, HashingWriter};
 use kiln_common::image::Descriptor;
@@ -48,6 +50,9 @@ pub struct LayerOptions {
     /// times in the layers Kiln writes are capped at `epoch`; base layers
     /// are never rewritten.
     pub rewrite_timestamp: bool,
+    /// Write each layer's outline too (`outline.rs`): for layers that go
+    /// into the shared cache. Not part of the layer's bytes or its key.
+    pub outline: bool,
 }
 
 impl LayerOptions {
@@ -81,6 +86,8 @@ pub struct Layer {
     pub descriptor: Descriptor,
     pub diff_id: Digest,
     pub uncompressed_size: u64,
+    /// The layer's outline in the same store, when asked for.
+    pub outline: Option<Descriptor>,
 }
 
 /// Writes the layer for `diff`, reading content from `root`.
@@ -95,18 +102,32 @@ pub fn write_layer(
         .compression
         .encoder(blob, opts.level)
         .map_err(LayerError::Write)?;
+    // Small (headers), so compressed on this thread, fast.
+    let outline = match opts.outline {
+        true => Some(GzEncoder::new(store.writer()?, flate2::Compression::fast())),
+        false => None,
+    };
     // An uncompressed layer's diff id is its digest: the tar is hashed once,
     // as the blob, not twice.
-    let (enc, diff_id, uncompressed_size) = if opts.compression == Compression::None {
-        let counted = append_diff(Counting { inner: enc, n: 0 }, root, diff, opts)?;
-        (counted.inner, None, counted.n)
+    let (enc, diff_id, uncompressed_size, outline) = if opts.compression == Compression::None {
+        let (counted, o) = append_diff(Counting { inner: enc, n: 0 }, outline, root, diff, opts)?;
+        (counted.inner, None, counted.n, o)
     } else {
-        let (enc, d, n) = append_diff(HashingWriter::new(enc), root, diff, opts)?.finish();
-        (enc, Some(d), n)
+        let (w, o) = append_diff(HashingWriter::new(enc), outline, root, diff, opts)?;
+        let (enc, d, n) = w.finish();
+        (enc, Some(d), n, o)
     };
     let blob = enc.finish_box().map_err(LayerError::Write)?;
     let (digest, size) = blob.finish().map_err(LayerError::Write)?.commit()?;
+    let outline = match outline {
+        Some(o) => {
+            let (d, n) = o.finish().map_err(LayerError::Write)?.commit()?;
+            Some(Descriptor::new(OUTLINE_MEDIA_TYPE, d, n))
+        }
+        None => None,
+    };
     Ok(Layer {
+        outline,
         descriptor: Descriptor::new(
             opts.compression
                 .media_type(opts.format == ImageFormat::Docker),
@@ -118,16 +139,16 @@ pub fn write_layer(
     })
 }
 
-/// The tar of `diff` written into `w`, which is returned.
-fn append_diff<W: Write>(
+/// The tar of `diff` written into `w` (and its outline into `outline`),
+/// which are returned.
+fn append_diff<W: Write, O: Write>(
     w: W,
+    outline: Option<O>,
     root: &Path,
     diff: &Diff,
     opts: &LayerOptions,
-) -> Result<W, LayerError> {
-    let mut tb = tar::Builder::new(w);
-    tb.mode(tar::HeaderMode::Complete);
-    tb.follow_symlinks(false);
+) -> Result<(W, Option<O>), LayerError> {
+    let mut tb = Tars::new(w, outline);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     for (rel, change) in &diff.changes {
         let entry_err = |source| LayerError::Entry {
@@ -151,7 +172,7 @@ fn append_diff<W: Write>(
             }
         }
     }
-    tb.into_inner().map_err(LayerError::Write)
+    tb.finish().map_err(LayerError::Write)
 }
 
 /// Counts what passes through (an uncompressed layer's size).
@@ -172,8 +193,8 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-fn append_empty<W: Write>(
-    tb: &mut tar::Builder<W>,
+fn append_empty<W: Write, O: Write>(
+    tb: &mut Tars<W, O>,
     path: &Path,
     opts: &LayerOptions,
 ) -> io::Result<()> {
@@ -184,7 +205,7 @@ fn append_empty<W: Write>(
     h.set_mtime(opts.entry_time(opts.epoch.unwrap_or_else(now)));
     h.set_uid(0);
     h.set_gid(0);
-    tb.append_data(&mut h, path, io::empty())
+    tb.empty(&mut h, path)
 }
 
 fn now() -> u64 {
@@ -196,8 +217,8 @@ fn now() -> u64 {
 
 /// Appends `root/rel`; a regular file's bytes come from `content` when the
 /// root holds only its placeholder.
-fn append_path<W: Write>(
-    tb: &mut tar::Builder<W>,
+fn append_path<W: Write, O: Write>(
+    tb: &mut Tars<W, O>,
     root: &Path,
     rel: &Path,
     content: Option<&Path>,
@@ -220,7 +241,7 @@ fn append_path<W: Write>(
             }
         }
         if !pax.is_empty() {
-            tb.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+            tb.pax(&pax)?;
         }
     }
     let mut h = tar::Header::new_gnu();
@@ -231,14 +252,14 @@ fn append_path<W: Write>(
         if let Some(first) = links.get(&key) {
             h.set_entry_type(tar::EntryType::Link);
             h.set_size(0);
-            return tb.append_link(&mut h, rel, first);
+            return tb.link(&mut h, rel, first);
         }
         links.insert(key, rel.to_path_buf());
     }
     if ft.is_symlink() {
         let target = std::fs::read_link(&full)?;
         h.set_size(0);
-        tb.append_link(&mut h, rel, target)
+        tb.link(&mut h, rel, &target)
     } else if ft.is_file() {
         let src = content.unwrap_or(&full);
         let f = std::fs::File::open(src)?;
@@ -253,10 +274,9 @@ fn append_path<W: Write>(
             left: m.len(),
             path: src,
         };
-        tb.append_data(&mut h, rel, exact)
+        tb.file(&mut h, rel, exact)
     } else if ft.is_dir() || ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
-        h.set_size(0);
-        tb.append_data(&mut h, rel, io::empty())
+        tb.empty(&mut h, rel)
     } else {
         // Sockets cannot be represented in a layer.
         Ok(())

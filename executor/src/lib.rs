@@ -34,6 +34,7 @@ pub(crate) mod model;
 pub mod multi;
 pub mod options;
 pub mod outcome;
+pub mod outline;
 pub(crate) mod output;
 mod pgzip;
 mod pipe;

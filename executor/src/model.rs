@@ -24,6 +24,25 @@ pub struct ImageLayer {
     pub descriptor: Descriptor,
     pub diff_id: Digest,
     pub source: LayerSource,
+    /// The layer's outline (`crate::outline`), from the same source: what
+    /// a skeleton root unpacks instead of the layer, where there is one.
+    pub outline: Option<Descriptor>,
+}
+
+impl ImageLayer {
+    /// The layer a skeleton root unpacks for this one: its outline where
+    /// it has one (digest-checked as any blob), else itself.
+    pub fn for_skeleton(&self) -> ImageLayer {
+        match &self.outline {
+            Some(o) => ImageLayer {
+                descriptor: o.clone(),
+                diff_id: self.diff_id.clone(),
+                source: self.source.clone(),
+                outline: None,
+            },
+            None => self.clone(),
+        }
+    }
 }
 
 /// A finished image: config, layers, and where the blobs are.

@@ -587,7 +587,8 @@ fn a_copy_only_tail_on_a_root_without_files_gives_the_full_roots_image() {
     let c = ctx.path();
     let head = format!(
         "FROM {base}
-RUN mkdir -p /app/d /srv && echo data > /app/d/f && ln -s /app/d /link && echo old > /srv/conf
+RUN mkdir -p /app/d /srv && echo data > /app/d/f && ln -s /app/d /link && echo old > /srv/conf \
+ && awk 'BEGIN {{ srand(7); for (i = 0; i < 200000; i++) printf \"%d\\n\", rand() * 1e9 }}' > /app/d/big
 "
     );
     let tail = "COPY tail.txt /app/tail.txt
@@ -606,18 +607,27 @@ COPY conf /srv/conf
     write(c, "conf", "new\n");
     write(c, "confdir/x", "x\n");
     let repo = format!("{}/skel/cache", reg.addr);
+    let reports = tempfile::tempdir().unwrap();
     let run = |tag: &str, extra: &[&str]| {
         let dest = format!("{}/skel:{tag}", reg.addr);
         let work = tempfile::tempdir().unwrap();
+        let report = reports.path().join(tag);
         let mut args = vec![
             "--destination",
             dest.as_str(),
             "--insecure",
             "--insecure-pull",
             "--reproducible",
+            "--report",
+            report.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         (build(c, work.path(), &args), dest)
+    };
+    let pulled = |tag: &str| -> u64 {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(reports.path().join(tag)).unwrap()).unwrap();
+        r["bytes_pulled"].as_u64().unwrap()
     };
     let ok = |tag: &str, extra: &[&str]| {
         let (out, dest) = run(tag, extra);
@@ -631,8 +641,18 @@ COPY conf /srv/conf
     ok("a", &cached);
     write(c, "tail.txt", "2\n");
     let (log, img) = ok("b", &cached);
-    assert!(log.contains("root made without the contents of"), "{log}");
+    assert!(
+        log.contains("root made without the contents of")
+            && log.contains("1 cached layer(s) read from their outlines"),
+        "{log}"
+    );
     assert!(!log.contains("meets a file"), "{log}");
+    // The cached RUN layer (hundreds of kilobytes) was not fetched: only
+    // the base's layer and the outline (a few kilobytes).
+    let size = |i: usize| img.manifest["layers"][i]["size"].as_u64().unwrap();
+    assert!(size(1) > 500_000, "{}", size(1));
+    let outline_bytes = pulled("b") - size(0);
+    assert!(outline_bytes < 16_384, "{outline_bytes}");
     // The same Dockerfile from nothing, every step on a full root.
     let (log_full, full) = ok("c", &[]);
     assert!(!log_full.contains("root made without"), "{log_full}");

@@ -69,6 +69,21 @@ pub enum Extent {
     Skeleton { keep: Vec<PathBuf> },
 }
 
+/// The files a skeleton root keeps whole: what naming a user or group
+/// reads (`COPY --chown`, `WORKDIR` under `USER`). A layer's outline (the
+/// executor's `layer.rs`) keeps every file of these names whole, so that a
+/// skeleton unpacked from the outline is the one unpacked from the layer.
+pub const SKELETON_KEEP: [&str; 2] = ["etc/passwd", "etc/group"];
+
+impl Extent {
+    /// [`Extent::Skeleton`] keeping [`SKELETON_KEEP`].
+    pub fn skeleton() -> Extent {
+        Extent::Skeleton {
+            keep: SKELETON_KEEP.iter().map(PathBuf::from).collect(),
+        }
+    }
+}
+
 struct CountingReader<R> {
     inner: R,
     n: u64,

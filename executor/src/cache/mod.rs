@@ -18,7 +18,8 @@ pub use chain::CacheChain;
 pub use record::{explain, BuildRecord, RecordedStep};
 
 use crate::cache_key::CACHE_FORMAT;
-use crate::model::LayerSource;
+use crate::model::{ImageLayer, LayerSource};
+use crate::outline;
 use kiln_common::cache_api::{BuildReport, KilnClient};
 use kiln_common::image::{self, Descriptor, Manifest};
 use kiln_common::layout::write_atomic;
@@ -58,7 +59,7 @@ pub enum CacheError {
 pub struct CacheHit {
     pub key: Digest,
     /// `None` when the step changed no file.
-    pub layer: Option<(Descriptor, Digest, LayerSource)>,
+    pub layer: Option<ImageLayer>,
     /// Execution time of the step that made the entry (0 if unknown).
     pub seconds: f64,
     /// The read-only repository (`--cache-from`) the entry came from;
@@ -381,6 +382,7 @@ impl LayerCache {
                 return Ok(None);
             }
         }
+        // The layer first; its outline (if any) after it.
         let layer = match m.layers.first() {
             None => None,
             Some(d) => {
@@ -389,7 +391,12 @@ impl LayerCache {
                     .ok_or_else(|| corrupt("layer without diff id".into()))?
                     .parse()
                     .map_err(|e: kiln_common::digest::DigestError| corrupt(e.to_string()))?;
-                Some((d.clone(), diff_id, source))
+                Some(ImageLayer {
+                    descriptor: d.clone(),
+                    diff_id,
+                    source,
+                    outline: m.layers.get(1).filter(|o| outline::is_outline(o)).cloned(),
+                })
             }
         };
         let seconds = ann
@@ -406,12 +413,12 @@ impl LayerCache {
         }))
     }
 
-    /// Stores an entry. The layer blob goes first: the tag that makes the entry
-    /// visible is written only once its layer is complete.
+    /// Stores an entry. The layer blob (and its outline) go first: the tag
+    /// that makes the entry visible is written only once they are complete.
     pub async fn store(
         &self,
         key: &Digest,
-        layer: Option<(&Path, &Descriptor, &Digest)>,
+        layer: Option<&EntryLayer>,
         inputs: Vec<(String, String)>,
         seconds: Option<f64>,
     ) -> Result<(), CacheError> {
@@ -430,8 +437,8 @@ impl LayerCache {
             (ANN_CREATED.to_string(), created),
             (ANN_FORMAT.to_string(), CACHE_FORMAT.to_string()),
         ]);
-        if let Some((_, _, diff_id)) = layer {
-            ann.insert(ANN_DIFF_ID.into(), diff_id.to_string());
+        if let Some(l) = layer {
+            ann.insert(ANN_DIFF_ID.into(), l.diff_id.to_string());
         }
         if let Some(s) = seconds {
             ann.insert(ANN_SECONDS.into(), format!("{s:.3}"));
@@ -444,7 +451,7 @@ impl LayerCache {
                 Digest::sha256_of(&config_bytes),
                 config_bytes.len() as u64,
             ),
-            layers: layer.map(|(_, d, _)| vec![d.clone()]).unwrap_or_default(),
+            layers: layer.map(EntryLayer::descriptors).unwrap_or_default(),
             annotations: Some(ann),
         };
         let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| CacheError::Corrupt {
@@ -461,7 +468,7 @@ impl LayerCache {
                     repo: self.describe(),
                     source: Box::new(e),
                 };
-                if let Some((path, d, _)) = layer {
+                for (path, d) in layer.iter().flat_map(|l| l.blobs()) {
                     if !registry.blob_exists(&r, &d.digest).await.map_err(rerr)? {
                         registry
                             .push_blob_file(&r, path, &d.digest, d.size)
@@ -484,7 +491,7 @@ impl LayerCache {
                     source,
                 };
                 let blobs = dir.join("blobs/sha256");
-                if let Some((path, d, _)) = layer {
+                for (path, d) in layer.iter().flat_map(|l| l.blobs()) {
                     copy_atomic(path, &blobs.join(d.digest.hex())).map_err(io)?;
                 }
                 write_atomic(
@@ -503,6 +510,27 @@ impl LayerCache {
             }
         }
         Ok(())
+    }
+}
+
+/// A layer to store with an entry: its blob and, if written, its outline's.
+#[derive(Debug, Clone)]
+pub struct EntryLayer {
+    pub path: PathBuf,
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+    pub outline: Option<(PathBuf, Descriptor)>,
+}
+
+impl EntryLayer {
+    /// The manifest's layers: the layer, then its outline.
+    fn descriptors(&self) -> Vec<Descriptor> {
+        self.blobs().map(|(_, d)| d.clone()).collect()
+    }
+
+    fn blobs(&self) -> impl Iterator<Item = (&Path, &Descriptor)> {
+        std::iter::once((self.path.as_path(), &self.descriptor))
+            .chain(self.outline.iter().map(|(p, d)| (p.as_path(), d)))
     }
 }
 

@@ -135,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             epoch,
             rewrite_timestamp,
+            outline: cache.as_ref().is_some_and(|c| c.push),
         },
         single_snapshot: cli.single_snapshot.unwrap_or(false),
         max_parallel_stages: cli.max_parallel_stages,

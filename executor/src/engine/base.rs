@@ -78,6 +78,7 @@ impl Builder {
                 descriptor: d.clone(),
                 diff_id: id.clone(),
                 source: LayerSource::Remote(resolved.reference.clone()),
+                outline: None,
             })
             .collect();
         let img = BuiltImage {
@@ -151,6 +152,7 @@ impl Builder {
                         descriptor: d.clone(),
                         diff_id: id.clone(),
                         source: LayerSource::Path(cd.blobs()),
+                        outline: None,
                     })
                     .collect();
                 Ok(BuiltImage { config, layers })

@@ -14,6 +14,7 @@ use crate::model::{ImageLayer, LayerSource};
 use crate::snapshot::Diff;
 use kiln_common::image::History;
 use kiln_common::Digest;
+use kiln_layers::extract::Extent;
 use kiln_layers::rootfs;
 use std::path::{Path, PathBuf};
 
@@ -27,21 +28,27 @@ impl StageRun<'_> {
         let root = self.b.new_root("rootfs-")?;
         let stacked = self.b.stack_warmed(&root, &self.image.layers);
         let layers = &self.image.layers[stacked..];
-        let extent = match self.skeleton_ok {
-            true => SkeletonRoot::extent(),
-            false => kiln_layers::extract::Extent::Full,
+        // A skeleton is unpacked from the layers' outlines where they
+        // have them (cached layers): kilobytes instead of the layers.
+        let (extent, unpacked) = match self.skeleton_ok {
+            true => (
+                Extent::skeleton(),
+                layers.iter().map(ImageLayer::for_skeleton).collect(),
+            ),
+            false => (Extent::Full, layers.to_vec()),
         };
         let skipped = self
             .b
             .fetcher
-            .unpack_as(&root, layers, &self.base_name, &extent)
+            .unpack_as(&root, &unpacked, &self.base_name, &extent)
             .await
             .map_err(StepError::from)?;
         if !skipped.is_empty() {
             let sk = SkeletonRoot::new(skipped, layers.to_vec());
+            let outlined = layers.iter().filter(|l| l.outline.is_some()).count();
             tracing::info!(
-                "root made without the contents of {} file(s): the steps left only copy \
-                 into it and make directories",
+                "root made without the contents of {} file(s), {outlined} cached layer(s) \
+                 read from their outlines: the steps left only copy into it and make directories",
                 sk.files_left_out()
             );
             self.skeleton = Some(sk);
@@ -142,6 +149,7 @@ impl StageRun<'_> {
             descriptor: l.descriptor.clone(),
             diff_id: l.diff_id.clone(),
             source: LayerSource::Local,
+            outline: l.outline.clone(),
         });
         self.history(created_by.to_string(), false);
         Ok(Some(l))
@@ -276,15 +284,11 @@ impl StageRun<'_> {
         created_by: String,
         hit: CacheHit,
     ) -> Result<Option<(Digest, u64)>, StepError> {
-        let Some((descriptor, diff_id, source)) = hit.layer else {
+        let Some(l) = hit.layer else {
             self.history(created_by, true);
             return Ok(None);
         };
-        let l = ImageLayer {
-            descriptor,
-            diff_id: diff_id.clone(),
-            source,
-        };
+        let diff_id = l.diff_id.clone();
         if let Some(root) = self.root.clone() {
             let fetcher = &self.b.fetcher;
             let p = fetcher

@@ -86,21 +86,20 @@ impl Builder {
             return false;
         }
         let seconds = started.elapsed().as_secs_f64();
-        let blob = layer.map(|l| {
-            (
-                self.fetcher.store().path(&l.descriptor.digest),
-                l.descriptor.clone(),
-                l.diff_id.clone(),
-            )
+        let store = self.fetcher.store();
+        let blob = layer.map(|l| crate::cache::EntryLayer {
+            path: store.path(&l.descriptor.digest),
+            descriptor: l.descriptor.clone(),
+            diff_id: l.diff_id.clone(),
+            outline: l.outline.as_ref().map(|o| (store.path(&o.digest), o.clone())),
         });
         let key = planned.key.clone();
         let h = tokio::spawn(async move {
-            let lr = blob.as_ref().map(|(p, d, id)| (p.as_path(), d, id));
             cache
                 .write
-                .store(&planned.key, lr, planned.inputs, Some(seconds))
+                .store(&planned.key, blob.as_ref(), planned.inputs, Some(seconds))
                 .await?;
-            Ok(blob.map(|(_, d, _)| d.size).unwrap_or(0))
+            Ok(blob.map(|l| l.descriptor.size).unwrap_or(0))
         });
         if let Ok(mut v) = self.cache_writes.lock() {
             v.push((key, h));

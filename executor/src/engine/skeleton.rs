@@ -5,11 +5,14 @@
 //! in the root and make directories: the layer they write holds what they
 //! copy and its parent directories, never the files the base and the
 //! cached layers already hold. So the root is unpacked as a skeleton
-//! ([`Extent::Skeleton`]): directories, symlinks and whiteouts exactly as in
-//! full, `/etc/passwd` and `/etc/group` in full (`--chown` and USER names),
-//! other files left out. This is what a one-file change costs on a fresh
-//! runner: the cached layers above the base were written in full before,
-//! thousands of files for a venv or a `node_modules`, to be read by nobody.
+//! ([`kiln_layers::extract::Extent::Skeleton`]): directories, symlinks and
+//! whiteouts exactly as in full, `/etc/passwd` and `/etc/group` in full
+//! (`--chown` and USER names), other files left out. This is what a
+//! one-file change costs on a fresh runner: the cached layers above the
+//! base were written in full before, thousands of files for a venv or a
+//! `node_modules`, to be read by nobody. A cached layer stored with its
+//! outline ([`crate::outline`]) is not even fetched: the skeleton is
+//! unpacked from the outline, the layer only if the root must be made whole.
 //!
 //! A step that writes beneath a left-out file, or leaves a directory where
 //! one was (the skeleton has no file there to fail on), is done again on
@@ -24,12 +27,8 @@
 //! extraction, no value of the image's.
 
 use crate::model::ImageLayer;
-use kiln_layers::extract::Extent;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-/// Files a skeleton root keeps: what naming a user or group reads.
-const KEEP: [&str; 2] = ["etc/passwd", "etc/group"];
 
 /// A root unpacked without its files.
 pub(super) struct SkeletonRoot {
@@ -41,12 +40,6 @@ pub(super) struct SkeletonRoot {
 }
 
 impl SkeletonRoot {
-    pub fn extent() -> Extent {
-        Extent::Skeleton {
-            keep: KEEP.iter().map(PathBuf::from).collect(),
-        }
-    }
-
     pub fn new(skipped: Vec<PathBuf>, layers: Vec<ImageLayer>) -> SkeletonRoot {
         SkeletonRoot {
             skipped: skipped.into_iter().collect(),
