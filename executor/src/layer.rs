@@ -5,8 +5,8 @@
 use crate::blobs::{BlobError, BlobStore};
 use crate::compression::Compression;
 use crate::outline::{Tars, OUTLINE_MEDIA_TYPE};
-use flate2::write::GzEncoder;
 use crate::snapshot::{Change, Diff};
+use flate2::write::GzEncoder;
 use kiln_common::digest::{Digest, HashingWriter};
 use kiln_common::image::Descriptor;
 use kiln_layers::extract::{OPAQUE_MARKER, WHITEOUT_PREFIX};

@@ -173,7 +173,12 @@ mod tests {
                     _ => String::new(),
                 }
             };
-            out.push(format!("{rel} {:o} {}:{} {extra}", m.mode(), m.uid(), m.gid()));
+            out.push(format!(
+                "{rel} {:o} {}:{} {extra}",
+                m.mode(),
+                m.uid(),
+                m.gid()
+            ));
         }
         out.sort();
         out
@@ -212,11 +217,20 @@ mod tests {
         let (got, got_skipped) = skeleton_of(&outline);
         assert_eq!(got, want);
         assert_eq!(got_skipped, want_skipped);
-        assert!(want.iter().any(|l| l.starts_with("etc/passwd ") && l.contains("root:x")));
-        assert!(want.iter().any(|l| l.starts_with("etc/group ") && l.contains("staff")));
+        assert!(want
+            .iter()
+            .any(|l| l.starts_with("etc/passwd ") && l.contains("root:x")));
+        assert!(want
+            .iter()
+            .any(|l| l.starts_with("etc/group ") && l.contains("staff")));
         assert!(want_skipped.contains(&PathBuf::from("etc/hostname")));
         // The bodies are gone: the 4000-byte file and the hostname.
-        assert!(outline.len() < layer.len() - 4000, "{} {}", outline.len(), layer.len());
+        assert!(
+            outline.len() < layer.len() - 4000,
+            "{} {}",
+            outline.len(),
+            layer.len()
+        );
         assert!(!outline.windows(5).any(|w| w == b"kiln\n"));
         assert!(outline.windows(8).any(|w| w == b"root:x:0"));
     }

@@ -91,7 +91,10 @@ impl Builder {
             path: store.path(&l.descriptor.digest),
             descriptor: l.descriptor.clone(),
             diff_id: l.diff_id.clone(),
-            outline: l.outline.as_ref().map(|o| (store.path(&o.digest), o.clone())),
+            outline: l
+                .outline
+                .as_ref()
+                .map(|o| (store.path(&o.digest), o.clone())),
         });
         let key = planned.key.clone();
         let h = tokio::spawn(async move {
