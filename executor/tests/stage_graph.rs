@@ -17,6 +17,12 @@ COPY --from=b /b /b\n";
 /// Builds `dockerfile` into a layout with `--reproducible` and a report;
 /// returns (manifest digest, report).
 fn build_graph(dockerfile: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let (digest, r, _) = build_graph_log(dockerfile, extra);
+    (digest, r)
+}
+
+/// [`build_graph`], with the build's log.
+fn build_graph_log(dockerfile: &str, extra: &[&str]) -> (String, serde_json::Value, String) {
     let ctx = context_with(dockerfile);
     let work = tempfile::tempdir_in("/dev/shm").unwrap();
     let layout = work.path().join("oci");
@@ -31,9 +37,9 @@ fn build_graph(dockerfile: &str, extra: &[&str]) -> (String, serde_json::Value) 
         report.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    must_build(ctx.path(), &work.path().join("k"), &args);
+    let log = must_build(ctx.path(), &work.path().join("k"), &args);
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    (r["manifest_digest"].as_str().unwrap().to_string(), r)
+    (r["manifest_digest"].as_str().unwrap().to_string(), r, log)
 }
 
 /// (start, end) of stage `stage`'s RUN step in a report.
@@ -132,4 +138,36 @@ fn bases_are_resolved_from_the_start() {
         resolved < built,
         "{other} was resolved only after the builder stage:\n{err}"
     );
+}
+
+/// Three stages on one base (two builders and the final stage): the base
+/// is extracted once and each root stacked on it (`shared_base.rs`), and
+/// the image is, digest for digest, the one built from roots unpacked one
+/// by one (the chroot rung cannot stack). The RUN steps change files of
+/// the shared base in every way a layer records: an edit, a deletion, a
+/// directory replaced whole.
+#[test]
+fn stages_on_one_base_share_one_extraction_and_give_the_same_image() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let df = format!(
+        "FROM {base} AS a\n\
+         RUN echo extra:x:5:5::/:/bin/sh >> /etc/passwd && rm /etc/group && echo a > /a\n\
+         FROM {base} AS b\n\
+         RUN rm -rf /var && mkdir -p /var/new && echo b > /var/new/b\n\
+         FROM {base}\n\
+         COPY --from=a /etc/passwd /a /from-a/\n\
+         COPY --from=b /var/ /from-b/\n\
+         RUN rm -rf /home && test ! -e /etc/passwd- && grep -q extra /from-a/passwd\n"
+    );
+    let (stacked, _, log) = build_graph_log(&df, &[]);
+    assert_eq!(
+        log.matches("root stacked on 1 shared layer(s) of 1")
+            .count(),
+        3,
+        "{log}"
+    );
+    let (unpacked, _, log) = build_graph_log(&df, &["--isolation", "chroot"]);
+    assert!(!log.contains("root stacked on"), "{log}");
+    assert_eq!(stacked, unpacked, "a shared base changed the image");
 }

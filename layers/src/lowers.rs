@@ -173,20 +173,22 @@ pub fn retain(
     removed
 }
 
+/// Whether a directory at `p` can be a stacked root's lower: not on
+/// overlayfs, where a root stacked on it could not carry RUN's own overlay
+/// (the kernel allows two levels); unknown counts as no.
+pub fn can_be_lower(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p)
+        .is_ok_and(|s| s.filesystem_type() != nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+}
+
 /// The extracted directories for the bottom layers of an image, bottom
 /// first, as far as they go without a gap. Directories on overlayfs are not
-/// offered: a root stacked on them could not carry RUN's own overlay (the
-/// kernel allows two levels).
+/// offered ([`can_be_lower`]).
 pub fn available(cache_dir: &Path, diff_ids: &[Digest]) -> Vec<PathBuf> {
-    let on_overlay = |p: &Path| {
-        nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
-            .unwrap_or(true)
-    };
     let mut out = Vec::new();
     for id in diff_ids {
         let d = layer_dir(cache_dir, id);
-        if !d.is_dir() || on_overlay(&d) {
+        if !d.is_dir() || !can_be_lower(&d) {
             break;
         }
         out.push(d);

@@ -134,6 +134,8 @@ pub enum StepError {
     Layer(#[source] crate::layer::LayerError),
     #[error("unpacking the source image")]
     Fetch(#[source] Box<FetchError>),
+    #[error("extracting a layer of a base several stages share")]
+    Lower(#[source] Box<kiln_layers::lowers::LowerError>),
     #[error("pulling {image:?}")]
     Pull {
         image: String,

@@ -26,7 +26,14 @@ impl StageRun<'_> {
         }
         let t0 = std::time::Instant::now();
         let root = self.b.new_root("rootfs-")?;
-        let stacked = self.b.stack_warmed(&root, &self.image.layers);
+        let stacked = self
+            .b
+            .stack_base(
+                &root,
+                &self.image.layers,
+                (&self.base_name, self.base_layers),
+            )
+            .await;
         let layers = &self.image.layers[stacked..];
         // A skeleton is unpacked from the layers' outlines where they
         // have them (cached layers): kilobytes instead of the layers.

@@ -36,6 +36,7 @@ mod plan;
 mod records;
 mod report;
 mod roots;
+mod shared_base;
 mod skeleton;
 mod sources;
 mod stage;
@@ -106,6 +107,11 @@ pub struct Builder {
     bases: Mutex<BTreeMap<String, BaseCell>>,
     /// One turn at a time per cache mount id, for stages running at once.
     mount_turns: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Base images two or more of the needed stages start from
+    /// (`shared_base.rs`), set before the stages run.
+    shared_bases: Mutex<std::collections::BTreeSet<String>>,
+    /// One extraction per shared base layer (by diff id).
+    lower_gates: Mutex<BTreeMap<kiln_common::Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Drop for Builder {
@@ -292,6 +298,8 @@ impl Builder {
             roots_removal: Mutex::new(None),
             cancelled: std::sync::atomic::AtomicBool::new(false),
             mount_turns: Mutex::new(BTreeMap::new()),
+            shared_bases: Mutex::new(Default::default()),
+            lower_gates: Mutex::new(BTreeMap::new()),
             epoch: Instant::now(),
             bases: Mutex::new(BTreeMap::new()),
         })
@@ -357,6 +365,9 @@ impl Builder {
             needed: p.needed.clone(),
             limit: self.stage_limit(p.needed.len()),
         };
+        if let Ok(mut s) = self.shared_bases.lock() {
+            *s = self.shared_bases_of(&shared, &p.needed);
+        }
         let (outs, steps) = match self.run_graph(&shared, &graph) {
             Ok(built) => built,
             Err(e) => {

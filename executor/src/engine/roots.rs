@@ -18,33 +18,63 @@ impl Builder {
         Ok(root)
     }
 
-    /// Mounts `root` (new and empty) over the warmed directory's extracted
-    /// copies of the bottom `layers`, where the isolation allows a stacked
-    /// root; returns how many layers are thereby in place (0: unpack all).
-    pub(super) fn stack_warmed(&self, root: &Path, layers: &[crate::model::ImageLayer]) -> usize {
-        let Some(cache_dir) = &self.opts.cache_dir else {
-            return 0;
-        };
-        // Warmed layers carry overlayfs's `trusted.*` marks, which a user
-        // namespace's overlay (`userxattr`) does not read.
+    /// Mounts `root` (new and empty) over extracted copies of the bottom
+    /// `layers`, where the isolation allows a stacked root: the warmed
+    /// directory's, or for a base two or more stages of the build start
+    /// from (`base`: its name and how many of `layers` are its own) the
+    /// build's own, extracted once (`shared_base.rs`). Returns how many
+    /// layers are thereby in place (0: unpack all).
+    pub(super) async fn stack_base(
+        &self,
+        root: &Path,
+        layers: &[crate::model::ImageLayer],
+        base: (&str, usize),
+    ) -> usize {
+        // Extracted layers carry overlayfs's `trusted.*` marks, which a
+        // user namespace's overlay (`userxattr`) does not read.
         if !self.isolation.stacks_on_overlay() || kiln_layers::ids::active() {
             return 0;
         }
         let ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();
-        let lowers = kiln_layers::lowers::available(cache_dir, &ids);
-        if lowers.is_empty() {
+        if let Some(cache_dir) = &self.opts.cache_dir {
+            let lowers = kiln_layers::lowers::available(cache_dir, &ids);
+            if !lowers.is_empty() {
+                return self.stack(root, &lowers, layers.len(), "warmed");
+            }
+        }
+        let (name, own) = base;
+        let own = own.min(layers.len());
+        if own == 0
+            || !self.is_shared_base(name)
+            || !kiln_layers::lowers::can_be_lower(self.work_path())
+        {
             return 0;
         }
+        match self.shared_lowers(&layers[..own]).await {
+            Ok(lowers) if !lowers.is_empty() => self.stack(root, &lowers, layers.len(), "shared"),
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::warn!(
+                    "unpacking {name} for this stage instead of sharing it: {}",
+                    kiln_common::report::Report(&e)
+                );
+                0
+            }
+        }
+    }
+
+    /// Mounts `root` as an overlay of `lowers` (the bottom of `total`
+    /// layers; `what` says whose extracted copies they are); returns how many are in
+    /// place (0 when mounting failed: unpack all).
+    fn stack(&self, root: &Path, lowers: &[PathBuf], total: usize, what: &str) -> usize {
         let name = root.file_name().unwrap_or_default().to_string_lossy();
         let upper = self.work_path().join(format!("{name}.upper"));
         let work = self.work_path().join(format!("{name}.work"));
-        let mounted = crate::stacked::stack(root, &upper, &work, &lowers);
-        match mounted {
+        match crate::stacked::stack(root, &upper, &work, lowers) {
             Ok(guard) => {
                 tracing::info!(
-                    "root stacked on {} warmed layer(s) of {}: nothing of them unpacked",
+                    "root stacked on {} {what} layer(s) of {total}: nothing of them unpacked",
                     lowers.len(),
-                    layers.len()
                 );
                 self.stacked
                     .lock()

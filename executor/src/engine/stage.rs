@@ -102,19 +102,19 @@ impl Builder {
         };
         let (base_name, platform) = self.stage_base(sh, stage)?;
         tracing::info!("stage {stage_name}: FROM {base_name}");
-        let (mut image, base_id) = if base_name.eq_ignore_ascii_case("scratch") {
+        let (mut image, base_id, base_layers) = if base_name.eq_ignore_ascii_case("scratch") {
             let img = BuiltImage {
                 config: ImageConfig::scratch(&platform),
                 layers: Vec::new(),
             };
-            (img, "scratch".to_string())
+            (img, "scratch".to_string(), 0)
         } else if let Some(prev) = sh
             .df
             .stage_index(&base_name)
             .filter(|i| *i < stage.index)
             .and_then(|i| done.get(&i))
         {
-            (prev.image.clone(), prev.final_key.to_string())
+            (prev.image.clone(), prev.final_key.to_string(), 0)
         } else {
             let (img, d) =
                 self.base(&base_name, &platform)
@@ -124,7 +124,8 @@ impl Builder {
                         stage: stage_name.clone(),
                         source: Box::new(source),
                     })?;
-            (img, d.to_string())
+            let n = img.layers.len();
+            (img, d.to_string(), n)
         };
         let mut chain = cache_key::stage_start(
             &base_id,
@@ -219,6 +220,7 @@ impl Builder {
             done,
             stage_name: stage_name.clone(),
             base_name: base_name.clone(),
+            base_layers,
             image,
             root: None,
             scratch_n: 0,

@@ -29,6 +29,9 @@ pub(super) struct StageRun<'a> {
     pub done: &'a BTreeMap<usize, StageOut>,
     pub stage_name: String,
     pub base_name: String,
+    /// How many of `image`'s layers are the base image's own (0 for
+    /// `scratch` and for a stage on another stage).
+    pub base_layers: usize,
     /// Layers and history as executed (the config itself is [`StageConfig`]'s).
     pub image: BuiltImage,
     pub root: Option<PathBuf>,
