@@ -22,6 +22,8 @@
 # Everything on tmpfs; tools alternated; medians.
 #
 #   bash benches/debian.sh [runs]      (default 3)
+# CONTEXTS="pip apt" picks Dockerfiles; KEEP_LOGS=dir keeps each Kiln
+# build's log there (numbered in build order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
@@ -150,10 +152,14 @@ CS_PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$SHM/cs.out" && break; sleep 0.1; done
 CS=$(awk '{print $3}' "$SHM/cs.out")
 
+KEEP_LOGS="${KEEP_LOGS:-}"; [ -n "$KEEP_LOGS" ] && mkdir -p "$KEEP_LOGS"
+N=0
 kiln() { # ctx repo [flags] -> seconds; a fresh work dir (a new runner); report in $SHM/report.json
   local ctx=$1 repo=$2
   shift 2
   kiln_timed "$SHM/ctx/$ctx" "$REG/k-$ctx:latest" "$CS/$repo" "$@"
+  N=$((N + 1))
+  [ -z "$KEEP_LOGS" ] || cp "$SHM/kiln.log" "$KEEP_LOGS/$N-$ctx-$repo.log"
 }
 # The warmer's shared directory: the base pulled and extracted once.
 "$WARMER" --cache-dir "$SHM/warm" --insecure-pull --extract-layers --image "$REG/debian:bookworm" >/dev/null 2>&1

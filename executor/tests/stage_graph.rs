@@ -171,3 +171,41 @@ fn stages_on_one_base_share_one_extraction_and_give_the_same_image() {
     assert!(!log.contains("root stacked on"), "{log}");
     assert_eq!(stacked, unpacked, "a shared base changed the image");
 }
+
+/// A root made as a skeleton (a COPY-only tail) stacks on a shared base
+/// another stage extracted, but never extracts it for itself: its
+/// skeleton costs less than the whole base.
+#[test]
+fn a_skeleton_root_uses_a_shared_base_but_does_not_extract_it() {
+    let reg = Registry::start();
+    let base = push_busybox(&reg, "busybox:latest");
+    let ctx = context_with(&format!(
+        "FROM {base} AS a\nRUN echo a > /a\nFROM {base}\nCOPY --from=a /a /a\nCOPY f /f\n"
+    ));
+    let repo = format!("{}/shared/cache", reg.addr);
+    let build = |f: &str| {
+        write(ctx.path(), "f", f);
+        let work = tempfile::tempdir_in("/dev/shm").unwrap();
+        let args = [
+            "--no-push",
+            "--insecure-pull",
+            "--cache",
+            "--cache-repo",
+            &repo,
+        ];
+        must_build(ctx.path(), work.path(), &args)
+    };
+    // Cold: stage a extracts the base, the final stage stacks on it.
+    let log = build("1");
+    assert_eq!(
+        log.matches("root stacked on 1 shared layer(s) of 1")
+            .count(),
+        2,
+        "{log}"
+    );
+    // Stage a from the cache: nothing extracted it, so the final stage's
+    // skeleton is unpacked as it would be without another stage.
+    let log = build("2");
+    assert!(!log.contains("root stacked on"), "{log}");
+    assert!(log.contains("root made without the contents of"), "{log}");
+}

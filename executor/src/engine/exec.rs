@@ -32,6 +32,7 @@ impl StageRun<'_> {
                 &root,
                 &self.image.layers,
                 (&self.base_name, self.base_layers),
+                self.skeleton_ok,
             )
             .await;
         let layers = &self.image.layers[stacked..];

@@ -22,13 +22,16 @@ impl Builder {
     /// `layers`, where the isolation allows a stacked root: the warmed
     /// directory's, or for a base two or more stages of the build start
     /// from (`base`: its name and how many of `layers` are its own) the
-    /// build's own, extracted once (`shared_base.rs`). Returns how many
-    /// layers are thereby in place (0: unpack all).
+    /// build's own, extracted once (`shared_base.rs`). A `skeleton` root
+    /// uses the build's copies only where another stage already made them:
+    /// extracting the whole base for it would cost more than its skeleton.
+    /// Returns how many layers are thereby in place (0: unpack all).
     pub(super) async fn stack_base(
         &self,
         root: &Path,
         layers: &[crate::model::ImageLayer],
         base: (&str, usize),
+        skeleton: bool,
     ) -> usize {
         // Extracted layers carry overlayfs's `trusted.*` marks, which a
         // user namespace's overlay (`userxattr`) does not read.
@@ -50,7 +53,7 @@ impl Builder {
         {
             return 0;
         }
-        match self.shared_lowers(&layers[..own]).await {
+        match self.shared_lowers(&layers[..own], !skeleton).await {
             Ok(lowers) if !lowers.is_empty() => self.stack(root, &lowers, layers.len(), "shared"),
             Ok(_) => 0,
             Err(e) => {

@@ -47,14 +47,15 @@ impl Builder {
     }
 
     /// The build's extracted copies of `layers` (a shared base's), each
-    /// extracted by the first stage that asks and waited for by the
-    /// others; bottom first.
+    /// extracted by the first stage that asks (where `extract`) and waited
+    /// for by the others; bottom first, as far as they go without a gap.
     pub(super) async fn shared_lowers(
         &self,
         layers: &[ImageLayer],
+        extract: bool,
     ) -> Result<Vec<PathBuf>, StepError> {
         let dir = self.work_path().join("lowers");
-        for l in layers {
+        for l in layers.iter().take_while(|_| extract) {
             let gate = {
                 let mut gates = self
                     .lower_gates
