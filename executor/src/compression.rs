@@ -47,18 +47,32 @@ impl Compression {
         }
     }
 
-    /// Wraps a writer in an encoder. `level` None means the codec's default.
+    /// The level used without `--compression-level`. gzip: 1, kaniko's
+    /// (its layers go through go-containerregistry's `tarball` package,
+    /// whose default is `gzip.BestSpeed`; kaniko passes a level only when
+    /// one is given): on Debian's libraries and a `node_modules`, 7–11 %
+    /// larger than at level 6 and written 2–3 times faster. zstd: 3, the
+    /// codec's own default.
+    pub fn default_level(self) -> i32 {
+        match self {
+            Compression::Gzip => 1,
+            Compression::Zstd => 3,
+            Compression::None => 0,
+        }
+    }
+
+    /// Wraps a writer in an encoder. `level` None means [`Self::default_level`].
     pub fn encoder<'a, W: Write + 'a>(
         self,
         w: W,
         level: Option<i32>,
     ) -> io::Result<Box<dyn FinishWrite<W> + 'a>> {
+        let level = level.unwrap_or(self.default_level());
         Ok(match self {
-            Compression::Gzip => Box::new(crate::pgzip::ParallelGzip::new(
-                w,
-                level.unwrap_or(6).clamp(0, 9) as u32,
-            )),
-            Compression::Zstd => Box::new(crate::pzstd::ParallelZstd::new(w, level.unwrap_or(3))),
+            Compression::Gzip => {
+                Box::new(crate::pgzip::ParallelGzip::new(w, level.clamp(0, 9) as u32))
+            }
+            Compression::Zstd => Box::new(crate::pzstd::ParallelZstd::new(w, level)),
             Compression::None => Box::new(Plain(w)),
         })
     }

@@ -68,10 +68,12 @@ impl LayerOptions {
     /// What distinguishes layers these options write, for cache keys:
     /// a cached layer is the bytes a rebuild would give.
     pub fn cache_settings(&self) -> String {
+        // The level in effect, not the flag: a cached layer written at
+        // another default is not what this build would write.
         let mut s = format!(
-            "{}:{:?}:{}",
+            "{}:{}:{}",
             self.compression.name(),
-            self.level,
+            self.level.unwrap_or(self.compression.default_level()),
             self.reproducible
         );
         if let (true, Some(e)) = (self.rewrite_timestamp, self.epoch) {
