@@ -51,7 +51,7 @@ impl Compression {
     /// (its layers go through go-containerregistry's `tarball` package,
     /// whose default is `gzip.BestSpeed`; kaniko passes a level only when
     /// one is given): on Debian's libraries and a `node_modules`, 7–11 %
-    /// larger than at level 6 and written 2–3 times faster. zstd: 3, the
+    /// larger than at level 6 and written 1.8–3 times faster. zstd: 3, the
     /// codec's own default.
     pub fn default_level(self) -> i32 {
         match self {

@@ -31,6 +31,10 @@ pub fn is_outline(d: &Descriptor) -> bool {
     d.media_type == OUTLINE_MEDIA_TYPE
 }
 
+/// The largest kept file an outline holds (read into memory on the way):
+/// a layer with a bigger one gets no outline, and is unpacked itself.
+const KEEP_MAX: u64 = 1 << 20;
+
 /// Whether a regular file at `rel` keeps its data in the outline.
 fn keeps(rel: &Path) -> bool {
     let name = rel.file_name();
@@ -91,6 +95,9 @@ impl<W: Write, O: Write> Tars<W, O> {
 
     /// A regular file of `h.size()` bytes read from `data`.
     pub fn file(&mut self, h: &mut tar::Header, rel: &Path, mut data: impl Read) -> io::Result<()> {
+        if keeps(rel) && h.size()? > KEEP_MAX {
+            self.outline = None;
+        }
         match &mut self.outline {
             None => self.layer.append_data(h, rel, data),
             Some(o) if keeps(rel) => {
@@ -108,7 +115,8 @@ impl<W: Write, O: Write> Tars<W, O> {
         }
     }
 
-    /// Ends both archives; returns the layer's writer and the outline's.
+    /// Ends both archives; returns the layer's writer and the outline's
+    /// (none if a kept file was over [`KEEP_MAX`]).
     pub fn finish(self) -> io::Result<(W, Option<O>)> {
         let outline = self.outline.map(tar::Builder::into_inner).transpose()?;
         Ok((self.layer.into_inner()?, outline))
@@ -233,5 +241,15 @@ mod tests {
         );
         assert!(!outline.windows(5).any(|w| w == b"kiln\n"));
         assert!(outline.windows(8).any(|w| w == b"root:x:0"));
+    }
+
+    #[test]
+    fn a_kept_file_too_big_to_hold_leaves_the_layer_without_an_outline() {
+        let mut t = Tars::new(Vec::new(), Some(Vec::new()));
+        file(&mut t, "etc/hostname", b"kiln\n");
+        file(&mut t, "etc/passwd", &vec![b'x'; KEEP_MAX as usize + 1]);
+        let (layer, outline) = t.finish().unwrap();
+        assert!(outline.is_none());
+        assert!(layer.len() > KEEP_MAX as usize);
     }
 }
