@@ -97,6 +97,27 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// `rel` (a layer's parent directory) resolved in `root`. Where `parents`
+/// holds the resolution of `rel`'s own parent, only the last component is
+/// looked at (one lstat instead of one per component, for every new
+/// directory of a deep tree); a symlink there is resolved from the root.
+fn resolve_parent(
+    root: &Path,
+    parents: &std::collections::HashMap<PathBuf, PathBuf>,
+    rel: &Path,
+) -> Result<PathBuf, rootfs::RootError> {
+    if let (Some(up), Some(last)) = (rel.parent(), rel.file_name()) {
+        if let Some(base) = parents.get(up) {
+            let candidate = base.join(last);
+            match std::fs::symlink_metadata(&candidate) {
+                Ok(m) if m.file_type().is_symlink() => {}
+                _ => return Ok(candidate),
+            }
+        }
+    }
+    rootfs::resolve(root, rel, true)
+}
+
 /// What a `.wh.` entry means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Whiteouts {
@@ -295,7 +316,7 @@ fn apply<R: Read>(
             let parent_rel: PathBuf = comps[..comps.len() - 1].iter().collect();
             let parent = match parents.get(&parent_rel) {
                 Some(p) => p.clone(),
-                None => rootfs::resolve(root, &parent_rel, true).map_err(path_err)?,
+                None => resolve_parent(root, &parents, &parent_rel).map_err(path_err)?,
             };
 
             if let Some(hidden) = base
@@ -313,6 +334,7 @@ fn apply<R: Read>(
                 parents.clear();
                 continue;
             }
+            let entry_rel = parent_rel.join(std::ffi::OsStr::from_bytes(&base));
             if let std::collections::hash_map::Entry::Vacant(e) = parents.entry(parent_rel) {
                 std::fs::create_dir_all(&parent).map_err(io_err)?;
                 e.insert(parent.clone());
@@ -383,6 +405,8 @@ fn apply<R: Read>(
                     if existing.as_ref().is_none_or(|m| !m.is_dir()) {
                         std::fs::create_dir(&target).map_err(io_err)?;
                     }
+                    // A directory at a resolved place: its entries' parent.
+                    parents.insert(entry_rel, target.clone());
                     dir_times.push((target.clone(), mtime));
                 }
                 tar::EntryType::Symlink => {
