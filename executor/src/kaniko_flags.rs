@@ -115,7 +115,7 @@ pub const KANIKO_FLAGS: &[KanikoFlag] = &[
     f("skip-push-permission-check", N, "Kiln makes no push-permission probe before building; a refused push is reported when it happens", &["--skip-push-permission-check"]),
     f("force", I, "build in the container's own root even where no container is detected", &["--force=false"]),
     f("compression", I, "`gzip`, `zstd` or `none`", &["--compression=zstd"]),
-    f("compression-level", I, "", &["--compression-level=3"]),
+    f("compression-level", I, "default gzip 1 (kaniko's effective default), zstd 3", &["--compression-level=3"]),
     f("snapshotMode", I, "kaniko's old name of `--snapshot-mode`; the same holds", &["--snapshotMode=redo"]),
     f("customPlatform", I, "kaniko's old name of `--custom-platform`", &["--customPlatform=linux/amd64"]),
     f("tarPath", I, "kaniko's old name of `--tar-path`", &["--tarPath={dir}/old.tar"]),
