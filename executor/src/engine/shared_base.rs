@@ -41,7 +41,7 @@ impl Builder {
         shared
     }
 
-    /// Whether `base` is one of [`Self::shared_bases`] for this build.
+    /// Whether `base` is one of [`Self::shared_bases_of`] for this build.
     pub(super) fn is_shared_base(&self, base: &str) -> bool {
         self.shared_bases.lock().is_ok_and(|s| s.contains(base))
     }
