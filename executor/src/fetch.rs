@@ -73,7 +73,7 @@ pub struct LayerFetcher {
     extract_retries: u32,
     /// One download per digest: stages running at once and the base
     /// prefetch may want the same layer; the later callers wait for it.
-    inflight: std::sync::Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: crate::gates::Gates<Digest>,
 }
 
 impl LayerFetcher {
@@ -83,7 +83,7 @@ impl LayerFetcher {
             store,
             pulled: AtomicU64::new(0),
             extract_retries,
-            inflight: std::sync::Mutex::new(std::collections::HashMap::new()),
+            inflight: Default::default(),
         }
     }
 
@@ -123,13 +123,7 @@ impl LayerFetcher {
         if p.is_file() {
             return Ok(p);
         }
-        let gate = {
-            let mut m = self
-                .inflight
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            m.entry(digest.clone()).or_default().clone()
-        };
+        let gate = self.inflight.gate(digest);
         let _one = gate.lock().await;
         if p.is_file() {
             // Another fetch (the base prefetch, another stage) brought it.

@@ -25,6 +25,7 @@ pub mod emulation;
 pub mod engine;
 pub(crate) mod fetch;
 mod follow;
+mod gates;
 pub mod index;
 pub mod isolation;
 pub mod kaniko_flags;

@@ -106,12 +106,12 @@ pub struct Builder {
     /// Base images resolved in this build, by name and platform.
     bases: Mutex<BTreeMap<String, BaseCell>>,
     /// One turn at a time per cache mount id, for stages running at once.
-    mount_turns: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    mount_turns: crate::gates::Gates<String>,
     /// Base images two or more of the needed stages start from
     /// (`shared_base.rs`), set before the stages run.
     shared_bases: Mutex<std::collections::BTreeSet<String>>,
     /// One extraction per shared base layer (by diff id).
-    lower_gates: Mutex<BTreeMap<kiln_common::Digest, Arc<tokio::sync::Mutex<()>>>>,
+    lower_gates: crate::gates::Gates<kiln_common::Digest>,
 }
 
 impl Drop for Builder {
@@ -297,9 +297,9 @@ impl Builder {
             mounts_used: Mutex::new(BTreeMap::new()),
             roots_removal: Mutex::new(None),
             cancelled: std::sync::atomic::AtomicBool::new(false),
-            mount_turns: Mutex::new(BTreeMap::new()),
+            mount_turns: Default::default(),
             shared_bases: Mutex::new(Default::default()),
-            lower_gates: Mutex::new(BTreeMap::new()),
+            lower_gates: Default::default(),
             epoch: Instant::now(),
             bases: Mutex::new(BTreeMap::new()),
         })
@@ -316,11 +316,7 @@ impl Builder {
 
     /// The turn-taking lock of cache mount `id` ([`mounts`]).
     fn mount_turn(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self
-            .mount_turns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        turns.entry(id.to_string()).or_default().clone()
+        self.mount_turns.gate(&id.to_string())
     }
 
     /// How many of `stages` may build at once: one per core (at least two,

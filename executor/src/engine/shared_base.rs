@@ -21,7 +21,6 @@ use super::Builder;
 use crate::model::ImageLayer;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 impl Builder {
     /// The base images (by name as the stages' `FROM` expands it) two or
@@ -56,13 +55,7 @@ impl Builder {
     ) -> Result<Vec<PathBuf>, StepError> {
         let dir = self.work_path().join("lowers");
         for l in layers.iter().take_while(|_| extract) {
-            let gate = {
-                let mut gates = self
-                    .lower_gates
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                Arc::clone(gates.entry(l.diff_id.clone()).or_default())
-            };
+            let gate = self.lower_gates.gate(&l.diff_id);
             let _one = gate.lock().await;
             if kiln_layers::lowers::layer_dir(&dir, &l.diff_id).is_dir() {
                 continue;
