@@ -71,7 +71,7 @@ pub enum Extent {
 
 /// The files a skeleton root keeps whole: what naming a user or group
 /// reads (`COPY --chown`, `WORKDIR` under `USER`). A layer's outline (the
-/// executor's `layer.rs`) keeps every file of these names whole, so that a
+/// executor's `outline.rs`) keeps every file of these names whole, so that a
 /// skeleton unpacked from the outline is the one unpacked from the layer.
 pub const SKELETON_KEEP: [&str; 2] = ["etc/passwd", "etc/group"];
 

@@ -31,7 +31,7 @@ impl StageRun<'_> {
             .stack_base(
                 &root,
                 &self.image.layers,
-                (&self.base_name, self.base_layers),
+                self.shared_base.then_some(self.base_layers),
                 self.skeleton_ok,
             )
             .await;

@@ -107,9 +107,6 @@ pub struct Builder {
     bases: Mutex<BTreeMap<String, BaseCell>>,
     /// One turn at a time per cache mount id, for stages running at once.
     mount_turns: crate::gates::Gates<String>,
-    /// Base images two or more of the needed stages start from
-    /// (`shared_base.rs`), set before the stages run.
-    shared_bases: Mutex<std::collections::BTreeSet<String>>,
     /// One extraction per shared base layer (by diff id).
     lower_gates: crate::gates::Gates<kiln_common::Digest>,
 }
@@ -298,7 +295,6 @@ impl Builder {
             roots_removal: Mutex::new(None),
             cancelled: std::sync::atomic::AtomicBool::new(false),
             mount_turns: Default::default(),
-            shared_bases: Mutex::new(Default::default()),
             lower_gates: Default::default(),
             epoch: Instant::now(),
             bases: Mutex::new(BTreeMap::new()),
@@ -344,14 +340,16 @@ impl Builder {
         let started_at = chrono::Utc::now();
         let p = self.parse().await?;
         let (df, target) = (&p.df, p.target);
-        let shared = Shared {
+        let mut shared = Shared {
             df,
             global: &p.global,
             lexer: p.lexer,
             ctx: &p.ctx,
             file: &p.file,
             target,
+            shared_bases: Default::default(),
         };
+        shared.shared_bases = self.shared_bases_of(&shared, &p.needed);
         let graph = graph::Graph {
             deps: p
                 .needed
@@ -361,9 +359,6 @@ impl Builder {
             needed: p.needed.clone(),
             limit: self.stage_limit(p.needed.len()),
         };
-        if let Ok(mut s) = self.shared_bases.lock() {
-            *s = self.shared_bases_of(&shared, &p.needed);
-        }
         let (outs, steps) = match self.run_graph(&shared, &graph) {
             Ok(built) => built,
             Err(e) => {

@@ -21,8 +21,8 @@ impl Builder {
     /// Mounts `root` (new and empty) over extracted copies of the bottom
     /// `layers`, where the isolation allows a stacked root: the warmed
     /// directory's, or for a base two or more stages of the build start
-    /// from (`base`: its name and how many of `layers` are its own) the
-    /// build's own, extracted once (`shared_base.rs`). A `skeleton` root
+    /// from (`shared`: how many of `layers` are its own, if it is such a
+    /// base) the build's own, extracted once (`shared_base.rs`). A `skeleton` root
     /// uses the build's copies only where another stage already made them:
     /// extracting the whole base for it would cost more than its skeleton.
     /// Returns how many layers are thereby in place (0: unpack all).
@@ -30,7 +30,7 @@ impl Builder {
         &self,
         root: &Path,
         layers: &[crate::model::ImageLayer],
-        base: (&str, usize),
+        shared: Option<usize>,
         skeleton: bool,
     ) -> usize {
         // Extracted layers carry overlayfs's `trusted.*` marks, which a
@@ -45,12 +45,8 @@ impl Builder {
                 return self.stack(root, &lowers, layers.len(), "warmed");
             }
         }
-        let (name, own) = base;
-        let own = own.min(layers.len());
-        if own == 0
-            || !self.is_shared_base(name)
-            || !kiln_layers::lowers::can_be_lower(self.work_path())
-        {
+        let own = shared.unwrap_or(0).min(layers.len());
+        if own == 0 || !kiln_layers::lowers::can_be_lower(self.work_path()) {
             return 0;
         }
         match self.shared_lowers(&layers[..own], !skeleton).await {
@@ -58,7 +54,7 @@ impl Builder {
             Ok(_) => 0,
             Err(e) => {
                 tracing::warn!(
-                    "unpacking {name} for this stage instead of sharing it: {}",
+                    "unpacking the base for this stage instead of sharing it: {}",
                     kiln_common::report::Report(&e)
                 );
                 0

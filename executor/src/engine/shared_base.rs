@@ -40,11 +40,6 @@ impl Builder {
         shared
     }
 
-    /// Whether `base` is one of [`Self::shared_bases_of`] for this build.
-    pub(super) fn is_shared_base(&self, base: &str) -> bool {
-        self.shared_bases.lock().is_ok_and(|s| s.contains(base))
-    }
-
     /// The build's extracted copies of `layers` (a shared base's), each
     /// extracted by the first stage that asks (where `extract`) and waited
     /// for by the others; bottom first, as far as they go without a gap.

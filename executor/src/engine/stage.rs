@@ -46,6 +46,9 @@ pub(super) struct Shared<'a> {
     pub file: &'a str,
     /// The stage whose image the build produces: no other stage reads it.
     pub target: usize,
+    /// Base images two or more of the needed stages start from
+    /// (`shared_base.rs`).
+    pub shared_bases: std::collections::BTreeSet<String>,
 }
 
 impl Builder {
@@ -221,6 +224,7 @@ impl Builder {
             stage_name: stage_name.clone(),
             base_name: base_name.clone(),
             base_layers,
+            shared_base: sh.shared_bases.contains(&base_name),
             image,
             root: None,
             scratch_n: 0,

@@ -32,6 +32,8 @@ pub(super) struct StageRun<'a> {
     /// How many of `image`'s layers are the base image's own (0 for
     /// `scratch` and for a stage on another stage).
     pub base_layers: usize,
+    /// Whether other needed stages start from the same base image.
+    pub shared_base: bool,
     /// Layers and history as executed (the config itself is [`StageConfig`]'s).
     pub image: BuiltImage,
     pub root: Option<PathBuf>,
