@@ -33,7 +33,7 @@ pub async fn push(url: &str, body: String, mode: Mode) -> Result<(), PushError> 
         url: url.to_string(),
         source,
     };
-    let client = reqwest::Client::builder()
+    let client = crate::tls::client_builder()
         .timeout(Duration::from_secs(15))
         .build()
         .map_err(err)?;

@@ -51,8 +51,7 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn new(issuer: &str, jwks_uri: Option<String>, refetch_every: Duration) -> KeySet {
-        kiln_common::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = kiln_common::tls::client_builder()
             .timeout(super::FETCH_DEADLINE)
             .connect_timeout(super::FETCH_DEADLINE)
             .build()

@@ -215,8 +215,7 @@ fn chain_retry() -> object_store::RetryConfig {
 
 /// A client for one call to `url` (named in its error).
 fn client(url: &str) -> Result<reqwest::Client, LoginError> {
-    crate::tls::install_crypto_provider();
-    reqwest::Client::builder()
+    crate::tls::client_builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .build()

@@ -132,14 +132,21 @@ pub struct ResolvedImage {
 }
 
 pub struct Registry {
-    /// For hosts without TLS settings of their own.
-    client: Client,
+    /// For hosts without TLS settings of their own; made on first use, as
+    /// each client made reads and parses the system's CA store (~3 ms, and
+    /// oci-client's constructor does it twice), and a build that speaks
+    /// only to plain-HTTP or own-TLS hosts never needs this one.
+    client: Mutex<Option<Client>>,
     /// Per host, decided once: its own client (own CAs, or verification
     /// skipped), or `None` for the shared one.
     host_clients: Mutex<HashMap<String, Option<Client>>>,
     /// Local and private hosts, decided once: whether they speak only
     /// plain HTTP ([`scheme`]).
     plain_http: Mutex<HashMap<String, bool>>,
+    /// Plain HTTP clients for calls outside oci-client, per host and
+    /// timeout: made once (the CA store again) and sharing their
+    /// connections across calls.
+    http_clients: Mutex<HashMap<(String, Duration), reqwest::Client>>,
     opts: RegistryOptions,
     keys: Keychain,
     /// Bearer tokens for requests outside oci-client ([`raw`]), per host
@@ -181,6 +188,15 @@ fn client_config(opts: &RegistryOptions) -> ClientConfig {
         // PATCHes with 201 and drops the bodies after the first
         // (aws/containers-roadmap#2831), so tools pushing there use PUT.
         use_monolithic_push: true,
+        // The system's roots read once per process (see
+        // `tls::system_roots`), not by every client made.
+        tls_certs_only: crate::tls::system_roots()
+            .iter()
+            .map(|c| Certificate {
+                encoding: CertificateEncoding::Der,
+                data: c.to_vec(),
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -215,22 +231,18 @@ pub(super) const ACCEPT: &[&str] = &[
 ];
 
 impl Registry {
-    /// Fails only when no HTTP client can be made at all; never panics
-    /// (oci-client's `Client::new` falls back to a default reqwest client,
-    /// which panics without CA certificates, and drops every setting).
+    /// Makes no client yet (see [`Registry::shared_client`]).
     pub fn new(opts: RegistryOptions, creds: DockerConfig) -> Result<Registry, RegistryError> {
         crate::tls::install_crypto_provider();
         let opts_logins = opts
             .logins
             .clone()
             .unwrap_or_else(|| Provider::DEFAULT.to_vec());
-        let client = Client::try_from(client_config(&opts)).map_err(|e| RegistryError::Client {
-            source: Box::new(e),
-        })?;
         Ok(Registry {
-            client,
+            client: Mutex::new(None),
             host_clients: Mutex::new(HashMap::new()),
             plain_http: Mutex::new(HashMap::new()),
+            http_clients: Mutex::new(HashMap::new()),
             opts,
             keys: Keychain::new(creds, opts_logins),
             tokens: Mutex::new(HashMap::new()),
@@ -246,7 +258,7 @@ impl Registry {
         let host = r.resolve_registry();
         let mut clients = self.host_clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(host) {
-            return Ok(c.clone().unwrap_or_else(|| self.client.clone()));
+            return c.clone().map_or_else(|| self.shared_client(), Ok);
         }
         let tls = self.host_tls(host)?;
         let own = if tls.is_default() && !self.plain_http(host) {
@@ -288,7 +300,23 @@ impl Registry {
             Some(Client::try_from(config).map_err(|e| RegistryError::remote_err(r, e))?)
         };
         clients.insert(host.to_string(), own.clone());
-        Ok(own.unwrap_or_else(|| self.client.clone()))
+        own.map_or_else(|| self.shared_client(), Ok)
+    }
+
+    /// The client for hosts without TLS settings of their own. Fails only
+    /// when no HTTP client can be made at all; never panics (oci-client's
+    /// `Client::new` falls back to a default reqwest client, which panics
+    /// without CA certificates, and drops every setting).
+    fn shared_client(&self) -> Result<Client, RegistryError> {
+        let mut shared = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = &*shared {
+            return Ok(c.clone());
+        }
+        let c = Client::try_from(client_config(&self.opts)).map_err(|e| RegistryError::Client {
+            source: Box::new(e),
+        })?;
+        *shared = Some(c.clone());
+        Ok(c)
     }
 
     /// A plain HTTP client for calls to `host` outside oci-client, with the
@@ -298,8 +326,15 @@ impl Registry {
         host: &str,
         timeout: Duration,
     ) -> Result<reqwest::Client, RegistryError> {
+        let key = (host.to_string(), timeout);
+        let mut clients = self.http_clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
         let tls = self.host_tls(host)?;
-        self.http_client_with(host, &tls, Some(timeout))
+        let c = self.http_client_with(host, &tls, Some(timeout))?;
+        clients.insert(key, c.clone());
+        Ok(c)
     }
 
     fn http_client_with(
@@ -314,7 +349,7 @@ impl Registry {
             kind: RemoteKind::Other,
             source: Some(Box::new(e)),
         };
-        let mut b = reqwest::Client::builder()
+        let mut b = crate::tls::client_builder()
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(self.opts.stall_timeout.unwrap_or(Duration::from_secs(120)))
             .redirect(reqwest::redirect::Policy::none())

@@ -96,7 +96,7 @@ impl Registry {
         let probe = |scheme: &'static str| async move {
             let client = match scheme {
                 "https" => self.http_client(host, PROBE_TIMEOUT).ok()?,
-                _ => reqwest::Client::builder()
+                _ => crate::tls::client_builder()
                     .timeout(PROBE_TIMEOUT)
                     .redirect(reqwest::redirect::Policy::none())
                     .build()

@@ -40,7 +40,7 @@ async fn github(url: &str, bearer: &str, audience: &str) -> anyhow::Result<Strin
     kiln_common::tls::install_crypto_provider();
     let sep = if url.contains('?') { '&' } else { '?' };
     let full = format!("{url}{sep}audience={audience}");
-    let client = reqwest::Client::builder()
+    let client = kiln_common::tls::client_builder()
         .timeout(std::time::Duration::from_secs(15))
         .build()
         .context("an HTTP client for GitHub's token service")?;

@@ -222,8 +222,7 @@ impl StageRun<'_> {
             url: url.to_string(),
             source,
         };
-        kiln_common::tls::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = kiln_common::tls::client_builder()
             .danger_accept_invalid_certs(self.b.opts.registry.skip_tls_verify)
             .build()
             .map_err(download)?;
