@@ -158,6 +158,19 @@ pub(crate) fn write_digest_files(opts: &OutputOptions, digest: &Digest) -> Resul
 }
 
 /// Pushes and writes every requested output; returns `name@digest` per push.
+/// Whether pushing to `opts`' destinations can mount layers from
+/// `cache_repo` (the same registry), so that the cache's uploads should
+/// finish first.
+pub fn mounts_from(opts: &OutputOptions, cache_repo: Option<&Reference>) -> bool {
+    let Some(cache) = cache_repo else {
+        return false;
+    };
+    !opts.no_push
+        && opts.destinations.iter().any(|d| {
+            parse_reference(d).map_or(true, |r| r.resolve_registry() == cache.resolve_registry())
+        })
+}
+
 pub async fn deliver(
     opts: &OutputOptions,
     fetcher: &LayerFetcher,
@@ -262,22 +275,26 @@ async fn push(
                 .map_err(perr)
         }
     });
-    futures_util::future::try_join_all(uploads).await?;
-    if !registry
-        .blob_exists(&r, &w.config_digest)
-        .await
-        .map_err(perr)?
-    {
-        registry
-            .push_blob_file(
-                &r,
-                &store.path(&w.config_digest),
-                &w.config_digest,
-                w.config_size,
-            )
+    // The config beside them: only the manifest needs every blob first.
+    let config = async {
+        if !registry
+            .blob_exists(&r, &w.config_digest)
             .await
-            .map_err(perr)?;
-    }
+            .map_err(perr)?
+        {
+            registry
+                .push_blob_file(
+                    &r,
+                    &store.path(&w.config_digest),
+                    &w.config_digest,
+                    w.config_size,
+                )
+                .await
+                .map_err(perr)?;
+        }
+        Ok::<(), OutputError>(())
+    };
+    futures_util::future::try_join(futures_util::future::try_join_all(uploads), config).await?;
     match registry
         .push_manifest(&r, w.manifest.clone(), &w.media_type)
         .await

@@ -279,6 +279,13 @@ fn apply<R: Read>(
     let mut counter = CountingReader { inner: r, n: 0 };
     let mut stats = ExtractStats::default();
     let mut created: HashSet<PathBuf> = HashSet::new();
+    // Directories this extraction made empty (`fresh`), and the parents it
+    // made on the way (`implicit`): in a fresh directory nothing exists but
+    // what this extraction put there, so a new name needs no lstat to know
+    // it is free — one lstat per entry otherwise, which on an overlay looks
+    // through every layer (most of a skeleton's time, by `perf`).
+    let mut fresh: HashSet<PathBuf> = HashSet::new();
+    let mut implicit: HashSet<PathBuf> = HashSet::new();
     // Device nodes this process may not make (no CAP_MKNOD: CRI-O's set,
     // user namespaces): skipped as containerd skips them there. The layer
     // itself keeps them (base layers pass through untouched), and RUN sees
@@ -323,6 +330,9 @@ fn apply<R: Read>(
                 .strip_prefix(WHITEOUT_PREFIX.as_bytes())
                 .filter(|_| whiteouts != Whiteouts::Literal)
             {
+                // A whiteout removes or (as overlayfs's) makes a name:
+                // what is in its directory is no longer known.
+                fresh.remove(&parent);
                 if whiteouts == Whiteouts::Overlay {
                     overlay_whiteout(&parent, &base, hidden).map_err(io_err)?;
                 } else if base == OPAQUE_MARKER.as_bytes() {
@@ -337,9 +347,18 @@ fn apply<R: Read>(
             let entry_rel = parent_rel.join(std::ffi::OsStr::from_bytes(&base));
             if let std::collections::hash_map::Entry::Vacant(e) = parents.entry(parent_rel) {
                 std::fs::create_dir_all(&parent).map_err(io_err)?;
+                implicit.extend(
+                    parent
+                        .ancestors()
+                        .take_while(|a| *a != root)
+                        .map(Path::to_path_buf),
+                );
                 e.insert(parent.clone());
             }
             let target = parent.join(std::ffi::OsStr::from_bytes(&base));
+            // Whether something may be at `target` already.
+            let may_exist =
+                !fresh.contains(&parent) || created.contains(&target) || implicit.contains(&target);
             let header = entry.header().clone();
             let kind = header.entry_type();
             let mode = header.mode().map_err(io_err)? & 0o7777;
@@ -356,7 +375,7 @@ fn apply<R: Read>(
                 );
                 let rel = target.strip_prefix(root).unwrap_or(&target);
                 if data && !keep.iter().any(|k| k == rel) {
-                    if std::fs::symlink_metadata(&target).is_ok() {
+                    if may_exist && std::fs::symlink_metadata(&target).is_ok() {
                         remove_any(&target).map_err(io_err)?;
                         parents.clear();
                     }
@@ -392,7 +411,11 @@ fn apply<R: Read>(
                 created.insert(target);
                 continue;
             }
-            let existing = std::fs::symlink_metadata(&target).ok();
+            let existing = if may_exist {
+                std::fs::symlink_metadata(&target).ok()
+            } else {
+                None
+            };
             // Replace whatever is there, except a directory by a directory.
             if let Some(m) = &existing {
                 if !(m.is_dir() && kind.is_dir()) {
@@ -404,6 +427,7 @@ fn apply<R: Read>(
                 tar::EntryType::Directory => {
                     if existing.as_ref().is_none_or(|m| !m.is_dir()) {
                         std::fs::create_dir(&target).map_err(io_err)?;
+                        fresh.insert(target.clone());
                     }
                     // A directory at a resolved place: its entries' parent.
                     parents.insert(entry_rel, target.clone());
@@ -734,5 +758,49 @@ mod tests {
         );
         assert!(!skel.contains_key(Path::new("y")) && !skel.contains_key(Path::new("y/z")));
         assert!(!skel.contains_key(Path::new("gone")));
+    }
+
+    /// A directory this extraction made holds only what it put there, so
+    /// a new name in it is not looked up first; a name the same layer
+    /// gives twice — made explicitly, or as a missing parent — still
+    /// replaces what is there, in the full root and in the skeleton.
+    #[test]
+    fn names_given_twice_in_new_directories_are_replaced() {
+        let l = layer(&[
+            ("n/", D, 0o755, ""),
+            ("n/a", F, 0o644, "a file, then a directory"),
+            ("n/a/", D, 0o700, ""),
+            ("n/b/", D, 0o755, ""),
+            ("n/b", F, 0o644, "a directory, then a file"),
+            ("n/c/d/e", F, 0o644, "its parents made on the way"),
+            ("n/c", F, 0o644, "a made parent, then a file"),
+            ("n/s/", D, 0o755, ""),
+            ("n/s", S, 0o777, "a"),
+            ("n/t", S, 0o777, "a"),
+            ("n/t/", D, 0o751, ""),
+            ("n/u/", D, 0o755, ""),
+            ("n/u/", D, 0o705, ""),
+        ]);
+        let full = tempfile::tempdir().unwrap();
+        let skel = tempfile::tempdir().unwrap();
+        apply_layer(full.path(), &l[..]).unwrap();
+        apply_layer_as(skel.path(), &l[..], &Extent::skeleton()).unwrap();
+        let (full, skel) = (tree(full.path()), tree(skel.path()));
+        let kind = |t: &BTreeMap<PathBuf, String>, p: &str| {
+            t.get(Path::new(p))
+                .map(|w| w.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(kind(&full, "n/a").as_deref(), Some("dir 700"), "{full:?}");
+        assert_eq!(kind(&full, "n/b").as_deref(), Some("file 644"), "{full:?}");
+        assert_eq!(kind(&full, "n/c").as_deref(), Some("file 644"), "{full:?}");
+        assert!(!full.contains_key(Path::new("n/c/d")), "{full:?}");
+        assert_eq!(kind(&full, "n/s").as_deref(), Some("link a"), "{full:?}");
+        assert_eq!(kind(&full, "n/t").as_deref(), Some("dir 751"), "{full:?}");
+        assert_eq!(kind(&full, "n/u").as_deref(), Some("dir 705"), "{full:?}");
+        let expected: BTreeMap<PathBuf, String> = full
+            .into_iter()
+            .filter(|(_, what)| !what.starts_with("file"))
+            .collect();
+        assert_eq!(skel, expected);
     }
 }

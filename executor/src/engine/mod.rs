@@ -380,22 +380,28 @@ impl Builder {
         }
         let out = &self.opts.output;
         let written = output::write_image(self.fetcher.store(), &image, out)?;
-        // The cache's layer uploads first: the push then mounts those layers
-        // from the cache repository instead of sending them a second time.
-        self.finish_cache_writes().await;
         let cache_repo = self.cache.as_ref().and_then(|c| c.write.registry_repo());
-        let pushed = output::deliver(
+        let delivered = output::deliver(
             out,
             &self.fetcher,
             &image,
             &written,
             cache_repo.as_ref().map(|(_, r)| r),
-        )
-        .await?;
+        );
+        let pushed = if output::mounts_from(out, cache_repo.as_ref().map(|(_, r)| r)) {
+            // The cache's layer uploads first: the push then mounts those
+            // layers from the cache repository instead of sending them a
+            // second time.
+            self.finish_cache_writes().await;
+            delivered.await?
+        } else {
+            // Nothing to mount from it: both at once.
+            let (pushed, ()) = tokio::join!(delivered, self.finish_cache_writes());
+            pushed?
+        };
         self.attest(&p, &image, &written, &steps, started_at)
             .await?;
-        let mounts = self.save_cache_mounts().await;
-        self.save_record().await;
+        let (mounts, ()) = tokio::join!(self.save_cache_mounts(), self.save_record());
         let c = &self.counters;
         let mut result = BuildResult {
             manifest_digest: written.manifest_digest.clone(),
