@@ -475,3 +475,30 @@ async fn write_docker_archive(
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_push_waits_for_the_cache_only_where_it_can_mount_from_it() {
+        let opts = |dests: &[&str], no_push| OutputOptions {
+            destinations: dests.iter().map(|d| d.to_string()).collect(),
+            no_push,
+            ..Default::default()
+        };
+        let cache = parse_reference("cache.example:5000/c").unwrap();
+        let same = opts(&["other.example/app:1", "cache.example:5000/app:1"], false);
+        assert!(mounts_from(&same, Some(&cache)));
+        assert!(!mounts_from(&same, None));
+        assert!(!mounts_from(
+            &opts(&["cache.example:5000/app:1"], true),
+            Some(&cache)
+        ));
+        assert!(!mounts_from(
+            &opts(&["other.example/app:1"], false),
+            Some(&cache)
+        ));
+        assert!(!mounts_from(&opts(&[], false), Some(&cache)));
+    }
+}
