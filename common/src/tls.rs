@@ -22,13 +22,15 @@ pub fn install_crypto_provider() {
 /// [`ensure_ca_roots`]).
 pub fn system_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        rustls_native_certs::load_native_certs()
-            .certs
-            .into_iter()
-            .filter(|c| rustls::RootCertStore::empty().add(c.clone()).is_ok())
-            .collect()
-    })
+    ROOTS.get_or_init(|| anchors(rustls_native_certs::load_native_certs().certs))
+}
+
+/// The certificates of `found` that parse as trust anchors.
+fn anchors(found: Vec<CertificateDer<'static>>) -> Vec<CertificateDer<'static>> {
+    found
+        .into_iter()
+        .filter(|c| rustls::RootCertStore::empty().add(c.clone()).is_ok())
+        .collect()
 }
 
 /// A reqwest client builder trusting [`system_roots`] (as reqwest's
@@ -134,5 +136,31 @@ pub fn startup() -> Option<String> {
 pub fn warn(no_ca: Option<String>) {
     if let Some(w) = no_ca {
         tracing::warn!("{w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn only_certificates_that_parse_as_anchors_are_kept() {
+        install_crypto_provider();
+        let good = CertificateDer::from_pem_slice(PLACEHOLDER_ROOT.as_bytes()).unwrap();
+        // DER of an INTEGER, not of a certificate.
+        let bad = CertificateDer::from(vec![0x02, 0x01, 0x00]);
+        let kept = anchors(vec![bad.clone(), good.clone(), bad.clone()]);
+        assert_eq!(kept, vec![good]);
+        let client = |certs: &[CertificateDer<'static>]| {
+            let certs: Vec<reqwest::Certificate> = certs
+                .iter()
+                .map(|c| reqwest::Certificate::from_der(c).unwrap())
+                .collect();
+            reqwest::Client::builder().tls_certs_only(certs).build()
+        };
+        // reqwest takes the kept list, and refuses one holding the other.
+        assert!(client(&kept).is_ok());
+        assert!(client(&[kept[0].clone(), bad]).is_err());
     }
 }
