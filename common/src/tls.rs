@@ -16,10 +16,10 @@ pub fn install_crypto_provider() {
 /// read once per process: each HTTP client made with reqwest's defaults
 /// reads and parses the whole store again (~3.4 ms on a Debian host, the
 /// file and the directory's 145 certificates), and a build made four — a
-/// third of a fully cached Debian build's 65 ms (`benches/debian.sh`). Only certificates that parse as trust
-/// anchors are kept (reqwest refuses a list holding any other), as the
-/// platform verifier keeps them. Empty when the system has none (see
-/// [`ensure_ca_roots`]).
+/// third of a fully cached Debian build's 65 ms (`benches/debian.sh`).
+/// Only certificates that parse as trust anchors are kept (reqwest refuses
+/// a list holding any other), as the platform verifier keeps them. Empty
+/// when the system has none (see [`ensure_ca_roots`]).
 pub fn system_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| anchors(rustls_native_certs::load_native_certs().certs))

@@ -343,7 +343,6 @@ impl Registry {
         tls: &HostTls,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Client, RegistryError> {
-        crate::tls::install_crypto_provider();
         let failed = |e: reqwest::Error| RegistryError::Remote {
             reference: host.to_string(),
             kind: RemoteKind::Other,

@@ -381,14 +381,9 @@ impl Builder {
         let out = &self.opts.output;
         let written = output::write_image(self.fetcher.store(), &image, out)?;
         let cache_repo = self.cache.as_ref().and_then(|c| c.write.registry_repo());
-        let delivered = output::deliver(
-            out,
-            &self.fetcher,
-            &image,
-            &written,
-            cache_repo.as_ref().map(|(_, r)| r),
-        );
-        let pushed = if output::mounts_from(out, cache_repo.as_ref().map(|(_, r)| r)) {
+        let cache_repo = cache_repo.as_ref().map(|(_, r)| r);
+        let delivered = output::deliver(out, &self.fetcher, &image, &written, cache_repo);
+        let pushed = if output::mounts_from(out, cache_repo) {
             // The cache's layer uploads first: the push then mounts those
             // layers from the cache repository instead of sending them a
             // second time.
